@@ -1,0 +1,54 @@
+//! Limits that protect a node from clients: sizes, queue depths and timeouts.
+
+use std::time::Duration;
+
+/// Node-wide limits applied to every connection, whatever its transport.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest inbound WebSocket message (after reassembly of fragments). Larger: close 1009.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing (not even a heartbeat) for this long is closed (4000).
+    pub idle_timeout: Duration,
+    /// Frames waiting to be written to one connection before it counts as a slow consumer.
+    pub outbox_max_frames: usize,
+    /// Bytes waiting to be written to one connection before it counts as a slow consumer.
+    pub outbox_max_bytes: usize,
+    /// Longest topic name, in bytes.
+    pub max_topic_bytes: usize,
+    /// Longest event name, in bytes.
+    pub max_event_bytes: usize,
+    /// Channels one connection may have joined at once.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            outbox_max_frames: 1024,
+            outbox_max_bytes: 8 * 1024 * 1024,
+            max_topic_bytes: 255,
+            max_event_bytes: 255,
+            max_channels_per_connection: 100,
+        }
+    }
+}
+
+/// WebSocket close codes Plexus uses (documented in `docs/protocol.md`).
+pub mod close_codes {
+    /// The server disconnected this client on purpose (API or admin action).
+    pub const FORCED_DISCONNECT: u16 = 1001;
+    /// The client sent something that breaks the protocol beyond a per-message error.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// An inbound message was larger than `max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Unexpected server-side failure.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The node is draining (restart or shutdown): reconnect, possibly to another node.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The client read too slowly and its outbound queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 1013;
+    /// Nothing was received for `idle_timeout` (no heartbeat).
+    pub const IDLE_TIMEOUT: u16 = 4000;
+}

@@ -1,0 +1,204 @@
+//! A Plexus node: hub, broker, authentication, policy, limits and the registry of live
+//! connections, in one object that transports and the HTTP API share.
+
+use crate::auth::{AuthError, Identity, Verifier};
+use crate::broker::{Broker, BrokerError};
+use crate::hub::{Hub, Publication};
+use crate::limits::{close_codes, Limits};
+use crate::outbox::Outbox;
+use crate::policy::Policy;
+use crate::protocol::{EncodeError, Payload};
+use crate::ConnId;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Everything a node needs besides its broker.
+pub struct NodeConfig {
+    pub verifier: Verifier,
+    pub policy: Policy,
+    pub limits: Limits,
+}
+
+struct ConnEntry {
+    outbox: Arc<Outbox>,
+    sub: Arc<str>,
+}
+
+/// Counters exported as metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub connections_total: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub broker_errors: AtomicU64,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+pub struct Node {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    verifier: Verifier,
+    policy: Policy,
+    limits: Limits,
+    conns: Mutex<HashMap<ConnId, ConnEntry>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    pub counters: Counters,
+}
+
+impl Node {
+    /// Builds a node; `make_broker` receives the node's hub to deliver into.
+    pub fn new(
+        config: NodeConfig,
+        make_broker: impl FnOnce(Arc<Hub>) -> Arc<dyn Broker>,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Hub::new());
+        let broker = make_broker(hub.clone());
+        Arc::new(Node {
+            hub,
+            broker,
+            verifier: config.verifier,
+            policy: config.policy,
+            limits: config.limits,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn broker_name(&self) -> &'static str {
+        self.broker.name()
+    }
+
+    /// Verifies a connect token.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        match token {
+            None => Err(AuthError::MissingToken),
+            Some(t) => self.verifier.verify(t),
+        }
+    }
+
+    /// Registers a new connection; `None` while the node is draining.
+    pub(crate) fn register(&self, identity: &Identity) -> Option<(ConnId, Arc<Outbox>)> {
+        if self.is_draining() {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(
+            self.limits.outbox_max_frames,
+            self.limits.outbox_max_bytes,
+        ));
+        self.conns.lock().insert(
+            id,
+            ConnEntry {
+                outbox: outbox.clone(),
+                sub: identity.sub.clone(),
+            },
+        );
+        self.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        Some((id, outbox))
+    }
+
+    pub(crate) fn unregister(&self, id: ConnId) {
+        self.conns.lock().remove(&id);
+    }
+
+    /// Live connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Closes every connection of user `sub` with 1001; returns how many.
+    pub fn disconnect_user(&self, sub: &str) -> usize {
+        let conns = self.conns.lock();
+        let mut n = 0;
+        for c in conns.values().filter(|c| &*c.sub == sub) {
+            c.outbox
+                .close(close_codes::FORCED_DISCONNECT, "disconnected by the server");
+            n += 1;
+        }
+        n
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting connections and asks every live one to close with 1012 so that clients
+    /// reconnect elsewhere (or to this node once it is back).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for c in self.conns.lock().values() {
+            c.outbox
+                .close(close_codes::SERVICE_RESTART, "server restarting");
+        }
+    }
+
+    /// Broadcasts `event` with `payload` to every subscriber of `topic` in the cluster,
+    /// except the local connection `exclude`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude: Option<ConnId>,
+    ) -> Result<(), PublishError> {
+        let publication = Publication::new(topic, event, payload, exclude)?;
+        self.counters.broadcasts.fetch_add(1, Ordering::Relaxed);
+        self.broker.publish(publication).await.map_err(|e| {
+            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+            PublishError::Broker(e)
+        })
+    }
+
+    pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {
+        if self.hub.subscribe(topic, conn, outbox) {
+            if let Err(e) = self.broker.subscribe(topic).await {
+                self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic, error = %e, "broker subscribe failed");
+            }
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&self, topic: &str, conn: ConnId) {
+        if self.hub.unsubscribe(topic, conn) {
+            if let Err(e) = self.broker.unsubscribe(topic).await {
+                self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Tells the broker that `topic` lost its local subscribers, if it still has none.
+    pub(crate) async fn unsubscribe_remote(&self, topic: &str) {
+        if self.hub.subscriber_count(topic) == 0 {
+            if let Err(e) = self.broker.unsubscribe(topic).await {
+                self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+}

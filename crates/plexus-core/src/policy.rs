@@ -1,0 +1,185 @@
+//! Authorization: which topics an identity may join and which events it may push there.
+//!
+//! Rules come from the configuration file (`[[channels]]` tables) or from a profile's built-in
+//! set. The first rule whose topic pattern matches decides; a topic no rule matches is denied.
+//! Patterns are exact names (`lobby`), prefixes ending in `*` (`room:*`), and may bind the
+//! caller's user id with `{sub}` (`user:{sub}` is joinable only by that user).
+
+use crate::auth::Identity;
+use serde::Deserialize;
+
+/// One channel rule as written in the configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// Topic pattern: exact, `prefix*`, with optional `{sub}`.
+    pub topic: String,
+    /// Any of these roles may join; empty means any authenticated user.
+    #[serde(default)]
+    pub join_roles: Vec<String>,
+    /// Nobody may join (useful to carve an exception out of a broader rule that follows).
+    #[serde(default)]
+    pub deny: bool,
+    /// Events clients may push; `"*"` allows any non-reserved event.
+    #[serde(default = "any_event")]
+    pub push_events: Vec<String>,
+    /// Whether the sender of a push receives its own broadcast.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+fn any_event() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+impl ChannelRule {
+    /// A rule that lets any authenticated user join `pattern` and push any event.
+    pub fn open(pattern: &str) -> Self {
+        ChannelRule {
+            topic: pattern.to_owned(),
+            join_roles: Vec::new(),
+            deny: false,
+            push_events: any_event(),
+            echo: false,
+        }
+    }
+
+    /// Does this rule's pattern match `topic` for this identity?
+    pub fn matches(&self, topic: &str, who: &Identity) -> bool {
+        pattern_matches(&self.topic, topic, &who.sub)
+    }
+
+    /// May `who` push `event` on a channel governed by this rule?
+    pub fn may_push(&self, event: &str) -> bool {
+        self.push_events.iter().any(|e| e == "*" || e == event)
+    }
+
+    /// Checks that the rule is well formed; returns a message naming the problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.topic.is_empty() {
+            return Err("topic pattern is empty".into());
+        }
+        if let Some(pos) = self.topic.find('*') {
+            if pos != self.topic.len() - 1 {
+                return Err(format!(
+                    "topic pattern {:?}: '*' is only allowed at the end",
+                    self.topic
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pattern_matches(pattern: &str, topic: &str, sub: &str) -> bool {
+    let (pattern, wildcard) = match pattern.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    // Expand {sub} without allocating when absent.
+    let expanded;
+    let pattern = if pattern.contains("{sub}") {
+        expanded = pattern.replace("{sub}", sub);
+        expanded.as_str()
+    } else {
+        pattern
+    };
+    if wildcard {
+        topic.len() > pattern.len() && topic.starts_with(pattern)
+    } else {
+        topic == pattern
+    }
+}
+
+/// Why an action was refused; the text goes to the client as `{"reason": …}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub &'static str);
+
+/// The channel rules of a node.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    rules: Vec<ChannelRule>,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<ChannelRule>) -> Result<Self, String> {
+        for (i, r) in rules.iter().enumerate() {
+            r.validate().map_err(|e| format!("channels[{i}]: {e}"))?;
+        }
+        Ok(Policy { rules })
+    }
+
+    /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there.
+    pub fn dev_default() -> Self {
+        Policy {
+            rules: vec![ChannelRule::open("room:*")],
+        }
+    }
+
+    pub fn rules(&self) -> &[ChannelRule] {
+        &self.rules
+    }
+
+    /// Decides a join; on success returns the index of the rule that governs the channel.
+    pub fn authorize_join(&self, who: &Identity, topic: &str) -> Result<usize, Denied> {
+        let (idx, rule) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(topic, who))
+            .ok_or(Denied("unauthorized"))?;
+        if rule.deny {
+            return Err(Denied("unauthorized"));
+        }
+        if !rule.join_roles.is_empty() && !rule.join_roles.iter().any(|r| who.has_role(r)) {
+            return Err(Denied("unauthorized"));
+        }
+        Ok(idx)
+    }
+
+    pub fn rule(&self, idx: usize) -> Option<&ChannelRule> {
+        self.rules.get(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(sub: &str, roles: &[&str]) -> Identity {
+        Identity {
+            sub: sub.into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            name: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("room:*", "room:lobby", "a"));
+        assert!(!pattern_matches("room:*", "room:", "a"));
+        assert!(!pattern_matches("room:*", "rooms", "a"));
+        assert!(pattern_matches("teacher", "teacher", "a"));
+        assert!(!pattern_matches("teacher", "teachers", "a"));
+        assert!(pattern_matches("user:{sub}", "user:alice", "alice"));
+        assert!(!pattern_matches("user:{sub}", "user:bob", "alice"));
+    }
+
+    #[test]
+    fn first_match_decides_and_unmatched_is_denied() {
+        let mut staff = ChannelRule::open("room:staff");
+        staff.join_roles = vec!["staff".into()];
+        let p = Policy::new(vec![staff, ChannelRule::open("room:*")]).unwrap();
+        assert!(p.authorize_join(&who("a", &[]), "room:lobby").is_ok());
+        assert_eq!(p.authorize_join(&who("a", &[]), "room:staff"), Err(Denied("unauthorized")));
+        assert!(p.authorize_join(&who("a", &["staff"]), "room:staff").is_ok());
+        assert!(p.authorize_join(&who("a", &[]), "other").is_err());
+    }
+
+    #[test]
+    fn invalid_pattern_is_named() {
+        let e = Policy::new(vec![ChannelRule::open("ro*m")]).unwrap_err();
+        assert!(e.contains("channels[0]"), "{e}");
+    }
+}

@@ -1,0 +1,615 @@
+//! Encoding and decoding of Phoenix V2 frames.
+//!
+//! Text frames are JSON arrays `[join_ref, ref, topic, event, payload]`.
+//! Binary frames start with a kind byte:
+//!
+//! | kind | direction | layout |
+//! |------|-----------|--------|
+//! | 0 push | client → server | `0, join_ref_len, ref_len, topic_len, event_len, join_ref, ref, topic, event, payload` |
+//! | 0 push | server → client | `0, join_ref_len, topic_len, event_len, join_ref, topic, event, payload` |
+//! | 1 reply | server → client | `1, join_ref_len, ref_len, topic_len, status_len, join_ref, ref, topic, status, payload` |
+//! | 2 broadcast | server → client | `2, topic_len, event_len, topic, event, payload` |
+//!
+//! Every field length is one byte, so binary frames carry names of at most 255 bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
+use std::fmt;
+
+const KIND_PUSH: u8 = 0;
+const KIND_REPLY: u8 = 1;
+const KIND_BROADCAST: u8 = 2;
+
+/// A message payload: a JSON value (kept as raw text, never re-serialised) or binary data.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    Json(Box<RawValue>),
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The empty JSON object `{}`.
+    pub fn empty_object() -> Self {
+        Payload::Json(raw("{}"))
+    }
+
+    /// A JSON payload from any serialisable value.
+    pub fn json<T: serde::Serialize>(value: &T) -> Result<Self, EncodeError> {
+        serde_json::value::to_raw_value(value)
+            .map(Payload::Json)
+            .map_err(|e| EncodeError::Json(e.to_string()))
+    }
+
+    /// Size of the payload in bytes on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(raw) => raw.get().len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload as a JSON value, or `None` for binary payloads.
+    pub fn as_json(&self) -> Option<&RawValue> {
+        match self {
+            Payload::Json(raw) => Some(raw),
+            Payload::Binary(_) => None,
+        }
+    }
+}
+
+fn raw(s: &str) -> Box<RawValue> {
+    // Only called with literals that are valid JSON.
+    RawValue::from_string(s.to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// One decoded message, in either direction.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub join_ref: Option<String>,
+    pub msg_ref: Option<String>,
+    pub topic: String,
+    pub event: String,
+    pub payload: Payload,
+}
+
+/// An encoded frame ready to be written: the same bytes can be shared by many receivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b,
+        }
+    }
+}
+
+/// Why an incoming frame could not be decoded. `msg_ref`/`topic` carry whatever could be
+/// recovered, so that the error can still be answered with a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub reason: String,
+    pub msg_ref: Option<String>,
+    pub join_ref: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl DecodeError {
+    fn new(reason: impl Into<String>) -> Self {
+        DecodeError {
+            reason: reason.into(),
+            msg_ref: None,
+            join_ref: None,
+            topic: None,
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0} is longer than 255 bytes and cannot be sent in a binary frame")]
+    FieldTooLong(&'static str),
+    #[error("payload is not valid JSON: {0}")]
+    Json(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes a JSON text frame sent by a client: `[join_ref, ref, topic, event, payload]`.
+pub fn decode_client_text(text: &[u8]) -> Result<Message, DecodeError> {
+    decode_text(text)
+}
+
+/// Decodes a JSON text frame sent by a server (same layout as the client's).
+pub fn decode_server_text(text: &[u8]) -> Result<Message, DecodeError> {
+    decode_text(text)
+}
+
+fn decode_text(text: &[u8]) -> Result<Message, DecodeError> {
+    let parts: Vec<&RawValue> = serde_json::from_slice(text).map_err(|e| {
+        DecodeError::new(format!(
+            "invalid message: expected a JSON array [join_ref, ref, topic, event, payload] ({e})"
+        ))
+    })?;
+    // Recover what we can for the error reply before checking the arity.
+    let msg_ref = parts.get(1).and_then(|r| opt_ref(r).ok().flatten());
+    let join_ref = parts.first().and_then(|r| opt_ref(r).ok().flatten());
+    let topic = parts
+        .get(2)
+        .and_then(|r| serde_json::from_str::<String>(r.get()).ok());
+    let fail = |reason: String| DecodeError {
+        reason,
+        msg_ref: msg_ref.clone(),
+        join_ref: join_ref.clone(),
+        topic: topic.clone(),
+    };
+    if parts.len() != 5 {
+        return Err(fail(format!(
+            "invalid message: expected 5 elements [join_ref, ref, topic, event, payload], got {}",
+            parts.len()
+        )));
+    }
+    let join_ref_v = opt_ref(parts[0]).map_err(|_| fail("invalid join_ref: expected a string or null".into()))?;
+    let msg_ref_v = opt_ref(parts[1]).map_err(|_| fail("invalid ref: expected a string or null".into()))?;
+    let topic_v: String = serde_json::from_str(parts[2].get())
+        .map_err(|_| fail("invalid topic: expected a string".into()))?;
+    let event_v: String = serde_json::from_str(parts[3].get())
+        .map_err(|_| fail("invalid event: expected a string".into()))?;
+    Ok(Message {
+        join_ref: join_ref_v,
+        msg_ref: msg_ref_v,
+        topic: topic_v,
+        event: event_v,
+        payload: Payload::Json(parts[4].to_owned()),
+    })
+}
+
+/// A ref is a string or null; numbers are accepted and turned into their decimal text.
+fn opt_ref(raw: &RawValue) -> Result<Option<String>, ()> {
+    let s = raw.get();
+    if s == "null" {
+        return Ok(None);
+    }
+    if let Ok(v) = serde_json::from_str::<String>(s) {
+        return Ok(Some(v));
+    }
+    if let Ok(n) = serde_json::from_str::<serde_json::Number>(s) {
+        return Ok(Some(n.to_string()));
+    }
+    Err(())
+}
+
+/// Decodes a binary frame sent by a client (kind 0, push).
+pub fn decode_client_binary(data: &Bytes) -> Result<Message, DecodeError> {
+    let kind = *data
+        .first()
+        .ok_or_else(|| DecodeError::new("invalid binary message: empty frame"))?;
+    if kind != KIND_PUSH {
+        return Err(DecodeError::new(format!(
+            "invalid binary message: clients may only send kind 0 (push), got kind {kind}"
+        )));
+    }
+    let mut r = Reader::new(data, 5)?;
+    let sizes = [data[1], data[2], data[3], data[4]];
+    let join_ref = r.string(sizes[0], "join_ref")?;
+    let msg_ref = r.string(sizes[1], "ref")?;
+    let topic = r.string(sizes[2], "topic")?;
+    let event = r.string(sizes[3], "event")?;
+    Ok(Message {
+        join_ref: non_empty(join_ref),
+        msg_ref: non_empty(msg_ref),
+        topic,
+        event,
+        payload: Payload::Binary(r.rest()),
+    })
+}
+
+/// Decodes a binary frame sent by a server (push, reply or broadcast).
+pub fn decode_server_binary(data: &Bytes) -> Result<ServerBinary, DecodeError> {
+    let kind = *data
+        .first()
+        .ok_or_else(|| DecodeError::new("invalid binary message: empty frame"))?;
+    match kind {
+        KIND_PUSH => {
+            let mut r = Reader::new(data, 4)?;
+            let join_ref = r.string(data[1], "join_ref")?;
+            let topic = r.string(data[2], "topic")?;
+            let event = r.string(data[3], "event")?;
+            Ok(ServerBinary::Push {
+                join_ref: non_empty(join_ref),
+                topic,
+                event,
+                payload: r.rest(),
+            })
+        }
+        KIND_REPLY => {
+            let mut r = Reader::new(data, 5)?;
+            let join_ref = r.string(data[1], "join_ref")?;
+            let msg_ref = r.string(data[2], "ref")?;
+            let topic = r.string(data[3], "topic")?;
+            let status = r.string(data[4], "status")?;
+            Ok(ServerBinary::Reply {
+                join_ref: non_empty(join_ref),
+                msg_ref: non_empty(msg_ref),
+                topic,
+                status,
+                payload: r.rest(),
+            })
+        }
+        KIND_BROADCAST => {
+            let mut r = Reader::new(data, 3)?;
+            let topic = r.string(data[1], "topic")?;
+            let event = r.string(data[2], "event")?;
+            Ok(ServerBinary::Broadcast {
+                topic,
+                event,
+                payload: r.rest(),
+            })
+        }
+        other => Err(DecodeError::new(format!(
+            "invalid binary message: unknown kind {other}"
+        ))),
+    }
+}
+
+/// A decoded server binary frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerBinary {
+    Push {
+        join_ref: Option<String>,
+        topic: String,
+        event: String,
+        payload: Bytes,
+    },
+    Reply {
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        status: String,
+        payload: Bytes,
+    },
+    Broadcast {
+        topic: String,
+        event: String,
+        payload: Bytes,
+    },
+}
+
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+struct Reader<'a> {
+    data: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(data: &'a Bytes, header: usize) -> Result<Self, DecodeError> {
+        if data.len() < header {
+            return Err(DecodeError::new(format!(
+                "invalid binary message: {} bytes is shorter than the {header}-byte header",
+                data.len()
+            )));
+        }
+        Ok(Reader { data, pos: header })
+    }
+
+    fn string(&mut self, len: u8, field: &str) -> Result<String, DecodeError> {
+        let end = self.pos + len as usize;
+        let slice = self.data.get(self.pos..end).ok_or_else(|| {
+            DecodeError::new(format!(
+                "invalid binary message: {field} runs past the end of the frame"
+            ))
+        })?;
+        let s = std::str::from_utf8(slice).map_err(|_| {
+            DecodeError::new(format!("invalid binary message: {field} is not UTF-8"))
+        })?;
+        self.pos = end;
+        Ok(s.to_owned())
+    }
+
+    fn rest(self) -> Bytes {
+        self.data.slice(self.pos..)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------------
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn text_frame(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Frame {
+    let mut out = Vec::with_capacity(64 + topic.len() + event.len());
+    out.push(b'[');
+    push_opt_str(&mut out, join_ref);
+    out.push(b',');
+    push_opt_str(&mut out, msg_ref);
+    out.push(b',');
+    push_json_str(&mut out, topic);
+    out.push(b',');
+    push_json_str(&mut out, event);
+    out.push(b',');
+    body(&mut out);
+    out.push(b']');
+    Frame::Text(Bytes::from(out))
+}
+
+fn check_len(s: &str, field: &'static str) -> Result<u8, EncodeError> {
+    u8::try_from(s.len()).map_err(|_| EncodeError::FieldTooLong(field))
+}
+
+/// Encodes a reply to the client message `msg_ref`: `phx_reply {status, response}`.
+/// A binary response is sent as a binary reply frame (kind 1).
+pub fn encode_reply(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    status: &str,
+    response: &Payload,
+) -> Result<Frame, EncodeError> {
+    match response {
+        Payload::Json(raw) => Ok(text_frame(
+            join_ref,
+            msg_ref,
+            topic,
+            super::events::REPLY,
+            |out| {
+                out.extend_from_slice(b"{\"status\":");
+                push_json_str(out, status);
+                out.extend_from_slice(b",\"response\":");
+                out.extend_from_slice(raw.get().as_bytes());
+                out.push(b'}');
+            },
+        )),
+        Payload::Binary(data) => {
+            let jr = join_ref.unwrap_or("");
+            let r = msg_ref.unwrap_or("");
+            let mut out = BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + data.len());
+            out.put_u8(KIND_REPLY);
+            out.put_u8(check_len(jr, "join_ref")?);
+            out.put_u8(check_len(r, "ref")?);
+            out.put_u8(check_len(topic, "topic")?);
+            out.put_u8(check_len(status, "status")?);
+            for s in [jr, r, topic, status] {
+                out.put_slice(s.as_bytes());
+            }
+            out.put_slice(data);
+            Ok(Frame::Binary(out.freeze()))
+        }
+    }
+}
+
+/// Encodes a server push to one joined channel (`phx_close`, `presence_state`, …).
+pub fn encode_push(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<Frame, EncodeError> {
+    match payload {
+        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
+            out.extend_from_slice(raw.get().as_bytes())
+        })),
+        Payload::Binary(data) => {
+            let jr = join_ref.unwrap_or("");
+            let mut out = BytesMut::with_capacity(4 + jr.len() + topic.len() + event.len() + data.len());
+            out.put_u8(KIND_PUSH);
+            out.put_u8(check_len(jr, "join_ref")?);
+            out.put_u8(check_len(topic, "topic")?);
+            out.put_u8(check_len(event, "event")?);
+            for s in [jr, topic, event] {
+                out.put_slice(s.as_bytes());
+            }
+            out.put_slice(data);
+            Ok(Frame::Binary(out.freeze()))
+        }
+    }
+}
+
+/// Encodes a broadcast: `[null, ref, topic, event, payload]`, or a kind-2 binary frame.
+/// `msg_ref` is normally `None`; it is free on broadcasts and may carry metadata.
+pub fn encode_broadcast(
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<Frame, EncodeError> {
+    match payload {
+        Payload::Json(raw) => Ok(text_frame(None, msg_ref, topic, event, |out| {
+            out.extend_from_slice(raw.get().as_bytes())
+        })),
+        Payload::Binary(data) => {
+            let mut out = BytesMut::with_capacity(3 + topic.len() + event.len() + data.len());
+            out.put_u8(KIND_BROADCAST);
+            out.put_u8(check_len(topic, "topic")?);
+            out.put_u8(check_len(event, "event")?);
+            out.put_slice(topic.as_bytes());
+            out.put_slice(event.as_bytes());
+            out.put_slice(data);
+            Ok(Frame::Binary(out.freeze()))
+        }
+    }
+}
+
+/// Encodes a client push (used by the Rust client): JSON text, or a kind-0 binary frame.
+pub fn encode_client_push(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<Frame, EncodeError> {
+    match payload {
+        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
+            out.extend_from_slice(raw.get().as_bytes())
+        })),
+        Payload::Binary(data) => {
+            let jr = join_ref.unwrap_or("");
+            let r = msg_ref.unwrap_or("");
+            let mut out = BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + event.len() + data.len());
+            out.put_u8(KIND_PUSH);
+            out.put_u8(check_len(jr, "join_ref")?);
+            out.put_u8(check_len(r, "ref")?);
+            out.put_u8(check_len(topic, "topic")?);
+            out.put_u8(check_len(event, "event")?);
+            for s in [jr, r, topic, event] {
+                out.put_slice(s.as_bytes());
+            }
+            out.put_slice(data);
+            Ok(Frame::Binary(out.freeze()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: &Frame) -> &str {
+        match f {
+            Frame::Text(b) => std::str::from_utf8(b).unwrap(),
+            Frame::Binary(_) => panic!("expected text"),
+        }
+    }
+
+    #[test]
+    fn decodes_a_phoenix_js_join() {
+        let m = decode_client_text(br#"["3","3","room:lobby","phx_join",{"token":"x"}]"#).unwrap();
+        assert_eq!(m.join_ref.as_deref(), Some("3"));
+        assert_eq!(m.msg_ref.as_deref(), Some("3"));
+        assert_eq!(m.topic, "room:lobby");
+        assert_eq!(m.event, "phx_join");
+        assert_eq!(m.payload.as_json().unwrap().get(), r#"{"token":"x"}"#);
+    }
+
+    #[test]
+    fn heartbeat_has_null_join_ref() {
+        let m = decode_client_text(br#"[null,"7","phoenix","heartbeat",{}]"#).unwrap();
+        assert_eq!(m.join_ref, None);
+        assert_eq!(m.msg_ref.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn wrong_arity_keeps_the_ref_for_the_error_reply() {
+        let e = decode_client_text(br#"[null,"9","room:a","x"]"#).unwrap_err();
+        assert_eq!(e.msg_ref.as_deref(), Some("9"));
+        assert_eq!(e.topic.as_deref(), Some("room:a"));
+        assert!(e.reason.contains("got 4"), "{}", e.reason);
+    }
+
+    #[test]
+    fn rejects_non_json_and_wrong_types() {
+        assert!(decode_client_text(b"hello").is_err());
+        assert!(decode_client_text(b"{}").is_err());
+        assert!(decode_client_text(br#"[null,"1",5,"ev",{}]"#).unwrap_err().reason.contains("topic"));
+        assert!(decode_client_text(br#"[null,"1","t",[],{}]"#).unwrap_err().reason.contains("event"));
+    }
+
+    #[test]
+    fn reply_and_broadcast_text_layout() {
+        let f = encode_reply(Some("1"), Some("2"), "room:a", "ok", &Payload::empty_object()).unwrap();
+        assert_eq!(text(&f), r#"["1","2","room:a","phx_reply",{"status":"ok","response":{}}]"#);
+        let p = Payload::json(&serde_json::json!({"body":"hi \"x\""})).unwrap();
+        let f = encode_broadcast(None, "room:\"a", "new_msg", &p).unwrap();
+        assert_eq!(text(&f), r#"[null,null,"room:\"a","new_msg",{"body":"hi \"x\""}]"#);
+    }
+
+    #[test]
+    fn binary_push_round_trip() {
+        let payload = Payload::Binary(Bytes::from_static(&[0, 1, 2, 255]));
+        let Frame::Binary(b) = encode_client_push(Some("1"), Some("5"), "room:a", "file", &payload).unwrap() else {
+            panic!()
+        };
+        let m = decode_client_binary(&b).unwrap();
+        assert_eq!(m.join_ref.as_deref(), Some("1"));
+        assert_eq!(m.msg_ref.as_deref(), Some("5"));
+        assert_eq!(m.topic, "room:a");
+        assert_eq!(m.event, "file");
+        match m.payload {
+            Payload::Binary(p) => assert_eq!(&p[..], &[0, 1, 2, 255]),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn server_binary_frames_decode_like_phoenix_js() {
+        let payload = Payload::Binary(Bytes::from_static(b"\x01\x02"));
+        let Frame::Binary(b) = encode_broadcast(None, "t", "ev", &payload).unwrap() else { panic!() };
+        assert_eq!(&b[..], b"\x02\x01\x02tev\x01\x02");
+        assert_eq!(
+            decode_server_binary(&b).unwrap(),
+            ServerBinary::Broadcast { topic: "t".into(), event: "ev".into(), payload: Bytes::from_static(b"\x01\x02") }
+        );
+        let Frame::Binary(b) = encode_reply(Some("1"), Some("2"), "t", "ok", &payload).unwrap() else { panic!() };
+        assert_eq!(&b[..], b"\x01\x01\x01\x01\x0212tok\x01\x02");
+        let Frame::Binary(b) = encode_push(Some("1"), None, "t", "ev", &payload).unwrap() else { panic!() };
+        assert_eq!(&b[..], b"\x00\x01\x01\x021tev\x01\x02");
+    }
+
+    #[test]
+    fn truncated_binary_frames_are_errors_not_panics() {
+        for bytes in [&b""[..], b"\x00", b"\x00\x05\x00\x00\x00ab", b"\x07abc", b"\x01\x01"] {
+            let b = Bytes::copy_from_slice(bytes);
+            assert!(decode_client_binary(&b).is_err());
+            let _ = decode_server_binary(&b);
+        }
+    }
+
+    #[test]
+    fn long_names_cannot_go_binary() {
+        let topic = "x".repeat(256);
+        let p = Payload::Binary(Bytes::new());
+        assert_eq!(encode_broadcast(None, &topic, "e", &p), Err(EncodeError::FieldTooLong("topic")));
+    }
+}

@@ -1,0 +1,25 @@
+//! The Phoenix Channels V2 wire protocol, as spoken by the `phoenix` JavaScript client 1.8.
+//!
+//! Pure encoding and decoding with no I/O, so it can be unit-tested and fuzzed on its own.
+//! See `docs/protocol.md` for the frame layouts; [`codec`] implements them.
+
+pub mod codec;
+
+pub use codec::{
+    decode_client_binary, decode_client_text, decode_server_binary, decode_server_text,
+    encode_broadcast, encode_client_push, encode_push, encode_reply, DecodeError, EncodeError,
+    Frame, Message, Payload, ServerBinary,
+};
+
+/// The topic of socket-level messages (heartbeats) that need no join.
+pub const PHOENIX_TOPIC: &str = "phoenix";
+
+/// Reserved event names.
+pub mod events {
+    pub const JOIN: &str = "phx_join";
+    pub const LEAVE: &str = "phx_leave";
+    pub const REPLY: &str = "phx_reply";
+    pub const CLOSE: &str = "phx_close";
+    pub const ERROR: &str = "phx_error";
+    pub const HEARTBEAT: &str = "heartbeat";
+}

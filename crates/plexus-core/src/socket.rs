@@ -1,0 +1,268 @@
+//! One client connection's channel state machine, shared by every transport.
+//!
+//! A transport decodes frames and hands each [`Message`] to [`Socket::handle`]; everything the
+//! server says back (replies, `phx_close`, broadcasts) goes through the connection's
+//! [`Outbox`], so replies and broadcasts reach the client in the order they were produced.
+//!
+//! Phoenix semantics implemented here:
+//! * `heartbeat` on topic `phoenix` is answered without a join;
+//! * `phx_join` is authorised by the [`Policy`](crate::policy::Policy); joining a topic that is
+//!   already joined first closes the old join (`phx_close` with the old join_ref);
+//! * `phx_leave` replies ok, then sends `phx_close`;
+//! * any other event on a joined topic is a client push: checked against the channel's rule,
+//!   broadcast to the other subscribers (or to all, with `echo`), and replied to;
+//! * a message for a topic that is not joined gets `{"reason": "unmatched topic"}`.
+
+use crate::auth::Identity;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::protocol::{encode_push, encode_reply, events, DecodeError, Message, Payload, PHOENIX_TOPIC};
+use crate::ConnId;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+struct Joined {
+    join_ref: Option<Box<str>>,
+    /// Index of the governing rule in the node's policy.
+    rule: usize,
+}
+
+/// A live connection: its identity, joined channels and outbound queue.
+pub struct Socket {
+    node: Arc<Node>,
+    id: ConnId,
+    identity: Identity,
+    outbox: Arc<Outbox>,
+    channels: HashMap<Box<str>, Joined>,
+    closed: bool,
+}
+
+/// The node refused a new connection because it is draining.
+#[derive(Debug)]
+pub struct Draining;
+
+impl Socket {
+    /// Registers a connection for `identity` with the node.
+    pub fn open(node: Arc<Node>, identity: Identity) -> Result<Self, Draining> {
+        let (id, outbox) = node.register(&identity).ok_or(Draining)?;
+        Ok(Socket {
+            node,
+            id,
+            identity,
+            outbox,
+            channels: HashMap::new(),
+            closed: false,
+        })
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Handles one decoded client message.
+    pub async fn handle(&mut self, msg: Message) {
+        self.node.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        let event = msg.event.as_str();
+        if msg.topic == PHOENIX_TOPIC {
+            match event {
+                events::HEARTBEAT => self.reply_ok(&msg, Payload::empty_object()),
+                _ => self.reply_error(&msg, "unknown event on topic phoenix"),
+            }
+            return;
+        }
+        if event == events::JOIN {
+            return self.join(msg).await;
+        }
+        let Some(joined) = self.channels.get(msg.topic.as_str()) else {
+            return self.reply_error(&msg, "unmatched topic");
+        };
+        let rule = joined.rule;
+        match event {
+            events::LEAVE => self.leave(msg).await,
+            e if e.starts_with("phx_") => self.reply_error(&msg, "reserved event"),
+            _ => self.client_push(msg, rule).await,
+        }
+    }
+
+    /// Answers a frame that could not be decoded with an error reply carrying the reason.
+    pub fn handle_decode_error(&mut self, err: DecodeError) {
+        let topic = err.topic.as_deref().unwrap_or(PHOENIX_TOPIC);
+        let response = serde_json::json!({ "reason": err.reason });
+        self.send_reply(
+            err.join_ref.as_deref(),
+            err.msg_ref.as_deref(),
+            topic,
+            "error",
+            Payload::json(&response).unwrap_or_else(|_| Payload::empty_object()),
+        );
+    }
+
+    async fn join(&mut self, msg: Message) {
+        let limits = self.node.limits();
+        if msg.topic.is_empty() {
+            return self.reply_error(&msg, "empty topic");
+        }
+        if msg.topic.len() > limits.max_topic_bytes {
+            return self.reply_error(&msg, "topic too long");
+        }
+        let rule = match self.node.policy().authorize_join(&self.identity, &msg.topic) {
+            Ok(rule) => rule,
+            Err(denied) => {
+                tracing::debug!(sub = %self.identity.sub, topic = %msg.topic, reason = denied.0, "join refused");
+                return self.reply_error(&msg, denied.0);
+            }
+        };
+        let new = Joined {
+            join_ref: msg.join_ref.as_deref().map(Into::into),
+            rule,
+        };
+        if let Some(old) = self.channels.get_mut(msg.topic.as_str()) {
+            // Duplicate join: close the old channel, keep the subscription.
+            let old_ref = old.join_ref.take();
+            *old = new;
+            self.send_close(&msg.topic, old_ref.as_deref());
+        } else {
+            if self.channels.len() >= limits.max_channels_per_connection {
+                return self.reply_error(&msg, "too many channels");
+            }
+            self.channels.insert(msg.topic.as_str().into(), new);
+            self.node
+                .subscribe(&msg.topic, self.id, self.outbox.clone())
+                .await;
+        }
+        self.reply_ok(&msg, Payload::empty_object());
+    }
+
+    async fn leave(&mut self, msg: Message) {
+        if let Some(joined) = self.channels.remove(msg.topic.as_str()) {
+            self.node.unsubscribe(&msg.topic, self.id).await;
+            self.reply_ok(&msg, Payload::empty_object());
+            self.send_close(&msg.topic, joined.join_ref.as_deref());
+        }
+    }
+
+    async fn client_push(&mut self, msg: Message, rule: usize) {
+        if msg.event.is_empty() || msg.event.len() > self.node.limits().max_event_bytes {
+            return self.reply_error(&msg, "invalid event name");
+        }
+        let Some(rule) = self.node.policy().rule(rule) else {
+            return self.reply_error(&msg, "unauthorized");
+        };
+        if !rule.may_push(&msg.event) {
+            return self.reply_error(&msg, "unauthorized");
+        }
+        let exclude = if rule.echo { None } else { Some(self.id) };
+        let Message {
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            payload,
+        } = msg;
+        match self.node.publish(&topic, &event, payload, exclude).await {
+            Ok(()) => self.send_reply(
+                join_ref.as_deref(),
+                msg_ref.as_deref(),
+                &topic,
+                "ok",
+                Payload::empty_object(),
+            ),
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "publish failed");
+                let reason = Payload::json(&serde_json::json!({"reason": e.to_string()}))
+                    .unwrap_or_else(|_| Payload::empty_object());
+                self.send_reply(join_ref.as_deref(), msg_ref.as_deref(), &topic, "error", reason)
+            }
+        }
+    }
+
+    fn reply_ok(&self, msg: &Message, response: Payload) {
+        self.send_reply(
+            msg.join_ref.as_deref(),
+            msg.msg_ref.as_deref(),
+            &msg.topic,
+            "ok",
+            response,
+        );
+    }
+
+    fn reply_error(&self, msg: &Message, reason: &str) {
+        let response = Payload::json(&serde_json::json!({ "reason": reason }))
+            .unwrap_or_else(|_| Payload::empty_object());
+        self.send_reply(
+            msg.join_ref.as_deref(),
+            msg.msg_ref.as_deref(),
+            &msg.topic,
+            "error",
+            response,
+        );
+    }
+
+    fn send_reply(
+        &self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        status: &str,
+        response: Payload,
+    ) {
+        match encode_reply(join_ref, msg_ref, topic, status, &response) {
+            Ok(frame) => {
+                self.outbox.push(frame);
+            }
+            Err(e) => tracing::debug!(error = %e, "reply not encodable"),
+        }
+    }
+
+    fn send_close(&self, topic: &str, join_ref: Option<&str>) {
+        if let Ok(frame) = encode_push(join_ref, join_ref, topic, events::CLOSE, &Payload::empty_object()) {
+            self.outbox.push(frame);
+        }
+    }
+
+    /// Leaves every channel and unregisters the connection.
+    pub async fn close(mut self) {
+        let topics: Vec<Box<str>> = self.channels.drain().map(|(t, _)| t).collect();
+        for topic in topics {
+            self.node.unsubscribe(&topic, self.id).await;
+        }
+        self.node.unregister(self.id);
+        self.closed = true;
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        // Dropped without close() (e.g. the task was cancelled): clean up synchronously and
+        // let the broker learn about emptied topics in the background.
+        let node = self.node.clone();
+        let mut emptied = Vec::new();
+        for (topic, _) in self.channels.drain() {
+            if node.hub().unsubscribe(&topic, self.id) {
+                emptied.push(topic);
+            }
+        }
+        node.unregister(self.id);
+        if !emptied.is_empty() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for topic in emptied {
+                        node.unsubscribe_remote(&topic).await;
+                    }
+                });
+            }
+        }
+    }
+}
