@@ -1,1 +1,97 @@
-fn main(){}
+//! The `plexus` binary: command line, configuration, HTTP routes and wiring around
+//! `plexus-core`. Start here: `cli` (flags) → `config` (file + env) → `server` (wiring,
+//! drain) → `routes` (one module per endpoint group).
+
+mod cli;
+mod config;
+mod routes;
+mod server;
+
+use clap::Parser;
+use cli::{Cli, Command, ServeArgs, TokenArgs};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let env = config::Env::from_process();
+    let cfg = match config::load(
+        args.config.as_deref(),
+        &env,
+        args.listen.as_deref(),
+        args.profile.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("plexus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plexus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("plexus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let secret = match config::token_secret(args.config.as_deref(), args.secret.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plexus token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ttl = match humantime::parse_duration(&args.ttl) {
+        Ok(d) if d.as_secs() > 0 => d.as_secs(),
+        _ => {
+            eprintln!(
+                "plexus token: invalid --ttl {:?}: use e.g. 30m, 1h, 7d",
+                args.ttl
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let issuer = plexus_core::auth::Issuer::hs256(secret.as_bytes());
+    match issuer.issue(&args.sub, &args.roles, args.name.as_deref(), ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("plexus token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

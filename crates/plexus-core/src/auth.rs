@@ -88,8 +88,8 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -102,7 +102,8 @@ impl Verifier {
                 | ErrorKind::Json(_)
                 | ErrorKind::Utf8(_) => AuthError::Malformed,
                 other => AuthError::Other(format!("{other:?}")),
-            })?;
+            },
+        )?;
         let c = data.claims;
         if c.sub.is_empty() {
             return Err(AuthError::EmptySubject);
@@ -164,17 +165,33 @@ mod tests {
     fn round_trip_and_refusals() {
         let issuer = Issuer::hs256(b"secret");
         let verifier = Verifier::hs256(b"secret");
-        let t = issuer.issue("alice", &["member".into()], Some("Alice"), 60).unwrap();
+        let t = issuer
+            .issue("alice", &["member".into()], Some("Alice"), 60)
+            .unwrap();
         let id = verifier.verify(&t).unwrap();
         assert_eq!(&*id.sub, "alice");
         assert!(id.has_role("member"));
         assert_eq!(id.name.as_deref(), Some("Alice"));
 
-        assert_eq!(Verifier::hs256(b"other").verify(&t), Err(AuthError::BadSignature));
+        assert_eq!(
+            Verifier::hs256(b"other").verify(&t),
+            Err(AuthError::BadSignature)
+        );
         assert_eq!(verifier.verify("garbage"), Err(AuthError::Malformed));
         assert_eq!(verifier.verify(""), Err(AuthError::MissingToken));
-        let old = Claims { sub: "a".into(), roles: vec![], name: None, exp: 1000, iat: None };
-        let t = jsonwebtoken::encode(&Header::default(), &old, &EncodingKey::from_secret(b"secret")).unwrap();
+        let old = Claims {
+            sub: "a".into(),
+            roles: vec![],
+            name: None,
+            exp: 1000,
+            iat: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &old,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(verifier.verify(&t), Err(AuthError::Expired));
     }
 

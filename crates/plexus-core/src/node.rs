@@ -118,7 +118,9 @@ impl Node {
                 sub: identity.sub.clone(),
             },
         );
-        self.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         Some((id, outbox))
     }
 

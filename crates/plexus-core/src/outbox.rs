@@ -142,6 +142,12 @@ mod tests {
         let mut out = Vec::new();
         let close = o.drain_into(&mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(close, Some(CloseReason { code: 1012, reason: "draining" }));
+        assert_eq!(
+            close,
+            Some(CloseReason {
+                code: 1012,
+                reason: "draining"
+            })
+        );
     }
 }

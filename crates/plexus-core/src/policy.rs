@@ -172,8 +172,13 @@ mod tests {
         staff.join_roles = vec!["staff".into()];
         let p = Policy::new(vec![staff, ChannelRule::open("room:*")]).unwrap();
         assert!(p.authorize_join(&who("a", &[]), "room:lobby").is_ok());
-        assert_eq!(p.authorize_join(&who("a", &[]), "room:staff"), Err(Denied("unauthorized")));
-        assert!(p.authorize_join(&who("a", &["staff"]), "room:staff").is_ok());
+        assert_eq!(
+            p.authorize_join(&who("a", &[]), "room:staff"),
+            Err(Denied("unauthorized"))
+        );
+        assert!(p
+            .authorize_join(&who("a", &["staff"]), "room:staff")
+            .is_ok());
         assert!(p.authorize_join(&who("a", &[]), "other").is_err());
     }
 

@@ -16,7 +16,9 @@
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::protocol::{encode_push, encode_reply, events, DecodeError, Message, Payload, PHOENIX_TOPIC};
+use crate::protocol::{
+    encode_push, encode_reply, events, DecodeError, Message, Payload, PHOENIX_TOPIC,
+};
 use crate::ConnId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -70,7 +72,10 @@ impl Socket {
 
     /// Handles one decoded client message.
     pub async fn handle(&mut self, msg: Message) {
-        self.node.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.node
+            .counters
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
         let event = msg.event.as_str();
         if msg.topic == PHOENIX_TOPIC {
             match event {
@@ -114,7 +119,11 @@ impl Socket {
         if msg.topic.len() > limits.max_topic_bytes {
             return self.reply_error(&msg, "topic too long");
         }
-        let rule = match self.node.policy().authorize_join(&self.identity, &msg.topic) {
+        let rule = match self
+            .node
+            .policy()
+            .authorize_join(&self.identity, &msg.topic)
+        {
             Ok(rule) => rule,
             Err(denied) => {
                 tracing::debug!(sub = %self.identity.sub, topic = %msg.topic, reason = denied.0, "join refused");
@@ -180,7 +189,13 @@ impl Socket {
                 tracing::warn!(topic = %topic, error = %e, "publish failed");
                 let reason = Payload::json(&serde_json::json!({"reason": e.to_string()}))
                     .unwrap_or_else(|_| Payload::empty_object());
-                self.send_reply(join_ref.as_deref(), msg_ref.as_deref(), &topic, "error", reason)
+                self.send_reply(
+                    join_ref.as_deref(),
+                    msg_ref.as_deref(),
+                    &topic,
+                    "error",
+                    reason,
+                )
             }
         }
     }
@@ -224,7 +239,13 @@ impl Socket {
     }
 
     fn send_close(&self, topic: &str, join_ref: Option<&str>) {
-        if let Ok(frame) = encode_push(join_ref, join_ref, topic, events::CLOSE, &Payload::empty_object()) {
+        if let Ok(frame) = encode_push(
+            join_ref,
+            join_ref,
+            topic,
+            events::CLOSE,
+            &Payload::empty_object(),
+        ) {
             self.outbox.push(frame);
         }
     }

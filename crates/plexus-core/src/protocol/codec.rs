@@ -177,8 +177,10 @@ fn decode_text(text: &[u8]) -> Result<Message, DecodeError> {
             parts.len()
         )));
     }
-    let join_ref_v = opt_ref(parts[0]).map_err(|_| fail("invalid join_ref: expected a string or null".into()))?;
-    let msg_ref_v = opt_ref(parts[1]).map_err(|_| fail("invalid ref: expected a string or null".into()))?;
+    let join_ref_v = opt_ref(parts[0])
+        .map_err(|_| fail("invalid join_ref: expected a string or null".into()))?;
+    let msg_ref_v =
+        opt_ref(parts[1]).map_err(|_| fail("invalid ref: expected a string or null".into()))?;
     let topic_v: String = serde_json::from_str(parts[2].get())
         .map_err(|_| fail("invalid topic: expected a string".into()))?;
     let event_v: String = serde_json::from_str(parts[3].get())
@@ -414,7 +416,8 @@ pub fn encode_reply(
         Payload::Binary(data) => {
             let jr = join_ref.unwrap_or("");
             let r = msg_ref.unwrap_or("");
-            let mut out = BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + data.len());
+            let mut out =
+                BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + data.len());
             out.put_u8(KIND_REPLY);
             out.put_u8(check_len(jr, "join_ref")?);
             out.put_u8(check_len(r, "ref")?);
@@ -443,7 +446,8 @@ pub fn encode_push(
         })),
         Payload::Binary(data) => {
             let jr = join_ref.unwrap_or("");
-            let mut out = BytesMut::with_capacity(4 + jr.len() + topic.len() + event.len() + data.len());
+            let mut out =
+                BytesMut::with_capacity(4 + jr.len() + topic.len() + event.len() + data.len());
             out.put_u8(KIND_PUSH);
             out.put_u8(check_len(jr, "join_ref")?);
             out.put_u8(check_len(topic, "topic")?);
@@ -497,7 +501,9 @@ pub fn encode_client_push(
         Payload::Binary(data) => {
             let jr = join_ref.unwrap_or("");
             let r = msg_ref.unwrap_or("");
-            let mut out = BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + event.len() + data.len());
+            let mut out = BytesMut::with_capacity(
+                5 + jr.len() + r.len() + topic.len() + event.len() + data.len(),
+            );
             out.put_u8(KIND_PUSH);
             out.put_u8(check_len(jr, "join_ref")?);
             out.put_u8(check_len(r, "ref")?);
@@ -552,23 +558,44 @@ mod tests {
     fn rejects_non_json_and_wrong_types() {
         assert!(decode_client_text(b"hello").is_err());
         assert!(decode_client_text(b"{}").is_err());
-        assert!(decode_client_text(br#"[null,"1",5,"ev",{}]"#).unwrap_err().reason.contains("topic"));
-        assert!(decode_client_text(br#"[null,"1","t",[],{}]"#).unwrap_err().reason.contains("event"));
+        assert!(decode_client_text(br#"[null,"1",5,"ev",{}]"#)
+            .unwrap_err()
+            .reason
+            .contains("topic"));
+        assert!(decode_client_text(br#"[null,"1","t",[],{}]"#)
+            .unwrap_err()
+            .reason
+            .contains("event"));
     }
 
     #[test]
     fn reply_and_broadcast_text_layout() {
-        let f = encode_reply(Some("1"), Some("2"), "room:a", "ok", &Payload::empty_object()).unwrap();
-        assert_eq!(text(&f), r#"["1","2","room:a","phx_reply",{"status":"ok","response":{}}]"#);
+        let f = encode_reply(
+            Some("1"),
+            Some("2"),
+            "room:a",
+            "ok",
+            &Payload::empty_object(),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&f),
+            r#"["1","2","room:a","phx_reply",{"status":"ok","response":{}}]"#
+        );
         let p = Payload::json(&serde_json::json!({"body":"hi \"x\""})).unwrap();
         let f = encode_broadcast(None, "room:\"a", "new_msg", &p).unwrap();
-        assert_eq!(text(&f), r#"[null,null,"room:\"a","new_msg",{"body":"hi \"x\""}]"#);
+        assert_eq!(
+            text(&f),
+            r#"[null,null,"room:\"a","new_msg",{"body":"hi \"x\""}]"#
+        );
     }
 
     #[test]
     fn binary_push_round_trip() {
         let payload = Payload::Binary(Bytes::from_static(&[0, 1, 2, 255]));
-        let Frame::Binary(b) = encode_client_push(Some("1"), Some("5"), "room:a", "file", &payload).unwrap() else {
+        let Frame::Binary(b) =
+            encode_client_push(Some("1"), Some("5"), "room:a", "file", &payload).unwrap()
+        else {
             panic!()
         };
         let m = decode_client_binary(&b).unwrap();
@@ -585,21 +612,38 @@ mod tests {
     #[test]
     fn server_binary_frames_decode_like_phoenix_js() {
         let payload = Payload::Binary(Bytes::from_static(b"\x01\x02"));
-        let Frame::Binary(b) = encode_broadcast(None, "t", "ev", &payload).unwrap() else { panic!() };
+        let Frame::Binary(b) = encode_broadcast(None, "t", "ev", &payload).unwrap() else {
+            panic!()
+        };
         assert_eq!(&b[..], b"\x02\x01\x02tev\x01\x02");
         assert_eq!(
             decode_server_binary(&b).unwrap(),
-            ServerBinary::Broadcast { topic: "t".into(), event: "ev".into(), payload: Bytes::from_static(b"\x01\x02") }
+            ServerBinary::Broadcast {
+                topic: "t".into(),
+                event: "ev".into(),
+                payload: Bytes::from_static(b"\x01\x02")
+            }
         );
-        let Frame::Binary(b) = encode_reply(Some("1"), Some("2"), "t", "ok", &payload).unwrap() else { panic!() };
+        let Frame::Binary(b) = encode_reply(Some("1"), Some("2"), "t", "ok", &payload).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(&b[..], b"\x01\x01\x01\x01\x0212tok\x01\x02");
-        let Frame::Binary(b) = encode_push(Some("1"), None, "t", "ev", &payload).unwrap() else { panic!() };
+        let Frame::Binary(b) = encode_push(Some("1"), None, "t", "ev", &payload).unwrap() else {
+            panic!()
+        };
         assert_eq!(&b[..], b"\x00\x01\x01\x021tev\x01\x02");
     }
 
     #[test]
     fn truncated_binary_frames_are_errors_not_panics() {
-        for bytes in [&b""[..], b"\x00", b"\x00\x05\x00\x00\x00ab", b"\x07abc", b"\x01\x01"] {
+        for bytes in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x05\x00\x00\x00ab",
+            b"\x07abc",
+            b"\x01\x01",
+        ] {
             let b = Bytes::copy_from_slice(bytes);
             assert!(decode_client_binary(&b).is_err());
             let _ = decode_server_binary(&b);
@@ -610,6 +654,9 @@ mod tests {
     fn long_names_cannot_go_binary() {
         let topic = "x".repeat(256);
         let p = Payload::Binary(Bytes::new());
-        assert_eq!(encode_broadcast(None, &topic, "e", &p), Err(EncodeError::FieldTooLong("topic")));
+        assert_eq!(
+            encode_broadcast(None, &topic, "e", &p),
+            Err(EncodeError::FieldTooLong("topic"))
+        );
     }
 }

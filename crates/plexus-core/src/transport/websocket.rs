@@ -18,8 +18,9 @@ use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 /// `tokio-websockets` settings for server connections under the node's limits.
 pub fn server_builder(node: &Node) -> tokio_websockets::ServerBuilder {
-    tokio_websockets::ServerBuilder::new()
-        .limits(tokio_websockets::Limits::default().max_payload_len(Some(node.limits().max_message_bytes)))
+    tokio_websockets::ServerBuilder::new().limits(
+        tokio_websockets::Limits::default().max_payload_len(Some(node.limits().max_message_bytes)),
+    )
 }
 
 fn to_ws(frame: Frame) -> Message {
@@ -107,7 +108,11 @@ where
 }
 
 /// Sends a close frame and waits briefly for the peer's answer.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str) -> Result<(), tokio_websockets::Error>
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: &str,
+) -> Result<(), tokio_websockets::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -1,0 +1,72 @@
+//! Command-line interface: `plexus serve` (the default) and `plexus token`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Plexus: a self-hosted real-time server speaking the Phoenix Channels V2 protocol.
+///
+/// Run without arguments to start the server with the embedded in-memory default on
+/// 127.0.0.1:4000 in the dev profile. Every setting can also come from a TOML file
+/// (--config or PLEXUS_CONFIG) and from PLEXUS_* environment variables; see
+/// docs/configuration.md.
+#[derive(Parser, Debug)]
+#[command(name = "plexus", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Print a JWT signed with the configured secret, for clients and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file. Giving one selects the "prod" profile unless the file or
+    /// PLEXUS_PROFILE says otherwise.
+    #[arg(long, short = 'c', env = "PLEXUS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, host:port (overrides the file; env PLEXUS_LISTEN).
+    #[arg(long, env = "PLEXUS_LISTEN")]
+    pub listen: Option<String>,
+
+    /// "dev" (open token endpoint, loopback only) or "prod" (env PLEXUS_PROFILE).
+    #[arg(long, env = "PLEXUS_PROFILE")]
+    pub profile: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// User id (the sub claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// A role to put in the roles claim; repeat for several.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+
+    /// Display name (the name claim), shown to other users in presence.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+
+    /// Configuration file to read jwt_secret from (env PLEXUS_CONFIG).
+    #[arg(long, short = 'c', env = "PLEXUS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// HS256 secret to sign with; defaults to jwt_secret from the config file or
+    /// PLEXUS_JWT_SECRET.
+    #[arg(long, env = "PLEXUS_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}

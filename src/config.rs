@@ -1,0 +1,338 @@
+//! Configuration: a TOML file overridden by `PLEXUS_*` environment variables and flags.
+//!
+//! Every setting and its default is listed in `docs/configuration.md`. Loading validates
+//! everything up front and fails with a message that names the file, line and field.
+
+use plexus_core::limits::Limits;
+use plexus_core::policy::{ChannelRule, Policy};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Prod => "prod",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "dev" => Ok(Profile::Dev),
+            "prod" => Ok(Profile::Prod),
+            other => Err(format!(
+                "unknown profile {other:?}: expected \"dev\" or \"prod\""
+            )),
+        }
+    }
+}
+
+/// The file's shape. Every field is optional; unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    profile: Option<String>,
+    listen: Option<String>,
+    jwt_secret: Option<String>,
+    api_key: Option<String>,
+    drain_timeout_secs: Option<u64>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    channels: Vec<ChannelRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_message_bytes: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    outbox_max_frames: Option<usize>,
+    outbox_max_bytes: Option<usize>,
+    max_topic_bytes: Option<usize>,
+    max_event_bytes: Option<usize>,
+    max_channels_per_connection: Option<usize>,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub profile: Profile,
+    pub listen: SocketAddr,
+    /// HS256 secret; `generated` is true when the dev profile made one up for this run.
+    pub jwt_secret: String,
+    pub jwt_secret_generated: bool,
+    pub api_key: String,
+    pub api_key_generated: bool,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+    pub policy: Policy,
+    pub source: Option<PathBuf>,
+}
+
+/// Environment overrides, read once (tests pass their own).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub listen: Option<String>,
+    pub profile: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            listen: get("PLEXUS_LISTEN"),
+            profile: get("PLEXUS_PROFILE"),
+            jwt_secret: get("PLEXUS_JWT_SECRET"),
+            api_key: get("PLEXUS_API_KEY"),
+        }
+    }
+}
+
+/// Reads and parses the file, naming it in every error.
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+fn random_token(bytes: usize) -> String {
+    use rand::Rng;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill(&mut buf[..]);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resolves the configuration: file, then environment, then flags (`listen`, `profile`).
+pub fn load(
+    path: Option<&Path>,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+) -> Result<Config, String> {
+    let file = match path {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let profile_name = flag_profile
+        .map(str::to_owned)
+        .or_else(|| env.profile.clone())
+        .or(file.profile.clone());
+    let profile = match profile_name {
+        Some(p) => Profile::parse(&p)?,
+        None if path.is_some() => Profile::Prod,
+        None => Profile::Dev,
+    };
+
+    let listen_str = flag_listen
+        .map(str::to_owned)
+        .or_else(|| env.listen.clone())
+        .or(file.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_str.parse().map_err(|_| {
+        format!("invalid listen address {listen_str:?}: expected host:port, e.g. 127.0.0.1:4000")
+    })?;
+    if profile == Profile::Dev && !listen.ip().is_loopback() {
+        return Err(format!(
+            "the dev profile only binds loopback addresses, not {listen}: its token endpoint is open to anyone. \
+             Use PLEXUS_PROFILE=prod with PLEXUS_JWT_SECRET and PLEXUS_API_KEY to listen on {listen}."
+        ));
+    }
+
+    let secret = env.jwt_secret.clone().or(file.jwt_secret.clone());
+    let api_key = env.api_key.clone().or(file.api_key.clone());
+    let (jwt_secret, jwt_secret_generated, api_key, api_key_generated) = match profile {
+        Profile::Prod => {
+            let mut missing = Vec::new();
+            if secret.is_none() {
+                missing.push("a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET)");
+            }
+            if api_key.is_none() {
+                missing.push("an API key (api_key in the file or PLEXUS_API_KEY)");
+            }
+            if !missing.is_empty() {
+                return Err(format!("the prod profile needs {}", missing.join(" and ")));
+            }
+            let secret = secret.unwrap_or_default();
+            if secret.len() < 16 {
+                return Err("jwt_secret must be at least 16 characters in the prod profile".into());
+            }
+            (secret, false, api_key.unwrap_or_default(), false)
+        }
+        Profile::Dev => {
+            let (s, sg) = match secret {
+                Some(s) => (s, false),
+                None => (random_token(32), true),
+            };
+            let (k, kg) = match api_key {
+                Some(k) => (k, false),
+                None => (random_token(16), true),
+            };
+            (s, sg, k, kg)
+        }
+    };
+
+    let defaults = Limits::default();
+    let l = &file.limits;
+    let limits = Limits {
+        max_message_bytes: l.max_message_bytes.unwrap_or(defaults.max_message_bytes),
+        idle_timeout: l
+            .idle_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.idle_timeout),
+        outbox_max_frames: l.outbox_max_frames.unwrap_or(defaults.outbox_max_frames),
+        outbox_max_bytes: l.outbox_max_bytes.unwrap_or(defaults.outbox_max_bytes),
+        max_topic_bytes: l.max_topic_bytes.unwrap_or(defaults.max_topic_bytes),
+        max_event_bytes: l.max_event_bytes.unwrap_or(defaults.max_event_bytes),
+        max_channels_per_connection: l
+            .max_channels_per_connection
+            .unwrap_or(defaults.max_channels_per_connection),
+    };
+    if limits.max_message_bytes < 1024 {
+        return Err("limits.max_message_bytes must be at least 1024".into());
+    }
+    if limits.idle_timeout < Duration::from_secs(1) {
+        return Err("limits.idle_timeout_secs must be at least 1".into());
+    }
+
+    let policy = if file.channels.is_empty() && profile == Profile::Dev {
+        Policy::dev_default()
+    } else {
+        Policy::new(file.channels).map_err(|e| match path {
+            Some(p) => format!("invalid config file {}: {e}", p.display()),
+            None => e,
+        })?
+    };
+
+    Ok(Config {
+        profile,
+        listen,
+        jwt_secret,
+        jwt_secret_generated,
+        api_key,
+        api_key_generated,
+        drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+        limits,
+        policy,
+        source: path.map(Path::to_path_buf),
+    })
+}
+
+/// The secret `plexus token` signs with: flag/env, else the file's.
+pub fn token_secret(path: Option<&Path>, flag: Option<&str>) -> Result<String, String> {
+    if let Some(s) = flag {
+        return Ok(s.to_owned());
+    }
+    if let Some(p) = path {
+        if let Some(s) = read_file(p)?.jwt_secret {
+            return Ok(s);
+        }
+    }
+    Err("no secret: pass --secret, set PLEXUS_JWT_SECRET, or give --config with jwt_secret".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    /// A minimal temp file helper (no extra dependency).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "plexus-config-test-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn no_file_means_dev_with_generated_secrets_on_loopback() {
+        let c = load(None, &Env::default(), None, None).unwrap();
+        assert_eq!(c.profile, Profile::Dev);
+        assert!(c.jwt_secret_generated && c.api_key_generated);
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        let e = load(None, &Env::default(), Some("0.0.0.0:4000"), None).unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn prod_needs_secret_and_key() {
+        let env = Env {
+            profile: Some("prod".into()),
+            ..Env::default()
+        };
+        let e = load(None, &env, None, None).unwrap_err();
+        assert!(e.contains("JWT secret") && e.contains("API key"), "{e}");
+        let env = Env {
+            profile: Some("prod".into()),
+            jwt_secret: Some("0123456789abcdef0123".into()),
+            api_key: Some("k".into()),
+            listen: Some("0.0.0.0:9000".into()),
+        };
+        let c = load(None, &env, None, None).unwrap();
+        assert_eq!(c.profile, Profile::Prod);
+        assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn file_is_prod_and_env_overrides_it() {
+        let f = write(
+            "listen = \"127.0.0.1:5000\"\njwt_secret = \"file-secret-0123456789\"\napi_key = \"file-key\"\n\
+             [limits]\nidle_timeout_secs = 30\n[[channels]]\ntopic = \"room:*\"\necho = true\n",
+        );
+        let env = Env {
+            api_key: Some("env-key".into()),
+            ..Env::default()
+        };
+        let c = load(Some(&f.0), &env, None, None).unwrap();
+        assert_eq!(c.profile, Profile::Prod);
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.api_key, "env-key");
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
+        assert!(c.policy.rules()[0].echo);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let f = write("jwt_secret = \"x\"\n[[channels]]\ntopic = \"room:*\"\nechoo = true\n");
+        let e = load(Some(&f.0), &Env::default(), None, None).unwrap_err();
+        assert!(e.contains("line 4") && e.contains("echoo"), "{e}");
+        let f = write("[[channels]]\ntopic = \"ro*om\"\n");
+        let env = Env {
+            jwt_secret: Some("0123456789abcdef0".into()),
+            api_key: Some("k".into()),
+            ..Env::default()
+        };
+        let e = load(Some(&f.0), &env, None, None).unwrap_err();
+        assert!(e.contains("channels[0]"), "{e}");
+    }
+}

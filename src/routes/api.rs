@@ -1,0 +1,103 @@
+//! The backend API: publish to topics and inspect channels. Requires the API key as
+//! `Authorization: Bearer <api_key>`; answers JSON, errors as `{"error": reason}`.
+
+use super::{json_error, AppState};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use plexus_core::protocol::Payload;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// Checks `Authorization: Bearer <api_key>` in constant time.
+pub fn check_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send Authorization: Bearer <api_key>",
+        )),
+        Some(k) if bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())) => Ok(()),
+        Some(_) => Err(json_error(StatusCode::FORBIDDEN, "invalid API key")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `POST /api/broadcast {"topic", "event", "payload"}`.
+pub async fn broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_api_key(&state, &headers) {
+        return r;
+    }
+    let body: BroadcastBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: expected {{\"topic\": string, \"event\": string, \"payload\": any}} ({e})"),
+            )
+        }
+    };
+    let limits = state.node.limits();
+    if body.topic.is_empty() || body.topic.len() > limits.max_topic_bytes {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("topic must be 1 to {} bytes", limits.max_topic_bytes),
+        );
+    }
+    if body.event.is_empty()
+        || body.event.len() > limits.max_event_bytes
+        || body.event.starts_with("phx_")
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "event must be 1 to {} bytes and not start with phx_",
+                limits.max_event_bytes
+            ),
+        );
+    }
+    let payload = match body.payload {
+        Some(raw) => Payload::Json(raw),
+        None => Payload::empty_object(),
+    };
+    match state
+        .node
+        .publish(&body.topic, &body.event, payload, None)
+        .await
+    {
+        Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /api/channels`: live topics with their subscriber counts.
+pub async fn channels(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_api_key(&state, &headers) {
+        return r;
+    }
+    let channels: Vec<_> = state
+        .node
+        .hub()
+        .topics()
+        .into_iter()
+        .map(|(topic, subscribers)| serde_json::json!({ "topic": topic, "subscribers": subscribers }))
+        .collect();
+    Json(serde_json::json!({ "channels": channels })).into_response()
+}

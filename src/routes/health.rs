@@ -1,0 +1,79 @@
+//! `GET /health` (200 while serving, 503 while draining) and `GET /metrics` (Prometheus text).
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    let body = serde_json::json!({
+        "status": if node.is_draining() { "draining" } else { "ok" },
+        "connections": node.connection_count(),
+        "broker": node.broker_name(),
+    });
+    let status = if node.is_draining() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    let c = &node.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "plexus_connections",
+        "gauge",
+        "Live client connections.",
+        node.connection_count() as u64,
+    );
+    metric(
+        "plexus_topics",
+        "gauge",
+        "Topics with local subscribers.",
+        node.hub().topics().len() as u64,
+    );
+    metric(
+        "plexus_connections_total",
+        "counter",
+        "Connections accepted.",
+        c.connections_total.load(Ordering::Relaxed),
+    );
+    metric(
+        "plexus_messages_in_total",
+        "counter",
+        "Client messages handled.",
+        c.messages_in.load(Ordering::Relaxed),
+    );
+    metric(
+        "plexus_broadcasts_total",
+        "counter",
+        "Broadcasts published.",
+        c.broadcasts.load(Ordering::Relaxed),
+    );
+    metric(
+        "plexus_broker_errors_total",
+        "counter",
+        "Broker operations that failed.",
+        c.broker_errors.load(Ordering::Relaxed),
+    );
+    metric(
+        "plexus_draining",
+        "gauge",
+        "1 while the node drains.",
+        node.is_draining() as u64,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,53 @@
+//! HTTP routes: which path does what. Each module holds one group of endpoints.
+//!
+//! | path | module |
+//! |------|--------|
+//! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
+//! | `POST /api/broadcast`, `GET /api/channels` | [`api`] — backend API (API key) |
+//! | `GET /dev/token` | [`dev`] — dev profile only |
+//! | `GET /health`, `GET /metrics` | [`health`] |
+//! | `GET /`, `GET /assets/*` | [`pages`] — demo page |
+
+pub mod api;
+pub mod dev;
+pub mod health;
+pub mod pages;
+pub mod websocket;
+
+use crate::config::{Config, Profile};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use plexus_core::auth::Issuer;
+use plexus_core::Node;
+use std::sync::Arc;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub config: Arc<Config>,
+    pub issuer: Issuer,
+}
+
+/// A JSON error response `{"error": reason}` with the given status.
+pub fn json_error(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new()
+        .route("/", get(pages::index))
+        .route("/assets/phoenix.min.js", get(pages::phoenix_js))
+        .route("/socket/websocket", get(websocket::upgrade))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/channels", get(api::channels))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics));
+    if state.config.profile == Profile::Dev {
+        r = r.route("/dev/token", get(dev::token));
+    }
+    r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}

@@ -1,0 +1,203 @@
+//! `GET /socket/websocket`: the Phoenix WebSocket endpoint.
+//!
+//! Checks the handshake (`vsn`, WebSocket headers), authenticates the token from `?token=` or
+//! from the phoenix.js 1.8 `authToken` subprotocol (`base64url.bearer.phx.<base64 token>`),
+//! then upgrades through hyper and hands the stream to the core's WebSocket transport.
+//! Refusals are JSON: 400 for a bad handshake, 403 for a bad token, 503 while draining.
+
+use super::{json_error, AppState};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use hyper_util::rt::TokioIo;
+use plexus_core::transport::websocket;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+const AUTH_PROTOCOL_PREFIX: &str = "base64url.bearer.phx.";
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Subprotocols offered by the client.
+fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(',').map(|p| p.trim().to_owned()))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Decodes the token carried in a `base64url.bearer.phx.` subprotocol. phoenix.js encodes it
+/// with `btoa` (standard alphabet, padding stripped); other clients use base64url: accept both.
+fn token_from_protocols(protocols: &[String]) -> Option<Result<String, &'static str>> {
+    let encoded = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(AUTH_PROTOCOL_PREFIX))?;
+    let trimmed = encoded.trim_end_matches('=');
+    let normalized: String = trimmed
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    Some(
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(normalized)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or("malformed authToken subprotocol"),
+    )
+}
+
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket)",
+        );
+    }
+    match params.get("vsn").map(String::as_str) {
+        None => return json_error(
+            StatusCode::BAD_REQUEST,
+            "missing vsn parameter: Plexus speaks the Phoenix V2 protocol, connect with ?vsn=2.0.0",
+        ),
+        Some(v) if !v.starts_with("2.") => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported vsn {v:?}: Plexus speaks the Phoenix V2 protocol (vsn=2.0.0)"),
+            )
+        }
+        Some(_) => {}
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = json_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported Sec-WebSocket-Version: expected 13",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return json_error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key header");
+    };
+    let protocols = offered_protocols(headers);
+
+    let token = match params.get("token") {
+        Some(t) => Some(t.clone()),
+        None => match token_from_protocols(&protocols) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(reason)) => {
+                tracing::warn!(peer = %peer, reason, "connection refused");
+                return json_error(StatusCode::FORBIDDEN, reason);
+            }
+            None => None,
+        },
+    };
+    let node = state.node.clone();
+    let identity = match node.authenticate(token.as_deref()) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(peer = %peer, reason = %e, "connection refused");
+            return json_error(StatusCode::FORBIDDEN, e.to_string());
+        }
+    };
+    if node.is_draining() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server draining, reconnect to another node",
+        );
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let sub = identity.sub.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = websocket::server_builder(&node).serve(TokioIo::new(upgraded));
+                tracing::debug!(peer = %peer, sub = %sub, "websocket connected");
+                websocket::serve(node, identity, ws).await;
+                tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
+            }
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),
+        }
+    });
+
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept_key(&key)) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if protocols.iter().any(|p| p == "phoenix") {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix"),
+        );
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn auth_token_in_either_alphabet() {
+        // "a?b>" encodes to "YT9iPg" (standard) / same; use bytes that differ between alphabets.
+        let token = "\u{fb}\u{ff}";
+        let std = base64::engine::general_purpose::STANDARD_NO_PAD.encode(token);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        assert_ne!(std, url);
+        for enc in [std, url] {
+            let protos = vec!["phoenix".to_owned(), format!("{AUTH_PROTOCOL_PREFIX}{enc}")];
+            assert_eq!(token_from_protocols(&protos), Some(Ok(token.to_owned())));
+        }
+        let protos = vec![format!("{AUTH_PROTOCOL_PREFIX}!!!")];
+        assert!(matches!(token_from_protocols(&protos), Some(Err(_))));
+    }
+}
