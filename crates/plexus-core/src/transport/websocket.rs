@@ -76,6 +76,7 @@ where
                     // tokio-websockets has queued the matching close frame (1002, 1007, 1009).
                     tracing::debug!(conn = socket.id(), error = %e, "websocket error");
                     let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+                    linger(ws.get_mut()).await;
                     break None;
                 }
                 Some(Ok(msg)) => {
@@ -105,6 +106,28 @@ where
         let _ = close(&mut ws, code, reason).await;
     }
     socket.close().await;
+}
+
+/// After a protocol error: half-close our side, then read and discard what the peer still
+/// sends (bounded in time and bytes) so that the kernel does not answer unread data with a
+/// reset that would destroy the close frame before the peer reads it.
+async fn linger<S>(io: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 1024];
+    let mut budget: usize = 4 * 1024 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || n >= budget {
+                break;
+            }
+            budget -= n;
+        }
+    })
+    .await;
 }
 
 /// Sends a close frame and waits briefly for the peer's answer.

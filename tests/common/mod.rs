@@ -1,0 +1,234 @@
+//! Test harness: starts the real `plexus` binary on a free port and talks to it over real
+//! sockets (the Rust client for WebSocket, raw HTTP/1.1 for the API).
+#![allow(dead_code)]
+
+use plexus_client::{Client, ConnectOptions};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const API_KEY: &str = "test-api-key";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    log_path: PathBuf,
+    config_path: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Dev profile with a fixed secret and API key.
+    pub async fn start() -> Server {
+        Self::start_with(None, &[]).await
+    }
+
+    /// Starts with an optional config file body and extra environment.
+    pub async fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let dir = std::env::temp_dir();
+        let tag = format!("plexus-test-{}-{port}", std::process::id());
+        let log_path = dir.join(format!("{tag}.log"));
+        let config_path = config.map(|c| {
+            let p = dir.join(format!("{tag}.toml"));
+            std::fs::write(&p, c).expect("write config");
+            p
+        });
+        let mut s = Server {
+            child: None,
+            port,
+            log_path,
+            config_path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PLEXUS_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PLEXUS_JWT_SECRET", SECRET)
+            .env("PLEXUS_API_KEY", API_KEY)
+            .env("PLEXUS_LOG", "info,plexus_core=debug");
+        if let Some(p) = &self.config_path {
+            cmd.env("PLEXUS_CONFIG", p);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn plexus");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, _)) = self.http("GET", "/health", &[], "").await {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("plexus exited early with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "server did not start:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/socket", self.port)
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        plexus_core::auth::Issuer::hs256(SECRET.as_bytes())
+            .issue(sub, &[], None, 3600)
+            .expect("token")
+    }
+
+    pub async fn client(&self, sub: &str) -> Client {
+        Client::connect(ConnectOptions::new(self.url()).token(self.token(sub)))
+            .await
+            .expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.terminate();
+        self.spawn().await;
+    }
+
+    /// A raw HTTP/1.1 request; returns (status, body).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let (status, _, body) = http_raw(self.port, method, path, headers, body).await?;
+        Ok((status, body))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+        if let Some(p) = &self.config_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request: (status, head, body). Reads until the server closes, or only the
+/// head for a 101 response.
+pub async fn http_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("timeout"))??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.starts_with(b"HTTP/1.1 101") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// Headers of a WebSocket handshake.
+pub fn ws_headers() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ]
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
