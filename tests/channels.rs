@@ -18,13 +18,20 @@ async fn push_is_broadcast_to_others_but_not_echoed_to_the_sender() {
     assert!(alice.join("room:lobby", json!({})).await.unwrap().is_ok());
     assert!(bob.join("room:lobby", json!({})).await.unwrap().is_ok());
 
-    let reply = alice.push_json("room:lobby", "new_msg", &json!({"body": "hi"})).await.unwrap();
+    let reply = alice
+        .push_json("room:lobby", "new_msg", &json!({"body": "hi"}))
+        .await
+        .unwrap();
     assert!(reply.is_ok(), "{reply:?}");
     let m = bob.recv_event("room:lobby", "new_msg").await.unwrap();
     assert_eq!(m.join_ref, None);
     assert_eq!(m.msg_ref, None);
     assert_eq!(m.payload.as_json().unwrap().get(), r#"{"body":"hi"}"#);
-    assert!(alice.recv_timeout(Duration::from_millis(300)).await.unwrap().is_none());
+    assert!(alice
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -33,7 +40,10 @@ async fn echo_rule_sends_the_broadcast_back_to_the_sender() {
     let s = Server::start_with(Some(cfg), &[]).await;
     let mut alice = s.client("alice").await;
     alice.join("room:echo", json!({})).await.unwrap();
-    alice.push_json("room:echo", "new_msg", &json!({"n": 1})).await.unwrap();
+    alice
+        .push_json("room:echo", "new_msg", &json!({"n": 1}))
+        .await
+        .unwrap();
     let m = alice.recv_event("room:echo", "new_msg").await.unwrap();
     assert_eq!(m.payload.as_json().unwrap().get(), r#"{"n":1}"#);
 }
@@ -67,17 +77,27 @@ async fn rejoining_closes_the_old_join_first() {
     other.join("room:a", json!({})).await.unwrap();
     other.push_json("room:a", "ping", &json!({})).await.unwrap();
     c.recv_event("room:a", "ping").await.unwrap();
-    assert!(c.recv_timeout(Duration::from_millis(300)).await.unwrap().is_none());
+    assert!(c
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
 async fn unjoined_topic_heartbeat_and_phoenix_topic() {
     let s = Server::start().await;
     let mut c = s.client("alice").await;
-    let r = c.push_json("room:nope", "new_msg", &json!({})).await.unwrap();
+    let r = c
+        .push_json("room:nope", "new_msg", &json!({}))
+        .await
+        .unwrap();
     assert_eq!(r.reason().as_deref(), Some("unmatched topic"));
     assert!(c.heartbeat().await.unwrap().is_ok());
-    let r = c.request(None, "phoenix", "bogus", Payload::empty_object()).await.unwrap();
+    let r = c
+        .request(None, "phoenix", "bogus", Payload::empty_object())
+        .await
+        .unwrap();
     assert_eq!(r.status, "error");
     assert!(r.reason().unwrap().contains("unknown event"));
 }
@@ -89,9 +109,15 @@ async fn join_outside_the_rules_is_unauthorized() {
     let r = c.join("secret", json!({})).await.unwrap();
     assert_eq!(r.status, "error");
     assert_eq!(r.reason().as_deref(), Some("unauthorized"));
-    let r = c.join(&format!("room:{}", "x".repeat(300)), json!({})).await.unwrap();
+    let r = c
+        .join(&format!("room:{}", "x".repeat(300)), json!({}))
+        .await
+        .unwrap();
     assert_eq!(r.reason().as_deref(), Some("topic too long"));
-    let r = c.request(None, "room:a", "phx_reply", Payload::empty_object()).await.unwrap();
+    let r = c
+        .request(None, "room:a", "phx_reply", Payload::empty_object())
+        .await
+        .unwrap();
     assert_eq!(r.reason().as_deref(), Some("unmatched topic"));
 }
 
@@ -103,7 +129,10 @@ async fn binary_push_becomes_a_binary_broadcast() {
     alice.join("room:bin", json!({})).await.unwrap();
     bob.join("room:bin", json!({})).await.unwrap();
     let data = Bytes::from_static(&[0, 1, 2, 254, 255]);
-    let r = alice.push("room:bin", "file", Payload::Binary(data.clone())).await.unwrap();
+    let r = alice
+        .push("room:bin", "file", Payload::Binary(data.clone()))
+        .await
+        .unwrap();
     assert!(r.is_ok());
     let m = bob.recv_event("room:bin", "file").await.unwrap();
     match m.payload {
@@ -121,8 +150,16 @@ async fn malformed_frames_get_error_replies_and_the_socket_keeps_working() {
 
     c.send_text("this is not json").await.unwrap();
     let m = c.recv().await.unwrap();
-    assert_eq!((m.topic.as_str(), m.event.as_str()), ("phoenix", "phx_reply"));
-    assert!(m.payload.as_json().unwrap().get().contains("invalid message"));
+    assert_eq!(
+        (m.topic.as_str(), m.event.as_str()),
+        ("phoenix", "phx_reply")
+    );
+    assert!(m
+        .payload
+        .as_json()
+        .unwrap()
+        .get()
+        .contains("invalid message"));
 
     c.send_text(r#"[null,"41","room:a","x"]"#).await.unwrap();
     let r = c.wait_reply("41").await.unwrap();
@@ -134,7 +171,12 @@ async fn malformed_frames_get_error_replies_and_the_socket_keeps_working() {
 
     c.send_binary(&[0, 9, 9]).await.unwrap();
     let m = c.recv().await.unwrap();
-    assert!(m.payload.as_json().unwrap().get().contains("invalid binary message"));
+    assert!(m
+        .payload
+        .as_json()
+        .unwrap()
+        .get()
+        .contains("invalid binary message"));
     c.send_binary(&[7, 1, 2, 3]).await.unwrap();
     let m = c.recv().await.unwrap();
     assert!(m.payload.as_json().unwrap().get().contains("kind 7"));
@@ -152,7 +194,10 @@ async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
     big.join("room:a", json!({})).await.unwrap();
     let body = "x".repeat(10_000);
     // The close arrives while the client waits for its reply.
-    let code = match big.push_json("room:a", "new_msg", &json!({ "body": body })).await {
+    let code = match big
+        .push_json("room:a", "new_msg", &json!({ "body": body }))
+        .await
+    {
         Err(ClientError::Closed { code, .. }) => code,
         other => panic!("expected a close, got {other:?}"),
     };
@@ -166,7 +211,11 @@ async fn too_many_channels_is_refused() {
     let s = Server::start_with(Some(cfg), &[]).await;
     let mut c = s.client("alice").await;
     for i in 0..3 {
-        assert!(c.join(&format!("room:{i}"), json!({})).await.unwrap().is_ok());
+        assert!(c
+            .join(&format!("room:{i}"), json!({}))
+            .await
+            .unwrap()
+            .is_ok());
     }
     let r = c.join("room:3", json!({})).await.unwrap();
     assert_eq!(r.reason().as_deref(), Some("too many channels"));
@@ -200,7 +249,9 @@ async fn drain_closes_clients_with_1012_and_exits() {
     c.join("room:a", json!({})).await.unwrap();
     let waiter = tokio::spawn(async move { c.wait_close().await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let code = tokio::task::spawn_blocking(move || s.terminate()).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
     let (close, reason) = waiter.await.unwrap().unwrap();
     assert_eq!(close, Some(1012));

@@ -183,7 +183,10 @@ impl Client {
             .uri(&endpoint)
             .map_err(|e| ClientError::Handshake(format!("invalid url {endpoint}: {e}")))?;
         if let (Some(t), true) = (&opts.token, opts.token_as_subprotocol) {
-            let value = format!("phoenix, base64url.bearer.phx.{}", base64_no_pad(t.as_bytes()));
+            let value = format!(
+                "phoenix, base64url.bearer.phx.{}",
+                base64_no_pad(t.as_bytes())
+            );
             let value = http::HeaderValue::from_str(&value)
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
             builder = builder
@@ -201,7 +204,11 @@ impl Client {
             .ok_or_else(|| ClientError::Handshake(format!("cannot resolve {host}")))?;
         let stream = match opts.source {
             Some(src) => {
-                let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
                 socket.bind(src)?;
                 socket.connect(addr).await?
             }
@@ -278,11 +285,21 @@ impl Client {
     }
 
     /// Joins `topic` with join params.
-    pub async fn join(&mut self, topic: &str, params: serde_json::Value) -> Result<Reply, ClientError> {
+    pub async fn join(
+        &mut self,
+        topic: &str,
+        params: serde_json::Value,
+    ) -> Result<Reply, ClientError> {
         let join_ref = self.make_ref();
         let payload = Payload::json(&params).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let frame = encode_client_push(Some(&join_ref), Some(&join_ref), topic, events::JOIN, &payload)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encode_client_push(
+            Some(&join_ref),
+            Some(&join_ref),
+            topic,
+            events::JOIN,
+            &payload,
+        )
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.send_frame(frame).await?;
         let reply = self.wait_reply(&join_ref).await?;
         if reply.is_ok() {
@@ -299,7 +316,12 @@ impl Client {
     }
 
     /// Pushes an event on a joined topic and waits for the reply.
-    pub async fn push(&mut self, topic: &str, event: &str, payload: Payload) -> Result<Reply, ClientError> {
+    pub async fn push(
+        &mut self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<Reply, ClientError> {
         let join_ref = self.join_refs.get(topic).cloned();
         self.request(join_ref, topic, event, payload).await
     }
@@ -317,8 +339,13 @@ impl Client {
 
     /// Sends a heartbeat and waits for its reply.
     pub async fn heartbeat(&mut self) -> Result<Reply, ClientError> {
-        self.request(None, PHOENIX_TOPIC, events::HEARTBEAT, Payload::empty_object())
-            .await
+        self.request(
+            None,
+            PHOENIX_TOPIC,
+            events::HEARTBEAT,
+            Payload::empty_object(),
+        )
+        .await
     }
 
     /// The join_ref of a joined topic.
@@ -359,7 +386,10 @@ impl Client {
     async fn read(&mut self) -> Result<Message, ClientError> {
         loop {
             let Some(item) = self.ws.next().await else {
-                return Err(ClientError::Closed { code: None, reason: String::new() });
+                return Err(ClientError::Closed {
+                    code: None,
+                    reason: String::new(),
+                });
             };
             let msg = item.map_err(ws_err)?;
             if let Some((code, reason)) = msg.as_close() {
@@ -374,7 +404,8 @@ impl Client {
             }
             if msg.is_binary() {
                 let data = Bytes::from(msg.into_payload());
-                let decoded = decode_server_binary(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let decoded = decode_server_binary(&data)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 return Ok(binary_to_message(decoded));
             }
             // ping/pong: handled by the library.
@@ -413,7 +444,10 @@ impl Client {
 fn ws_err(e: tokio_websockets::Error) -> ClientError {
     match e {
         tokio_websockets::Error::Io(io) => ClientError::Io(io),
-        tokio_websockets::Error::AlreadyClosed => ClientError::Closed { code: None, reason: "already closed".into() },
+        tokio_websockets::Error::AlreadyClosed => ClientError::Closed {
+            code: None,
+            reason: "already closed".into(),
+        },
         other => ClientError::Protocol(other.to_string()),
     }
 }
@@ -431,7 +465,10 @@ fn reply_of(msg: Message) -> Result<Reply, ClientError> {
                 .map_err(|e| ClientError::Protocol(format!("bad reply payload: {e}")))?;
             Ok(Reply {
                 status: r.status,
-                response: r.response.map(Payload::Json).unwrap_or_else(Payload::empty_object),
+                response: r
+                    .response
+                    .map(Payload::Json)
+                    .unwrap_or_else(Payload::empty_object),
             })
         }
         Payload::Binary(b) => Err(ClientError::Protocol(format!(
@@ -443,7 +480,12 @@ fn reply_of(msg: Message) -> Result<Reply, ClientError> {
 
 fn binary_to_message(b: ServerBinary) -> Message {
     match b {
-        ServerBinary::Push { join_ref, topic, event, payload } => Message {
+        ServerBinary::Push {
+            join_ref,
+            topic,
+            event,
+            payload,
+        } => Message {
             join_ref,
             msg_ref: None,
             topic,
@@ -452,14 +494,24 @@ fn binary_to_message(b: ServerBinary) -> Message {
         },
         // A binary reply is turned into a JSON-shaped reply whose status is kept and whose
         // response is the binary data, as phoenix.js does.
-        ServerBinary::Reply { join_ref, msg_ref, topic, status, payload } => Message {
+        ServerBinary::Reply {
+            join_ref,
+            msg_ref,
+            topic,
+            status,
+            payload,
+        } => Message {
             join_ref,
             msg_ref,
             topic,
             event: format!("{}:{status}", events::REPLY),
             payload: Payload::Binary(payload),
         },
-        ServerBinary::Broadcast { topic, event, payload } => Message {
+        ServerBinary::Broadcast {
+            topic,
+            event,
+            payload,
+        } => Message {
             join_ref: None,
             msg_ref: None,
             topic,
@@ -484,6 +536,9 @@ mod tests {
     #[test]
     fn endpoint_has_vsn_and_token() {
         let o = ConnectOptions::new("ws://h:1/socket/").token("a.b+c");
-        assert_eq!(o.endpoint(), "ws://h:1/socket/websocket?vsn=2.0.0&token=a.b%2Bc");
+        assert_eq!(
+            o.endpoint(),
+            "ws://h:1/socket/websocket?vsn=2.0.0&token=a.b%2Bc"
+        );
     }
 }

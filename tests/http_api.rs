@@ -1,0 +1,117 @@
+//! The backend HTTP API: publishing with the API key, listing channels, health and metrics.
+
+mod common;
+
+use common::{json, Server, API_KEY};
+use serde_json::json;
+
+fn auth() -> String {
+    format!("Bearer {API_KEY}")
+}
+
+#[tokio::test]
+async fn api_broadcast_reaches_every_subscriber() {
+    let s = Server::start().await;
+    let mut a = s.client("alice").await;
+    let mut b = s.client("bob").await;
+    a.join("room:news", json!({})).await.unwrap();
+    b.join("room:news", json!({})).await.unwrap();
+    let auth = auth();
+    let body = r#"{"topic":"room:news","event":"headline","payload":{"title":"Plexus ships"}}"#;
+    let (st, resp) = s
+        .http("POST", "/api/broadcast", &[("Authorization", &auth)], body)
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{resp}");
+    for c in [&mut a, &mut b] {
+        let m = c.recv_event("room:news", "headline").await.unwrap();
+        assert_eq!(
+            m.payload.as_json().unwrap().get(),
+            r#"{"title":"Plexus ships"}"#
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_requires_the_key_and_a_valid_body() {
+    let s = Server::start().await;
+    let body = r#"{"topic":"room:a","event":"e","payload":{}}"#;
+    let (st, resp) = s.http("POST", "/api/broadcast", &[], body).await.unwrap();
+    assert_eq!(st, 401);
+    assert!(json(&resp)["error"].as_str().unwrap().contains("API key"));
+    let (st, resp) = s
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", "Bearer nope")],
+            body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 403);
+    assert_eq!(json(&resp)["error"], "invalid API key");
+    let auth = auth();
+    for bad in [
+        "not json",
+        r#"{"topic":"room:a"}"#,
+        r#"{"topic":"","event":"e"}"#,
+        r#"{"topic":"a","event":"phx_close"}"#,
+    ] {
+        let (st, resp) = s
+            .http("POST", "/api/broadcast", &[("Authorization", &auth)], bad)
+            .await
+            .unwrap();
+        assert_eq!(st, 400, "{bad} → {resp}");
+        assert!(json(&resp)["error"].is_string());
+    }
+    let (st, _) = s.http("GET", "/api/channels", &[], "").await.unwrap();
+    assert_eq!(st, 401);
+}
+
+#[tokio::test]
+async fn channels_lists_live_topics_with_counts() {
+    let s = Server::start().await;
+    let mut a = s.client("alice").await;
+    let mut b = s.client("bob").await;
+    a.join("room:one", json!({})).await.unwrap();
+    b.join("room:one", json!({})).await.unwrap();
+    b.join("room:two", json!({})).await.unwrap();
+    let auth = auth();
+    let (st, resp) = s
+        .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(
+        json(&resp)["channels"],
+        json!([{"topic": "room:one", "subscribers": 2}, {"topic": "room:two", "subscribers": 1}])
+    );
+    b.close().await;
+    // The close is processed asynchronously; poll briefly.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (_, resp) = s
+            .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+            .await
+            .unwrap();
+        if json(&resp)["channels"] == json!([{"topic": "room:one", "subscribers": 1}]) {
+            return;
+        }
+        last = resp;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("channels did not update after a disconnect: {last}");
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let s = Server::start().await;
+    let _c = s.client("alice").await;
+    let (st, body) = s.http("GET", "/health", &[], "").await.unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["status"], "ok");
+    assert_eq!(json(&body)["connections"], 1);
+    let (st, body) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(st, 200);
+    assert!(body.contains("plexus_connections 1"), "{body}");
+}
