@@ -10,20 +10,20 @@ use plexus_core::protocol::Payload;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-/// Checks `Authorization: Bearer <api_key>` in constant time.
-pub fn check_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Authorization: Bearer <api_key>` in constant time; returns the refusal if any.
+pub fn reject_without_api_key(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        None => Err(json_error(
+        None => Some(json_error(
             StatusCode::UNAUTHORIZED,
             "missing API key: send Authorization: Bearer <api_key>",
         )),
-        Some(k) if bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())) => Ok(()),
-        Some(_) => Err(json_error(StatusCode::FORBIDDEN, "invalid API key")),
+        Some(k) if bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())) => None,
+        Some(_) => Some(json_error(StatusCode::FORBIDDEN, "invalid API key")),
     }
 }
 
@@ -42,7 +42,7 @@ pub async fn broadcast(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_api_key(&state, &headers) {
+    if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
     let body: BroadcastBody = match serde_json::from_slice(&body) {
@@ -89,7 +89,7 @@ pub async fn broadcast(
 
 /// `GET /api/channels`: live topics with their subscriber counts.
 pub async fn channels(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_api_key(&state, &headers) {
+    if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
     let channels: Vec<_> = state

@@ -188,8 +188,8 @@ mod tests {
 
     #[test]
     fn auth_token_in_either_alphabet() {
-        // "a?b>" encodes to "YT9iPg" (standard) / same; use bytes that differ between alphabets.
-        let token = "\u{fb}\u{ff}";
+        // "??>" and "???" encode with '+' and '/' in the standard alphabet, '-' and '_' in url.
+        let token = "??>???.x";
         let std = base64::engine::general_purpose::STANDARD_NO_PAD.encode(token);
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
         assert_ne!(std, url);

@@ -45,10 +45,11 @@ impl Publication {
 }
 
 type Subscribers = HashMap<ConnId, Arc<Outbox>>;
+type Shard = RwLock<HashMap<Arc<str>, Subscribers>>;
 
 /// Topic → local subscribers.
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<Arc<str>, Subscribers>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
@@ -66,7 +67,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, topic: &str) -> &RwLock<HashMap<Arc<str>, Subscribers>> {
+    fn shard(&self, topic: &str) -> &Shard {
         let h = self.hasher.hash_one(topic) as usize;
         &self.shards[h % SHARDS]
     }

@@ -1,0 +1,102 @@
+// Starts a real Plexus binary for the compatibility tests and offers small helpers.
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { createServer } from "node:net";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const BIN = process.env.PLEXUS_BIN || path.join(root, "target/debug/plexus");
+export const SECRET = "compat-secret-0123456789abcdef";
+export const API_KEY = "compat-api-key";
+
+export async function freePort() {
+  const srv = createServer();
+  srv.listen(0, "127.0.0.1");
+  await once(srv, "listening");
+  const { port } = srv.address();
+  srv.close();
+  await once(srv, "close");
+  return port;
+}
+
+const b64url = (buf) => Buffer.from(buf).toString("base64url");
+
+/** An HS256 JWT signed with the test secret. */
+export function token(sub, { roles = [], ttl = 3600, name } = {}) {
+  const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const claims = { sub, exp: Math.floor(Date.now() / 1000) + ttl, roles };
+  if (name) claims.name = name;
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac("sha256", SECRET).update(`${header}.${body}`).digest("base64url");
+  return `${header}.${body}.${sig}`;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until `fn()` is truthy (polling), or throws after `ms`. */
+export async function until(fn, ms = 5000, what = "condition") {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const v = await fn();
+    if (v) return v;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export class Server {
+  constructor(port, env) {
+    this.port = port;
+    this.env = env;
+    this.log = "";
+  }
+
+  static async start(env = {}) {
+    const s = new Server(await freePort(), env);
+    await s.spawn();
+    return s;
+  }
+
+  get url() { return `ws://127.0.0.1:${this.port}/socket`; }
+  get http() { return `http://127.0.0.1:${this.port}`; }
+
+  async spawn() {
+    this.proc = spawn(BIN, [], {
+      env: {
+        PATH: process.env.PATH,
+        PLEXUS_LISTEN: `127.0.0.1:${this.port}`,
+        PLEXUS_JWT_SECRET: SECRET,
+        PLEXUS_API_KEY: API_KEY,
+        ...this.env,
+      },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    this.proc.stderr.on("data", (d) => { this.log += d.toString(); });
+    this.exited = once(this.proc, "exit");
+    await until(async () => {
+      try { return (await fetch(`${this.http}/health`)).ok; } catch { return false; }
+    }, 15000, `plexus on port ${this.port}`);
+  }
+
+  async stop(signal = "SIGTERM") {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill(signal);
+    await this.exited;
+  }
+
+  async restart() {
+    await this.stop();
+    await this.spawn();
+  }
+
+  async broadcast(topic, event, payload) {
+    const res = await fetch(`${this.http}/api/broadcast`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${API_KEY}` },
+      body: JSON.stringify({ topic, event, payload }),
+    });
+    if (!res.ok) throw new Error(`broadcast failed: ${res.status} ${await res.text()}`);
+  }
+}
