@@ -149,9 +149,8 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = websocket::server_builder(&node).serve(TokioIo::new(upgraded));
                 tracing::debug!(peer = %peer, sub = %sub, "websocket connected");
-                websocket::serve(node, identity, ws).await;
+                websocket::serve(node, identity, TokioIo::new(upgraded), &[]).await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),

@@ -60,8 +60,28 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     match Cli::parse().cmd {
-        Cmd::Conns { url, secret, n, topics, pid, sources, concurrency, hold } => {
-            if let Err(e) = conns(url, secret, n, topics.max(1), pid, sources, concurrency, hold).await {
+        Cmd::Conns {
+            url,
+            secret,
+            n,
+            topics,
+            pid,
+            sources,
+            concurrency,
+            hold,
+        } => {
+            if let Err(e) = conns(
+                url,
+                secret,
+                n,
+                topics.max(1),
+                pid,
+                sources,
+                concurrency,
+                hold,
+            )
+            .await
+            {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }
@@ -82,7 +102,11 @@ async fn conns(
 ) -> Result<(), String> {
     let sources: Vec<IpAddr> = sources
         .split(',')
-        .map(|s| s.trim().parse().map_err(|_| format!("bad source address {s:?}")))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| format!("bad source address {s:?}"))
+        })
         .collect::<Result<_, _>>()?;
     let issuer = plexus_core::auth::Issuer::hs256(secret.as_bytes());
     let before = rss_kib(pid).ok_or_else(|| format!("cannot read RSS of pid {pid}"))?;
@@ -90,8 +114,14 @@ async fn conns(
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let permit = sem.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let token = issuer.issue(&format!("bench-{i}"), &[], None, 3600).map_err(|e| e.to_string())?;
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let token = issuer
+            .issue(&format!("bench-{i}"), &[], None, 3600)
+            .map_err(|e| e.to_string())?;
         let opts = ConnectOptions::new(url.clone())
             .token(token)
             .source(SocketAddr::new(sources[i % sources.len()], 0));
@@ -99,7 +129,10 @@ async fn conns(
         tasks.push(tokio::spawn(async move {
             let r = async {
                 let mut c = Client::connect(opts).await.map_err(|e| e.to_string())?;
-                let reply = c.join(&topic, serde_json::json!({})).await.map_err(|e| e.to_string())?;
+                let reply = c
+                    .join(&topic, serde_json::json!({}))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if !reply.is_ok() {
                     return Err(format!("join refused: {:?}", reply.reason()));
                 }
@@ -131,7 +164,11 @@ async fn conns(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid).ok_or("server exited")?;
     let ok = clients.len();
-    let per_conn = if ok > 0 { (after.saturating_sub(before) as f64 * 1024.0) / ok as f64 } else { 0.0 };
+    let per_conn = if ok > 0 {
+        (after.saturating_sub(before) as f64 * 1024.0) / ok as f64
+    } else {
+        0.0
+    };
     println!(
         "{}",
         serde_json::json!({

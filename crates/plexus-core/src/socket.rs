@@ -71,6 +71,10 @@ impl Socket {
     }
 
     /// Handles one decoded client message.
+    ///
+    /// Heartbeats (the common case) are answered inline; joins, leaves and pushes may wait on
+    /// the broker and run as a boxed future, so that an idle connection's task does not carry
+    /// their state (see the memory figures in BENCHMARKS.md).
     pub async fn handle(&mut self, msg: Message) {
         self.node
             .counters
@@ -85,16 +89,16 @@ impl Socket {
             return;
         }
         if event == events::JOIN {
-            return self.join(msg).await;
+            return Box::pin(self.join(msg)).await;
         }
         let Some(joined) = self.channels.get(msg.topic.as_str()) else {
             return self.reply_error(&msg, "unmatched topic");
         };
         let rule = joined.rule;
         match event {
-            events::LEAVE => self.leave(msg).await,
+            events::LEAVE => Box::pin(self.leave(msg)).await,
             e if e.starts_with("phx_") => self.reply_error(&msg, "reserved event"),
-            _ => self.client_push(msg, rule).await,
+            _ => Box::pin(self.client_push(msg, rule)).await,
         }
     }
 

@@ -4,6 +4,7 @@
 //! See `docs/protocol.md` for the frame layouts; [`codec`] implements them.
 
 pub mod codec;
+pub mod websocket;
 
 pub use codec::{
     decode_client_binary, decode_client_text, decode_server_binary, decode_server_text,

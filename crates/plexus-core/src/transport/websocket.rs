@@ -1,44 +1,54 @@
 //! The WebSocket transport: drives one upgraded connection.
 //!
-//! One task per connection selects over three things: inbound frames (decoded and handed to the
-//! [`Socket`]), the connection's [`Outbox`](crate::outbox::Outbox) (drained into the socket in
-//! batches, then flushed once), and the idle timer. Nothing else is allocated per message.
+//! One task per connection selects over three things: inbound bytes (framed by
+//! [`FrameDecoder`], decoded as Phoenix messages and handed to the [`Socket`]), the connection's
+//! [`Outbox`](crate::outbox::Outbox) (drained in batches and written with one syscall where
+//! possible), and the idle timer.
+//!
+//! Memory: reads go into a buffer on the poll stack, never into one owned by the connection, so
+//! an idle connection holds no read or write buffer at all; see `BENCHMARKS.md`.
 
 use crate::auth::Identity;
 use crate::limits::close_codes;
 use crate::node::Node;
+use crate::protocol::websocket::{
+    close_frame, encode_header, FrameDecoder, WsEvent, OP_BINARY, OP_PONG, OP_TEXT,
+};
 use crate::protocol::{decode_client_binary, decode_client_text, Frame};
 use crate::socket::Socket;
-use futures_util::{SinkExt, StreamExt};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
-use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
-/// `tokio-websockets` settings for server connections under the node's limits.
-pub fn server_builder(node: &Node) -> tokio_websockets::ServerBuilder {
-    tokio_websockets::ServerBuilder::new().limits(
-        tokio_websockets::Limits::default().max_payload_len(Some(node.limits().max_message_bytes)),
-    )
-}
+/// Size of the stack buffer one read fills.
+const READ_CHUNK: usize = 8 * 1024;
+/// Small frames are coalesced into one write buffer up to this size.
+const COALESCE: usize = 64 * 1024;
 
-fn to_ws(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(b) => Message::text(b),
-        Frame::Binary(b) => Message::binary(b),
-    }
+/// What ended the read side.
+enum ReadOutcome {
+    /// Events were decoded (possibly none).
+    Events,
+    /// The peer closed the TCP connection.
+    Eof,
+    Error(std::io::Error),
+    Violation(u16, &'static str),
 }
 
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes.
-pub async fn serve<S>(node: Arc<Node>, identity: Identity, mut ws: WebSocketStream<S>)
+/// `pre_read` holds bytes the HTTP layer read past the handshake (usually empty).
+pub async fn serve<S>(node: Arc<Node>, identity: Identity, mut io: S, pre_read: &[u8])
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut socket = match Socket::open(node.clone(), identity) {
         Ok(s) => s,
         Err(_) => {
-            let _ = close(&mut ws, close_codes::SERVICE_RESTART, "server restarting").await;
+            let _ = close(&mut io, close_codes::SERVICE_RESTART, "server restarting").await;
             return;
         }
     };
@@ -46,103 +56,191 @@ where
     let idle = node.limits().idle_timeout;
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
+    let mut events: Vec<WsEvent> = Vec::new();
     let mut batch: Vec<Frame> = Vec::new();
 
-    let close_with: Option<(u16, &'static str)> = loop {
-        tokio::select! {
-            biased;
-            _ = outbox.changed() => {
-                let close_req = outbox.drain_into(&mut batch);
-                let mut failed = false;
-                for frame in batch.drain(..) {
-                    if ws.feed(to_ws(frame)).await.is_err() {
-                        failed = true;
-                        break;
+    let mut pending_read = if pre_read.is_empty() {
+        None
+    } else {
+        Some(
+            decoder
+                .feed(pre_read, &mut events)
+                .map(|_| ReadOutcome::Events)
+                .unwrap_or_else(|e| ReadOutcome::Violation(e.code, e.reason)),
+        )
+    };
+
+    let close_with: Option<(u16, &'static str)> = 'conn: loop {
+        let outcome = match pending_read.take() {
+            Some(o) => o,
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = outbox.changed() => {
+                        let close_req = outbox.drain_into(&mut batch);
+                        let written = write_frames(&mut io, &batch).await;
+                        batch.clear();
+                        if batch.capacity() > 64 {
+                            batch = Vec::new();
+                        }
+                        if written.is_err() {
+                            break 'conn None;
+                        }
+                        if let Some(c) = close_req {
+                            break 'conn Some((c.code, c.reason));
+                        }
+                        continue 'conn;
                     }
-                }
-                if batch.capacity() > 64 {
-                    batch = Vec::new();
-                }
-                if failed || ws.flush().await.is_err() {
-                    break None;
-                }
-                if let Some(c) = close_req {
-                    break Some((c.code, c.reason));
+                    outcome = read_events(&mut io, &mut decoder, &mut events) => outcome,
+                    _ = &mut timer => break 'conn Some((close_codes::IDLE_TIMEOUT, "heartbeat timeout")),
                 }
             }
-            incoming = ws.next() => match incoming {
-                None => break None,
-                Some(Err(e)) => {
-                    // tokio-websockets has queued the matching close frame (1002, 1007, 1009).
-                    tracing::debug!(conn = socket.id(), error = %e, "websocket error");
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
-                    linger(ws.get_mut()).await;
-                    break None;
-                }
-                Some(Ok(msg)) => {
-                    timer.as_mut().reset(Instant::now() + idle);
-                    if msg.is_text() || msg.is_binary() {
-                        let is_text = msg.is_text();
-                        let data = bytes::Bytes::from(msg.into_payload());
-                        let decoded = if is_text {
-                            decode_client_text(&data)
-                        } else {
-                            decode_client_binary(&data)
-                        };
-                        match decoded {
-                            Ok(m) => socket.handle(m).await,
-                            Err(e) => socket.handle_decode_error(e),
-                        }
-                    } else if msg.is_close() {
-                        // The library answers the close; keep polling to flush it.
-                        continue;
+        };
+        match outcome {
+            ReadOutcome::Eof => break None,
+            ReadOutcome::Error(e) => {
+                tracing::debug!(conn = socket.id(), error = %e, "websocket read failed");
+                break None;
+            }
+            ReadOutcome::Violation(code, reason) => {
+                tracing::debug!(
+                    conn = socket.id(),
+                    code,
+                    reason,
+                    "websocket protocol violation"
+                );
+                break Some((code, reason));
+            }
+            ReadOutcome::Events => {}
+        }
+        timer.as_mut().reset(Instant::now() + idle);
+        for event in events.drain(..) {
+            match event {
+                WsEvent::Text(data) => match decode_client_text(&data) {
+                    Ok(m) => socket.handle(m).await,
+                    Err(e) => socket.handle_decode_error(e),
+                },
+                WsEvent::Binary(data) => match decode_client_binary(&data) {
+                    Ok(m) => socket.handle(m).await,
+                    Err(e) => socket.handle_decode_error(e),
+                },
+                WsEvent::Ping(payload) => {
+                    let mut h = [0u8; 10];
+                    let n = encode_header(OP_PONG, payload.len(), &mut h);
+                    let mut pong = h[..n].to_vec();
+                    pong.extend_from_slice(&payload);
+                    if io.write_all(&pong).await.is_err() {
+                        break 'conn None;
                     }
                 }
-            },
-            _ = &mut timer => break Some((close_codes::IDLE_TIMEOUT, "heartbeat timeout")),
+                WsEvent::Pong => {}
+                WsEvent::Close(code, _) => {
+                    // Echo the close, then end the connection.
+                    let frame = close_frame(code.unwrap_or(1000), "");
+                    let _ = io.write_all(&frame).await;
+                    let _ = io.shutdown().await;
+                    break 'conn None;
+                }
+            }
+        }
+        if events.capacity() > 16 {
+            events = Vec::new();
         }
     };
     if let Some((code, reason)) = close_with {
-        let _ = close(&mut ws, code, reason).await;
+        let _ = close(&mut io, code, reason).await;
     }
     socket.close().await;
 }
 
-/// After a protocol error: half-close our side, then read and discard what the peer still
-/// sends (bounded in time and bytes) so that the kernel does not answer unread data with a
-/// reset that would destroy the close frame before the peer reads it.
-async fn linger<S>(io: &mut S)
+/// Reads once into a stack buffer and feeds the decoder. The buffer lives only during the poll,
+/// so it costs the connection nothing while it waits.
+async fn read_events<S>(
+    io: &mut S,
+    decoder: &mut FrameDecoder,
+    events: &mut Vec<WsEvent>,
+) -> ReadOutcome
+where
+    S: AsyncRead + Unpin,
+{
+    poll_fn(|cx| {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(ReadOutcome::Error(e)),
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(ReadOutcome::Eof),
+            Poll::Ready(Ok(())) => Poll::Ready(match decoder.feed(rb.filled(), events) {
+                Ok(()) => ReadOutcome::Events,
+                Err(e) => ReadOutcome::Violation(e.code, e.reason),
+            }),
+        }
+    })
+    .await
+}
+
+/// Writes frames: small ones coalesced into one buffer per write, large payloads directly.
+async fn write_frames<S>(io: &mut S, frames: &[Frame]) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    for frame in frames {
+        let (op, payload) = match frame {
+            Frame::Text(b) => (OP_TEXT, b),
+            Frame::Binary(b) => (OP_BINARY, b),
+        };
+        let mut h = [0u8; 10];
+        let n = encode_header(op, payload.len(), &mut h);
+        if payload.len() >= COALESCE {
+            if !buf.is_empty() {
+                io.write_all(&buf).await?;
+                buf.clear();
+            }
+            io.write_all(&h[..n]).await?;
+            io.write_all(payload).await?;
+            continue;
+        }
+        if buf.len() + n + payload.len() > COALESCE {
+            io.write_all(&buf).await?;
+            buf.clear();
+        }
+        if buf.capacity() == 0 {
+            buf.reserve(COALESCE.min(total_len(frames)));
+        }
+        buf.extend_from_slice(&h[..n]);
+        buf.extend_from_slice(payload);
+    }
+    if !buf.is_empty() {
+        io.write_all(&buf).await?;
+    }
+    io.flush().await
+}
+
+fn total_len(frames: &[Frame]) -> usize {
+    frames.iter().map(|f| f.len() + 10).sum()
+}
+
+/// Sends a close frame, half-closes, then reads and discards what the peer still sends
+/// (bounded in time and bytes) until it closes too. Lingering avoids the TCP reset that unread
+/// data would cause, which could destroy the close frame before the peer reads it.
+async fn close<S>(io: &mut S, code: u16, reason: &str) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(&close_frame(code, reason)).await?;
+    io.flush().await?;
     let _ = io.shutdown().await;
-    let mut buf = [0u8; 1024];
-    let mut budget: usize = 4 * 1024 * 1024;
+    let mut budget: usize = 1024 * 1024;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut buf = vec![0u8; 1024];
         while let Ok(n) = io.read(&mut buf).await {
             if n == 0 || n >= budget {
                 break;
             }
             budget -= n;
         }
-    })
-    .await;
-}
-
-/// Sends a close frame and waits briefly for the peer's answer.
-async fn close<S>(
-    ws: &mut WebSocketStream<S>,
-    code: u16,
-    reason: &str,
-) -> Result<(), tokio_websockets::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let code = CloseCode::try_from(code).unwrap_or(CloseCode::INTERNAL_SERVER_ERROR);
-    ws.send(Message::close(Some(code), reason)).await?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
     Ok(())
