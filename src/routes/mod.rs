@@ -4,7 +4,7 @@
 //! |------|--------|
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
 //! | `POST /api/broadcast`, `GET /api/channels` | [`api`] — backend API (API key) |
-//! | `GET /dev/token` | [`dev`] — dev profile only |
+//! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
 //! | `GET /`, `GET /assets/*` | [`pages`] — demo page |
 
@@ -46,7 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
     if state.config.profile == Profile::Dev {
-        r = r.route("/dev/token", get(dev::token));
+        r = r
+            .route("/dev/token", get(dev::token))
+            .route("/dev/echo", get(dev::echo));
     }
     r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)

@@ -157,14 +157,35 @@ pub async fn upgrade(
         }
     });
 
+    switching_protocols(&key, protocols.iter().any(|p| p == "phoenix"))
+}
+
+/// The `Sec-WebSocket-Key` of a valid WebSocket upgrade request (headers only).
+pub fn handshake_key(headers: &HeaderMap) -> Option<Vec<u8>> {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+        || headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+    {
+        return None;
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+}
+
+/// The 101 response completing a handshake.
+pub fn switching_protocols(key: &[u8], phoenix_protocol: bool) -> Response {
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept_key(&key)) {
+    if let Ok(v) = HeaderValue::from_str(&accept_key(key)) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if protocols.iter().any(|p| p == "phoenix") {
+    if phoenix_protocol {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("phoenix"),

@@ -97,7 +97,8 @@ where
                 }
             }
         };
-        match outcome {
+        // A violation still lets the frames before it count (Autobahn's strict behaviour).
+        let violation = match outcome {
             ReadOutcome::Eof => break None,
             ReadOutcome::Error(e) => {
                 tracing::debug!(conn = socket.id(), error = %e, "websocket read failed");
@@ -110,10 +111,10 @@ where
                     reason,
                     "websocket protocol violation"
                 );
-                break Some((code, reason));
+                Some((code, reason))
             }
-            ReadOutcome::Events => {}
-        }
+            ReadOutcome::Events => None,
+        };
         timer.as_mut().reset(Instant::now() + idle);
         for event in events.drain(..) {
             match event {
@@ -146,6 +147,12 @@ where
         }
         if events.capacity() > 16 {
             events = Vec::new();
+        }
+        if violation.is_some() {
+            // Deliver the replies to the frames before the violation, then close.
+            outbox.drain_into(&mut batch);
+            let _ = write_frames(&mut io, &batch).await;
+            break violation;
         }
     };
     if let Some((code, reason)) = close_with {
@@ -244,4 +251,55 @@ where
     })
     .await;
     Ok(())
+}
+
+/// A raw WebSocket echo over the same framing code, for conformance testing (Autobahn
+/// fuzzingclient, `scripts/autobahn`). Served only by the dev profile at `/dev/echo`.
+pub async fn echo<S>(mut io: S, max_message: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut decoder = FrameDecoder::new(max_message);
+    let mut events = Vec::new();
+    loop {
+        let violation = match read_events(&mut io, &mut decoder, &mut events).await {
+            ReadOutcome::Events => None,
+            ReadOutcome::Eof | ReadOutcome::Error(_) => return,
+            ReadOutcome::Violation(code, reason) => Some((code, reason)),
+        };
+        let mut out = Vec::new();
+        for event in events.drain(..) {
+            match event {
+                WsEvent::Text(b) => out.push(Frame::Text(b)),
+                WsEvent::Binary(b) => out.push(Frame::Binary(b)),
+                WsEvent::Ping(p) => {
+                    if write_frames(&mut io, &out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    let mut h = [0u8; 10];
+                    let n = encode_header(OP_PONG, p.len(), &mut h);
+                    let mut pong = h[..n].to_vec();
+                    pong.extend_from_slice(&p);
+                    if io.write_all(&pong).await.is_err() {
+                        return;
+                    }
+                }
+                WsEvent::Pong => {}
+                WsEvent::Close(code, _) => {
+                    let _ = write_frames(&mut io, &out).await;
+                    let _ = io.write_all(&close_frame(code.unwrap_or(1000), "")).await;
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if write_frames(&mut io, &out).await.is_err() {
+            return;
+        }
+        if let Some((code, reason)) = violation {
+            let _ = close(&mut io, code, reason).await;
+            return;
+        }
+    }
 }
