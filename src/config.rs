@@ -57,6 +57,7 @@ struct FileConfig {
 struct FileLimits {
     max_message_bytes: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
     outbox_max_frames: Option<usize>,
     outbox_max_bytes: Option<usize>,
     max_topic_bytes: Option<usize>,
@@ -192,6 +193,10 @@ pub fn load(
             .idle_timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(defaults.idle_timeout),
+        write_timeout: l
+            .write_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.write_timeout),
         outbox_max_frames: l.outbox_max_frames.unwrap_or(defaults.outbox_max_frames),
         outbox_max_bytes: l.outbox_max_bytes.unwrap_or(defaults.outbox_max_bytes),
         max_topic_bytes: l.max_topic_bytes.unwrap_or(defaults.max_topic_bytes),
@@ -202,6 +207,9 @@ pub fn load(
     };
     if limits.max_message_bytes < 1024 {
         return Err("limits.max_message_bytes must be at least 1024".into());
+    }
+    if limits.write_timeout < Duration::from_secs(1) {
+        return Err("limits.write_timeout_secs must be at least 1".into());
     }
     if limits.idle_timeout < Duration::from_secs(1) {
         return Err("limits.idle_timeout_secs must be at least 1".into());

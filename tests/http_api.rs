@@ -115,3 +115,84 @@ async fn health_and_metrics() {
     assert_eq!(st, 200);
     assert!(body.contains("plexus_connections 1"), "{body}");
 }
+
+#[tokio::test]
+async fn api_disconnect_closes_the_users_sockets_with_1001() {
+    let s = Server::start().await;
+    let mut a1 = s.client("alice").await;
+    let mut a2 = s.client("alice").await;
+    let mut b = s.client("bob").await;
+    let auth = auth();
+    let (st, resp) = s
+        .http(
+            "POST",
+            "/api/disconnect",
+            &[("Authorization", &auth)],
+            r#"{"sub":"alice"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(json(&resp)["disconnected"], 2);
+    for c in [&mut a1, &mut a2] {
+        let (code, _) = c.wait_close().await.unwrap();
+        assert_eq!(code, Some(1001));
+    }
+    assert!(b.heartbeat().await.unwrap().is_ok());
+    let (st, _) = s
+        .http("POST", "/api/disconnect", &[("Authorization", &auth)], "{}")
+        .await
+        .unwrap();
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_others_keep_receiving() {
+    let cfg = "profile = \"dev\"\n[limits]\nwrite_timeout_secs = 1\noutbox_max_bytes = 262144\n";
+    let s = Server::start_with(Some(cfg), &[]).await;
+    let mut stalled = s.client("slow").await;
+    let mut healthy = s.client("fast").await;
+    stalled.join("room:firehose", json!({})).await.unwrap();
+    healthy.join("room:firehose", json!({})).await.unwrap();
+    let auth = auth();
+    let blob = "x".repeat(60_000);
+    let body =
+        format!(r#"{{"topic":"room:firehose","event":"blob","payload":{{"data":"{blob}"}}}}"#);
+    // ~24 MB: more than the kernel buffers and the outbox limit hold for a client that never reads.
+    for i in 0..400 {
+        let (st, _) = s
+            .http("POST", "/api/broadcast", &[("Authorization", &auth)], &body)
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        if i % 20 == 0 {
+            // The healthy client keeps up.
+            while healthy
+                .recv_timeout(std::time::Duration::from_millis(5))
+                .await
+                .unwrap()
+                .is_some()
+            {}
+        }
+    }
+    // The stalled client is dropped: the topic is left with one subscriber.
+    let mut last = String::new();
+    for _ in 0..200 {
+        while healthy
+            .recv_timeout(std::time::Duration::from_millis(5))
+            .await
+            .unwrap()
+            .is_some()
+        {}
+        let (_, resp) = s
+            .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+            .await
+            .unwrap();
+        if json(&resp)["channels"] == json!([{"topic": "room:firehose", "subscribers": 1}]) {
+            assert!(healthy.heartbeat().await.unwrap().is_ok());
+            return;
+        }
+        last = resp;
+    }
+    panic!("the stalled client was not dropped: {last}\n{}", s.log());
+}

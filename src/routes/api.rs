@@ -101,3 +101,33 @@ pub async fn channels(State(state): State<AppState>, headers: HeaderMap) -> Resp
         .collect();
     Json(serde_json::json!({ "channels": channels })).into_response()
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectBody {
+    sub: String,
+}
+
+/// `POST /api/disconnect {"sub": "alice"}`: closes every connection of that user on this node
+/// with 1001; answers `{"disconnected": n}`.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = reject_without_api_key(&state, &headers) {
+        return r;
+    }
+    let body: DisconnectBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: expected {{\"sub\": string}} ({e})"),
+            )
+        }
+    };
+    let n = state.node.disconnect_user(&body.sub);
+    tracing::info!(sub = %body.sub, connections = n, "disconnected by the API");
+    Json(serde_json::json!({ "disconnected": n })).into_response()
+}

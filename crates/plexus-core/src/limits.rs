@@ -9,6 +9,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// A connection that sends nothing (not even a heartbeat) for this long is closed (4000).
     pub idle_timeout: Duration,
+    /// A write that cannot complete for this long (the client stopped reading) drops the
+    /// connection.
+    pub write_timeout: Duration,
     /// Frames waiting to be written to one connection before it counts as a slow consumer.
     pub outbox_max_frames: usize,
     /// Bytes waiting to be written to one connection before it counts as a slow consumer.
@@ -26,6 +29,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             outbox_max_frames: 1024,
             outbox_max_bytes: 8 * 1024 * 1024,
             max_topic_bytes: 255,

@@ -54,6 +54,7 @@ where
     };
     let outbox = socket.outbox().clone();
     let idle = node.limits().idle_timeout;
+    let write_timeout = node.limits().write_timeout;
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
@@ -79,13 +80,18 @@ where
                     biased;
                     _ = outbox.changed() => {
                         let close_req = outbox.drain_into(&mut batch);
-                        let written = write_frames(&mut io, &batch).await;
+                        let written = tokio::time::timeout(write_timeout, write_frames(&mut io, &batch)).await;
                         batch.clear();
                         if batch.capacity() > 64 {
                             batch = Vec::new();
                         }
-                        if written.is_err() {
-                            break 'conn None;
+                        match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break 'conn None,
+                            Err(_) => {
+                                tracing::info!(conn = socket.id(), sub = %socket.identity().sub, "client stopped reading: write timed out, dropping the connection");
+                                break 'conn None;
+                            }
                         }
                         if let Some(c) = close_req {
                             break 'conn Some((c.code, c.reason));
