@@ -3,6 +3,7 @@
 //! Every setting and its default is listed in `docs/configuration.md`. Loading validates
 //! everything up front and fails with a message that names the file, line and field.
 
+use plexus_core::auth::{Verifier, VerifyKey, VerifyOptions};
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
 use serde::Deserialize;
@@ -49,7 +50,33 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
     channels: Vec<ChannelRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    leeway_secs: Option<u64>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    roles_claim: Option<String>,
+    expiry_grace_secs: Option<u64>,
+    #[serde(default)]
+    keys: Vec<FileKey>,
+    #[serde(default)]
+    jwks_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    kid: Option<String>,
+    algorithm: String,
+    secret: Option<String>,
+    public_key: Option<String>,
+    public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +105,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub limits: Limits,
     pub policy: Policy,
+    pub verifier: Verifier,
     pub source: Option<PathBuf>,
 }
 
@@ -114,6 +142,57 @@ fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill(&mut buf[..]);
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the verification keys: `jwt_secret` (HS256), `[[auth.keys]]`, `auth.jwks_files`.
+fn build_verifier(secret: Option<&str>, auth: &FileAuth, base: &Path) -> Result<Verifier, String> {
+    let mut keys = Vec::new();
+    if let Some(s) = secret {
+        keys.push(VerifyKey::secret(
+            jsonwebtoken_alg("HS256")?,
+            s.as_bytes(),
+            None,
+        )?);
+    }
+    for (i, k) in auth.keys.iter().enumerate() {
+        let ctx = |e: String| format!("auth.keys[{i}]: {e}");
+        let alg = jsonwebtoken_alg(&k.algorithm).map_err(ctx)?;
+        let key = match (&k.secret, &k.public_key, &k.public_key_file) {
+            (Some(secret), None, None) => VerifyKey::secret(alg, secret.as_bytes(), k.kid.clone()),
+            (None, Some(pem), None) => VerifyKey::public_pem(alg, pem.as_bytes(), k.kid.clone()),
+            (None, None, Some(file)) => {
+                let path = base.join(file);
+                let pem = std::fs::read(&path)
+                    .map_err(|e| ctx(format!("cannot read {}: {e}", path.display())))?;
+                VerifyKey::public_pem(alg, &pem, k.kid.clone())
+            }
+            _ => Err("give exactly one of secret, public_key, public_key_file".into()),
+        }
+        .map_err(ctx)?;
+        keys.push(key);
+    }
+    for file in &auth.jwks_files {
+        let path = base.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("auth.jwks_files: cannot read {}: {e}", path.display()))?;
+        keys.extend(
+            VerifyKey::from_jwks(&text)
+                .map_err(|e| format!("auth.jwks_files {}: {e}", path.display()))?,
+        );
+    }
+    let options = VerifyOptions {
+        leeway_secs: auth.leeway_secs.unwrap_or(5),
+        issuer: auth.issuer.clone(),
+        audience: auth.audience.clone(),
+        roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
+    };
+    Verifier::new(keys, options)
+}
+
+fn jsonwebtoken_alg(name: &str) -> Result<plexus_core::auth::Algorithm, String> {
+    name.parse().map_err(|_| {
+        format!("unknown algorithm {name:?}: use HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA")
+    })
 }
 
 /// Resolves the configuration: file, then environment, then flags (`listen`, `profile`).
@@ -157,8 +236,11 @@ pub fn load(
     let (jwt_secret, jwt_secret_generated, api_key, api_key_generated) = match profile {
         Profile::Prod => {
             let mut missing = Vec::new();
-            if secret.is_none() {
-                missing.push("a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET)");
+            let has_keys = !file.auth.keys.is_empty() || !file.auth.jwks_files.is_empty();
+            if secret.is_none() && !has_keys {
+                missing.push(
+                    "a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET) or [[auth.keys]]",
+                );
             }
             if api_key.is_none() {
                 missing.push("an API key (api_key in the file or PLEXUS_API_KEY)");
@@ -166,11 +248,15 @@ pub fn load(
             if !missing.is_empty() {
                 return Err(format!("the prod profile needs {}", missing.join(" and ")));
             }
-            let secret = secret.unwrap_or_default();
-            if secret.len() < 16 {
+            if secret.as_ref().is_some_and(|s| s.len() < 16) {
                 return Err("jwt_secret must be at least 16 characters in the prod profile".into());
             }
-            (secret, false, api_key.unwrap_or_default(), false)
+            (
+                secret.unwrap_or_default(),
+                false,
+                api_key.unwrap_or_default(),
+                false,
+            )
         }
         Profile::Dev => {
             let (s, sg) = match secret {
@@ -204,6 +290,12 @@ pub fn load(
         max_channels_per_connection: l
             .max_channels_per_connection
             .unwrap_or(defaults.max_channels_per_connection),
+        expiry_grace: file
+            .auth
+            .expiry_grace_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.expiry_grace),
+        ..defaults.clone()
     };
     if limits.max_message_bytes < 1024 {
         return Err("limits.max_message_bytes must be at least 1024".into());
@@ -224,6 +316,16 @@ pub fn load(
         })?
     };
 
+    let base = path
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let secret_for_keys = (!jwt_secret.is_empty()).then_some(jwt_secret.as_str());
+    let verifier = build_verifier(secret_for_keys, &file.auth, &base).map_err(|e| match path {
+        Some(p) => format!("invalid config file {}: {e}", p.display()),
+        None => e,
+    })?;
+
     Ok(Config {
         profile,
         listen,
@@ -234,6 +336,7 @@ pub fn load(
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         limits,
         policy,
+        verifier,
         source: path.map(Path::to_path_buf),
     })
 }

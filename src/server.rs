@@ -2,7 +2,7 @@
 
 use crate::config::{Config, Profile};
 use crate::routes::{router, AppState};
-use plexus_core::auth::{Issuer, Verifier};
+use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::node::NodeConfig;
 use plexus_core::Node;
@@ -14,7 +14,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
     let node = Node::new(
         NodeConfig {
-            verifier: Verifier::hs256(config.jwt_secret.as_bytes()),
+            verifier: config.verifier.clone(),
             policy: config.policy.clone(),
             limits: config.limits.clone(),
         },

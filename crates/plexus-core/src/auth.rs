@@ -1,35 +1,71 @@
 //! Authentication: turning a connect-time token into an [`Identity`].
 //!
-//! Tokens are JWTs. This module verifies them (signature with an explicit algorithm allow-list,
-//! `exp`) and issues them for the `plexus token` command and the dev profile's token endpoint.
-//! Every refusal carries a short, loggable reason that never includes the token itself.
+//! Tokens are JWTs verified against a [`KeySet`]: several keys at once (for rotation), each
+//! bound to exactly one algorithm — HS256/384/512 with a shared secret, RS256/384/512 and
+//! PS256/384/512 with an RSA public key, ES256/ES384 with an EC public key, EdDSA with an
+//! Ed25519 public key — given as PEM or in a JWKS file. A token is only ever checked with a key
+//! whose algorithm equals the token's `alg`, and the key's type fixes its algorithm family, so
+//! `alg: none` and HS/RS key confusion (an HS256 token "signed" with an RSA public key) cannot
+//! verify by construction.
+//!
+//! Checked: signature, `exp` (required), `nbf`, and `iss` / `aud` when configured, with a
+//! clock-skew leeway. Every refusal is an [`AuthError`] whose text names the reason and never
+//! contains the token.
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Who a connection belongs to, as established by its token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Identity {
     /// The user id (`sub` claim).
     pub sub: Arc<str>,
-    /// Roles from the `roles` claim.
+    /// Roles from the roles claim (`roles` unless configured otherwise).
     pub roles: Vec<String>,
     /// Optional display name (`name` claim), public: it may be shown to other users.
     pub name: Option<String>,
+    /// Optional public profile (`info` claim, any JSON), shown to other users in presence.
+    pub info: Option<Box<RawValue>>,
     /// Expiry as seconds since the Unix epoch.
     pub expires_at: Option<u64>,
 }
 
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.sub == other.sub
+            && self.roles == other.roles
+            && self.name == other.name
+            && self.info.as_ref().map(|r| r.get()) == other.info.as_ref().map(|r| r.get())
+            && self.expires_at == other.expires_at
+    }
+}
+
 impl Identity {
+    /// An identity with just a user id (tests, internal use).
+    pub fn new(sub: &str) -> Self {
+        Identity {
+            sub: sub.into(),
+            roles: Vec::new(),
+            name: None,
+            info: None,
+            expires_at: None,
+        }
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
 }
 
-/// The claims Plexus reads and writes.
+/// The claims Plexus writes when it issues a token.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -55,64 +91,312 @@ pub enum AuthError {
     BadSignature,
     #[error("token algorithm not allowed")]
     AlgorithmNotAllowed,
+    #[error("unknown key id")]
+    UnknownKid,
+    #[error("wrong token audience")]
+    WrongAudience,
+    #[error("wrong token issuer")]
+    WrongIssuer,
     #[error("malformed token")]
     Malformed,
     #[error("token is missing the required claim {0}")]
     MissingClaim(String),
-    #[error("token has an empty sub claim")]
-    EmptySubject,
+    #[error("token has an empty or non-string sub claim")]
+    BadSubject,
+    #[error("token refresh must keep the same sub")]
+    SubjectChanged,
     #[error("token rejected: {0}")]
     Other(String),
 }
 
-/// Verifies connect tokens.
+/// One verification key, bound to one algorithm.
+#[derive(Clone)]
+pub struct VerifyKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl VerifyKey {
+    /// A shared-secret key for HS256, HS384 or HS512.
+    pub fn secret(
+        algorithm: Algorithm,
+        secret: &[u8],
+        kid: Option<String>,
+    ) -> Result<Self, String> {
+        if !is_hmac(algorithm) {
+            return Err(format!(
+                "a secret can only be used with HS256/HS384/HS512, not {algorithm:?}"
+            ));
+        }
+        if secret.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(VerifyKey {
+            kid,
+            algorithm,
+            key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// A public key in PEM for RS*, PS*, ES256/ES384 or EdDSA.
+    pub fn public_pem(
+        algorithm: Algorithm,
+        pem: &[u8],
+        kid: Option<String>,
+    ) -> Result<Self, String> {
+        use Algorithm::*;
+        let key = match algorithm {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem),
+            ES256 | ES384 => DecodingKey::from_ec_pem(pem),
+            EdDSA => DecodingKey::from_ed_pem(pem),
+            HS256 | HS384 | HS512 => {
+                return Err(format!("{algorithm:?} needs a secret, not a public key"))
+            }
+        }
+        .map_err(|e| format!("invalid {algorithm:?} public key: {e}"))?;
+        Ok(VerifyKey {
+            kid,
+            algorithm,
+            key,
+        })
+    }
+
+    /// Every usable key of a JWKS document. A key without `alg` gets the algorithm its type
+    /// implies (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA).
+    pub fn from_jwks(json: &str) -> Result<Vec<Self>, String> {
+        let set: JwkSet = serde_json::from_str(json).map_err(|e| format!("invalid JWKS: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let algorithm = match &jwk.common.key_algorithm {
+                Some(ka) => Algorithm::from_str(&format!("{ka:?}"))
+                    .map_err(|_| format!("JWKS key {i}: unsupported alg {ka:?}"))?,
+                None => match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                        EllipticCurve::P256 => Algorithm::ES256,
+                        EllipticCurve::P384 => Algorithm::ES384,
+                        _ => return Err(format!("JWKS key {i}: unsupported curve")),
+                    },
+                    AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                    AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+                },
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {i}: {e}"))?;
+            keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                algorithm,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err("the JWKS has no keys".into());
+        }
+        Ok(keys)
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
+
+/// Checks beyond the signature.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of), if any.
+    pub audience: Option<String>,
+    /// Claim holding the roles (array of strings, or one string).
+    pub roles_claim: String,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            leeway_secs: 5,
+            issuer: None,
+            audience: None,
+            roles_claim: "roles".into(),
+        }
+    }
+}
+
+/// Verifies connect tokens against a set of keys.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Vec<VerifyKey>,
+    options: VerifyOptions,
+}
+
+impl std::fmt::Debug for Verifier {
+    /// Lists the keys by algorithm and kid, never their material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{:?}{}",
+                    k.algorithm,
+                    k.kid
+                        .as_deref()
+                        .map(|k| format!("/{k}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        f.debug_struct("Verifier")
+            .field("keys", &keys)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl Verifier {
-    /// An HS256 verifier for a shared secret.
-    pub fn hs256(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Verifier {
-            key: DecodingKey::from_secret(secret),
-            validation,
+    pub fn new(keys: Vec<VerifyKey>, options: VerifyOptions) -> Result<Self, String> {
+        if keys.is_empty() {
+            return Err("no verification key configured".into());
         }
+        Ok(Verifier { keys, options })
+    }
+
+    /// An HS256 verifier for one shared secret with default options.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Verifier {
+            keys: vec![VerifyKey {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret),
+            }],
+            options: VerifyOptions::default(),
+        }
+    }
+
+    pub fn keys(&self) -> &[VerifyKey] {
+        &self.keys
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+            _ => AuthError::Malformed,
+        })?;
+        let candidates: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) => {
+                let with_kid: Vec<&VerifyKey> = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .collect();
+                if with_kid.is_empty() {
+                    // Keys configured without a kid still accept tokens that carry one.
+                    let anonymous: Vec<&VerifyKey> =
+                        self.keys.iter().filter(|k| k.kid.is_none()).collect();
+                    if anonymous.is_empty() {
+                        return Err(AuthError::UnknownKid);
+                    }
+                    anonymous
+                } else {
+                    with_kid
+                }
+            }
+            None => self.keys.iter().collect(),
+        };
+        let candidates: Vec<&VerifyKey> = candidates
+            .into_iter()
+            .filter(|k| k.algorithm == header.alg)
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let mut last = AuthError::BadSignature;
+        for key in candidates {
+            match self.verify_with(token, key) {
+                Ok(id) => return Ok(id),
+                Err(AuthError::BadSignature) => last = AuthError::BadSignature,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_with(&self, token: &str, key: &VerifyKey) -> Result<Identity, AuthError> {
+        let mut v = Validation::new(key.algorithm);
+        v.algorithms = vec![key.algorithm];
+        v.leeway = self.options.leeway_secs;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        match &self.options.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.options.issuer {
+            v.set_issuer(&[iss]);
+        }
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v).map_err(|e| match e
+                .kind()
+            {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::AlgorithmNotAllowed
-                }
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::MissingAlgorithm => AuthError::AlgorithmNotAllowed,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
                 ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
                 ErrorKind::InvalidToken
                 | ErrorKind::Base64(_)
                 | ErrorKind::Json(_)
                 | ErrorKind::Utf8(_) => AuthError::Malformed,
+                ErrorKind::InvalidClaimFormat(c) => {
+                    AuthError::Other(format!("claim {c} has the wrong format"))
+                }
                 other => AuthError::Other(format!("{other:?}")),
-            },
-        )?;
-        let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::EmptySubject);
-        }
+            })?;
+        self.identity(data.claims)
+    }
+
+    fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
+        let sub = match c.get("sub") {
+            None => return Err(AuthError::MissingClaim("sub".into())),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => return Err(AuthError::BadSubject),
+        };
+        let roles = match c.get(&self.options.roles_claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        let name = c.get("name").and_then(|n| n.as_str()).map(str::to_owned);
+        let info = c
+            .remove("info")
+            .and_then(|v| serde_json::value::to_raw_value(&v).ok());
+        let expires_at = c.get("exp").and_then(|e| e.as_u64());
         Ok(Identity {
-            sub: c.sub.into(),
-            roles: c.roles,
-            name: c.name,
-            expires_at: Some(c.exp),
+            sub: sub.into(),
+            roles,
+            name,
+            info,
+            expires_at,
         })
     }
 }
@@ -160,6 +444,17 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    }
+
+    fn exp() -> u64 {
+        unix_now() + 600
+    }
 
     #[test]
     fn round_trip_and_refusals() {
@@ -179,20 +474,33 @@ mod tests {
         );
         assert_eq!(verifier.verify("garbage"), Err(AuthError::Malformed));
         assert_eq!(verifier.verify(""), Err(AuthError::MissingToken));
-        let old = Claims {
-            sub: "a".into(),
-            roles: vec![],
-            name: None,
-            exp: 1000,
-            iat: None,
-        };
-        let t = jsonwebtoken::encode(
-            &Header::default(),
-            &old,
-            &EncodingKey::from_secret(b"secret"),
-        )
-        .unwrap();
-        assert_eq!(verifier.verify(&t), Err(AuthError::Expired));
+        let k = EncodingKey::from_secret(b"secret");
+        let old = sign(Algorithm::HS256, &k, None, json!({"sub": "a", "exp": 1000}));
+        assert_eq!(verifier.verify(&old), Err(AuthError::Expired));
+        let later = sign(
+            Algorithm::HS256,
+            &k,
+            None,
+            json!({"sub": "a", "exp": exp(), "nbf": unix_now() + 300}),
+        );
+        assert_eq!(verifier.verify(&later), Err(AuthError::NotYetValid));
+        let no_exp = sign(Algorithm::HS256, &k, None, json!({"sub": "a"}));
+        assert_eq!(
+            verifier.verify(&no_exp),
+            Err(AuthError::MissingClaim("exp".into()))
+        );
+        let no_sub = sign(Algorithm::HS256, &k, None, json!({"exp": exp()}));
+        assert_eq!(
+            verifier.verify(&no_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
+        let hs512 = sign(
+            Algorithm::HS512,
+            &k,
+            None,
+            json!({"sub": "a", "exp": exp()}),
+        );
+        assert_eq!(verifier.verify(&hs512), Err(AuthError::AlgorithmNotAllowed));
     }
 
     #[test]
@@ -200,5 +508,157 @@ mod tests {
         // {"alg":"none","typ":"JWT"} . {"sub":"a","exp":9999999999} . (no signature)
         let t = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(Verifier::hs256(b"secret").verify(t).is_err());
+    }
+
+    #[test]
+    fn kid_rotation_audience_issuer_and_roles_claim() {
+        let keys = vec![
+            VerifyKey::secret(Algorithm::HS256, b"old-secret", Some("2026-10".into())).unwrap(),
+            VerifyKey::secret(Algorithm::HS384, b"new-secret", Some("2026-11".into())).unwrap(),
+        ];
+        let opts = VerifyOptions {
+            issuer: Some("https://auth.example".into()),
+            audience: Some("plexus".into()),
+            roles_claim: "groups".into(),
+            ..VerifyOptions::default()
+        };
+        let v = Verifier::new(keys, opts).unwrap();
+        let good = json!({"sub": "a", "exp": exp(), "iss": "https://auth.example", "aud": "plexus", "groups": ["admin"]});
+        let old = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"old-secret"),
+            Some("2026-10"),
+            good.clone(),
+        );
+        let new = sign(
+            Algorithm::HS384,
+            &EncodingKey::from_secret(b"new-secret"),
+            Some("2026-11"),
+            good.clone(),
+        );
+        assert!(v.verify(&old).unwrap().has_role("admin"));
+        assert!(v.verify(&new).is_ok());
+        let unknown = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"old-secret"),
+            Some("nope"),
+            good.clone(),
+        );
+        assert_eq!(v.verify(&unknown), Err(AuthError::UnknownKid));
+        let mut bad_aud = good.clone();
+        bad_aud["aud"] = json!("other");
+        let t = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"old-secret"),
+            Some("2026-10"),
+            bad_aud,
+        );
+        assert_eq!(v.verify(&t), Err(AuthError::WrongAudience));
+        let mut bad_iss = good;
+        bad_iss["iss"] = json!("https://evil.example");
+        let t = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"old-secret"),
+            Some("2026-10"),
+            bad_iss,
+        );
+        assert_eq!(v.verify(&t), Err(AuthError::WrongIssuer));
+    }
+
+    #[test]
+    fn secrets_only_for_hmac() {
+        assert!(VerifyKey::secret(Algorithm::RS256, b"x", None).is_err());
+        assert!(VerifyKey::public_pem(Algorithm::HS256, b"x", None).is_err());
+    }
+
+    const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/keys/");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{KEYS}{name}")).unwrap()
+    }
+
+    #[test]
+    fn asymmetric_keys_and_jwks() {
+        let claims = json!({"sub": "a", "exp": exp()});
+        let cases = [
+            (Algorithm::RS256, "rsa"),
+            (Algorithm::PS256, "rsa"),
+            (Algorithm::RS512, "rsa"),
+            (Algorithm::ES256, "ec256"),
+            (Algorithm::ES384, "ec384"),
+            (Algorithm::EdDSA, "ed25519"),
+        ];
+        for (alg, name) in cases {
+            let private = fixture(&format!("{name}_private.pem"));
+            let enc = match alg {
+                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&private),
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
+                _ => EncodingKey::from_rsa_pem(&private),
+            }
+            .unwrap();
+            let key =
+                VerifyKey::public_pem(alg, &fixture(&format!("{name}_public.pem")), None).unwrap();
+            let v = Verifier::new(vec![key], VerifyOptions::default()).unwrap();
+            let t = sign(alg, &enc, None, claims.clone());
+            assert!(v.verify(&t).is_ok(), "{alg:?}");
+        }
+
+        let jwks = String::from_utf8(fixture("jwks.json")).unwrap();
+        let keys = VerifyKey::from_jwks(&jwks).unwrap();
+        assert_eq!(keys.len(), 2);
+        let v = Verifier::new(keys, VerifyOptions::default()).unwrap();
+        let rsa2 = EncodingKey::from_rsa_pem(&fixture("rsa2_private.pem")).unwrap();
+        let ed = EncodingKey::from_ed_pem(&fixture("ed25519_private.pem")).unwrap();
+        assert!(v
+            .verify(&sign(
+                Algorithm::RS256,
+                &rsa2,
+                Some("rsa-2026-11"),
+                claims.clone()
+            ))
+            .is_ok());
+        assert!(v
+            .verify(&sign(
+                Algorithm::EdDSA,
+                &ed,
+                Some("ed-2026-11"),
+                claims.clone()
+            ))
+            .is_ok());
+        assert_eq!(
+            v.verify(&sign(
+                Algorithm::RS256,
+                &rsa2,
+                Some("other"),
+                claims.clone()
+            )),
+            Err(AuthError::UnknownKid)
+        );
+        // A token signed with another RSA key under the right kid.
+        let rsa1 = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).unwrap();
+        assert_eq!(
+            v.verify(&sign(
+                Algorithm::RS256,
+                &rsa1,
+                Some("rsa-2026-11"),
+                claims.clone()
+            )),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn hs_rs_key_confusion_is_impossible() {
+        // The attacker signs HS256 with the server's RSA *public* key as the HMAC secret.
+        let public = fixture("rsa_public.pem");
+        let key = VerifyKey::public_pem(Algorithm::RS256, &public, None).unwrap();
+        let v = Verifier::new(vec![key], VerifyOptions::default()).unwrap();
+        let forged = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public),
+            None,
+            json!({"sub": "a", "exp": exp()}),
+        );
+        assert_eq!(v.verify(&forged), Err(AuthError::AlgorithmNotAllowed));
     }
 }

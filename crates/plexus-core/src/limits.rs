@@ -9,6 +9,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// A connection that sends nothing (not even a heartbeat) for this long is closed (4000).
     pub idle_timeout: Duration,
+    /// How long a connection whose token expired stays open to refresh it in-band
+    /// (`refresh_token` on topic `phoenix`) before it is closed with 4001.
+    pub expiry_grace: Duration,
     /// A write that cannot complete for this long (the client stopped reading) drops the
     /// connection.
     pub write_timeout: Duration,
@@ -30,6 +33,7 @@ impl Default for Limits {
             max_message_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            expiry_grace: Duration::from_secs(10),
             outbox_max_frames: 1024,
             outbox_max_bytes: 8 * 1024 * 1024,
             max_topic_bytes: 255,
@@ -55,4 +59,6 @@ pub mod close_codes {
     pub const SLOW_CONSUMER: u16 = 1013;
     /// Nothing was received for `idle_timeout` (no heartbeat).
     pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The connection's token expired and was not refreshed within the grace period.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }

@@ -51,6 +51,8 @@ pub struct Node {
     policy: Policy,
     limits: Limits,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
+    /// (topic, sub) → joins, for channels whose rule sets `max_per_user`.
+    user_joins: Mutex<HashMap<(Box<str>, Arc<str>), u32>>,
     next_id: AtomicU64,
     draining: AtomicBool,
     pub counters: Counters,
@@ -71,6 +73,7 @@ impl Node {
             policy: config.policy,
             limits: config.limits,
             conns: Mutex::new(HashMap::new()),
+            user_joins: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             counters: Counters::default(),
@@ -143,6 +146,28 @@ impl Node {
             n += 1;
         }
         n
+    }
+
+    /// Counts one more join of `sub` to `topic` unless that would exceed `max`.
+    pub(crate) fn claim_user_join(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
+        let mut joins = self.user_joins.lock();
+        let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub(crate) fn release_user_join(&self, topic: &str, sub: &Arc<str>) {
+        let mut joins = self.user_joins.lock();
+        let key = (Box::<str>::from(topic), sub.clone());
+        if let Some(n) = joins.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                joins.remove(&key);
+            }
+        }
     }
 
     pub fn is_draining(&self) -> bool {

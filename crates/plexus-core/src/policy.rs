@@ -7,6 +7,7 @@
 
 use crate::auth::Identity;
 use serde::Deserialize;
+use std::collections::HashMap;
 
 /// One channel rule as written in the configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -17,15 +18,25 @@ pub struct ChannelRule {
     /// Any of these roles may join; empty means any authenticated user.
     #[serde(default)]
     pub join_roles: Vec<String>,
+    /// All of these roles are needed to join (checked in addition to `join_roles`).
+    #[serde(default)]
+    pub join_roles_all: Vec<String>,
     /// Nobody may join (useful to carve an exception out of a broader rule that follows).
     #[serde(default)]
     pub deny: bool,
     /// Events clients may push; `"*"` allows any non-reserved event.
     #[serde(default = "any_event")]
     pub push_events: Vec<String>,
+    /// Events only some roles may push: event → any of these roles. An event listed here is
+    /// governed by this table alone (it need not be in `push_events`).
+    #[serde(default)]
+    pub event_roles: HashMap<String, Vec<String>>,
     /// Whether the sender of a push receives its own broadcast.
     #[serde(default)]
     pub echo: bool,
+    /// How many times one user (`sub`) may be joined to one topic of this rule at once.
+    #[serde(default)]
+    pub max_per_user: Option<u32>,
 }
 
 fn any_event() -> Vec<String> {
@@ -38,9 +49,12 @@ impl ChannelRule {
         ChannelRule {
             topic: pattern.to_owned(),
             join_roles: Vec::new(),
+            join_roles_all: Vec::new(),
             deny: false,
             push_events: any_event(),
+            event_roles: HashMap::new(),
             echo: false,
+            max_per_user: None,
         }
     }
 
@@ -50,14 +64,23 @@ impl ChannelRule {
     }
 
     /// May `who` push `event` on a channel governed by this rule?
-    pub fn may_push(&self, event: &str) -> bool {
-        self.push_events.iter().any(|e| e == "*" || e == event)
+    pub fn may_push(&self, who: &Identity, event: &str) -> bool {
+        match self.event_roles.get(event) {
+            Some(roles) => roles.iter().any(|r| who.has_role(r)),
+            None => self.push_events.iter().any(|e| e == "*" || e == event),
+        }
     }
 
     /// Checks that the rule is well formed; returns a message naming the problem.
     pub fn validate(&self) -> Result<(), String> {
         if self.topic.is_empty() {
             return Err("topic pattern is empty".into());
+        }
+        if self.max_per_user == Some(0) {
+            return Err(format!(
+                "topic pattern {:?}: max_per_user must be at least 1",
+                self.topic
+            ));
         }
         if let Some(pos) = self.topic.find('*') {
             if pos != self.topic.len() - 1 {
@@ -94,6 +117,9 @@ fn pattern_matches(pattern: &str, topic: &str, sub: &str) -> bool {
 /// Why an action was refused; the text goes to the client as `{"reason": …}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied(pub &'static str);
+
+/// The reason given for refused joins and pushes that rules forbid.
+pub const UNAUTHORIZED: &str = "unauthorized";
 
 /// The channel rules of a node.
 #[derive(Clone, Debug, Default)]
@@ -134,6 +160,9 @@ impl Policy {
         if !rule.join_roles.is_empty() && !rule.join_roles.iter().any(|r| who.has_role(r)) {
             return Err(Denied("unauthorized"));
         }
+        if !rule.join_roles_all.iter().all(|r| who.has_role(r)) {
+            return Err(Denied("unauthorized"));
+        }
         Ok(idx)
     }
 
@@ -147,12 +176,9 @@ mod tests {
     use super::*;
 
     fn who(sub: &str, roles: &[&str]) -> Identity {
-        Identity {
-            sub: sub.into(),
-            roles: roles.iter().map(|s| s.to_string()).collect(),
-            name: None,
-            expires_at: None,
-        }
+        let mut id = Identity::new(sub);
+        id.roles = roles.iter().map(|s| s.to_string()).collect();
+        id
     }
 
     #[test]
@@ -180,6 +206,24 @@ mod tests {
             .authorize_join(&who("a", &["staff"]), "room:staff")
             .is_ok());
         assert!(p.authorize_join(&who("a", &[]), "other").is_err());
+    }
+
+    #[test]
+    fn all_of_roles_and_event_roles() {
+        let mut r = ChannelRule::open("ops:*");
+        r.join_roles_all = vec!["staff".into(), "oncall".into()];
+        r.push_events = vec!["new_msg".into()];
+        r.event_roles
+            .insert("delete_msg".into(), vec!["moderator".into()]);
+        let p = Policy::new(vec![r.clone()]).unwrap();
+        assert!(p.authorize_join(&who("a", &["staff"]), "ops:1").is_err());
+        assert!(p
+            .authorize_join(&who("a", &["staff", "oncall"]), "ops:1")
+            .is_ok());
+        assert!(r.may_push(&who("a", &[]), "new_msg"));
+        assert!(!r.may_push(&who("a", &[]), "typing"));
+        assert!(!r.may_push(&who("a", &[]), "delete_msg"));
+        assert!(r.may_push(&who("m", &["moderator"]), "delete_msg"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ struct Joined {
     join_ref: Option<Box<str>>,
     /// Index of the governing rule in the node's policy.
     rule: usize,
+    /// Counted against the rule's `max_per_user`.
+    counted: bool,
 }
 
 /// A live connection: its identity, joined channels and outbound queue.
@@ -84,6 +86,7 @@ impl Socket {
         if msg.topic == PHOENIX_TOPIC {
             match event {
                 events::HEARTBEAT => self.reply_ok(&msg, Payload::empty_object()),
+                events::REFRESH_TOKEN => self.refresh_token(&msg),
                 _ => self.reply_error(&msg, "unknown event on topic phoenix"),
             }
             return;
@@ -99,6 +102,49 @@ impl Socket {
             events::LEAVE => Box::pin(self.leave(msg)).await,
             e if e.starts_with("phx_") => self.reply_error(&msg, "reserved event"),
             _ => Box::pin(self.client_push(msg, rule)).await,
+        }
+    }
+
+    /// `refresh_token {"token": …}`: verifies the new token (same user) and adopts its roles
+    /// and expiry; joined channels stay joined.
+    fn refresh_token(&mut self, msg: &Message) {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            token: String,
+        }
+        let token = msg
+            .payload
+            .as_json()
+            .and_then(|raw| serde_json::from_str::<Body>(raw.get()).ok())
+            .map(|b| b.token);
+        let Some(token) = token else {
+            return self.reply_error(msg, "refresh_token needs {\"token\": \"<jwt>\"}");
+        };
+        match self.node.authenticate(Some(&token)) {
+            Ok(id) if id.sub == self.identity.sub => {
+                let expires_at = id.expires_at;
+                self.identity = id;
+                let response = Payload::json(&serde_json::json!({ "expires_at": expires_at }))
+                    .unwrap_or_else(|_| Payload::empty_object());
+                self.reply_ok(msg, response);
+            }
+            Ok(_) => {
+                tracing::warn!(sub = %self.identity.sub, "token refresh refused: different sub");
+                self.reply_error(msg, &crate::auth::AuthError::SubjectChanged.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(sub = %self.identity.sub, reason = %e, "token refresh refused");
+                self.reply_error(msg, &e.to_string())
+            }
+        }
+    }
+
+    /// Tells the client its token expired and it has `grace` to refresh it.
+    pub fn notify_token_expired(&self, grace: std::time::Duration) {
+        let payload = Payload::json(&serde_json::json!({ "grace_ms": grace.as_millis() as u64 }))
+            .unwrap_or_else(|_| Payload::empty_object());
+        if let Ok(frame) = encode_push(None, None, PHOENIX_TOPIC, events::TOKEN_EXPIRED, &payload) {
+            self.outbox.push(frame);
         }
     }
 
@@ -118,10 +164,10 @@ impl Socket {
     async fn join(&mut self, msg: Message) {
         let limits = self.node.limits();
         if msg.topic.is_empty() {
-            return self.reply_error(&msg, "empty topic");
+            return self.refuse_join(&msg, "empty topic", false);
         }
         if msg.topic.len() > limits.max_topic_bytes {
-            return self.reply_error(&msg, "topic too long");
+            return self.refuse_join(&msg, "topic too long", false);
         }
         let rule = match self
             .node
@@ -131,32 +177,68 @@ impl Socket {
             Ok(rule) => rule,
             Err(denied) => {
                 tracing::debug!(sub = %self.identity.sub, topic = %msg.topic, reason = denied.0, "join refused");
-                return self.reply_error(&msg, denied.0);
+                return self.refuse_join(&msg, denied.0, false);
             }
         };
-        let new = Joined {
-            join_ref: msg.join_ref.as_deref().map(Into::into),
-            rule,
-        };
+        let join_ref: Option<Box<str>> = msg.join_ref.as_deref().map(Into::into);
         if let Some(old) = self.channels.get_mut(msg.topic.as_str()) {
-            // Duplicate join: close the old channel, keep the subscription.
-            let old_ref = old.join_ref.take();
-            *old = new;
+            // Duplicate join: close the old channel, keep the subscription and its count.
+            let old_ref = std::mem::replace(&mut old.join_ref, join_ref);
+            old.rule = rule;
             self.send_close(&msg.topic, old_ref.as_deref());
-        } else {
-            if self.channels.len() >= limits.max_channels_per_connection {
-                return self.reply_error(&msg, "too many channels");
-            }
-            self.channels.insert(msg.topic.as_str().into(), new);
-            self.node
-                .subscribe(&msg.topic, self.id, self.outbox.clone())
-                .await;
+            return self.reply_ok(&msg, Payload::empty_object());
         }
+        if self.channels.len() >= limits.max_channels_per_connection {
+            return self.refuse_join(&msg, "too many channels", false);
+        }
+        let max_per_user = self.node.policy().rule(rule).and_then(|r| r.max_per_user);
+        if let Some(max) = max_per_user {
+            if !self
+                .node
+                .claim_user_join(&msg.topic, &self.identity.sub, max)
+            {
+                tracing::info!(sub = %self.identity.sub, topic = %msg.topic, max, "join refused: max_per_user");
+                return self.refuse_join(
+                    &msg,
+                    "already joined the maximum number of times (max_per_user)",
+                    true,
+                );
+            }
+        }
+        self.channels.insert(
+            msg.topic.as_str().into(),
+            Joined {
+                join_ref,
+                rule,
+                counted: max_per_user.is_some(),
+            },
+        );
+        self.node
+            .subscribe(&msg.topic, self.id, self.outbox.clone())
+            .await;
         self.reply_ok(&msg, Payload::empty_object());
+    }
+
+    /// An error reply to a join: `{"reason": …, "retry": bool}`. `retry: false` tells the
+    /// application that rejoining cannot succeed (phoenix.js retries regardless; see
+    /// docs/protocol.md for how to stop it).
+    fn refuse_join(&self, msg: &Message, reason: &str, retry: bool) {
+        let response = Payload::json(&serde_json::json!({ "reason": reason, "retry": retry }))
+            .unwrap_or_else(|_| Payload::empty_object());
+        self.send_reply(
+            msg.join_ref.as_deref(),
+            msg.msg_ref.as_deref(),
+            &msg.topic,
+            "error",
+            response,
+        );
     }
 
     async fn leave(&mut self, msg: Message) {
         if let Some(joined) = self.channels.remove(msg.topic.as_str()) {
+            if joined.counted {
+                self.node.release_user_join(&msg.topic, &self.identity.sub);
+            }
             self.node.unsubscribe(&msg.topic, self.id).await;
             self.reply_ok(&msg, Payload::empty_object());
             self.send_close(&msg.topic, joined.join_ref.as_deref());
@@ -170,7 +252,8 @@ impl Socket {
         let Some(rule) = self.node.policy().rule(rule) else {
             return self.reply_error(&msg, "unauthorized");
         };
-        if !rule.may_push(&msg.event) {
+        if !rule.may_push(&self.identity, &msg.event) {
+            tracing::debug!(sub = %self.identity.sub, topic = %msg.topic, event = %msg.event, "push refused");
             return self.reply_error(&msg, "unauthorized");
         }
         let exclude = if rule.echo { None } else { Some(self.id) };
@@ -256,8 +339,11 @@ impl Socket {
 
     /// Leaves every channel and unregisters the connection.
     pub async fn close(mut self) {
-        let topics: Vec<Box<str>> = self.channels.drain().map(|(t, _)| t).collect();
-        for topic in topics {
+        let channels: Vec<(Box<str>, Joined)> = self.channels.drain().collect();
+        for (topic, joined) in channels {
+            if joined.counted {
+                self.node.release_user_join(&topic, &self.identity.sub);
+            }
             self.node.unsubscribe(&topic, self.id).await;
         }
         self.node.unregister(self.id);
@@ -274,7 +360,10 @@ impl Drop for Socket {
         // let the broker learn about emptied topics in the background.
         let node = self.node.clone();
         let mut emptied = Vec::new();
-        for (topic, _) in self.channels.drain() {
+        for (topic, joined) in self.channels.drain() {
+            if joined.counted {
+                node.release_user_join(&topic, &self.identity.sub);
+            }
             if node.hub().unsubscribe(&topic, self.id) {
                 emptied.push(topic);
             }

@@ -23,4 +23,9 @@ pub mod events {
     pub const CLOSE: &str = "phx_close";
     pub const ERROR: &str = "phx_error";
     pub const HEARTBEAT: &str = "heartbeat";
+    /// Client → server on topic `phoenix`: `{"token": "<new JWT>"}` replaces the connection's
+    /// token before it expires.
+    pub const REFRESH_TOKEN: &str = "refresh_token";
+    /// Server → client on topic `phoenix`: the token expired; refresh within the grace period.
+    pub const TOKEN_EXPIRED: &str = "token_expired";
 }

@@ -57,6 +57,9 @@ where
     let write_timeout = node.limits().write_timeout;
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    let mut idle_deadline = Instant::now() + idle;
+    let mut expiry = Expiry::of(&socket, node.limits().expiry_grace);
+    timer.as_mut().reset(expiry.next(idle_deadline));
     let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
     let mut events: Vec<WsEvent> = Vec::new();
     let mut batch: Vec<Frame> = Vec::new();
@@ -99,7 +102,19 @@ where
                         continue 'conn;
                     }
                     outcome = read_events(&mut io, &mut decoder, &mut events) => outcome,
-                    _ = &mut timer => break 'conn Some((close_codes::IDLE_TIMEOUT, "heartbeat timeout")),
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        match expiry.fire(now) {
+                            ExpiryStep::Warn => socket.notify_token_expired(node.limits().expiry_grace),
+                            ExpiryStep::Close => break 'conn Some((close_codes::TOKEN_EXPIRED, "token expired")),
+                            ExpiryStep::None if now >= idle_deadline => {
+                                break 'conn Some((close_codes::IDLE_TIMEOUT, "heartbeat timeout"))
+                            }
+                            ExpiryStep::None => {}
+                        }
+                        timer.as_mut().reset(expiry.next(idle_deadline));
+                        continue 'conn;
+                    }
                 }
             }
         };
@@ -121,7 +136,7 @@ where
             }
             ReadOutcome::Events => None,
         };
-        timer.as_mut().reset(Instant::now() + idle);
+        idle_deadline = Instant::now() + idle;
         for event in events.drain(..) {
             match event {
                 WsEvent::Text(data) => match decode_client_text(&data) {
@@ -154,6 +169,8 @@ where
         if events.capacity() > 16 {
             events = Vec::new();
         }
+        expiry.update(&socket, node.limits().expiry_grace);
+        timer.as_mut().reset(expiry.next(idle_deadline));
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(&mut batch);
@@ -165,6 +182,70 @@ where
         let _ = close(&mut io, code, reason).await;
     }
     socket.close().await;
+}
+
+/// Token expiry of one connection: warn at `exp`, close at `exp + grace`.
+struct Expiry {
+    exp: Option<u64>,
+    warn_at: Option<Instant>,
+    close_at: Option<Instant>,
+    warned: bool,
+}
+
+enum ExpiryStep {
+    None,
+    Warn,
+    Close,
+}
+
+impl Expiry {
+    fn of(socket: &Socket, grace: Duration) -> Self {
+        let exp = socket.identity().expires_at;
+        let (warn_at, close_at) = match exp {
+            Some(exp) => {
+                let left = exp.saturating_sub(crate::auth::unix_now());
+                let warn = Instant::now() + Duration::from_secs(left);
+                (Some(warn), Some(warn + grace))
+            }
+            None => (None, None),
+        };
+        Expiry {
+            exp,
+            warn_at,
+            close_at,
+            warned: false,
+        }
+    }
+
+    /// Re-reads the identity after a refresh.
+    fn update(&mut self, socket: &Socket, grace: Duration) {
+        if socket.identity().expires_at != self.exp {
+            *self = Expiry::of(socket, grace);
+        }
+    }
+
+    fn next(&self, idle_deadline: Instant) -> Instant {
+        let expiry = if self.warned {
+            self.close_at
+        } else {
+            self.warn_at
+        };
+        match expiry {
+            Some(t) => t.min(idle_deadline),
+            None => idle_deadline,
+        }
+    }
+
+    fn fire(&mut self, now: Instant) -> ExpiryStep {
+        match (self.warned, self.warn_at, self.close_at) {
+            (false, Some(w), _) if now >= w => {
+                self.warned = true;
+                ExpiryStep::Warn
+            }
+            (true, _, Some(c)) if now >= c => ExpiryStep::Close,
+            _ => ExpiryStep::None,
+        }
+    }
 }
 
 /// Reads once into a stack buffer and feeds the decoder. The buffer lives only during the poll,
