@@ -3,6 +3,7 @@
 //! Every setting and its default is listed in `docs/configuration.md`. Loading validates
 //! everything up front and fails with a message that names the file, line and field.
 
+use plexus_core::admission::AdmissionConfig;
 use plexus_core::auth::{Verifier, VerifyKey, VerifyOptions};
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
@@ -48,6 +49,10 @@ struct FileConfig {
     api_key: Option<String>,
     drain_timeout_secs: Option<u64>,
     #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
     auth: FileAuth,
@@ -90,6 +95,12 @@ struct FileLimits {
     max_topic_bytes: Option<usize>,
     max_event_bytes: Option<usize>,
     max_channels_per_connection: Option<usize>,
+    messages_per_second: Option<f64>,
+    message_burst: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    max_connections_per_user: Option<u32>,
+    connect_rate_per_ip: Option<f64>,
+    connect_burst_per_ip: Option<u32>,
 }
 
 /// The resolved configuration the server runs with.
@@ -104,6 +115,7 @@ pub struct Config {
     pub api_key_generated: bool,
     pub drain_timeout: Duration,
     pub limits: Limits,
+    pub admission: AdmissionConfig,
     pub policy: Policy,
     pub verifier: Verifier,
     pub source: Option<PathBuf>,
@@ -295,8 +307,38 @@ pub fn load(
             .expiry_grace_secs
             .map(Duration::from_secs)
             .unwrap_or(defaults.expiry_grace),
-        ..defaults.clone()
+        messages_per_second: l
+            .messages_per_second
+            .unwrap_or(defaults.messages_per_second),
+        message_burst: l.message_burst.unwrap_or(defaults.message_burst),
     };
+    let adm = AdmissionConfig::default();
+    let mut trusted_proxies = Vec::new();
+    for p in &file.trusted_proxies {
+        let net = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address or CIDR range"))?;
+        trusted_proxies.push(net);
+    }
+    let admission = AdmissionConfig {
+        max_connections_per_ip: l
+            .max_connections_per_ip
+            .unwrap_or(adm.max_connections_per_ip),
+        max_connections_per_user: l
+            .max_connections_per_user
+            .unwrap_or(adm.max_connections_per_user),
+        connect_rate_per_ip: l.connect_rate_per_ip.unwrap_or(adm.connect_rate_per_ip),
+        connect_burst_per_ip: l.connect_burst_per_ip.unwrap_or(adm.connect_burst_per_ip),
+        allowed_origins: file.allowed_origins.clone(),
+        allow_loopback_origins: profile == Profile::Dev,
+        trusted_proxies,
+    };
+    if limits.messages_per_second < 0.0 || admission.connect_rate_per_ip < 0.0 {
+        return Err(
+            "limits.messages_per_second and limits.connect_rate_per_ip must not be negative".into(),
+        );
+    }
     if limits.max_message_bytes < 1024 {
         return Err("limits.max_message_bytes must be at least 1024".into());
     }
@@ -335,6 +377,7 @@ pub fn load(
         api_key_generated,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         limits,
+        admission,
         policy,
         verifier,
         source: path.map(Path::to_path_buf),

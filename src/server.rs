@@ -17,6 +17,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             verifier: config.verifier.clone(),
             policy: config.policy.clone(),
             limits: config.limits.clone(),
+            admission: config.admission.clone(),
         },
         |hub| Arc::new(MemoryBroker::new(hub)),
     );

@@ -22,7 +22,7 @@ async fn refused_connects_answer_json_and_log_why() {
     let (st, _, body) = http_raw(s.port, "GET", "/socket/websocket?vsn=2.0.0", &h, "")
         .await
         .unwrap();
-    assert_eq!(st, 403);
+    assert_eq!(st, 401);
     assert_eq!(json(&body)["error"], "missing token");
     // Garbage token.
     let (st, _, body) = http_raw(

@@ -60,6 +60,16 @@ fn token_from_protocols(protocols: &[String]) -> Option<Result<String, &'static 
     )
 }
 
+/// `Authorization: Bearer <token>` (non-browser clients).
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+}
+
 fn accept_key(key: &[u8]) -> String {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key);
@@ -126,23 +136,17 @@ pub async fn upgrade(
                 tracing::warn!(peer = %peer, reason, "connection refused");
                 return json_error(StatusCode::FORBIDDEN, reason);
             }
-            None => None,
+            None => bearer_token(headers),
         },
     };
     let node = state.node.clone();
-    let identity = match node.authenticate(token.as_deref()) {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::warn!(peer = %peer, reason = %e, "connection refused");
-            return json_error(StatusCode::FORBIDDEN, e.to_string());
+    let (identity, permit) = match node.admit(peer, headers, token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            return json_error(status, refusal.reason);
         }
     };
-    if node.is_draining() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server draining, reconnect to another node",
-        );
-    }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let sub = identity.sub.clone();
@@ -150,7 +154,7 @@ pub async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 tracing::debug!(peer = %peer, sub = %sub, "websocket connected");
-                websocket::serve(node, identity, TokioIo::new(upgraded), &[]).await;
+                websocket::serve(node, identity, permit, TokioIo::new(upgraded), &[]).await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),

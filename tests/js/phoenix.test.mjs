@@ -98,7 +98,7 @@ test("leave closes the channel; a denied join reports the reason", async () => {
 
   const denied = socket.channel("private:stuff", {});
   const reason = await new Promise((resolve) => denied.join().receive("error", resolve));
-  assert.deepEqual(reason, { reason: "unauthorized" });
+  assert.deepEqual(reason, { reason: "unauthorized", retry: false });
   denied.leave();
 });
 

@@ -25,6 +25,11 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Channels one connection may have joined at once.
     pub max_channels_per_connection: usize,
+    /// Sustained inbound messages per second per connection (0 = unlimited).
+    pub messages_per_second: f64,
+    /// Inbound messages one connection may send in a burst. Past it, messages get a
+    /// `rate limited` error reply; `message_burst` refusals in a row close the connection (1008).
+    pub message_burst: u32,
 }
 
 impl Default for Limits {
@@ -39,6 +44,8 @@ impl Default for Limits {
             max_topic_bytes: 255,
             max_event_bytes: 255,
             max_channels_per_connection: 100,
+            messages_per_second: 50.0,
+            message_burst: 100,
         }
     }
 }
@@ -47,7 +54,7 @@ impl Default for Limits {
 pub mod close_codes {
     /// The server disconnected this client on purpose (API or admin action).
     pub const FORCED_DISCONNECT: u16 = 1001;
-    /// The client sent something that breaks the protocol beyond a per-message error.
+    /// Sustained abuse: the client kept sending past its message rate limit.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// An inbound message was larger than `max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;

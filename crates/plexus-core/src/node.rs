@@ -1,6 +1,7 @@
 //! A Plexus node: hub, broker, authentication, policy, limits and the registry of live
 //! connections, in one object that transports and the HTTP API share.
 
+use crate::admission::{Admission, AdmissionConfig, Permit, Refusal};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, BrokerError};
 use crate::hub::{Hub, Publication};
@@ -14,11 +15,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// (topic, sub).
+type UserJoinKey = (Box<str>, Arc<str>);
+
 /// Everything a node needs besides its broker.
 pub struct NodeConfig {
     pub verifier: Verifier,
     pub policy: Policy,
     pub limits: Limits,
+    pub admission: AdmissionConfig,
 }
 
 struct ConnEntry {
@@ -50,9 +55,10 @@ pub struct Node {
     verifier: Verifier,
     policy: Policy,
     limits: Limits,
+    admission: Arc<Admission>,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
     /// (topic, sub) → joins, for channels whose rule sets `max_per_user`.
-    user_joins: Mutex<HashMap<(Box<str>, Arc<str>), u32>>,
+    user_joins: Mutex<HashMap<UserJoinKey, u32>>,
     next_id: AtomicU64,
     draining: AtomicBool,
     pub counters: Counters,
@@ -72,6 +78,7 @@ impl Node {
             verifier: config.verifier,
             policy: config.policy,
             limits: config.limits,
+            admission: Admission::new(config.admission),
             conns: Mutex::new(HashMap::new()),
             user_joins: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -94,6 +101,38 @@ impl Node {
 
     pub fn broker_name(&self) -> &'static str {
         self.broker.name()
+    }
+
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Every connect-time check, for any transport: client address (trusted proxies), attempt
+    /// rate, `Origin`, token, draining, per-address and per-user caps.
+    pub fn admit(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        token: Option<&str>,
+    ) -> Result<(Identity, Permit), Refusal> {
+        let ip = self.admission.client_ip(peer, headers);
+        let refuse = |r: Refusal| {
+            tracing::warn!(client = %ip, status = r.status, reason = %r.reason, "connection refused");
+            r
+        };
+        self.admission.check_rate(ip).map_err(refuse)?;
+        self.admission.check_origin(headers).map_err(refuse)?;
+        let identity = self.authenticate(token).map_err(|e| refuse(e.into()))?;
+        if self.is_draining() {
+            return Err(refuse(Refusal {
+                status: 503,
+                reason: "server draining, reconnect to another node".into(),
+            }));
+        }
+        let permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
+            tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
+        })?;
+        Ok((identity, permit))
     }
 
     /// Verifies a connect token.

@@ -13,12 +13,15 @@
 //!   broadcast to the other subscribers (or to all, with `echo`), and replied to;
 //! * a message for a topic that is not joined gets `{"reason": "unmatched topic"}`.
 
+use crate::admission::Permit;
 use crate::auth::Identity;
+use crate::limits::close_codes;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{
     encode_push, encode_reply, events, DecodeError, Message, Payload, PHOENIX_TOPIC,
 };
+use crate::ratelimit::TokenBucket;
 use crate::ConnId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -39,7 +42,11 @@ pub struct Socket {
     identity: Identity,
     outbox: Arc<Outbox>,
     channels: HashMap<Box<str>, Joined>,
+    rate: Option<TokenBucket>,
+    /// Messages refused by the rate limit in a row.
+    refused_in_a_row: u32,
     closed: bool,
+    _permit: Permit,
 }
 
 /// The node refused a new connection because it is draining.
@@ -47,17 +54,49 @@ pub struct Socket {
 pub struct Draining;
 
 impl Socket {
-    /// Registers a connection for `identity` with the node.
-    pub fn open(node: Arc<Node>, identity: Identity) -> Result<Self, Draining> {
+    /// Registers a connection admitted by [`Node::admit`].
+    pub fn open(node: Arc<Node>, identity: Identity, permit: Permit) -> Result<Self, Draining> {
         let (id, outbox) = node.register(&identity).ok_or(Draining)?;
+        let limits = node.limits();
+        let rate = (limits.messages_per_second > 0.0).then(|| {
+            TokenBucket::new(
+                limits.messages_per_second,
+                limits.message_burst,
+                std::time::Instant::now(),
+            )
+        });
         Ok(Socket {
             node,
             id,
             identity,
             outbox,
             channels: HashMap::new(),
+            rate,
+            refused_in_a_row: 0,
             closed: false,
+            _permit: permit,
         })
+    }
+
+    /// Applies the inbound message rate limit; `false` means the message was refused (and
+    /// answered, or the connection is being closed).
+    fn within_rate(&mut self, msg: &Message) -> bool {
+        let Some(bucket) = self.rate.as_mut() else {
+            return true;
+        };
+        if bucket.take(std::time::Instant::now()) {
+            self.refused_in_a_row = 0;
+            return true;
+        }
+        self.refused_in_a_row += 1;
+        if self.refused_in_a_row > self.node.limits().message_burst {
+            tracing::warn!(sub = %self.identity.sub, "closing: sustained flood over the message rate limit");
+            self.outbox
+                .close(close_codes::POLICY_VIOLATION, "rate limit exceeded");
+        } else {
+            self.reply_error(msg, "rate limited");
+        }
+        false
     }
 
     pub fn id(&self) -> ConnId {
@@ -82,6 +121,9 @@ impl Socket {
             .counters
             .messages_in
             .fetch_add(1, Ordering::Relaxed);
+        if !self.within_rate(&msg) {
+            return;
+        }
         let event = msg.event.as_str();
         if msg.topic == PHOENIX_TOPIC {
             match event {

@@ -8,6 +8,7 @@
 //! Memory: reads go into a buffer on the poll stack, never into one owned by the connection, so
 //! an idle connection holds no read or write buffer at all; see `BENCHMARKS.md`.
 
+use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::limits::close_codes;
 use crate::node::Node;
@@ -41,11 +42,16 @@ enum ReadOutcome {
 
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes.
 /// `pre_read` holds bytes the HTTP layer read past the handshake (usually empty).
-pub async fn serve<S>(node: Arc<Node>, identity: Identity, mut io: S, pre_read: &[u8])
-where
+pub async fn serve<S>(
+    node: Arc<Node>,
+    identity: Identity,
+    permit: Permit,
+    mut io: S,
+    pre_read: &[u8],
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut socket = match Socket::open(node.clone(), identity) {
+    let mut socket = match Socket::open(node.clone(), identity, permit) {
         Ok(s) => s,
         Err(_) => {
             let _ = close(&mut io, close_codes::SERVICE_RESTART, "server restarting").await;
@@ -83,7 +89,14 @@ where
                     biased;
                     _ = outbox.changed() => {
                         let close_req = outbox.drain_into(&mut batch);
-                        let written = tokio::time::timeout(write_timeout, write_frames(&mut io, &batch)).await;
+                        // The write timeout reuses the connection's one timer (no extra Sleep
+                        // in the task): armed for the write, then back to idle/expiry.
+                        timer.as_mut().reset(Instant::now() + write_timeout);
+                        let written = tokio::select! {
+                            r = write_frames(&mut io, &batch) => Ok(r),
+                            _ = &mut timer => Err(()),
+                        };
+                        timer.as_mut().reset(expiry.next(idle_deadline));
                         batch.clear();
                         if batch.capacity() > 64 {
                             batch = Vec::new();
@@ -178,10 +191,12 @@ where
             break violation;
         }
     };
+    // The closing steps run once per connection; boxed, their state does not weigh on the
+    // task of every idle connection.
     if let Some((code, reason)) = close_with {
-        let _ = close(&mut io, code, reason).await;
+        let _ = Box::pin(close(&mut io, code, reason)).await;
     }
-    socket.close().await;
+    Box::pin(socket.close()).await;
 }
 
 /// Token expiry of one connection: warn at `exp`, close at `exp + grace`.

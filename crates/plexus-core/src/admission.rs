@@ -1,0 +1,404 @@
+//! Admission: every check a new connection passes before it exists, whatever its transport.
+//!
+//! In order: the client's address (from `X-Forwarded-For` only when the peer is a trusted
+//! proxy), the connection-attempt rate of that address, the browser `Origin`, the token, and the
+//! concurrent-connection caps per address and per user. A refusal carries the HTTP status and
+//! the reason the client sees; the caller logs it.
+//!
+//! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps.
+
+use crate::auth::{AuthError, Identity};
+use crate::ratelimit::TokenBucket;
+use http::HeaderMap;
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Connect-time limits and trust settings.
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    /// Concurrent connections from one client address (0 = unlimited).
+    pub max_connections_per_ip: u32,
+    /// Concurrent connections of one user (`sub`) (0 = unlimited).
+    pub max_connections_per_user: u32,
+    /// Connection attempts per second from one address (sustained rate; 0 = unlimited).
+    pub connect_rate_per_ip: f64,
+    /// Connection attempts one address may make in a burst.
+    pub connect_burst_per_ip: u32,
+    /// Browser origins allowed besides the server's own (same host as the request).
+    /// Entries are exact origins (`https://app.example.com`) or `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// Also allow loopback origins (`http://localhost:*`, `http://127.0.0.1:*`): the dev profile.
+    pub allow_loopback_origins: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_connections_per_ip: 256,
+            max_connections_per_user: 32,
+            connect_rate_per_ip: 20.0,
+            connect_burst_per_ip: 40,
+            allowed_origins: Vec::new(),
+            allow_loopback_origins: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Why a connection was refused: the HTTP status and the client-visible reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        let status = if e == AuthError::MissingToken {
+            401
+        } else {
+            403
+        };
+        Refusal::new(status, e.to_string())
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    per_ip: HashMap<IpAddr, u32>,
+    per_user: HashMap<Arc<str>, u32>,
+}
+
+/// Node-wide admission state.
+pub struct Admission {
+    config: AdmissionConfig,
+    counts: Mutex<Counts>,
+    attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+/// A place in the connection caps; released on drop.
+pub struct Permit {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    sub: Arc<str>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("ip", &self.ip)
+            .field("sub", &self.sub)
+            .finish()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut c = self.admission.counts.lock();
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+        if let Some(n) = c.per_user.get_mut(&self.sub) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(&self.sub);
+            }
+        }
+    }
+}
+
+impl Permit {
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Arc<Self> {
+        Arc::new(Admission {
+            config,
+            counts: Mutex::new(Counts::default()),
+            attempts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &AdmissionConfig {
+        &self.config
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the rightmost
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer_ip = canonical(peer.ip());
+        if !self.is_trusted(peer_ip) {
+            return peer_ip;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .map(canonical)
+            .collect();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer_ip)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
+    /// Counts one connection attempt of `ip`; refuses past the per-address rate.
+    pub fn check_rate(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.config.connect_rate_per_ip <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut attempts = self.attempts.lock();
+        if attempts.len() > 100_000 {
+            // Forget addresses whose bucket has refilled: they are not limited anyway.
+            attempts.retain(|_, b| !b.is_full(now));
+        }
+        let bucket = attempts.entry(ip).or_insert_with(|| {
+            TokenBucket::new(
+                self.config.connect_rate_per_ip,
+                self.config.connect_burst_per_ip,
+                now,
+            )
+        });
+        if bucket.take(now) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                429,
+                "too many connection attempts from this address, slow down",
+            ))
+        }
+    }
+
+    /// Checks the `Origin` header. Requests without one (non-browser clients) pass.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(origin) = headers.get(http::header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("").trim();
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if origin_host(origin).is_some_and(|h| h.eq_ignore_ascii_case(host)) {
+            return Ok(()); // same origin
+        }
+        if self
+            .config
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return Ok(());
+        }
+        if self.config.allow_loopback_origins && is_loopback_origin(origin) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            403,
+            format!("origin not allowed: {origin} (add it to allowed_origins)"),
+        ))
+    }
+
+    /// Takes a place in the per-address and per-user caps.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, who: &Identity) -> Result<Permit, Refusal> {
+        let mut c = self.counts.lock();
+        let ip_n = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.config.max_connections_per_ip > 0 && ip_n >= self.config.max_connections_per_ip {
+            return Err(Refusal::new(429, "too many connections from this address"));
+        }
+        let user_n = c.per_user.get(&who.sub).copied().unwrap_or(0);
+        if self.config.max_connections_per_user > 0
+            && user_n >= self.config.max_connections_per_user
+        {
+            return Err(Refusal::new(429, "too many connections for this user"));
+        }
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        *c.per_user.entry(who.sub.clone()).or_insert(0) += 1;
+        Ok(Permit {
+            admission: self.clone(),
+            ip,
+            sub: who.sub.clone(),
+        })
+    }
+
+    /// Live connections of one user on this node.
+    pub fn user_connections(&self, sub: &str) -> u32 {
+        self.counts.lock().per_user.get(sub).copied().unwrap_or(0)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// `https://host:port` → `host:port`.
+fn origin_host(origin: &str) -> Option<&str> {
+    origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+}
+
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(hostport) = origin_host(origin) else {
+        return false;
+    };
+    let host = if let Some(rest) = hostport.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let a = Admission::new(AdmissionConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        });
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        assert_eq!(
+            a.client_ip("10.0.0.1:5000".parse().unwrap(), &h),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            a.client_ip("9.9.9.9:5000".parse().unwrap(), &h),
+            "9.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            a.client_ip("10.0.0.1:5000".parse().unwrap(), &HeaderMap::new()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let a = Admission::new(AdmissionConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..Default::default()
+        });
+        assert!(a.check_origin(&headers(&[])).is_ok());
+        assert!(a
+            .check_origin(&headers(&[("origin", "https://app.example.com")]))
+            .is_ok());
+        assert!(a
+            .check_origin(&headers(&[
+                ("origin", "https://plexus.io"),
+                ("host", "plexus.io")
+            ]))
+            .is_ok());
+        assert_eq!(
+            a.check_origin(&headers(&[("origin", "https://evil.example")]))
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert!(a
+            .check_origin(&headers(&[("origin", "http://localhost:3000")]))
+            .is_err());
+        let dev = Admission::new(AdmissionConfig {
+            allow_loopback_origins: true,
+            ..Default::default()
+        });
+        assert!(dev
+            .check_origin(&headers(&[("origin", "http://localhost:3000")]))
+            .is_ok());
+        assert!(dev
+            .check_origin(&headers(&[("origin", "http://127.0.0.1:5173")]))
+            .is_ok());
+        assert!(dev
+            .check_origin(&headers(&[("origin", "http://[::1]:8080")]))
+            .is_ok());
+        assert!(dev
+            .check_origin(&headers(&[("origin", "http://localhost.evil.example")]))
+            .is_err());
+    }
+
+    #[test]
+    fn caps_are_released_on_drop() {
+        let a = Admission::new(AdmissionConfig {
+            max_connections_per_ip: 2,
+            max_connections_per_user: 1,
+            ..Default::default()
+        });
+        let ip: IpAddr = "1.2.3.4".parse().unwrap();
+        let p1 = a.acquire(ip, &Identity::new("alice")).unwrap();
+        assert_eq!(
+            a.acquire(ip, &Identity::new("alice")).unwrap_err().status,
+            429
+        );
+        let p2 = a.acquire(ip, &Identity::new("bob")).unwrap();
+        assert!(a.acquire(ip, &Identity::new("carol")).is_err());
+        drop(p1);
+        drop(p2);
+        assert!(a.acquire(ip, &Identity::new("alice")).is_ok());
+    }
+
+    #[test]
+    fn connect_rate() {
+        let a = Admission::new(AdmissionConfig {
+            connect_rate_per_ip: 1.0,
+            connect_burst_per_ip: 3,
+            ..Default::default()
+        });
+        let ip: IpAddr = "1.2.3.4".parse().unwrap();
+        for _ in 0..3 {
+            assert!(a.check_rate(ip).is_ok());
+        }
+        assert_eq!(a.check_rate(ip).unwrap_err().status, 429);
+        assert!(a.check_rate("5.6.7.8".parse().unwrap()).is_ok());
+    }
+}
