@@ -56,8 +56,17 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     auth: FileAuth,
+    tls: Option<FileTls>,
     #[serde(default)]
     channels: Vec<ChannelRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+    redirect_http: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +127,10 @@ pub struct Config {
     pub admission: AdmissionConfig,
     pub policy: Policy,
     pub verifier: Verifier,
+    /// Native TLS: serve https/wss on `listen` with these files.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// A plain-HTTP listener that redirects to https (off unless configured).
+    pub http_redirect: Option<SocketAddr>,
     pub source: Option<PathBuf>,
 }
 
@@ -128,6 +141,8 @@ pub struct Env {
     pub profile: Option<String>,
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 impl Env {
@@ -138,6 +153,8 @@ impl Env {
             profile: get("PLEXUS_PROFILE"),
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
+            tls_cert: get("PLEXUS_TLS_CERT"),
+            tls_key: get("PLEXUS_TLS_KEY"),
         }
     }
 }
@@ -368,6 +385,38 @@ pub fn load(
         None => e,
     })?;
 
+    let (tls, http_redirect) = {
+        let file_tls = file.tls.as_ref();
+        let cert = env
+            .tls_cert
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| file_tls.map(|t| base.join(&t.cert)));
+        let key = env
+            .tls_key
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| file_tls.map(|t| base.join(&t.key)));
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err("TLS needs both a certificate and a key (tls.cert and tls.key, or PLEXUS_TLS_CERT and PLEXUS_TLS_KEY)".into()),
+        };
+        let redirect = match file_tls.and_then(|t| t.redirect_http.as_deref()) {
+            Some(r) => {
+                let a: SocketAddr = r
+                    .parse()
+                    .map_err(|_| format!("invalid tls.redirect_http {r:?}: expected host:port"))?;
+                if profile == Profile::Dev && !a.ip().is_loopback() {
+                    return Err(format!("the dev profile only binds loopback addresses, not {a} (tls.redirect_http)"));
+                }
+                Some(a)
+            }
+            None => None,
+        };
+        (tls, redirect)
+    };
+
     Ok(Config {
         profile,
         listen,
@@ -380,6 +429,8 @@ pub fn load(
         admission,
         policy,
         verifier,
+        tls,
+        http_redirect,
         source: path.map(Path::to_path_buf),
     })
 }
@@ -451,6 +502,7 @@ mod tests {
             jwt_secret: Some("0123456789abcdef0123".into()),
             api_key: Some("k".into()),
             listen: Some("0.0.0.0:9000".into()),
+            ..Env::default()
         };
         let c = load(None, &env, None, None).unwrap();
         assert_eq!(c.profile, Profile::Prod);

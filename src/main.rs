@@ -1,11 +1,12 @@
 //! The `plexus` binary: command line, configuration, HTTP routes and wiring around
-//! `plexus-core`. Start here: `cli` (flags) → `config` (file + env) → `server` (wiring,
+//! `plexus-core`. Start here: `cli` (flags) → `config` (file + env) → `server` (wiring, TLS,
 //! drain) → `routes` (one module per endpoint group).
 
 mod cli;
 mod config;
 mod routes;
 mod server;
+mod tls;
 
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs, TokenArgs};

@@ -1,7 +1,13 @@
-//! Wiring: builds the node from the configuration, serves HTTP, drains on SIGTERM/SIGINT.
+//! Wiring: builds the node from the configuration, accepts connections (plain or TLS), serves
+//! HTTP/1.1 with WebSocket upgrades, reloads certificates on SIGHUP, drains on SIGTERM/SIGINT.
 
 use crate::config::{Config, Profile};
 use crate::routes::{router, AppState};
+use crate::tls::{self, ReloadableCert};
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::node::NodeConfig;
@@ -9,6 +15,10 @@ use plexus_core::Node;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 pub async fn run(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
@@ -26,43 +36,204 @@ pub async fn run(config: Config) -> Result<(), String> {
         config: config.clone(),
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = ReloadableCert::new(files.clone())?;
+            tokio::spawn(reload_on_sighup(cert.clone()));
+            Some(tls::acceptor(cert)?)
+        }
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    announce(&config, addr, node.broker_name());
+    announce(&config, addr, node.broker_name(), tls.is_some());
 
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let drain_timeout = config.drain_timeout;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain_on_signal(node, drain_timeout))
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(redirect) = config.http_redirect {
+        let l = TcpListener::bind(redirect)
+            .await
+            .map_err(|e| format!("cannot listen on {redirect} (tls.redirect_http): {e}"))?;
+        tracing::info!("redirecting http://{redirect} to https://");
+        tokio::spawn(serve_loop(
+            l,
+            redirect_router(addr.port()),
+            None,
+            stop_rx.clone(),
+        ));
+    }
+    let app = router(state);
+    let serving = tokio::spawn(serve_loop(listener, app, tls, stop_rx));
+
+    drain_on_signal(node, config.drain_timeout).await;
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn announce(config: &Config, addr: SocketAddr, broker: &str) {
+/// Accepts connections until `stop` turns true, then lets in-flight HTTP requests finish
+/// (upgraded WebSockets are drained by the node, not here).
+async fn serve_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_connection(tcp, peer, app, tls, stop).await;
+        });
+    }
+}
+
+/// Serves one HTTP/1.1 connection; on stop, finishes the request in flight and closes.
+async fn serve_http<I>(
+    io: I,
+    service: impl HttpService,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "http connection error");
+    }
+}
+
+/// The hyper service type every connection uses.
+trait HttpService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    match tls {
+        None => serve_http(TokioIo::new(tcp), service, peer, stop).await,
+        Some(acceptor) => {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            serve_http(TokioIo::new(stream), service, peer, stop).await
+        }
+    }
+}
+
+/// The plain-HTTP listener of `tls.redirect_http`: every request is sent to https.
+fn redirect_router(https_port: u16) -> Router {
+    use axum::http::{header, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let location = if https_port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{https_port}{path}")
+        };
+        (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response()
+    })
+}
+
+fn announce(config: &Config, addr: SocketAddr, broker: &str, tls: bool) {
     let source = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "none (built-in defaults)".into());
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     tracing::info!(
-        "plexus {} listening on http://{addr} (profile {}, broker {broker}, config {source})",
+        "plexus {} listening on {http}://{addr} (profile {}, broker {broker}, config {source})",
         env!("CARGO_PKG_VERSION"),
         config.profile.name(),
     );
-    tracing::info!("WebSocket endpoint: ws://{addr}/socket (phoenix.js: new Socket(\"ws://{addr}/socket\", {{params: {{token}}}}))");
+    tracing::info!("WebSocket endpoint: {ws}://{addr}/socket (phoenix.js: new Socket(\"{ws}://{addr}/socket\", {{params: {{token}}}}))");
     if config.profile == Profile::Dev {
-        tracing::warn!("DEV PROFILE: anyone who can reach http://{addr}/dev/token can get a token. Never expose it; use PLEXUS_PROFILE=prod in production.");
+        tracing::warn!("DEV PROFILE: anyone who can reach {http}://{addr}/dev/token can get a token. Never expose it; use PLEXUS_PROFILE=prod in production.");
         if config.jwt_secret_generated {
             tracing::warn!("DEV PROFILE: the JWT secret is random for this run (set PLEXUS_JWT_SECRET to keep tokens valid across restarts)");
         }
         tracing::info!(
-            "get a token: curl 'http://{addr}/dev/token?sub=alice'   demo chat: http://{addr}/"
+            "get a token: curl '{http}://{addr}/dev/token?sub=alice'   demo chat: {http}://{addr}/"
         );
         if config.api_key_generated {
             tracing::info!("dev API key for /api/*: {}", config.api_key);
@@ -70,6 +241,29 @@ fn announce(config: &Config, addr: SocketAddr, broker: &str) {
     } else {
         tracing::info!("get a token: plexus token --config <file> --sub alice --ttl 1h");
     }
+}
+
+async fn reload_on_sighup(cert: Arc<ReloadableCert>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: certificates will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %cert.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: TLS certificate NOT reloaded, keeping the old one: {e}"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = cert;
 }
 
 /// Waits for SIGTERM or Ctrl-C, then drains: every client is closed with 1012 and the server
