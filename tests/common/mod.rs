@@ -94,6 +94,10 @@ impl Server {
             if let Ok((200, _)) = self.http("GET", "/health", &[], "").await {
                 return;
             }
+            // A TLS server does not answer plain HTTP: wait for its log line instead.
+            if self.log().contains("listening on https://") {
+                return;
+            }
             if let Some(status) = self
                 .child
                 .as_mut()

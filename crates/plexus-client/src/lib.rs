@@ -24,9 +24,17 @@ use plexus_core::protocol::{
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_websockets::{ClientBuilder, MaybeTlsStream, WebSocketStream};
+use tokio_websockets::{ClientBuilder, WebSocketStream};
+
+pub use tokio_rustls::rustls;
+
+/// The byte stream under the WebSocket: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub use plexus_core::protocol;
 
@@ -84,10 +92,14 @@ pub struct ConnectOptions {
     pub token_as_subprotocol: bool,
     /// Extra query parameters.
     pub params: Vec<(String, String)>,
+    /// Extra handshake headers (`Origin`, `X-Forwarded-For`, `Authorization`, …).
+    pub headers: Vec<(String, String)>,
     /// Local address to connect from (spreads load tests over 127.0.0.x).
     pub source: Option<SocketAddr>,
     /// How long calls wait for a reply.
     pub timeout: Duration,
+    /// TLS settings for `wss://` URLs (trusted roots); required for `wss://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ConnectOptions {
@@ -97,9 +109,32 @@ impl ConnectOptions {
             token: None,
             token_as_subprotocol: false,
             params: Vec::new(),
+            headers: Vec::new(),
             source: None,
             timeout: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// Trust exactly these PEM certificates for `wss://` (e.g. a test's self-signed one).
+    pub fn tls_roots_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| ClientError::Handshake(format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Handshake(format!("bad certificate: {e}")))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Handshake(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -114,6 +149,11 @@ impl ConnectOptions {
 
     pub fn param(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.params.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn header(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.headers.push((k.into(), v.into()));
         self
     }
 
@@ -168,7 +208,7 @@ fn base64_no_pad(data: &[u8]) -> String {
 
 /// One Phoenix socket.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Io>>,
     next_ref: u64,
     join_refs: HashMap<String, String>,
     pending: VecDeque<Message>,
@@ -193,12 +233,26 @@ impl Client {
                 .add_header(http::header::SEC_WEBSOCKET_PROTOCOL, value)
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
         }
+        for (k, v) in &opts.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+            let value = http::HeaderValue::from_str(v)
+                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+            builder = builder
+                .add_header(name, value)
+                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+        }
         let uri: http::Uri = endpoint
             .parse()
             .map_err(|e| ClientError::Handshake(format!("invalid url: {e}")))?;
-        let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
-        let port = uri.port_u16().unwrap_or(80);
-        let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        let host = uri
+            .host()
+            .unwrap_or("127.0.0.1")
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let secure = uri.scheme_str() == Some("wss");
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
             .await?
             .next()
             .ok_or_else(|| ClientError::Handshake(format!("cannot resolve {host}")))?;
@@ -215,7 +269,26 @@ impl Client {
             None => TcpStream::connect(addr).await?,
         };
         stream.set_nodelay(true)?;
-        let connect = builder.connect_on(MaybeTlsStream::Plain(stream));
+        let io: Box<dyn Io> = if secure {
+            let config = opts.tls.clone().ok_or_else(|| {
+                ClientError::Handshake(
+                    "wss:// needs TLS settings (ConnectOptions::tls_roots_pem)".into(),
+                )
+            })?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| ClientError::Handshake(format!("bad server name {host}: {e}")))?;
+            let tls = tokio::time::timeout(
+                opts.timeout,
+                tokio_rustls::TlsConnector::from(config).connect(name, stream),
+            )
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Handshake(format!("TLS: {e}")))?;
+            Box::new(tls)
+        } else {
+            Box::new(stream)
+        };
+        let connect = builder.connect_on(io);
         let (ws, _resp) = tokio::time::timeout(opts.timeout, connect)
             .await
             .map_err(|_| ClientError::Timeout)?

@@ -293,6 +293,7 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+            _ if header_names_an_alg(token) => AuthError::AlgorithmNotAllowed,
             _ => AuthError::Malformed,
         })?;
         let candidates: Vec<&VerifyKey> = match &header.kid {
@@ -401,6 +402,20 @@ impl Verifier {
     }
 }
 
+/// Whether the token's header is readable JSON naming some `alg` (such as `none`) that the
+/// JWT library does not know: refused as "algorithm not allowed" rather than "malformed".
+fn header_names_an_alg(token: &str) -> bool {
+    use base64::Engine;
+    let Some(first) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        .is_some_and(|h| h.get("alg").is_some_and(Value::is_string))
+}
+
 /// Issues HS256 tokens (CLI `plexus token`, dev token endpoint, tests, benchmarks).
 #[derive(Clone)]
 pub struct Issuer {
@@ -507,7 +522,10 @@ mod tests {
     fn alg_none_is_refused() {
         // {"alg":"none","typ":"JWT"} . {"sub":"a","exp":9999999999} . (no signature)
         let t = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
-        assert!(Verifier::hs256(b"secret").verify(t).is_err());
+        assert_eq!(
+            Verifier::hs256(b"secret").verify(t),
+            Err(AuthError::AlgorithmNotAllowed)
+        );
     }
 
     #[test]
