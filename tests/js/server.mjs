@@ -1,5 +1,5 @@
 // Starts a real Plexus binary for the compatibility tests and offers small helpers.
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:net";
 import { once } from "node:events";
@@ -53,13 +53,14 @@ export class Server {
     this.log = "";
   }
 
-  static async start(env = {}) {
+  static async start(env = {}, { tls = false } = {}) {
     const s = new Server(await freePort(), env);
+    s.tls = tls;
     await s.spawn();
     return s;
   }
 
-  get url() { return `ws://127.0.0.1:${this.port}/socket`; }
+  get url() { return `${this.tls ? "wss" : "ws"}://localhost:${this.port}/socket`; }
   get http() { return `http://127.0.0.1:${this.port}`; }
 
   async spawn() {
@@ -76,6 +77,7 @@ export class Server {
     this.proc.stderr.on("data", (d) => { this.log += d.toString(); });
     this.exited = once(this.proc, "exit");
     await until(async () => {
+      if (this.tls) return this.log.includes("listening on https://");
       try { return (await fetch(`${this.http}/health`)).ok; } catch { return false; }
     }, 15000, `plexus on port ${this.port}`);
   }
@@ -99,4 +101,14 @@ export class Server {
     });
     if (!res.ok) throw new Error(`broadcast failed: ${res.status} ${await res.text()}`);
   }
+}
+
+/** A throwaway self-signed certificate for localhost (openssl CLI). */
+export function selfSignedCert(dir) {
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { stdio: "ignore" });
+  return { cert, key };
 }
