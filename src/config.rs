@@ -166,6 +166,25 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
 }
 
+/// For an error about `channels[i]`, the line of that rule's `[[channels]]` header
+/// (", line N"), so that the message points into the file.
+fn rule_line(path: &Path, error: &str) -> String {
+    let Some(i) = error
+        .strip_prefix("channels[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
+        .nth(i)
+        .map(|(n, _)| format!(", line {}", n + 1))
+        .unwrap_or_default()
+}
+
 fn random_token(bytes: usize) -> String {
     use rand::Rng;
     let mut buf = vec![0u8; bytes];
@@ -370,7 +389,7 @@ pub fn load(
         Policy::dev_default()
     } else {
         Policy::new(file.channels).map_err(|e| match path {
-            Some(p) => format!("invalid config file {}: {e}", p.display()),
+            Some(p) => format!("invalid config file {}{}: {e}", p.display(), rule_line(p, &e)),
             None => e,
         })?
     };
@@ -532,13 +551,13 @@ mod tests {
         let f = write("jwt_secret = \"x\"\n[[channels]]\ntopic = \"room:*\"\nechoo = true\n");
         let e = load(Some(&f.0), &Env::default(), None, None).unwrap_err();
         assert!(e.contains("line 4") && e.contains("echoo"), "{e}");
-        let f = write("[[channels]]\ntopic = \"ro*om\"\n");
+        let f = write("[[channels]]\ntopic = \"a\"\n\n[[channels]]\ntopic = \"ro*om\"\n");
         let env = Env {
             jwt_secret: Some("0123456789abcdef0".into()),
             api_key: Some("k".into()),
             ..Env::default()
         };
         let e = load(Some(&f.0), &env, None, None).unwrap_err();
-        assert!(e.contains("channels[0]"), "{e}");
+        assert!(e.contains("line 4") && e.contains("channels[1]") && e.contains("topic"), "{e}");
     }
 }
