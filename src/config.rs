@@ -389,7 +389,11 @@ pub fn load(
         Policy::dev_default()
     } else {
         Policy::new(file.channels).map_err(|e| match path {
-            Some(p) => format!("invalid config file {}{}: {e}", p.display(), rule_line(p, &e)),
+            Some(p) => format!(
+                "invalid config file {}{}: {e}",
+                p.display(),
+                rule_line(p, &e)
+            ),
             None => e,
         })?
     };
@@ -558,6 +562,9 @@ mod tests {
             ..Env::default()
         };
         let e = load(Some(&f.0), &env, None, None).unwrap_err();
-        assert!(e.contains("line 4") && e.contains("channels[1]") && e.contains("topic"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("channels[1]") && e.contains("topic"),
+            "{e}"
+        );
     }
 }
