@@ -131,3 +131,16 @@ pub async fn disconnect(
     tracing::info!(sub = %body.sub, connections = n, "disconnected by the API");
     Json(serde_json::json!({ "disconnected": n })).into_response()
 }
+
+/// `GET /api/channels/{topic}/presence`: `{"topic": …, "presence": {key: {"metas": […]}}}`.
+pub async fn presence(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(topic): axum::extract::Path<String>,
+) -> Response {
+    if let Some(r) = reject_without_api_key(&state, &headers) {
+        return r;
+    }
+    let presence = state.node.presence().state(&topic);
+    Json(serde_json::json!({ "topic": topic, "presence": presence })).into_response()
+}

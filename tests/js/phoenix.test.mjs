@@ -1,7 +1,7 @@
 // The official phoenix client (npm phoenix 1.8.16, unmodified) against a real Plexus server.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Socket } from "phoenix";
+import { Socket, Presence } from "phoenix";
 import WebSocket from "ws";
 import { Server, token, until, sleep } from "./server.mjs";
 
@@ -135,4 +135,32 @@ test("server restart: phoenix.js reconnects and rejoins by itself", async () => 
     payload = await Promise.race([got, sleep(250).then(() => undefined)]);
   }
   assert.deepEqual(payload, { ok: true });
+});
+
+test("Presence: onSync lists everyone, including JavaScript built-in names, and drops leavers", async () => {
+  const watcher = connect("watcher").channel("room:presence", {});
+  const presence = new Presence(watcher);
+  let names = [];
+  presence.onSync(() => { names = presence.list((id) => id).sort(); });
+  await join(watcher);
+  const others = [];
+  for (const sub of ["__proto__", "constructor", "alice"]) {
+    const c = connect(sub).channel("room:presence", {});
+    await join(c);
+    others.push(c);
+  }
+  await until(() => names.length === 4, 3000, `4 present, got ${JSON.stringify(names)}`);
+  assert.deepEqual(names, ["__proto__", "alice", "constructor", "watcher"]);
+  // A meta update reaches the list.
+  let status;
+  presence.onSync(() => {
+    names = presence.list((id) => id).sort();
+    const alice = presence.list((id, { metas }) => ({ id, metas })).find((p) => p.id === "alice");
+    status = alice && alice.metas[0].status;
+  });
+  const upd = await push(others[2], "presence_update", { status: "away" });
+  assert.equal(upd.status, "ok");
+  await until(() => status === "away", 3000, "status update");
+  await new Promise((resolve) => others[0].leave().receive("ok", resolve));
+  await until(() => names.length === 3 && !names.includes("__proto__"), 3000, "leave");
 });

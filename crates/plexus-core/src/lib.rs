@@ -8,6 +8,7 @@
 //! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
 //! * [`policy`] — what an identity may do: which topics it may join, which events it may push.
 //! * [`ratelimit`] — the token bucket behind the rate limits.
+//! * [`presence`] — who is joined where, in phoenix.js `Presence` shapes.
 //! * [`socket`] — one client connection's state machine (joins, leaves, pushes, heartbeats),
 //!   shared by every transport so that a rule is enforced once.
 //! * [`outbox`] — the bounded per-connection queue of encoded frames waiting to be written.
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod node;
 pub mod outbox;
 pub mod policy;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod socket;

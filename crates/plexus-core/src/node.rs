@@ -8,6 +8,7 @@ use crate::hub::{Hub, Publication};
 use crate::limits::{close_codes, Limits};
 use crate::outbox::Outbox;
 use crate::policy::Policy;
+use crate::presence::Presence;
 use crate::protocol::{EncodeError, Payload};
 use crate::ConnId;
 use parking_lot::Mutex;
@@ -56,6 +57,7 @@ pub struct Node {
     policy: Policy,
     limits: Limits,
     admission: Arc<Admission>,
+    presence: Presence,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
     /// (topic, sub) → joins, for channels whose rule sets `max_per_user`.
     user_joins: Mutex<HashMap<UserJoinKey, u32>>,
@@ -79,6 +81,7 @@ impl Node {
             policy: config.policy,
             limits: config.limits,
             admission: Admission::new(config.admission),
+            presence: Presence::new(),
             conns: Mutex::new(HashMap::new()),
             user_joins: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -101,6 +104,10 @@ impl Node {
 
     pub fn broker_name(&self) -> &'static str {
         self.broker.name()
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn admission(&self) -> &Arc<Admission> {
@@ -238,6 +245,16 @@ impl Node {
             self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
             PublishError::Broker(e)
         })
+    }
+
+    /// Publishes a server-generated event (presence diffs) that never enters history.
+    pub async fn publish_unlogged(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), PublishError> {
+        self.publish(topic, event, payload, None).await
     }
 
     pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {

@@ -37,6 +37,15 @@ pub struct ChannelRule {
     /// How many times one user (`sub`) may be joined to one topic of this rule at once.
     #[serde(default)]
     pub max_per_user: Option<u32>,
+    /// Track presence: `presence_state` on join, `presence_diff` on every change.
+    #[serde(default)]
+    pub presence: bool,
+    /// Keep the last N broadcasts of each topic for recovery (0: no history).
+    #[serde(default)]
+    pub history_size: usize,
+    /// Drop history entries older than this many seconds (0: keep until pushed out by size).
+    #[serde(default)]
+    pub history_ttl_secs: u64,
 }
 
 fn any_event() -> Vec<String> {
@@ -55,6 +64,9 @@ impl ChannelRule {
             event_roles: HashMap::new(),
             echo: false,
             max_per_user: None,
+            presence: false,
+            history_size: 0,
+            history_ttl_secs: 0,
         }
     }
 
@@ -135,11 +147,14 @@ impl Policy {
         Ok(Policy { rules })
     }
 
-    /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there.
+    /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there,
+    /// with presence and a history of the last 100 messages (5 minutes).
     pub fn dev_default() -> Self {
-        Policy {
-            rules: vec![ChannelRule::open("room:*")],
-        }
+        let mut room = ChannelRule::open("room:*");
+        room.presence = true;
+        room.history_size = 100;
+        room.history_ttl_secs = 300;
+        Policy { rules: vec![room] }
     }
 
     pub fn rules(&self) -> &[ChannelRule] {

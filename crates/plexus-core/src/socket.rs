@@ -33,6 +33,8 @@ struct Joined {
     rule: usize,
     /// Counted against the rule's `max_per_user`.
     counted: bool,
+    /// Tracked in presence.
+    presence: bool,
 }
 
 /// A live connection: its identity, joined channels and outbound queue.
@@ -140,8 +142,10 @@ impl Socket {
             return self.reply_error(&msg, "unmatched topic");
         };
         let rule = joined.rule;
+        let presence = joined.presence;
         match event {
             events::LEAVE => Box::pin(self.leave(msg)).await,
+            events::PRESENCE_UPDATE if presence => Box::pin(self.presence_update(msg)).await,
             e if e.starts_with("phx_") => self.reply_error(&msg, "reserved event"),
             _ => Box::pin(self.client_push(msg, rule)).await,
         }
@@ -227,8 +231,13 @@ impl Socket {
             // Duplicate join: close the old channel, keep the subscription and its count.
             let old_ref = std::mem::replace(&mut old.join_ref, join_ref);
             old.rule = rule;
+            let presence = old.presence;
             self.send_close(&msg.topic, old_ref.as_deref());
-            return self.reply_ok(&msg, Payload::empty_object());
+            self.reply_ok(&msg, Payload::empty_object());
+            if presence {
+                self.push_presence_state(&msg);
+            }
+            return;
         }
         if self.channels.len() >= limits.max_channels_per_connection {
             return self.refuse_join(&msg, "too many channels", false);
@@ -247,18 +256,123 @@ impl Socket {
                 );
             }
         }
+        let presence = self.node.policy().rule(rule).is_some_and(|r| r.presence);
         self.channels.insert(
             msg.topic.as_str().into(),
             Joined {
                 join_ref,
                 rule,
                 counted: max_per_user.is_some(),
+                presence,
             },
         );
         self.node
             .subscribe(&msg.topic, self.id, self.outbox.clone())
             .await;
         self.reply_ok(&msg, Payload::empty_object());
+        if presence {
+            self.track_presence(&msg).await;
+        }
+    }
+
+    /// The public meta of this connection: when it came online, and the token's `name`/`info`.
+    fn presence_meta(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut meta = serde_json::Map::new();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        meta.insert("online_at".into(), now_ms.into());
+        if let Some(name) = &self.identity.name {
+            meta.insert("name".into(), name.clone().into());
+        }
+        if let Some(info) = &self.identity.info {
+            if let Ok(v) = serde_json::from_str(info.get()) {
+                meta.insert("info".into(), v);
+            }
+        }
+        meta
+    }
+
+    /// Tracks this connection, sends it the topic's `presence_state`, and tells everyone.
+    async fn track_presence(&mut self, msg: &Message) {
+        let meta = self.node.presence().track(
+            &msg.topic,
+            &self.identity.sub,
+            self.id,
+            self.presence_meta(),
+        );
+        self.push_presence_state(msg);
+        let diff = crate::presence::diff(Some((&self.identity.sub, meta)), None);
+        self.publish_presence_diff(&msg.topic, diff).await;
+    }
+
+    fn push_presence_state(&self, msg: &Message) {
+        let state = self.node.presence().state(&msg.topic);
+        if let Ok(payload) = Payload::json(&state) {
+            if let Ok(frame) = encode_push(
+                msg.join_ref.as_deref(),
+                None,
+                &msg.topic,
+                events::PRESENCE_STATE,
+                &payload,
+            ) {
+                self.outbox.push(frame);
+            }
+        }
+    }
+
+    async fn publish_presence_diff(&self, topic: &str, diff: serde_json::Value) {
+        let Ok(payload) = Payload::json(&diff) else {
+            return;
+        };
+        if let Err(e) = self
+            .node
+            .publish_unlogged(topic, events::PRESENCE_DIFF, payload)
+            .await
+        {
+            tracing::warn!(topic, error = %e, "presence diff not published");
+        }
+    }
+
+    /// `presence_update {…}`: merges the object into this connection's meta (server-owned keys
+    /// excepted) under a new `phx_ref`, broadcast as a leave of the old meta and a join of the
+    /// new one (with `phx_ref_prev`), as Phoenix does.
+    async fn presence_update(&mut self, msg: Message) {
+        let patch = msg.payload.as_json().and_then(|raw| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+        });
+        let Some(patch) = patch else {
+            return self.reply_error(&msg, "presence_update needs a JSON object");
+        };
+        if msg.payload.len() > 4096 {
+            return self.reply_error(&msg, "presence meta too large (4096 bytes at most)");
+        }
+        let sub = self.identity.sub.clone();
+        match self
+            .node
+            .presence()
+            .update(&msg.topic, &sub, self.id, &patch)
+        {
+            Some((old, new)) => {
+                self.reply_ok(&msg, Payload::empty_object());
+                let diff = crate::presence::diff(Some((&sub, new)), Some((&sub, old)));
+                self.publish_presence_diff(&msg.topic, diff).await;
+            }
+            None => self.reply_error(&msg, "not tracked in presence"),
+        }
+    }
+
+    /// Removes this connection from a topic's presence and tells everyone.
+    async fn untrack_presence(&self, topic: &str) {
+        if let Some(meta) = self
+            .node
+            .presence()
+            .untrack(topic, &self.identity.sub, self.id)
+        {
+            let diff = crate::presence::diff(None, Some((&self.identity.sub, meta)));
+            self.publish_presence_diff(topic, diff).await;
+        }
     }
 
     /// An error reply to a join: `{"reason": …, "retry": bool}`. `retry: false` tells the
@@ -282,6 +396,9 @@ impl Socket {
                 self.node.release_user_join(&msg.topic, &self.identity.sub);
             }
             self.node.unsubscribe(&msg.topic, self.id).await;
+            if joined.presence {
+                self.untrack_presence(&msg.topic).await;
+            }
             self.reply_ok(&msg, Payload::empty_object());
             self.send_close(&msg.topic, joined.join_ref.as_deref());
         }
@@ -387,6 +504,9 @@ impl Socket {
                 self.node.release_user_join(&topic, &self.identity.sub);
             }
             self.node.unsubscribe(&topic, self.id).await;
+            if joined.presence {
+                self.untrack_presence(&topic).await;
+            }
         }
         self.node.unregister(self.id);
         self.closed = true;
@@ -402,20 +522,36 @@ impl Drop for Socket {
         // let the broker learn about emptied topics in the background.
         let node = self.node.clone();
         let mut emptied = Vec::new();
+        let mut left = Vec::new();
         for (topic, joined) in self.channels.drain() {
             if joined.counted {
                 node.release_user_join(&topic, &self.identity.sub);
+            }
+            if joined.presence {
+                if let Some(meta) = node.presence().untrack(&topic, &self.identity.sub, self.id) {
+                    left.push((
+                        topic.clone(),
+                        crate::presence::diff(None, Some((&self.identity.sub, meta))),
+                    ));
+                }
             }
             if node.hub().unsubscribe(&topic, self.id) {
                 emptied.push(topic);
             }
         }
         node.unregister(self.id);
-        if !emptied.is_empty() {
+        if !emptied.is_empty() || !left.is_empty() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     for topic in emptied {
                         node.unsubscribe_remote(&topic).await;
+                    }
+                    for (topic, diff) in left {
+                        if let Ok(payload) = Payload::json(&diff) {
+                            let _ = node
+                                .publish_unlogged(&topic, events::PRESENCE_DIFF, payload)
+                                .await;
+                        }
                     }
                 });
             }

@@ -28,4 +28,10 @@ pub mod events {
     pub const REFRESH_TOKEN: &str = "refresh_token";
     /// Server → client on topic `phoenix`: the token expired; refresh within the grace period.
     pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// Server → joiner: the topic's whole presence.
+    pub const PRESENCE_STATE: &str = "presence_state";
+    /// Server → topic: presence joins and leaves.
+    pub const PRESENCE_DIFF: &str = "presence_diff";
+    /// Client → server on a presence channel: merge an object into this connection's meta.
+    pub const PRESENCE_UPDATE: &str = "presence_update";
 }

@@ -1,0 +1,198 @@
+//! Presence: who is joined to a topic, in the shapes phoenix.js `Presence` merges.
+//!
+//! Each joined connection of a presence-enabled channel is one *meta* under its user key
+//! (`sub`): `{"phx_ref": …, "online_at": <ms>, "name": …, "info": …, …custom}`. The state of a
+//! topic is `{key: {"metas": [meta, …]}}` (sent as `presence_state` to a joiner) and every
+//! change is a `presence_diff` `{"joins": {…}, "leaves": {…}}` broadcast to the topic.
+//!
+//! Keys are user ids and may be anything, including JavaScript built-in names such as
+//! `__proto__` or `constructor`: they are plain JSON object keys here, and phoenix.js 1.8 keeps
+//! presence state in prototype-less objects.
+
+use crate::ConnId;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Meta keys the server owns; a client's `presence_update` cannot set them.
+pub const RESERVED_META_KEYS: &[&str] = &["phx_ref", "phx_ref_prev", "online_at", "name", "info"];
+
+struct Entry {
+    conn: ConnId,
+    meta: Map<String, Value>,
+}
+
+/// Presence of every topic on this node.
+pub struct Presence {
+    topics: Mutex<HashMap<Box<str>, HashMap<Arc<str>, Vec<Entry>>>>,
+    next_ref: AtomicU64,
+    ref_prefix: u32,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Presence {
+    pub fn new() -> Self {
+        Presence {
+            topics: Mutex::new(HashMap::new()),
+            next_ref: AtomicU64::new(1),
+            ref_prefix: rand_u32(),
+        }
+    }
+
+    fn make_ref(&self) -> String {
+        let n = self.next_ref.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:x}", self.ref_prefix)
+    }
+
+    /// Adds a meta for `conn` under `key`; returns it (with its fresh `phx_ref`).
+    pub fn track(
+        &self,
+        topic: &str,
+        key: &Arc<str>,
+        conn: ConnId,
+        mut meta: Map<String, Value>,
+    ) -> Value {
+        meta.insert("phx_ref".into(), Value::String(self.make_ref()));
+        let out = Value::Object(meta.clone());
+        let mut topics = self.topics.lock();
+        let metas = topics
+            .entry(topic.into())
+            .or_default()
+            .entry(key.clone())
+            .or_default();
+        metas.retain(|e| e.conn != conn);
+        metas.push(Entry { conn, meta });
+        out
+    }
+
+    /// Removes `conn`'s meta under `key`; returns it.
+    pub fn untrack(&self, topic: &str, key: &str, conn: ConnId) -> Option<Value> {
+        let mut topics = self.topics.lock();
+        let keys = topics.get_mut(topic)?;
+        let metas = keys.get_mut(key)?;
+        let pos = metas.iter().position(|e| e.conn == conn)?;
+        let entry = metas.remove(pos);
+        if metas.is_empty() {
+            keys.remove(key);
+        }
+        if keys.is_empty() {
+            topics.remove(topic);
+        }
+        Some(Value::Object(entry.meta))
+    }
+
+    /// Merges `patch` into `conn`'s meta (reserved keys ignored) under a new `phx_ref`;
+    /// returns (old meta, new meta with `phx_ref_prev`).
+    pub fn update(
+        &self,
+        topic: &str,
+        key: &str,
+        conn: ConnId,
+        patch: &Map<String, Value>,
+    ) -> Option<(Value, Value)> {
+        let new_ref = self.make_ref();
+        let mut topics = self.topics.lock();
+        let entry = topics
+            .get_mut(topic)?
+            .get_mut(key)?
+            .iter_mut()
+            .find(|e| e.conn == conn)?;
+        let old = Value::Object(entry.meta.clone());
+        for (k, v) in patch {
+            if !RESERVED_META_KEYS.contains(&k.as_str()) {
+                entry.meta.insert(k.clone(), v.clone());
+            }
+        }
+        let prev = entry
+            .meta
+            .insert("phx_ref".into(), Value::String(new_ref))
+            .unwrap_or(Value::Null);
+        let mut new = entry.meta.clone();
+        new.insert("phx_ref_prev".into(), prev);
+        Some((old, Value::Object(new)))
+    }
+
+    /// `{key: {"metas": [...]}}` of a topic.
+    pub fn state(&self, topic: &str) -> Value {
+        let topics = self.topics.lock();
+        let mut out = Map::new();
+        if let Some(keys) = topics.get(topic) {
+            for (key, metas) in keys {
+                let metas: Vec<Value> = metas
+                    .iter()
+                    .map(|e| Value::Object(e.meta.clone()))
+                    .collect();
+                out.insert(key.to_string(), serde_json::json!({ "metas": metas }));
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// A `presence_diff` payload with one join or one leave (or both, for an update).
+pub fn diff(joins: Option<(&str, Value)>, leaves: Option<(&str, Value)>) -> Value {
+    let side = |x: Option<(&str, Value)>| {
+        let mut m = Map::new();
+        if let Some((key, meta)) = x {
+            m.insert(key.to_owned(), serde_json::json!({ "metas": [meta] }));
+        }
+        Value::Object(m)
+    };
+    serde_json::json!({ "joins": side(joins), "leaves": side(leaves) })
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn track_update_untrack_and_state_shapes() {
+        let p = Presence::new();
+        let alice: Arc<str> = "alice".into();
+        let proto: Arc<str> = "__proto__".into();
+        let m1 = p.track("room:a", &alice, 1, Map::new());
+        let _m2 = p.track("room:a", &alice, 2, Map::new());
+        p.track("room:a", &proto, 3, Map::new());
+        let state = p.state("room:a");
+        assert_eq!(state["alice"]["metas"].as_array().unwrap().len(), 2);
+        assert!(state.as_object().unwrap().contains_key("__proto__"));
+
+        let patch = json!({"status": "typing", "phx_ref": "forged"});
+        let (old, new) = p
+            .update("room:a", "alice", 1, patch.as_object().unwrap())
+            .unwrap();
+        assert_eq!(old["phx_ref"], m1["phx_ref"]);
+        assert_eq!(new["phx_ref_prev"], m1["phx_ref"]);
+        assert_ne!(new["phx_ref"], m1["phx_ref"]);
+        assert_ne!(new["phx_ref"], "forged");
+        assert_eq!(new["status"], "typing");
+
+        assert!(p.untrack("room:a", "alice", 1).is_some());
+        assert!(p.untrack("room:a", "alice", 1).is_none());
+        assert_eq!(
+            p.state("room:a")["alice"]["metas"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let d = diff(None, Some(("alice", json!({"phx_ref": "x"}))));
+        assert_eq!(
+            d,
+            json!({"joins": {}, "leaves": {"alice": {"metas": [{"phx_ref": "x"}]}}})
+        );
+    }
+}
