@@ -24,9 +24,12 @@ struct Entry {
     meta: Map<String, Value>,
 }
 
+/// One topic: user key → that user's metas (one per joined connection).
+type TopicPresence = HashMap<Arc<str>, Vec<Entry>>;
+
 /// Presence of every topic on this node.
 pub struct Presence {
-    topics: Mutex<HashMap<Box<str>, HashMap<Arc<str>, Vec<Entry>>>>,
+    topics: Mutex<HashMap<Box<str>, TopicPresence>>,
     next_ref: AtomicU64,
     ref_prefix: u32,
 }
