@@ -28,7 +28,7 @@ async fn push_is_broadcast_to_others_but_not_echoed_to_the_sender() {
     assert_eq!(m.msg_ref, None);
     assert_eq!(m.payload.as_json().unwrap().get(), r#"{"body":"hi"}"#);
     assert!(alice
-        .recv_timeout(Duration::from_millis(300))
+        .recv_event_timeout("room:lobby", "new_msg", Duration::from_millis(300))
         .await
         .unwrap()
         .is_none());
@@ -78,7 +78,7 @@ async fn rejoining_closes_the_old_join_first() {
     other.push_json("room:a", "ping", &json!({})).await.unwrap();
     c.recv_event("room:a", "ping").await.unwrap();
     assert!(c
-        .recv_timeout(Duration::from_millis(300))
+        .recv_event_timeout("room:a", "ping", Duration::from_millis(300))
         .await
         .unwrap()
         .is_none());

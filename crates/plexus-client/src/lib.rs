@@ -455,6 +455,27 @@ impl Client {
         }
     }
 
+    /// Like [`Client::recv_event`] but gives up after `d`: `Ok(None)` if no such message came.
+    pub async fn recv_event_timeout(
+        &mut self,
+        topic: &str,
+        event: &str,
+        d: Duration,
+    ) -> Result<Option<Message>, ClientError> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(m) => {
+                    let m = m?;
+                    if m.topic == topic && m.event == event {
+                        return Ok(Some(m));
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads the next Phoenix message from the socket.
     async fn read(&mut self) -> Result<Message, ClientError> {
         loop {
