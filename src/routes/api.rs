@@ -82,7 +82,7 @@ pub async fn broadcast(
         .publish(&body.topic, &body.event, payload, None)
         .await
     {
-        Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Ok(offset) => Json(serde_json::json!({ "ok": true, "offset": offset })).into_response(),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -143,4 +143,90 @@ pub async fn presence(
     }
     let presence = state.node.presence().state(&topic);
     Json(serde_json::json!({ "topic": topic, "presence": presence })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /api/channels/{topic}/history?since=OFFSET[&epoch=E]`: HTTP polling for clients that
+/// can only poll. With the API key, or a user token (`?token=` or `Authorization: Bearer`)
+/// whose user may join the topic. Answers
+/// `{"topic", "epoch", "offset": top, "complete": bool, "messages": [{"offset", "event", "payload"}]}`;
+/// `complete: false` means messages after `since` were lost (too old, or another epoch).
+pub async fn history(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(topic): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let is_api_key =
+        bearer.is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())));
+    if !is_api_key {
+        let token = q.token.as_deref().or(bearer);
+        if let Err(refusal) = state.node.authorize_read(peer, &headers, token, &topic) {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            return json_error(status, refusal.reason);
+        }
+    }
+    if state.node.policy().history_for(&topic).is_none() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("topic {topic} keeps no history (history_size in its channel rule)"),
+        );
+    }
+    let epoch_ok = q.epoch.is_none();
+    let page = match state.node.history(&topic, Some(q.since.unwrap_or(0))).await {
+        Ok(p) => p,
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let same_epoch = epoch_ok || q.epoch.as_deref() == Some(page.epoch.as_str());
+    let page = if same_epoch {
+        page
+    } else {
+        // Offsets of another epoch mean nothing here: everything retained, marked incomplete.
+        match state.node.history(&topic, Some(0)).await {
+            Ok(mut p) => {
+                p.complete = false;
+                p
+            }
+            Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    };
+    let messages: Vec<serde_json::Value> = page
+        .items
+        .iter()
+        .map(|item| match &item.payload {
+            Payload::Json(raw) => serde_json::json!({
+                "offset": item.offset,
+                "event": &*item.event,
+                "payload": raw,
+            }),
+            Payload::Binary(b) => {
+                use base64::Engine;
+                serde_json::json!({
+                    "offset": item.offset,
+                    "event": &*item.event,
+                    "payload_base64": base64::engine::general_purpose::STANDARD.encode(b),
+                })
+            }
+        })
+        .collect();
+    Json(serde_json::json!({
+        "topic": topic,
+        "epoch": page.epoch,
+        "offset": page.top,
+        "complete": page.complete,
+        "messages": messages,
+    }))
+    .into_response()
 }

@@ -3,7 +3,7 @@
 //! | path | module |
 //! |------|--------|
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
-//! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `POST /api/disconnect` | [`api`] — backend API (API key) |
+//! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
 //! | `GET /`, `GET /assets/*` | [`pages`] — demo page |
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/channels", get(api::channels))
         .route("/api/disconnect", post(api::disconnect))
         .route("/api/channels/{topic}/presence", get(api::presence))
+        .route("/api/channels/{topic}/history", get(api::history))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
     if state.config.profile == Profile::Dev {

@@ -164,3 +164,36 @@ test("Presence: onSync lists everyone, including JavaScript built-in names, and 
   await new Promise((resolve) => others[0].leave().receive("ok", resolve));
   await until(() => names.length === 3 && !names.includes("__proto__"), 3000, "leave");
 });
+
+test("recovery with stock phoenix.js: params closure + ref of broadcasts", async () => {
+  // The recipe from docs/protocol.md.
+  const socket = connect("rita");
+  let last = null; // {epoch, offset}
+  const replies = [];
+  const received = [];
+  const channel = socket.channel("room:recover", () => (last ? { recover: last } : {}));
+  channel.on("msg", (payload, ref) => {
+    received.push(payload.n);
+    if (ref && last) last.offset = Number(ref);
+  });
+  // phoenix.js runs the join's "ok" hook again on every automatic rejoin.
+  channel.join().receive("ok", (resp) => {
+    replies.push(resp);
+    if (!last || resp.recovered === false) last = { epoch: resp.epoch, offset: resp.offset };
+  });
+  await until(() => replies.length === 1, 3000, "joined");
+  await server.broadcast("room:recover", "msg", { n: 1 });
+  await until(() => received.length === 1, 3000, "first message");
+
+  socket.disconnect();
+  await until(() => !socket.isConnected(), 3000, "disconnected");
+  for (let n = 2; n <= 6; n++) await server.broadcast("room:recover", "msg", { n });
+
+  socket.connect(); // phoenix.js rejoins by itself, with the closure's fresh params
+  await until(() => replies.length === 2, 5000, "rejoined");
+  assert.equal(replies[0].recovered, undefined, "the first join asked for no recovery");
+  assert.equal(replies[1].recovered, true);
+  await until(() => received.length === 6, 3000, `6 messages, got ${JSON.stringify(received)}`);
+  assert.deepEqual(received, [1, 2, 3, 4, 5, 6]);
+  assert.equal(last.offset, 6);
+});

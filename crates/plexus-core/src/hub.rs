@@ -14,16 +14,29 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
+/// How much history a topic keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryOpts {
+    /// Entries kept (at least 1).
+    pub size: usize,
+    /// Entries older than this are dropped (`None`: only the size limit applies).
+    pub ttl: Option<std::time::Duration>,
+}
+
 /// One broadcast, encoded once for all receivers.
 #[derive(Clone, Debug)]
 pub struct Publication {
     pub topic: Arc<str>,
     pub event: Arc<str>,
     pub payload: Payload,
-    /// The frame every subscriber receives.
+    /// The frame every subscriber receives (its `ref` carries the offset on history topics).
     pub frame: Frame,
     /// A local connection that must not receive it (the sender of a client push).
     pub exclude: Option<ConnId>,
+    /// Set for topics with history: the broker assigns `offset` and re-encodes the frame.
+    pub history: Option<HistoryOpts>,
+    /// Position in the topic's history, assigned by the broker.
+    pub offset: Option<u64>,
 }
 
 impl Publication {
@@ -40,7 +53,28 @@ impl Publication {
             payload,
             frame,
             exclude,
+            history: None,
+            offset: None,
         })
+    }
+
+    /// A publication that goes into the topic's history.
+    pub fn with_history(mut self, opts: HistoryOpts) -> Self {
+        self.history = Some(opts);
+        self
+    }
+
+    /// Assigns the history offset and encodes it into the frame's `ref`
+    /// (`[null, "<offset>", topic, event, payload]`).
+    pub fn set_offset(&mut self, offset: u64) -> Result<(), EncodeError> {
+        self.frame = encode_broadcast(
+            Some(&offset.to_string()),
+            &self.topic,
+            &self.event,
+            &self.payload,
+        )?;
+        self.offset = Some(offset);
+        Ok(())
     }
 }
 
@@ -119,7 +153,7 @@ impl Hub {
             if Some(*id) == publication.exclude {
                 continue;
             }
-            if outbox.push(publication.frame.clone()) {
+            if outbox.push_publication(publication) {
                 n += 1;
             }
         }

@@ -3,7 +3,7 @@
 
 use crate::admission::{Admission, AdmissionConfig, Permit, Refusal};
 use crate::auth::{AuthError, Identity, Verifier};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, HistoryPage};
 use crate::hub::{Hub, Publication};
 use crate::limits::{close_codes, Limits};
 use crate::outbox::Outbox;
@@ -142,6 +142,32 @@ impl Node {
         Ok((identity, permit))
     }
 
+    /// Checks for a read without a connection (HTTP history polling, SSE topics): client
+    /// address rate, `Origin`, token, and the join rule of `topic`.
+    pub fn authorize_read(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        token: Option<&str>,
+        topic: &str,
+    ) -> Result<Identity, Refusal> {
+        let ip = self.admission.client_ip(peer, headers);
+        let refuse = |r: Refusal| {
+            tracing::warn!(client = %ip, topic, status = r.status, reason = %r.reason, "read refused");
+            r
+        };
+        self.admission.check_rate(ip).map_err(refuse)?;
+        self.admission.check_origin(headers).map_err(refuse)?;
+        let identity = self.authenticate(token).map_err(|e| refuse(e.into()))?;
+        self.policy.authorize_join(&identity, topic).map_err(|d| {
+            refuse(Refusal {
+                status: 403,
+                reason: format!("{}: {topic}", d.0),
+            })
+        })?;
+        Ok(identity)
+    }
+
     /// Verifies a connect token.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match token {
@@ -231,20 +257,20 @@ impl Node {
     }
 
     /// Broadcasts `event` with `payload` to every subscriber of `topic` in the cluster,
-    /// except the local connection `exclude`.
+    /// except the local connection `exclude`. On a topic whose rule keeps history the broadcast
+    /// is retained and its offset returned.
     pub async fn publish(
         &self,
         topic: &str,
         event: &str,
         payload: Payload,
         exclude: Option<ConnId>,
-    ) -> Result<(), PublishError> {
-        let publication = Publication::new(topic, event, payload, exclude)?;
-        self.counters.broadcasts.fetch_add(1, Ordering::Relaxed);
-        self.broker.publish(publication).await.map_err(|e| {
-            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-            PublishError::Broker(e)
-        })
+    ) -> Result<Option<u64>, PublishError> {
+        let mut publication = Publication::new(topic, event, payload, exclude)?;
+        if let Some(opts) = self.policy.history_for(topic) {
+            publication = publication.with_history(opts);
+        }
+        self.send(publication).await
     }
 
     /// Publishes a server-generated event (presence diffs) that never enters history.
@@ -254,7 +280,27 @@ impl Node {
         event: &str,
         payload: Payload,
     ) -> Result<(), PublishError> {
-        self.publish(topic, event, payload, None).await
+        let publication = Publication::new(topic, event, payload, None)?;
+        self.send(publication).await.map(|_| ())
+    }
+
+    async fn send(&self, publication: Publication) -> Result<Option<u64>, PublishError> {
+        self.counters.broadcasts.fetch_add(1, Ordering::Relaxed);
+        self.broker.publish(publication).await.map_err(|e| {
+            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+            PublishError::Broker(e)
+        })
+    }
+
+    /// The history of `topic` after `since` (see [`Broker::history`]).
+    pub async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.broker.history(topic, since).await.inspect_err(|_| {
+            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {

@@ -24,6 +24,15 @@ struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// While a join recovers history: broadcasts wait here, so that none is lost between
+    /// subscribing and reading history, and duplicates of replayed ones can be dropped.
+    held: Option<Vec<Held>>,
+}
+
+struct Held {
+    frame: Frame,
+    topic: std::sync::Arc<str>,
+    offset: Option<u64>,
 }
 
 /// One connection's outbound queue; shared between the hub (producers) and the transport.
@@ -54,14 +63,8 @@ impl Outbox {
         if st.frames.len() >= self.max_frames as usize
             || st.bytes + frame.len() > self.max_bytes as usize
         {
-            st.frames = VecDeque::new();
-            st.bytes = 0;
-            st.close = Some(CloseReason {
-                code: close_codes::SLOW_CONSUMER,
-                reason: "slow consumer: outbound queue full",
-            });
             drop(st);
-            self.notify.notify_one();
+            self.overflow();
             return false;
         }
         st.bytes += frame.len();
@@ -72,6 +75,76 @@ impl Outbox {
             self.notify.notify_one();
         }
         true
+    }
+
+    /// Queues a broadcast; while [`Outbox::hold`] is in effect it waits aside.
+    pub fn push_publication(&self, p: &crate::hub::Publication) -> bool {
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return false;
+        }
+        if st.held.is_some() {
+            if st.bytes + p.frame.len() > self.max_bytes as usize {
+                drop(st);
+                self.overflow();
+                return false;
+            }
+            st.bytes += p.frame.len();
+            if let Some(held) = st.held.as_mut() {
+                held.push(Held {
+                    frame: p.frame.clone(),
+                    topic: p.topic.clone(),
+                    offset: p.offset,
+                });
+            }
+            return true;
+        }
+        drop(st);
+        self.push(p.frame.clone())
+    }
+
+    fn overflow(&self) {
+        let mut st = self.state.lock();
+        st.frames = VecDeque::new();
+        st.held = None;
+        st.bytes = 0;
+        st.close = Some(CloseReason {
+            code: close_codes::SLOW_CONSUMER,
+            reason: "slow consumer: outbound queue full",
+        });
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Starts holding broadcasts aside (replies still go straight to the queue).
+    pub fn hold(&self) {
+        let mut st = self.state.lock();
+        if st.held.is_none() {
+            st.held = Some(Vec::new());
+        }
+    }
+
+    /// Ends the hold: held broadcasts join the queue in arrival order, except those of `topic`
+    /// at or below `replayed_up_to` (already sent by the replay).
+    pub fn release(&self, topic: &str, replayed_up_to: u64) {
+        let mut st = self.state.lock();
+        let Some(held) = st.held.take() else {
+            return;
+        };
+        let mut queued = false;
+        for h in held {
+            let duplicate = &*h.topic == topic && h.offset.is_some_and(|o| o <= replayed_up_to);
+            if duplicate {
+                st.bytes = st.bytes.saturating_sub(h.frame.len());
+            } else {
+                st.frames.push_back(h.frame);
+                queued = true;
+            }
+        }
+        drop(st);
+        if queued {
+            self.notify.notify_one();
+        }
     }
 
     /// Asks the connection to close after writing what is already queued.
@@ -94,7 +167,10 @@ impl Outbox {
     pub fn drain_into(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
         let mut st = self.state.lock();
         out.extend(st.frames.drain(..));
-        st.bytes = 0;
+        st.bytes = st
+            .held
+            .as_ref()
+            .map_or(0, |h| h.iter().map(|h| h.frame.len()).sum());
         if st.frames.capacity() > 16 {
             st.frames = VecDeque::new();
         }
@@ -123,6 +199,32 @@ mod tests {
         let close = o.drain_into(&mut out);
         assert!(out.is_empty());
         assert_eq!(close.unwrap().code, close_codes::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn hold_then_release_drops_replayed_duplicates_and_keeps_order() {
+        use crate::hub::Publication;
+        use crate::protocol::Payload;
+        let o = Outbox::new(100, 100_000);
+        o.hold();
+        let mut p = |topic: &str, offset: Option<u64>| {
+            let mut p = Publication::new(topic, "e", Payload::empty_object(), None).unwrap();
+            if let Some(off) = offset {
+                p.set_offset(off).unwrap();
+            }
+            assert!(o.push_publication(&p));
+            p.frame
+        };
+        let a4 = p("a", Some(4));
+        let b1 = p("b", None);
+        let a6 = p("a", Some(6));
+        let reply = Frame::Text(Bytes::from_static(b"reply"));
+        assert!(o.push(reply.clone()));
+        o.release("a", 5);
+        let mut out = Vec::new();
+        o.drain_into(&mut out);
+        assert_eq!(out, vec![reply, b1, a6]);
+        assert!(!out.contains(&a4));
     }
 
     #[test]

@@ -126,6 +126,24 @@ fn pattern_matches(pattern: &str, topic: &str, sub: &str) -> bool {
     }
 }
 
+/// Like [`pattern_matches`] with `{sub}` standing for any non-empty user id.
+fn pattern_matches_any_sub(pattern: &str, topic: &str) -> bool {
+    let Some((before, after)) = pattern.split_once("{sub}") else {
+        return pattern_matches(pattern, topic, "");
+    };
+    let Some(rest) = topic.strip_prefix(before) else {
+        return false;
+    };
+    match after.strip_suffix('*') {
+        Some(mid) if mid.is_empty() => !rest.is_empty(),
+        Some(mid) => rest
+            .find(mid)
+            .is_some_and(|i| i > 0 && rest.len() > i + mid.len()),
+        None if after.is_empty() => !rest.is_empty(),
+        None => rest.strip_suffix(after).is_some_and(|id| !id.is_empty()),
+    }
+}
+
 /// Why an action was refused; the text goes to the client as `{"reason": …}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied(pub &'static str);
@@ -184,6 +202,24 @@ impl Policy {
     pub fn rule(&self, idx: usize) -> Option<&ChannelRule> {
         self.rules.get(idx)
     }
+
+    /// The rule governing `topic` for publishes that come from no user (the HTTP API, the
+    /// server itself): `{sub}` matches any user id.
+    pub fn rule_for_topic(&self, topic: &str) -> Option<&ChannelRule> {
+        self.rules
+            .iter()
+            .find(|r| pattern_matches_any_sub(&r.topic, topic))
+    }
+
+    /// History settings of `topic`, if its rule keeps history.
+    pub fn history_for(&self, topic: &str) -> Option<crate::hub::HistoryOpts> {
+        let rule = self.rule_for_topic(topic)?;
+        (rule.history_size > 0).then(|| crate::hub::HistoryOpts {
+            size: rule.history_size,
+            ttl: (rule.history_ttl_secs > 0)
+                .then(|| std::time::Duration::from_secs(rule.history_ttl_secs)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +241,17 @@ mod tests {
         assert!(!pattern_matches("teacher", "teachers", "a"));
         assert!(pattern_matches("user:{sub}", "user:alice", "alice"));
         assert!(!pattern_matches("user:{sub}", "user:bob", "alice"));
+        assert!(pattern_matches_any_sub("user:{sub}", "user:bob"));
+        assert!(!pattern_matches_any_sub("user:{sub}", "user:"));
+        assert!(pattern_matches_any_sub(
+            "user:{sub}:inbox",
+            "user:bob:inbox"
+        ));
+        assert!(!pattern_matches_any_sub(
+            "user:{sub}:inbox",
+            "user:bob:outbox"
+        ));
+        assert!(pattern_matches_any_sub("room:*", "room:x"));
     }
 
     #[test]

@@ -233,7 +233,17 @@ impl Socket {
             old.rule = rule;
             let presence = old.presence;
             self.send_close(&msg.topic, old_ref.as_deref());
-            self.reply_ok(&msg, Payload::empty_object());
+            if self
+                .node
+                .policy()
+                .rule(rule)
+                .is_some_and(|r| r.history_size > 0)
+            {
+                // The new join may ask to recover, like any join.
+                self.subscribe_with_history(&msg).await;
+            } else {
+                self.reply_ok(&msg, Payload::empty_object());
+            }
             if presence {
                 self.push_presence_state(&msg);
             }
@@ -266,13 +276,101 @@ impl Socket {
                 presence,
             },
         );
-        self.node
-            .subscribe(&msg.topic, self.id, self.outbox.clone())
-            .await;
-        self.reply_ok(&msg, Payload::empty_object());
+        let history = self
+            .node
+            .policy()
+            .rule(rule)
+            .is_some_and(|r| r.history_size > 0);
+        if history {
+            self.subscribe_with_history(&msg).await;
+        } else {
+            self.node
+                .subscribe(&msg.topic, self.id, self.outbox.clone())
+                .await;
+            self.reply_ok(&msg, Payload::empty_object());
+        }
         if presence {
             self.track_presence(&msg).await;
         }
+    }
+
+    /// Joins a topic with history. The reply carries the history position
+    /// `{"epoch": …, "offset": N}`; with join params `{"recover": {"epoch": …, "offset": N}}`
+    /// it also replays what the client missed after offset N, before any live broadcast, and
+    /// says whether that was everything (`"recovered": true`) or the gap was too old or from
+    /// another epoch (`false`: the client should reload its state).
+    ///
+    /// Broadcasts that arrive while history is read are held aside and released after the
+    /// replay, minus the ones the replay already carried: nothing is lost, nothing doubled.
+    async fn subscribe_with_history(&mut self, msg: &Message) {
+        #[derive(serde::Deserialize)]
+        struct Recover {
+            epoch: String,
+            offset: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Params {
+            recover: Option<Recover>,
+        }
+        let recover = msg
+            .payload
+            .as_json()
+            .and_then(|raw| serde_json::from_str::<Params>(raw.get()).ok())
+            .and_then(|p| p.recover);
+        if recover.is_some() {
+            self.outbox.hold();
+        }
+        self.node
+            .subscribe(&msg.topic, self.id, self.outbox.clone())
+            .await;
+        let page = self
+            .node
+            .history(&msg.topic, recover.as_ref().map(|r| r.offset))
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(topic = %msg.topic, error = %e, "history unavailable");
+                let response = if recover.is_some() {
+                    serde_json::json!({ "recovered": false })
+                } else {
+                    serde_json::json!({})
+                };
+                self.reply_ok(
+                    msg,
+                    Payload::json(&response).unwrap_or_else(|_| Payload::empty_object()),
+                );
+                self.outbox.release(&msg.topic, 0);
+                return;
+            }
+        };
+        let Some(recover) = recover else {
+            let response = serde_json::json!({ "epoch": page.epoch, "offset": page.top });
+            return self.reply_ok(
+                msg,
+                Payload::json(&response).unwrap_or_else(|_| Payload::empty_object()),
+            );
+        };
+        let recovered = page.epoch == recover.epoch && page.complete;
+        let response = serde_json::json!({
+            "epoch": page.epoch,
+            "offset": page.top,
+            "recovered": recovered,
+        });
+        self.reply_ok(
+            msg,
+            Payload::json(&response).unwrap_or_else(|_| Payload::empty_object()),
+        );
+        // Held broadcasts at or below `top` are in the replay (the history was read after they
+        // were published), so they are dropped on release.
+        let mut replayed_up_to = 0;
+        if recovered {
+            replayed_up_to = page.top;
+            for item in page.items {
+                self.outbox.push(item.frame);
+            }
+        }
+        self.outbox.release(&msg.topic, replayed_up_to);
     }
 
     /// The public meta of this connection: when it came online, and the token's `name`/`info`.
@@ -424,7 +522,7 @@ impl Socket {
             payload,
         } = msg;
         match self.node.publish(&topic, &event, payload, exclude).await {
-            Ok(()) => self.send_reply(
+            Ok(_) => self.send_reply(
                 join_ref.as_deref(),
                 msg_ref.as_deref(),
                 &topic,

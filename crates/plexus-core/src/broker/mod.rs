@@ -11,7 +11,33 @@
 pub mod memory;
 
 use crate::hub::Publication;
+use crate::protocol::{Frame, Payload};
 use async_trait::async_trait;
+use std::sync::Arc;
+
+/// One retained broadcast.
+#[derive(Clone, Debug)]
+pub struct HistoryItem {
+    pub offset: u64,
+    pub event: Arc<str>,
+    pub payload: Payload,
+    /// The broadcast frame as subscribers received it (offset in its `ref`).
+    pub frame: Frame,
+}
+
+/// What a topic's history holds after a given offset.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    /// Identifies this history: it changes when the history was lost (e.g. a memory node
+    /// restarted), and offsets of another epoch mean nothing here.
+    pub epoch: String,
+    /// The last offset assigned (0: nothing published yet).
+    pub top: u64,
+    /// Whether every publication after the requested offset is still retained.
+    pub complete: bool,
+    /// The retained publications after the requested offset, oldest first.
+    pub items: Vec<HistoryItem>,
+}
 
 /// A failure of the broker's backend (network, server). Local delivery is unaffected.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +50,14 @@ pub trait Broker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Delivers the publication to every subscriber in the cluster. Local subscribers must
-    /// receive it without waiting for any remote round trip.
-    async fn publish(&self, publication: Publication) -> Result<(), BrokerError>;
+    /// receive it without waiting for any remote round trip. When `publication.history` is set,
+    /// the broker first appends it to the topic's history, assigning the next offset
+    /// ([`Publication::set_offset`]), and subscribers receive a topic's publications in offset
+    /// order. Returns the offset, if any.
+    async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError>;
+
+    /// The topic's history after `since` (exclusive; `None`: just the epoch and top).
+    async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError>;
 
     /// The topic gained its first local subscriber.
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError>;
