@@ -207,7 +207,7 @@ mod tests {
         use crate::protocol::Payload;
         let o = Outbox::new(100, 100_000);
         o.hold();
-        let mut p = |topic: &str, offset: Option<u64>| {
+        let p = |topic: &str, offset: Option<u64>| {
             let mut p = Publication::new(topic, "e", Payload::empty_object(), None).unwrap();
             if let Some(off) = offset {
                 p.set_offset(off).unwrap();

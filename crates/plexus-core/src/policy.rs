@@ -135,7 +135,7 @@ fn pattern_matches_any_sub(pattern: &str, topic: &str) -> bool {
         return false;
     };
     match after.strip_suffix('*') {
-        Some(mid) if mid.is_empty() => !rest.is_empty(),
+        Some("") => !rest.is_empty(),
         Some(mid) => rest
             .find(mid)
             .is_some_and(|i| i > 0 && rest.len() > i + mid.len()),
