@@ -106,6 +106,7 @@ struct FileLimits {
     max_channels_per_connection: Option<usize>,
     messages_per_second: Option<f64>,
     message_burst: Option<u32>,
+    longpoll_window_secs: Option<u64>,
     max_connections_per_ip: Option<u32>,
     max_connections_per_user: Option<u32>,
     connect_rate_per_ip: Option<f64>,
@@ -347,6 +348,10 @@ pub fn load(
             .messages_per_second
             .unwrap_or(defaults.messages_per_second),
         message_burst: l.message_burst.unwrap_or(defaults.message_burst),
+        longpoll_window: l
+            .longpoll_window_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.longpoll_window),
     };
     let adm = AdmissionConfig::default();
     let mut trusted_proxies = Vec::new();
@@ -377,6 +382,9 @@ pub fn load(
     }
     if limits.max_message_bytes < 1024 {
         return Err("limits.max_message_bytes must be at least 1024".into());
+    }
+    if limits.longpoll_window < Duration::from_secs(1) {
+        return Err("limits.longpoll_window_secs must be at least 1".into());
     }
     if limits.write_timeout < Duration::from_secs(1) {
         return Err("limits.write_timeout_secs must be at least 1".into());

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::node::NodeConfig;
+use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         node: node.clone(),
         config: config.clone(),
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
+        longpoll: LongPoll::new(node.clone(), config.limits.longpoll_window),
     };
     let tls = match &config.tls {
         Some(files) => {

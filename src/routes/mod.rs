@@ -3,6 +3,7 @@
 //! | path | module |
 //! |------|--------|
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
+//! | `GET`, `POST /socket/longpoll` | [`longpoll`] — Phoenix LongPoll endpoint |
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod dev;
 pub mod health;
+pub mod longpoll;
 pub mod pages;
 pub mod websocket;
 
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use plexus_core::auth::Issuer;
+use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub config: Arc<Config>,
     pub issuer: Issuer,
+    pub longpoll: Arc<LongPoll>,
 }
 
 /// A JSON error response `{"error": reason}` with the given status.
@@ -41,6 +45,12 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::index))
         .route("/assets/phoenix.min.js", get(pages::phoenix_js))
         .route("/socket/websocket", get(websocket::upgrade))
+        .route(
+            "/socket/longpoll",
+            get(longpoll::poll)
+                .post(longpoll::post)
+                .options(longpoll::preflight),
+        )
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/channels", get(api::channels))
         .route("/api/disconnect", post(api::disconnect))

@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_topic_bytes: usize,
     /// Longest event name, in bytes.
     pub max_event_bytes: usize,
+    /// How long a LongPoll request waits for messages before answering 204; a session whose
+    /// client stops polling for two windows expires.
+    pub longpoll_window: Duration,
     /// Channels one connection may have joined at once.
     pub max_channels_per_connection: usize,
     /// Sustained inbound messages per second per connection (0 = unlimited).
@@ -44,6 +47,7 @@ impl Default for Limits {
             max_topic_bytes: 255,
             max_event_bytes: 255,
             max_channels_per_connection: 100,
+            longpoll_window: Duration::from_secs(10),
             messages_per_second: 50.0,
             message_burst: 100,
         }

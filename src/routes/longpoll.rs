@@ -1,0 +1,194 @@
+//! `GET`/`POST /socket/longpoll`: the Phoenix LongPoll endpoint (see the core's
+//! `transport::longpoll` for the protocol). Protocol statuses travel in the JSON body as
+//! phoenix.js expects (`{"status": 200|204|410, "token", "messages"}`, HTTP 200); refusals use
+//! the real HTTP status too (`{"status": 403, "error": "…"}` with HTTP 403).
+//! Cross-origin browsers get CORS headers when their `Origin` is allowed.
+
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use plexus_core::transport::longpoll::{PollResult, PostResult, MAX_POST_LINES, SESSION_PREFIX};
+use std::net::SocketAddr;
+
+/// All `token` values of the query: phoenix.js sends the user's (from `params`) and, once it
+/// has one, the session's, under the same name.
+fn tokens(query: Option<&str>) -> Vec<String> {
+    let Some(q) = query else { return Vec::new() };
+    form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+fn has_vsn2(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p.starts_with("vsn=2.")))
+}
+
+/// CORS headers for an allowed cross-origin browser.
+fn with_cors(state: &AppState, headers: &HeaderMap, mut res: Response) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if state.node.admission().check_origin(headers).is_ok() {
+            let h = res.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    res
+}
+
+fn body(http: StatusCode, json: serde_json::Value) -> Response {
+    (http, Json(json)).into_response()
+}
+
+/// `OPTIONS /socket/longpoll`: CORS preflight.
+pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, x-phoenix-authtoken, authorization"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    with_cors(&state, &headers, res)
+}
+
+pub async fn poll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let res = poll_inner(&state, peer, query.as_deref(), &headers).await;
+    with_cors(&state, &headers, res)
+}
+
+async fn poll_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    if !has_vsn2(query) {
+        return body(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"status": 400, "error": "missing or unsupported vsn: connect with ?vsn=2.0.0"}),
+        );
+    }
+    let tokens = tokens(query);
+    let lp = &state.longpoll;
+    if let Some(session) = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX)) {
+        if lp.exists(session) {
+            return match lp.poll(session).await {
+                PollResult::Messages(messages) => body(
+                    StatusCode::OK,
+                    serde_json::json!({"status": 200, "token": session, "messages": messages}),
+                ),
+                PollResult::NoContent => body(
+                    StatusCode::OK,
+                    serde_json::json!({"status": 204, "token": session}),
+                ),
+                PollResult::Gone => body(StatusCode::OK, serde_json::json!({"status": 410})),
+            };
+        }
+    }
+    // A new session: admitted exactly like a WebSocket.
+    let user_token = tokens
+        .iter()
+        .find(|t| !t.starts_with(SESSION_PREFIX))
+        .cloned()
+        .or_else(|| {
+            headers
+                .get("x-phoenix-authtoken")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned())
+        });
+    match state.node.admit(peer, headers, user_token.as_deref()) {
+        Ok((identity, permit)) => match lp.open(identity, permit) {
+            Ok(token) => body(
+                StatusCode::OK,
+                serde_json::json!({"status": 410, "token": token}),
+            ),
+            Err(_) => body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": 503, "error": "server draining, reconnect to another node"}),
+            ),
+        },
+        Err(refusal) => {
+            // phoenix.js's LongPoll closes for good on 403 and retries on anything else.
+            let http = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            let status = if refusal.status == 401 {
+                403
+            } else {
+                refusal.status
+            };
+            body(
+                http,
+                serde_json::json!({"status": status, "error": refusal.reason}),
+            )
+        }
+    }
+}
+
+pub async fn post(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Response {
+    let tokens = tokens(query.as_deref());
+    let session = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX));
+    let res = match session {
+        None => body(StatusCode::OK, serde_json::json!({"status": 410})),
+        Some(session) => match state.longpoll.post(session, &payload).await {
+            PostResult::Ok => body(StatusCode::OK, serde_json::json!({"status": 200})),
+            PostResult::Gone => body(StatusCode::OK, serde_json::json!({"status": 410})),
+            PostResult::TooManyLines(n) => body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({
+                    "status": 413,
+                    "error": format!("{n} messages in one POST: at most {MAX_POST_LINES}"),
+                }),
+            ),
+        },
+    };
+    with_cors(&state, &headers, res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_tokens_of_a_phoenix_query() {
+        let q = "token=eyJ.a.b&vsn=2.0.0&token=plp.XYZ-_";
+        assert_eq!(
+            tokens(Some(q)),
+            vec!["eyJ.a.b".to_owned(), "plp.XYZ-_".to_owned()]
+        );
+        assert_eq!(tokens(Some("vsn=2.0.0&")), Vec::<String>::new());
+        assert_eq!(tokens(Some("token=a%2Bb%3D")), vec!["a+b=".to_owned()]);
+        assert!(has_vsn2(Some("token=x&vsn=2.0.0")));
+        assert!(!has_vsn2(Some("token=x")));
+    }
+}
