@@ -4,6 +4,7 @@
 //! |------|--------|
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
 //! | `GET`, `POST /socket/longpoll` | [`longpoll`] — Phoenix LongPoll endpoint |
+//! | `GET /sse` | [`sse`] — Server-Sent Events |
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
@@ -14,6 +15,7 @@ pub mod dev;
 pub mod health;
 pub mod longpoll;
 pub mod pages;
+pub mod sse;
 pub mod websocket;
 
 use crate::config::{Config, Profile};
@@ -51,6 +53,7 @@ pub fn router(state: AppState) -> Router {
                 .post(longpoll::post)
                 .options(longpoll::preflight),
         )
+        .route("/sse", get(sse::stream))
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/channels", get(api::channels))
         .route("/api/disconnect", post(api::disconnect))

@@ -1,5 +1,6 @@
 //! * [`websocket`] — the primary transport.
 //! * [`longpoll`] — Phoenix LongPoll, the fallback where WebSocket is unavailable.
+//! * [`sse`] — Server-Sent Events for subscribe-only `EventSource` clients.
 //!
 //! Transports: the edges that carry Phoenix messages between clients and a [`Node`](crate::Node).
 //!
@@ -8,4 +9,5 @@
 //! transport.
 
 pub mod longpoll;
+pub mod sse;
 pub mod websocket;
