@@ -17,10 +17,16 @@ pub async fn stream(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let mut topics: Vec<String> = pairs
         .iter()
         .filter(|(k, v)| k == "topic" && !v.is_empty())
@@ -29,10 +35,16 @@ pub async fn stream(
     topics.dedup();
     let max = state.node.limits().max_channels_per_connection;
     if topics.is_empty() {
-        return json_error(StatusCode::BAD_REQUEST, "give at least one topic: /sse?topic=room:lobby");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "give at least one topic: /sse?topic=room:lobby",
+        );
     }
     if topics.len() > max {
-        return json_error(StatusCode::BAD_REQUEST, format!("at most {max} topics per stream"));
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {max} topics per stream"),
+        );
     }
     let token = param("token").or_else(|| {
         headers
@@ -44,7 +56,12 @@ pub async fn stream(
     let node = state.node.clone();
     let (identity, permit) = match node.admit(peer, &headers, token.as_deref()) {
         Ok(a) => a,
-        Err(r) => return json_error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN), r.reason),
+        Err(r) => {
+            return json_error(
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+                r.reason,
+            )
+        }
     };
     for topic in &topics {
         if let Err(denied) = node.policy().authorize_join(&identity, topic) {
@@ -59,16 +76,27 @@ pub async fn stream(
         .or_else(|| param("lastEventId"));
     let events = match sse::open(node, identity, permit, &topics, last_event_id.as_deref()).await {
         Ok(s) => s,
-        Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "server draining, reconnect to another node"),
+        Err(_) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server draining, reconnect to another node",
+            )
+        }
     };
     let mut res = Body::from_stream(events).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(origin) = headers.get(header::ORIGIN) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     res
 }

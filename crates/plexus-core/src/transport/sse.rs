@@ -19,7 +19,9 @@ use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::protocol::{decode_server_binary, decode_server_text, events, Frame, Message, Payload, ServerBinary};
+use crate::protocol::{
+    decode_server_binary, decode_server_text, events, Frame, Message, Payload, ServerBinary,
+};
 use crate::socket::{Draining, Socket};
 use base64::Engine;
 use bytes::Bytes;
@@ -74,7 +76,8 @@ pub async fn open(
     permit: Permit,
     topics: &[String],
     last_event_id: Option<&str>,
-) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static, Draining> {
+) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static, Draining>
+{
     let mut socket = Socket::open(node, identity, permit)?;
     let outbox = socket.outbox().clone();
     let resume = last_event_id.map(parse_id).unwrap_or_default();
@@ -82,7 +85,9 @@ pub async fn open(
     for (i, topic) in topics.iter().enumerate() {
         let join_ref = format!("sse{i}");
         let params = match resume.get(topic) {
-            Some((epoch, offset)) => serde_json::json!({"recover": {"epoch": epoch, "offset": offset}}),
+            Some((epoch, offset)) => {
+                serde_json::json!({"recover": {"epoch": epoch, "offset": offset}})
+            }
             None => serde_json::json!({}),
         };
         joins.insert(join_ref.clone(), topic.clone());
@@ -106,7 +111,9 @@ pub async fn open(
     Ok(futures_util::stream::unfold(state, next_chunk))
 }
 
-async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, std::convert::Infallible>, StreamState)> {
+async fn next_chunk(
+    mut st: StreamState,
+) -> Option<(Result<Bytes, std::convert::Infallible>, StreamState)> {
     if st.done {
         st.socket.close().await;
         return None;
@@ -155,8 +162,17 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
             Err(_) => return,
         },
         Frame::Binary(b) => match decode_server_binary(&b) {
-            Ok(ServerBinary::Broadcast { topic, event, payload }) => (topic, event, None, None, Payload::Binary(payload)),
-            Ok(ServerBinary::Push { topic, event, payload, join_ref }) => (topic, event, None, join_ref, Payload::Binary(payload)),
+            Ok(ServerBinary::Broadcast {
+                topic,
+                event,
+                payload,
+            }) => (topic, event, None, None, Payload::Binary(payload)),
+            Ok(ServerBinary::Push {
+                topic,
+                event,
+                payload,
+                join_ref,
+            }) => (topic, event, None, join_ref, Payload::Binary(payload)),
             _ => return,
         },
     };
@@ -171,11 +187,16 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
         let ok = reply["status"] == "ok";
         let response = &reply["response"];
         if ok {
-            if let (Some(epoch), Some(offset)) = (response["epoch"].as_str(), response["offset"].as_u64()) {
+            if let (Some(epoch), Some(offset)) =
+                (response["epoch"].as_str(), response["offset"].as_u64())
+            {
                 let recovered = response["recovered"].as_bool();
                 // A lost gap (or no resume): start from the current top.
                 let keep = recovered == Some(true);
-                let entry = st.positions.entry(topic.clone()).or_insert((epoch.to_owned(), offset));
+                let entry = st
+                    .positions
+                    .entry(topic.clone())
+                    .or_insert((epoch.to_owned(), offset));
                 if !keep {
                     *entry = (epoch.to_owned(), offset);
                 }
@@ -184,7 +205,12 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
             st.positions.remove(&topic);
         }
         let data = serde_json::json!({ "topic": topic, "response": response });
-        write_event(out, Some(if ok { "joined" } else { "join_error" }), None, &data.to_string());
+        write_event(
+            out,
+            Some(if ok { "joined" } else { "join_error" }),
+            None,
+            &data.to_string(),
+        );
         return;
     }
     if event == events::CLOSE || (join_ref.is_some() && event != events::PRESENCE_STATE) {
@@ -196,7 +222,10 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
     data.insert("event".into(), event.into());
     match &payload {
         Payload::Json(raw) => {
-            data.insert("payload".into(), serde_json::from_str(raw.get()).unwrap_or_default());
+            data.insert(
+                "payload".into(),
+                serde_json::from_str(raw.get()).unwrap_or_default(),
+            );
         }
         Payload::Binary(b) => {
             data.insert(
@@ -213,7 +242,12 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
         }
         id = Some(format_id(&st.positions));
     }
-    write_event(out, None, id.as_deref(), &serde_json::Value::Object(data).to_string());
+    write_event(
+        out,
+        None,
+        id.as_deref(),
+        &serde_json::Value::Object(data).to_string(),
+    );
 }
 
 fn write_event(out: &mut String, event: Option<&str>, id: Option<&str>, data: &str) {
