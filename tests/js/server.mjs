@@ -86,6 +86,7 @@ export class Server {
     if (!this.proc || this.proc.exitCode !== null) return;
     this.proc.kill(signal);
     await this.exited;
+    if (process.env.PLEXUS_TEST_LOG) console.error(this.log);
   }
 
   async restart() {

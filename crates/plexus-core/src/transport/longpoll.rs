@@ -114,27 +114,25 @@ impl LongPoll {
         let Some(session) = self.get(token) else {
             return PollResult::Gone;
         };
-        session.polls.fetch_add(1, Ordering::AcqRel);
-        *session.last_active.lock() = Instant::now();
+        // A guard, not a plain decrement at the end: when the client goes away hyper drops
+        // this future mid-wait, and the session must still count as not polling.
+        let _polling = PollGuard::new(session.clone());
         let deadline = Instant::now() + self.window;
-        let result = loop {
+        loop {
             let mut batch = Vec::new();
             let close = session.outbox.drain_into(&mut batch);
             if !batch.is_empty() {
-                break PollResult::Messages(batch.into_iter().filter_map(frame_text).collect());
+                return PollResult::Messages(batch.into_iter().filter_map(frame_text).collect());
             }
             if close.is_some() {
                 self.close(token).await;
-                break PollResult::Gone;
+                return PollResult::Gone;
             }
             tokio::select! {
                 _ = session.outbox.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => break PollResult::NoContent,
+                _ = tokio::time::sleep_until(deadline) => return PollResult::NoContent,
             }
-        };
-        *session.last_active.lock() = Instant::now();
-        session.polls.fetch_sub(1, Ordering::AcqRel);
-        result
+        }
     }
 
     /// Handles a POST body of session `token`.
@@ -181,6 +179,24 @@ impl LongPoll {
                 socket.close().await;
             }
         }
+    }
+}
+
+/// Marks a session as being polled for as long as it lives.
+struct PollGuard(Arc<Session>);
+
+impl PollGuard {
+    fn new(session: Arc<Session>) -> Self {
+        session.polls.fetch_add(1, Ordering::AcqRel);
+        *session.last_active.lock() = Instant::now();
+        PollGuard(session)
+    }
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        *self.0.last_active.lock() = Instant::now();
+        self.0.polls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
