@@ -57,8 +57,18 @@ struct FileConfig {
     #[serde(default)]
     auth: FileAuth,
     tls: Option<FileTls>,
+    broker: Option<String>,
+    redis: Option<FileRedis>,
     #[serde(default)]
     channels: Vec<ChannelRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    url: Option<String>,
+    prefix: Option<String>,
+    node_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +142,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// A plain-HTTP listener that redirects to https (off unless configured).
     pub http_redirect: Option<SocketAddr>,
+    /// `None`: the embedded in-memory broker; `Some`: cluster mode on Redis.
+    pub redis: Option<plexus_core::broker::redis::RedisConfig>,
     pub source: Option<PathBuf>,
 }
 
@@ -144,6 +156,8 @@ pub struct Env {
     pub api_key: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub broker: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Env {
@@ -156,6 +170,8 @@ impl Env {
             api_key: get("PLEXUS_API_KEY"),
             tls_cert: get("PLEXUS_TLS_CERT"),
             tls_key: get("PLEXUS_TLS_KEY"),
+            broker: get("PLEXUS_BROKER"),
+            redis_url: get("PLEXUS_REDIS_URL"),
         }
     }
 }
@@ -448,6 +464,46 @@ pub fn load(
         (tls, redirect)
     };
 
+    let broker = env
+        .broker
+        .clone()
+        .or(file.broker.clone())
+        .unwrap_or_else(|| {
+            if env.redis_url.is_some() {
+                "redis".into()
+            } else {
+                "memory".into()
+            }
+        });
+    let redis = match broker.as_str() {
+        "memory" => None,
+        "redis" => {
+            let r = file.redis.as_ref();
+            let defaults = plexus_core::broker::redis::RedisConfig::default();
+            let node_timeout = r
+                .and_then(|r| r.node_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.node_timeout);
+            if node_timeout < Duration::from_secs(1) {
+                return Err("redis.node_timeout_secs must be at least 1".into());
+            }
+            Some(plexus_core::broker::redis::RedisConfig {
+                url: env
+                    .redis_url
+                    .clone()
+                    .or_else(|| r.and_then(|r| r.url.clone()))
+                    .unwrap_or(defaults.url),
+                prefix: r.and_then(|r| r.prefix.clone()).unwrap_or(defaults.prefix),
+                node_timeout,
+            })
+        }
+        other => {
+            return Err(format!(
+                "unknown broker {other:?}: expected \"memory\" or \"redis\""
+            ))
+        }
+    };
+
     Ok(Config {
         profile,
         listen,
@@ -462,6 +518,7 @@ pub fn load(
         verifier,
         tls,
         http_redirect,
+        redis,
         source: path.map(Path::to_path_buf),
     })
 }

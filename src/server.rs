@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
+use plexus_core::broker::redis::RedisBroker;
+use plexus_core::hub::Hub;
 use plexus_core::node::NodeConfig;
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
@@ -23,15 +25,23 @@ use tower::ServiceExt;
 
 pub async fn run(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
-    let node = Node::new(
-        NodeConfig {
-            verifier: config.verifier.clone(),
-            policy: config.policy.clone(),
-            limits: config.limits.clone(),
-            admission: config.admission.clone(),
-        },
-        |hub| Arc::new(MemoryBroker::new(hub)),
-    );
+    let node_config = NodeConfig {
+        verifier: config.verifier.clone(),
+        policy: config.policy.clone(),
+        limits: config.limits.clone(),
+        admission: config.admission.clone(),
+    };
+    let hub = Arc::new(Hub::new());
+    let node = match &config.redis {
+        None => Node::with_broker(node_config, hub.clone(), Arc::new(MemoryBroker::new(hub))),
+        Some(redis) => {
+            let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
+            tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");
+            let node = Node::with_broker(node_config, hub, broker.clone());
+            broker.attach(&node);
+            node
+        }
+    };
     let state = AppState {
         node: node.clone(),
         config: config.clone(),

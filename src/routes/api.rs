@@ -94,8 +94,8 @@ pub async fn channels(State(state): State<AppState>, headers: HeaderMap) -> Resp
     }
     let channels: Vec<_> = state
         .node
-        .hub()
-        .topics()
+        .channels()
+        .await
         .into_iter()
         .map(|(topic, subscribers)| serde_json::json!({ "topic": topic, "subscribers": subscribers }))
         .collect();
@@ -127,9 +127,16 @@ pub async fn disconnect(
             )
         }
     };
-    let n = state.node.disconnect_user(&body.sub);
-    tracing::info!(sub = %body.sub, connections = n, "disconnected by the API");
-    Json(serde_json::json!({ "disconnected": n })).into_response()
+    match state.node.disconnect_user_everywhere(&body.sub).await {
+        Ok(n) => {
+            tracing::info!(sub = %body.sub, connections = n, "disconnected by the API");
+            Json(serde_json::json!({ "disconnected": n })).into_response()
+        }
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("disconnected on this node only: {e}"),
+        ),
+    }
 }
 
 /// `GET /api/channels/{topic}/presence`: `{"topic": …, "presence": {key: {"metas": […]}}}`.
@@ -141,7 +148,7 @@ pub async fn presence(
     if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
-    let presence = state.node.presence().state(&topic);
+    let presence = state.node.presence_state(&topic).await;
     Json(serde_json::json!({ "topic": topic, "presence": presence })).into_response()
 }
 

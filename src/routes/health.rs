@@ -14,6 +14,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "status": if node.is_draining() { "draining" } else { "ok" },
         "connections": node.connection_count(),
         "broker": node.broker_name(),
+        "broker_up": node.broker_healthy(),
     });
     let status = if node.is_draining() {
         StatusCode::SERVICE_UNAVAILABLE

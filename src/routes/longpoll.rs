@@ -123,7 +123,7 @@ async fn poll_inner(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(|t| t.trim().to_owned())
         });
-    match state.node.admit(peer, headers, user_token.as_deref()) {
+    match state.node.admit(peer, headers, user_token.as_deref()).await {
         Ok((identity, permit)) => match lp.open(identity, permit) {
             Ok(token) => body(
                 StatusCode::OK,

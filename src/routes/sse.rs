@@ -54,7 +54,7 @@ pub async fn stream(
             .map(|t| t.trim().to_owned())
     });
     let node = state.node.clone();
-    let (identity, permit) = match node.admit(peer, &headers, token.as_deref()) {
+    let (identity, permit) = match node.admit(peer, &headers, token.as_deref()).await {
         Ok(a) => a,
         Err(r) => {
             return json_error(

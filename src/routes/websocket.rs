@@ -140,7 +140,7 @@ pub async fn upgrade(
         },
     };
     let node = state.node.clone();
-    let (identity, permit) = match node.admit(peer, headers, token.as_deref()) {
+    let (identity, permit) = match node.admit(peer, headers, token.as_deref()).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);

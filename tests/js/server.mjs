@@ -113,3 +113,48 @@ export function selfSignedCert(dir) {
     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { stdio: "ignore" });
   return { cert, key };
 }
+
+/** A private redis-server on a free port (stopped by stop()). */
+export class Redis {
+  static async start() {
+    const r = new Redis();
+    r.port = await freePort();
+    r.proc = spawn("redis-server", ["--port", String(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    r.exited = once(r.proc, "exit");
+    const net = await import("node:net");
+    await until(() => new Promise((resolve) => {
+      const s = net.connect(r.port, "127.0.0.1", () => { s.destroy(); resolve(true); });
+      s.on("error", () => resolve(false));
+    }), 10000, "redis-server");
+    return r;
+  }
+  get url() { return `redis://127.0.0.1:${this.port}`; }
+  async stop() { this.proc.kill("SIGKILL"); await this.exited; }
+}
+
+/**
+ * A TCP load balancer for the tests: each new connection goes to the next backend (round
+ * robin) that accepts a TCP connection.
+ */
+export async function balancer(backends) {
+  const net = await import("node:net");
+  let next = 0;
+  const server = net.createServer((client) => {
+    client.pause();
+    const tryBackend = (attempt) => {
+      if (attempt >= backends.length) { client.destroy(); return; }
+      const port = backends[next++ % backends.length];
+      const upstream = net.connect(port, "127.0.0.1");
+      upstream.once("connect", () => {
+        client.pipe(upstream); upstream.pipe(client); client.resume();
+        const close = () => { client.destroy(); upstream.destroy(); };
+        client.on("error", close); upstream.on("error", close); client.on("close", close); upstream.on("close", close);
+      });
+      upstream.once("error", () => tryBackend(attempt + 1));
+    };
+    tryBackend(0);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return { port: server.address().port, close: () => server.close() };
+}

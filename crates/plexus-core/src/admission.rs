@@ -91,11 +91,12 @@ pub struct Admission {
     attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
-/// A place in the connection caps; released on drop.
+/// A place in the connection caps; released on drop (cluster-wide places too).
 pub struct Permit {
     admission: Arc<Admission>,
     ip: IpAddr,
     sub: Arc<str>,
+    cluster: Option<(Arc<dyn crate::broker::Broker>, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -109,6 +110,15 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some((broker, keys)) = self.cluster.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for k in keys {
+                        let _ = broker.release(&k).await;
+                    }
+                });
+            }
+        }
         let mut c = self.admission.counts.lock();
         if let Some(n) = c.per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -128,6 +138,17 @@ impl Drop for Permit {
 impl Permit {
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// Cluster counters this permit holds, released with it.
+    pub(crate) fn hold_cluster(
+        &mut self,
+        broker: Arc<dyn crate::broker::Broker>,
+        keys: Vec<String>,
+    ) {
+        if !keys.is_empty() {
+            self.cluster = Some((broker, keys));
+        }
     }
 }
 
@@ -250,6 +271,7 @@ impl Admission {
             admission: self.clone(),
             ip,
             sub: who.sub.clone(),
+            cluster: None,
         })
     }
 

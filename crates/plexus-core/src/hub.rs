@@ -58,6 +58,19 @@ impl Publication {
         })
     }
 
+    /// A publication received from another node: only its frame matters here.
+    pub fn remote(topic: &str, frame: Frame, offset: Option<u64>, exclude: Option<ConnId>) -> Self {
+        Publication {
+            topic: topic.into(),
+            event: "".into(),
+            payload: Payload::empty_object(),
+            frame,
+            exclude,
+            history: None,
+            offset,
+        }
+    }
+
     /// A publication that goes into the topic's history.
     pub fn with_history(mut self, opts: HistoryOpts) -> Self {
         self.history = Some(opts);

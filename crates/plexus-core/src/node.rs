@@ -74,6 +74,12 @@ impl Node {
     ) -> Arc<Self> {
         let hub = Arc::new(Hub::new());
         let broker = make_broker(hub.clone());
+        Self::with_broker(config, hub, broker)
+    }
+
+    /// Builds a node around a hub and the broker that delivers into it (brokers that connect
+    /// asynchronously, like Redis, are built first).
+    pub fn with_broker(config: NodeConfig, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Arc<Self> {
         Arc::new(Node {
             hub,
             broker,
@@ -115,8 +121,9 @@ impl Node {
     }
 
     /// Every connect-time check, for any transport: client address (trusted proxies), attempt
-    /// rate, `Origin`, token, draining, per-address and per-user caps.
-    pub fn admit(
+    /// rate, `Origin`, token, draining, per-address and per-user caps (node-wide, then
+    /// cluster-wide through the broker; if the broker is unreachable the node-wide caps hold).
+    pub async fn admit(
         &self,
         peer: std::net::SocketAddr,
         headers: &http::HeaderMap,
@@ -136,9 +143,44 @@ impl Node {
                 reason: "server draining, reconnect to another node".into(),
             }));
         }
-        let permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
+        let mut permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
             tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
         })?;
+        let cfg = self.admission.config();
+        let mut held = Vec::new();
+        for (key, limit, reason) in [
+            (
+                format!("conn:user:{}", identity.sub),
+                cfg.max_connections_per_user,
+                "too many connections for this user",
+            ),
+            (
+                format!("conn:ip:{ip}"),
+                cfg.max_connections_per_ip,
+                "too many connections from this address",
+            ),
+        ] {
+            if limit == 0 {
+                continue;
+            }
+            match self.broker.claim(&key, limit).await {
+                Ok(true) => held.push(key),
+                Ok(false) => {
+                    for k in held {
+                        let _ = self.broker.release(&k).await;
+                    }
+                    return Err(refuse(Refusal {
+                        status: 429,
+                        reason: reason.into(),
+                    }));
+                }
+                Err(e) => {
+                    self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "cluster limit unavailable, node-wide limit applies");
+                }
+            }
+        }
+        permit.hold_cluster(self.broker.clone(), held);
         Ok((identity, permit))
     }
 
@@ -220,18 +262,31 @@ impl Node {
         n
     }
 
-    /// Counts one more join of `sub` to `topic` unless that would exceed `max`.
-    pub(crate) fn claim_user_join(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
-        let mut joins = self.user_joins.lock();
-        let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
-        if *n >= max {
-            return false;
+    /// Counts one more join of `sub` to `topic` unless that would exceed `max` (node-wide, then
+    /// cluster-wide).
+    pub(crate) async fn claim_user_join(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
+        {
+            let mut joins = self.user_joins.lock();
+            let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
+            if *n >= max {
+                return false;
+            }
+            *n += 1;
         }
-        *n += 1;
-        true
+        match self.broker.claim(&format!("join:{topic}:{sub}"), max).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.release_local_join(topic, sub);
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster max_per_user unavailable, node-wide limit applies");
+                true
+            }
+        }
     }
 
-    pub(crate) fn release_user_join(&self, topic: &str, sub: &Arc<str>) {
+    fn release_local_join(&self, topic: &str, sub: &Arc<str>) {
         let mut joins = self.user_joins.lock();
         let key = (Box::<str>::from(topic), sub.clone());
         if let Some(n) = joins.get_mut(&key) {
@@ -240,6 +295,111 @@ impl Node {
                 joins.remove(&key);
             }
         }
+    }
+
+    pub(crate) fn release_user_join(self: &Arc<Self>, topic: &str, sub: &Arc<str>) {
+        self.release_local_join(topic, sub);
+        self.spawn_release(format!("join:{topic}:{sub}"));
+    }
+
+    pub(crate) fn spawn_release(self: &Arc<Self>, key: String) {
+        if self.broker.name() == "memory" {
+            return;
+        }
+        let broker = self.broker.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = broker.release(&key).await;
+            });
+        }
+    }
+
+    // --- Presence: this node's table, mirrored cluster-wide by the broker. ---
+
+    /// Tracks `conn` under `key`; returns its meta (with a fresh `phx_ref`).
+    pub async fn presence_track(
+        &self,
+        topic: &str,
+        key: &Arc<str>,
+        conn: ConnId,
+        meta: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Value {
+        let meta = self.presence.track(topic, key, conn, meta);
+        if let Err(e) = self.broker.presence_set(topic, conn, key, &meta).await {
+            tracing::debug!(topic, error = %e, "cluster presence not updated");
+        }
+        meta
+    }
+
+    pub async fn presence_update(
+        &self,
+        topic: &str,
+        key: &str,
+        conn: ConnId,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<(serde_json::Value, serde_json::Value)> {
+        let (old, new) = self.presence.update(topic, key, conn, patch)?;
+        let mut stored = new.clone();
+        if let Some(m) = stored.as_object_mut() {
+            m.remove("phx_ref_prev");
+        }
+        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
+            tracing::debug!(topic, error = %e, "cluster presence not updated");
+        }
+        Some((old, new))
+    }
+
+    /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
+    /// (this is also called from synchronous cleanup).
+    pub fn presence_untrack(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        conn: ConnId,
+    ) -> Option<serde_json::Value> {
+        let meta = self.presence.untrack(topic, key, conn)?;
+        if self.broker.name() != "memory" {
+            let broker = self.broker.clone();
+            let topic = topic.to_owned();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = broker.presence_remove(&topic, conn).await;
+                });
+            }
+        }
+        Some(meta)
+    }
+
+    /// The presence of `topic` across the cluster (this node's table if the broker has none
+    /// or is unreachable).
+    pub async fn presence_state(&self, topic: &str) -> serde_json::Value {
+        match self.broker.presence_state(topic).await {
+            Ok(Some(state)) => state,
+            Ok(None) => self.presence.state(topic),
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
+                self.presence.state(topic)
+            }
+        }
+    }
+
+    /// Live topics with subscriber counts, cluster-wide when the broker knows them.
+    pub async fn channels(&self) -> Vec<(String, usize)> {
+        match self.broker.channels().await {
+            Ok(Some(c)) => c,
+            _ => self.hub.topics(),
+        }
+    }
+
+    /// Disconnects user `sub` on this node and asks the other nodes to do the same.
+    pub async fn disconnect_user_everywhere(&self, sub: &str) -> Result<usize, BrokerError> {
+        let n = self.disconnect_user(sub);
+        self.broker.disconnect_remote(sub).await.map(|_| n)
+    }
+
+    /// Whether the broker's backend is reachable.
+    pub fn broker_healthy(&self) -> bool {
+        self.broker.healthy()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -304,6 +464,9 @@ impl Node {
     }
 
     pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {
+        if self.broker.name() != "memory" {
+            let _ = self.broker.claim(&format!("chan:{topic}"), 0).await;
+        }
         if self.hub.subscribe(topic, conn, outbox) {
             if let Err(e) = self.broker.subscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +476,9 @@ impl Node {
     }
 
     pub(crate) async fn unsubscribe(&self, topic: &str, conn: ConnId) {
+        if self.broker.name() != "memory" {
+            let _ = self.broker.release(&format!("chan:{topic}")).await;
+        }
         if self.hub.unsubscribe(topic, conn) {
             if let Err(e) = self.broker.unsubscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);

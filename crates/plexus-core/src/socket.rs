@@ -245,7 +245,7 @@ impl Socket {
                 self.reply_ok(&msg, Payload::empty_object());
             }
             if presence {
-                self.push_presence_state(&msg);
+                self.push_presence_state(&msg).await;
             }
             return;
         }
@@ -257,6 +257,7 @@ impl Socket {
             if !self
                 .node
                 .claim_user_join(&msg.topic, &self.identity.sub, max)
+                .await
             {
                 tracing::info!(sub = %self.identity.sub, topic = %msg.topic, max, "join refused: max_per_user");
                 return self.refuse_join(
@@ -394,19 +395,22 @@ impl Socket {
 
     /// Tracks this connection, sends it the topic's `presence_state`, and tells everyone.
     async fn track_presence(&mut self, msg: &Message) {
-        let meta = self.node.presence().track(
-            &msg.topic,
-            &self.identity.sub,
-            self.id,
-            self.presence_meta(),
-        );
-        self.push_presence_state(msg);
+        let meta = self
+            .node
+            .presence_track(
+                &msg.topic,
+                &self.identity.sub,
+                self.id,
+                self.presence_meta(),
+            )
+            .await;
+        self.push_presence_state(msg).await;
         let diff = crate::presence::diff(Some((&self.identity.sub, meta)), None);
         self.publish_presence_diff(&msg.topic, diff).await;
     }
 
-    fn push_presence_state(&self, msg: &Message) {
-        let state = self.node.presence().state(&msg.topic);
+    async fn push_presence_state(&self, msg: &Message) {
+        let state = self.node.presence_state(&msg.topic).await;
         if let Ok(payload) = Payload::json(&state) {
             if let Ok(frame) = encode_push(
                 msg.join_ref.as_deref(),
@@ -449,8 +453,8 @@ impl Socket {
         let sub = self.identity.sub.clone();
         match self
             .node
-            .presence()
-            .update(&msg.topic, &sub, self.id, &patch)
+            .presence_update(&msg.topic, &sub, self.id, &patch)
+            .await
         {
             Some((old, new)) => {
                 self.reply_ok(&msg, Payload::empty_object());
@@ -465,8 +469,7 @@ impl Socket {
     async fn untrack_presence(&self, topic: &str) {
         if let Some(meta) = self
             .node
-            .presence()
-            .untrack(topic, &self.identity.sub, self.id)
+            .presence_untrack(topic, &self.identity.sub, self.id)
         {
             let diff = crate::presence::diff(None, Some((&self.identity.sub, meta)));
             self.publish_presence_diff(topic, diff).await;
@@ -626,13 +629,14 @@ impl Drop for Socket {
                 node.release_user_join(&topic, &self.identity.sub);
             }
             if joined.presence {
-                if let Some(meta) = node.presence().untrack(&topic, &self.identity.sub, self.id) {
+                if let Some(meta) = node.presence_untrack(&topic, &self.identity.sub, self.id) {
                     left.push((
                         topic.clone(),
                         crate::presence::diff(None, Some((&self.identity.sub, meta))),
                     ));
                 }
             }
+            node.spawn_release(format!("chan:{topic}"));
             if node.hub().unsubscribe(&topic, self.id) {
                 emptied.push(topic);
             }

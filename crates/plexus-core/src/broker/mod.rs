@@ -6,13 +6,17 @@
 //! subscribes once per topic per node, never once per client.
 //!
 //! * [`memory::MemoryBroker`] — the embedded single-node default: delivers straight to the hub.
-//! * A Redis broker (cluster mode) implements the same trait.
+//! * [`redis::RedisBroker`] — cluster mode: many nodes share fan-out, history, presence and
+//!   limits through Redis.
 
 pub mod memory;
+pub mod redis;
 
 use crate::hub::Publication;
 use crate::protocol::{Frame, Payload};
+use crate::ConnId;
 use async_trait::async_trait;
+use serde_json::Value;
 use std::sync::Arc;
 
 /// One retained broadcast.
@@ -59,9 +63,61 @@ pub trait Broker: Send + Sync + 'static {
     /// The topic's history after `since` (exclusive; `None`: just the epoch and top).
     async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError>;
 
-    /// The topic gained its first local subscriber.
+    /// The topic gained its first local subscriber (a clustered broker starts receiving the
+    /// topic's publications from other nodes). Completes once that is in effect.
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError>;
 
     /// The topic lost its last local subscriber.
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError>;
+
+    // --- Cluster state. The defaults suit a single node, whose own tables are the truth. ---
+
+    /// Records (or replaces) the presence meta of local connection `conn` under user `key`.
+    async fn presence_set(
+        &self,
+        _topic: &str,
+        _conn: ConnId,
+        _key: &str,
+        _meta: &Value,
+    ) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Removes the presence of local connection `conn`.
+    async fn presence_remove(&self, _topic: &str, _conn: ConnId) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The cluster-wide presence of `topic` (`{key: {"metas": […]}}`), or `None` when this
+    /// node's own table is complete.
+    async fn presence_state(&self, _topic: &str) -> Result<Option<Value>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Takes one unit of the cluster-wide counter `key` if the total stays within `limit`
+    /// (connections per user or address, joins per user and topic). `true` when taken.
+    async fn claim(&self, _key: &str, _limit: u32) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+
+    /// Gives back one unit of `key`.
+    async fn release(&self, _key: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Live topics of the cluster with their subscriber counts, or `None` when this node's
+    /// hub is complete.
+    async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Asks every other node to disconnect user `sub` (this node does its own).
+    async fn disconnect_remote(&self, _sub: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Whether the backend is reachable (always true for the memory broker).
+    fn healthy(&self) -> bool {
+        true
+    }
 }

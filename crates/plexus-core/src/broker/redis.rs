@@ -1,0 +1,839 @@
+//! The Redis broker: many Plexus nodes behind a load balancer, one system.
+//!
+//! * **Fan-out**: each node subscribes once per topic with local subscribers
+//!   (`<prefix>:t:<topic>`), never once per client, and fans out locally. A publication is one
+//!   `PUBLISH`. On topics without history the publishing node delivers to its own subscribers
+//!   first, without waiting for Redis.
+//! * **History**: one Lua script assigns the next offset (`INCR`), encodes it into the frame,
+//!   appends to a stream (`XADD` with the offset as entry id, `MAXLEN`), refreshes the TTL and
+//!   publishes — atomically, so every node sees a topic's offsets in order. Those publications
+//!   reach every node (the publishing one too) through its subscription, which keeps per-topic
+//!   order identical everywhere. The epoch lives in Redis; if Redis loses the data, a new epoch
+//!   tells clients that their offsets are void.
+//! * **Presence**: one hash per topic, field `<node>:<conn>`; diffs travel as broadcasts.
+//! * **Limits**: counters are hashes with one field per node, checked and taken in one script.
+//! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
+//!   reap a dead node's presence (broadcasting the leaves) and counters.
+//! * **Outages**: local traffic goes on; publishes to other nodes fail and are counted; the
+//!   subscription reconnects with backoff, re-subscribes, and re-announces this node's presence
+//!   and counters (Redis may have restarted empty). History topics refuse publishes while Redis
+//!   is down rather than deliver messages that recovery could never replay.
+
+use super::{Broker, BrokerError, HistoryItem, HistoryPage};
+use crate::hub::{Hub, Publication};
+use crate::node::Node;
+use crate::protocol::{Frame, Payload};
+use crate::ConnId;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, PubSubSink};
+use redis::AsyncCommands;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// Cluster settings.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: String,
+    /// Key and channel prefix, so that several clusters can share one Redis.
+    pub prefix: String,
+    /// A node that stops refreshing its heartbeat for this long is dead: its presence leaves.
+    pub node_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "plexus".into(),
+            node_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Appends to history and publishes, atomically.
+/// KEYS: offset, stream, epoch. ARGV: frame prefix, frame suffix, kind, event, payload,
+/// payload kind, maxlen, ttl ms, channel, header (node id and exclude), new epoch, now ms.
+const PUBLISH_HISTORY: &str = r#"
+local offset = redis.call('INCR', KEYS[1])
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[11]
+  redis.call('SET', KEYS[3], epoch)
+end
+local frame = ARGV[1]
+if ARGV[3] == 't' then frame = ARGV[1] .. offset .. ARGV[2] end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], offset .. '-0', 'f', frame, 'k', ARGV[3], 'e', ARGV[4], 'p', ARGV[5], 'pk', ARGV[6], 't', ARGV[12])
+local ttl = tonumber(ARGV[8])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+redis.call('PUBLISH', ARGV[9], 'P1 ' .. ARGV[10] .. ' ' .. offset .. ' ' .. ARGV[3] .. '\n' .. frame)
+return {offset, epoch}
+"#;
+
+/// Takes one unit of a counter if the cluster total stays within the limit (0: no limit).
+/// KEYS: counter hash, this node's counter index. ARGV: node, limit.
+const CLAIM: &str = r#"
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+local limit = tonumber(ARGV[2])
+if limit > 0 and total >= limit then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SADD', KEYS[2], KEYS[1])
+return 1
+"#;
+
+pub struct RedisBroker {
+    hub: Arc<Hub>,
+    cfg: RedisConfig,
+    node_id: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// Topics this node is subscribed to (re-subscribed after a reconnect).
+    topics: Mutex<HashSet<String>>,
+    healthy: AtomicBool,
+    node: OnceLock<Weak<Node>>,
+    /// This node's counter units and presences, re-announced after a reconnect.
+    claims: Mutex<HashMap<String, i64>>,
+    presences: Mutex<HashMap<(String, ConnId), String>>,
+    publish_history: redis::Script,
+    claim_script: redis::Script,
+    pub errors: AtomicU64,
+}
+
+fn err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError(e.to_string())
+}
+
+impl RedisBroker {
+    /// Connects (failing clearly if Redis is unreachable at start) and starts the subscription
+    /// and heartbeat tasks.
+    pub async fn connect(hub: Arc<Hub>, cfg: RedisConfig) -> Result<Arc<Self>, String> {
+        let client =
+            redis::Client::open(cfg.url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(mgr_cfg),
+        )
+        .await
+        .map_err(|_| format!("cannot connect to Redis at {}: timed out", redact(&cfg.url)))?
+        .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(&cfg.url)))?;
+        let node_id = {
+            use rand::Rng;
+            let mut b = [0u8; 6];
+            rand::rng().fill(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        let broker = Arc::new(RedisBroker {
+            hub,
+            cfg,
+            node_id,
+            client,
+            conn,
+            sink: tokio::sync::Mutex::new(None),
+            topics: Mutex::new(HashSet::new()),
+            healthy: AtomicBool::new(false),
+            node: OnceLock::new(),
+            claims: Mutex::new(HashMap::new()),
+            presences: Mutex::new(HashMap::new()),
+            publish_history: redis::Script::new(PUBLISH_HISTORY),
+            claim_script: redis::Script::new(CLAIM),
+            errors: AtomicU64::new(0),
+        });
+        broker
+            .heartbeat()
+            .await
+            .map_err(|e| format!("Redis heartbeat failed: {e}"))?;
+        tokio::spawn(subscription_loop(Arc::downgrade(&broker)));
+        tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
+        // Wait briefly for the subscription, so that the node starts fully connected.
+        for _ in 0..50 {
+            if broker.healthy.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(broker)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Gives the broker the node it serves (for remote disconnects).
+    pub fn attach(&self, node: &Arc<Node>) {
+        let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.cfg.prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
+    fn topic_channel(&self, topic: &str) -> String {
+        self.key(&["t", topic])
+    }
+
+    fn control_channel(&self) -> String {
+        self.key(&["ctl"])
+    }
+
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        // One line per failure burst, not one per message.
+        if n.is_multiple_of(100) {
+            tracing::warn!(error = %e, failures = n + 1, "redis {what} failed");
+        }
+    }
+
+    /// Refreshes this node's heartbeat.
+    async fn heartbeat(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let ttl = self.cfg.node_timeout.as_millis() as u64;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.key(&["alive", &self.node_id]))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .sadd(self.key(&["nodes"]), &self.node_id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+    }
+
+    /// Writes this node's presences and counters again (after Redis lost them, or a blip).
+    async fn reannounce(&self) -> redis::RedisResult<()> {
+        let presences: Vec<((String, ConnId), String)> = self
+            .presences
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let claims: Vec<(String, i64)> = self
+            .claims
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut pipe = redis::pipe();
+        for ((topic, conn), value) in &presences {
+            pipe.hset(
+                self.key(&["pres", topic]),
+                format!("{}:{conn}", self.node_id),
+                value,
+            )
+            .ignore();
+            pipe.sadd(self.key(&["npres", &self.node_id]), topic)
+                .ignore();
+        }
+        for (key, n) in &claims {
+            if *n > 0 {
+                pipe.hset(key, &self.node_id, *n).ignore();
+                pipe.sadd(self.key(&["ncnt", &self.node_id]), key).ignore();
+            }
+        }
+        if presences.is_empty() && claims.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await
+    }
+
+    /// Removes the presences and counters of nodes whose heartbeat expired, and tells the
+    /// cluster that their users left.
+    async fn reap_dead_nodes(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await?;
+        for node in nodes.into_iter().filter(|n| *n != self.node_id) {
+            let alive: bool = c.exists(self.key(&["alive", &node])).await?;
+            if alive {
+                continue;
+            }
+            let lock: Option<String> = redis::cmd("SET")
+                .arg(self.key(&["reap", &node]))
+                .arg(&self.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(10_000)
+                .query_async(&mut c)
+                .await?;
+            if lock.is_none() {
+                continue; // another node is on it
+            }
+            tracing::info!(node = %node, "a node's heartbeat expired: removing its presence");
+            let topics: Vec<String> = c.smembers(self.key(&["npres", &node])).await?;
+            let prefix = format!("{node}:");
+            for topic in topics {
+                let hash = self.key(&["pres", &topic]);
+                let entries: HashMap<String, String> = c.hgetall(&hash).await?;
+                let mut leaves = serde_json::Map::new();
+                for (field, value) in entries.iter().filter(|(f, _)| f.starts_with(&prefix)) {
+                    let _: () = c.hdel(&hash, field).await?;
+                    if let Ok(v) = serde_json::from_str::<Value>(value) {
+                        if let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) {
+                            let metas = leaves
+                                .entry(key.to_owned())
+                                .or_insert_with(|| serde_json::json!({"metas": []}));
+                            if let Some(list) = metas["metas"].as_array_mut() {
+                                list.push(meta.clone());
+                            }
+                        }
+                    }
+                }
+                if !leaves.is_empty() {
+                    let diff = serde_json::json!({"joins": {}, "leaves": leaves});
+                    if let Ok(payload) = Payload::json(&diff) {
+                        if let Ok(p) = Publication::new(
+                            &topic,
+                            crate::protocol::events::PRESENCE_DIFF,
+                            payload,
+                            None,
+                        ) {
+                            let _ = self.publish(p).await;
+                        }
+                    }
+                }
+            }
+            let counters: Vec<String> = c.smembers(self.key(&["ncnt", &node])).await?;
+            for counter in counters {
+                let _: () = c.hdel(&counter, &node).await?;
+            }
+            let _: () = redis::pipe()
+                .del(self.key(&["npres", &node]))
+                .ignore()
+                .del(self.key(&["ncnt", &node]))
+                .ignore()
+                .srem(self.key(&["nodes"]), &node)
+                .ignore()
+                .query_async(&mut c)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn on_message(&self, channel: &str, data: &[u8]) {
+        if channel == self.control_channel() {
+            return self.on_control(data);
+        }
+        let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
+            return;
+        };
+        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+            return;
+        };
+        let header = String::from_utf8_lossy(&data[..nl]);
+        let mut parts = header.split(' ');
+        let (Some("P1"), Some(origin), Some(offset), Some(kind)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (origin_node, exclude) = match origin.split_once('/') {
+            Some((n, c)) => (n, c.parse::<ConnId>().ok()),
+            None => (origin, None),
+        };
+        let offset = offset.parse::<u64>().ok();
+        let own = origin_node == self.node_id;
+        if own && offset.is_none() {
+            return; // delivered locally when it was published
+        }
+        let body = Bytes::copy_from_slice(&data[nl + 1..]);
+        let frame = if kind == "b" {
+            Frame::Binary(body)
+        } else {
+            Frame::Text(body)
+        };
+        let p = Publication::remote(topic, frame, offset, if own { exclude } else { None });
+        self.hub.deliver(&p);
+    }
+
+    fn on_control(&self, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let mut parts = text.splitn(3, ' ');
+        if let (Some("disconnect"), Some(origin), Some(sub)) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            if origin != self.node_id {
+                if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+                    let n = node.disconnect_user(sub);
+                    tracing::info!(
+                        sub,
+                        connections = n,
+                        "disconnected at another node's request"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Redacts a password in a Redis URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+async fn subscription_loop(broker: Weak<RedisBroker>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let pubsub =
+            tokio::time::timeout(Duration::from_secs(2), b.client.get_async_pubsub()).await;
+        let pubsub = match pubsub {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                b.failed("subscription connect", &e);
+                drop(b);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                b.failed("subscription connect", &"timed out");
+                drop(b);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut channels: Vec<String> =
+            b.topics.lock().iter().map(|t| b.topic_channel(t)).collect();
+        channels.push(b.control_channel());
+        if let Err(e) = sink.subscribe(&channels).await {
+            b.failed("subscribe", &e);
+            drop(b);
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        *b.sink.lock().await = Some(sink);
+        // Topics subscribed while we were connecting.
+        let missing: Vec<String> = b
+            .topics
+            .lock()
+            .iter()
+            .map(|t| b.topic_channel(t))
+            .filter(|c| !channels.contains(c))
+            .collect();
+        if !missing.is_empty() {
+            if let Some(s) = b.sink.lock().await.as_mut() {
+                let _ = s.subscribe(&missing).await;
+            }
+        }
+        let was_down = !b.healthy.swap(true, Ordering::AcqRel);
+        if let Err(e) = b.heartbeat().await {
+            b.failed("heartbeat", &e);
+        }
+        if let Err(e) = b.reannounce().await {
+            b.failed("re-announce", &e);
+        }
+        if was_down {
+            tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
+        }
+        backoff = Duration::from_millis(100);
+        drop(b);
+        while let Some(msg) = stream.next().await {
+            let Some(b) = broker.upgrade() else { return };
+            let channel: String = msg.get_channel_name().to_owned();
+            b.on_message(&channel, msg.get_payload_bytes());
+        }
+        let Some(b) = broker.upgrade() else { return };
+        b.healthy.store(false, Ordering::Release);
+        *b.sink.lock().await = None;
+        b.failed("subscription", &"connection lost, reconnecting");
+        drop(b);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn heartbeat_loop(broker: Weak<RedisBroker>) {
+    let tick = {
+        let Some(b) = broker.upgrade() else { return };
+        (b.cfg.node_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(b) = broker.upgrade() else { return };
+        if let Err(e) = b.heartbeat().await {
+            b.failed("heartbeat", &e);
+            continue;
+        }
+        if let Err(e) = b.reap_dead_nodes().await {
+            b.failed("reaping dead nodes", &e);
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {
+        let origin = match publication.exclude {
+            Some(c) => format!("{}/{c}", self.node_id),
+            None => self.node_id.clone(),
+        };
+        let channel = self.topic_channel(&publication.topic);
+        let Some(opts) = publication.history else {
+            // Local subscribers first, without waiting for Redis.
+            self.hub.deliver(&publication);
+            let kind = if matches!(publication.frame, Frame::Binary(_)) {
+                "b"
+            } else {
+                "t"
+            };
+            let mut envelope = format!("P1 {origin} - {kind}\n").into_bytes();
+            envelope.extend_from_slice(publication.frame.bytes());
+            let mut c = self.conn.clone();
+            if let Err(e) = c.publish::<_, _, ()>(&channel, envelope).await {
+                self.failed("publish", &e);
+                return Err(err(format!("delivered on this node only: {e}")));
+            }
+            return Ok(None);
+        };
+        // History: the script assigns the offset and publishes; every node (this one too)
+        // delivers from its subscription, in offset order.
+        let (prefix, suffix, kind) = match (&publication.payload, &publication.frame) {
+            (Payload::Json(raw), _) => {
+                let mut suffix = String::from("\",");
+                suffix.push_str(&serde_json::to_string(&*publication.topic).unwrap_or_default());
+                suffix.push(',');
+                suffix.push_str(&serde_json::to_string(&*publication.event).unwrap_or_default());
+                suffix.push(',');
+                suffix.push_str(raw.get());
+                suffix.push(']');
+                (b"[null,\"".to_vec(), suffix.into_bytes(), "t")
+            }
+            (Payload::Binary(_), frame) => (frame.bytes().to_vec(), Vec::new(), "b"),
+        };
+        let (payload, payload_kind) = match &publication.payload {
+            Payload::Json(raw) => (raw.get().as_bytes().to_vec(), "j"),
+            Payload::Binary(b) => (b.to_vec(), "b"),
+        };
+        let epoch = {
+            use rand::Rng;
+            format!("{:08x}", rand::rng().random::<u32>())
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let topic = &publication.topic;
+        let mut c = self.conn.clone();
+        let result: Result<(u64, String), _> = self
+            .publish_history
+            .key(self.key(&["off", topic]))
+            .key(self.key(&["hist", topic]))
+            .key(self.key(&["epoch", topic]))
+            .arg(prefix)
+            .arg(suffix)
+            .arg(kind)
+            .arg(&*publication.event)
+            .arg(payload)
+            .arg(payload_kind)
+            .arg(opts.size.max(1))
+            .arg(opts.ttl.map_or(0, |t| t.as_millis() as u64))
+            .arg(&channel)
+            .arg(&origin)
+            .arg(epoch)
+            .arg(now_ms)
+            .invoke_async(&mut c)
+            .await;
+        match result {
+            Ok((offset, _epoch)) => Ok(Some(offset)),
+            Err(e) => {
+                self.failed("history publish", &e);
+                Err(err(format!("history unavailable, not published: {e}")))
+            }
+        }
+    }
+
+    async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError> {
+        let mut c = self.conn.clone();
+        let (top, epoch): (Option<u64>, Option<String>) = redis::pipe()
+            .get(self.key(&["off", topic]))
+            .get(self.key(&["epoch", topic]))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("history read", &e);
+                err(e)
+            })?;
+        let top = top.unwrap_or(0);
+        let epoch = match epoch {
+            Some(e) => e,
+            None => {
+                // No history yet (or it expired / Redis lost it): settle an epoch now, so that
+                // offsets handed out from here on are tied to it.
+                let fresh = {
+                    use rand::Rng;
+                    format!("{:08x}", rand::rng().random::<u32>())
+                };
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(self.key(&["epoch", topic]))
+                    .arg(&fresh)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(err)?;
+                set.unwrap_or(fresh)
+            }
+        };
+        let Some(since) = since else {
+            return Ok(HistoryPage {
+                epoch,
+                top,
+                complete: true,
+                items: Vec::new(),
+            });
+        };
+        let reply: redis::streams::StreamRangeReply = c
+            .xrange(self.key(&["hist", topic]), format!("{}-0", since + 1), "+")
+            .await
+            .map_err(|e| {
+                self.failed("history read", &e);
+                err(e)
+            })?;
+        let mut items = Vec::new();
+        for entry in reply.ids {
+            let offset: u64 = entry
+                .id
+                .split('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0);
+            let get = |k: &str| -> Vec<u8> { entry.get::<Vec<u8>>(k).unwrap_or_default() };
+            let frame_bytes = Bytes::from(get("f"));
+            let frame = if get("k") == b"b" {
+                Frame::Binary(frame_bytes)
+            } else {
+                Frame::Text(frame_bytes)
+            };
+            let event: String = String::from_utf8_lossy(&get("e")).into_owned();
+            let payload = if get("pk") == b"b" {
+                Payload::Binary(Bytes::from(get("p")))
+            } else {
+                let raw = String::from_utf8_lossy(&get("p")).into_owned();
+                Payload::Json(
+                    serde_json::value::RawValue::from_string(raw)
+                        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+                )
+            };
+            items.push(HistoryItem {
+                offset,
+                event: event.into(),
+                payload,
+                frame,
+            });
+        }
+        let first = items.first().map_or(top + 1, |i| i.offset);
+        let complete = since >= top || since + 1 >= first;
+        Ok(HistoryPage {
+            epoch,
+            top,
+            complete,
+            items,
+        })
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
+        self.topics.lock().insert(topic.to_owned());
+        let mut sink = self.sink.lock().await;
+        match sink.as_mut() {
+            Some(s) => s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
+                self.failed("subscribe", &e);
+                err(e)
+            }),
+            // Not connected: the subscription loop subscribes it when Redis is back.
+            None => Err(err(
+                "redis unavailable: subscribed locally, remote messages resume on reconnect",
+            )),
+        }
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
+        self.topics.lock().remove(topic);
+        let mut sink = self.sink.lock().await;
+        if let Some(s) = sink.as_mut() {
+            s.unsubscribe(self.topic_channel(topic))
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn presence_set(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        key: &str,
+        meta: &Value,
+    ) -> Result<(), BrokerError> {
+        let value = serde_json::json!({"k": key, "m": meta}).to_string();
+        self.presences
+            .lock()
+            .insert((topic.to_owned(), conn), value.clone());
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .hset(
+                self.key(&["pres", topic]),
+                format!("{}:{conn}", self.node_id),
+                value,
+            )
+            .ignore()
+            .sadd(self.key(&["npres", &self.node_id]), topic)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("presence", &e);
+                err(e)
+            })
+    }
+
+    async fn presence_remove(&self, topic: &str, conn: ConnId) -> Result<(), BrokerError> {
+        self.presences.lock().remove(&(topic.to_owned(), conn));
+        let mut c = self.conn.clone();
+        c.hdel::<_, _, ()>(
+            self.key(&["pres", topic]),
+            format!("{}:{conn}", self.node_id),
+        )
+        .await
+        .map_err(|e| {
+            self.failed("presence", &e);
+            err(e)
+        })
+    }
+
+    async fn presence_state(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
+        let mut c = self.conn.clone();
+        let entries: HashMap<String, String> =
+            c.hgetall(self.key(&["pres", topic])).await.map_err(|e| {
+                self.failed("presence", &e);
+                err(e)
+            })?;
+        let mut state = serde_json::Map::new();
+        for value in entries.values() {
+            let Ok(v) = serde_json::from_str::<Value>(value) else {
+                continue;
+            };
+            let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
+                continue;
+            };
+            let entry = state
+                .entry(key.to_owned())
+                .or_insert_with(|| serde_json::json!({"metas": []}));
+            if let Some(list) = entry["metas"].as_array_mut() {
+                list.push(meta.clone());
+            }
+        }
+        Ok(Some(Value::Object(state)))
+    }
+
+    async fn claim(&self, key: &str, limit: u32) -> Result<bool, BrokerError> {
+        let counter = self.key(&["cnt", key]);
+        let mut c = self.conn.clone();
+        let taken: i64 = self
+            .claim_script
+            .key(&counter)
+            .key(self.key(&["ncnt", &self.node_id]))
+            .arg(&self.node_id)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("limit claim", &e);
+                err(e)
+            })?;
+        if taken == 1 {
+            *self.claims.lock().entry(counter).or_insert(0) += 1;
+        }
+        Ok(taken == 1)
+    }
+
+    async fn release(&self, key: &str) -> Result<(), BrokerError> {
+        let counter = self.key(&["cnt", key]);
+        {
+            let mut claims = self.claims.lock();
+            if let Some(n) = claims.get_mut(&counter) {
+                *n -= 1;
+                if *n <= 0 {
+                    claims.remove(&counter);
+                }
+            }
+        }
+        let mut c = self.conn.clone();
+        let left: i64 = c.hincr(&counter, &self.node_id, -1).await.map_err(|e| {
+            self.failed("limit release", &e);
+            err(e)
+        })?;
+        if left <= 0 {
+            let _: () = c.hdel(&counter, &self.node_id).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
+        let mut c = self.conn.clone();
+        let pattern = self.key(&["cnt", "chan:*"]);
+        let prefix = self.key(&["cnt", "chan:"]);
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = c.scan_match(&pattern).await.map_err(err)?;
+            let mut keys = Vec::new();
+            while let Some(k) = iter.next_item().await {
+                keys.push(k.map_err(err)?);
+            }
+            keys
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            let vals: Vec<i64> = c.hvals(&k).await.map_err(err)?;
+            let n: i64 = vals.iter().sum();
+            if n > 0 {
+                out.push((k.trim_start_matches(&prefix).to_owned(), n as usize));
+            }
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
+    async fn disconnect_remote(&self, sub: &str) -> Result<(), BrokerError> {
+        let mut c = self.conn.clone();
+        c.publish::<_, _, ()>(
+            self.control_channel(),
+            format!("disconnect {} {sub}", self.node_id),
+        )
+        .await
+        .map_err(err)
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,321 @@
+//! Cluster mode: several real `plexus` processes sharing a real `redis-server` started by the
+//! test. Fan-out, presence, limits, history/recovery across nodes, node death, Redis outages,
+//! remote disconnects.
+
+mod common;
+
+use common::{json, Redis, Server, API_KEY};
+use plexus_client::protocol::Message;
+use plexus_client::{Client, ClientError, ConnectOptions};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+profile = "dev"
+broker = "redis"
+[redis]
+node_timeout_secs = 2
+[limits]
+max_connections_per_user = 2
+[[channels]]
+topic = "room:*"
+presence = true
+history_size = 100
+[[channels]]
+topic = "limited:*"
+max_per_user = 1
+[[channels]]
+topic = "plain:*"
+"#;
+
+async fn cluster(redis: &Redis, n: usize) -> Vec<Server> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &url)]).await);
+    }
+    nodes
+}
+
+fn payload(m: &Message) -> Value {
+    serde_json::from_str(m.payload.as_json().unwrap().get()).unwrap()
+}
+
+async fn broadcast(s: &Server, topic: &str, event: &str, body: Value) -> Value {
+    let auth = format!("Bearer {API_KEY}");
+    let req = json!({"topic": topic, "event": event, "payload": body}).to_string();
+    let (st, resp) = s
+        .http("POST", "/api/broadcast", &[("Authorization", &auth)], &req)
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{resp}");
+    json(&resp)
+}
+
+#[tokio::test]
+async fn broadcasts_cross_nodes_from_clients_and_the_api() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3).await;
+    let mut on_a = nodes[0].client("alice").await;
+    let mut also_b = nodes[1].client("bea").await;
+    let mut on_b = nodes[1].client("bob").await;
+    for c in [&mut on_a, &mut also_b, &mut on_b] {
+        assert!(c.join("plain:x", json!({})).await.unwrap().is_ok());
+    }
+    // A push on B reaches A (through Redis) and B's other client (locally), not the sender.
+    on_b.push_json("plain:x", "msg", &json!({"from": "b"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        payload(&on_a.recv_event("plain:x", "msg").await.unwrap())["from"],
+        "b"
+    );
+    assert_eq!(
+        payload(&also_b.recv_event("plain:x", "msg").await.unwrap())["from"],
+        "b"
+    );
+    assert!(on_b
+        .recv_event_timeout("plain:x", "msg", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    // The API of C, a node without subscribers.
+    broadcast(&nodes[2], "plain:x", "api", json!({"n": 1})).await;
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            payload(&c.recv_event("plain:x", "api").await.unwrap())["n"],
+            1
+        );
+    }
+    // Channels are listed cluster-wide by any node.
+    let auth = format!("Bearer {API_KEY}");
+    let (_, resp) = nodes[2]
+        .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        json(&resp)["channels"],
+        json!([{"topic": "plain:x", "subscribers": 3}])
+    );
+}
+
+#[tokio::test]
+async fn presence_and_limits_are_cluster_wide() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3).await;
+    let mut alice = nodes[0].client("alice").await;
+    alice.join("room:p", json!({})).await.unwrap();
+    let mut bob = nodes[1].client("bob").await;
+    bob.join("room:p", json!({})).await.unwrap();
+    let state = payload(&bob.recv_event("room:p", "presence_state").await.unwrap());
+    let mut keys: Vec<&String> = state.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["alice", "bob"]);
+    // Alice on A sees Bob's join made on B.
+    loop {
+        let d = payload(&alice.recv_event("room:p", "presence_diff").await.unwrap());
+        if d["joins"]["bob"].is_object() {
+            break;
+        }
+    }
+    let auth = format!("Bearer {API_KEY}");
+    let (_, resp) = nodes[2]
+        .http(
+            "GET",
+            "/api/channels/room:p/presence",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(json(&resp)["presence"].as_object().unwrap().len(), 2);
+
+    // Connections per user: 2 in the whole cluster.
+    let _second = nodes[1].client("alice").await;
+    let third =
+        Client::connect(ConnectOptions::new(nodes[2].url()).token(nodes[2].token("alice"))).await;
+    match third {
+        Err(ClientError::Handshake(e)) => assert!(e.contains("429"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a third connection of alice was accepted"),
+    }
+    // max_per_user = 1 on limited:* across nodes.
+    let mut carol_a = nodes[0].client("carol").await;
+    let mut carol_b = nodes[1].client("carol").await;
+    assert!(carol_a.join("limited:1", json!({})).await.unwrap().is_ok());
+    let r = carol_b.join("limited:1", json!({})).await.unwrap();
+    assert!(r.reason().unwrap().contains("max_per_user"), "{r:?}");
+    carol_a.leave("limited:1").await.unwrap();
+    let mut ok = false;
+    for _ in 0..20 {
+        if carol_b.join("limited:1", json!({})).await.unwrap().is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the place freed on A was not usable on B");
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_no_ghosts() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, 2).await;
+    let mut ghost = nodes[0].client("ghost").await;
+    ghost.join("room:k", json!({})).await.unwrap();
+    let mut watcher = nodes[1].client("watcher").await;
+    watcher.join("room:k", json!({})).await.unwrap();
+    let state = payload(
+        &watcher
+            .recv_event("room:k", "presence_state")
+            .await
+            .unwrap(),
+    );
+    assert!(state["ghost"].is_object(), "{state}");
+    let killed = Instant::now();
+    nodes[0].kill9();
+    loop {
+        let d = payload(
+            &watcher
+                .recv_event("room:k", "presence_diff")
+                .await
+                .unwrap_or_else(|e| panic!("no leave: {e}")),
+        );
+        if d["leaves"]["ghost"].is_object() {
+            break;
+        }
+    }
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "ghost left after {took:?} (node_timeout 2 s)"
+    );
+    let auth = format!("Bearer {API_KEY}");
+    let (_, resp) = nodes[1]
+        .http(
+            "GET",
+            "/api/channels/room:k/presence",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert!(json(&resp)["presence"]["ghost"].is_null(), "{resp}");
+    drop(ghost);
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_local_traffic_and_cross_node_delivery_resumes() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut a1 = nodes[0].client("a1").await;
+    let mut a2 = nodes[0].client("a2").await;
+    let mut b1 = nodes[1].client("b1").await;
+    for c in [&mut a1, &mut a2, &mut b1] {
+        c.join("plain:o", json!({})).await.unwrap();
+    }
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Local traffic on A goes on.
+    let _ = a1
+        .push_json("plain:o", "msg", &json!({"during": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        payload(&a2.recv_event("plain:o", "msg").await.unwrap())["during"],
+        true
+    );
+    assert!(a2.heartbeat().await.unwrap().is_ok());
+    let (_, health) = nodes[0].http("GET", "/health", &[], "").await.unwrap();
+    assert_eq!(json(&health)["broker_up"], false);
+
+    redis.restart();
+    let back = Instant::now();
+    // Within 5 s, B's pushes reach A again.
+    let mut delivered = false;
+    while back.elapsed() < Duration::from_secs(5) {
+        let _ = b1
+            .push_json("plain:o", "msg", &json!({"after": true}))
+            .await;
+        if let Some(m) = a1
+            .recv_event_timeout("plain:o", "msg", Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            if payload(&m)["after"] == true {
+                delivered = true;
+                break;
+            }
+        }
+    }
+    assert!(delivered, "cross-node delivery did not resume within 5 s");
+    let (_, health) = nodes[0].http("GET", "/health", &[], "").await.unwrap();
+    assert_eq!(json(&health)["broker_up"], true);
+}
+
+#[tokio::test]
+async fn recovery_on_another_node_gets_every_missed_message_once() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3).await;
+    let mut reader = nodes[0].client("reader").await;
+    let reply = reader.join("room:r", json!({})).await.unwrap();
+    let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        broadcast(&nodes[1], "room:r", "msg", json!({"n": 1})).await["offset"],
+        1
+    );
+    let m = reader.recv_event("room:r", "msg").await.unwrap();
+    assert_eq!(m.msg_ref.as_deref(), Some("1"));
+    reader.close().await;
+
+    let mut writer = nodes[1].client("writer").await;
+    writer.join("room:r", json!({})).await.unwrap();
+    for n in 2..=6 {
+        writer
+            .push_json("room:r", "msg", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    let mut back = nodes[2].client("reader").await;
+    let reply = back
+        .join("room:r", json!({"recover": {"epoch": epoch, "offset": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["recovered"], true, "{:?}", reply.json());
+    let mut got = Vec::new();
+    while let Some(m) = back
+        .recv_event_timeout("room:r", "msg", Duration::from_millis(500))
+        .await
+        .unwrap()
+    {
+        got.push((
+            m.msg_ref.clone().unwrap(),
+            payload(&m)["n"].as_u64().unwrap(),
+        ));
+    }
+    let expected: Vec<(String, u64)> = (2..=6).map(|n| (n.to_string(), n)).collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn api_disconnect_reaches_every_node() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut on_a = nodes[0].client("dora").await;
+    let mut on_b = nodes[1].client("dora").await;
+    let auth = format!("Bearer {API_KEY}");
+    let (st, resp) = nodes[1]
+        .http(
+            "POST",
+            "/api/disconnect",
+            &[("Authorization", &auth)],
+            r#"{"sub":"dora"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{resp}");
+    for c in [&mut on_a, &mut on_b] {
+        let (code, _) = c.wait_close().await.unwrap();
+        assert_eq!(code, Some(1001));
+    }
+}
