@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Socket, Presence } from "phoenix";
+import { Socket, Presence, LongPoll } from "phoenix";
 import WebSocket from "ws";
 import { Server, Redis, balancer, token, until } from "./server.mjs";
 
@@ -109,5 +109,26 @@ test("drain behind a balancer: clients of the drained node move to the others an
   const got = new Promise((resolve) => channels[0].on("after", resolve));
   await B.broadcast("room:drain", "after", { ok: true });
   assert.deepEqual(await got, { ok: true });
+  lb.close();
+});
+
+test("LongPoll behind a sticky balancer works across nodes; a mis-routed poll answers 410", async () => {
+  const [, B, C] = nodes;
+  const lb = await balancer([B.port, C.port], { sticky: true });
+  const lp = connect(`ws://127.0.0.1:${lb.port}/socket`, "polly", { transport: LongPoll }).channel("room:sticky");
+  await join(lp);
+  const other = connect(C.url, "wes").channel("room:sticky");
+  await join(other);
+  const got = new Promise((resolve) => lp.on("new_msg", resolve));
+  other.push("new_msg", { body: "to the poller" });
+  assert.deepEqual(await got, { body: "to the poller" });
+  const back = new Promise((resolve) => other.on("new_msg", resolve));
+  lp.push("new_msg", { body: "from the poller" });
+  assert.deepEqual(await back, { body: "from the poller" });
+
+  // A session token taken to the node that does not hold it.
+  const opened = await (await fetch(`${B.http}/socket/longpoll?vsn=2.0.0&token=${token("stray")}`)).json();
+  const res = await fetch(`${C.http}/socket/longpoll?vsn=2.0.0&token=${opened.token}`, { method: "POST", body: "" });
+  assert.deepEqual(await res.json(), { status: 410 });
   lb.close();
 });

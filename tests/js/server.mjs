@@ -134,16 +134,19 @@ export class Redis {
 
 /**
  * A TCP load balancer for the tests: each new connection goes to the next backend (round
- * robin) that accepts a TCP connection.
+ * robin, or by client address when sticky) that accepts a TCP connection.
  */
-export async function balancer(backends) {
+export async function balancer(backends, { sticky = false } = {}) {
   const net = await import("node:net");
   let next = 0;
+  // sticky: like nginx ip_hash, a client address always goes to the same backend.
+  const hash = (s) => [...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7);
   const server = net.createServer((client) => {
     client.pause();
+    const start = sticky ? hash(client.remoteAddress || "") : next++;
     const tryBackend = (attempt) => {
       if (attempt >= backends.length) { client.destroy(); return; }
-      const port = backends[next++ % backends.length];
+      const port = backends[(start + attempt) % backends.length];
       const upstream = net.connect(port, "127.0.0.1");
       upstream.once("connect", () => {
         client.pipe(upstream); upstream.pipe(client); client.resume();
