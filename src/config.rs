@@ -69,6 +69,7 @@ struct FileRedis {
     url: Option<String>,
     prefix: Option<String>,
     node_timeout_secs: Option<u64>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,6 +496,15 @@ pub fn load(
                     .unwrap_or(defaults.url),
                 prefix: r.and_then(|r| r.prefix.clone()).unwrap_or(defaults.prefix),
                 node_timeout,
+                tls_ca: match r.and_then(|r| r.tls_ca_file.as_ref()) {
+                    Some(f) => {
+                        let path = base.join(f);
+                        Some(std::fs::read(&path).map_err(|e| {
+                            format!("redis.tls_ca_file: cannot read {}: {e}", path.display())
+                        })?)
+                    }
+                    None => None,
+                },
             })
         }
         other => {

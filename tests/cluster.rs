@@ -319,3 +319,99 @@ async fn api_disconnect_reaches_every_node() {
         assert_eq!(code, Some(1001));
     }
 }
+
+#[tokio::test]
+async fn tls_and_password_to_redis() {
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("plexus-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A throwaway CA and a server certificate it signs (a self-signed leaf is no trust anchor).
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), server_cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), server_key.serialize_pem()).unwrap();
+    let port = common::free_port();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _redis = KillOnDrop(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--requirepass", "s3cret", "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(dir.join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("key.pem"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server with TLS did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg = format!(
+        "profile = \"dev\"\nbroker = \"redis\"\n[redis]\nurl = \"rediss://:s3cret@localhost:{port}\"\ntls_ca_file = \"{}\"\n[[channels]]\ntopic = \"plain:*\"\n",
+        dir.join("ca.pem").display()
+    );
+    let a = Server::start_with(Some(&cfg), &[]).await;
+    let b = Server::start_with(Some(&cfg), &[]).await;
+    let (_, health) = a.http("GET", "/health", &[], "").await.unwrap();
+    assert_eq!(json(&health)["broker_up"], true, "{}", a.log());
+    let mut on_a = a.client("x").await;
+    on_a.join("plain:tls", json!({})).await.unwrap();
+    broadcast(&b, "plain:tls", "msg", json!({"over": "tls"})).await;
+    assert_eq!(
+        payload(&on_a.recv_event("plain:tls", "msg").await.unwrap())["over"],
+        "tls"
+    );
+    // A wrong password is a clear startup error.
+    let bad = cfg.replace("s3cret", "wrong");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .env_clear()
+        .env("PLEXUS_CONFIG", &path)
+        .env(
+            "PLEXUS_LISTEN",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to Redis"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// A node that stops refreshing its heartbeat for this long is dead: its presence leaves.
     pub node_timeout: Duration,
+    /// For `rediss://` URLs: the CA certificate (PEM) to trust instead of the system roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisConfig {
@@ -53,6 +55,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "plexus".into(),
             node_timeout: Duration::from_secs(20),
+            tls_ca: None,
         }
     }
 }
@@ -119,8 +122,17 @@ impl RedisBroker {
     /// Connects (failing clearly if Redis is unreachable at start) and starts the subscription
     /// and heartbeat tasks.
     pub async fn connect(hub: Arc<Hub>, cfg: RedisConfig) -> Result<Arc<Self>, String> {
-        let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let client = match &cfg.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(cfg.url.as_str()),
+        }
+        .map_err(|e| format!("invalid Redis settings: {e}"))?;
         let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
