@@ -27,6 +27,16 @@ pub fn reject_without_api_key(state: &AppState, headers: &HeaderMap) -> Option<R
     }
 }
 
+/// Parses a JSON body, or answers 400 naming the expected shape and the parse error.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid body: expected {expected} ({e})"),
+        )
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastBody {
@@ -45,14 +55,12 @@ pub async fn broadcast(
     if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
-    let body: BroadcastBody = match serde_json::from_slice(&body) {
+    let body: BroadcastBody = match parse_body(
+        &body,
+        r#"{"topic": string, "event": string, "payload": any}"#,
+    ) {
         Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: expected {{\"topic\": string, \"event\": string, \"payload\": any}} ({e})"),
-            )
-        }
+        Err(r) => return r,
     };
     let limits = state.node.limits();
     if body.topic.is_empty() || body.topic.len() > limits.max_topic_bytes {
@@ -118,14 +126,9 @@ pub async fn disconnect(
     if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
-    let body: DisconnectBody = match serde_json::from_slice(&body) {
+    let body: DisconnectBody = match parse_body(&body, r#"{"sub": string}"#) {
         Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: expected {{\"sub\": string}} ({e})"),
-            )
-        }
+        Err(r) => return r,
     };
     match state.node.disconnect_user_everywhere(&body.sub).await {
         Ok(n) => {

@@ -480,15 +480,7 @@ impl Socket {
     /// application that rejoining cannot succeed (phoenix.js retries regardless; see
     /// docs/protocol.md for how to stop it).
     fn refuse_join(&self, msg: &Message, reason: &str, retry: bool) {
-        let response = Payload::json(&serde_json::json!({ "reason": reason, "retry": retry }))
-            .unwrap_or_else(|_| Payload::empty_object());
-        self.send_reply(
-            msg.join_ref.as_deref(),
-            msg.msg_ref.as_deref(),
-            &msg.topic,
-            "error",
-            response,
-        );
+        self.reply_error_with(msg, serde_json::json!({ "reason": reason, "retry": retry }));
     }
 
     async fn leave(&mut self, msg: Message) {
@@ -558,8 +550,11 @@ impl Socket {
     }
 
     fn reply_error(&self, msg: &Message, reason: &str) {
-        let response = Payload::json(&serde_json::json!({ "reason": reason }))
-            .unwrap_or_else(|_| Payload::empty_object());
+        self.reply_error_with(msg, serde_json::json!({ "reason": reason }));
+    }
+
+    fn reply_error_with(&self, msg: &Message, response: serde_json::Value) {
+        let response = Payload::json(&response).unwrap_or_else(|_| Payload::empty_object());
         self.send_reply(
             msg.join_ref.as_deref(),
             msg.msg_ref.as_deref(),
