@@ -28,12 +28,15 @@ pub fn reject_without_api_key(state: &AppState, headers: &HeaderMap) -> Option<R
 }
 
 /// Parses a JSON body, or answers 400 naming the expected shape and the parse error.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
-        json_error(
+        Box::new(json_error(
             StatusCode::BAD_REQUEST,
             format!("invalid body: expected {expected} ({e})"),
-        )
+        ))
     })
 }
 
@@ -60,7 +63,7 @@ pub async fn broadcast(
         r#"{"topic": string, "event": string, "payload": any}"#,
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limits = state.node.limits();
     if body.topic.is_empty() || body.topic.len() > limits.max_topic_bytes {
@@ -128,7 +131,7 @@ pub async fn disconnect(
     }
     let body: DisconnectBody = match parse_body(&body, r#"{"sub": string}"#) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.node.disconnect_user_everywhere(&body.sub).await {
         Ok(n) => {

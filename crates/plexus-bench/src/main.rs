@@ -2,6 +2,10 @@
 //!
 //! * `conns` — memory per idle connection: opens N authenticated connections, each joined to
 //!   one channel, and prints the server's RSS growth per connection.
+//! * `fanout` — N subscribers of one topic, a publisher posting M messages/s through the HTTP
+//!   API: delivered messages/s, publish→receive latency percentiles, server CPU and RSS.
+
+mod fanout;
 
 use clap::{Parser, Subcommand};
 use plexus_client::{Client, ConnectOptions};
@@ -46,9 +50,34 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         hold: u64,
     },
+    /// Fan-out: N subscribers on one topic, M messages/s published over HTTP.
+    Fanout {
+        #[arg(long, default_value = "ws://127.0.0.1:4000/socket")]
+        url: String,
+        /// Base HTTP URL of the same server, for POST /api/broadcast.
+        #[arg(long, default_value = "http://127.0.0.1:4000")]
+        http: String,
+        #[arg(long, env = "PLEXUS_JWT_SECRET")]
+        secret: String,
+        #[arg(long, env = "PLEXUS_API_KEY")]
+        api_key: String,
+        #[arg(long, default_value_t = 2000)]
+        subs: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value = "room:fanout")]
+        topic: String,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value = "127.0.0.1")]
+        sources: String,
+    },
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -82,6 +111,35 @@ async fn main() {
             )
             .await
             {
+                eprintln!("plexus-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::Fanout {
+            url,
+            http,
+            secret,
+            api_key,
+            subs,
+            rate,
+            count,
+            topic,
+            pid,
+            sources,
+        } => {
+            let opts = fanout::Opts {
+                url,
+                http,
+                secret,
+                api_key,
+                subs,
+                rate,
+                count,
+                topic,
+                pid,
+                sources,
+            };
+            if let Err(e) = fanout::run(opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }
