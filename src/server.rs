@@ -33,7 +33,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     let hub = Arc::new(Hub::new());
     let node = match &config.redis {
-        None => Node::with_broker(node_config, hub.clone(), Arc::new(MemoryBroker::new(hub))),
+        None => Node::with_broker(node_config, hub.clone(), MemoryBroker::new(hub)),
         Some(redis) => {
             let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
             tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");

@@ -111,3 +111,38 @@ async fn polls_deliver_replies_and_answer_204_when_idle() {
         assert!(started.elapsed() >= Duration::from_millis(900));
     }
 }
+
+#[tokio::test]
+async fn a_session_whose_token_expired_is_closed() {
+    let cfg =
+        "profile = \"dev\"\n[auth]\nexpiry_grace_secs = 1\n[limits]\nlongpoll_window_secs = 5\n";
+    let s = Server::start_with(Some(cfg), &[]).await;
+    let short = plexus_core::auth::Issuer::hs256(common::SECRET.as_bytes())
+        .issue("brief", &[], None, 1)
+        .unwrap();
+    let (_, body) = s
+        .http(
+            "GET",
+            &format!("/socket/longpoll?vsn=2.0.0&token={short}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    let session = json(&body)["token"].as_str().unwrap().to_owned();
+    let q = format!("/socket/longpoll?vsn=2.0.0&token={session}");
+    // Still polling well within the window, yet closed once exp + grace has passed.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..40 {
+        let (_, body) = s
+            .http("POST", &q, &[], "[null,\"1\",\"phoenix\",\"heartbeat\",{}]")
+            .await
+            .unwrap();
+        status = json(&body)["status"].clone();
+        if status == 410 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 410, "the expired session kept working");
+}

@@ -67,6 +67,20 @@ async fn state_on_join_and_diffs_for_join_update_leave_and_disconnect() {
     );
     assert_eq!(new["phx_ref_prev"], old["phx_ref"]);
 
+    // The merged meta is capped: growing it key by key is refused once it would pass 4 KiB.
+    let big = |k: &str| Payload::json(&json!({ k: "x".repeat(3000) })).unwrap();
+    assert!(bob
+        .push("room:p", "presence_update", big("a"))
+        .await
+        .unwrap()
+        .is_ok());
+    alice.recv_event("room:p", "presence_diff").await.unwrap();
+    let r = bob
+        .push("room:p", "presence_update", big("b"))
+        .await
+        .unwrap();
+    assert!(r.reason().unwrap().contains("too large"), "{r:?}");
+
     // The API sees the same state.
     let auth = format!("Bearer {API_KEY}");
     let (st, body) = s

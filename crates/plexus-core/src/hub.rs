@@ -119,20 +119,18 @@ impl Hub {
         &self.shards[h % SHARDS]
     }
 
-    /// Adds a subscriber. Returns `true` if it is the topic's first local subscriber
-    /// (the node then subscribes to the topic on the broker).
-    pub fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) -> bool {
+    /// Adds a subscriber. Returns `(added, first)`: whether `conn` was not yet subscribed, and
+    /// whether it is the topic's first local subscriber (the node then subscribes to the topic
+    /// on the broker).
+    pub fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) -> (bool, bool) {
         let mut shard = self.shard(topic).write();
         match shard.get_mut(topic) {
-            Some(subs) => {
-                subs.insert(conn, outbox);
-                false
-            }
+            Some(subs) => (subs.insert(conn, outbox).is_none(), false),
             None => {
                 let mut subs = HashMap::with_capacity(1);
                 subs.insert(conn, outbox);
                 shard.insert(topic.into(), subs);
-                true
+                (true, true)
             }
         }
     }
@@ -204,8 +202,9 @@ mod tests {
         let hub = Hub::new();
         let a = Arc::new(Outbox::new(10, 10_000));
         let b = Arc::new(Outbox::new(10, 10_000));
-        assert!(hub.subscribe("room:a", 1, a.clone()));
-        assert!(!hub.subscribe("room:a", 2, b.clone()));
+        assert_eq!(hub.subscribe("room:a", 1, a.clone()), (true, true));
+        assert_eq!(hub.subscribe("room:a", 2, b.clone()), (true, false));
+        assert_eq!(hub.subscribe("room:a", 2, b.clone()), (false, false));
         let p = Publication::new("room:a", "msg", Payload::empty_object(), Some(1)).unwrap();
         assert_eq!(hub.deliver(&p), 1);
         let mut out = Vec::new();

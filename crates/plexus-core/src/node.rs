@@ -262,23 +262,27 @@ impl Node {
         n
     }
 
-    /// Counts one more join of `sub` to `topic` unless that would exceed `max` (node-wide, then
-    /// cluster-wide).
-    pub(crate) async fn claim_user_join(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
-        {
-            let mut joins = self.user_joins.lock();
-            let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
-            if *n >= max {
-                return false;
-            }
-            *n += 1;
+    /// Counts one more join of `sub` to `topic` on this node unless that would exceed `max`.
+    pub(crate) fn claim_user_join_local(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
+        let mut joins = self.user_joins.lock();
+        let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
+        if *n >= max {
+            return false;
         }
+        *n += 1;
+        true
+    }
+
+    /// The same, cluster-wide (always true for a single node; true when the broker is down, so
+    /// that the node-wide limit holds alone).
+    pub(crate) async fn claim_user_join_cluster(
+        &self,
+        topic: &str,
+        sub: &Arc<str>,
+        max: u32,
+    ) -> bool {
         match self.broker.claim(&format!("join:{topic}:{sub}"), max).await {
-            Ok(true) => true,
-            Ok(false) => {
-                self.release_local_join(topic, sub);
-                false
-            }
+            Ok(taken) => taken,
             Err(e) => {
                 tracing::debug!(error = %e, "cluster max_per_user unavailable, node-wide limit applies");
                 true
@@ -286,7 +290,7 @@ impl Node {
         }
     }
 
-    fn release_local_join(&self, topic: &str, sub: &Arc<str>) {
+    pub(crate) fn release_local_join(&self, topic: &str, sub: &Arc<str>) {
         let mut joins = self.user_joins.lock();
         let key = (Box::<str>::from(topic), sub.clone());
         if let Some(n) = joins.get_mut(&key) {
@@ -337,7 +341,7 @@ impl Node {
         key: &str,
         conn: ConnId,
         patch: &serde_json::Map<String, serde_json::Value>,
-    ) -> Option<(serde_json::Value, serde_json::Value)> {
+    ) -> Result<(serde_json::Value, serde_json::Value), crate::presence::UpdateError> {
         let (old, new) = self.presence.update(topic, key, conn, patch)?;
         let mut stored = new.clone();
         if let Some(m) = stored.as_object_mut() {
@@ -346,7 +350,7 @@ impl Node {
         if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
             tracing::debug!(topic, error = %e, "cluster presence not updated");
         }
-        Some((old, new))
+        Ok((old, new))
     }
 
     /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
@@ -464,10 +468,12 @@ impl Node {
     }
 
     pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {
-        if self.broker.name() != "memory" {
+        let (added, first) = self.hub.subscribe(topic, conn, outbox);
+        if added && self.broker.name() != "memory" {
+            // Cluster-wide subscriber count, once per (connection, topic).
             let _ = self.broker.claim(&format!("chan:{topic}"), 0).await;
         }
-        if self.hub.subscribe(topic, conn, outbox) {
+        if first {
             if let Err(e) = self.broker.subscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic, error = %e, "broker subscribe failed");

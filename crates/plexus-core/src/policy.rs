@@ -94,6 +94,15 @@ impl ChannelRule {
                 self.topic
             ));
         }
+        if let Some(pos) = self.topic.find("{sub}") {
+            let after = &self.topic[pos + "{sub}".len()..];
+            if !(after.is_empty() || after.starts_with(':')) {
+                return Err(format!(
+                    "topic pattern {:?}: {{sub}} must end the pattern or be followed by ':'",
+                    self.topic
+                ));
+            }
+        }
         if let Some(pos) = self.topic.find('*') {
             if pos != self.topic.len() - 1 {
                 return Err(format!(
@@ -111,9 +120,14 @@ fn pattern_matches(pattern: &str, topic: &str, sub: &str) -> bool {
         Some(p) => (p, true),
         None => (pattern, false),
     };
-    // Expand {sub} without allocating when absent.
+    // Expand {sub} without allocating when absent. A user id with the topic separator ':' (or
+    // a '*') could reach into another user's namespace (`user:{sub}:*` with sub "a:b"), so such
+    // ids never match a {sub} pattern.
     let expanded;
     let pattern = if pattern.contains("{sub}") {
+        if sub.is_empty() || sub.contains([':', '*']) {
+            return false;
+        }
         expanded = pattern.replace("{sub}", sub);
         expanded.as_str()
     } else {
@@ -241,6 +255,9 @@ mod tests {
         assert!(!pattern_matches("teacher", "teachers", "a"));
         assert!(pattern_matches("user:{sub}", "user:alice", "alice"));
         assert!(!pattern_matches("user:{sub}", "user:bob", "alice"));
+        assert!(pattern_matches("user:{sub}:*", "user:alice:inbox", "alice"));
+        assert!(!pattern_matches("user:{sub}:*", "user:a:b:x", "a:b"));
+        assert!(ChannelRule::open("user:{sub}*").validate().is_err());
         assert!(pattern_matches_any_sub("user:{sub}", "user:bob"));
         assert!(!pattern_matches_any_sub("user:{sub}", "user:"));
         assert!(pattern_matches_any_sub(

@@ -16,6 +16,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Largest presence meta, after merging a client's updates.
+pub const MAX_META_BYTES: usize = 4096;
+
+/// Why a meta update was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateError {
+    NotTracked,
+    TooLarge,
+}
+
 /// Meta keys the server owns; a client's `presence_update` cannot set them.
 pub const RESERVED_META_KEYS: &[&str] = &["phx_ref", "phx_ref_prev", "online_at", "name", "info"];
 
@@ -92,34 +102,38 @@ impl Presence {
     }
 
     /// Merges `patch` into `conn`'s meta (reserved keys ignored) under a new `phx_ref`;
-    /// returns (old meta, new meta with `phx_ref_prev`).
+    /// returns (old meta, new meta with `phx_ref_prev`). Refused, with nothing changed, when
+    /// the merged meta would exceed [`MAX_META_BYTES`].
     pub fn update(
         &self,
         topic: &str,
         key: &str,
         conn: ConnId,
         patch: &Map<String, Value>,
-    ) -> Option<(Value, Value)> {
+    ) -> Result<(Value, Value), UpdateError> {
         let new_ref = self.make_ref();
         let mut topics = self.topics.lock();
         let entry = topics
-            .get_mut(topic)?
-            .get_mut(key)?
-            .iter_mut()
-            .find(|e| e.conn == conn)?;
-        let old = Value::Object(entry.meta.clone());
+            .get_mut(topic)
+            .and_then(|k| k.get_mut(key))
+            .and_then(|metas| metas.iter_mut().find(|e| e.conn == conn))
+            .ok_or(UpdateError::NotTracked)?;
+        let mut merged = entry.meta.clone();
         for (k, v) in patch {
             if !RESERVED_META_KEYS.contains(&k.as_str()) {
-                entry.meta.insert(k.clone(), v.clone());
+                merged.insert(k.clone(), v.clone());
             }
         }
-        let prev = entry
-            .meta
+        let prev = merged
             .insert("phx_ref".into(), Value::String(new_ref))
             .unwrap_or(Value::Null);
+        if serde_json::to_string(&merged).map_or(usize::MAX, |s| s.len()) > MAX_META_BYTES {
+            return Err(UpdateError::TooLarge);
+        }
+        let old = Value::Object(std::mem::replace(&mut entry.meta, merged));
         let mut new = entry.meta.clone();
         new.insert("phx_ref_prev".into(), prev);
-        Some((old, Value::Object(new)))
+        Ok((old, Value::Object(new)))
     }
 
     /// `{key: {"metas": [...]}}` of a topic.

@@ -256,8 +256,7 @@ impl Socket {
         if let Some(max) = max_per_user {
             if !self
                 .node
-                .claim_user_join(&msg.topic, &self.identity.sub, max)
-                .await
+                .claim_user_join_local(&msg.topic, &self.identity.sub, max)
             {
                 tracing::info!(sub = %self.identity.sub, topic = %msg.topic, max, "join refused: max_per_user");
                 return self.refuse_join(
@@ -268,6 +267,8 @@ impl Socket {
             }
         }
         let presence = self.node.policy().rule(rule).is_some_and(|r| r.presence);
+        // Recorded before any await: if this future is dropped from here on, Drop and close()
+        // release what the channel holds.
         self.channels.insert(
             msg.topic.as_str().into(),
             Joined {
@@ -277,6 +278,22 @@ impl Socket {
                 presence,
             },
         );
+        if let Some(max) = max_per_user {
+            if !self
+                .node
+                .claim_user_join_cluster(&msg.topic, &self.identity.sub, max)
+                .await
+            {
+                self.channels.remove(msg.topic.as_str());
+                self.node.release_local_join(&msg.topic, &self.identity.sub);
+                tracing::info!(sub = %self.identity.sub, topic = %msg.topic, max, "join refused: max_per_user (cluster)");
+                return self.refuse_join(
+                    &msg,
+                    "already joined the maximum number of times (max_per_user)",
+                    true,
+                );
+            }
+        }
         let history = self
             .node
             .policy()
@@ -456,12 +473,17 @@ impl Socket {
             .presence_update(&msg.topic, &sub, self.id, &patch)
             .await
         {
-            Some((old, new)) => {
+            Ok((old, new)) => {
                 self.reply_ok(&msg, Payload::empty_object());
                 let diff = crate::presence::diff(Some((&sub, new)), Some((&sub, old)));
                 self.publish_presence_diff(&msg.topic, diff).await;
             }
-            None => self.reply_error(&msg, "not tracked in presence"),
+            Err(crate::presence::UpdateError::NotTracked) => {
+                self.reply_error(&msg, "not tracked in presence")
+            }
+            Err(crate::presence::UpdateError::TooLarge) => {
+                self.reply_error(&msg, "presence meta too large (4096 bytes at most, merged)")
+            }
         }
     }
 

@@ -45,7 +45,45 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
+        let broker = Arc::new(Self::unswept(hub));
+        // TTLs apply even to topics nobody touches again: a sweep every few seconds frees
+        // their expired entries.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&broker);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    let Some(b) = weak.upgrade() else { return };
+                    b.sweep();
+                }
+            });
+        }
+        broker
+    }
+
+    /// Drops expired entries of every topic with a TTL.
+    pub fn sweep(&self) {
+        let ttls: Vec<(Box<str>, std::time::Duration)> = self
+            .ttls
+            .lock()
+            .iter()
+            .filter_map(|(t, ttl)| ttl.map(|ttl| (t.clone(), ttl)))
+            .collect();
+        let now = Instant::now();
+        for (topic, ttl) in ttls {
+            let history = self.histories.lock().get(&topic).cloned();
+            if let Some(h) = history {
+                let mut h = h.lock();
+                h.expire(Some(ttl), now);
+                if h.entries.is_empty() {
+                    h.entries = VecDeque::new();
+                }
+            }
+        }
+    }
+
+    fn unswept(hub: Arc<Hub>) -> Self {
         use std::hash::{BuildHasher, RandomState};
         let seed = RandomState::new().hash_one(std::time::SystemTime::now());
         MemoryBroker {
@@ -131,7 +169,7 @@ impl Broker for MemoryBroker {
             });
         };
         let first = h.entries.front().map_or(h.top + 1, |e| e.item.offset);
-        let complete = since >= h.top || since + 1 >= first;
+        let complete = since >= h.top || since.saturating_add(1) >= first;
         let items = h
             .entries
             .iter()

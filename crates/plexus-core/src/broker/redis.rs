@@ -625,6 +625,15 @@ impl Broker for RedisBroker {
                 items: Vec::new(),
             });
         };
+        if since >= top {
+            // Nothing after `since` (also guards the range below against overflow).
+            return Ok(HistoryPage {
+                epoch,
+                top,
+                complete: true,
+                items: Vec::new(),
+            });
+        }
         let reply: redis::streams::StreamRangeReply = c
             .xrange(self.key(&["hist", topic]), format!("{}-0", since + 1), "+")
             .await
@@ -665,7 +674,7 @@ impl Broker for RedisBroker {
             });
         }
         let first = items.first().map_or(top + 1, |i| i.offset);
-        let complete = since >= top || since + 1 >= first;
+        let complete = since.saturating_add(1) >= first;
         Ok(HistoryPage {
             epoch,
             top,

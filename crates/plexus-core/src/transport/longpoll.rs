@@ -149,25 +149,31 @@ impl LongPoll {
         if lines.len() > MAX_POST_LINES {
             return PostResult::TooManyLines(lines.len());
         }
-        let mut guard = session.socket.lock().await;
-        let Some(socket) = guard.as_mut() else {
-            return PostResult::Gone;
-        };
-        for line in lines {
-            let decoded = if line.first() == Some(&b'[') {
-                decode_client_text(line)
-            } else {
-                match base64::engine::general_purpose::STANDARD.decode(line) {
-                    Ok(bin) => decode_client_binary(&Bytes::from(bin)),
-                    Err(_) => decode_client_text(line),
-                }
+        // Handled in a task of its own: if the client hangs up mid-POST, hyper drops this
+        // future, but a join or leave must not stop halfway.
+        let lines: Vec<Vec<u8>> = lines.into_iter().map(<[u8]>::to_vec).collect();
+        let handled = tokio::spawn(async move {
+            let mut guard = session.socket.lock().await;
+            let Some(socket) = guard.as_mut() else {
+                return PostResult::Gone;
             };
-            match decoded {
-                Ok(m) => socket.handle(m).await,
-                Err(e) => socket.handle_decode_error(e),
+            for line in lines {
+                let decoded = if line.first() == Some(&b'[') {
+                    decode_client_text(&line)
+                } else {
+                    match base64::engine::general_purpose::STANDARD.decode(&line) {
+                        Ok(bin) => decode_client_binary(&Bytes::from(bin)),
+                        Err(_) => decode_client_text(&line),
+                    }
+                };
+                match decoded {
+                    Ok(m) => socket.handle(m).await,
+                    Err(e) => socket.handle_decode_error(e),
+                }
             }
-        }
-        PostResult::Ok
+            PostResult::Ok
+        });
+        handled.await.unwrap_or(PostResult::Gone)
     }
 
     /// Ends a session: its socket leaves every channel.
@@ -269,6 +275,7 @@ async fn reap(lp: Weak<LongPoll>, window: Duration) {
             return;
         };
         let now = Instant::now();
+        let grace_secs = lp.node.limits().expiry_grace.as_secs();
         let expired: Vec<String> = lp
             .sessions
             .lock()
@@ -278,7 +285,16 @@ async fn reap(lp: Weak<LongPoll>, window: Duration) {
                 let polling = s.polls.load(Ordering::Acquire) > 0;
                 // Closed by the server (drain, disconnect, slow consumer) and nobody waiting:
                 // its next poll would only hear 410.
-                !polling && (idle > window * 2 || s.outbox.is_closed())
+                let gone = !polling && (idle > window * 2 || s.outbox.is_closed());
+                // A token that expired and was not refreshed in time ends the session, as it
+                // closes a WebSocket (4001).
+                let expired = s
+                    .socket
+                    .try_lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().and_then(|sock| sock.identity().expires_at))
+                    .is_some_and(|exp| exp + grace_secs <= crate::auth::unix_now());
+                gone || expired
             })
             .map(|(t, _)| t.clone())
             .collect();

@@ -165,7 +165,10 @@ pub async fn serve<S>(
                     let n = encode_header(OP_PONG, payload.len(), &mut h);
                     let mut pong = h[..n].to_vec();
                     pong.extend_from_slice(&payload);
-                    if io.write_all(&pong).await.is_err() {
+                    // Every write has the write timeout: a client that floods pings and never
+                    // reads must not pin this task.
+                    let sent = tokio::time::timeout(write_timeout, io.write_all(&pong)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         break 'conn None;
                     }
                 }
@@ -173,7 +176,7 @@ pub async fn serve<S>(
                 WsEvent::Close(code, _) => {
                     // Echo the close, then end the connection.
                     let frame = close_frame(code.unwrap_or(1000), "");
-                    let _ = io.write_all(&frame).await;
+                    let _ = tokio::time::timeout(write_timeout, io.write_all(&frame)).await;
                     let _ = io.shutdown().await;
                     break 'conn None;
                 }
@@ -187,7 +190,7 @@ pub async fn serve<S>(
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(&mut batch);
-            let _ = write_frames(&mut io, &batch).await;
+            let _ = tokio::time::timeout(write_timeout, write_frames(&mut io, &batch)).await;
             break violation;
         }
     };
@@ -218,9 +221,10 @@ impl Expiry {
         let exp = socket.identity().expires_at;
         let (warn_at, close_at) = match exp {
             Some(exp) => {
+                // A far-future exp (beyond what an Instant holds) means no expiry in practice.
                 let left = exp.saturating_sub(crate::auth::unix_now());
-                let warn = Instant::now() + Duration::from_secs(left);
-                (Some(warn), Some(warn + grace))
+                let warn = Instant::now().checked_add(Duration::from_secs(left));
+                (warn, warn.and_then(|w| w.checked_add(grace)))
             }
             None => (None, None),
         };
@@ -338,9 +342,16 @@ async fn close<S>(io: &mut S, code: u16, reason: &str) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    io.write_all(&close_frame(code, reason)).await?;
-    io.flush().await?;
-    let _ = io.shutdown().await;
+    let write = async {
+        io.write_all(&close_frame(code, reason)).await?;
+        io.flush().await
+    };
+    tokio::time::timeout(Duration::from_secs(2), write)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "close frame not written")
+        })??;
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     let mut budget: usize = 1024 * 1024;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut buf = vec![0u8; 1024];
