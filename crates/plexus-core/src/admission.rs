@@ -96,7 +96,8 @@ pub struct Permit {
     admission: Arc<Admission>,
     ip: IpAddr,
     sub: Arc<str>,
-    cluster: Option<(Arc<dyn crate::broker::Broker>, Vec<String>)>,
+    /// Boxed: most permits hold none, and every connection carries one.
+    cluster: Option<Box<(Arc<dyn crate::broker::Broker>, Vec<String>)>>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -110,7 +111,8 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some((broker, keys)) = self.cluster.take() {
+        if let Some(held) = self.cluster.take() {
+            let (broker, keys) = *held;
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     for k in keys {
@@ -147,7 +149,7 @@ impl Permit {
         keys: Vec<String>,
     ) {
         if !keys.is_empty() {
-            self.cluster = Some((broker, keys));
+            self.cluster = Some(Box::new((broker, keys)));
         }
     }
 }

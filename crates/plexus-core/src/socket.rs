@@ -113,11 +113,25 @@ impl Socket {
         &self.outbox
     }
 
+    /// Handles what needs no waiting — heartbeats, the common case — and returns `true`;
+    /// `false` means the message needs [`Socket::handle`]. The WebSocket transport answers
+    /// heartbeats this way and boxes `handle` for the rest, so that an idle connection's task
+    /// does not carry the state of joins and pushes (see BENCHMARKS.md).
+    pub fn handle_inline(&mut self, msg: &Message) -> bool {
+        if msg.topic != PHOENIX_TOPIC || msg.event != events::HEARTBEAT {
+            return false;
+        }
+        self.node
+            .counters
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
+        if self.within_rate(msg) {
+            self.reply_ok(msg, Payload::empty_object());
+        }
+        true
+    }
+
     /// Handles one decoded client message.
-    ///
-    /// Heartbeats (the common case) are answered inline; joins, leaves and pushes may wait on
-    /// the broker and run as a boxed future, so that an idle connection's task does not carry
-    /// their state (see the memory figures in BENCHMARKS.md).
     pub async fn handle(&mut self, msg: Message) {
         self.node
             .counters
@@ -136,7 +150,7 @@ impl Socket {
             return;
         }
         if event == events::JOIN {
-            return Box::pin(self.join(msg)).await;
+            return self.join(msg).await;
         }
         let Some(joined) = self.channels.get(msg.topic.as_str()) else {
             return self.reply_error(&msg, "unmatched topic");
@@ -144,10 +158,10 @@ impl Socket {
         let rule = joined.rule;
         let presence = joined.presence;
         match event {
-            events::LEAVE => Box::pin(self.leave(msg)).await,
-            events::PRESENCE_UPDATE if presence => Box::pin(self.presence_update(msg)).await,
+            events::LEAVE => self.leave(msg).await,
+            events::PRESENCE_UPDATE if presence => self.presence_update(msg).await,
             e if e.starts_with("phx_") => self.reply_error(&msg, "reserved event"),
-            _ => Box::pin(self.client_push(msg, rule)).await,
+            _ => self.client_push(msg, rule).await,
         }
     }
 

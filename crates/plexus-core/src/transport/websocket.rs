@@ -69,6 +69,9 @@ pub async fn serve<S>(
     let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
     let mut events: Vec<WsEvent> = Vec::new();
     let mut batch: Vec<Frame> = Vec::new();
+    // Pongs and the close echo waiting to be written.
+    let mut control: Vec<u8> = Vec::new();
+    let mut closing = false;
 
     let mut pending_read = if pre_read.is_empty() {
         None
@@ -153,33 +156,47 @@ pub async fn serve<S>(
         for event in events.drain(..) {
             match event {
                 WsEvent::Text(data) => match decode_client_text(&data) {
-                    Ok(m) => socket.handle(m).await,
+                    Ok(m) if socket.handle_inline(&m) => {}
+                    Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
                 WsEvent::Binary(data) => match decode_client_binary(&data) {
-                    Ok(m) => socket.handle(m).await,
+                    Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
                 WsEvent::Ping(payload) => {
+                    // Collected and written below, under the write timeout.
                     let mut h = [0u8; 10];
                     let n = encode_header(OP_PONG, payload.len(), &mut h);
-                    let mut pong = h[..n].to_vec();
-                    pong.extend_from_slice(&payload);
-                    // Every write has the write timeout: a client that floods pings and never
-                    // reads must not pin this task.
-                    let sent = tokio::time::timeout(write_timeout, io.write_all(&pong)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        break 'conn None;
-                    }
+                    control.extend_from_slice(&h[..n]);
+                    control.extend_from_slice(&payload);
                 }
                 WsEvent::Pong => {}
                 WsEvent::Close(code, _) => {
                     // Echo the close, then end the connection.
-                    let frame = close_frame(code.unwrap_or(1000), "");
-                    let _ = tokio::time::timeout(write_timeout, io.write_all(&frame)).await;
-                    let _ = io.shutdown().await;
-                    break 'conn None;
+                    control.extend_from_slice(&close_frame(code.unwrap_or(1000), ""));
+                    closing = true;
+                    break;
                 }
+            }
+        }
+        if !control.is_empty() {
+            // Every write has the write timeout (a client that floods pings and never reads must
+            // not pin this task); like the outbox's, it borrows the connection's one timer.
+            timer.as_mut().reset(Instant::now() + write_timeout);
+            let sent = tokio::select! {
+                r = io.write_all(&control) => r.is_ok(),
+                _ = &mut timer => false,
+            };
+            control.clear();
+            if control.capacity() > 256 {
+                control = Vec::new();
+            }
+            if !sent || closing {
+                if closing {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                }
+                break 'conn None;
             }
         }
         if events.capacity() > 16 {
@@ -190,7 +207,11 @@ pub async fn serve<S>(
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(&mut batch);
-            let _ = tokio::time::timeout(write_timeout, write_frames(&mut io, &batch)).await;
+            timer.as_mut().reset(Instant::now() + write_timeout);
+            tokio::select! {
+                _ = write_frames(&mut io, &batch) => {}
+                _ = &mut timer => {}
+            }
             break violation;
         }
     };
