@@ -97,8 +97,11 @@ pub struct Permit {
     ip: IpAddr,
     sub: Arc<str>,
     /// Boxed: most permits hold none, and every connection carries one.
-    cluster: Option<Box<(Arc<dyn crate::broker::Broker>, Vec<String>)>>,
+    cluster: Option<Box<ClusterClaims>>,
 }
+
+/// Cluster counters held by a permit, and the broker to give them back to.
+type ClusterClaims = (Arc<dyn crate::broker::Broker>, Vec<String>);
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
