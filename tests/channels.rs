@@ -258,3 +258,42 @@ async fn drain_closes_clients_with_1012_and_exits() {
     assert_eq!(close, Some(1012));
     assert_eq!(reason, "server restarting");
 }
+
+#[tokio::test]
+async fn websocket_pings_are_answered_with_pongs_and_a_close_is_echoed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let token = s.token("pinger");
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /socket/websocket?vsn=2.0.0&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // Masked client frames: ping "hi", then close 1000.
+    let mask = [7u8, 1, 2, 3];
+    let masked = |op: u8, payload: &[u8]| {
+        let mut f = vec![0x80 | op, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    };
+    tcp.write_all(&masked(0x9, b"hi")).await.unwrap();
+    let mut pong = [0u8; 4];
+    tcp.read_exact(&mut pong).await.unwrap();
+    assert_eq!(pong, [0x8A, 2, b'h', b'i']);
+    tcp.write_all(&masked(0x8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let mut close = [0u8; 4];
+    tcp.read_exact(&mut close).await.unwrap();
+    assert_eq!(close, [0x88, 2, 0x03, 0xE8]);
+}
