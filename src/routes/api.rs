@@ -3,7 +3,7 @@
 
 use super::{json_error, AppState};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use plexus_core::protocol::Payload;
@@ -12,12 +12,7 @@ use subtle::ConstantTimeEq;
 
 /// Checks `Authorization: Bearer <api_key>` in constant time; returns the refusal if any.
 pub fn reject_without_api_key(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    match super::bearer(headers) {
         None => Some(json_error(
             StatusCode::UNAUTHORIZED,
             "missing API key: send Authorization: Bearer <api_key>",
@@ -177,11 +172,7 @@ pub async fn history(
     axum::extract::Path(topic): axum::extract::Path<String>,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = super::bearer(&headers);
     let is_api_key =
         bearer.is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())));
     if !is_api_key {

@@ -116,13 +116,7 @@ async fn poll_inner(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         })
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_owned())
-        });
+        .or_else(|| super::bearer(headers).map(str::to_owned));
     match state.node.admit(peer, headers, user_token.as_deref()).await {
         Ok((identity, permit)) => match lp.open(identity, permit) {
             Ok(token) => body(

@@ -37,6 +37,16 @@ pub struct AppState {
     pub longpoll: Arc<LongPoll>,
 }
 
+/// The token of an `Authorization: Bearer <token>` header (API key or user token).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// A JSON error response `{"error": reason}` with the given status.
 pub fn json_error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()

@@ -46,13 +46,7 @@ pub async fn stream(
             format!("at most {max} topics per stream"),
         );
     }
-    let token = param("token").or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned())
-    });
+    let token = param("token").or_else(|| super::bearer(&headers).map(str::to_owned));
     let node = state.node.clone();
     let (identity, permit) = match node.admit(peer, &headers, token.as_deref()).await {
         Ok(a) => a,

@@ -60,16 +60,6 @@ fn token_from_protocols(protocols: &[String]) -> Option<Result<String, &'static 
     )
 }
 
-/// `Authorization: Bearer <token>` (non-browser clients).
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(|t| t.trim().to_owned())
-}
-
 fn accept_key(key: &[u8]) -> String {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key);
@@ -136,7 +126,7 @@ pub async fn upgrade(
                 tracing::warn!(peer = %peer, reason, "connection refused");
                 return json_error(StatusCode::FORBIDDEN, reason);
             }
-            None => bearer_token(headers),
+            None => super::bearer(headers).map(str::to_owned),
         },
     };
     let node = state.node.clone();

@@ -3,7 +3,7 @@
 //! publish→receive latency. Prints one JSON line.
 
 use plexus_client::{Client, ConnectOptions};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -114,19 +114,11 @@ impl Publisher {
 }
 
 pub async fn run(o: Opts) -> Result<(), String> {
-    let sources: Vec<IpAddr> = o
-        .sources
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| format!("bad source address {s:?}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let sources = crate::parse_sources(&o.sources)?;
     let issuer = plexus_core::auth::Issuer::hs256(o.secret.as_bytes());
     let rss0 = crate::rss_kib(o.pid).ok_or("cannot read server RSS")?;
     let received = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(parking_lot_free::Samples::default());
+    let latencies = Arc::new(samples::Samples::default());
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(o.subs.max(1));
     for i in 0..o.subs {
@@ -239,7 +231,7 @@ pub async fn run(o: Opts) -> Result<(), String> {
 }
 
 /// A tiny lock-protected sample buffer (std Mutex; the benchmark is not the hot path).
-mod parking_lot_free {
+mod samples {
     #[derive(Default)]
     pub struct Samples(std::sync::Mutex<Vec<u64>>);
     impl Samples {

@@ -77,6 +77,17 @@ enum Cmd {
     },
 }
 
+/// `127.0.0.1,127.0.0.2` → the local addresses to connect from.
+pub(crate) fn parse_sources(list: &str) -> Result<Vec<IpAddr>, String> {
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| format!("bad source address {s:?}"))
+        })
+        .collect()
+}
+
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -158,14 +169,7 @@ async fn conns(
     concurrency: usize,
     hold: u64,
 ) -> Result<(), String> {
-    let sources: Vec<IpAddr> = sources
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| format!("bad source address {s:?}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let sources = parse_sources(&sources)?;
     let issuer = plexus_core::auth::Issuer::hs256(secret.as_bytes());
     let before = rss_kib(pid).ok_or_else(|| format!("cannot read RSS of pid {pid}"))?;
     let started = Instant::now();

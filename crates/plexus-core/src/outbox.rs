@@ -56,18 +56,43 @@ impl Outbox {
     /// Queues a frame. Returns `false` if the outbox is closed (or just closed because the
     /// client is too slow); the frame is dropped then.
     pub fn push(&self, frame: Frame) -> bool {
+        self.enqueue(frame, None)
+    }
+
+    /// Queues a broadcast; while [`Outbox::hold`] is in effect it waits aside. One lock per
+    /// subscriber per broadcast: this is the fan-out's inner loop.
+    pub fn push_publication(&self, p: &crate::hub::Publication) -> bool {
+        self.enqueue(p.frame.clone(), Some(p))
+    }
+
+    fn enqueue(&self, frame: Frame, publication: Option<&crate::hub::Publication>) -> bool {
         let mut st = self.state.lock();
         if st.close.is_some() {
             return false;
         }
-        if st.frames.len() >= self.max_frames as usize
-            || st.bytes + frame.len() > self.max_bytes as usize
-        {
+        let queued = st.frames.len() + st.held.as_ref().map_or(0, Vec::len);
+        if queued >= self.max_frames as usize || st.bytes + frame.len() > self.max_bytes as usize {
+            // Slow consumer: drop everything queued and close, in the same critical section.
+            st.frames = VecDeque::new();
+            st.held = None;
+            st.bytes = 0;
+            st.close = Some(CloseReason {
+                code: close_codes::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue full",
+            });
             drop(st);
-            self.overflow();
+            self.notify.notify_one();
             return false;
         }
         st.bytes += frame.len();
+        if let (Some(held), Some(p)) = (st.held.as_mut(), publication) {
+            held.push(Held {
+                frame,
+                topic: p.topic.clone(),
+                offset: p.offset,
+            });
+            return true;
+        }
         let was_empty = st.frames.is_empty();
         st.frames.push_back(frame);
         drop(st);
@@ -75,45 +100,6 @@ impl Outbox {
             self.notify.notify_one();
         }
         true
-    }
-
-    /// Queues a broadcast; while [`Outbox::hold`] is in effect it waits aside.
-    pub fn push_publication(&self, p: &crate::hub::Publication) -> bool {
-        let mut st = self.state.lock();
-        if st.close.is_some() {
-            return false;
-        }
-        if st.held.is_some() {
-            if st.bytes + p.frame.len() > self.max_bytes as usize {
-                drop(st);
-                self.overflow();
-                return false;
-            }
-            st.bytes += p.frame.len();
-            if let Some(held) = st.held.as_mut() {
-                held.push(Held {
-                    frame: p.frame.clone(),
-                    topic: p.topic.clone(),
-                    offset: p.offset,
-                });
-            }
-            return true;
-        }
-        drop(st);
-        self.push(p.frame.clone())
-    }
-
-    fn overflow(&self) {
-        let mut st = self.state.lock();
-        st.frames = VecDeque::new();
-        st.held = None;
-        st.bytes = 0;
-        st.close = Some(CloseReason {
-            code: close_codes::SLOW_CONSUMER,
-            reason: "slow consumer: outbound queue full",
-        });
-        drop(st);
-        self.notify.notify_one();
     }
 
     /// Starts holding broadcasts aside (replies still go straight to the queue).
