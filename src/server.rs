@@ -37,9 +37,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         Some(redis) => {
             let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
             tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");
-            let node = Node::with_broker(node_config, hub, broker.clone());
-            broker.attach(&node);
-            node
+            Node::with_broker(node_config, hub, broker)
         }
     };
     let state = AppState {

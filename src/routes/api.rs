@@ -209,17 +209,17 @@ pub async fn history(
     let messages: Vec<serde_json::Value> = page
         .items
         .iter()
-        .map(|item| match &item.payload {
+        .map(|item| match &item.publication.payload {
             Payload::Json(raw) => serde_json::json!({
                 "offset": item.offset,
-                "event": &*item.event,
+                "event": &*item.publication.event,
                 "payload": raw,
             }),
             Payload::Binary(b) => {
                 use base64::Engine;
                 serde_json::json!({
                     "offset": item.offset,
-                    "event": &*item.event,
+                    "event": &*item.publication.event,
                     "payload_base64": base64::engine::general_purpose::STANDARD.encode(b),
                 })
             }

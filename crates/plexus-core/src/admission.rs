@@ -8,6 +8,7 @@
 //! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps.
 
 use crate::auth::{AuthError, Identity};
+use crate::broker::{Broker, CounterKey};
 use crate::ratelimit::TokenBucket;
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -101,7 +102,7 @@ pub struct Permit {
 }
 
 /// Cluster counters held by a permit, and the broker to give them back to.
-type ClusterClaims = (Arc<dyn crate::broker::Broker>, Vec<String>);
+type ClusterClaims = (Arc<dyn Broker>, Vec<CounterKey>);
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,12 +117,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(held) = self.cluster.take() {
             let (broker, keys) = *held;
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    for k in keys {
-                        let _ = broker.release(&k).await;
-                    }
-                });
+            for key in keys {
+                broker.clone().release_detached(key);
             }
         }
         let mut c = self.admission.counts.lock();
@@ -146,11 +143,7 @@ impl Permit {
     }
 
     /// Cluster counters this permit holds, released with it.
-    pub(crate) fn hold_cluster(
-        &mut self,
-        broker: Arc<dyn crate::broker::Broker>,
-        keys: Vec<String>,
-    ) {
+    pub(crate) fn hold_cluster(&mut self, broker: Arc<dyn Broker>, keys: Vec<CounterKey>) {
         if !keys.is_empty() {
             self.cluster = Some(Box::new((broker, keys)));
         }

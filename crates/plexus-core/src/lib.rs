@@ -1,26 +1,38 @@
 //! Plexus core: everything a Plexus node does, independent of how it is started.
 //!
-//! The modules follow the life of a message:
+//! The modules follow the life of a message, from the wire inwards; each imports only modules
+//! listed after it:
 //!
-//! * [`protocol`] — the Phoenix Channels V2 wire codec (pure functions, no I/O, fuzzable).
+//! * [`transport`] — the edges: WebSocket, Phoenix LongPoll, Server-Sent Events. They only
+//!   move frames; every rule is enforced by the core below, once for all of them.
+//! * [`socket`] — one client connection: routing of its messages, heartbeats, token refresh,
+//!   the inbound rate limit, and its one teardown.
+//! * [`channel`] — the channels a connection joined: join (where a join is authorised against
+//!   the rules and `max_per_user`), leave, client pushes, history recovery, presence.
+//! * [`node`] — ties the parts below together: the object transports and the HTTP API talk to,
+//!   and the handler of its broker's cluster events.
 //! * [`admission`] — whether a connection may exist: client address, connect rate, `Origin`,
 //!   token, per-address and per-user caps (where a connection is admitted).
-//! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
-//! * [`policy`] — what an identity may do: which topics it may join, which events it may push.
-//! * [`ratelimit`] — the token bucket behind the rate limits.
+//! * [`quota`] — per-user join counts (`max_per_user`), released when a channel ends.
+//! * [`broker`] — the [`broker::Broker`] trait between this node and the rest of the cluster
+//!   (typed counter keys, cluster events), with the in-memory and Redis brokers.
+//! * [`hub`] — topics → local subscribers, and the fan-out of one publication to all of them.
+//! * [`outbox`] — the bounded per-connection queue of messages waiting to be written.
+//! * [`publication`] — one broadcast, encoded once, and a topic's history options.
 //! * [`presence`] — who is joined where, in phoenix.js `Presence` shapes.
-//! * [`socket`] — one client connection's state machine (joins, leaves, pushes, heartbeats),
-//!   shared by every transport so that a rule is enforced once.
-//! * [`outbox`] — the bounded per-connection queue of encoded frames waiting to be written.
-//! * [`hub`] — topics → local subscribers, and the fan-out of one encoded broadcast to all of them.
-//! * [`broker`] — the [`broker::Broker`] trait between this node and the rest of the cluster,
-//!   with the in-memory broker used by a single node.
-//! * [`node`] — ties the above together: the object transports and the HTTP API talk to.
-//! * [`transport`] — the edges: WebSocket (LongPoll, SSE and HTTP polling later).
+//! * [`policy`] — what an identity may do: which topics it may join, which events it may push.
+//! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
+//! * [`expiry`] — when a connection's token runs out (warning, then close), for every transport.
+//! * [`limits`] — sizes, queue depths, timeouts, name checks and close codes.
+//! * [`ratelimit`] — the token bucket behind the rate limits.
+//! * [`protocol`] — the Phoenix V2 codec and the WebSocket framing (pure functions, no I/O,
+//!   fuzzable).
 
 pub mod admission;
 pub mod auth;
 pub mod broker;
+pub mod channel;
+pub mod expiry;
 pub mod hub;
 pub mod limits;
 pub mod node;
@@ -28,6 +40,8 @@ pub mod outbox;
 pub mod policy;
 pub mod presence;
 pub mod protocol;
+pub mod publication;
+pub mod quota;
 pub mod ratelimit;
 pub mod socket;
 pub mod transport;

@@ -54,6 +54,44 @@ impl Default for Limits {
     }
 }
 
+/// Why a topic or event name is refused; the text goes to the client as the `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidName {
+    #[error("empty topic")]
+    EmptyTopic,
+    #[error("topic too long")]
+    TopicTooLong,
+    #[error("invalid event name")]
+    BadEvent,
+    /// `phx_*` events belong to the protocol.
+    #[error("reserved event")]
+    ReservedEvent,
+}
+
+impl Limits {
+    /// Checks a topic name that a client joins or the API publishes to.
+    pub fn check_topic(&self, topic: &str) -> Result<(), InvalidName> {
+        if topic.is_empty() {
+            Err(InvalidName::EmptyTopic)
+        } else if topic.len() > self.max_topic_bytes {
+            Err(InvalidName::TopicTooLong)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks the name of an event that a client pushes or the API publishes.
+    pub fn check_event(&self, event: &str) -> Result<(), InvalidName> {
+        if event.starts_with("phx_") {
+            Err(InvalidName::ReservedEvent)
+        } else if event.is_empty() || event.len() > self.max_event_bytes {
+            Err(InvalidName::BadEvent)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// WebSocket close codes Plexus uses (documented in `docs/protocol.md`).
 pub mod close_codes {
     /// The server disconnected this client on purpose (API or admin action).

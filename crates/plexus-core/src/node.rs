@@ -1,23 +1,28 @@
 //! A Plexus node: hub, broker, authentication, policy, limits and the registry of live
 //! connections, in one object that transports and the HTTP API share.
+//!
+//! The node hears its broker's cluster events (a disconnect asked by another node, the
+//! presence of a dead node reaped) as the broker's [`BrokerEventHandler`].
 
 use crate::admission::{Admission, AdmissionConfig, Permit, Refusal};
 use crate::auth::{AuthError, Identity, Verifier};
-use crate::broker::{Broker, BrokerError, HistoryPage};
-use crate::hub::{Hub, Publication};
+use crate::broker::{
+    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryPage,
+};
+use crate::hub::Hub;
 use crate::limits::{close_codes, Limits};
 use crate::outbox::Outbox;
 use crate::policy::Policy;
 use crate::presence::Presence;
-use crate::protocol::{EncodeError, Payload};
+use crate::protocol::{events, EncodeError, Payload};
+use crate::publication::Publication;
+use crate::quota::JoinCounter;
 use crate::ConnId;
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// (topic, sub).
-type UserJoinKey = (Box<str>, Arc<str>);
+use std::sync::{Arc, Weak};
 
 /// Everything a node needs besides its broker.
 pub struct NodeConfig {
@@ -59,8 +64,7 @@ pub struct Node {
     admission: Arc<Admission>,
     presence: Presence,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
-    /// (topic, sub) → joins, for channels whose rule sets `max_per_user`.
-    user_joins: Mutex<HashMap<UserJoinKey, u32>>,
+    joins: Arc<JoinCounter>,
     next_id: AtomicU64,
     draining: AtomicBool,
     pub counters: Counters,
@@ -80,8 +84,9 @@ impl Node {
     /// Builds a node around a hub and the broker that delivers into it (brokers that connect
     /// asynchronously, like Redis, are built first).
     pub fn with_broker(config: NodeConfig, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Arc<Self> {
-        Arc::new(Node {
+        let node = Arc::new(Node {
             hub,
+            joins: JoinCounter::new(broker.clone()),
             broker,
             verifier: config.verifier,
             policy: config.policy,
@@ -89,11 +94,13 @@ impl Node {
             admission: Admission::new(config.admission),
             presence: Presence::new(),
             conns: Mutex::new(HashMap::new()),
-            user_joins: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             counters: Counters::default(),
-        })
+        });
+        let handler: Weak<dyn BrokerEventHandler> = Arc::downgrade(&node) as _;
+        node.broker.set_event_handler(handler);
+        node
     }
 
     pub fn limits(&self) -> &Limits {
@@ -118,6 +125,11 @@ impl Node {
 
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
+    }
+
+    /// Per-user join counts (`max_per_user`).
+    pub fn joins(&self) -> &Arc<JoinCounter> {
+        &self.joins
     }
 
     /// Every connect-time check, for any transport: client address (trusted proxies), attempt
@@ -150,12 +162,12 @@ impl Node {
         let mut held = Vec::new();
         for (key, limit, reason) in [
             (
-                format!("conn:user:{}", identity.sub),
+                CounterKey::UserConnections(identity.sub.clone()),
                 cfg.max_connections_per_user,
                 "too many connections for this user",
             ),
             (
-                format!("conn:ip:{ip}"),
+                CounterKey::AddressConnections(ip),
                 cfg.max_connections_per_ip,
                 "too many connections from this address",
             ),
@@ -262,62 +274,6 @@ impl Node {
         n
     }
 
-    /// Counts one more join of `sub` to `topic` on this node unless that would exceed `max`.
-    pub(crate) fn claim_user_join_local(&self, topic: &str, sub: &Arc<str>, max: u32) -> bool {
-        let mut joins = self.user_joins.lock();
-        let n = joins.entry((topic.into(), sub.clone())).or_insert(0);
-        if *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// The same, cluster-wide (always true for a single node; true when the broker is down, so
-    /// that the node-wide limit holds alone).
-    pub(crate) async fn claim_user_join_cluster(
-        &self,
-        topic: &str,
-        sub: &Arc<str>,
-        max: u32,
-    ) -> bool {
-        match self.broker.claim(&format!("join:{topic}:{sub}"), max).await {
-            Ok(taken) => taken,
-            Err(e) => {
-                tracing::debug!(error = %e, "cluster max_per_user unavailable, node-wide limit applies");
-                true
-            }
-        }
-    }
-
-    pub(crate) fn release_local_join(&self, topic: &str, sub: &Arc<str>) {
-        let mut joins = self.user_joins.lock();
-        let key = (Box::<str>::from(topic), sub.clone());
-        if let Some(n) = joins.get_mut(&key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                joins.remove(&key);
-            }
-        }
-    }
-
-    pub(crate) fn release_user_join(self: &Arc<Self>, topic: &str, sub: &Arc<str>) {
-        self.release_local_join(topic, sub);
-        self.spawn_release(format!("join:{topic}:{sub}"));
-    }
-
-    pub(crate) fn spawn_release(self: &Arc<Self>, key: String) {
-        if self.broker.name() == "memory" {
-            return;
-        }
-        let broker = self.broker.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = broker.release(&key).await;
-            });
-        }
-    }
-
     // --- Presence: this node's table, mirrored cluster-wide by the broker. ---
 
     /// Tracks `conn` under `key`; returns its meta (with a fresh `phx_ref`).
@@ -356,21 +312,13 @@ impl Node {
     /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
     /// (this is also called from synchronous cleanup).
     pub fn presence_untrack(
-        self: &Arc<Self>,
+        &self,
         topic: &str,
         key: &str,
         conn: ConnId,
     ) -> Option<serde_json::Value> {
         let meta = self.presence.untrack(topic, key, conn)?;
-        if self.broker.name() != "memory" {
-            let broker = self.broker.clone();
-            let topic = topic.to_owned();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = broker.presence_remove(&topic, conn).await;
-                });
-            }
-        }
+        self.broker.clone().presence_remove_detached(topic, conn);
         Some(meta)
     }
 
@@ -469,9 +417,12 @@ impl Node {
 
     pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {
         let (added, first) = self.hub.subscribe(topic, conn, outbox);
-        if added && self.broker.name() != "memory" {
+        if added {
             // Cluster-wide subscriber count, once per (connection, topic).
-            let _ = self.broker.claim(&format!("chan:{topic}"), 0).await;
+            let _ = self
+                .broker
+                .claim(&CounterKey::Subscribers(topic.into()), 0)
+                .await;
         }
         if first {
             if let Err(e) = self.broker.subscribe(topic).await {
@@ -481,16 +432,16 @@ impl Node {
         }
     }
 
-    pub(crate) async fn unsubscribe(&self, topic: &str, conn: ConnId) {
-        if self.broker.name() != "memory" {
-            let _ = self.broker.release(&format!("chan:{topic}")).await;
+    /// Removes a local subscriber without waiting: `true` if the topic has no local
+    /// subscriber left (then [`Node::unsubscribe_remote`] tells the broker).
+    pub(crate) fn unsubscribe_local(&self, topic: &str, conn: ConnId) -> bool {
+        let (removed, emptied) = self.hub.unsubscribe(topic, conn);
+        if removed {
+            self.broker
+                .clone()
+                .release_detached(CounterKey::Subscribers(topic.into()));
         }
-        if self.hub.unsubscribe(topic, conn) {
-            if let Err(e) = self.broker.unsubscribe(topic).await {
-                self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic, error = %e, "broker unsubscribe failed");
-            }
-        }
+        emptied
     }
 
     /// Tells the broker that `topic` lost its local subscribers, if it still has none.
@@ -499,6 +450,40 @@ impl Node {
             if let Err(e) = self.broker.unsubscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BrokerEventHandler for Node {
+    async fn handle(&self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::DisconnectUser { sub } => {
+                let n = self.disconnect_user(&sub);
+                tracing::info!(
+                    sub,
+                    connections = n,
+                    "disconnected at another node's request"
+                );
+            }
+            BrokerEvent::NodeLost { node } => {
+                tracing::info!(
+                    node,
+                    "a node's heartbeat expired: its presence and counters were removed"
+                );
+            }
+            BrokerEvent::PresenceReaped { topic, leaves } => {
+                let diff = serde_json::json!({ "joins": {}, "leaves": leaves });
+                let Ok(payload) = Payload::json(&diff) else {
+                    return;
+                };
+                if let Err(e) = self
+                    .publish_unlogged(&topic, events::PRESENCE_DIFF, payload)
+                    .await
+                {
+                    tracing::warn!(topic, error = %e, "presence leaves of a lost node not published");
+                }
             }
         }
     }

@@ -1,15 +1,19 @@
-//! The bounded queue of encoded frames waiting to be written to one connection.
+//! The bounded queue of messages waiting to be written to one connection.
 //!
-//! Fan-out pushes a cheap clone of a shared [`Bytes`](bytes::Bytes) buffer into each
-//! subscriber's outbox; the connection's own task drains it into its socket. An empty outbox
-//! holds no heap memory. When a client stops reading and its queue passes the limits, the outbox
-//! closes itself with [`close_codes::SLOW_CONSUMER`](crate::limits::close_codes::SLOW_CONSUMER)
-//! and drops what was queued, so a stalled client never grows server memory without bound.
+//! Fan-out pushes a shared [`Publication`] (one reference count, no copy) into each
+//! subscriber's outbox; replies and pushes to this connection alone wait here as
+//! [`Outgoing`] values, and the connection's transport encodes them as its protocol needs
+//! ([`Outgoing::encode`]) while it drains the queue into its socket. An empty outbox holds no
+//! heap memory. When a client stops reading and its queue passes the limits, the outbox closes
+//! itself with [`close_codes::SLOW_CONSUMER`](crate::limits::close_codes::SLOW_CONSUMER) and
+//! drops what was queued, so a stalled client never grows server memory without bound.
 
 use crate::limits::close_codes;
-use crate::protocol::Frame;
+use crate::protocol::{encode_push, encode_reply, EncodeError, Frame, Payload};
+use crate::publication::Publication;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Why and how a connection is to be closed.
@@ -19,20 +23,89 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+/// One message waiting for a connection.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// `phx_reply` to the client message `msg_ref`.
+    Reply {
+        join_ref: Option<Box<str>>,
+        msg_ref: Option<Box<str>>,
+        topic: Box<str>,
+        status: &'static str,
+        response: Payload,
+    },
+    /// A server push to this connection alone (`phx_close`, `presence_state`,
+    /// `token_expired`).
+    Push {
+        join_ref: Option<Box<str>>,
+        msg_ref: Option<Box<str>>,
+        topic: Box<str>,
+        event: &'static str,
+        payload: Payload,
+    },
+    /// A broadcast shared with every subscriber of its topic.
+    Broadcast(Arc<Publication>),
+}
+
+impl Outgoing {
+    /// Bytes this message counts against the outbox's byte limit (about its encoded size).
+    fn weight(&self) -> usize {
+        match self {
+            Outgoing::Reply {
+                topic, response, ..
+            } => 48 + topic.len() + response.len(),
+            Outgoing::Push {
+                topic,
+                event,
+                payload,
+                ..
+            } => 32 + topic.len() + event.len() + payload.len(),
+            Outgoing::Broadcast(p) => p.frame.len(),
+        }
+    }
+
+    /// The Phoenix V2 frame of this message (a broadcast's shared frame is not copied).
+    pub fn encode(&self) -> Result<Frame, EncodeError> {
+        match self {
+            Outgoing::Reply {
+                join_ref,
+                msg_ref,
+                topic,
+                status,
+                response,
+            } => encode_reply(
+                join_ref.as_deref(),
+                msg_ref.as_deref(),
+                topic,
+                status,
+                response,
+            ),
+            Outgoing::Push {
+                join_ref,
+                msg_ref,
+                topic,
+                event,
+                payload,
+            } => encode_push(
+                join_ref.as_deref(),
+                msg_ref.as_deref(),
+                topic,
+                event,
+                payload,
+            ),
+            Outgoing::Broadcast(p) => Ok(p.frame.clone()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Frame>,
+    queue: VecDeque<Outgoing>,
     bytes: usize,
     close: Option<CloseReason>,
     /// While a join recovers history: broadcasts wait here, so that none is lost between
     /// subscribing and reading history, and duplicates of replayed ones can be dropped.
-    held: Option<Vec<Held>>,
-}
-
-struct Held {
-    frame: Frame,
-    topic: std::sync::Arc<str>,
-    offset: Option<u64>,
+    held: Option<Vec<Arc<Publication>>>,
 }
 
 /// One connection's outbound queue; shared between the hub (producers) and the transport.
@@ -53,53 +126,64 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. Returns `false` if the outbox is closed (or just closed because the
-    /// client is too slow); the frame is dropped then.
-    pub fn push(&self, frame: Frame) -> bool {
-        self.enqueue(frame, None)
+    /// Queues a message. Returns `false` if the outbox is closed (or just closed because the
+    /// client is too slow); the message is dropped then.
+    pub fn push(&self, item: Outgoing) -> bool {
+        let mut st = self.state.lock();
+        if !self.admit(&mut st, item.weight()) {
+            drop(st);
+            self.notify.notify_one();
+            return false;
+        }
+        self.queue(st, item);
+        true
     }
 
     /// Queues a broadcast; while [`Outbox::hold`] is in effect it waits aside. One lock per
     /// subscriber per broadcast: this is the fan-out's inner loop.
-    pub fn push_publication(&self, p: &crate::hub::Publication) -> bool {
-        self.enqueue(p.frame.clone(), Some(p))
+    pub fn push_publication(&self, p: &Arc<Publication>) -> bool {
+        let mut st = self.state.lock();
+        if !self.admit(&mut st, p.frame.len()) {
+            drop(st);
+            self.notify.notify_one();
+            return false;
+        }
+        if let Some(held) = st.held.as_mut() {
+            held.push(p.clone());
+            return true;
+        }
+        self.queue(st, Outgoing::Broadcast(p.clone()));
+        true
     }
 
-    fn enqueue(&self, frame: Frame, publication: Option<&crate::hub::Publication>) -> bool {
-        let mut st = self.state.lock();
+    /// Counts `weight` more bytes, or closes the outbox as a slow consumer (dropping what was
+    /// queued, in the same critical section) when the limits would be passed.
+    fn admit(&self, st: &mut State, weight: usize) -> bool {
         if st.close.is_some() {
             return false;
         }
-        let queued = st.frames.len() + st.held.as_ref().map_or(0, Vec::len);
-        if queued >= self.max_frames as usize || st.bytes + frame.len() > self.max_bytes as usize {
-            // Slow consumer: drop everything queued and close, in the same critical section.
-            st.frames = VecDeque::new();
+        let queued = st.queue.len() + st.held.as_ref().map_or(0, Vec::len);
+        if queued >= self.max_frames as usize || st.bytes + weight > self.max_bytes as usize {
+            st.queue = VecDeque::new();
             st.held = None;
             st.bytes = 0;
             st.close = Some(CloseReason {
                 code: close_codes::SLOW_CONSUMER,
                 reason: "slow consumer: outbound queue full",
             });
-            drop(st);
-            self.notify.notify_one();
             return false;
         }
-        st.bytes += frame.len();
-        if let (Some(held), Some(p)) = (st.held.as_mut(), publication) {
-            held.push(Held {
-                frame,
-                topic: p.topic.clone(),
-                offset: p.offset,
-            });
-            return true;
-        }
-        let was_empty = st.frames.is_empty();
-        st.frames.push_back(frame);
+        st.bytes += weight;
+        true
+    }
+
+    fn queue(&self, mut st: parking_lot::MutexGuard<'_, State>, item: Outgoing) {
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(item);
         drop(st);
         if was_empty {
             self.notify.notify_one();
         }
-        true
     }
 
     /// Starts holding broadcasts aside (replies still go straight to the queue).
@@ -118,12 +202,12 @@ impl Outbox {
             return;
         };
         let mut queued = false;
-        for h in held {
-            let duplicate = &*h.topic == topic && h.offset.is_some_and(|o| o <= replayed_up_to);
+        for p in held {
+            let duplicate = &*p.topic == topic && p.offset.is_some_and(|o| o <= replayed_up_to);
             if duplicate {
-                st.bytes = st.bytes.saturating_sub(h.frame.len());
+                st.bytes = st.bytes.saturating_sub(p.frame.len());
             } else {
-                st.frames.push_back(h.frame);
+                st.queue.push_back(Outgoing::Broadcast(p));
                 queued = true;
             }
         }
@@ -148,17 +232,17 @@ impl Outbox {
         self.state.lock().close.is_some()
     }
 
-    /// Moves every queued frame into `out` and returns the close request, if any.
+    /// Moves every queued message into `out` and returns the close request, if any.
     /// Frees the queue's memory once it is empty.
-    pub fn drain_into(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
+    pub fn drain_into(&self, out: &mut Vec<Outgoing>) -> Option<CloseReason> {
         let mut st = self.state.lock();
-        out.extend(st.frames.drain(..));
+        out.extend(st.queue.drain(..));
         st.bytes = st
             .held
             .as_ref()
-            .map_or(0, |h| h.iter().map(|h| h.frame.len()).sum());
-        if st.frames.capacity() > 16 {
-            st.frames = VecDeque::new();
+            .map_or(0, |h| h.iter().map(|p| p.frame.len()).sum());
+        if st.queue.capacity() > 16 {
+            st.queue = VecDeque::new();
         }
         st.close.clone()
     }
@@ -172,15 +256,30 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+
+    fn item(topic: &str) -> Outgoing {
+        Outgoing::Push {
+            join_ref: None,
+            msg_ref: None,
+            topic: topic.into(),
+            event: "e",
+            payload: Payload::empty_object(),
+        }
+    }
+
+    /// The encoded text of what was drained.
+    fn texts(out: &[Outgoing]) -> Vec<String> {
+        out.iter()
+            .map(|o| String::from_utf8(o.encode().unwrap().bytes().to_vec()).unwrap())
+            .collect()
+    }
 
     #[test]
     fn overflow_closes_as_slow_consumer_and_drops_the_queue() {
         let o = Outbox::new(2, 1000);
-        let f = Frame::Text(Bytes::from_static(b"x"));
-        assert!(o.push(f.clone()));
-        assert!(o.push(f.clone()));
-        assert!(!o.push(f.clone()));
+        assert!(o.push(item("x")));
+        assert!(o.push(item("x")));
+        assert!(!o.push(item("x")));
         let mut out = Vec::new();
         let close = o.drain_into(&mut out);
         assert!(out.is_empty());
@@ -189,8 +288,6 @@ mod tests {
 
     #[test]
     fn hold_then_release_drops_replayed_duplicates_and_keeps_order() {
-        use crate::hub::Publication;
-        use crate::protocol::Payload;
         let o = Outbox::new(100, 100_000);
         o.hold();
         let p = |topic: &str, offset: Option<u64>| {
@@ -198,35 +295,56 @@ mod tests {
             if let Some(off) = offset {
                 p.set_offset(off).unwrap();
             }
+            let p = Arc::new(p);
             assert!(o.push_publication(&p));
-            p.frame
+            String::from_utf8(p.frame.bytes().to_vec()).unwrap()
         };
         let a4 = p("a", Some(4));
         let b1 = p("b", None);
         let a6 = p("a", Some(6));
-        let reply = Frame::Text(Bytes::from_static(b"reply"));
-        assert!(o.push(reply.clone()));
+        assert!(o.push(item("reply")));
         o.release("a", 5);
         let mut out = Vec::new();
         o.drain_into(&mut out);
-        assert_eq!(out, vec![reply, b1, a6]);
+        let out = texts(&out);
+        assert_eq!(out, vec![texts(&[item("reply")])[0].clone(), b1, a6]);
         assert!(!out.contains(&a4));
     }
 
     #[test]
+    fn a_broadcast_is_shared_not_copied() {
+        let o = Outbox::new(10, 10_000);
+        let p = Arc::new(Publication::new("t", "e", Payload::empty_object(), None).unwrap());
+        assert!(o.push_publication(&p));
+        let mut out = Vec::new();
+        o.drain_into(&mut out);
+        let Outgoing::Broadcast(got) = &out[0] else {
+            panic!("expected a broadcast")
+        };
+        assert!(Arc::ptr_eq(got, &p));
+    }
+
+    #[test]
     fn byte_limit_counts_too() {
-        let o = Outbox::new(100, 10);
-        assert!(o.push(Frame::Text(Bytes::from_static(b"123456"))));
-        assert!(!o.push(Frame::Text(Bytes::from_static(b"123456"))));
+        let o = Outbox::new(100, 100);
+        let big = |n: usize| Outgoing::Push {
+            join_ref: None,
+            msg_ref: None,
+            topic: "t".into(),
+            event: "e",
+            payload: Payload::json(&"x".repeat(n)).unwrap(),
+        };
+        assert!(o.push(big(40)));
+        assert!(!o.push(big(40)));
     }
 
     #[test]
     fn close_keeps_queued_frames_and_first_reason() {
         let o = Outbox::new(10, 1000);
-        assert!(o.push(Frame::Text(Bytes::from_static(b"a"))));
+        assert!(o.push(item("a")));
         o.close(1012, "draining");
         o.close(1001, "other");
-        assert!(!o.push(Frame::Text(Bytes::from_static(b"b"))));
+        assert!(!o.push(item("b")));
         let mut out = Vec::new();
         let close = o.drain_into(&mut out);
         assert_eq!(out.len(), 1);

@@ -6,8 +6,10 @@
 //! caller's user id with `{sub}` (`user:{sub}` is joinable only by that user).
 
 use crate::auth::Identity;
+use crate::publication::HistoryOpts;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One channel rule as written in the configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -81,6 +83,15 @@ impl ChannelRule {
             Some(roles) => roles.iter().any(|r| who.has_role(r)),
             None => self.push_events.iter().any(|e| e == "*" || e == event),
         }
+    }
+
+    /// History settings of the rule's topics, if they keep history.
+    pub fn history(&self) -> Option<HistoryOpts> {
+        (self.history_size > 0).then(|| HistoryOpts {
+            size: self.history_size,
+            ttl: (self.history_ttl_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.history_ttl_secs)),
+        })
     }
 
     /// Checks that the rule is well formed; returns a message naming the problem.
@@ -165,10 +176,10 @@ pub struct Denied(pub &'static str);
 /// The reason given for refused joins and pushes that rules forbid.
 pub const UNAUTHORIZED: &str = "unauthorized";
 
-/// The channel rules of a node.
+/// The channel rules of a node. A joined channel keeps an `Arc` of its rule.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    rules: Vec<ChannelRule>,
+    rules: Vec<Arc<ChannelRule>>,
 }
 
 impl Policy {
@@ -176,7 +187,9 @@ impl Policy {
         for (i, r) in rules.iter().enumerate() {
             r.validate().map_err(|e| format!("channels[{i}]: {e}"))?;
         }
-        Ok(Policy { rules })
+        Ok(Policy {
+            rules: rules.into_iter().map(Arc::new).collect(),
+        })
     }
 
     /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there,
@@ -186,20 +199,21 @@ impl Policy {
         room.presence = true;
         room.history_size = 100;
         room.history_ttl_secs = 300;
-        Policy { rules: vec![room] }
+        Policy {
+            rules: vec![Arc::new(room)],
+        }
     }
 
-    pub fn rules(&self) -> &[ChannelRule] {
+    pub fn rules(&self) -> &[Arc<ChannelRule>] {
         &self.rules
     }
 
-    /// Decides a join; on success returns the index of the rule that governs the channel.
-    pub fn authorize_join(&self, who: &Identity, topic: &str) -> Result<usize, Denied> {
-        let (idx, rule) = self
+    /// Decides a join; on success returns the rule that governs the channel.
+    pub fn authorize_join(&self, who: &Identity, topic: &str) -> Result<Arc<ChannelRule>, Denied> {
+        let rule = self
             .rules
             .iter()
-            .enumerate()
-            .find(|(_, r)| r.matches(topic, who))
+            .find(|r| r.matches(topic, who))
             .ok_or(Denied("unauthorized"))?;
         if rule.deny {
             return Err(Denied("unauthorized"));
@@ -210,11 +224,7 @@ impl Policy {
         if !rule.join_roles_all.iter().all(|r| who.has_role(r)) {
             return Err(Denied("unauthorized"));
         }
-        Ok(idx)
-    }
-
-    pub fn rule(&self, idx: usize) -> Option<&ChannelRule> {
-        self.rules.get(idx)
+        Ok(rule.clone())
     }
 
     /// The rule governing `topic` for publishes that come from no user (the HTTP API, the
@@ -223,16 +233,12 @@ impl Policy {
         self.rules
             .iter()
             .find(|r| pattern_matches_any_sub(&r.topic, topic))
+            .map(|r| &**r)
     }
 
     /// History settings of `topic`, if its rule keeps history.
-    pub fn history_for(&self, topic: &str) -> Option<crate::hub::HistoryOpts> {
-        let rule = self.rule_for_topic(topic)?;
-        (rule.history_size > 0).then(|| crate::hub::HistoryOpts {
-            size: rule.history_size,
-            ttl: (rule.history_ttl_secs > 0)
-                .then(|| std::time::Duration::from_secs(rule.history_ttl_secs)),
-        })
+    pub fn history_for(&self, topic: &str) -> Option<HistoryOpts> {
+        self.rule_for_topic(topic)?.history()
     }
 }
 
@@ -278,8 +284,8 @@ mod tests {
         let p = Policy::new(vec![staff, ChannelRule::open("room:*")]).unwrap();
         assert!(p.authorize_join(&who("a", &[]), "room:lobby").is_ok());
         assert_eq!(
-            p.authorize_join(&who("a", &[]), "room:staff"),
-            Err(Denied("unauthorized"))
+            p.authorize_join(&who("a", &[]), "room:staff").unwrap_err(),
+            Denied("unauthorized")
         );
         assert!(p
             .authorize_join(&who("a", &["staff"]), "room:staff")

@@ -2,8 +2,10 @@
 //! is a ring buffer per topic, lost on restart (the epoch changes, so clients learn that their
 //! offsets are void).
 
-use super::{Broker, BrokerError, HistoryItem, HistoryPage};
-use crate::hub::{Hub, Publication};
+use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage};
+use crate::hub::Hub;
+use crate::publication::Publication;
+use crate::ConnId;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -121,7 +123,7 @@ impl Broker for MemoryBroker {
 
     async fn publish(&self, mut publication: Publication) -> Result<Option<u64>, BrokerError> {
         let Some(opts) = publication.history else {
-            self.hub.deliver(&publication);
+            self.hub.deliver(&Arc::new(publication));
             return Ok(None);
         };
         let history = self.topic_history(&publication.topic);
@@ -134,12 +136,11 @@ impl Broker for MemoryBroker {
             .map_err(|e| BrokerError(e.to_string()))?;
         h.top = offset;
         let now = Instant::now();
+        let publication = Arc::new(publication);
         h.entries.push_back(Retained {
             item: HistoryItem {
                 offset,
-                event: publication.event.clone(),
-                payload: publication.payload.clone(),
-                frame: publication.frame.clone(),
+                publication: publication.clone(),
             },
             at: now,
         });
@@ -191,13 +192,18 @@ impl Broker for MemoryBroker {
     async fn unsubscribe(&self, _topic: &str) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    // One node keeps no cluster state: nothing to clean up in the background.
+    fn presence_remove_detached(self: Arc<Self>, _topic: &str, _conn: ConnId) {}
+
+    fn release_detached(self: Arc<Self>, _key: CounterKey) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::HistoryOpts;
     use crate::protocol::Payload;
+    use crate::publication::HistoryOpts;
 
     fn publication(n: u64) -> Publication {
         Publication::new(
@@ -223,8 +229,10 @@ mod tests {
             page.items.iter().map(|i| i.offset).collect::<Vec<_>>(),
             vec![4, 5]
         );
-        assert!(String::from_utf8_lossy(page.items[0].frame.bytes())
-            .starts_with(r#"[null,"4","t","e""#));
+        assert!(
+            String::from_utf8_lossy(page.items[0].publication.frame.bytes())
+                .starts_with(r#"[null,"4","t","e""#)
+        );
         // Offsets 2..=5 needed but 2 is gone (size 3 keeps 3..=5).
         let page = b.history("t", Some(1)).await.unwrap();
         assert!(!page.complete);

@@ -5,6 +5,11 @@
 //! when a topic gains its first or loses its last local subscriber, so that a clustered broker
 //! subscribes once per topic per node, never once per client.
 //!
+//! What happens elsewhere in the cluster (another node asks for a user's disconnect, a dead
+//! node's presence is reaped) the broker reports as a [`BrokerEvent`] to the
+//! [`BrokerEventHandler`] the node registers, the way centrifuge's `BrokerEventHandler` does:
+//! the broker never reaches up into the node.
+//!
 //! * [`memory::MemoryBroker`] — the embedded single-node default: delivers straight to the hub.
 //! * [`redis::RedisBroker`] — cluster mode: many nodes share fan-out, history, presence and
 //!   limits through Redis.
@@ -12,21 +17,67 @@
 pub mod memory;
 pub mod redis;
 
-use crate::hub::Publication;
-use crate::protocol::{Frame, Payload};
+use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
 use serde_json::Value;
-use std::sync::Arc;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
 
-/// One retained broadcast.
+/// A cluster-wide counter (see [`Broker::claim`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CounterKey {
+    /// Live connections of one user.
+    UserConnections(Arc<str>),
+    /// Live connections from one client address.
+    AddressConnections(IpAddr),
+    /// Joins of one user to one topic (a channel rule's `max_per_user`).
+    UserJoins { topic: Arc<str>, sub: Arc<str> },
+    /// Subscribers of one topic (`GET /api/channels`).
+    Subscribers(Arc<str>),
+}
+
+impl CounterKey {
+    /// How [`CounterKey::Subscribers`] keys begin, to list them.
+    pub const SUBSCRIBERS_PREFIX: &'static str = "chan:";
+}
+
+impl fmt::Display for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CounterKey::UserConnections(sub) => write!(f, "conn:user:{sub}"),
+            CounterKey::AddressConnections(ip) => write!(f, "conn:ip:{ip}"),
+            CounterKey::UserJoins { topic, sub } => write!(f, "join:{topic}:{sub}"),
+            CounterKey::Subscribers(topic) => write!(f, "{}{topic}", Self::SUBSCRIBERS_PREFIX),
+        }
+    }
+}
+
+/// Something that happened elsewhere in the cluster and concerns this node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BrokerEvent {
+    /// Another node was asked to disconnect user `sub` everywhere.
+    DisconnectUser { sub: String },
+    /// A node stopped refreshing its heartbeat; this node reaped its state.
+    NodeLost { node: String },
+    /// The presences a lost node held on `topic` were removed: `leaves` is the `leaves` object
+    /// of a `presence_diff` (`{key: {"metas": […]}}`) to tell the topic's subscribers.
+    PresenceReaped { topic: String, leaves: Value },
+}
+
+/// Receives the [`BrokerEvent`]s of a broker (the node implements it).
+#[async_trait]
+pub trait BrokerEventHandler: Send + Sync + 'static {
+    async fn handle(&self, event: BrokerEvent);
+}
+
+/// One retained broadcast: the publication subscribers received (its frame carries the
+/// offset), shared, not copied.
 #[derive(Clone, Debug)]
 pub struct HistoryItem {
     pub offset: u64,
-    pub event: Arc<str>,
-    pub payload: Payload,
-    /// The broadcast frame as subscribers received it (offset in its `ref`).
-    pub frame: Frame,
+    pub publication: Arc<Publication>,
 }
 
 /// What a topic's history holds after a given offset.
@@ -50,8 +101,11 @@ pub struct BrokerError(pub String);
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// A short name for logs and metrics ("memory", "redis").
+    /// A short name for logs, metrics and `/health` ("memory", "redis").
     fn name(&self) -> &'static str;
+
+    /// Registers who hears this broker's [`BrokerEvent`]s (a broker that has none ignores it).
+    fn set_event_handler(&self, _handler: Weak<dyn BrokerEventHandler>) {}
 
     /// Delivers the publication to every subscriber in the cluster. Local subscribers must
     /// receive it without waiting for any remote round trip. When `publication.history` is set,
@@ -88,6 +142,15 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// [`Broker::presence_remove`] without waiting, for synchronous cleanup: done in the
+    /// background by a broker that keeps cluster state, not at all by one that keeps none.
+    fn presence_remove_detached(self: Arc<Self>, topic: &str, conn: ConnId) {
+        let topic = topic.to_owned();
+        spawn_detached(async move {
+            let _ = self.presence_remove(&topic, conn).await;
+        });
+    }
+
     /// The cluster-wide presence of `topic` (`{key: {"metas": […]}}`), or `None` when this
     /// node's own table is complete.
     async fn presence_state(&self, _topic: &str) -> Result<Option<Value>, BrokerError> {
@@ -95,14 +158,23 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Takes one unit of the cluster-wide counter `key` if the total stays within `limit`
-    /// (connections per user or address, joins per user and topic). `true` when taken.
-    async fn claim(&self, _key: &str, _limit: u32) -> Result<bool, BrokerError> {
+    /// (0: no limit). `true` when taken. A single node's own tables are the truth, so the
+    /// default takes nothing and refuses nothing.
+    async fn claim(&self, _key: &CounterKey, _limit: u32) -> Result<bool, BrokerError> {
         Ok(true)
     }
 
     /// Gives back one unit of `key`.
-    async fn release(&self, _key: &str) -> Result<(), BrokerError> {
+    async fn release(&self, _key: &CounterKey) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// [`Broker::release`] without waiting, for synchronous cleanup (see
+    /// [`Broker::presence_remove_detached`]).
+    fn release_detached(self: Arc<Self>, key: CounterKey) {
+        spawn_detached(async move {
+            let _ = self.release(&key).await;
+        });
     }
 
     /// Live topics of the cluster with their subscriber counts, or `None` when this node's
@@ -119,5 +191,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backend is reachable (always true for the memory broker).
     fn healthy(&self) -> bool {
         true
+    }
+}
+
+/// Runs `task` on the current runtime, if there is one (cleanup may run in a `Drop` outside it).
+fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(task);
     }
 }

@@ -19,10 +19,12 @@
 //!   and counters (Redis may have restarted empty). History topics refuse publishes while Redis
 //!   is down rather than deliver messages that recovery could never replay.
 
-use super::{Broker, BrokerError, HistoryItem, HistoryPage};
-use crate::hub::{Hub, Publication};
-use crate::node::Node;
-use crate::protocol::{Frame, Payload};
+use super::{
+    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
+};
+use crate::hub::Hub;
+use crate::protocol::{encode_broadcast_parts, Frame, Payload};
+use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -105,7 +107,7 @@ pub struct RedisBroker {
     /// Topics this node is subscribed to (re-subscribed after a reconnect).
     topics: Mutex<HashSet<String>>,
     healthy: AtomicBool,
-    node: OnceLock<Weak<Node>>,
+    events: OnceLock<Weak<dyn BrokerEventHandler>>,
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
@@ -160,7 +162,7 @@ impl RedisBroker {
             sink: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashSet::new()),
             healthy: AtomicBool::new(false),
-            node: OnceLock::new(),
+            events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
@@ -187,9 +189,11 @@ impl RedisBroker {
         &self.node_id
     }
 
-    /// Gives the broker the node it serves (for remote disconnects).
-    pub fn attach(&self, node: &Arc<Node>) {
-        let _ = self.node.set(Arc::downgrade(node));
+    /// Tells the registered handler (the node) about `event`.
+    async fn report(&self, event: BrokerEvent) {
+        if let Some(handler) = self.events.get().and_then(Weak::upgrade) {
+            handler.handle(event).await;
+        }
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -314,17 +318,11 @@ impl RedisBroker {
                     }
                 }
                 if !leaves.is_empty() {
-                    let diff = serde_json::json!({"joins": {}, "leaves": leaves});
-                    if let Ok(payload) = Payload::json(&diff) {
-                        if let Ok(p) = Publication::new(
-                            &topic,
-                            crate::protocol::events::PRESENCE_DIFF,
-                            payload,
-                            None,
-                        ) {
-                            let _ = self.publish(p).await;
-                        }
-                    }
+                    self.report(BrokerEvent::PresenceReaped {
+                        topic,
+                        leaves: Value::Object(leaves),
+                    })
+                    .await;
                 }
             }
             let counters: Vec<String> = c.smembers(self.key(&["ncnt", &node])).await?;
@@ -340,13 +338,14 @@ impl RedisBroker {
                 .ignore()
                 .query_async(&mut c)
                 .await?;
+            self.report(BrokerEvent::NodeLost { node }).await;
         }
         Ok(())
     }
 
-    fn on_message(&self, channel: &str, data: &[u8]) {
+    async fn on_message(&self, channel: &str, data: &[u8]) {
         if channel == self.control_channel() {
-            return self.on_control(data);
+            return self.on_control(data).await;
         }
         let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
             return;
@@ -376,25 +375,26 @@ impl RedisBroker {
         } else {
             Frame::Text(body)
         };
-        let p = Publication::remote(topic, frame, offset, if own { exclude } else { None });
-        self.hub.deliver(&p);
+        let exclude = if own { exclude } else { None };
+        match Publication::from_frame(topic, frame, offset, exclude) {
+            Ok(p) => {
+                self.hub.deliver(&Arc::new(p));
+            }
+            Err(e) => self.failed("decoding a publication", &e),
+        }
     }
 
-    fn on_control(&self, data: &[u8]) {
+    async fn on_control(&self, data: &[u8]) {
         let text = String::from_utf8_lossy(data);
         let mut parts = text.splitn(3, ' ');
         if let (Some("disconnect"), Some(origin), Some(sub)) =
             (parts.next(), parts.next(), parts.next())
         {
             if origin != self.node_id {
-                if let Some(node) = self.node.get().and_then(Weak::upgrade) {
-                    let n = node.disconnect_user(sub);
-                    tracing::info!(
-                        sub,
-                        connections = n,
-                        "disconnected at another node's request"
-                    );
-                }
+                self.report(BrokerEvent::DisconnectUser {
+                    sub: sub.to_owned(),
+                })
+                .await;
             }
         }
     }
@@ -470,7 +470,7 @@ async fn subscription_loop(broker: Weak<RedisBroker>) {
         while let Some(msg) = stream.next().await {
             let Some(b) = broker.upgrade() else { return };
             let channel: String = msg.get_channel_name().to_owned();
-            b.on_message(&channel, msg.get_payload_bytes());
+            b.on_message(&channel, msg.get_payload_bytes()).await;
         }
         let Some(b) = broker.upgrade() else { return };
         b.healthy.store(false, Ordering::Release);
@@ -505,6 +505,10 @@ impl Broker for RedisBroker {
         "redis"
     }
 
+    fn set_event_handler(&self, handler: Weak<dyn BrokerEventHandler>) {
+        let _ = self.events.set(handler);
+    }
+
     async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {
         let origin = match publication.exclude {
             Some(c) => format!("{}/{c}", self.node_id),
@@ -513,6 +517,7 @@ impl Broker for RedisBroker {
         let channel = self.topic_channel(&publication.topic);
         let Some(opts) = publication.history else {
             // Local subscribers first, without waiting for Redis.
+            let publication = Arc::new(publication);
             self.hub.deliver(&publication);
             let kind = if matches!(publication.frame, Frame::Binary(_)) {
                 "b"
@@ -530,19 +535,11 @@ impl Broker for RedisBroker {
         };
         // History: the script assigns the offset and publishes; every node (this one too)
         // delivers from its subscription, in offset order.
-        let (prefix, suffix, kind) = match (&publication.payload, &publication.frame) {
-            (Payload::Json(raw), _) => {
-                let mut suffix = String::from("\",");
-                suffix.push_str(&serde_json::to_string(&*publication.topic).unwrap_or_default());
-                suffix.push(',');
-                suffix.push_str(&serde_json::to_string(&*publication.event).unwrap_or_default());
-                suffix.push(',');
-                suffix.push_str(raw.get());
-                suffix.push(']');
-                (b"[null,\"".to_vec(), suffix.into_bytes(), "t")
-            }
-            (Payload::Binary(_), frame) => (frame.bytes().to_vec(), Vec::new(), "b"),
-        };
+        // The script puts the offset between the two parts of the frame.
+        let parts =
+            encode_broadcast_parts(&publication.topic, &publication.event, &publication.payload)
+                .map_err(err)?;
+        let kind = if parts.binary { "b" } else { "t" };
         let (payload, payload_kind) = match &publication.payload {
             Payload::Json(raw) => (raw.get().as_bytes().to_vec(), "j"),
             Payload::Binary(b) => (b.to_vec(), "b"),
@@ -562,8 +559,8 @@ impl Broker for RedisBroker {
             .key(self.key(&["off", topic]))
             .key(self.key(&["hist", topic]))
             .key(self.key(&["epoch", topic]))
-            .arg(prefix)
-            .arg(suffix)
+            .arg(parts.head.as_ref())
+            .arg(parts.tail.as_ref())
             .arg(kind)
             .arg(&*publication.event)
             .arg(payload)
@@ -668,9 +665,15 @@ impl Broker for RedisBroker {
             };
             items.push(HistoryItem {
                 offset,
-                event: event.into(),
-                payload,
-                frame,
+                publication: Arc::new(Publication {
+                    topic: topic.into(),
+                    event: event.into(),
+                    payload,
+                    frame,
+                    exclude: None,
+                    history: None,
+                    offset: Some(offset),
+                }),
             });
         }
         let first = items.first().map_or(top + 1, |i| i.offset);
@@ -777,8 +780,8 @@ impl Broker for RedisBroker {
         Ok(Some(Value::Object(state)))
     }
 
-    async fn claim(&self, key: &str, limit: u32) -> Result<bool, BrokerError> {
-        let counter = self.key(&["cnt", key]);
+    async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {
+        let counter = self.key(&["cnt", &key.to_string()]);
         let mut c = self.conn.clone();
         let taken: i64 = self
             .claim_script
@@ -798,8 +801,8 @@ impl Broker for RedisBroker {
         Ok(taken == 1)
     }
 
-    async fn release(&self, key: &str) -> Result<(), BrokerError> {
-        let counter = self.key(&["cnt", key]);
+    async fn release(&self, key: &CounterKey) -> Result<(), BrokerError> {
+        let counter = self.key(&["cnt", &key.to_string()]);
         {
             let mut claims = self.claims.lock();
             if let Some(n) = claims.get_mut(&counter) {
@@ -822,8 +825,8 @@ impl Broker for RedisBroker {
 
     async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
         let mut c = self.conn.clone();
-        let pattern = self.key(&["cnt", "chan:*"]);
-        let prefix = self.key(&["cnt", "chan:"]);
+        let prefix = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
+        let pattern = format!("{prefix}*");
         let keys: Vec<String> = {
             let mut iter: redis::AsyncIter<String> = c.scan_match(&pattern).await.map_err(err)?;
             let mut keys = Vec::new();

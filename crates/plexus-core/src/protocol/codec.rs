@@ -486,6 +486,73 @@ pub fn encode_broadcast(
     }
 }
 
+/// A broadcast whose `ref` will carry a history offset that is not known yet (a broker assigns
+/// it, possibly inside Redis): the frame is `head`, the offset in decimal, then `tail`.
+/// Binary broadcasts (kind 2) have no `ref`: `head` is the whole frame and `tail` is empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetBroadcast {
+    pub head: Bytes,
+    pub tail: Bytes,
+    pub binary: bool,
+}
+
+impl OffsetBroadcast {
+    /// The frame with `offset` in its `ref` (`[null, "<offset>", topic, event, payload]`).
+    pub fn with_offset(&self, offset: u64) -> Frame {
+        if self.binary {
+            return Frame::Binary(self.head.clone());
+        }
+        let digits = offset.to_string();
+        let mut out = BytesMut::with_capacity(self.head.len() + digits.len() + self.tail.len());
+        out.put_slice(&self.head);
+        out.put_slice(digits.as_bytes());
+        out.put_slice(&self.tail);
+        Frame::Text(out.freeze())
+    }
+}
+
+/// Encodes a broadcast around the place its history offset goes (see [`OffsetBroadcast`]).
+pub fn encode_broadcast_parts(
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<OffsetBroadcast, EncodeError> {
+    match payload {
+        Payload::Json(raw) => {
+            let mut tail = Vec::with_capacity(8 + topic.len() + event.len() + raw.get().len());
+            tail.extend_from_slice(b"\",");
+            push_json_str(&mut tail, topic);
+            tail.push(b',');
+            push_json_str(&mut tail, event);
+            tail.push(b',');
+            tail.extend_from_slice(raw.get().as_bytes());
+            tail.push(b']');
+            Ok(OffsetBroadcast {
+                head: Bytes::from_static(b"[null,\""),
+                tail: Bytes::from(tail),
+                binary: false,
+            })
+        }
+        Payload::Binary(_) => Ok(OffsetBroadcast {
+            head: encode_broadcast(None, topic, event, payload)?
+                .bytes()
+                .clone(),
+            tail: Bytes::new(),
+            binary: true,
+        }),
+    }
+}
+
+/// Encodes a broadcast that carries its history offset in the `ref`.
+pub fn encode_broadcast_with_offset(
+    offset: u64,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<Frame, EncodeError> {
+    Ok(encode_broadcast_parts(topic, event, payload)?.with_offset(offset))
+}
+
 /// Encodes a client push (used by the Rust client): JSON text, or a kind-0 binary frame.
 pub fn encode_client_push(
     join_ref: Option<&str>,
@@ -587,6 +654,20 @@ mod tests {
         assert_eq!(
             text(&f),
             r#"[null,null,"room:\"a","new_msg",{"body":"hi \"x\""}]"#
+        );
+    }
+
+    #[test]
+    fn offset_broadcast_equals_a_broadcast_with_that_ref() {
+        let p = Payload::json(&serde_json::json!({"body": "x"})).unwrap();
+        assert_eq!(
+            encode_broadcast_with_offset(42, "room:\"a", "msg", &p).unwrap(),
+            encode_broadcast(Some("42"), "room:\"a", "msg", &p).unwrap()
+        );
+        let b = Payload::Binary(Bytes::from_static(b"\x01"));
+        assert_eq!(
+            encode_broadcast_with_offset(7, "t", "e", &b).unwrap(),
+            encode_broadcast(None, "t", "e", &b).unwrap()
         );
     }
 

@@ -4,12 +4,13 @@
 //! See `docs/protocol.md` for the frame layouts; [`codec`] implements them.
 
 pub mod codec;
-pub mod websocket;
+pub mod ws_frame;
 
 pub use codec::{
     decode_client_binary, decode_client_text, decode_server_binary, decode_server_text,
-    encode_broadcast, encode_client_push, encode_push, encode_reply, DecodeError, EncodeError,
-    Frame, Message, Payload, ServerBinary,
+    encode_broadcast, encode_broadcast_parts, encode_broadcast_with_offset, encode_client_push,
+    encode_push, encode_reply, DecodeError, EncodeError, Frame, Message, OffsetBroadcast, Payload,
+    ServerBinary,
 };
 
 /// The topic of socket-level messages (heartbeats) that need no join.

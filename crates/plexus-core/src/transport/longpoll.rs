@@ -17,9 +17,8 @@
 use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::node::Node;
-use crate::protocol::{
-    decode_client_binary, decode_client_text, decode_server_binary, Frame, ServerBinary,
-};
+use crate::outbox::Outgoing;
+use crate::protocol::{decode_client_binary, decode_client_text, Frame, Payload};
 use crate::socket::{Draining, Socket};
 use base64::Engine;
 use bytes::Bytes;
@@ -122,7 +121,7 @@ impl LongPoll {
             let mut batch = Vec::new();
             let close = session.outbox.drain_into(&mut batch);
             if !batch.is_empty() {
-                return PollResult::Messages(batch.into_iter().filter_map(frame_text).collect());
+                return PollResult::Messages(batch.into_iter().filter_map(message_text).collect());
             }
             if close.is_some() {
                 self.close(token).await;
@@ -218,40 +217,44 @@ fn trim(line: &[u8]) -> &[u8] {
     &line[start..end]
 }
 
-/// The JSON text of a frame for the `messages` array. phoenix.js's LongPoll only parses text,
-/// so a binary broadcast or push is turned into JSON with its data as `{"binary": <base64>}`.
-fn frame_text(frame: Frame) -> Option<String> {
-    match frame {
-        Frame::Text(b) => String::from_utf8(b.to_vec()).ok(),
-        Frame::Binary(b) => {
-            let encode = |p: &Bytes| serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(p) });
-            let v = match decode_server_binary(&b).ok()? {
-                ServerBinary::Broadcast {
-                    topic,
-                    event,
-                    payload,
-                } => {
-                    serde_json::json!([null, null, topic, event, encode(&payload)])
-                }
-                ServerBinary::Push {
-                    join_ref,
-                    topic,
-                    event,
-                    payload,
-                } => {
-                    serde_json::json!([join_ref, null, topic, event, encode(&payload)])
-                }
-                ServerBinary::Reply {
-                    join_ref,
-                    msg_ref,
-                    topic,
-                    status,
-                    payload,
-                } => {
-                    serde_json::json!([join_ref, msg_ref, topic, "phx_reply", {"status": status, "response": encode(&payload)}])
-                }
-            };
-            Some(v.to_string())
+/// The JSON text of a message for the `messages` array. phoenix.js's LongPoll only parses
+/// text, so a binary payload travels as JSON `{"binary": <base64>}`.
+fn message_text(item: Outgoing) -> Option<String> {
+    let binary = |p: &Payload| match p {
+        Payload::Binary(b) => Some(
+            serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(b) }),
+        ),
+        Payload::Json(_) => None,
+    };
+    let as_json = match &item {
+        Outgoing::Broadcast(p) => binary(&p.payload)
+            .map(|data| serde_json::json!([null, null, &*p.topic, &*p.event, data])),
+        Outgoing::Push {
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            payload,
+        } => binary(payload).map(|data| serde_json::json!([join_ref, msg_ref, topic, event, data])),
+        Outgoing::Reply {
+            join_ref,
+            msg_ref,
+            topic,
+            status,
+            response,
+        } => binary(response).map(|data| {
+            serde_json::json!([join_ref, msg_ref, topic, crate::protocol::events::REPLY, {"status": status, "response": data}])
+        }),
+    };
+    if let Some(v) = as_json {
+        return Some(v.to_string());
+    }
+    match item.encode() {
+        Ok(Frame::Text(b)) => String::from_utf8(b.to_vec()).ok(),
+        Ok(Frame::Binary(_)) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "message not encodable");
+            None
         }
     }
 }
@@ -275,29 +278,26 @@ async fn reap(lp: Weak<LongPoll>, window: Duration) {
             return;
         };
         let now = Instant::now();
-        let grace_secs = lp.node.limits().expiry_grace.as_secs();
-        let expired: Vec<String> = lp
-            .sessions
-            .lock()
-            .iter()
-            .filter(|(_, s)| {
-                let idle = now.duration_since(*s.last_active.lock());
-                let polling = s.polls.load(Ordering::Acquire) > 0;
-                // Closed by the server (drain, disconnect, slow consumer) and nobody waiting:
-                // its next poll would only hear 410.
-                let gone = !polling && (idle > window * 2 || s.outbox.is_closed());
-                // A token that expired and was not refreshed in time ends the session, as it
-                // closes a WebSocket (4001).
-                let expired = s
-                    .socket
-                    .try_lock()
-                    .ok()
-                    .and_then(|g| g.as_ref().and_then(|sock| sock.identity().expires_at))
-                    .is_some_and(|exp| exp + grace_secs <= crate::auth::unix_now());
-                gone || expired
-            })
-            .map(|(t, _)| t.clone())
-            .collect();
+        let expired: Vec<String> =
+            lp.sessions
+                .lock()
+                .iter()
+                .filter(|(_, s)| {
+                    let idle = now.duration_since(*s.last_active.lock());
+                    let polling = s.polls.load(Ordering::Acquire) > 0;
+                    // Closed by the server (drain, disconnect, slow consumer) and nobody waiting:
+                    // its next poll would only hear 410.
+                    let gone = !polling && (idle > window * 2 || s.outbox.is_closed());
+                    // A token that expired and was not refreshed in time ends the session, as it
+                    // closes a WebSocket (4001).
+                    let expired =
+                        s.socket.try_lock().ok().is_some_and(|g| {
+                            g.as_ref().is_some_and(|sock| sock.expiry().over(now))
+                        });
+                    gone || expired
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
         for token in expired {
             tracing::debug!("longpoll session expired");
             lp.close(&token).await;

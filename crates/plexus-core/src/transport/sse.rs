@@ -17,11 +17,10 @@
 
 use crate::admission::Permit;
 use crate::auth::Identity;
+use crate::channel::{JoinOutcome, JoinRequest};
 use crate::node::Node;
-use crate::outbox::Outbox;
-use crate::protocol::{
-    decode_server_binary, decode_server_text, events, Frame, Message, Payload, ServerBinary,
-};
+use crate::outbox::{Outbox, Outgoing};
+use crate::protocol::{events, Payload};
 use crate::socket::{Draining, Socket};
 use base64::Engine;
 use bytes::Bytes;
@@ -62,10 +61,9 @@ struct StreamState {
     socket: Socket,
     outbox: Arc<Outbox>,
     positions: Positions,
-    /// join_ref → topic, to recognise the replies to our joins.
-    joins: HashMap<String, String>,
+    /// The `joined` / `join_error` events, sent first.
+    joins: String,
     done: bool,
-    first: bool,
 }
 
 /// Joins `topics` for `identity` and returns the event stream. The caller has checked the
@@ -80,33 +78,56 @@ pub async fn open(
 {
     let mut socket = Socket::open(node, identity, permit)?;
     let outbox = socket.outbox().clone();
-    let resume = last_event_id.map(parse_id).unwrap_or_default();
-    let mut joins = HashMap::new();
-    for (i, topic) in topics.iter().enumerate() {
-        let join_ref = format!("sse{i}");
-        let params = match resume.get(topic) {
+    let mut positions = last_event_id.map(parse_id).unwrap_or_default();
+    let mut joins = String::from("retry: 2000\n\n");
+    for topic in topics {
+        let params = match positions.get(topic) {
             Some((epoch, offset)) => {
                 serde_json::json!({"recover": {"epoch": epoch, "offset": offset}})
             }
             None => serde_json::json!({}),
         };
-        joins.insert(join_ref.clone(), topic.clone());
-        let msg = Message {
-            join_ref: Some(join_ref.clone()),
-            msg_ref: Some(join_ref),
-            topic: topic.clone(),
-            event: events::JOIN.to_owned(),
-            payload: Payload::json(&params).unwrap_or_else(|_| Payload::empty_object()),
+        let params = Payload::json(&params).unwrap_or_else(|_| Payload::empty_object());
+        let outcome = socket
+            .join(JoinRequest {
+                topic,
+                join_ref: None,
+                msg_ref: None,
+                params: &params,
+            })
+            .await;
+        match &outcome {
+            JoinOutcome::Joined(reply) => {
+                if let (Some(epoch), Some(offset)) = (&reply.epoch, reply.offset) {
+                    // A lost gap (or no resume): start from the current top.
+                    if reply.recovered != Some(true) {
+                        positions.insert(topic.clone(), (epoch.clone(), offset));
+                    }
+                }
+            }
+            JoinOutcome::Refused { .. } => {
+                positions.remove(topic);
+            }
+        }
+        let (status, response) = outcome.reply();
+        let response: serde_json::Value = response
+            .as_json()
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default();
+        let data = serde_json::json!({ "topic": topic, "response": response });
+        let name = if status == "ok" {
+            "joined"
+        } else {
+            "join_error"
         };
-        socket.handle(msg).await;
+        write_event(&mut joins, Some(name), None, &data.to_string());
     }
     let state = StreamState {
         socket,
         outbox,
-        positions: resume,
+        positions,
         joins,
         done: false,
-        first: true,
     };
     Ok(futures_util::stream::unfold(state, next_chunk))
 }
@@ -118,16 +139,12 @@ async fn next_chunk(
         st.socket.close().await;
         return None;
     }
-    let mut out = String::new();
-    if st.first {
-        st.first = false;
-        out.push_str("retry: 2000\n\n");
-    }
+    let mut out = std::mem::take(&mut st.joins);
     loop {
-        let mut frames = Vec::new();
-        let close = st.outbox.drain_into(&mut frames);
-        for frame in frames {
-            render(&mut st, frame, &mut out);
+        let mut items = Vec::new();
+        let close = st.outbox.drain_into(&mut items);
+        for item in items {
+            render(&mut st, item, &mut out);
         }
         if let Some(c) = close {
             out.push_str(&format!(": closed {} {}\n\n", c.code, c.reason));
@@ -136,12 +153,7 @@ async fn next_chunk(
         if !out.is_empty() {
             return Some((Ok(Bytes::from(out)), st));
         }
-        let expired = st
-            .socket
-            .identity()
-            .expires_at
-            .is_some_and(|exp| exp <= crate::auth::unix_now());
-        if expired {
+        if st.socket.expiry().expired(tokio::time::Instant::now()) {
             st.done = true;
             return Some((Ok(Bytes::from_static(b": token expired\n\n")), st));
         }
@@ -154,73 +166,23 @@ async fn next_chunk(
     }
 }
 
-/// Appends the SSE text of one outbound frame.
-fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
-    let (topic, event, msg_ref, join_ref, payload) = match frame {
-        Frame::Text(b) => match decode_server_text(&b) {
-            Ok(m) => (m.topic, m.event, m.msg_ref, m.join_ref, m.payload),
-            Err(_) => return,
-        },
-        Frame::Binary(b) => match decode_server_binary(&b) {
-            Ok(ServerBinary::Broadcast {
-                topic,
-                event,
-                payload,
-            }) => (topic, event, None, None, Payload::Binary(payload)),
-            Ok(ServerBinary::Push {
-                topic,
-                event,
-                payload,
-                join_ref,
-            }) => (topic, event, None, join_ref, Payload::Binary(payload)),
-            _ => return,
-        },
+/// Appends the SSE text of one outbound message: broadcasts (presence diffs included) and
+/// `presence_state`; replies and other pushes mean nothing to an `EventSource`.
+fn render(st: &mut StreamState, item: Outgoing, out: &mut String) {
+    let (topic, event, payload, offset): (&str, &str, &Payload, Option<u64>) = match &item {
+        Outgoing::Broadcast(p) => (&p.topic, &p.event, &p.payload, p.offset),
+        Outgoing::Push {
+            topic,
+            event,
+            payload,
+            ..
+        } if *event == events::PRESENCE_STATE => (topic, event, payload, None),
+        _ => return,
     };
-    if event == events::REPLY {
-        let Some(topic) = msg_ref.as_ref().and_then(|r| st.joins.remove(r)) else {
-            return;
-        };
-        let reply: serde_json::Value = payload
-            .as_json()
-            .and_then(|r| serde_json::from_str(r.get()).ok())
-            .unwrap_or_default();
-        let ok = reply["status"] == "ok";
-        let response = &reply["response"];
-        if ok {
-            if let (Some(epoch), Some(offset)) =
-                (response["epoch"].as_str(), response["offset"].as_u64())
-            {
-                let recovered = response["recovered"].as_bool();
-                // A lost gap (or no resume): start from the current top.
-                let keep = recovered == Some(true);
-                let entry = st
-                    .positions
-                    .entry(topic.clone())
-                    .or_insert((epoch.to_owned(), offset));
-                if !keep {
-                    *entry = (epoch.to_owned(), offset);
-                }
-            }
-        } else {
-            st.positions.remove(&topic);
-        }
-        let data = serde_json::json!({ "topic": topic, "response": response });
-        write_event(
-            out,
-            Some(if ok { "joined" } else { "join_error" }),
-            None,
-            &data.to_string(),
-        );
-        return;
-    }
-    if event == events::CLOSE || (join_ref.is_some() && event != events::PRESENCE_STATE) {
-        return;
-    }
-    let offset = msg_ref.as_deref().and_then(|r| r.parse::<u64>().ok());
     let mut data = serde_json::Map::new();
-    data.insert("topic".into(), topic.clone().into());
+    data.insert("topic".into(), topic.into());
     data.insert("event".into(), event.into());
-    match &payload {
+    match payload {
         Payload::Json(raw) => {
             data.insert(
                 "payload".into(),
@@ -237,7 +199,7 @@ fn render(st: &mut StreamState, frame: Frame, out: &mut String) {
     let mut id = None;
     if let Some(offset) = offset {
         data.insert("offset".into(), offset.into());
-        if let Some(pos) = st.positions.get_mut(&topic) {
+        if let Some(pos) = st.positions.get_mut(topic) {
             pos.1 = offset;
         }
         id = Some(format_id(&st.positions));

@@ -10,9 +10,11 @@
 
 use crate::admission::Permit;
 use crate::auth::Identity;
+use crate::expiry::ExpiryStep;
 use crate::limits::close_codes;
 use crate::node::Node;
-use crate::protocol::websocket::{
+use crate::outbox::Outgoing;
+use crate::protocol::ws_frame::{
     close_frame, encode_header, FrameDecoder, WsEvent, OP_BINARY, OP_PONG, OP_TEXT,
 };
 use crate::protocol::{decode_client_binary, decode_client_text, Frame};
@@ -64,11 +66,10 @@ pub async fn serve<S>(
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     let mut idle_deadline = Instant::now() + idle;
-    let mut expiry = Expiry::of(&socket, node.limits().expiry_grace);
-    timer.as_mut().reset(expiry.next(idle_deadline));
+    timer.as_mut().reset(socket.expiry().next(idle_deadline));
     let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
     let mut events: Vec<WsEvent> = Vec::new();
-    let mut batch: Vec<Frame> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     // Pongs and the close echo waiting to be written.
     let mut control: Vec<u8> = Vec::new();
     let mut closing = false;
@@ -95,12 +96,13 @@ pub async fn serve<S>(
                         // The write timeout reuses the connection's one timer (no extra Sleep
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
+                        let frames = encode_batch(&mut batch);
                         let written = tokio::select! {
-                            r = write_frames(&mut io, &batch) => Ok(r),
+                            r = write_frames(&mut io, &frames) => Ok(r),
                             _ = &mut timer => Err(()),
                         };
-                        timer.as_mut().reset(expiry.next(idle_deadline));
-                        batch.clear();
+                        drop(frames);
+                        timer.as_mut().reset(socket.expiry().next(idle_deadline));
                         if batch.capacity() > 64 {
                             batch = Vec::new();
                         }
@@ -120,7 +122,7 @@ pub async fn serve<S>(
                     outcome = read_events(&mut io, &mut decoder, &mut events) => outcome,
                     _ = &mut timer => {
                         let now = Instant::now();
-                        match expiry.fire(now) {
+                        match socket.expiry_mut().fire(now) {
                             ExpiryStep::Warn => socket.notify_token_expired(node.limits().expiry_grace),
                             ExpiryStep::Close => break 'conn Some((close_codes::TOKEN_EXPIRED, "token expired")),
                             ExpiryStep::None if now >= idle_deadline => {
@@ -128,7 +130,7 @@ pub async fn serve<S>(
                             }
                             ExpiryStep::None => {}
                         }
-                        timer.as_mut().reset(expiry.next(idle_deadline));
+                        timer.as_mut().reset(socket.expiry().next(idle_deadline));
                         continue 'conn;
                     }
                 }
@@ -202,14 +204,15 @@ pub async fn serve<S>(
         if events.capacity() > 16 {
             events = Vec::new();
         }
-        expiry.update(&socket, node.limits().expiry_grace);
-        timer.as_mut().reset(expiry.next(idle_deadline));
+        // A token refresh among the messages replaced the expiry.
+        timer.as_mut().reset(socket.expiry().next(idle_deadline));
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(&mut batch);
+            let frames = encode_batch(&mut batch);
             timer.as_mut().reset(Instant::now() + write_timeout);
             tokio::select! {
-                _ = write_frames(&mut io, &batch) => {}
+                _ = write_frames(&mut io, &frames) => {}
                 _ = &mut timer => {}
             }
             break violation;
@@ -223,69 +226,17 @@ pub async fn serve<S>(
     Box::pin(socket.close()).await;
 }
 
-/// Token expiry of one connection: warn at `exp`, close at `exp + grace`.
-struct Expiry {
-    exp: Option<u64>,
-    warn_at: Option<Instant>,
-    close_at: Option<Instant>,
-    warned: bool,
-}
-
-enum ExpiryStep {
-    None,
-    Warn,
-    Close,
-}
-
-impl Expiry {
-    fn of(socket: &Socket, grace: Duration) -> Self {
-        let exp = socket.identity().expires_at;
-        let (warn_at, close_at) = match exp {
-            Some(exp) => {
-                // A far-future exp (beyond what an Instant holds) means no expiry in practice.
-                let left = exp.saturating_sub(crate::auth::unix_now());
-                let warn = Instant::now().checked_add(Duration::from_secs(left));
-                (warn, warn.and_then(|w| w.checked_add(grace)))
-            }
-            None => (None, None),
-        };
-        Expiry {
-            exp,
-            warn_at,
-            close_at,
-            warned: false,
-        }
-    }
-
-    /// Re-reads the identity after a refresh.
-    fn update(&mut self, socket: &Socket, grace: Duration) {
-        if socket.identity().expires_at != self.exp {
-            *self = Expiry::of(socket, grace);
-        }
-    }
-
-    fn next(&self, idle_deadline: Instant) -> Instant {
-        let expiry = if self.warned {
-            self.close_at
-        } else {
-            self.warn_at
-        };
-        match expiry {
-            Some(t) => t.min(idle_deadline),
-            None => idle_deadline,
-        }
-    }
-
-    fn fire(&mut self, now: Instant) -> ExpiryStep {
-        match (self.warned, self.warn_at, self.close_at) {
-            (false, Some(w), _) if now >= w => {
-                self.warned = true;
-                ExpiryStep::Warn
-            }
-            (true, _, Some(c)) if now >= c => ExpiryStep::Close,
-            _ => ExpiryStep::None,
-        }
-    }
+/// Encodes the drained messages (a broadcast's shared frame is not copied) and empties the
+/// batch, keeping its capacity.
+fn encode_batch(batch: &mut Vec<Outgoing>) -> Vec<Frame> {
+    batch
+        .drain(..)
+        .filter_map(|item| {
+            item.encode()
+                .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Reads once into a stack buffer and feeds the decoder. The buffer lives only during the poll,

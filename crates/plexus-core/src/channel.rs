@@ -1,0 +1,552 @@
+//! The channels one connection has joined: join, leave, client pushes, history recovery and
+//! presence — what Phoenix's `Phoenix.Channel` does for a topic, with the rules of the node's
+//! [`Policy`](crate::policy::Policy) instead of application code.
+//!
+//! [`Channels`] is owned by the connection's [`Socket`](crate::socket::Socket), which routes
+//! each message here. Everything said back goes through the connection's outbox as
+//! [`Outgoing`] messages, in order: a join's reply, then the history it replays, then its
+//! `presence_state`.
+//!
+//! Leaving is one path whatever the cause (`phx_leave`, a duplicate join, the connection's end,
+//! a cancelled task): [`Channel::depart`] undoes the local state at once and returns a
+//! [`Departure`] with what still involves the broker (unsubscribing an emptied topic,
+//! broadcasting the presence leave), which the caller awaits or runs in the background.
+
+use crate::auth::Identity;
+use crate::node::Node;
+use crate::outbox::{Outbox, Outgoing};
+use crate::policy::ChannelRule;
+use crate::protocol::{events, Message, Payload};
+use crate::quota::JoinQuota;
+use crate::ConnId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a channel knows of its connection, and how it answers it.
+pub(crate) struct Conn<'a> {
+    pub node: &'a Arc<Node>,
+    pub id: ConnId,
+    pub identity: &'a Identity,
+    pub outbox: &'a Arc<Outbox>,
+}
+
+impl Conn<'_> {
+    pub fn reply(
+        &self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        status: &'static str,
+        response: Payload,
+    ) {
+        self.outbox.push(Outgoing::Reply {
+            join_ref: join_ref.map(Into::into),
+            msg_ref: msg_ref.map(Into::into),
+            topic: topic.into(),
+            status,
+            response,
+        });
+    }
+
+    pub fn reply_ok(&self, msg: &Message, response: Payload) {
+        self.reply(
+            msg.join_ref.as_deref(),
+            msg.msg_ref.as_deref(),
+            &msg.topic,
+            "ok",
+            response,
+        );
+    }
+
+    pub fn reply_error(&self, msg: &Message, reason: &str) {
+        self.reply_error_with(msg, &serde_json::json!({ "reason": reason }));
+    }
+
+    pub fn reply_error_with(&self, msg: &Message, response: &impl Serialize) {
+        self.reply(
+            msg.join_ref.as_deref(),
+            msg.msg_ref.as_deref(),
+            &msg.topic,
+            "error",
+            json_payload(response),
+        );
+    }
+
+    /// A server push to this connection alone.
+    pub fn push(
+        &self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        event: &'static str,
+        payload: Payload,
+    ) {
+        self.outbox.push(Outgoing::Push {
+            join_ref: join_ref.map(Into::into),
+            msg_ref: msg_ref.map(Into::into),
+            topic: topic.into(),
+            event,
+            payload,
+        });
+    }
+
+    /// `phx_close` of the channel joined as `join_ref` (Phoenix puts the join_ref in `ref` too).
+    fn send_close(&self, topic: &str, join_ref: Option<&str>) {
+        self.push(
+            join_ref,
+            join_ref,
+            topic,
+            events::CLOSE,
+            Payload::empty_object(),
+        );
+    }
+}
+
+/// A JSON payload of a value that always serialises (maps and strings built here).
+pub(crate) fn json_payload(value: &impl Serialize) -> Payload {
+    Payload::json(value).unwrap_or_else(|_| Payload::empty_object())
+}
+
+/// One joined topic.
+pub(crate) struct Channel {
+    join_ref: Option<Box<str>>,
+    rule: Arc<ChannelRule>,
+    /// Counted against the rule's `max_per_user`; given back when the channel is dropped.
+    _quota: Option<JoinQuota>,
+    /// Tracked in presence (fixed at the first join: a duplicate join keeps it).
+    tracked: bool,
+}
+
+/// The local half of a departure is done; this is the rest, involving the broker.
+#[must_use = "a departure must be finished (awaited or spawned)"]
+pub(crate) struct Departure {
+    topic: Box<str>,
+    /// The topic lost its last local subscriber.
+    emptied: bool,
+    /// The presence leave to broadcast.
+    presence_diff: Option<serde_json::Value>,
+}
+
+impl Departure {
+    pub async fn finish(self, node: &Node) {
+        if self.emptied {
+            node.unsubscribe_remote(&self.topic).await;
+        }
+        if let Some(diff) = self.presence_diff {
+            publish_presence_diff(node, &self.topic, diff).await;
+        }
+    }
+}
+
+impl Channel {
+    /// Leaves the topic locally: join quota, hub subscription, presence entry.
+    pub fn depart(self, conn: &Conn<'_>, topic: Box<str>) -> Departure {
+        let emptied = conn.node.unsubscribe_local(&topic, conn.id);
+        let presence_diff = if self.tracked {
+            conn.node
+                .presence_untrack(&topic, &conn.identity.sub, conn.id)
+                .map(|meta| crate::presence::diff(None, Some((&conn.identity.sub, meta))))
+        } else {
+            None
+        };
+        Departure {
+            topic,
+            emptied,
+            presence_diff,
+        }
+    }
+}
+
+/// The reply to a successful join: `{}`, or the history position
+/// `{"epoch": …, "offset": N}` with `"recovered": bool` when the join asked to recover.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JoinReply {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// How a join ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined(JoinReply),
+    /// `retry: false` tells the application that rejoining cannot succeed.
+    Refused {
+        reason: String,
+        retry: bool,
+    },
+}
+
+impl JoinOutcome {
+    fn refused(reason: impl Into<String>, retry: bool) -> Self {
+        JoinOutcome::Refused {
+            reason: reason.into(),
+            retry,
+        }
+    }
+
+    /// The reply's status and response, as Phoenix clients read them.
+    pub fn reply(&self) -> (&'static str, Payload) {
+        match self {
+            JoinOutcome::Joined(reply) => ("ok", json_payload(reply)),
+            JoinOutcome::Refused { reason, retry } => (
+                "error",
+                json_payload(&serde_json::json!({ "reason": reason, "retry": retry })),
+            ),
+        }
+    }
+}
+
+/// A join as a transport asks for it.
+pub struct JoinRequest<'a> {
+    pub topic: &'a str,
+    pub join_ref: Option<&'a str>,
+    /// The ref of the client's `phx_join`: the reply is queued for the client when set, else
+    /// only returned (a transport like SSE renders it itself).
+    pub msg_ref: Option<&'a str>,
+    /// The join params (`{"recover": {"epoch", "offset"}}` asks for missed history).
+    pub params: &'a Payload,
+}
+
+#[derive(Deserialize)]
+struct Recover {
+    epoch: String,
+    offset: u64,
+}
+
+/// The connection's joined channels, by topic.
+#[derive(Default)]
+pub(crate) struct Channels {
+    joined: HashMap<Box<str>, Channel>,
+}
+
+impl Channels {
+    /// Whether `topic` is joined, and if so whether it is tracked in presence.
+    pub fn tracks(&self, topic: &str) -> Option<bool> {
+        self.joined.get(topic).map(|c| c.tracked)
+    }
+
+    pub fn len(&self) -> usize {
+        self.joined.len()
+    }
+
+    /// Authorises and performs a join (see the module doc for what the client receives).
+    pub async fn join(&mut self, conn: &Conn<'_>, req: JoinRequest<'_>) -> JoinOutcome {
+        let outcome = self.join_inner(conn, &req).await;
+        // Successful joins replied in order, before their replay and presence_state.
+        if matches!(outcome, JoinOutcome::Refused { .. }) {
+            self.send_join_reply(conn, &req, &outcome);
+        }
+        outcome
+    }
+
+    fn send_join_reply(&self, conn: &Conn<'_>, req: &JoinRequest<'_>, outcome: &JoinOutcome) {
+        if req.msg_ref.is_some() {
+            let (status, response) = outcome.reply();
+            conn.reply(req.join_ref, req.msg_ref, req.topic, status, response);
+        }
+    }
+
+    async fn join_inner(&mut self, conn: &Conn<'_>, req: &JoinRequest<'_>) -> JoinOutcome {
+        let node = conn.node;
+        let sub = &conn.identity.sub;
+        let topic = req.topic;
+        if let Err(invalid) = node.limits().check_topic(topic) {
+            return JoinOutcome::refused(invalid.to_string(), false);
+        }
+        let rule = match node.policy().authorize_join(conn.identity, topic) {
+            Ok(rule) => rule,
+            Err(denied) => {
+                tracing::debug!(sub = %sub, topic, reason = denied.0, "join refused");
+                return JoinOutcome::refused(denied.0, false);
+            }
+        };
+        if let Some(old) = self.joined.get_mut(topic) {
+            // Duplicate join: close the old channel, keep the subscription, its quota and its
+            // presence entry; the new join may ask to recover like any join.
+            let old_ref = std::mem::replace(&mut old.join_ref, req.join_ref.map(Into::into));
+            old.rule = rule.clone();
+            let tracked = old.tracked;
+            conn.send_close(topic, old_ref.as_deref());
+            let outcome = self.reply_with_history(conn, req, &rule, false).await;
+            if tracked {
+                push_presence_state(conn, topic, req.join_ref).await;
+            }
+            return outcome;
+        }
+        if self.joined.len() >= node.limits().max_channels_per_connection {
+            return JoinOutcome::refused("too many channels", false);
+        }
+        let quota = match rule.max_per_user {
+            Some(max) => match node.joins().claim(topic, sub, max).await {
+                Some(q) => Some(q),
+                None => {
+                    tracing::info!(sub = %sub, topic, max, "join refused: max_per_user");
+                    return JoinOutcome::refused(
+                        "already joined the maximum number of times (max_per_user)",
+                        true,
+                    );
+                }
+            },
+            None => None,
+        };
+        // Recorded before any further await: if this future is dropped from here on, the
+        // socket's teardown departs the channel and gives everything back.
+        self.joined.insert(
+            topic.into(),
+            Channel {
+                join_ref: req.join_ref.map(Into::into),
+                rule: rule.clone(),
+                _quota: quota,
+                tracked: rule.presence,
+            },
+        );
+        let outcome = self.reply_with_history(conn, req, &rule, true).await;
+        if rule.presence {
+            track_presence(conn, topic, req.join_ref).await;
+        }
+        outcome
+    }
+
+    /// Subscribes (when `subscribe`) and replies. On a topic with history the reply carries the
+    /// history position; with join params `{"recover": {"epoch", "offset"}}` the join also
+    /// replays what the client missed after that offset, before any live broadcast, and says
+    /// whether that was everything (`recovered: true`) or the gap was too old or from another
+    /// epoch (`false`: the client should reload its state).
+    ///
+    /// Broadcasts that arrive while history is read are held aside and released after the
+    /// replay, minus the ones the replay already carried: nothing is lost, nothing doubled.
+    async fn reply_with_history(
+        &self,
+        conn: &Conn<'_>,
+        req: &JoinRequest<'_>,
+        rule: &ChannelRule,
+        subscribe: bool,
+    ) -> JoinOutcome {
+        let node = conn.node;
+        let topic = req.topic;
+        if rule.history().is_none() {
+            if subscribe {
+                node.subscribe(topic, conn.id, conn.outbox.clone()).await;
+            }
+            let outcome = JoinOutcome::Joined(JoinReply::default());
+            self.send_join_reply(conn, req, &outcome);
+            return outcome;
+        }
+        #[derive(Deserialize)]
+        struct Params {
+            recover: Option<Recover>,
+        }
+        let recover = req
+            .params
+            .as_json()
+            .and_then(|raw| serde_json::from_str::<Params>(raw.get()).ok())
+            .and_then(|p| p.recover);
+        if recover.is_some() {
+            conn.outbox.hold();
+        }
+        if subscribe {
+            node.subscribe(topic, conn.id, conn.outbox.clone()).await;
+        }
+        let page = match node
+            .history(topic, recover.as_ref().map(|r| r.offset))
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "history unavailable");
+                let outcome = JoinOutcome::Joined(JoinReply {
+                    recovered: recover.is_some().then_some(false),
+                    ..JoinReply::default()
+                });
+                self.send_join_reply(conn, req, &outcome);
+                conn.outbox.release(topic, 0);
+                return outcome;
+            }
+        };
+        let recovered = recover
+            .as_ref()
+            .map(|r| page.epoch == r.epoch && page.complete);
+        let outcome = JoinOutcome::Joined(JoinReply {
+            epoch: Some(page.epoch),
+            offset: Some(page.top),
+            recovered,
+        });
+        self.send_join_reply(conn, req, &outcome);
+        if recover.is_none() {
+            return outcome;
+        }
+        // Held broadcasts at or below `top` are in the replay (the history was read after they
+        // were published), so they are dropped on release.
+        let mut replayed_up_to = 0;
+        if recovered == Some(true) {
+            replayed_up_to = page.top;
+            for item in page.items {
+                conn.outbox.push(Outgoing::Broadcast(item.publication));
+            }
+        }
+        conn.outbox.release(topic, replayed_up_to);
+        outcome
+    }
+
+    /// `phx_leave`: replies ok, then `phx_close`.
+    pub async fn leave(&mut self, conn: &Conn<'_>, msg: &Message) {
+        let Some((topic, channel)) = self.joined.remove_entry(msg.topic.as_str()) else {
+            return;
+        };
+        let join_ref = channel.join_ref.clone();
+        channel.depart(conn, topic).finish(conn.node).await;
+        conn.reply_ok(msg, Payload::empty_object());
+        conn.send_close(&msg.topic, join_ref.as_deref());
+    }
+
+    /// Departs every channel (the connection ends); see [`Departure`].
+    pub fn depart_all(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
+        self.joined
+            .drain()
+            .map(|(topic, channel)| channel.depart(conn, topic))
+            .collect()
+    }
+
+    /// A client push on a joined channel: checked against the channel's rule, broadcast to the
+    /// other subscribers (or to all, with `echo`), and replied to.
+    pub async fn push(&self, conn: &Conn<'_>, msg: Message) {
+        let Some(channel) = self.joined.get(msg.topic.as_str()) else {
+            return conn.reply_error(&msg, "unmatched topic");
+        };
+        if let Err(invalid) = conn.node.limits().check_event(&msg.event) {
+            return conn.reply_error(&msg, &invalid.to_string());
+        }
+        if !channel.rule.may_push(conn.identity, &msg.event) {
+            tracing::debug!(sub = %conn.identity.sub, topic = %msg.topic, event = %msg.event, "push refused");
+            return conn.reply_error(&msg, crate::policy::UNAUTHORIZED);
+        }
+        let exclude = if channel.rule.echo {
+            None
+        } else {
+            Some(conn.id)
+        };
+        let Message {
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            payload,
+        } = msg;
+        let (status, response) = match conn.node.publish(&topic, &event, payload, exclude).await {
+            Ok(_) => ("ok", Payload::empty_object()),
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "publish failed");
+                (
+                    "error",
+                    json_payload(&serde_json::json!({"reason": e.to_string()})),
+                )
+            }
+        };
+        conn.reply(
+            join_ref.as_deref(),
+            msg_ref.as_deref(),
+            &topic,
+            status,
+            response,
+        );
+    }
+
+    /// `presence_update {…}`: merges the object into this connection's meta (server-owned keys
+    /// excepted) under a new `phx_ref`, broadcast as a leave of the old meta and a join of the
+    /// new one (with `phx_ref_prev`), as Phoenix does.
+    pub async fn presence_update(&self, conn: &Conn<'_>, msg: Message) {
+        if !self
+            .joined
+            .get(msg.topic.as_str())
+            .is_some_and(|c| c.tracked)
+        {
+            return conn.reply_error(&msg, "not tracked in presence");
+        }
+        let patch = msg.payload.as_json().and_then(|raw| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+        });
+        let Some(patch) = patch else {
+            return conn.reply_error(&msg, "presence_update needs a JSON object");
+        };
+        if msg.payload.len() > crate::presence::MAX_META_BYTES {
+            return conn.reply_error(&msg, "presence meta too large (4096 bytes at most)");
+        }
+        let sub = &conn.identity.sub;
+        match conn
+            .node
+            .presence_update(&msg.topic, sub, conn.id, &patch)
+            .await
+        {
+            Ok((old, new)) => {
+                conn.reply_ok(&msg, Payload::empty_object());
+                let diff = crate::presence::diff(Some((sub, new)), Some((sub, old)));
+                publish_presence_diff(conn.node, &msg.topic, diff).await;
+            }
+            Err(crate::presence::UpdateError::NotTracked) => {
+                conn.reply_error(&msg, "not tracked in presence")
+            }
+            Err(crate::presence::UpdateError::TooLarge) => {
+                conn.reply_error(&msg, "presence meta too large (4096 bytes at most, merged)")
+            }
+        }
+    }
+}
+
+/// The public meta of a connection: when it came online, and the token's `name`/`info`.
+fn presence_meta(identity: &Identity) -> serde_json::Map<String, serde_json::Value> {
+    let mut meta = serde_json::Map::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    meta.insert("online_at".into(), now_ms.into());
+    if let Some(name) = &identity.name {
+        meta.insert("name".into(), name.clone().into());
+    }
+    if let Some(info) = &identity.info {
+        if let Ok(v) = serde_json::from_str(info.get()) {
+            meta.insert("info".into(), v);
+        }
+    }
+    meta
+}
+
+/// Tracks the connection, sends it the topic's `presence_state`, and tells everyone.
+async fn track_presence(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+    let sub = &conn.identity.sub;
+    let meta = conn
+        .node
+        .presence_track(topic, sub, conn.id, presence_meta(conn.identity))
+        .await;
+    push_presence_state(conn, topic, join_ref).await;
+    let diff = crate::presence::diff(Some((sub, meta)), None);
+    publish_presence_diff(conn.node, topic, diff).await;
+}
+
+async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+    let state = conn.node.presence_state(topic).await;
+    conn.push(
+        join_ref,
+        None,
+        topic,
+        events::PRESENCE_STATE,
+        json_payload(&state),
+    );
+}
+
+async fn publish_presence_diff(node: &Node, topic: &str, diff: serde_json::Value) {
+    let Ok(payload) = Payload::json(&diff) else {
+        return;
+    };
+    if let Err(e) = node
+        .publish_unlogged(topic, events::PRESENCE_DIFF, payload)
+        .await
+    {
+        tracing::warn!(topic, error = %e, "presence diff not published");
+    }
+}
