@@ -149,7 +149,7 @@ pub async fn presence(
     if let Some(r) = reject_without_api_key(&state, &headers) {
         return r;
     }
-    let presence = state.node.presence_state(&topic).await;
+    let presence = state.node.presence().state(&topic).await;
     Json(serde_json::json!({ "topic": topic, "presence": presence })).into_response()
 }
 

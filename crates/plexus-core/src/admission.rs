@@ -141,13 +141,6 @@ impl Permit {
     pub fn ip(&self) -> IpAddr {
         self.ip
     }
-
-    /// Cluster counters this permit holds, released with it.
-    pub(crate) fn hold_cluster(&mut self, broker: Arc<dyn Broker>, keys: Vec<CounterKey>) {
-        if !keys.is_empty() {
-            self.cluster = Some(Box::new((broker, keys)));
-        }
-    }
 }
 
 impl Admission {
@@ -157,6 +150,57 @@ impl Admission {
             counts: Mutex::new(Counts::default()),
             attempts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The cluster-wide caps per user and per address, through the broker: the units taken
+    /// are held by `permit` and given back with it. `Err(Some(refusal))` when a cap is full;
+    /// `Err(None)` when the broker is unreachable (the node-wide caps hold alone).
+    pub async fn claim_cluster(
+        &self,
+        broker: &Arc<dyn Broker>,
+        permit: &mut Permit,
+        ip: IpAddr,
+        who: &Identity,
+    ) -> Result<(), Option<Refusal>> {
+        let mut held = Vec::new();
+        let mut unreachable = false;
+        for (key, limit, reason) in [
+            (
+                CounterKey::UserConnections(who.sub.clone()),
+                self.config.max_connections_per_user,
+                "too many connections for this user",
+            ),
+            (
+                CounterKey::AddressConnections(ip),
+                self.config.max_connections_per_ip,
+                "too many connections from this address",
+            ),
+        ] {
+            if limit == 0 {
+                continue;
+            }
+            match broker.claim(&key, limit).await {
+                Ok(true) => held.push(key),
+                Ok(false) => {
+                    for k in held {
+                        let _ = broker.release(&k).await;
+                    }
+                    return Err(Some(Refusal::new(429, reason)));
+                }
+                Err(e) => {
+                    unreachable = true;
+                    tracing::debug!(error = %e, "cluster limit unavailable, node-wide limit applies");
+                }
+            }
+        }
+        if !held.is_empty() {
+            permit.cluster = Some(Box::new((broker.clone(), held)));
+        }
+        if unreachable {
+            Err(None)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn config(&self) -> &AdmissionConfig {

@@ -11,18 +11,20 @@
 //!   the rules and `max_per_user`), leave, client pushes, history recovery, presence.
 //! * [`node`] — ties the parts below together: the object transports and the HTTP API talk to,
 //!   and the handler of its broker's cluster events.
+//! * [`connections`] — the registry of live connections (disconnect a user, drain).
 //! * [`admission`] — whether a connection may exist: client address, connect rate, `Origin`,
 //!   token, per-address and per-user caps (where a connection is admitted).
 //! * [`quota`] — per-user join counts (`max_per_user`), released when a channel ends.
+//! * [`presence`] — who is joined where, in phoenix.js `Presence` shapes: this node's table,
+//!   mirrored cluster-wide by the broker.
 //! * [`broker`] — the [`broker::Broker`] trait between this node and the rest of the cluster
 //!   (typed counter keys, cluster events), with the in-memory and Redis brokers.
 //! * [`hub`] — topics → local subscribers, and the fan-out of one publication to all of them.
 //! * [`outbox`] — the bounded per-connection queue of messages waiting to be written.
-//! * [`publication`] — one broadcast, encoded once, and a topic's history options.
-//! * [`presence`] — who is joined where, in phoenix.js `Presence` shapes.
 //! * [`policy`] — what an identity may do: which topics it may join, which events it may push.
-//! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
+//! * [`publication`] — one broadcast, encoded once, and a topic's history options.
 //! * [`expiry`] — when a connection's token runs out (warning, then close), for every transport.
+//! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
 //! * [`limits`] — sizes, queue depths, timeouts, name checks and close codes.
 //! * [`ratelimit`] — the token bucket behind the rate limits.
 //! * [`protocol`] — the Phoenix V2 codec and the WebSocket framing (pure functions, no I/O,
@@ -32,6 +34,7 @@ pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod connections;
 pub mod expiry;
 pub mod hub;
 pub mod limits;

@@ -9,6 +9,7 @@ use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryPage,
 };
+use crate::connections::Connections;
 use crate::hub::Hub;
 use crate::limits::{close_codes, Limits};
 use crate::outbox::Outbox;
@@ -19,9 +20,7 @@ use crate::publication::Publication;
 use crate::quota::JoinCounter;
 use crate::ConnId;
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Everything a node needs besides its broker.
@@ -30,11 +29,6 @@ pub struct NodeConfig {
     pub policy: Policy,
     pub limits: Limits,
     pub admission: AdmissionConfig,
-}
-
-struct ConnEntry {
-    outbox: Arc<Outbox>,
-    sub: Arc<str>,
 }
 
 /// Counters exported as metrics.
@@ -63,10 +57,8 @@ pub struct Node {
     limits: Limits,
     admission: Arc<Admission>,
     presence: Presence,
-    conns: Mutex<HashMap<ConnId, ConnEntry>>,
+    connections: Connections,
     joins: Arc<JoinCounter>,
-    next_id: AtomicU64,
-    draining: AtomicBool,
     pub counters: Counters,
 }
 
@@ -87,15 +79,13 @@ impl Node {
         let node = Arc::new(Node {
             hub,
             joins: JoinCounter::new(broker.clone()),
+            presence: Presence::new(broker.clone()),
             broker,
             verifier: config.verifier,
             policy: config.policy,
             limits: config.limits,
             admission: Admission::new(config.admission),
-            presence: Presence::new(),
-            conns: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
+            connections: Connections::default(),
             counters: Counters::default(),
         });
         let handler: Weak<dyn BrokerEventHandler> = Arc::downgrade(&node) as _;
@@ -158,41 +148,16 @@ impl Node {
         let mut permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
             tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
         })?;
-        let cfg = self.admission.config();
-        let mut held = Vec::new();
-        for (key, limit, reason) in [
-            (
-                CounterKey::UserConnections(identity.sub.clone()),
-                cfg.max_connections_per_user,
-                "too many connections for this user",
-            ),
-            (
-                CounterKey::AddressConnections(ip),
-                cfg.max_connections_per_ip,
-                "too many connections from this address",
-            ),
-        ] {
-            if limit == 0 {
-                continue;
+        if let Err(e) = self
+            .admission
+            .claim_cluster(&self.broker, &mut permit, ip, &identity)
+            .await
+        {
+            if let Some(r) = e {
+                return Err(refuse(r));
             }
-            match self.broker.claim(&key, limit).await {
-                Ok(true) => held.push(key),
-                Ok(false) => {
-                    for k in held {
-                        let _ = self.broker.release(&k).await;
-                    }
-                    return Err(refuse(Refusal {
-                        status: 429,
-                        reason: reason.into(),
-                    }));
-                }
-                Err(e) => {
-                    self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "cluster limit unavailable, node-wide limit applies");
-                }
-            }
+            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
         }
-        permit.hold_cluster(self.broker.clone(), held);
         Ok((identity, permit))
     }
 
@@ -232,107 +197,35 @@ impl Node {
 
     /// Registers a new connection; `None` while the node is draining.
     pub(crate) fn register(&self, identity: &Identity) -> Option<(ConnId, Arc<Outbox>)> {
-        if self.is_draining() {
-            return None;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(
+        let registered = self.connections.register(
+            identity,
             self.limits.outbox_max_frames,
             self.limits.outbox_max_bytes,
-        ));
-        self.conns.lock().insert(
-            id,
-            ConnEntry {
-                outbox: outbox.clone(),
-                sub: identity.sub.clone(),
-            },
         );
-        self.counters
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        Some((id, outbox))
+        if registered.is_some() {
+            self.counters
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        registered
     }
 
     pub(crate) fn unregister(&self, id: ConnId) {
-        self.conns.lock().remove(&id);
+        self.connections.unregister(id);
     }
 
     /// Live connections on this node.
     pub fn connection_count(&self) -> usize {
-        self.conns.lock().len()
+        self.connections.count()
     }
 
-    /// Closes every connection of user `sub` with 1001; returns how many.
+    /// Closes every connection of user `sub` on this node with 1001; returns how many.
     pub fn disconnect_user(&self, sub: &str) -> usize {
-        let conns = self.conns.lock();
-        let mut n = 0;
-        for c in conns.values().filter(|c| &*c.sub == sub) {
-            c.outbox
-                .close(close_codes::FORCED_DISCONNECT, "disconnected by the server");
-            n += 1;
-        }
-        n
-    }
-
-    // --- Presence: this node's table, mirrored cluster-wide by the broker. ---
-
-    /// Tracks `conn` under `key`; returns its meta (with a fresh `phx_ref`).
-    pub async fn presence_track(
-        &self,
-        topic: &str,
-        key: &Arc<str>,
-        conn: ConnId,
-        meta: serde_json::Map<String, serde_json::Value>,
-    ) -> serde_json::Value {
-        let meta = self.presence.track(topic, key, conn, meta);
-        if let Err(e) = self.broker.presence_set(topic, conn, key, &meta).await {
-            tracing::debug!(topic, error = %e, "cluster presence not updated");
-        }
-        meta
-    }
-
-    pub async fn presence_update(
-        &self,
-        topic: &str,
-        key: &str,
-        conn: ConnId,
-        patch: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(serde_json::Value, serde_json::Value), crate::presence::UpdateError> {
-        let (old, new) = self.presence.update(topic, key, conn, patch)?;
-        let mut stored = new.clone();
-        if let Some(m) = stored.as_object_mut() {
-            m.remove("phx_ref_prev");
-        }
-        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
-            tracing::debug!(topic, error = %e, "cluster presence not updated");
-        }
-        Ok((old, new))
-    }
-
-    /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
-    /// (this is also called from synchronous cleanup).
-    pub fn presence_untrack(
-        &self,
-        topic: &str,
-        key: &str,
-        conn: ConnId,
-    ) -> Option<serde_json::Value> {
-        let meta = self.presence.untrack(topic, key, conn)?;
-        self.broker.clone().presence_remove_detached(topic, conn);
-        Some(meta)
-    }
-
-    /// The presence of `topic` across the cluster (this node's table if the broker has none
-    /// or is unreachable).
-    pub async fn presence_state(&self, topic: &str) -> serde_json::Value {
-        match self.broker.presence_state(topic).await {
-            Ok(Some(state)) => state,
-            Ok(None) => self.presence.state(topic),
-            Err(e) => {
-                tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
-                self.presence.state(topic)
-            }
-        }
+        self.connections.close_user(
+            sub,
+            close_codes::FORCED_DISCONNECT,
+            "disconnected by the server",
+        )
     }
 
     /// Live topics with subscriber counts, cluster-wide when the broker knows them.
@@ -355,17 +248,14 @@ impl Node {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.connections.is_draining()
     }
 
     /// Stops accepting connections and asks every live one to close with 1012 so that clients
     /// reconnect elsewhere (or to this node once it is back).
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
-        for c in self.conns.lock().values() {
-            c.outbox
-                .close(close_codes::SERVICE_RESTART, "server restarting");
-        }
+        self.connections
+            .drain(close_codes::SERVICE_RESTART, "server restarting");
     }
 
     /// Broadcasts `event` with `payload` to every subscriber of `topic` in the cluster,

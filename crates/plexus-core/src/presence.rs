@@ -9,6 +9,7 @@
 //! `__proto__` or `constructor`: they are plain JSON object keys here, and phoenix.js 1.8 keeps
 //! presence state in prototype-less objects.
 
+use crate::broker::Broker;
 use crate::ConnId;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
@@ -38,21 +39,91 @@ struct Entry {
 type TopicPresence = HashMap<Arc<str>, Vec<Entry>>;
 
 /// Presence of every topic on this node.
-pub struct Presence {
+pub struct PresenceTable {
     topics: Mutex<HashMap<Box<str>, TopicPresence>>,
     next_ref: AtomicU64,
     ref_prefix: u32,
 }
 
-impl Default for Presence {
+/// Presence of every topic: this node's [`PresenceTable`], mirrored cluster-wide by the
+/// broker (whose copy answers [`Presence::state`] when it has one).
+pub struct Presence {
+    table: PresenceTable,
+    broker: Arc<dyn Broker>,
+}
+
+impl Presence {
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        Presence {
+            table: PresenceTable::new(),
+            broker,
+        }
+    }
+
+    /// Tracks `conn` under `key`; returns its meta (with a fresh `phx_ref`).
+    pub async fn track(
+        &self,
+        topic: &str,
+        key: &Arc<str>,
+        conn: ConnId,
+        meta: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Value {
+        let meta = self.table.track(topic, key, conn, meta);
+        if let Err(e) = self.broker.presence_set(topic, conn, key, &meta).await {
+            tracing::debug!(topic, error = %e, "cluster presence not updated");
+        }
+        meta
+    }
+
+    pub async fn update(
+        &self,
+        topic: &str,
+        key: &str,
+        conn: ConnId,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(serde_json::Value, serde_json::Value), UpdateError> {
+        let (old, new) = self.table.update(topic, key, conn, patch)?;
+        let mut stored = new.clone();
+        if let Some(m) = stored.as_object_mut() {
+            m.remove("phx_ref_prev");
+        }
+        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
+            tracing::debug!(topic, error = %e, "cluster presence not updated");
+        }
+        Ok((old, new))
+    }
+
+    /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
+    /// (this is also called from synchronous cleanup).
+    pub fn untrack(&self, topic: &str, key: &str, conn: ConnId) -> Option<serde_json::Value> {
+        let meta = self.table.untrack(topic, key, conn)?;
+        self.broker.clone().presence_remove_detached(topic, conn);
+        Some(meta)
+    }
+
+    /// The presence of `topic` across the cluster (this node's table if the broker has none
+    /// or is unreachable).
+    pub async fn state(&self, topic: &str) -> serde_json::Value {
+        match self.broker.presence_state(topic).await {
+            Ok(Some(state)) => state,
+            Ok(None) => self.table.state(topic),
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
+                self.table.state(topic)
+            }
+        }
+    }
+}
+
+impl Default for PresenceTable {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Presence {
+impl PresenceTable {
     pub fn new() -> Self {
-        Presence {
+        PresenceTable {
             topics: Mutex::new(HashMap::new()),
             next_ref: AtomicU64::new(1),
             ref_prefix: rand_u32(),
@@ -177,7 +248,7 @@ mod tests {
 
     #[test]
     fn track_update_untrack_and_state_shapes() {
-        let p = Presence::new();
+        let p = PresenceTable::new();
         let alice: Arc<str> = "alice".into();
         let proto: Arc<str> = "__proto__".into();
         let m1 = p.track("room:a", &alice, 1, Map::new());

@@ -1,0 +1,87 @@
+//! The registry of a node's live connections: ids, their outboxes and users, so that the node
+//! can close one user's connections (API disconnect, a cluster request) or all of them (drain).
+
+use crate::auth::Identity;
+use crate::outbox::Outbox;
+use crate::ConnId;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+struct Entry {
+    outbox: Arc<Outbox>,
+    sub: Arc<str>,
+}
+
+/// Live connections of this node.
+pub struct Connections {
+    live: Mutex<HashMap<ConnId, Entry>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Connections {
+    /// Registers a connection with a new outbox of the given bounds; `None` while draining.
+    pub fn register(
+        &self,
+        identity: &Identity,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Option<(ConnId, Arc<Outbox>)> {
+        if self.is_draining() {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(max_frames, max_bytes));
+        self.live.lock().insert(
+            id,
+            Entry {
+                outbox: outbox.clone(),
+                sub: identity.sub.clone(),
+            },
+        );
+        Some((id, outbox))
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        self.live.lock().remove(&id);
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    /// Asks every connection of user `sub` to close; returns how many.
+    pub fn close_user(&self, sub: &str, code: u16, reason: &'static str) -> usize {
+        let live = self.live.lock();
+        let mut n = 0;
+        for entry in live.values().filter(|e| &*e.sub == sub) {
+            entry.outbox.close(code, reason);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Refuses new connections from now on and asks every live one to close.
+    pub fn drain(&self, code: u16, reason: &'static str) {
+        self.draining.store(true, Ordering::Release);
+        for entry in self.live.lock().values() {
+            entry.outbox.close(code, reason);
+        }
+    }
+}
