@@ -1,39 +1,13 @@
 //! The backend API: publish to topics and inspect channels. Requires the API key as
 //! `Authorization: Bearer <api_key>`; answers JSON, errors as `{"error": reason}`.
 
-use super::{json_error, AppState};
+use super::{has_api_key, json_error, ApiJson, ApiKey, AppState, BodyShape, Refused};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use plexus_core::protocol::Payload;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
-
-/// Checks `Authorization: Bearer <api_key>` in constant time; returns the refusal if any.
-pub fn reject_without_api_key(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    match super::bearer(headers) {
-        None => Some(json_error(
-            StatusCode::UNAUTHORIZED,
-            "missing API key: send Authorization: Bearer <api_key>",
-        )),
-        Some(k) if bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())) => None,
-        Some(_) => Some(json_error(StatusCode::FORBIDDEN, "invalid API key")),
-    }
-}
-
-/// Parses a JSON body, or answers 400 naming the expected shape and the parse error.
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    expected: &str,
-) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(json_error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid body: expected {expected} ({e})"),
-        ))
-    })
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,37 +18,31 @@ pub struct BroadcastBody {
     payload: Option<Box<serde_json::value::RawValue>>,
 }
 
+impl BodyShape for BroadcastBody {
+    const SHAPE: &'static str = r#"{"topic": string, "event": string, "payload": any}"#;
+}
+
 /// `POST /api/broadcast {"topic", "event", "payload"}`.
 pub async fn broadcast(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    _: ApiKey,
+    ApiJson(body): ApiJson<BroadcastBody>,
 ) -> Response {
-    if let Some(r) = reject_without_api_key(&state, &headers) {
-        return r;
-    }
-    let body: BroadcastBody = match parse_body(
-        &body,
-        r#"{"topic": string, "event": string, "payload": any}"#,
-    ) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
     let limits = state.node.limits();
-    if body.topic.is_empty() || body.topic.len() > limits.max_topic_bytes {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("topic must be 1 to {} bytes", limits.max_topic_bytes),
-        );
-    }
-    if body.event.is_empty()
-        || body.event.len() > limits.max_event_bytes
-        || body.event.starts_with("phx_")
-    {
+    if let Err(invalid) = limits.check_topic(&body.topic) {
         return json_error(
             StatusCode::BAD_REQUEST,
             format!(
-                "event must be 1 to {} bytes and not start with phx_",
+                "{invalid}: a topic is 1 to {} bytes",
+                limits.max_topic_bytes
+            ),
+        );
+    }
+    if let Err(invalid) = limits.check_event(&body.event) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{invalid}: an event is 1 to {} bytes and does not start with phx_",
                 limits.max_event_bytes
             ),
         );
@@ -94,10 +62,7 @@ pub async fn broadcast(
 }
 
 /// `GET /api/channels`: live topics with their subscriber counts.
-pub async fn channels(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = reject_without_api_key(&state, &headers) {
-        return r;
-    }
+pub async fn channels(State(state): State<AppState>, _: ApiKey) -> Response {
     let channels: Vec<_> = state
         .node
         .channels()
@@ -114,20 +79,17 @@ pub struct DisconnectBody {
     sub: String,
 }
 
+impl BodyShape for DisconnectBody {
+    const SHAPE: &'static str = r#"{"sub": string}"#;
+}
+
 /// `POST /api/disconnect {"sub": "alice"}`: closes every connection of that user on this node
 /// with 1001; answers `{"disconnected": n}`.
 pub async fn disconnect(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    _: ApiKey,
+    ApiJson(body): ApiJson<DisconnectBody>,
 ) -> Response {
-    if let Some(r) = reject_without_api_key(&state, &headers) {
-        return r;
-    }
-    let body: DisconnectBody = match parse_body(&body, r#"{"sub": string}"#) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
     match state.node.disconnect_user_everywhere(&body.sub).await {
         Ok(n) => {
             tracing::info!(sub = %body.sub, connections = n, "disconnected by the API");
@@ -143,12 +105,9 @@ pub async fn disconnect(
 /// `GET /api/channels/{topic}/presence`: `{"topic": …, "presence": {key: {"metas": […]}}}`.
 pub async fn presence(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: ApiKey,
     axum::extract::Path(topic): axum::extract::Path<String>,
 ) -> Response {
-    if let Some(r) = reject_without_api_key(&state, &headers) {
-        return r;
-    }
     let presence = state.node.presence().state(&topic).await;
     Json(serde_json::json!({ "topic": topic, "presence": presence })).into_response()
 }
@@ -172,14 +131,10 @@ pub async fn history(
     axum::extract::Path(topic): axum::extract::Path<String>,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Response {
-    let bearer = super::bearer(&headers);
-    let is_api_key =
-        bearer.is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())));
-    if !is_api_key {
-        let token = q.token.as_deref().or(bearer);
+    if !has_api_key(&state, &headers) {
+        let token = q.token.as_deref().or(super::bearer(&headers));
         if let Err(refusal) = state.node.authorize_read(peer, &headers, token, &topic) {
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-            return json_error(status, refusal.reason);
+            return Refused(refusal).into_response();
         }
     }
     if state.node.policy().history_for(&topic).is_none() {

@@ -130,7 +130,7 @@ async fn poll_inner(
         },
         Err(refusal) => {
             // phoenix.js's LongPoll closes for good on 403 and retries on anything else.
-            let http = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            let http = super::Refused::status(&refusal);
             let status = if refusal.status == 401 {
                 403
             } else {

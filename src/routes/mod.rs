@@ -19,14 +19,19 @@ pub mod sse;
 pub mod websocket;
 
 use crate::config::{Config, Profile};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use plexus_core::admission::Refusal;
 use plexus_core::auth::Issuer;
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -50,6 +55,75 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// A JSON error response `{"error": reason}` with the given status.
 pub fn json_error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()
+}
+
+/// A refusal of the core (admission, a read's authorisation) as an HTTP answer: its status,
+/// with `{"error": reason}`.
+pub struct Refused(pub Refusal);
+
+impl Refused {
+    pub fn status(refusal: &Refusal) -> StatusCode {
+        StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        json_error(Refused::status(&self.0), self.0.reason)
+    }
+}
+
+/// Whether the request carries the API key (`Authorization: Bearer <api_key>`), compared in
+/// constant time.
+pub fn has_api_key(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    bearer(headers).is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())))
+}
+
+/// Extractor for the backend API's endpoints: the request carries the API key, else 401
+/// (missing) or 403 (wrong).
+pub struct ApiKey;
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        if bearer(&parts.headers).is_none() {
+            return Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing API key: send Authorization: Bearer <api_key>",
+            ));
+        }
+        if has_api_key(state, &parts.headers) {
+            Ok(ApiKey)
+        } else {
+            Err(json_error(StatusCode::FORBIDDEN, "invalid API key"))
+        }
+    }
+}
+
+/// A request body's expected JSON shape, named in the 400 answer to a body that does not parse.
+pub trait BodyShape {
+    const SHAPE: &'static str;
+}
+
+/// Extractor of a JSON body of type `T`; anything else is answered 400 with `T`'s shape and the
+/// parse error.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + BodyShape> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: expected {} ({e})", T::SHAPE),
+            )
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -3,7 +3,7 @@
 //! is admitted like a WebSocket, and every topic must pass its join rule, else 403 with the
 //! topic named. `Last-Event-ID` (header, or `?lastEventId=` for a first connect) resumes.
 
-use super::{json_error, AppState};
+use super::{json_error, AppState, Refused};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -50,12 +50,7 @@ pub async fn stream(
     let node = state.node.clone();
     let (identity, permit) = match node.admit(peer, &headers, token.as_deref()).await {
         Ok(a) => a,
-        Err(r) => {
-            return json_error(
-                StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
-                r.reason,
-            )
-        }
+        Err(refusal) => return Refused(refusal).into_response(),
     };
     for topic in &topics {
         if let Err(denied) = node.policy().authorize_join(&identity, topic) {

@@ -5,7 +5,7 @@
 //! then upgrades through hyper and hands the stream to the core's WebSocket transport.
 //! Refusals are JSON: 400 for a bad handshake, 403 for a bad token, 503 while draining.
 
-use super::{json_error, AppState};
+use super::{json_error, AppState, Refused};
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -132,10 +132,7 @@ pub async fn upgrade(
     let node = state.node.clone();
     let (identity, permit) = match node.admit(peer, headers, token.as_deref()).await {
         Ok(admitted) => admitted,
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-            return json_error(status, refusal.reason);
-        }
+        Err(refusal) => return Refused(refusal).into_response(),
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -9,7 +9,10 @@
 //! drops what was queued, so a stalled client never grows server memory without bound.
 
 use crate::limits::close_codes;
-use crate::protocol::{encode_push, encode_reply, EncodeError, Frame, Payload};
+use crate::protocol::{
+    encode_broadcast, encode_broadcast_with_offset, encode_push, encode_reply, EncodeError, Frame,
+    Payload,
+};
 use crate::publication::Publication;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -64,28 +67,46 @@ impl Outgoing {
         }
     }
 
+    /// The message's payload (a reply's `response`).
+    pub fn payload(&self) -> &Payload {
+        match self {
+            Outgoing::Reply { response, .. } => response,
+            Outgoing::Push { payload, .. } => payload,
+            Outgoing::Broadcast(p) => &p.payload,
+        }
+    }
+
     /// The Phoenix V2 frame of this message (a broadcast's shared frame is not copied).
     pub fn encode(&self) -> Result<Frame, EncodeError> {
+        match self {
+            Outgoing::Broadcast(p) => Ok(p.frame.clone()),
+            _ => self.encode_with(self.payload()),
+        }
+    }
+
+    /// The frame of this message with `payload` in place of its own (a transport that cannot
+    /// carry binary frames sends their payload as JSON).
+    pub fn encode_with(&self, payload: &Payload) -> Result<Frame, EncodeError> {
         match self {
             Outgoing::Reply {
                 join_ref,
                 msg_ref,
                 topic,
                 status,
-                response,
+                ..
             } => encode_reply(
                 join_ref.as_deref(),
                 msg_ref.as_deref(),
                 topic,
                 status,
-                response,
+                payload,
             ),
             Outgoing::Push {
                 join_ref,
                 msg_ref,
                 topic,
                 event,
-                payload,
+                ..
             } => encode_push(
                 join_ref.as_deref(),
                 msg_ref.as_deref(),
@@ -93,7 +114,10 @@ impl Outgoing {
                 event,
                 payload,
             ),
-            Outgoing::Broadcast(p) => Ok(p.frame.clone()),
+            Outgoing::Broadcast(p) => match p.offset {
+                Some(offset) => encode_broadcast_with_offset(offset, &p.topic, &p.event, payload),
+                None => encode_broadcast(None, &p.topic, &p.event, payload),
+            },
         }
     }
 }

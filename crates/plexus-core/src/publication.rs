@@ -46,15 +46,29 @@ impl Publication {
         exclude: Option<ConnId>,
     ) -> Result<Self, EncodeError> {
         let frame = encode_broadcast(None, topic, event, &payload)?;
-        Ok(Publication {
+        Ok(Self::from_parts(
+            topic, event, payload, frame, None, exclude,
+        ))
+    }
+
+    /// A publication whose frame is already encoded (read back from history, or received).
+    pub fn from_parts(
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        frame: Frame,
+        offset: Option<u64>,
+        exclude: Option<ConnId>,
+    ) -> Self {
+        Publication {
             topic: topic.into(),
             event: event.into(),
             payload,
             frame,
             exclude,
             history: None,
-            offset: None,
-        })
+            offset,
+        }
     }
 
     /// A publication received from another node as an encoded broadcast frame: its event and
@@ -82,15 +96,9 @@ impl Publication {
                 }
             },
         };
-        Ok(Publication {
-            topic: topic.into(),
-            event: event.into(),
-            payload,
-            frame,
-            exclude,
-            history: None,
-            offset,
-        })
+        Ok(Self::from_parts(
+            topic, &event, payload, frame, offset, exclude,
+        ))
     }
 
     /// A publication that goes into the topic's history.

@@ -665,15 +665,14 @@ impl Broker for RedisBroker {
             };
             items.push(HistoryItem {
                 offset,
-                publication: Arc::new(Publication {
-                    topic: topic.into(),
-                    event: event.into(),
+                publication: Arc::new(Publication::from_parts(
+                    topic,
+                    &event,
                     payload,
                     frame,
-                    exclude: None,
-                    history: None,
-                    offset: Some(offset),
-                }),
+                    Some(offset),
+                    None,
+                )),
             });
         }
         let first = items.first().map_or(top + 1, |i| i.offset);

@@ -390,6 +390,25 @@ fn check_len(s: &str, field: &'static str) -> Result<u8, EncodeError> {
     u8::try_from(s.len()).map_err(|_| EncodeError::FieldTooLong(field))
 }
 
+/// A binary frame: the kind byte, one length byte per field, the fields, then the payload.
+fn binary_frame(
+    kind: u8,
+    fields: &[(&str, &'static str)],
+    data: &[u8],
+) -> Result<Frame, EncodeError> {
+    let names: usize = fields.iter().map(|(s, _)| s.len()).sum();
+    let mut out = BytesMut::with_capacity(1 + fields.len() + names + data.len());
+    out.put_u8(kind);
+    for (s, name) in fields {
+        out.put_u8(check_len(s, name)?);
+    }
+    for (s, _) in fields {
+        out.put_slice(s.as_bytes());
+    }
+    out.put_slice(data);
+    Ok(Frame::Binary(out.freeze()))
+}
+
 /// Encodes a reply to the client message `msg_ref`: `phx_reply {status, response}`.
 /// A binary response is sent as a binary reply frame (kind 1).
 pub fn encode_reply(
@@ -413,22 +432,16 @@ pub fn encode_reply(
                 out.push(b'}');
             },
         )),
-        Payload::Binary(data) => {
-            let jr = join_ref.unwrap_or("");
-            let r = msg_ref.unwrap_or("");
-            let mut out =
-                BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + data.len());
-            out.put_u8(KIND_REPLY);
-            out.put_u8(check_len(jr, "join_ref")?);
-            out.put_u8(check_len(r, "ref")?);
-            out.put_u8(check_len(topic, "topic")?);
-            out.put_u8(check_len(status, "status")?);
-            for s in [jr, r, topic, status] {
-                out.put_slice(s.as_bytes());
-            }
-            out.put_slice(data);
-            Ok(Frame::Binary(out.freeze()))
-        }
+        Payload::Binary(data) => binary_frame(
+            KIND_REPLY,
+            &[
+                (join_ref.unwrap_or(""), "join_ref"),
+                (msg_ref.unwrap_or(""), "ref"),
+                (topic, "topic"),
+                (status, "status"),
+            ],
+            data,
+        ),
     }
 }
 
@@ -444,20 +457,15 @@ pub fn encode_push(
         Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
             out.extend_from_slice(raw.get().as_bytes())
         })),
-        Payload::Binary(data) => {
-            let jr = join_ref.unwrap_or("");
-            let mut out =
-                BytesMut::with_capacity(4 + jr.len() + topic.len() + event.len() + data.len());
-            out.put_u8(KIND_PUSH);
-            out.put_u8(check_len(jr, "join_ref")?);
-            out.put_u8(check_len(topic, "topic")?);
-            out.put_u8(check_len(event, "event")?);
-            for s in [jr, topic, event] {
-                out.put_slice(s.as_bytes());
-            }
-            out.put_slice(data);
-            Ok(Frame::Binary(out.freeze()))
-        }
+        Payload::Binary(data) => binary_frame(
+            KIND_PUSH,
+            &[
+                (join_ref.unwrap_or(""), "join_ref"),
+                (topic, "topic"),
+                (event, "event"),
+            ],
+            data,
+        ),
     }
 }
 
@@ -474,14 +482,7 @@ pub fn encode_broadcast(
             out.extend_from_slice(raw.get().as_bytes())
         })),
         Payload::Binary(data) => {
-            let mut out = BytesMut::with_capacity(3 + topic.len() + event.len() + data.len());
-            out.put_u8(KIND_BROADCAST);
-            out.put_u8(check_len(topic, "topic")?);
-            out.put_u8(check_len(event, "event")?);
-            out.put_slice(topic.as_bytes());
-            out.put_slice(event.as_bytes());
-            out.put_slice(data);
-            Ok(Frame::Binary(out.freeze()))
+            binary_frame(KIND_BROADCAST, &[(topic, "topic"), (event, "event")], data)
         }
     }
 }
@@ -565,23 +566,16 @@ pub fn encode_client_push(
         Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
             out.extend_from_slice(raw.get().as_bytes())
         })),
-        Payload::Binary(data) => {
-            let jr = join_ref.unwrap_or("");
-            let r = msg_ref.unwrap_or("");
-            let mut out = BytesMut::with_capacity(
-                5 + jr.len() + r.len() + topic.len() + event.len() + data.len(),
-            );
-            out.put_u8(KIND_PUSH);
-            out.put_u8(check_len(jr, "join_ref")?);
-            out.put_u8(check_len(r, "ref")?);
-            out.put_u8(check_len(topic, "topic")?);
-            out.put_u8(check_len(event, "event")?);
-            for s in [jr, r, topic, event] {
-                out.put_slice(s.as_bytes());
-            }
-            out.put_slice(data);
-            Ok(Frame::Binary(out.freeze()))
-        }
+        Payload::Binary(data) => binary_frame(
+            KIND_PUSH,
+            &[
+                (join_ref.unwrap_or(""), "join_ref"),
+                (msg_ref.unwrap_or(""), "ref"),
+                (topic, "topic"),
+                (event, "event"),
+            ],
+            data,
+        ),
     }
 }
 

@@ -220,36 +220,14 @@ fn trim(line: &[u8]) -> &[u8] {
 /// The JSON text of a message for the `messages` array. phoenix.js's LongPoll only parses
 /// text, so a binary payload travels as JSON `{"binary": <base64>}`.
 fn message_text(item: Outgoing) -> Option<String> {
-    let binary = |p: &Payload| match p {
-        Payload::Binary(b) => Some(
-            serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(b) }),
-        ),
-        Payload::Json(_) => None,
+    let frame = match item.payload() {
+        Payload::Binary(b) => {
+            let data = serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(b) });
+            Payload::json(&data).and_then(|p| item.encode_with(&p))
+        }
+        Payload::Json(_) => item.encode(),
     };
-    let as_json = match &item {
-        Outgoing::Broadcast(p) => binary(&p.payload)
-            .map(|data| serde_json::json!([null, null, &*p.topic, &*p.event, data])),
-        Outgoing::Push {
-            join_ref,
-            msg_ref,
-            topic,
-            event,
-            payload,
-        } => binary(payload).map(|data| serde_json::json!([join_ref, msg_ref, topic, event, data])),
-        Outgoing::Reply {
-            join_ref,
-            msg_ref,
-            topic,
-            status,
-            response,
-        } => binary(response).map(|data| {
-            serde_json::json!([join_ref, msg_ref, topic, crate::protocol::events::REPLY, {"status": status, "response": data}])
-        }),
-    };
-    if let Some(v) = as_json {
-        return Some(v.to_string());
-    }
-    match item.encode() {
+    match frame {
         Ok(Frame::Text(b)) => String::from_utf8(b.to_vec()).ok(),
         Ok(Frame::Binary(_)) => None,
         Err(e) => {
