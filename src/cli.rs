@@ -34,12 +34,15 @@ pub struct ServeArgs {
     #[arg(long, short = 'c', env = "PLEXUS_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on, host:port (overrides the file; env PLEXUS_LISTEN).
-    #[arg(long, env = "PLEXUS_LISTEN")]
+    /// Address to listen on, host:port (overrides env PLEXUS_LISTEN and the file).
+    // No clap `env` here: `config::Env` reads PLEXUS_LISTEN, so that the flag can beat it.
+    #[arg(long)]
     pub listen: Option<String>,
 
-    /// "dev" (open token endpoint, loopback only) or "prod" (env PLEXUS_PROFILE).
-    #[arg(long, env = "PLEXUS_PROFILE")]
+    /// "dev" (open token endpoint, loopback only) or "prod" (overrides env PLEXUS_PROFILE
+    /// and the file).
+    // No clap `env` here: `config::Env` reads PLEXUS_PROFILE.
+    #[arg(long)]
     pub profile: Option<String>,
 }
 
@@ -69,4 +72,27 @@ pub struct TokenArgs {
     /// PLEXUS_JWT_SECRET.
     #[arg(long, env = "PLEXUS_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn listen_and_profile_are_flags_only_and_help_names_their_env() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        for (flag, var) in [("listen", "PLEXUS_LISTEN"), ("profile", "PLEXUS_PROFILE")] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == flag).unwrap();
+            assert!(
+                arg.get_env().is_none(),
+                "--{flag} must not read {var} itself"
+            );
+            assert!(
+                arg.get_help().unwrap().to_string().contains(var),
+                "--{flag} help"
+            );
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! Configuration: a TOML file overridden by `PLEXUS_*` environment variables and flags.
 //!
 //! Every setting and its default is listed in `docs/configuration.md`. Loading validates
-//! everything up front and fails with a message that names the file, line and field.
+//! everything up front, one section at a time (`resolve_*`), and fails with a [`ConfigError`]
+//! whose message names the file, line and field.
 
 use plexus_core::admission::AdmissionConfig;
-use plexus_core::auth::{Verifier, VerifyKey, VerifyOptions};
+use plexus_core::auth::{Algorithm, Verifier, VerifyKey, VerifyOptions};
+use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
 use serde::Deserialize;
@@ -28,13 +30,13 @@ impl Profile {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, String> {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
         match s {
             "dev" => Ok(Profile::Dev),
             "prod" => Ok(Profile::Prod),
-            other => Err(format!(
-                "unknown profile {other:?}: expected \"dev\" or \"prod\""
-            )),
+            other => Err(ConfigError::UnknownProfile {
+                value: other.to_owned(),
+            }),
         }
     }
 }
@@ -144,11 +146,13 @@ pub struct Config {
     /// A plain-HTTP listener that redirects to https (off unless configured).
     pub http_redirect: Option<SocketAddr>,
     /// `None`: the embedded in-memory broker; `Some`: cluster mode on Redis.
-    pub redis: Option<plexus_core::broker::redis::RedisConfig>,
+    pub redis: Option<RedisConfig>,
     pub source: Option<PathBuf>,
 }
 
-/// Environment overrides, read once (tests pass their own).
+/// Environment overrides, read once (tests pass their own). This is the only reader of the
+/// `PLEXUS_*` settings below; the flags `--listen` and `--profile` have no `env` of their own.
+/// (`PLEXUS_CONFIG` picks the file and is clap's, as `--config`; `PLEXUS_LOG` is the logger's.)
 #[derive(Debug, Default, Clone)]
 pub struct Env {
     pub listen: Option<String>,
@@ -177,30 +181,143 @@ impl Env {
     }
 }
 
-/// Reads and parses the file, naming it in every error.
-fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+/// Why the configuration cannot be loaded. `main` prints it as `plexus: {error}` and exits 2,
+/// so each message names the file, line or field to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Bad TOML or a field of the wrong type or name; the message has the line.
+    #[error("invalid config file {}: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("unknown profile {value:?}: expected \"dev\" or \"prod\"")]
+    UnknownProfile { value: String },
+    #[error("invalid listen address {value:?}: expected host:port, e.g. 127.0.0.1:4000")]
+    Listen { value: String },
+    #[error(
+        "the dev profile only binds loopback addresses, not {addr}: its token endpoint is open to anyone. \
+         Use PLEXUS_PROFILE=prod with PLEXUS_JWT_SECRET and PLEXUS_API_KEY to listen on {addr}."
+    )]
+    DevNotLoopback { addr: SocketAddr },
+    #[error("the dev profile only binds loopback addresses, not {addr} (tls.redirect_http)")]
+    DevRedirectNotLoopback { addr: SocketAddr },
+    /// The prod profile lacks a way to verify tokens (`jwt_secret`), an API key, or both.
+    #[error("the prod profile needs {}", missing_secrets(*.jwt_secret, *.api_key))]
+    MissingProdSecrets { jwt_secret: bool, api_key: bool },
+    #[error("jwt_secret must be at least 16 characters in the prod profile")]
+    ShortJwtSecret,
+    #[error("{field} must not be negative")]
+    Negative { field: &'static str },
+    #[error("{field} must be at least {min}")]
+    TooSmall { field: &'static str, min: u64 },
+    #[error("trusted_proxies: {value:?} is not an IP address or CIDR range")]
+    TrustedProxy { value: String },
+    /// A `[[channels]]` rule is invalid; `line` is that rule's header in `file`.
+    #[error("{}{message}", in_file(.file.as_deref(), *.line))]
+    Rule {
+        file: Option<PathBuf>,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A verification key (`jwt_secret`, `auth.keys[i]`, `auth.jwks_files`) is unusable.
+    #[error("{}{field}: {message}", in_file(.file.as_deref(), None))]
+    Key {
+        file: Option<PathBuf>,
+        field: String,
+        message: String,
+    },
+    #[error(
+        "{}{field}: unknown algorithm {name:?}: use HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA",
+        in_file(.file.as_deref(), None)
+    )]
+    UnknownAlgorithm {
+        file: Option<PathBuf>,
+        field: String,
+        name: String,
+    },
+    #[error(
+        "{}{field}: give exactly one of secret, public_key, public_key_file",
+        in_file(.file.as_deref(), None)
+    )]
+    KeySource {
+        file: Option<PathBuf>,
+        field: String,
+    },
+    /// The keys do not make a verifier (e.g. there is none).
+    #[error("{}{message}", in_file(.file.as_deref(), None))]
+    Verifier {
+        file: Option<PathBuf>,
+        message: String,
+    },
+    /// A file the configuration points to (a key, a JWKS, a CA) cannot be read.
+    #[error("{field}: cannot read {}: {source}", .path.display())]
+    ReadFile {
+        field: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS needs both a certificate and a key (tls.cert and tls.key, or PLEXUS_TLS_CERT and PLEXUS_TLS_KEY)")]
+    TlsPair,
+    #[error("invalid tls.redirect_http {value:?}: expected host:port")]
+    Redirect { value: String },
+    #[error("unknown broker {value:?}: expected \"memory\" or \"redis\"")]
+    UnknownBroker { value: String },
+    #[error("no secret: pass --secret, set PLEXUS_JWT_SECRET, or give --config with jwt_secret")]
+    NoTokenSecret,
 }
 
-/// For an error about `channels[i]`, the line of that rule's `[[channels]]` header
-/// (", line N"), so that the message points into the file.
-fn rule_line(path: &Path, error: &str) -> String {
-    let Some(i) = error
+/// "a JWT secret … and an API key": what `MissingProdSecrets` lacks.
+fn missing_secrets(jwt_secret: bool, api_key: bool) -> String {
+    let mut missing = Vec::new();
+    if jwt_secret {
+        missing.push("a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET) or [[auth.keys]]");
+    }
+    if api_key {
+        missing.push("an API key (api_key in the file or PLEXUS_API_KEY)");
+    }
+    missing.join(" and ")
+}
+
+/// "invalid config file F, line N: " for errors about the file's content ("" without a file).
+fn in_file(file: Option<&Path>, line: Option<usize>) -> String {
+    match (file, line) {
+        (Some(f), Some(n)) => format!("invalid config file {}, line {n}: ", f.display()),
+        (Some(f), None) => format!("invalid config file {}: ", f.display()),
+        (None, _) => String::new(),
+    }
+}
+
+/// Reads and parses the file, naming it in every error.
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// For an error about `channels[i]`, the line of that rule's `[[channels]]` header, so that
+/// the message points into the file.
+fn rule_line(path: &Path, error: &str) -> Option<usize> {
+    let i = error
         .strip_prefix("channels[")
         .and_then(|r| r.split(']').next())
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return String::new();
-    };
+        .and_then(|n| n.parse::<usize>().ok())?;
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .enumerate()
         .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
         .nth(i)
-        .map(|(n, _)| format!(", line {}", n + 1))
-        .unwrap_or_default()
+        .map(|(n, _)| n + 1)
 }
 
 fn random_token(bytes: usize) -> String {
@@ -210,145 +327,89 @@ fn random_token(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds the verification keys: `jwt_secret` (HS256), `[[auth.keys]]`, `auth.jwks_files`.
-fn build_verifier(secret: Option<&str>, auth: &FileAuth, base: &Path) -> Result<Verifier, String> {
-    let mut keys = Vec::new();
-    if let Some(s) = secret {
-        keys.push(VerifyKey::secret(
-            jsonwebtoken_alg("HS256")?,
-            s.as_bytes(),
-            None,
-        )?);
-    }
-    for (i, k) in auth.keys.iter().enumerate() {
-        let ctx = |e: String| format!("auth.keys[{i}]: {e}");
-        let alg = jsonwebtoken_alg(&k.algorithm).map_err(ctx)?;
-        let key = match (&k.secret, &k.public_key, &k.public_key_file) {
-            (Some(secret), None, None) => VerifyKey::secret(alg, secret.as_bytes(), k.kid.clone()),
-            (None, Some(pem), None) => VerifyKey::public_pem(alg, pem.as_bytes(), k.kid.clone()),
-            (None, None, Some(file)) => {
-                let path = base.join(file);
-                let pem = std::fs::read(&path)
-                    .map_err(|e| ctx(format!("cannot read {}: {e}", path.display())))?;
-                VerifyKey::public_pem(alg, &pem, k.kid.clone())
-            }
-            _ => Err("give exactly one of secret, public_key, public_key_file".into()),
-        }
-        .map_err(ctx)?;
-        keys.push(key);
-    }
-    for file in &auth.jwks_files {
-        let path = base.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("auth.jwks_files: cannot read {}: {e}", path.display()))?;
-        keys.extend(
-            VerifyKey::from_jwks(&text)
-                .map_err(|e| format!("auth.jwks_files {}: {e}", path.display()))?,
-        );
-    }
-    let options = VerifyOptions {
-        leeway_secs: auth.leeway_secs.unwrap_or(5),
-        issuer: auth.issuer.clone(),
-        audience: auth.audience.clone(),
-        roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
-    };
-    Verifier::new(keys, options)
-}
-
-fn jsonwebtoken_alg(name: &str) -> Result<plexus_core::auth::Algorithm, String> {
-    name.parse().map_err(|_| {
-        format!("unknown algorithm {name:?}: use HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA")
-    })
-}
-
-/// Resolves the configuration: file, then environment, then flags (`listen`, `profile`).
-pub fn load(
-    path: Option<&Path>,
+/// The profile: flag, environment, file; else prod with a file and dev without.
+fn resolve_profile(
+    flag: Option<&str>,
     env: &Env,
-    flag_listen: Option<&str>,
-    flag_profile: Option<&str>,
-) -> Result<Config, String> {
-    let file = match path {
-        Some(p) => read_file(p)?,
-        None => FileConfig::default(),
-    };
-    let profile_name = flag_profile
-        .map(str::to_owned)
-        .or_else(|| env.profile.clone())
-        .or(file.profile.clone());
-    let profile = match profile_name {
-        Some(p) => Profile::parse(&p)?,
-        None if path.is_some() => Profile::Prod,
-        None => Profile::Dev,
-    };
-
-    let listen_str = flag_listen
-        .map(str::to_owned)
-        .or_else(|| env.listen.clone())
-        .or(file.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen: SocketAddr = listen_str.parse().map_err(|_| {
-        format!("invalid listen address {listen_str:?}: expected host:port, e.g. 127.0.0.1:4000")
-    })?;
-    if profile == Profile::Dev && !listen.ip().is_loopback() {
-        return Err(format!(
-            "the dev profile only binds loopback addresses, not {listen}: its token endpoint is open to anyone. \
-             Use PLEXUS_PROFILE=prod with PLEXUS_JWT_SECRET and PLEXUS_API_KEY to listen on {listen}."
-        ));
+    file: &FileConfig,
+    has_file: bool,
+) -> Result<Profile, ConfigError> {
+    match flag.or(env.profile.as_deref()).or(file.profile.as_deref()) {
+        Some(p) => Profile::parse(p),
+        None if has_file => Ok(Profile::Prod),
+        None => Ok(Profile::Dev),
     }
+}
 
+/// The listen address: flag, environment, file, default; loopback only in dev.
+fn resolve_listen(
+    flag: Option<&str>,
+    env: &Env,
+    file: &FileConfig,
+    profile: Profile,
+) -> Result<SocketAddr, ConfigError> {
+    let value = flag
+        .or(env.listen.as_deref())
+        .or(file.listen.as_deref())
+        .unwrap_or(DEFAULT_LISTEN);
+    let addr: SocketAddr = value.parse().map_err(|_| ConfigError::Listen {
+        value: value.to_owned(),
+    })?;
+    if profile == Profile::Dev && !addr.ip().is_loopback() {
+        return Err(ConfigError::DevNotLoopback { addr });
+    }
+    Ok(addr)
+}
+
+/// The JWT secret and API key, and whether the dev profile generated them.
+struct Secrets {
+    jwt_secret: String,
+    jwt_secret_generated: bool,
+    api_key: String,
+    api_key_generated: bool,
+}
+
+/// Secrets from environment, then file: required in prod, made up for this run in dev.
+fn resolve_secrets(profile: Profile, env: &Env, file: &FileConfig) -> Result<Secrets, ConfigError> {
     let secret = env.jwt_secret.clone().or(file.jwt_secret.clone());
     let api_key = env.api_key.clone().or(file.api_key.clone());
-    let (jwt_secret, jwt_secret_generated, api_key, api_key_generated) = match profile {
+    match profile {
         Profile::Prod => {
-            let mut missing = Vec::new();
             let has_keys = !file.auth.keys.is_empty() || !file.auth.jwks_files.is_empty();
-            if secret.is_none() && !has_keys {
-                missing.push(
-                    "a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET) or [[auth.keys]]",
-                );
-            }
-            if api_key.is_none() {
-                missing.push("an API key (api_key in the file or PLEXUS_API_KEY)");
-            }
-            if !missing.is_empty() {
-                return Err(format!("the prod profile needs {}", missing.join(" and ")));
+            let no_secret = secret.is_none() && !has_keys;
+            if no_secret || api_key.is_none() {
+                return Err(ConfigError::MissingProdSecrets {
+                    jwt_secret: no_secret,
+                    api_key: api_key.is_none(),
+                });
             }
             if secret.as_ref().is_some_and(|s| s.len() < 16) {
-                return Err("jwt_secret must be at least 16 characters in the prod profile".into());
+                return Err(ConfigError::ShortJwtSecret);
             }
-            (
-                secret.unwrap_or_default(),
-                false,
-                api_key.unwrap_or_default(),
-                false,
-            )
+            Ok(Secrets {
+                jwt_secret: secret.unwrap_or_default(),
+                jwt_secret_generated: false,
+                api_key: api_key.unwrap_or_default(),
+                api_key_generated: false,
+            })
         }
-        Profile::Dev => {
-            let (s, sg) = match secret {
-                Some(s) => (s, false),
-                None => (random_token(32), true),
-            };
-            let (k, kg) = match api_key {
-                Some(k) => (k, false),
-                None => (random_token(16), true),
-            };
-            (s, sg, k, kg)
-        }
-    };
+        Profile::Dev => Ok(Secrets {
+            jwt_secret_generated: secret.is_none(),
+            jwt_secret: secret.unwrap_or_else(|| random_token(32)),
+            api_key_generated: api_key.is_none(),
+            api_key: api_key.unwrap_or_else(|| random_token(16)),
+        }),
+    }
+}
 
+/// Per-connection limits from `[limits]` (and `auth.expiry_grace_secs`), checked for sense.
+fn resolve_limits(l: &FileLimits, expiry_grace_secs: Option<u64>) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
-    let l = &file.limits;
+    let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
     let limits = Limits {
         max_message_bytes: l.max_message_bytes.unwrap_or(defaults.max_message_bytes),
-        idle_timeout: l
-            .idle_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.idle_timeout),
-        write_timeout: l
-            .write_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.write_timeout),
+        idle_timeout: secs(l.idle_timeout_secs, defaults.idle_timeout),
+        write_timeout: secs(l.write_timeout_secs, defaults.write_timeout),
         outbox_max_frames: l.outbox_max_frames.unwrap_or(defaults.outbox_max_frames),
         outbox_max_bytes: l.outbox_max_bytes.unwrap_or(defaults.outbox_max_bytes),
         max_topic_bytes: l.max_topic_bytes.unwrap_or(defaults.max_topic_bytes),
@@ -356,171 +417,304 @@ pub fn load(
         max_channels_per_connection: l
             .max_channels_per_connection
             .unwrap_or(defaults.max_channels_per_connection),
-        expiry_grace: file
-            .auth
-            .expiry_grace_secs
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.expiry_grace),
+        expiry_grace: secs(expiry_grace_secs, defaults.expiry_grace),
         messages_per_second: l
             .messages_per_second
             .unwrap_or(defaults.messages_per_second),
         message_burst: l.message_burst.unwrap_or(defaults.message_burst),
-        longpoll_window: l
-            .longpoll_window_secs
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.longpoll_window),
+        longpoll_window: secs(l.longpoll_window_secs, defaults.longpoll_window),
     };
-    let adm = AdmissionConfig::default();
-    let mut trusted_proxies = Vec::new();
-    for p in &file.trusted_proxies {
-        let net = p
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address or CIDR range"))?;
-        trusted_proxies.push(net);
+    if limits.messages_per_second < 0.0 {
+        return Err(ConfigError::Negative {
+            field: "limits.messages_per_second",
+        });
     }
-    let admission = AdmissionConfig {
+    for (field, value, min) in [
+        (
+            "limits.max_message_bytes",
+            limits.max_message_bytes as u64,
+            1024,
+        ),
+        (
+            "limits.longpoll_window_secs",
+            limits.longpoll_window.as_secs(),
+            1,
+        ),
+        (
+            "limits.write_timeout_secs",
+            limits.write_timeout.as_secs(),
+            1,
+        ),
+        ("limits.idle_timeout_secs", limits.idle_timeout.as_secs(), 1),
+    ] {
+        if value < min {
+            return Err(ConfigError::TooSmall { field, min });
+        }
+    }
+    Ok(limits)
+}
+
+/// Who may connect: per-IP/per-user caps from `[limits]`, origins, trusted proxies.
+fn resolve_admission(file: &FileConfig, profile: Profile) -> Result<AdmissionConfig, ConfigError> {
+    let defaults = AdmissionConfig::default();
+    let l = &file.limits;
+    let connect_rate_per_ip = l
+        .connect_rate_per_ip
+        .unwrap_or(defaults.connect_rate_per_ip);
+    if connect_rate_per_ip < 0.0 {
+        return Err(ConfigError::Negative {
+            field: "limits.connect_rate_per_ip",
+        });
+    }
+    let trusted_proxies = file
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::TrustedProxy { value: p.clone() })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AdmissionConfig {
         max_connections_per_ip: l
             .max_connections_per_ip
-            .unwrap_or(adm.max_connections_per_ip),
+            .unwrap_or(defaults.max_connections_per_ip),
         max_connections_per_user: l
             .max_connections_per_user
-            .unwrap_or(adm.max_connections_per_user),
-        connect_rate_per_ip: l.connect_rate_per_ip.unwrap_or(adm.connect_rate_per_ip),
-        connect_burst_per_ip: l.connect_burst_per_ip.unwrap_or(adm.connect_burst_per_ip),
+            .unwrap_or(defaults.max_connections_per_user),
+        connect_rate_per_ip,
+        connect_burst_per_ip: l
+            .connect_burst_per_ip
+            .unwrap_or(defaults.connect_burst_per_ip),
         allowed_origins: file.allowed_origins.clone(),
         allow_loopback_origins: profile == Profile::Dev,
         trusted_proxies,
+    })
+}
+
+/// The `[[channels]]` rules; with none, dev gets its open default and prod denies every join.
+fn resolve_policy(
+    rules: Vec<ChannelRule>,
+    profile: Profile,
+    path: Option<&Path>,
+) -> Result<Policy, ConfigError> {
+    if rules.is_empty() && profile == Profile::Dev {
+        return Ok(Policy::dev_default());
+    }
+    Policy::new(rules).map_err(|message| ConfigError::Rule {
+        file: path.map(Path::to_path_buf),
+        line: path.and_then(|p| rule_line(p, &message)),
+        message,
+    })
+}
+
+/// Builds the verification keys: `jwt_secret` (HS256), `[[auth.keys]]`, `auth.jwks_files`.
+/// Key files are relative to `base`; errors name the config file `path`.
+fn build_verifier(
+    secret: Option<&str>,
+    auth: &FileAuth,
+    path: Option<&Path>,
+    base: &Path,
+) -> Result<Verifier, ConfigError> {
+    let file = || path.map(Path::to_path_buf);
+    let key_error = |field: &str| {
+        let field = field.to_owned();
+        move |message: String| ConfigError::Key {
+            file: file(),
+            field,
+            message,
+        }
     };
-    if limits.messages_per_second < 0.0 || admission.connect_rate_per_ip < 0.0 {
-        return Err(
-            "limits.messages_per_second and limits.connect_rate_per_ip must not be negative".into(),
+    let mut keys = Vec::new();
+    if let Some(s) = secret {
+        keys.push(
+            VerifyKey::secret(Algorithm::HS256, s.as_bytes(), None)
+                .map_err(key_error("jwt_secret"))?,
         );
     }
-    if limits.max_message_bytes < 1024 {
-        return Err("limits.max_message_bytes must be at least 1024".into());
+    for (i, k) in auth.keys.iter().enumerate() {
+        let field = format!("auth.keys[{i}]");
+        let alg = k
+            .algorithm
+            .parse()
+            .map_err(|_| ConfigError::UnknownAlgorithm {
+                file: file(),
+                field: field.clone(),
+                name: k.algorithm.clone(),
+            })?;
+        let key = match (&k.secret, &k.public_key, &k.public_key_file) {
+            (Some(secret), None, None) => VerifyKey::secret(alg, secret.as_bytes(), k.kid.clone()),
+            (None, Some(pem), None) => VerifyKey::public_pem(alg, pem.as_bytes(), k.kid.clone()),
+            (None, None, Some(f)) => {
+                let pem = read_referenced(&field, &base.join(f))?;
+                VerifyKey::public_pem(alg, &pem, k.kid.clone())
+            }
+            _ => {
+                return Err(ConfigError::KeySource {
+                    file: file(),
+                    field,
+                })
+            }
+        }
+        .map_err(key_error(&field))?;
+        keys.push(key);
     }
-    if limits.longpoll_window < Duration::from_secs(1) {
-        return Err("limits.longpoll_window_secs must be at least 1".into());
+    for f in &auth.jwks_files {
+        let jwks_path = base.join(f);
+        let jwks_error =
+            |e: String| key_error("auth.jwks_files")(format!("{}: {e}", jwks_path.display()));
+        let text = String::from_utf8(read_referenced("auth.jwks_files", &jwks_path)?)
+            .map_err(|e| jwks_error(e.to_string()))?;
+        keys.extend(VerifyKey::from_jwks(&text).map_err(jwks_error)?);
     }
-    if limits.write_timeout < Duration::from_secs(1) {
-        return Err("limits.write_timeout_secs must be at least 1".into());
-    }
-    if limits.idle_timeout < Duration::from_secs(1) {
-        return Err("limits.idle_timeout_secs must be at least 1".into());
-    }
+    let options = VerifyOptions {
+        leeway_secs: auth.leeway_secs.unwrap_or(5),
+        issuer: auth.issuer.clone(),
+        audience: auth.audience.clone(),
+        roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
+    };
+    Verifier::new(keys, options).map_err(|message| ConfigError::Verifier {
+        file: file(),
+        message,
+    })
+}
 
-    let policy = if file.channels.is_empty() && profile == Profile::Dev {
-        Policy::dev_default()
+/// Reads a file the configuration points to (`field` names the setting).
+fn read_referenced(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+        field: field.to_owned(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Native TLS (environment, then `[tls]`) and the optional plain-HTTP redirect listener.
+fn resolve_tls(
+    env: &Env,
+    file_tls: Option<&FileTls>,
+    base: &Path,
+    profile: Profile,
+) -> Result<(Option<crate::tls::TlsFiles>, Option<SocketAddr>), ConfigError> {
+    let cert = env
+        .tls_cert
+        .as_ref()
+        .map(PathBuf::from)
+        .or_else(|| file_tls.map(|t| base.join(&t.cert)));
+    let key = env
+        .tls_key
+        .as_ref()
+        .map(PathBuf::from)
+        .or_else(|| file_tls.map(|t| base.join(&t.key)));
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => return Err(ConfigError::TlsPair),
+    };
+    let redirect = match file_tls.and_then(|t| t.redirect_http.as_deref()) {
+        Some(r) => {
+            let addr: SocketAddr = r.parse().map_err(|_| ConfigError::Redirect {
+                value: r.to_owned(),
+            })?;
+            if profile == Profile::Dev && !addr.ip().is_loopback() {
+                return Err(ConfigError::DevRedirectNotLoopback { addr });
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok((tls, redirect))
+}
+
+/// The broker: `None` for the in-memory one, else Redis from environment, then `[redis]`.
+/// `PLEXUS_REDIS_URL` alone selects Redis.
+fn resolve_broker(
+    env: &Env,
+    file: &FileConfig,
+    base: &Path,
+) -> Result<Option<RedisConfig>, ConfigError> {
+    let default_broker = if env.redis_url.is_some() {
+        "redis"
     } else {
-        Policy::new(file.channels).map_err(|e| match path {
-            Some(p) => format!(
-                "invalid config file {}{}: {e}",
-                p.display(),
-                rule_line(p, &e)
-            ),
-            None => e,
-        })?
+        "memory"
     };
-
-    let base = path
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let secret_for_keys = (!jwt_secret.is_empty()).then_some(jwt_secret.as_str());
-    let verifier = build_verifier(secret_for_keys, &file.auth, &base).map_err(|e| match path {
-        Some(p) => format!("invalid config file {}: {e}", p.display()),
-        None => e,
-    })?;
-
-    let (tls, http_redirect) = {
-        let file_tls = file.tls.as_ref();
-        let cert = env
-            .tls_cert
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| file_tls.map(|t| base.join(&t.cert)));
-        let key = env
-            .tls_key
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| file_tls.map(|t| base.join(&t.key)));
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => return Err("TLS needs both a certificate and a key (tls.cert and tls.key, or PLEXUS_TLS_CERT and PLEXUS_TLS_KEY)".into()),
-        };
-        let redirect = match file_tls.and_then(|t| t.redirect_http.as_deref()) {
-            Some(r) => {
-                let a: SocketAddr = r
-                    .parse()
-                    .map_err(|_| format!("invalid tls.redirect_http {r:?}: expected host:port"))?;
-                if profile == Profile::Dev && !a.ip().is_loopback() {
-                    return Err(format!("the dev profile only binds loopback addresses, not {a} (tls.redirect_http)"));
-                }
-                Some(a)
-            }
-            None => None,
-        };
-        (tls, redirect)
-    };
-
-    let broker = env
+    match env
         .broker
-        .clone()
-        .or(file.broker.clone())
-        .unwrap_or_else(|| {
-            if env.redis_url.is_some() {
-                "redis".into()
-            } else {
-                "memory".into()
-            }
-        });
-    let redis = match broker.as_str() {
-        "memory" => None,
-        "redis" => {
-            let r = file.redis.as_ref();
-            let defaults = plexus_core::broker::redis::RedisConfig::default();
-            let node_timeout = r
-                .and_then(|r| r.node_timeout_secs)
-                .map(Duration::from_secs)
-                .unwrap_or(defaults.node_timeout);
-            if node_timeout < Duration::from_secs(1) {
-                return Err("redis.node_timeout_secs must be at least 1".into());
-            }
-            Some(plexus_core::broker::redis::RedisConfig {
-                url: env
-                    .redis_url
-                    .clone()
-                    .or_else(|| r.and_then(|r| r.url.clone()))
-                    .unwrap_or(defaults.url),
-                prefix: r.and_then(|r| r.prefix.clone()).unwrap_or(defaults.prefix),
-                node_timeout,
-                tls_ca: match r.and_then(|r| r.tls_ca_file.as_ref()) {
-                    Some(f) => {
-                        let path = base.join(f);
-                        Some(std::fs::read(&path).map_err(|e| {
-                            format!("redis.tls_ca_file: cannot read {}: {e}", path.display())
-                        })?)
-                    }
-                    None => None,
-                },
-            })
-        }
-        other => {
-            return Err(format!(
-                "unknown broker {other:?}: expected \"memory\" or \"redis\""
-            ))
-        }
-    };
+        .as_deref()
+        .or(file.broker.as_deref())
+        .unwrap_or(default_broker)
+    {
+        "memory" => Ok(None),
+        "redis" => resolve_redis(env, file.redis.as_ref(), base).map(Some),
+        other => Err(ConfigError::UnknownBroker {
+            value: other.to_owned(),
+        }),
+    }
+}
 
+/// The `[redis]` section, with `PLEXUS_REDIS_URL` over `redis.url`.
+fn resolve_redis(
+    env: &Env,
+    r: Option<&FileRedis>,
+    base: &Path,
+) -> Result<RedisConfig, ConfigError> {
+    let defaults = RedisConfig::default();
+    let node_timeout = r
+        .and_then(|r| r.node_timeout_secs)
+        .map(Duration::from_secs)
+        .unwrap_or(defaults.node_timeout);
+    if node_timeout < Duration::from_secs(1) {
+        return Err(ConfigError::TooSmall {
+            field: "redis.node_timeout_secs",
+            min: 1,
+        });
+    }
+    let tls_ca = match r.and_then(|r| r.tls_ca_file.as_ref()) {
+        Some(f) => Some(read_referenced("redis.tls_ca_file", &base.join(f))?),
+        None => None,
+    };
+    Ok(RedisConfig {
+        url: env
+            .redis_url
+            .clone()
+            .or_else(|| r.and_then(|r| r.url.clone()))
+            .unwrap_or(defaults.url),
+        prefix: r.and_then(|r| r.prefix.clone()).unwrap_or(defaults.prefix),
+        node_timeout,
+        tls_ca,
+    })
+}
+
+/// Resolves the configuration, one section at a time, each from flag (`listen`, `profile`),
+/// environment, file and default, in that order of priority.
+pub fn load(
+    path: Option<&Path>,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let mut file = match path {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    // Files the config file names (keys, TLS, CA) are relative to its directory.
+    let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
+    let profile = resolve_profile(flag_profile, env, &file, path.is_some())?;
+    let listen = resolve_listen(flag_listen, env, &file, profile)?;
+    let secrets = resolve_secrets(profile, env, &file)?;
+    let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
+    let admission = resolve_admission(&file, profile)?;
+    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path)?;
+    let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
+    let verifier = build_verifier(hs256, &file.auth, path, base)?;
+    let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
+    let redis = resolve_broker(env, &file, base)?;
     Ok(Config {
         profile,
         listen,
-        jwt_secret,
-        jwt_secret_generated,
-        api_key,
-        api_key_generated,
+        jwt_secret: secrets.jwt_secret,
+        jwt_secret_generated: secrets.jwt_secret_generated,
+        api_key: secrets.api_key,
+        api_key_generated: secrets.api_key_generated,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         limits,
         admission,
@@ -534,7 +728,7 @@ pub fn load(
 }
 
 /// The secret `plexus token` signs with: flag/env, else the file's.
-pub fn token_secret(path: Option<&Path>, flag: Option<&str>) -> Result<String, String> {
+pub fn token_secret(path: Option<&Path>, flag: Option<&str>) -> Result<String, ConfigError> {
     if let Some(s) = flag {
         return Ok(s.to_owned());
     }
@@ -543,7 +737,7 @@ pub fn token_secret(path: Option<&Path>, flag: Option<&str>) -> Result<String, S
             return Ok(s);
         }
     }
-    Err("no secret: pass --secret, set PLEXUS_JWT_SECRET, or give --config with jwt_secret".into())
+    Err(ConfigError::NoTokenSecret)
 }
 
 #[cfg(test)]
@@ -584,7 +778,8 @@ mod tests {
         assert!(c.jwt_secret_generated && c.api_key_generated);
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         let e = load(None, &Env::default(), Some("0.0.0.0:4000"), None).unwrap_err();
-        assert!(e.contains("loopback"), "{e}");
+        assert!(matches!(e, ConfigError::DevNotLoopback { .. }), "{e:?}");
+        assert!(e.to_string().contains("loopback"), "{e}");
     }
 
     #[test]
@@ -594,6 +789,17 @@ mod tests {
             ..Env::default()
         };
         let e = load(None, &env, None, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::MissingProdSecrets {
+                    jwt_secret: true,
+                    api_key: true
+                }
+            ),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("JWT secret") && e.contains("API key"), "{e}");
         let env = Env {
             profile: Some("prod".into()),
@@ -628,7 +834,9 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_field() {
         let f = write("jwt_secret = \"x\"\n[[channels]]\ntopic = \"room:*\"\nechoo = true\n");
-        let e = load(Some(&f.0), &Env::default(), None, None).unwrap_err();
+        let e = load(Some(&f.0), &Env::default(), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 4") && e.contains("echoo"), "{e}");
         let f = write("[[channels]]\ntopic = \"a\"\n\n[[channels]]\ntopic = \"ro*om\"\n");
         let env = Env {
@@ -638,8 +846,102 @@ mod tests {
         };
         let e = load(Some(&f.0), &env, None, None).unwrap_err();
         assert!(
+            matches!(e, ConfigError::Rule { line: Some(4), .. }),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(
             e.contains("line 4") && e.contains("channels[1]") && e.contains("topic"),
             "{e}"
         );
+    }
+
+    /// Secrets for a prod file, so that sections after them are reached.
+    const PROD: &str = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"k\"\n";
+
+    #[test]
+    fn section_errors_name_their_field() {
+        let cases = [
+            (
+                "[limits]\nmessages_per_second = -1.0\n",
+                "limits.messages_per_second must not be negative",
+            ),
+            (
+                "[limits]\nconnect_rate_per_ip = -0.5\n",
+                "limits.connect_rate_per_ip must not be negative",
+            ),
+            (
+                "[limits]\nmax_message_bytes = 10\n",
+                "limits.max_message_bytes must be at least 1024",
+            ),
+            (
+                "[limits]\nidle_timeout_secs = 0\n",
+                "limits.idle_timeout_secs must be at least 1",
+            ),
+            (
+                "trusted_proxies = [\"nope\"]\n",
+                "trusted_proxies: \"nope\"",
+            ),
+            ("broker = \"kafka\"\n", "unknown broker \"kafka\""),
+            (
+                "broker = \"redis\"\n[redis]\nnode_timeout_secs = 0\n",
+                "redis.node_timeout_secs must be at least 1",
+            ),
+            (
+                "[[auth.keys]]\nalgorithm = \"HS999\"\nsecret = \"s\"\n",
+                "auth.keys[0]: unknown algorithm \"HS999\"",
+            ),
+            (
+                "[[auth.keys]]\nalgorithm = \"HS256\"\n",
+                "auth.keys[0]: give exactly one of",
+            ),
+        ];
+        for (section, want) in cases {
+            let f = write(&format!("{PROD}{section}"));
+            let e = load(Some(&f.0), &Env::default(), None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{section:?}: {e}");
+        }
+        let f = write(&format!("{PROD}[limits]\nmessages_per_second = -1.0\n"));
+        let e = load(Some(&f.0), &Env::default(), None, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Negative {
+                    field: "limits.messages_per_second"
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default_for_listen_and_profile() {
+        let c = load(None, &Env::default(), None, None).unwrap();
+        assert_eq!(c.listen.port(), 4000);
+        let f = write(&format!("{PROD}listen = \"127.0.0.1:5001\"\n"));
+        let c = load(Some(&f.0), &Env::default(), None, None).unwrap();
+        assert_eq!((c.listen.port(), c.profile), (5001, Profile::Prod));
+        let env = Env {
+            listen: Some("127.0.0.1:5002".into()),
+            profile: Some("dev".into()),
+            ..Env::default()
+        };
+        let c = load(Some(&f.0), &env, None, None).unwrap();
+        assert_eq!((c.listen.port(), c.profile), (5002, Profile::Dev));
+        let c = load(Some(&f.0), &env, Some("127.0.0.1:5003"), Some("prod")).unwrap();
+        assert_eq!((c.listen.port(), c.profile), (5003, Profile::Prod));
+    }
+
+    #[test]
+    fn missing_files_and_tokens_are_typed() {
+        let missing = std::env::temp_dir().join("plexus-config-test-does-not-exist.toml");
+        let e = load(Some(&missing), &Env::default(), None, None).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("cannot read config file"), "{e}");
+        let e = token_secret(None, None).unwrap_err();
+        assert!(e.to_string().contains("--secret"), "{e}");
+        assert_eq!(token_secret(None, Some("s")).unwrap(), "s");
     }
 }
