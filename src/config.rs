@@ -5,7 +5,7 @@
 //! whose message names the file, line and field.
 
 use plexus_core::admission::AdmissionConfig;
-use plexus_core::auth::{Algorithm, Verifier, VerifyKey, VerifyOptions};
+use plexus_core::auth::{Algorithm, KeyError, Verifier, VerifyKey, VerifyOptions};
 use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
@@ -307,16 +307,12 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// For an error about `channels[i]`, the line of that rule's `[[channels]]` header, so that
 /// the message points into the file.
-fn rule_line(path: &Path, error: &str) -> Option<usize> {
-    let i = error
-        .strip_prefix("channels[")
-        .and_then(|r| r.split(']').next())
-        .and_then(|n| n.parse::<usize>().ok())?;
+fn rule_line(path: &Path, index: usize) -> Option<usize> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .enumerate()
         .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
-        .nth(i)
+        .nth(index)
         .map(|(n, _)| n + 1)
 }
 
@@ -501,10 +497,10 @@ fn resolve_policy(
     if rules.is_empty() && profile == Profile::Dev {
         return Ok(Policy::dev_default());
     }
-    Policy::new(rules).map_err(|message| ConfigError::Rule {
+    Policy::new(rules).map_err(|e| ConfigError::Rule {
         file: path.map(Path::to_path_buf),
-        line: path.and_then(|p| rule_line(p, &message)),
-        message,
+        line: path.and_then(|p| rule_line(p, e.index)),
+        message: e.to_string(),
     })
 }
 
@@ -519,10 +515,10 @@ fn build_verifier(
     let file = || path.map(Path::to_path_buf);
     let key_error = |field: &str| {
         let field = field.to_owned();
-        move |message: String| ConfigError::Key {
+        move |e: KeyError| ConfigError::Key {
             file: file(),
             field,
-            message,
+            message: e.0,
         }
     };
     let mut keys = Vec::new();
@@ -561,11 +557,12 @@ fn build_verifier(
     }
     for f in &auth.jwks_files {
         let jwks_path = base.join(f);
-        let jwks_error =
-            |e: String| key_error("auth.jwks_files")(format!("{}: {e}", jwks_path.display()));
+        let jwks_error = |e: String| {
+            key_error("auth.jwks_files")(KeyError(format!("{}: {e}", jwks_path.display())))
+        };
         let text = String::from_utf8(read_referenced("auth.jwks_files", &jwks_path)?)
             .map_err(|e| jwks_error(e.to_string()))?;
-        keys.extend(VerifyKey::from_jwks(&text).map_err(jwks_error)?);
+        keys.extend(VerifyKey::from_jwks(&text).map_err(|e| jwks_error(e.0))?);
     }
     let options = VerifyOptions {
         leeway_secs: auth.leeway_secs.unwrap_or(5),
@@ -573,9 +570,9 @@ fn build_verifier(
         audience: auth.audience.clone(),
         roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
     };
-    Verifier::new(keys, options).map_err(|message| ConfigError::Verifier {
+    Verifier::new(keys, options).map_err(|e| ConfigError::Verifier {
         file: file(),
-        message,
+        message: e.0,
     })
 }
 

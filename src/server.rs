@@ -23,7 +23,18 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-pub async fn run(config: Config) -> Result<(), String> {
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Broker(#[from] plexus_core::broker::BrokerError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Listen(String),
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let node_config = NodeConfig {
         verifier: config.verifier.clone(),
@@ -56,17 +67,19 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| StartError::Listen(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        .map_err(|e| StartError::Listen(format!("cannot read the listening address: {e}")))?;
     announce(&config, addr, node.broker_name(), tls.is_some());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(redirect) = config.http_redirect {
-        let l = TcpListener::bind(redirect)
-            .await
-            .map_err(|e| format!("cannot listen on {redirect} (tls.redirect_http): {e}"))?;
+        let l = TcpListener::bind(redirect).await.map_err(|e| {
+            StartError::Listen(format!(
+                "cannot listen on {redirect} (tls.redirect_http): {e}"
+            ))
+        })?;
         tracing::info!("redirecting http://{redirect} to https://");
         tokio::spawn(serve_loop(
             l,

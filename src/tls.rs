@@ -26,16 +26,16 @@ pub struct ReloadableCert {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
-fn load(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
+fn load(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| format!("cannot read tls.cert {}: {e}", files.cert.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("invalid PEM in tls.cert {}: {e}", files.cert.display()))?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(TlsError(format!(
             "tls.cert {} holds no certificate",
             files.cert.display()
-        ));
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         format!(
@@ -55,7 +55,7 @@ fn load(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
 }
 
 impl ReloadableCert {
-    pub fn new(files: TlsFiles) -> Result<Arc<Self>, String> {
+    pub fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let current = load(&files)?;
         Ok(Arc::new(ReloadableCert {
             files,
@@ -64,7 +64,7 @@ impl ReloadableCert {
     }
 
     /// Reloads the files; keeps the old certificate if they are unusable.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = load(&self.files)?;
         *self.current.write() = fresh;
         Ok(())
@@ -83,7 +83,18 @@ impl ResolvesServerCert for ReloadableCert {
 
 /// A TLS acceptor that always uses the current certificate (HTTP/1.1 only: WebSocket upgrades
 /// need it).
-pub fn acceptor(cert: Arc<ReloadableCert>) -> Result<TlsAcceptor, String> {
+/// Why the certificate or key cannot be used; the text names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+impl From<String> for TlsError {
+    fn from(message: String) -> Self {
+        TlsError(message)
+    }
+}
+
+pub fn acceptor(cert: Arc<ReloadableCert>) -> Result<TlsAcceptor, TlsError> {
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

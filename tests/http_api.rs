@@ -168,7 +168,11 @@ async fn a_client_that_stops_reading_is_dropped_and_others_keep_receiving() {
         // The healthy client keeps up: it reads after every broadcast (reading only every few
         // let its own queue fill on a loaded machine, and it was closed as a slow consumer too).
         while healthy
-            .recv_timeout(std::time::Duration::from_millis(if i % 20 == 0 { 5 } else { 1 }))
+            .recv_timeout(std::time::Duration::from_millis(if i % 20 == 0 {
+                5
+            } else {
+                1
+            }))
             .await
             .unwrap()
             .is_some()

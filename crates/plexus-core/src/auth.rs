@@ -121,20 +121,25 @@ fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// A verification key that cannot be used; the text says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
 impl VerifyKey {
     /// A shared-secret key for HS256, HS384 or HS512.
     pub fn secret(
         algorithm: Algorithm,
         secret: &[u8],
         kid: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         if !is_hmac(algorithm) {
-            return Err(format!(
+            return Err(KeyError(format!(
                 "a secret can only be used with HS256/HS384/HS512, not {algorithm:?}"
-            ));
+            )));
         }
         if secret.is_empty() {
-            return Err("the secret is empty".into());
+            return Err(KeyError("the secret is empty".into()));
         }
         Ok(VerifyKey {
             kid,
@@ -148,17 +153,19 @@ impl VerifyKey {
         algorithm: Algorithm,
         pem: &[u8],
         kid: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         use Algorithm::*;
         let key = match algorithm {
             RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem),
             ES256 | ES384 => DecodingKey::from_ec_pem(pem),
             EdDSA => DecodingKey::from_ed_pem(pem),
             HS256 | HS384 | HS512 => {
-                return Err(format!("{algorithm:?} needs a secret, not a public key"))
+                return Err(KeyError(format!(
+                    "{algorithm:?} needs a secret, not a public key"
+                )))
             }
         }
-        .map_err(|e| format!("invalid {algorithm:?} public key: {e}"))?;
+        .map_err(|e| KeyError(format!("invalid {algorithm:?} public key: {e}")))?;
         Ok(VerifyKey {
             kid,
             algorithm,
@@ -168,25 +175,27 @@ impl VerifyKey {
 
     /// Every usable key of a JWKS document. A key without `alg` gets the algorithm its type
     /// implies (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA).
-    pub fn from_jwks(json: &str) -> Result<Vec<Self>, String> {
-        let set: JwkSet = serde_json::from_str(json).map_err(|e| format!("invalid JWKS: {e}"))?;
+    pub fn from_jwks(json: &str) -> Result<Vec<Self>, KeyError> {
+        let set: JwkSet =
+            serde_json::from_str(json).map_err(|e| KeyError(format!("invalid JWKS: {e}")))?;
         let mut keys = Vec::new();
         for (i, jwk) in set.keys.iter().enumerate() {
             let algorithm = match &jwk.common.key_algorithm {
                 Some(ka) => Algorithm::from_str(&format!("{ka:?}"))
-                    .map_err(|_| format!("JWKS key {i}: unsupported alg {ka:?}"))?,
+                    .map_err(|_| KeyError(format!("JWKS key {i}: unsupported alg {ka:?}")))?,
                 None => match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
                     AlgorithmParameters::EllipticCurve(p) => match p.curve {
                         EllipticCurve::P256 => Algorithm::ES256,
                         EllipticCurve::P384 => Algorithm::ES384,
-                        _ => return Err(format!("JWKS key {i}: unsupported curve")),
+                        _ => return Err(KeyError(format!("JWKS key {i}: unsupported curve"))),
                     },
                     AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
                     AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
                 },
             };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {i}: {e}"))?;
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| KeyError(format!("JWKS key {i}: {e}")))?;
             keys.push(VerifyKey {
                 kid: jwk.common.key_id.clone(),
                 algorithm,
@@ -194,7 +203,7 @@ impl VerifyKey {
             });
         }
         if keys.is_empty() {
-            return Err("the JWKS has no keys".into());
+            return Err(KeyError("the JWKS has no keys".into()));
         }
         Ok(keys)
     }
@@ -264,9 +273,9 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    pub fn new(keys: Vec<VerifyKey>, options: VerifyOptions) -> Result<Self, String> {
+    pub fn new(keys: Vec<VerifyKey>, options: VerifyOptions) -> Result<Self, KeyError> {
         if keys.is_empty() {
-            return Err("no verification key configured".into());
+            return Err(KeyError("no verification key configured".into()));
         }
         Ok(Verifier { keys, options })
     }

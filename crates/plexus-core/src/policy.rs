@@ -94,36 +94,49 @@ impl ChannelRule {
         })
     }
 
-    /// Checks that the rule is well formed; returns a message naming the problem.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the rule is well formed.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let pattern = || self.topic.clone();
         if self.topic.is_empty() {
-            return Err("topic pattern is empty".into());
+            return Err(RuleError::EmptyPattern);
         }
         if self.max_per_user == Some(0) {
-            return Err(format!(
-                "topic pattern {:?}: max_per_user must be at least 1",
-                self.topic
-            ));
+            return Err(RuleError::MaxPerUserZero(pattern()));
         }
         if let Some(pos) = self.topic.find("{sub}") {
             let after = &self.topic[pos + "{sub}".len()..];
             if !(after.is_empty() || after.starts_with(':')) {
-                return Err(format!(
-                    "topic pattern {:?}: {{sub}} must end the pattern or be followed by ':'",
-                    self.topic
-                ));
+                return Err(RuleError::SubPlacement(pattern()));
             }
         }
         if let Some(pos) = self.topic.find('*') {
             if pos != self.topic.len() - 1 {
-                return Err(format!(
-                    "topic pattern {:?}: '*' is only allowed at the end",
-                    self.topic
-                ));
+                return Err(RuleError::WildcardPlacement(pattern()));
             }
         }
         Ok(())
     }
+}
+
+/// What is wrong with a channel rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("topic pattern is empty")]
+    EmptyPattern,
+    #[error("topic pattern {0:?}: max_per_user must be at least 1")]
+    MaxPerUserZero(String),
+    #[error("topic pattern {0:?}: {{sub}} must end the pattern or be followed by ':'")]
+    SubPlacement(String),
+    #[error("topic pattern {0:?}: '*' is only allowed at the end")]
+    WildcardPlacement(String),
+}
+
+/// A rule of a policy that is not well formed: `index` is its position among the rules.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("channels[{index}]: {error}")]
+pub struct PolicyError {
+    pub index: usize,
+    pub error: RuleError,
 }
 
 fn pattern_matches(pattern: &str, topic: &str, sub: &str) -> bool {
@@ -183,9 +196,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(rules: Vec<ChannelRule>) -> Result<Self, String> {
-        for (i, r) in rules.iter().enumerate() {
-            r.validate().map_err(|e| format!("channels[{i}]: {e}"))?;
+    pub fn new(rules: Vec<ChannelRule>) -> Result<Self, PolicyError> {
+        for (index, r) in rules.iter().enumerate() {
+            r.validate().map_err(|error| PolicyError { index, error })?;
         }
         Ok(Policy {
             rules: rules.into_iter().map(Arc::new).collect(),
@@ -314,6 +327,7 @@ mod tests {
     #[test]
     fn invalid_pattern_is_named() {
         let e = Policy::new(vec![ChannelRule::open("ro*m")]).unwrap_err();
-        assert!(e.contains("channels[0]"), "{e}");
+        assert_eq!(e.index, 0);
+        assert!(e.to_string().starts_with("channels[0]: "), "{e}");
     }
 }

@@ -123,7 +123,7 @@ fn err(e: impl std::fmt::Display) -> BrokerError {
 impl RedisBroker {
     /// Connects (failing clearly if Redis is unreachable at start) and starts the subscription
     /// and heartbeat tasks.
-    pub async fn connect(hub: Arc<Hub>, cfg: RedisConfig) -> Result<Arc<Self>, String> {
+    pub async fn connect(hub: Arc<Hub>, cfg: RedisConfig) -> Result<Arc<Self>, BrokerError> {
         let client = match &cfg.tls_ca {
             Some(ca) => redis::Client::build_with_tls(
                 cfg.url.as_str(),
@@ -134,7 +134,7 @@ impl RedisBroker {
             ),
             None => redis::Client::open(cfg.url.as_str()),
         }
-        .map_err(|e| format!("invalid Redis settings: {e}"))?;
+        .map_err(|e| err(format!("invalid Redis settings: {e}")))?;
         let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -145,8 +145,18 @@ impl RedisBroker {
             client.get_connection_manager_with_config(mgr_cfg),
         )
         .await
-        .map_err(|_| format!("cannot connect to Redis at {}: timed out", redact(&cfg.url)))?
-        .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(&cfg.url)))?;
+        .map_err(|_| {
+            err(format!(
+                "cannot connect to Redis at {}: timed out",
+                redact(&cfg.url)
+            ))
+        })?
+        .map_err(|e| {
+            err(format!(
+                "cannot connect to Redis at {}: {e}",
+                redact(&cfg.url)
+            ))
+        })?;
         let node_id = {
             use rand::Rng;
             let mut b = [0u8; 6];
@@ -172,7 +182,7 @@ impl RedisBroker {
         broker
             .heartbeat()
             .await
-            .map_err(|e| format!("Redis heartbeat failed: {e}"))?;
+            .map_err(|e| err(format!("Redis heartbeat failed: {e}")))?;
         tokio::spawn(subscription_loop(Arc::downgrade(&broker)));
         tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
         // Wait briefly for the subscription, so that the node starts fully connected.
