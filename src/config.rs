@@ -212,10 +212,15 @@ pub enum ConfigError {
     MissingProdSecrets { jwt_secret: bool, api_key: bool },
     #[error("jwt_secret must be at least 16 characters in the prod profile")]
     ShortJwtSecret,
+    #[error("api_key must be at least 16 characters in the prod profile")]
+    ShortApiKey,
     #[error("{field} must not be negative")]
     Negative { field: &'static str },
     #[error("{field} must be at least {min}")]
     TooSmall { field: &'static str, min: u64 },
+    /// A number above its maximum.
+    #[error("{field} must be at most {max}")]
+    TooLarge { field: &'static str, max: u64 },
     #[error("trusted_proxies: {value:?} is not an IP address or CIDR range")]
     TrustedProxy { value: String },
     /// A `[[channels]]` rule is invalid; `line` is that rule's header in `file`.
@@ -382,6 +387,9 @@ fn resolve_secrets(profile: Profile, env: &Env, file: &FileConfig) -> Result<Sec
             if secret.as_ref().is_some_and(|s| s.len() < 16) {
                 return Err(ConfigError::ShortJwtSecret);
             }
+            if api_key.as_ref().is_some_and(|k| k.len() < 16) {
+                return Err(ConfigError::ShortApiKey);
+            }
             Ok(Secrets {
                 jwt_secret: secret.unwrap_or_default(),
                 jwt_secret_generated: false,
@@ -420,7 +428,7 @@ fn resolve_limits(l: &FileLimits, expiry_grace_secs: Option<u64>) -> Result<Limi
         message_burst: l.message_burst.unwrap_or(defaults.message_burst),
         longpoll_window: secs(l.longpoll_window_secs, defaults.longpoll_window),
     };
-    if limits.messages_per_second < 0.0 {
+    if limits.messages_per_second.is_nan() || limits.messages_per_second < 0.0 {
         return Err(ConfigError::Negative {
             field: "limits.messages_per_second",
         });
@@ -457,7 +465,7 @@ fn resolve_admission(file: &FileConfig, profile: Profile) -> Result<AdmissionCon
     let connect_rate_per_ip = l
         .connect_rate_per_ip
         .unwrap_or(defaults.connect_rate_per_ip);
-    if connect_rate_per_ip < 0.0 {
+    if connect_rate_per_ip.is_nan() || connect_rate_per_ip < 0.0 {
         return Err(ConfigError::Negative {
             field: "limits.connect_rate_per_ip",
         });
@@ -564,8 +572,15 @@ fn build_verifier(
             .map_err(|e| jwks_error(e.to_string()))?;
         keys.extend(VerifyKey::from_jwks(&text).map_err(|e| jwks_error(e.0))?);
     }
+    let leeway_secs = auth.leeway_secs.unwrap_or(5);
+    if leeway_secs > plexus_core::auth::MAX_LEEWAY_SECS {
+        return Err(ConfigError::TooLarge {
+            field: "auth.leeway_secs",
+            max: plexus_core::auth::MAX_LEEWAY_SECS,
+        });
+    }
     let options = VerifyOptions {
-        leeway_secs: auth.leeway_secs.unwrap_or(5),
+        leeway_secs,
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
         roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
@@ -801,7 +816,7 @@ mod tests {
         let env = Env {
             profile: Some("prod".into()),
             jwt_secret: Some("0123456789abcdef0123".into()),
-            api_key: Some("k".into()),
+            api_key: Some("api-key-0123456789".into()),
             listen: Some("0.0.0.0:9000".into()),
             ..Env::default()
         };
@@ -811,19 +826,45 @@ mod tests {
     }
 
     #[test]
+    fn prod_refuses_a_short_api_key_and_a_huge_leeway() {
+        let env = Env {
+            profile: Some("prod".into()),
+            jwt_secret: Some("0123456789abcdef0123".into()),
+            api_key: Some("short-key".into()),
+            ..Env::default()
+        };
+        let e = load(None, &env, None, None).unwrap_err();
+        assert!(matches!(e, ConfigError::ShortApiKey), "{e:?}");
+        let f = write("[auth]\nleeway_secs = 18446744073709551615\n");
+        let env = Env {
+            api_key: Some("api-key-0123456789".into()),
+            jwt_secret: Some("0123456789abcdef0123".into()),
+            ..Env::default()
+        };
+        let e = load(Some(&f.0), &env, None, None).unwrap_err();
+        assert!(
+            e.to_string().contains("auth.leeway_secs must be at most"),
+            "{e}"
+        );
+        let f = write("profile = \"dev\"\n[limits]\nmessages_per_second = nan\n");
+        let e = load(Some(&f.0), &Env::default(), None, None).unwrap_err();
+        assert!(e.to_string().contains("messages_per_second"), "{e}");
+    }
+
+    #[test]
     fn file_is_prod_and_env_overrides_it() {
         let f = write(
-            "listen = \"127.0.0.1:5000\"\njwt_secret = \"file-secret-0123456789\"\napi_key = \"file-key\"\n\
+            "listen = \"127.0.0.1:5000\"\njwt_secret = \"file-secret-0123456789\"\napi_key = \"file-key-0123456789\"\n\
              [limits]\nidle_timeout_secs = 30\n[[channels]]\ntopic = \"room:*\"\necho = true\n",
         );
         let env = Env {
-            api_key: Some("env-key".into()),
+            api_key: Some("env-key-0123456789".into()),
             ..Env::default()
         };
         let c = load(Some(&f.0), &env, None, None).unwrap();
         assert_eq!(c.profile, Profile::Prod);
         assert_eq!(c.listen.port(), 5000);
-        assert_eq!(c.api_key, "env-key");
+        assert_eq!(c.api_key, "env-key-0123456789");
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
         assert!(c.policy.rules()[0].echo);
     }
@@ -838,7 +879,7 @@ mod tests {
         let f = write("[[channels]]\ntopic = \"a\"\n\n[[channels]]\ntopic = \"ro*om\"\n");
         let env = Env {
             jwt_secret: Some("0123456789abcdef0".into()),
-            api_key: Some("k".into()),
+            api_key: Some("api-key-0123456789".into()),
             ..Env::default()
         };
         let e = load(Some(&f.0), &env, None, None).unwrap_err();
@@ -854,7 +895,7 @@ mod tests {
     }
 
     /// Secrets for a prod file, so that sections after them are reached.
-    const PROD: &str = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"k\"\n";
+    const PROD: &str = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"api-key-0123456789\"\n";
 
     #[test]
     fn section_errors_name_their_field() {

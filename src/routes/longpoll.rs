@@ -148,8 +148,12 @@ pub async fn post(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    payload: Bytes,
+    payload: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let payload = match payload {
+        Ok(p) => p,
+        Err(r) => return with_cors(&state, &headers, super::body_rejection(r)),
+    };
     let tokens = tokens(query.as_deref());
     let session = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX));
     let res = match session {
@@ -162,6 +166,16 @@ pub async fn post(
                 serde_json::json!({
                     "status": 413,
                     "error": format!("{n} messages in one POST: at most {MAX_POST_LINES}"),
+                }),
+            ),
+            PostResult::TooLarge(n) => body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({
+                    "status": 413,
+                    "error": format!(
+                        "a message of {n} bytes is larger than max_message_bytes ({})",
+                        state.node.limits().max_message_bytes
+                    ),
                 }),
             ),
         },

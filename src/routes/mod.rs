@@ -116,7 +116,7 @@ impl<S: Send + Sync, T: DeserializeOwned + BodyShape> FromRequest<S> for ApiJson
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(body_rejection)?;
         serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
             json_error(
                 StatusCode::BAD_REQUEST,
@@ -124,6 +124,17 @@ impl<S: Send + Sync, T: DeserializeOwned + BodyShape> FromRequest<S> for ApiJson
             )
         })
     }
+}
+
+/// A body that could not be read (too large, cut short) as a JSON error with its status.
+pub fn body_rejection(r: axum::extract::rejection::BytesRejection) -> Response {
+    json_error(r.status(), r.body_text())
+}
+
+/// The largest request body any route reads: one message of `max_message_bytes` and 64 KiB
+/// of envelope. Larger bodies are answered 413 before they are read.
+pub fn body_limit(state: &AppState) -> usize {
+    state.node.limits().max_message_bytes + 64 * 1024
 }
 
 pub fn router(state: AppState) -> Router {
@@ -150,6 +161,8 @@ pub fn router(state: AppState) -> Router {
             .route("/dev/token", get(dev::token))
             .route("/dev/echo", get(dev::echo));
     }
+    let limit = body_limit(&state);
     r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

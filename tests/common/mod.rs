@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
-pub const API_KEY: &str = "test-api-key";
+pub const API_KEY: &str = "test-api-key-0123456789";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

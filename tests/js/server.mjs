@@ -9,7 +9,7 @@ import path from "node:path";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = process.env.PLEXUS_BIN || path.join(root, "target/debug/plexus");
 export const SECRET = "compat-secret-0123456789abcdef";
-export const API_KEY = "compat-api-key";
+export const API_KEY = "compat-api-key-0123456789";
 
 export async function freePort() {
   const srv = createServer();

@@ -121,6 +121,10 @@ fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// The largest clock-skew leeway the verifier applies (larger settings are refused by the
+/// configuration and capped here), so that `now - leeway` and `exp + leeway` cannot overflow.
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+
 /// A verification key that cannot be used; the text says why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -347,7 +351,7 @@ impl Verifier {
     fn verify_with(&self, token: &str, key: &VerifyKey) -> Result<Identity, AuthError> {
         let mut v = Validation::new(key.algorithm);
         v.algorithms = vec![key.algorithm];
-        v.leeway = self.options.leeway_secs;
+        v.leeway = self.options.leeway_secs.min(MAX_LEEWAY_SECS);
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp"]);
         match &self.options.audience {
@@ -400,7 +404,15 @@ impl Verifier {
         let info = c
             .remove("info")
             .and_then(|v| serde_json::value::to_raw_value(&v).ok());
-        let expires_at = c.get("exp").and_then(|e| e.as_u64());
+        // The verifier accepts a fractional `exp` (NumericDate may be non-integer): whatever it
+        // accepted is enforced live, rounded down.
+        let expires_at = c.get("exp").and_then(|e| {
+            e.as_u64().or_else(|| {
+                e.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.floor() as u64)
+            })
+        });
         Ok(Identity {
             sub: sub.into(),
             roles,

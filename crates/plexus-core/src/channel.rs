@@ -405,6 +405,31 @@ impl Channels {
         conn.send_close(&msg.topic, join_ref.as_deref());
     }
 
+    /// After a token refresh: departs the channels the connection's new identity may no longer
+    /// join, telling the client with `phx_close`.
+    pub fn recheck(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
+        let refused: Vec<Box<str>> = self
+            .joined
+            .keys()
+            .filter(|topic| {
+                conn.node
+                    .policy()
+                    .authorize_join(conn.identity, topic)
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        let mut departures = Vec::new();
+        for topic in refused {
+            if let Some(channel) = self.joined.remove(&topic) {
+                tracing::info!(sub = %conn.identity.sub, topic = %topic, "channel closed: the refreshed token may no longer join it");
+                conn.send_close(&topic, channel.join_ref.as_deref());
+                departures.push(channel.depart(conn, topic));
+            }
+        }
+        departures
+    }
+
     /// Departs every channel (the connection ends); see [`Departure`].
     pub fn depart_all(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
         self.joined

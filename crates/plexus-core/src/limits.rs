@@ -63,7 +63,8 @@ pub enum InvalidName {
     TopicTooLong,
     #[error("invalid event name")]
     BadEvent,
-    /// `phx_*` events belong to the protocol.
+    /// Events the server owns (`phx_*`, presence, token events; see
+    /// [`events::is_reserved`](crate::protocol::events::is_reserved)).
     #[error("reserved event")]
     ReservedEvent,
 }
@@ -82,7 +83,7 @@ impl Limits {
 
     /// Checks the name of an event that a client pushes or the API publishes.
     pub fn check_event(&self, event: &str) -> Result<(), InvalidName> {
-        if event.starts_with("phx_") {
+        if crate::protocol::events::is_reserved(event) {
             Err(InvalidName::ReservedEvent)
         } else if event.is_empty() || event.len() > self.max_event_bytes {
             Err(InvalidName::BadEvent)

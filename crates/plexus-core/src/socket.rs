@@ -41,6 +41,14 @@ pub struct Socket {
     _permit: Permit,
 }
 
+/// What the rate limit says of an inbound message.
+enum Admitted {
+    Yes,
+    RateLimited,
+    /// A sustained flood: the connection is being closed.
+    Closing,
+}
+
 /// The node refused a new connection because it is draining.
 #[derive(Debug)]
 pub struct Draining;
@@ -107,29 +115,42 @@ impl Socket {
         self.channels.len()
     }
 
-    /// Counts an inbound message and applies the rate limit; `false` means the message was
-    /// refused (and answered, or the connection is being closed).
-    fn admit_message(&mut self, msg: &Message) -> bool {
+    /// Counts an inbound message (decodable or not) and applies the rate limit. `false` means
+    /// it was refused: the caller answers `rate limited`, unless the connection is being closed
+    /// for a sustained flood.
+    fn admit_message(&mut self) -> Admitted {
         self.node
             .counters
             .messages_in
             .fetch_add(1, Ordering::Relaxed);
         let Some(bucket) = self.rate.as_mut() else {
-            return true;
+            return Admitted::Yes;
         };
         if bucket.take(std::time::Instant::now()) {
             self.refused_in_a_row = 0;
-            return true;
+            return Admitted::Yes;
         }
         self.refused_in_a_row += 1;
         if self.refused_in_a_row > self.node.limits().message_burst {
             tracing::warn!(sub = %self.identity.sub, "closing: sustained flood over the message rate limit");
             self.outbox
                 .close(close_codes::POLICY_VIOLATION, "rate limit exceeded");
+            Admitted::Closing
         } else {
-            self.conn().reply_error(msg, "rate limited");
+            Admitted::RateLimited
         }
-        false
+    }
+
+    /// [`Socket::admit_message`] for a decoded message, answering a refusal.
+    fn admit(&mut self, msg: &Message) -> bool {
+        match self.admit_message() {
+            Admitted::Yes => true,
+            Admitted::RateLimited => {
+                self.conn().reply_error(msg, "rate limited");
+                false
+            }
+            Admitted::Closing => false,
+        }
     }
 
     /// Handles what needs no waiting — heartbeats, the common case — and returns `true`;
@@ -140,7 +161,7 @@ impl Socket {
         if msg.topic != PHOENIX_TOPIC || msg.event != events::HEARTBEAT {
             return false;
         }
-        if self.admit_message(msg) {
+        if self.admit(msg) {
             self.conn().reply_ok(msg, Payload::empty_object());
         }
         true
@@ -148,14 +169,15 @@ impl Socket {
 
     /// Handles one decoded client message.
     pub async fn handle(&mut self, msg: Message) {
-        if !self.admit_message(&msg) {
+        if !self.admit(&msg) {
             return;
         }
         let event = msg.event.as_str();
         if msg.topic == PHOENIX_TOPIC {
             match event {
                 events::HEARTBEAT => self.conn().reply_ok(&msg, Payload::empty_object()),
-                events::REFRESH_TOKEN => self.refresh_token(&msg),
+                events::REFRESH_TOKEN => self.refresh_token(&msg, "token").await,
+                events::ACCESS_TOKEN => self.refresh_token(&msg, "access_token").await,
                 _ => self
                     .conn()
                     .reply_error(&msg, "unknown event on topic phoenix"),
@@ -184,6 +206,9 @@ impl Socket {
         match event {
             events::LEAVE => self.channels.leave(&conn, &msg).await,
             events::PRESENCE_UPDATE if tracked => self.channels.presence_update(&conn, msg).await,
+            events::PRESENCE_UPDATE => conn.reply_error(&msg, "not tracked in presence"),
+            // Supabase's client sends its new token on every joined channel: never relayed.
+            events::ACCESS_TOKEN => self.refresh_token(&msg, "access_token").await,
             _ => self.channels.push(&conn, msg).await,
         }
     }
@@ -200,22 +225,23 @@ impl Socket {
         self.channels.join(&conn, req).await
     }
 
-    /// `refresh_token {"token": …}`: verifies the new token (same user) and adopts its roles
-    /// and expiry; joined channels stay joined.
-    fn refresh_token(&mut self, msg: &Message) {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            token: String,
-        }
+    /// `refresh_token {"token": …}` (or `access_token {"access_token": …}`): verifies the new
+    /// token (same user) and adopts its roles and expiry. Joined channels that the new identity
+    /// may no longer join are closed (`phx_close`).
+    async fn refresh_token(&mut self, msg: &Message, field: &str) {
         let token = msg
             .payload
             .as_json()
-            .and_then(|raw| serde_json::from_str::<Body>(raw.get()).ok())
-            .map(|b| b.token);
+            .and_then(|raw| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+            })
+            .and_then(|mut m| match m.remove(field) {
+                Some(serde_json::Value::String(t)) => Some(t),
+                _ => None,
+            });
         let Some(token) = token else {
-            return self
-                .conn()
-                .reply_error(msg, "refresh_token needs {\"token\": \"<jwt>\"}");
+            let hint = format!("{} needs {{\"{field}\": \"<jwt>\"}}", msg.event);
+            return self.conn().reply_error(msg, &hint);
         };
         match self.node.authenticate(Some(&token)) {
             Ok(id) if id.sub == self.identity.sub => {
@@ -224,6 +250,15 @@ impl Socket {
                 self.identity = id;
                 let response = json_payload(&serde_json::json!({ "expires_at": expires_at }));
                 self.conn().reply_ok(msg, response);
+                let conn = Conn {
+                    node: &self.node,
+                    id: self.id,
+                    identity: &self.identity,
+                    outbox: &self.outbox,
+                };
+                for departure in self.channels.recheck(&conn) {
+                    departure.finish(&self.node).await;
+                }
             }
             Ok(_) => {
                 tracing::warn!(sub = %self.identity.sub, "token refresh refused: different sub");
@@ -244,10 +279,16 @@ impl Socket {
             .push(None, None, PHOENIX_TOPIC, events::TOKEN_EXPIRED, payload);
     }
 
-    /// Answers a frame that could not be decoded with an error reply carrying the reason.
+    /// Answers a frame that could not be decoded with an error reply carrying the reason. It
+    /// counts against the rate limit like any message.
     pub fn handle_decode_error(&mut self, err: DecodeError) {
+        let reason = match self.admit_message() {
+            Admitted::Yes => err.reason,
+            Admitted::RateLimited => "rate limited".to_owned(),
+            Admitted::Closing => return,
+        };
         let topic = err.topic.as_deref().unwrap_or(PHOENIX_TOPIC);
-        let response = json_payload(&serde_json::json!({ "reason": err.reason }));
+        let response = json_payload(&serde_json::json!({ "reason": reason }));
         self.conn().reply(
             err.join_ref.as_deref(),
             err.msg_ref.as_deref(),

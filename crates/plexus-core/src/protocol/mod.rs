@@ -35,4 +35,23 @@ pub mod events {
     pub const PRESENCE_DIFF: &str = "presence_diff";
     /// Client → server on a presence channel: merge an object into this connection's meta.
     pub const PRESENCE_UPDATE: &str = "presence_update";
+    /// Client → server on any topic (Supabase's `setAuth`): `{"access_token": "<new JWT>"}`,
+    /// handled like `refresh_token`.
+    pub const ACCESS_TOKEN: &str = "access_token";
+
+    /// Events the server owns: a client can never have one of them relayed to others (nor can
+    /// the HTTP API publish one), whatever the channel rules say.
+    pub fn is_reserved(event: &str) -> bool {
+        event.starts_with("phx_")
+            || matches!(
+                event,
+                PRESENCE_STATE
+                    | PRESENCE_DIFF
+                    | PRESENCE_UPDATE
+                    | REFRESH_TOKEN
+                    | ACCESS_TOKEN
+                    | TOKEN_EXPIRED
+                    | HEARTBEAT
+            )
+    }
 }

@@ -62,6 +62,8 @@ pub enum PostResult {
     Ok,
     Gone,
     TooManyLines(usize),
+    /// A line (one message) is larger than `max_message_bytes`: its size. Nothing was handled.
+    TooLarge(usize),
 }
 
 impl LongPoll {
@@ -147,6 +149,21 @@ impl LongPoll {
             .collect();
         if lines.len() > MAX_POST_LINES {
             return PostResult::TooManyLines(lines.len());
+        }
+        // The same size rule as a WebSocket message (a base64 line counts as what it decodes to).
+        let max = self.node.limits().max_message_bytes;
+        if let Some(big) = lines
+            .iter()
+            .map(|l| {
+                if l.first() == Some(&b'[') {
+                    l.len()
+                } else {
+                    l.len() / 4 * 3
+                }
+            })
+            .find(|n| *n > max)
+        {
+            return PostResult::TooLarge(big);
         }
         // Handled in a task of its own: if the client hangs up mid-POST, hyper drops this
         // future, but a join or leave must not stop halfway.

@@ -1,0 +1,246 @@
+//! Hostile clients against the real binary, over real sockets: each test tries one way to hold,
+//! fill or spoof something (the issue's defects), and checks that the server refuses it with a
+//! clear error and keeps serving everyone else.
+
+mod common;
+
+use common::{json, Server, API_KEY};
+use plexus_client::protocol::Payload;
+use plexus_client::{Client, ClientError, ConnectOptions};
+use serde_json::json;
+use std::time::Duration;
+
+const SECRET: &str = "hostile-suite-secret-0123456789";
+
+fn config(extra_limits: &str) -> String {
+    format!(
+        r#"
+profile = "prod"
+jwt_secret = "{SECRET}"
+
+[auth]
+expiry_grace_secs = 1
+
+[limits]
+max_connections_per_ip = 0
+max_connections_per_user = 0
+connect_rate_per_ip = 0
+messages_per_second = 5
+message_burst = 10
+{extra_limits}
+
+[[channels]]
+topic = "room:staff"
+join_roles = ["staff"]
+
+[[channels]]
+topic = "room:*"
+presence = true
+echo = true
+"#
+    )
+}
+
+fn now() -> u64 {
+    plexus_core::auth::unix_now()
+}
+
+fn sign(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn token(sub: &str, roles: &[&str]) -> String {
+    sign(json!({"sub": sub, "exp": now() + 600, "roles": roles}))
+}
+
+async fn start(extra_limits: &str) -> Server {
+    Server::start_with(Some(&config(extra_limits)), &[("PLEXUS_JWT_SECRET", "")]).await
+}
+
+async fn connect(s: &Server, token: &str) -> Client {
+    Client::connect(ConnectOptions::new(s.url()).token(token))
+        .await
+        .unwrap()
+}
+
+async fn still_serving(s: &Server) {
+    let mut c = connect(s, &token("bystander", &[])).await;
+    assert!(c.heartbeat().await.unwrap().is_ok(), "{}", s.log());
+}
+
+#[tokio::test]
+async fn a_fractional_exp_is_enforced_live() {
+    let s = start("").await;
+    let exp = now() as f64 + 1.5;
+    let mut c = connect(&s, &sign(json!({"sub": "floaty", "exp": exp}))).await;
+    c.recv_event("phoenix", "token_expired").await.unwrap();
+    let (code, reason) = c.wait_close().await.unwrap();
+    assert_eq!((code, reason.as_str()), (Some(4001), "token expired"));
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn server_events_cannot_be_forged_and_token_events_are_never_relayed() {
+    let s = start("").await;
+    let mut victim = connect(&s, &token("victim", &[])).await;
+    let mut mallory = connect(&s, &token("mallory", &[])).await;
+    assert!(victim.join("room:1", json!({})).await.unwrap().is_ok());
+    assert!(mallory.join("room:1", json!({})).await.unwrap().is_ok());
+    // The victim has seen mallory arrive; from here on it must hear nothing mallory forges.
+    victim
+        .recv_event_timeout("room:1", "presence_diff", Duration::from_secs(2))
+        .await
+        .unwrap();
+    while victim
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    let fake = json!({"joins": {"ghost": {"metas": [{"phx_ref": "x"}]}}, "leaves": {}});
+    for event in [
+        "presence_diff",
+        "presence_state",
+        "phx_reply",
+        "phx_error",
+        "refresh_token",
+        "token_expired",
+    ] {
+        let reply = mallory.push_json("room:1", event, &fake).await.unwrap();
+        assert_eq!(reply.reason().as_deref(), Some("reserved event"), "{event}");
+    }
+    // Supabase's setAuth: `access_token` on a joined channel refreshes the connection's token.
+    let reply = mallory
+        .push_json(
+            "room:1",
+            "access_token",
+            &json!({"access_token": token("mallory", &[])}),
+        )
+        .await
+        .unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    let reply = mallory
+        .push_json(
+            "room:1",
+            "access_token",
+            &json!({"access_token": "garbage"}),
+        )
+        .await
+        .unwrap();
+    assert!(!reply.is_ok());
+    let leaked = victim
+        .recv_timeout(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(leaked.is_none(), "the victim received {leaked:?}");
+    // An ordinary event still goes through.
+    assert!(mallory
+        .push_json("room:1", "new_msg", &json!({"body": "hi"}))
+        .await
+        .unwrap()
+        .is_ok());
+    victim.recv_event("room:1", "new_msg").await.unwrap();
+    // The HTTP API cannot publish them either.
+    let (status, _) = s
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            r#"{"topic":"room:1","event":"presence_diff","payload":{}}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_refreshed_token_with_fewer_roles_loses_its_channels() {
+    let s = start("").await;
+    let mut c = connect(&s, &token("dana", &["staff"])).await;
+    assert!(c.join("room:staff", json!({})).await.unwrap().is_ok());
+    assert!(c.join("room:lobby", json!({})).await.unwrap().is_ok());
+    let reply = c
+        .request(
+            None,
+            "phoenix",
+            "refresh_token",
+            Payload::json(&json!({"token": token("dana", &[])})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    c.recv_event("room:staff", "phx_close").await.unwrap();
+    // Gone from the staff room, still in the lobby.
+    let reply = c
+        .push_json("room:staff", "new_msg", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(reply.reason().as_deref(), Some("unmatched topic"));
+    assert!(c
+        .push_json("room:lobby", "new_msg", &json!({}))
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(s.log().contains("may no longer join"), "{}", s.log());
+}
+
+#[tokio::test]
+async fn malformed_frames_count_against_the_rate_limit() {
+    let s = start("").await;
+    let mut c = connect(&s, &token("garbler", &[])).await;
+    for _ in 0..200 {
+        if c.send_text("not json at all").await.is_err() {
+            break;
+        }
+    }
+    let mut rate_limited = 0;
+    let closed = loop {
+        match c.recv_timeout(Duration::from_secs(5)).await {
+            Ok(Some(m)) => {
+                if m.payload
+                    .as_json()
+                    .is_some_and(|p| p.get().contains("rate limited"))
+                {
+                    rate_limited += 1;
+                }
+            }
+            Ok(None) => break None,
+            Err(ClientError::Closed { code, .. }) => break code,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(rate_limited > 0, "no `rate limited` reply");
+    assert_eq!(closed, Some(1008));
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn longpoll_obeys_the_message_size_limit() {
+    let s = start("max_message_bytes = 2048").await;
+    let tok = token("poller", &[]);
+    let (status, body) = s
+        .http(
+            "GET",
+            &format!("/socket/longpoll?vsn=2.0.0&token={tok}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session = json(&body)["token"].as_str().unwrap().to_owned();
+    let big = format!(
+        r#"["1","1","room:1","phx_join",{{"pad":"{}"}}]"#,
+        "x".repeat(4096)
+    );
+    let path = format!("/socket/longpoll?vsn=2.0.0&token={session}");
+    let (status, body) = s.http("POST", &path, &[], &big).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_message_bytes"), "{body}");
+    still_serving(&s).await;
+}
