@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+/// `limits.http_header_timeout_secs`.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// `limits.max_pending_connections_per_ip`.
+pub const DEFAULT_MAX_PENDING_PER_IP: u32 = 128;
+/// `limits.max_pending_connections`.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
@@ -120,6 +126,9 @@ struct FileLimits {
     messages_per_second: Option<f64>,
     message_burst: Option<u32>,
     longpoll_window_secs: Option<u64>,
+    http_header_timeout_secs: Option<u64>,
+    max_pending_connections_per_ip: Option<u32>,
+    max_pending_connections: Option<usize>,
     max_connections_per_ip: Option<u32>,
     max_connections_per_user: Option<u32>,
     connect_rate_per_ip: Option<f64>,
@@ -138,6 +147,11 @@ pub struct Config {
     pub api_key_generated: bool,
     pub drain_timeout: Duration,
     pub limits: Limits,
+    /// Connections that are not admitted clients (HTTP requests, handshakes): how long one may
+    /// take to send its request headers (also the TLS handshake and keep-alive idle time).
+    pub http_header_timeout: Duration,
+    /// Caps on those connections, per client address and in total.
+    pub gate: crate::gate::GateLimits,
     pub admission: AdmissionConfig,
     pub policy: Policy,
     pub verifier: Verifier,
@@ -729,6 +743,22 @@ pub fn load(
         api_key_generated: secrets.api_key_generated,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         limits,
+        http_header_timeout: Duration::from_secs(
+            file.limits
+                .http_header_timeout_secs
+                .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS)
+                .max(1),
+        ),
+        gate: crate::gate::GateLimits {
+            per_ip: file
+                .limits
+                .max_pending_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_PENDING_PER_IP),
+            total: file
+                .limits
+                .max_pending_connections
+                .unwrap_or(DEFAULT_MAX_PENDING),
+        },
         admission,
         policy,
         verifier,

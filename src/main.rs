@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod gate;
 mod routes;
 mod server;
 mod tls;

@@ -2,12 +2,13 @@
 //! HTTP/1.1 with WebSocket upgrades, reloads certificates on SIGHUP, drains on SIGTERM/SIGINT.
 
 use crate::config::{Config, Profile};
+use crate::gate::Gate;
 use crate::routes::{router, AppState};
 use crate::tls::{self, ReloadableCert};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::broker::redis::RedisBroker;
@@ -51,7 +52,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Node::with_broker(node_config, hub, broker)
         }
     };
+    let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
     let state = AppState {
+        gate: gate.clone(),
         node: node.clone(),
         config: config.clone(),
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
@@ -85,11 +88,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             l,
             redirect_router(addr.port()),
             None,
+            Http {
+                gate: gate.clone(),
+                header_timeout: config.http_header_timeout,
+            },
             stop_rx.clone(),
         ));
     }
     let app = router(state);
-    let serving = tokio::spawn(serve_loop(listener, app, tls, stop_rx));
+    let http = Http {
+        gate,
+        header_timeout: config.http_header_timeout,
+    };
+    let serving = tokio::spawn(serve_loop(listener, app, tls, http, stop_rx));
 
     drain_on_signal(node, config.drain_timeout).await;
     let _ = stop_tx.send(true);
@@ -98,12 +109,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How connections are served before they are admitted clients.
+#[derive(Clone)]
+struct Http {
+    gate: Arc<Gate>,
+    /// For the TLS handshake, for each request's headers, and for a kept-alive connection's
+    /// wait for its next request.
+    header_timeout: Duration,
+}
+
 /// Accepts connections until `stop` turns true, then lets in-flight HTTP requests finish
-/// (upgraded WebSockets are drained by the node, not here).
+/// (upgraded WebSockets are drained by the node, not here). A connection the gate refuses is
+/// closed at once.
 async fn serve_loop(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
+    http: Http,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -120,12 +142,26 @@ async fn serve_loop(
                 continue;
             }
         };
+        let pass = match http.gate.enter(peer.ip()) {
+            Ok(pass) => pass,
+            Err(full) => {
+                let n = http.gate.refused.load(std::sync::atomic::Ordering::Relaxed);
+                // One line per burst, not one per refused socket.
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(client = %peer.ip(), cap = ?full, refused = n, "connection refused: too many connections not yet admitted (limits.max_pending_connections*)");
+                }
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let stop = stop.clone();
+        let http = http.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, peer, app, tls, stop).await;
+            serve_connection(tcp, peer, app, tls, &http, stop).await;
+            drop(pass);
         });
     }
 }
@@ -135,11 +171,14 @@ async fn serve_http<I>(
     io: I,
     service: impl HttpService,
     peer: SocketAddr,
+    http: &Http,
     mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_timeout)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -151,6 +190,11 @@ async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
+        if e.is_timeout() {
+            http.gate
+                .timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::debug!(peer = %peer, error = %e, "http connection error");
     }
 }
@@ -183,6 +227,7 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     tls: Option<TlsAcceptor>,
+    http: &Http,
     stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -190,21 +235,24 @@ async fn serve_connection(
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     match tls {
-        None => serve_http(TokioIo::new(tcp), service, peer, stop).await,
+        None => serve_http(TokioIo::new(tcp), service, peer, http, stop).await,
         Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            serve_http(TokioIo::new(stream), service, peer, stop).await
+            let stream = match tokio::time::timeout(http.header_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    http.gate
+                        .timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_http(TokioIo::new(stream), service, peer, http, stop).await
         }
     }
 }

@@ -244,3 +244,84 @@ async fn longpoll_obeys_the_message_size_limit() {
     assert!(body.contains("max_message_bytes"), "{body}");
     still_serving(&s).await;
 }
+
+/// A TCP connection to the server from `source` (a loopback address of the test's own).
+async fn raw_from(s: &Server, source: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    sock.connect(format!("127.0.0.1:{}", s.port).parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Whether the server closed `tcp` within `within` (read returns end-of-file or an error).
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {} // a 408 or similar before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_and_silent_sockets_are_closed_by_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let s = start("http_header_timeout_secs = 1").await;
+    let mut sockets = Vec::new();
+    for i in 0..100 {
+        let mut tcp = raw_from(&s, "127.0.0.3").await;
+        if i % 2 == 0 {
+            // Half a request header, and then nothing.
+            tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        sockets.push(tcp);
+    }
+    still_serving(&s).await;
+    for tcp in &mut sockets {
+        assert!(closed_by_server(tcp, Duration::from_secs(4)).await);
+    }
+    let (_, metrics) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    let timeouts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("plexus_http_timeouts_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(timeouts >= 100, "{metrics}");
+}
+
+#[tokio::test]
+async fn connections_not_yet_admitted_are_capped_per_address() {
+    let s = start("max_pending_connections_per_ip = 5").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(raw_from(&s, "127.0.0.4").await);
+    }
+    // The sixth from the same address is closed at once; other addresses are served.
+    let mut sixth = raw_from(&s, "127.0.0.4").await;
+    assert!(closed_by_server(&mut sixth, Duration::from_secs(2)).await);
+    still_serving(&s).await;
+    for tcp in &mut held {
+        assert!(!closed_by_server(tcp, Duration::from_millis(10)).await);
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = raw_from(&s, "127.0.0.4").await;
+    assert!(!closed_by_server(&mut again, Duration::from_millis(300)).await);
+    let (_, metrics) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert!(
+        metrics.contains("plexus_http_refused_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        s.log().contains("too many connections not yet admitted"),
+        "{}",
+        s.log()
+    );
+}

@@ -71,6 +71,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         c.broker_errors.load(Ordering::Relaxed),
     );
     metric(
+        "plexus_http_connections",
+        "gauge",
+        "Connections not yet admitted as clients (HTTP requests, handshakes, LongPoll polls).",
+        state.gate.count() as u64,
+    );
+    metric(
+        "plexus_http_refused_total",
+        "counter",
+        "Connections closed at accept: too many not yet admitted (per address or in total).",
+        state.gate.refused.load(Ordering::Relaxed),
+    );
+    metric(
+        "plexus_http_timeouts_total",
+        "counter",
+        "Connections closed for not sending their request headers (or TLS handshake) in time.",
+        state.gate.timeouts.load(Ordering::Relaxed),
+    );
+    metric(
         "plexus_draining",
         "gauge",
         "1 while the node drains.",

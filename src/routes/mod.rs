@@ -37,6 +37,8 @@ use subtle::ConstantTimeEq;
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
+    /// Connections not yet admitted (for `/metrics`).
+    pub gate: Arc<crate::gate::Gate>,
     pub config: Arc<Config>,
     pub issuer: Issuer,
     pub longpoll: Arc<LongPoll>,
