@@ -14,7 +14,7 @@
 
 use crate::auth::Identity;
 use crate::node::Node;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
 use crate::protocol::{events, Message, Payload};
 use crate::quota::JoinQuota;
@@ -40,13 +40,13 @@ impl Conn<'_> {
         status: &'static str,
         response: Payload,
     ) {
-        self.outbox.push(Outgoing::Reply {
+        self.outbox.push(Outgoing::Reply(Box::new(Reply {
             join_ref: join_ref.map(Into::into),
             msg_ref: msg_ref.map(Into::into),
             topic: topic.into(),
             status,
             response,
-        });
+        })));
     }
 
     pub fn reply_ok(&self, msg: &Message, response: Payload) {
@@ -82,13 +82,13 @@ impl Conn<'_> {
         event: &'static str,
         payload: Payload,
     ) {
-        self.outbox.push(Outgoing::Push {
+        self.outbox.push(Outgoing::Push(Box::new(Push {
             join_ref: join_ref.map(Into::into),
             msg_ref: msg_ref.map(Into::into),
             topic: topic.into(),
             event,
             payload,
-        });
+        })));
     }
 
     /// `phx_close` of the channel joined as `join_ref` (Phoenix puts the join_ref in `ref` too).
@@ -113,7 +113,8 @@ pub(crate) struct Channel {
     join_ref: Option<Box<str>>,
     rule: Arc<ChannelRule>,
     /// Counted against the rule's `max_per_user`; given back when the channel is dropped.
-    _quota: Option<JoinQuota>,
+    /// Boxed: most channels have none.
+    _quota: Option<Box<JoinQuota>>,
     /// Tracked in presence (fixed at the first join: a duplicate join keeps it).
     tracked: bool,
 }
@@ -302,7 +303,7 @@ impl Channels {
             Channel {
                 join_ref: req.join_ref.map(Into::into),
                 rule: rule.clone(),
-                _quota: quota,
+                _quota: quota.map(Box::new),
                 tracked: rule.presence,
             },
         );

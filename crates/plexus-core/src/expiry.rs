@@ -9,7 +9,6 @@ use tokio::time::Instant;
 /// The expiry of one connection's token, as instants of this process.
 #[derive(Clone, Debug)]
 pub struct Expiry {
-    exp: Option<u64>,
     warn_at: Option<Instant>,
     close_at: Option<Instant>,
     warned: bool,
@@ -38,16 +37,10 @@ impl Expiry {
             None => (None, None),
         };
         Expiry {
-            exp,
             warn_at,
             close_at,
             warned: false,
         }
-    }
-
-    /// The token's `exp` claim.
-    pub fn exp(&self) -> Option<u64> {
-        self.exp
     }
 
     /// The earlier of the next expiry step and `other` (a transport's own deadline).

@@ -26,26 +26,32 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
-/// One message waiting for a connection.
+/// `phx_reply` to the client message `msg_ref`.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub join_ref: Option<Box<str>>,
+    pub msg_ref: Option<Box<str>>,
+    pub topic: Box<str>,
+    pub status: &'static str,
+    pub response: Payload,
+}
+
+/// A server push to this connection alone (`phx_close`, `presence_state`, `token_expired`).
+#[derive(Clone, Debug)]
+pub struct Push {
+    pub join_ref: Option<Box<str>>,
+    pub msg_ref: Option<Box<str>>,
+    pub topic: Box<str>,
+    pub event: &'static str,
+    pub payload: Payload,
+}
+
+/// One message waiting for a connection: two words, so that a queue (and the batch a
+/// transport drains it into) stays small.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
-    /// `phx_reply` to the client message `msg_ref`.
-    Reply {
-        join_ref: Option<Box<str>>,
-        msg_ref: Option<Box<str>>,
-        topic: Box<str>,
-        status: &'static str,
-        response: Payload,
-    },
-    /// A server push to this connection alone (`phx_close`, `presence_state`,
-    /// `token_expired`).
-    Push {
-        join_ref: Option<Box<str>>,
-        msg_ref: Option<Box<str>>,
-        topic: Box<str>,
-        event: &'static str,
-        payload: Payload,
-    },
+    Reply(Box<Reply>),
+    Push(Box<Push>),
     /// A broadcast shared with every subscriber of its topic.
     Broadcast(Arc<Publication>),
 }
@@ -54,15 +60,8 @@ impl Outgoing {
     /// Bytes this message counts against the outbox's byte limit (about its encoded size).
     fn weight(&self) -> usize {
         match self {
-            Outgoing::Reply {
-                topic, response, ..
-            } => 48 + topic.len() + response.len(),
-            Outgoing::Push {
-                topic,
-                event,
-                payload,
-                ..
-            } => 32 + topic.len() + event.len() + payload.len(),
+            Outgoing::Reply(r) => 48 + r.topic.len() + r.response.len(),
+            Outgoing::Push(p) => 32 + p.topic.len() + p.event.len() + p.payload.len(),
             Outgoing::Broadcast(p) => p.frame.len(),
         }
     }
@@ -70,8 +69,8 @@ impl Outgoing {
     /// The message's payload (a reply's `response`).
     pub fn payload(&self) -> &Payload {
         match self {
-            Outgoing::Reply { response, .. } => response,
-            Outgoing::Push { payload, .. } => payload,
+            Outgoing::Reply(r) => &r.response,
+            Outgoing::Push(p) => &p.payload,
             Outgoing::Broadcast(p) => &p.payload,
         }
     }
@@ -88,30 +87,18 @@ impl Outgoing {
     /// carry binary frames sends their payload as JSON).
     pub fn encode_with(&self, payload: &Payload) -> Result<Frame, EncodeError> {
         match self {
-            Outgoing::Reply {
-                join_ref,
-                msg_ref,
-                topic,
-                status,
-                ..
-            } => encode_reply(
-                join_ref.as_deref(),
-                msg_ref.as_deref(),
-                topic,
-                status,
+            Outgoing::Reply(r) => encode_reply(
+                r.join_ref.as_deref(),
+                r.msg_ref.as_deref(),
+                &r.topic,
+                r.status,
                 payload,
             ),
-            Outgoing::Push {
-                join_ref,
-                msg_ref,
-                topic,
-                event,
-                ..
-            } => encode_push(
-                join_ref.as_deref(),
-                msg_ref.as_deref(),
-                topic,
-                event,
+            Outgoing::Push(p) => encode_push(
+                p.join_ref.as_deref(),
+                p.msg_ref.as_deref(),
+                &p.topic,
+                p.event,
                 payload,
             ),
             Outgoing::Broadcast(p) => match p.offset {
@@ -282,13 +269,13 @@ mod tests {
     use super::*;
 
     fn item(topic: &str) -> Outgoing {
-        Outgoing::Push {
+        Outgoing::Push(Box::new(Push {
             join_ref: None,
             msg_ref: None,
             topic: topic.into(),
             event: "e",
             payload: Payload::empty_object(),
-        }
+        }))
     }
 
     /// The encoded text of what was drained.
@@ -349,14 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_message_is_two_words() {
+        assert_eq!(std::mem::size_of::<Outgoing>(), 16);
+    }
+
+    #[test]
     fn byte_limit_counts_too() {
         let o = Outbox::new(100, 100);
-        let big = |n: usize| Outgoing::Push {
-            join_ref: None,
-            msg_ref: None,
-            topic: "t".into(),
-            event: "e",
-            payload: Payload::json(&"x".repeat(n)).unwrap(),
+        let big = |n: usize| {
+            Outgoing::Push(Box::new(Push {
+                join_ref: None,
+                msg_ref: None,
+                topic: "t".into(),
+                event: "e",
+                payload: Payload::json(&"x".repeat(n)).unwrap(),
+            }))
         };
         assert!(o.push(big(40)));
         assert!(!o.push(big(40)));

@@ -171,12 +171,9 @@ async fn next_chunk(
 fn render(st: &mut StreamState, item: Outgoing, out: &mut String) {
     let (topic, event, payload, offset): (&str, &str, &Payload, Option<u64>) = match &item {
         Outgoing::Broadcast(p) => (&p.topic, &p.event, &p.payload, p.offset),
-        Outgoing::Push {
-            topic,
-            event,
-            payload,
-            ..
-        } if *event == events::PRESENCE_STATE => (topic, event, payload, None),
+        Outgoing::Push(p) if p.event == events::PRESENCE_STATE => {
+            (&p.topic, p.event, &p.payload, None)
+        }
         _ => return,
     };
     let mut data = serde_json::Map::new();

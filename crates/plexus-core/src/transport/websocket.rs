@@ -96,12 +96,11 @@ pub async fn serve<S>(
                         // The write timeout reuses the connection's one timer (no extra Sleep
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
-                        let frames = encode_batch(&mut batch);
                         let written = tokio::select! {
-                            r = write_frames(&mut io, &frames) => Ok(r),
+                            r = write_frames(&mut io, &batch) => Ok(r),
                             _ = &mut timer => Err(()),
                         };
-                        drop(frames);
+                        batch.clear();
                         timer.as_mut().reset(socket.expiry().next(idle_deadline));
                         if batch.capacity() > 64 {
                             batch = Vec::new();
@@ -209,10 +208,9 @@ pub async fn serve<S>(
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(&mut batch);
-            let frames = encode_batch(&mut batch);
             timer.as_mut().reset(Instant::now() + write_timeout);
             tokio::select! {
-                _ = write_frames(&mut io, &frames) => {}
+                _ = write_frames(&mut io, &batch) => {}
                 _ = &mut timer => {}
             }
             break violation;
@@ -226,17 +224,37 @@ pub async fn serve<S>(
     Box::pin(socket.close()).await;
 }
 
-/// Encodes the drained messages (a broadcast's shared frame is not copied) and empties the
-/// batch, keeping its capacity.
-fn encode_batch(batch: &mut Vec<Outgoing>) -> Vec<Frame> {
-    batch
-        .drain(..)
-        .filter_map(|item| {
-            item.encode()
-                .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
-                .ok()
-        })
-        .collect()
+/// What [`write_frames`] writes: encoded frames, or outgoing messages encoded as they are
+/// written (a broadcast's shared frame is not copied).
+trait ToFrame {
+    fn to_frame(&self) -> Option<Frame>;
+    /// About the encoded size.
+    fn len_hint(&self) -> usize;
+}
+
+impl ToFrame for Frame {
+    fn to_frame(&self) -> Option<Frame> {
+        Some(self.clone())
+    }
+
+    fn len_hint(&self) -> usize {
+        self.len()
+    }
+}
+
+impl ToFrame for Outgoing {
+    fn len_hint(&self) -> usize {
+        match self {
+            Outgoing::Broadcast(p) => p.frame.len(),
+            other => 64 + other.payload().len(),
+        }
+    }
+
+    fn to_frame(&self) -> Option<Frame> {
+        self.encode()
+            .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
+            .ok()
+    }
 }
 
 /// Reads once into a stack buffer and feeds the decoder. The buffer lives only during the poll,
@@ -266,13 +284,13 @@ where
 }
 
 /// Writes frames: small ones coalesced into one buffer per write, large payloads directly.
-async fn write_frames<S>(io: &mut S, frames: &[Frame]) -> std::io::Result<()>
+async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T]) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::new();
-    for frame in frames {
-        let (op, payload) = match frame {
+    for frame in items.iter().filter_map(ToFrame::to_frame) {
+        let (op, payload) = match &frame {
             Frame::Text(b) => (OP_TEXT, b),
             Frame::Binary(b) => (OP_BINARY, b),
         };
@@ -292,7 +310,7 @@ where
             buf.clear();
         }
         if buf.capacity() == 0 {
-            buf.reserve(COALESCE.min(total_len(frames)));
+            buf.reserve(COALESCE.min(total_len(items)));
         }
         buf.extend_from_slice(&h[..n]);
         buf.extend_from_slice(payload);
@@ -303,8 +321,9 @@ where
     io.flush().await
 }
 
-fn total_len(frames: &[Frame]) -> usize {
-    frames.iter().map(|f| f.len() + 10).sum()
+/// About the bytes `items` take on the wire (for the write buffer's first reservation).
+fn total_len<T: ToFrame>(items: &[T]) -> usize {
+    items.iter().map(|i| i.len_hint() + 10).sum()
 }
 
 /// Sends a close frame, half-closes, then reads and discards what the peer still sends
