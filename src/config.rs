@@ -127,6 +127,9 @@ struct FileLimits {
     message_burst: Option<u32>,
     longpoll_window_secs: Option<u64>,
     http_header_timeout_secs: Option<u64>,
+    history_max_bytes: Option<usize>,
+    history_topic_max_bytes: Option<usize>,
+    history_idle_secs: Option<u64>,
     max_pending_connections_per_ip: Option<u32>,
     max_pending_connections: Option<usize>,
     max_connections_per_ip: Option<u32>,
@@ -441,7 +444,20 @@ fn resolve_limits(l: &FileLimits, expiry_grace_secs: Option<u64>) -> Result<Limi
             .unwrap_or(defaults.messages_per_second),
         message_burst: l.message_burst.unwrap_or(defaults.message_burst),
         longpoll_window: secs(l.longpoll_window_secs, defaults.longpoll_window),
+        history: plexus_core::limits::HistoryBudget {
+            max_bytes: l.history_max_bytes.unwrap_or(defaults.history.max_bytes),
+            topic_max_bytes: l
+                .history_topic_max_bytes
+                .unwrap_or(defaults.history.topic_max_bytes),
+            idle: secs(l.history_idle_secs, defaults.history.idle),
+        },
     };
+    if limits.history.topic_max_bytes > limits.history.max_bytes {
+        return Err(ConfigError::TooLarge {
+            field: "limits.history_topic_max_bytes (more than limits.history_max_bytes)",
+            max: limits.history.max_bytes as u64,
+        });
+    }
     if limits.messages_per_second.is_nan() || limits.messages_per_second < 0.0 {
         return Err(ConfigError::Negative {
             field: "limits.messages_per_second",
@@ -464,6 +480,7 @@ fn resolve_limits(l: &FileLimits, expiry_grace_secs: Option<u64>) -> Result<Limi
             1,
         ),
         ("limits.idle_timeout_secs", limits.idle_timeout.as_secs(), 1),
+        ("limits.history_idle_secs", limits.history.idle.as_secs(), 1),
     ] {
         if value < min {
             return Err(ConfigError::TooSmall { field, min });
@@ -707,6 +724,7 @@ fn resolve_redis(
         prefix: r.and_then(|r| r.prefix.clone()).unwrap_or(defaults.prefix),
         node_timeout,
         tls_ca,
+        history_idle: RedisConfig::default().history_idle,
     })
 }
 
@@ -733,7 +751,11 @@ pub fn load(
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
     let verifier = build_verifier(hs256, &file.auth, path, base)?;
     let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
-    let redis = resolve_broker(env, &file, base)?;
+    let mut redis = resolve_broker(env, &file, base)?;
+    if let Some(r) = redis.as_mut() {
+        // History keys in Redis expire too (after their TTL, else after this idle time).
+        r.history_idle = limits.history.idle;
+    }
     Ok(Config {
         profile,
         listen,

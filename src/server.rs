@@ -45,7 +45,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let hub = Arc::new(Hub::new());
     let node = match &config.redis {
-        None => Node::with_broker(node_config, hub.clone(), MemoryBroker::new(hub)),
+        None => {
+            let broker = MemoryBroker::with_budget(hub.clone(), config.limits.history);
+            Node::with_broker(node_config, hub, broker)
+        }
         Some(redis) => {
             let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
             tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");

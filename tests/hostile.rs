@@ -34,6 +34,10 @@ topic = "room:staff"
 join_roles = ["staff"]
 
 [[channels]]
+topic = "hist:*"
+history_size = 100
+
+[[channels]]
 topic = "room:*"
 presence = true
 echo = true
@@ -324,4 +328,75 @@ async fn connections_not_yet_admitted_are_capped_per_address() {
         "{}",
         s.log()
     );
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_history_flood_stays_within_the_budget_and_reads_create_nothing() {
+    let s = start("history_max_bytes = 4194304\nhistory_topic_max_bytes = 1048576").await;
+    let auth = format!("Bearer {API_KEY}");
+    let (_, m) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(metric(&m, "plexus_history_topics"), 0);
+    let before = rss_kib(s.pid());
+    // 80 messages of 600 kB into 40 topics: 48 MB offered, 4 MiB may stay.
+    let pad = "x".repeat(600_000);
+    for i in 0..80 {
+        let body = format!(
+            r#"{{"topic":"hist:{}","event":"blob","payload":{{"pad":"{pad}"}}}}"#,
+            i % 40
+        );
+        let (status, resp) = s
+            .http("POST", "/api/broadcast", &[("Authorization", &auth)], &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{resp}");
+    }
+    let (_, m) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    let bytes = metric(&m, "plexus_history_bytes");
+    assert!(bytes <= 4 * 1024 * 1024, "{bytes} bytes retained");
+    assert!(bytes >= 600_000, "the latest messages are kept: {bytes}");
+    let grown = rss_kib(s.pid()).saturating_sub(before);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    // Reading the history of topics nobody published to leaves no entry: only epoch records,
+    // which the next sweep (every 5 s) forgets.
+    let topics = metric(&m, "plexus_history_topics");
+    for i in 0..200 {
+        let path = format!("/api/channels/hist:empty{i}/history?since=0");
+        let (status, _) = s
+            .http("GET", &path, &[("Authorization", &auth)], "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let (_, m) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(metric(&m, "plexus_history_bytes"), bytes);
+    let mut left = 0;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, m) = s.http("GET", "/metrics", &[], "").await.unwrap();
+        left = metric(&m, "plexus_history_topics");
+        if left <= topics {
+            break;
+        }
+    }
+    assert!(
+        left <= topics,
+        "{left} topics after the reads, {topics} before"
+    );
+    still_serving(&s).await;
 }

@@ -88,6 +88,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Connections closed for not sending their request headers (or TLS handshake) in time.",
         state.gate.timeouts.load(Ordering::Relaxed),
     );
+    if let Some(h) = node.history_stats() {
+        metric(
+            "plexus_history_topics",
+            "gauge",
+            "Topics with retained history in this node's memory.",
+            h.topics as u64,
+        );
+        metric(
+            "plexus_history_bytes",
+            "gauge",
+            "Bytes of history retained in this node's memory (limits.history_max_bytes bounds it).",
+            h.bytes as u64,
+        );
+    }
     metric(
         "plexus_draining",
         "gauge",

@@ -370,9 +370,11 @@ impl Channels {
                 return outcome;
             }
         };
+        // Offset 0 means "nothing seen yet": a history complete from its first offset recovers
+        // it whatever the epoch (the topic may have been created since the client joined).
         let recovered = recover
             .as_ref()
-            .map(|r| page.epoch == r.epoch && page.complete);
+            .map(|r| page.complete && (page.epoch == r.epoch || r.offset == 0));
         let outcome = JoinOutcome::Joined(JoinReply {
             epoch: Some(page.epoch),
             offset: Some(page.top),

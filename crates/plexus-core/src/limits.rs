@@ -33,6 +33,30 @@ pub struct Limits {
     /// Inbound messages one connection may send in a burst. Past it, messages get a
     /// `rate limited` error reply; `message_burst` refusals in a row close the connection (1008).
     pub message_burst: u32,
+    /// Bounds of the history retained in memory (the embedded broker).
+    pub history: HistoryBudget,
+}
+
+/// Bounds of the retained history of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryBudget {
+    /// All topics together, in bytes of retained frames.
+    pub max_bytes: usize,
+    /// One topic, in bytes (the oldest entries go first).
+    pub topic_max_bytes: usize,
+    /// Entries of a topic without subscribers on this node that nobody published to for this
+    /// long are dropped (whatever its TTL).
+    pub idle: Duration,
+}
+
+impl Default for HistoryBudget {
+    fn default() -> Self {
+        HistoryBudget {
+            max_bytes: 64 * 1024 * 1024,
+            topic_max_bytes: 4 * 1024 * 1024,
+            idle: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -50,6 +74,7 @@ impl Default for Limits {
             longpoll_window: Duration::from_secs(10),
             messages_per_second: 50.0,
             message_burst: 100,
+            history: HistoryBudget::default(),
         }
     }
 }

@@ -242,6 +242,11 @@ impl Node {
         self.broker.disconnect_remote(sub).await.map(|_| n)
     }
 
+    /// History retained in this node's memory (the embedded broker), for metrics.
+    pub fn history_stats(&self) -> Option<crate::broker::HistoryStats> {
+        self.broker.history_stats()
+    }
+
     /// Whether the broker's backend is reachable.
     pub fn broker_healthy(&self) -> bool {
         self.broker.healthy()

@@ -1,114 +1,202 @@
 //! The embedded in-memory broker: one node, no network. Publishing is local delivery; history
 //! is a ring buffer per topic, lost on restart (the epoch changes, so clients learn that their
 //! offsets are void).
+//!
+//! Retained history is bounded ([`HistoryBudget`]): each message is kept once (its encoded
+//! frame; event and payload are decoded from it when history is read), a topic keeps at most
+//! `topic_max_bytes`, all topics together at most `max_bytes` — past it the topics published
+//! to least recently lose their entries first — and a sweep drops entries past their TTL,
+//! entries of topics nobody subscribes to that nobody published to for `idle`, and then the
+//! topics left with neither subscribers nor entries. Reading history creates no entry: only the
+//! topic's epoch record (so that a joiner's epoch is the one later publishes use), which the
+//! next sweep forgets unless someone subscribes.
 
-use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage};
+use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats};
 use crate::hub::Hub;
+use crate::limits::HistoryBudget;
+use crate::protocol::Frame;
 use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Bytes one retained entry counts, besides its frame (offset, instant, queue slot).
+const ENTRY_OVERHEAD: usize = 48;
 
 struct Retained {
-    item: HistoryItem,
+    offset: u64,
+    frame: Frame,
     at: Instant,
+}
+
+impl Retained {
+    fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD
+    }
 }
 
 struct TopicHistory {
     epoch: String,
     top: u64,
     entries: VecDeque<Retained>,
+    bytes: usize,
+    ttl: Option<Duration>,
+    last_publish: Instant,
 }
 
 impl TopicHistory {
-    fn expire(&mut self, ttl: Option<std::time::Duration>, now: Instant) {
-        if let Some(ttl) = ttl {
-            while self
-                .entries
-                .front()
-                .is_some_and(|e| now.duration_since(e.at) > ttl)
-            {
-                self.entries.pop_front();
+    /// Drops entries from the front while `drop_front` says so; returns the bytes freed.
+    fn drop_while(&mut self, mut drop_front: impl FnMut(&Retained, usize) -> bool) -> usize {
+        let mut freed = 0;
+        while let Some(front) = self.entries.front() {
+            if !drop_front(front, self.bytes) {
+                break;
             }
+            let cost = front.cost();
+            self.entries.pop_front();
+            self.bytes -= cost;
+            freed += cost;
         }
+        if self.entries.is_empty() {
+            self.entries = VecDeque::new();
+        }
+        freed
+    }
+
+    fn expire(&mut self, now: Instant) -> usize {
+        match self.ttl {
+            Some(ttl) => self.drop_while(|e, _| now.duration_since(e.at) > ttl),
+            None => 0,
+        }
+    }
+
+    fn clear(&mut self) -> usize {
+        self.drop_while(|_, _| true)
     }
 }
 
 pub struct MemoryBroker {
     hub: Arc<Hub>,
+    budget: HistoryBudget,
     epoch_prefix: String,
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
     histories: Mutex<HashMap<Box<str>, Arc<Mutex<TopicHistory>>>>,
-    /// Last TTL seen per topic, applied when reading.
-    ttls: Mutex<HashMap<Box<str>, Option<std::time::Duration>>>,
+    /// Bytes retained by all topics.
+    bytes: AtomicUsize,
 }
 
 impl MemoryBroker {
+    /// A broker with the default [`HistoryBudget`].
     pub fn new(hub: Arc<Hub>) -> Arc<Self> {
-        let broker = Arc::new(Self::unswept(hub));
-        // TTLs apply even to topics nobody touches again: a sweep every few seconds frees
-        // their expired entries.
+        Self::with_budget(hub, HistoryBudget::default())
+    }
+
+    pub fn with_budget(hub: Arc<Hub>, budget: HistoryBudget) -> Arc<Self> {
+        let broker = Arc::new(Self::unswept(hub, budget));
+        // TTLs and the idle limit apply even to topics nobody touches again: a sweep every
+        // few seconds frees their entries.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&broker);
             rt.spawn(async move {
                 loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                     let Some(b) = weak.upgrade() else { return };
-                    b.sweep();
+                    b.sweep(Instant::now());
                 }
             });
         }
         broker
     }
 
-    /// Drops expired entries of every topic with a TTL.
-    pub fn sweep(&self) {
-        let ttls: Vec<(Box<str>, std::time::Duration)> = self
-            .ttls
-            .lock()
-            .iter()
-            .filter_map(|(t, ttl)| ttl.map(|ttl| (t.clone(), ttl)))
-            .collect();
-        let now = Instant::now();
-        for (topic, ttl) in ttls {
-            let history = self.histories.lock().get(&topic).cloned();
-            if let Some(h) = history {
-                let mut h = h.lock();
-                h.expire(Some(ttl), now);
-                if h.entries.is_empty() {
-                    h.entries = VecDeque::new();
-                }
-            }
-        }
-    }
-
-    fn unswept(hub: Arc<Hub>) -> Self {
+    fn unswept(hub: Arc<Hub>, budget: HistoryBudget) -> Self {
         use std::hash::{BuildHasher, RandomState};
         let seed = RandomState::new().hash_one(std::time::SystemTime::now());
         MemoryBroker {
             hub,
+            budget,
             epoch_prefix: format!("{:08x}", seed as u32),
-            generation: std::sync::atomic::AtomicU64::new(1),
+            generation: AtomicU64::new(1),
             histories: Mutex::new(HashMap::new()),
-            ttls: Mutex::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
         }
     }
 
-    fn topic_history(&self, topic: &str) -> Arc<Mutex<TopicHistory>> {
+    /// Drops expired and idle entries, and forgets topics left with neither entries nor local
+    /// subscribers.
+    pub fn sweep(&self, now: Instant) {
+        let topics: Vec<(Box<str>, Arc<Mutex<TopicHistory>>)> = self
+            .histories
+            .lock()
+            .iter()
+            .map(|(t, h)| (t.clone(), h.clone()))
+            .collect();
+        let mut forget = Vec::new();
+        for (topic, history) in topics {
+            let mut h = history.lock();
+            let mut freed = h.expire(now);
+            let unsubscribed = self.hub.subscriber_count(&topic) == 0;
+            if unsubscribed && now.duration_since(h.last_publish) > self.budget.idle {
+                freed += h.clear();
+            }
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            if unsubscribed && h.entries.is_empty() {
+                forget.push(topic);
+            }
+        }
+        if forget.is_empty() {
+            return;
+        }
+        let mut histories = self.histories.lock();
+        for topic in forget {
+            // Still empty and unsubscribed now that the map is locked (no publish can add).
+            let gone = histories
+                .get(&topic)
+                .is_some_and(|h| h.lock().entries.is_empty())
+                && self.hub.subscriber_count(&topic) == 0;
+            if gone {
+                histories.remove(&topic);
+            }
+        }
+    }
+
+    /// Past the node-wide budget: the topics published to least recently lose their entries
+    /// until the total is back under three quarters of the budget (so that a node at its
+    /// budget does not scan every topic on every publish).
+    fn evict(&self) {
+        let mut topics: Vec<(Instant, Arc<Mutex<TopicHistory>>)> = self
+            .histories
+            .lock()
+            .values()
+            .map(|h| (h.lock().last_publish, h.clone()))
+            .collect();
+        topics.sort_by_key(|(at, _)| *at);
+        let target = self.budget.max_bytes / 4 * 3;
+        for (_, history) in topics {
+            if self.bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let freed = history.lock().clear();
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+
+    fn topic_history(&self, topic: &str, ttl: Option<Duration>) -> Arc<Mutex<TopicHistory>> {
         self.histories
             .lock()
             .entry(topic.into())
             .or_insert_with(|| {
-                let g = self
-                    .generation
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let g = self.generation.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Mutex::new(TopicHistory {
                     epoch: format!("{}-{g}", self.epoch_prefix),
                     top: 0,
                     entries: VecDeque::new(),
+                    bytes: 0,
+                    ttl,
+                    last_publish: Instant::now(),
                 }))
             })
             .clone()
@@ -126,7 +214,7 @@ impl Broker for MemoryBroker {
             self.hub.deliver(&Arc::new(publication));
             return Ok(None);
         };
-        let history = self.topic_history(&publication.topic);
+        let history = self.topic_history(&publication.topic, opts.ttl);
         // Offset assignment, retention and delivery under one lock: subscribers of a topic
         // see its offsets in order.
         let mut h = history.lock();
@@ -136,31 +224,45 @@ impl Broker for MemoryBroker {
             .map_err(|e| BrokerError(e.to_string()))?;
         h.top = offset;
         let now = Instant::now();
-        let publication = Arc::new(publication);
-        h.entries.push_back(Retained {
-            item: HistoryItem {
-                offset,
-                publication: publication.clone(),
-            },
+        h.ttl = opts.ttl;
+        h.last_publish = now;
+        let entry = Retained {
+            offset,
+            frame: publication.frame.clone(),
             at: now,
+        };
+        let added = entry.cost();
+        h.entries.push_back(entry);
+        h.bytes += added;
+        // The oldest entries go past `history_size` entries or the topic's byte cap.
+        let excess = h.entries.len().saturating_sub(opts.size.max(1));
+        let cap = self.budget.topic_max_bytes;
+        let mut dropped = 0;
+        let mut freed = h.drop_while(|_, bytes| {
+            let drop = dropped < excess || bytes > cap;
+            dropped += usize::from(drop);
+            drop
         });
-        while h.entries.len() > opts.size.max(1) {
-            h.entries.pop_front();
-        }
-        h.expire(opts.ttl, now);
+        freed += h.expire(now);
+        let publication = Arc::new(publication);
         self.hub.deliver(&publication);
         drop(h);
-        self.ttls
-            .lock()
-            .insert(publication.topic.as_ref().into(), opts.ttl);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        let total = self
+            .bytes
+            .fetch_sub(freed, Ordering::Relaxed)
+            .saturating_sub(freed);
+        if total > self.budget.max_bytes {
+            self.evict();
+        }
         Ok(Some(offset))
     }
 
     async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError> {
-        let history = self.topic_history(topic);
-        let ttl = self.ttls.lock().get(topic).copied().flatten();
+        let history = self.topic_history(topic, None);
         let mut h = history.lock();
-        h.expire(ttl, Instant::now());
+        let freed = h.expire(Instant::now());
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
         let Some(since) = since else {
             return Ok(HistoryPage {
                 epoch: h.epoch.clone(),
@@ -169,14 +271,18 @@ impl Broker for MemoryBroker {
                 items: Vec::new(),
             });
         };
-        let first = h.entries.front().map_or(h.top + 1, |e| e.item.offset);
+        let first = h.entries.front().map_or(h.top + 1, |e| e.offset);
         let complete = since >= h.top || since.saturating_add(1) >= first;
-        let items = h
-            .entries
-            .iter()
-            .filter(|e| e.item.offset > since)
-            .map(|e| e.item.clone())
-            .collect();
+        let mut items = Vec::new();
+        for e in h.entries.iter().filter(|e| e.offset > since) {
+            // Kept once, as the frame: the rest is decoded for the reader.
+            let publication = Publication::from_frame(topic, e.frame.clone(), Some(e.offset), None)
+                .map_err(|e| BrokerError(e.to_string()))?;
+            items.push(HistoryItem {
+                offset: e.offset,
+                publication: Arc::new(publication),
+            });
+        }
         Ok(HistoryPage {
             epoch: h.epoch.clone(),
             top: h.top,
@@ -197,6 +303,13 @@ impl Broker for MemoryBroker {
     fn presence_remove_detached(self: Arc<Self>, _topic: &str, _conn: ConnId) {}
 
     fn release_detached(self: Arc<Self>, _key: CounterKey) {}
+
+    fn history_stats(&self) -> Option<HistoryStats> {
+        Some(HistoryStats {
+            topics: self.histories.lock().len(),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -205,23 +318,27 @@ mod tests {
     use crate::protocol::Payload;
     use crate::publication::HistoryOpts;
 
-    fn publication(n: u64) -> Publication {
+    fn publication(topic: &str, n: u64, pad: usize) -> Publication {
         Publication::new(
-            "t",
+            topic,
             "e",
-            Payload::json(&serde_json::json!({ "n": n })).unwrap(),
+            Payload::json(&serde_json::json!({ "n": n, "pad": "x".repeat(pad) })).unwrap(),
             None,
         )
         .unwrap()
         .with_history(HistoryOpts { size: 3, ttl: None })
     }
 
+    fn broker(budget: HistoryBudget) -> MemoryBroker {
+        MemoryBroker::unswept(Arc::new(Hub::new()), budget)
+    }
+
     #[tokio::test]
     async fn offsets_retention_and_completeness() {
-        let b = MemoryBroker::new(Arc::new(Hub::new()));
+        let b = broker(HistoryBudget::default());
         assert_eq!(b.history("t", None).await.unwrap().top, 0);
         for n in 1..=5 {
-            assert_eq!(b.publish(publication(n)).await.unwrap(), Some(n));
+            assert_eq!(b.publish(publication("t", n, 0)).await.unwrap(), Some(n));
         }
         let page = b.history("t", Some(3)).await.unwrap();
         assert!(page.complete);
@@ -233,6 +350,7 @@ mod tests {
             String::from_utf8_lossy(page.items[0].publication.frame.bytes())
                 .starts_with(r#"[null,"4","t","e""#)
         );
+        assert_eq!(&*page.items[0].publication.event, "e");
         // Offsets 2..=5 needed but 2 is gone (size 3 keeps 3..=5).
         let page = b.history("t", Some(1)).await.unwrap();
         assert!(!page.complete);
@@ -241,7 +359,74 @@ mod tests {
         assert_eq!(page.items.len(), 3);
         assert!(b.history("t", Some(5)).await.unwrap().items.is_empty());
         // Another broker (a restarted node) has another epoch.
-        let b2 = MemoryBroker::new(Arc::new(Hub::new()));
+        let b2 = broker(HistoryBudget::default());
+        b2.publish(publication("t", 1, 0)).await.unwrap();
         assert_ne!(b2.history("t", None).await.unwrap().epoch, page.epoch);
+    }
+
+    #[tokio::test]
+    async fn reads_leave_only_epochs_that_the_sweep_forgets() {
+        let b = broker(HistoryBudget::default());
+        for i in 0..1000 {
+            let page = b.history(&format!("t{i}"), Some(0)).await.unwrap();
+            assert_eq!((page.top, page.complete), (0, true));
+        }
+        assert_eq!(b.history_stats().unwrap().bytes, 0);
+        // A joiner's epoch is the one the first publish uses.
+        let epoch = b.history("kept", None).await.unwrap().epoch;
+        b.publish(publication("kept", 1, 0)).await.unwrap();
+        assert_eq!(b.history("kept", None).await.unwrap().epoch, epoch);
+        b.sweep(Instant::now());
+        assert_eq!(b.history_stats().unwrap().topics, 1);
+    }
+
+    #[tokio::test]
+    async fn the_budget_bounds_every_topic_and_all_of_them() {
+        let b = broker(HistoryBudget {
+            max_bytes: 100_000,
+            topic_max_bytes: 25_000,
+            idle: Duration::from_secs(3600),
+        });
+        // One topic: at most 25 kB of 10 kB messages, the oldest go first.
+        for n in 1..=3 {
+            b.publish(publication("big", n, 10_000)).await.unwrap();
+        }
+        let page = b.history("big", Some(0)).await.unwrap();
+        assert_eq!(
+            page.items.iter().map(|i| i.offset).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(!page.complete);
+        // Forty topics of 20 kB: the total stays within the budget, the latest survive.
+        for t in 0..40 {
+            for n in 1..=2 {
+                b.publish(publication(&format!("room:{t}"), n, 10_000))
+                    .await
+                    .unwrap();
+            }
+            assert!(b.history_stats().unwrap().bytes <= 100_000);
+        }
+        let latest = b.history("room:39", Some(0)).await.unwrap();
+        assert_eq!(latest.items.len(), 2);
+        let oldest = b.history("room:0", Some(0)).await.unwrap();
+        assert!(oldest.items.is_empty() && !oldest.complete);
+    }
+
+    #[tokio::test]
+    async fn idle_unsubscribed_topics_are_dropped_then_forgotten() {
+        let b = broker(HistoryBudget {
+            idle: Duration::from_secs(60),
+            ..HistoryBudget::default()
+        });
+        b.publish(publication("t", 1, 100)).await.unwrap();
+        let first = b.history("t", None).await.unwrap().epoch;
+        b.sweep(Instant::now());
+        assert_eq!(b.history_stats().unwrap().topics, 1);
+        b.sweep(Instant::now() + Duration::from_secs(61));
+        let stats = b.history_stats().unwrap();
+        assert_eq!((stats.topics, stats.bytes), (0, 0));
+        // Recreated later: a new epoch, so old offsets are not taken for the new ones.
+        let again = b.history("t", None).await.unwrap().epoch;
+        assert_ne!(again, first);
     }
 }

@@ -94,6 +94,13 @@ pub struct HistoryPage {
     pub items: Vec<HistoryItem>,
 }
 
+/// What a broker retains as history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    pub topics: usize,
+    pub bytes: usize,
+}
+
 /// A failure of the broker's backend (network, server). Local delivery is unaffected.
 #[derive(Debug, thiserror::Error)]
 #[error("broker error: {0}")]
@@ -186,6 +193,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Asks every other node to disconnect user `sub` (this node does its own).
     async fn disconnect_remote(&self, _sub: &str) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// The history this node retains in memory (`None`: kept elsewhere, e.g. in Redis).
+    fn history_stats(&self) -> Option<HistoryStats> {
+        None
     }
 
     /// Whether the backend is reachable (always true for the memory broker).

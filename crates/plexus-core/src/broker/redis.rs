@@ -23,7 +23,7 @@ use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
 };
 use crate::hub::Hub;
-use crate::protocol::{encode_broadcast_parts, Frame, Payload};
+use crate::protocol::{encode_broadcast_parts, Frame};
 use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
@@ -49,6 +49,9 @@ pub struct RedisConfig {
     pub node_timeout: Duration,
     /// For `rediss://` URLs: the CA certificate (PEM) to trust instead of the system roots.
     pub tls_ca: Option<Vec<u8>>,
+    /// A topic's history keys expire this long after its last publish when its rule sets no
+    /// TTL (`limits.history_idle_secs`): nothing in Redis lives forever.
+    pub history_idle: Duration,
 }
 
 impl Default for RedisConfig {
@@ -58,30 +61,31 @@ impl Default for RedisConfig {
             prefix: "plexus".into(),
             node_timeout: Duration::from_secs(20),
             tls_ca: None,
+            history_idle: Duration::from_secs(3600),
         }
     }
 }
 
-/// Appends to history and publishes, atomically.
-/// KEYS: offset, stream, epoch. ARGV: frame prefix, frame suffix, kind, event, payload,
-/// payload kind, maxlen, ttl ms, channel, header (node id and exclude), new epoch, now ms.
+/// Appends to history and publishes, atomically. The message is stored once, as its frame;
+/// the stream is capped by count (MAXLEN) and every key expires (the rule's TTL, else the
+/// history idle time) after the last publish.
+/// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
+/// header (node id and exclude), new epoch, now ms.
 const PUBLISH_HISTORY: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
-  epoch = ARGV[11]
+  epoch = ARGV[8]
   redis.call('SET', KEYS[3], epoch)
 end
 local frame = ARGV[1]
 if ARGV[3] == 't' then frame = ARGV[1] .. offset .. ARGV[2] end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], offset .. '-0', 'f', frame, 'k', ARGV[3], 'e', ARGV[4], 'p', ARGV[5], 'pk', ARGV[6], 't', ARGV[12])
-local ttl = tonumber(ARGV[8])
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
-redis.call('PUBLISH', ARGV[9], 'P1 ' .. ARGV[10] .. ' ' .. offset .. ' ' .. ARGV[3] .. '\n' .. frame)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame, 'k', ARGV[3], 't', ARGV[9])
+local ttl = tonumber(ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. '\n' .. frame)
 return {offset, epoch}
 "#;
 
@@ -550,10 +554,6 @@ impl Broker for RedisBroker {
             encode_broadcast_parts(&publication.topic, &publication.event, &publication.payload)
                 .map_err(err)?;
         let kind = if parts.binary { "b" } else { "t" };
-        let (payload, payload_kind) = match &publication.payload {
-            Payload::Json(raw) => (raw.get().as_bytes().to_vec(), "j"),
-            Payload::Binary(b) => (b.to_vec(), "b"),
-        };
         let epoch = {
             use rand::Rng;
             format!("{:08x}", rand::rng().random::<u32>())
@@ -572,11 +572,8 @@ impl Broker for RedisBroker {
             .arg(parts.head.as_ref())
             .arg(parts.tail.as_ref())
             .arg(kind)
-            .arg(&*publication.event)
-            .arg(payload)
-            .arg(payload_kind)
             .arg(opts.size.max(1))
-            .arg(opts.ttl.map_or(0, |t| t.as_millis() as u64))
+            .arg(opts.ttl.unwrap_or(self.cfg.history_idle).as_millis().max(1) as u64)
             .arg(&channel)
             .arg(&origin)
             .arg(epoch)
@@ -608,7 +605,8 @@ impl Broker for RedisBroker {
             Some(e) => e,
             None => {
                 // No history yet (or it expired / Redis lost it): settle an epoch now, so that
-                // offsets handed out from here on are tied to it.
+                // offsets handed out from here on are tied to it. Only the epoch: it expires
+                // like the history would (nothing a read creates lives forever).
                 let fresh = {
                     use rand::Rng;
                     format!("{:08x}", rand::rng().random::<u32>())
@@ -618,6 +616,8 @@ impl Broker for RedisBroker {
                     .arg(&fresh)
                     .arg("NX")
                     .arg("GET")
+                    .arg("PX")
+                    .arg(self.cfg.history_idle.as_millis().max(1) as u64)
                     .query_async(&mut c)
                     .await
                     .map_err(err)?;
@@ -663,27 +663,14 @@ impl Broker for RedisBroker {
             } else {
                 Frame::Text(frame_bytes)
             };
-            let event: String = String::from_utf8_lossy(&get("e")).into_owned();
-            let payload = if get("pk") == b"b" {
-                Payload::Binary(Bytes::from(get("p")))
-            } else {
-                let raw = String::from_utf8_lossy(&get("p")).into_owned();
-                Payload::Json(
-                    serde_json::value::RawValue::from_string(raw)
-                        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
-                )
-            };
-            items.push(HistoryItem {
-                offset,
-                publication: Arc::new(Publication::from_parts(
-                    topic,
-                    &event,
-                    payload,
-                    frame,
-                    Some(offset),
-                    None,
-                )),
-            });
+            // Stored once, as the frame: event and payload are decoded for the reader.
+            match Publication::from_frame(topic, frame, Some(offset), None) {
+                Ok(p) => items.push(HistoryItem {
+                    offset,
+                    publication: Arc::new(p),
+                }),
+                Err(e) => self.failed("decoding a history entry", &e),
+            }
         }
         let first = items.first().map_or(top + 1, |i| i.offset);
         let complete = since.saturating_add(1) >= first;
