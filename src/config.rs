@@ -56,6 +56,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     api_key: Option<String>,
     drain_timeout_secs: Option<u64>,
+    metrics_require_api_key: Option<bool>,
     #[serde(default)]
     allowed_origins: Vec<String>,
     #[serde(default)]
@@ -86,6 +87,7 @@ struct FileTls {
     cert: PathBuf,
     key: PathBuf,
     redirect_http: Option<String>,
+    public_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +151,8 @@ pub struct Config {
     pub api_key: String,
     pub api_key_generated: bool,
     pub drain_timeout: Duration,
+    /// `/metrics` answers only with the API key.
+    pub metrics_require_api_key: bool,
     pub limits: Limits,
     /// Connections that are not admitted clients (HTTP requests, handshakes): how long one may
     /// take to send its request headers (also the TLS handshake and keep-alive idle time).
@@ -162,6 +166,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// A plain-HTTP listener that redirects to https (off unless configured).
     pub http_redirect: Option<SocketAddr>,
+    /// Where redirects point: `https://<public_host><path>` (never the request's `Host`).
+    pub public_host: Option<String>,
     /// `None`: the embedded in-memory broker; `Some`: cluster mode on Redis.
     pub redis: Option<RedisConfig>,
     pub source: Option<PathBuf>,
@@ -288,6 +294,8 @@ pub enum ConfigError {
     TlsPair,
     #[error("invalid tls.redirect_http {value:?}: expected host:port")]
     Redirect { value: String },
+    #[error("tls.redirect_http needs tls.public_host: the host name (and :port, if not 443) that redirects point to, e.g. \"chat.example.com\"")]
+    RedirectHost,
     #[error("unknown broker {value:?}: expected \"memory\" or \"redis\"")]
     UnknownBroker { value: String },
     #[error("no secret: pass --secret, set PLEXUS_JWT_SECRET, or give --config with jwt_secret")]
@@ -661,6 +669,12 @@ fn resolve_tls(
             if profile == Profile::Dev && !addr.ip().is_loopback() {
                 return Err(ConfigError::DevRedirectNotLoopback { addr });
             }
+            if file_tls
+                .and_then(|t| t.public_host.as_deref())
+                .is_none_or(str::is_empty)
+            {
+                return Err(ConfigError::RedirectHost);
+            }
             Some(addr)
         }
         None => None,
@@ -764,6 +778,7 @@ pub fn load(
         api_key: secrets.api_key,
         api_key_generated: secrets.api_key_generated,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+        metrics_require_api_key: file.metrics_require_api_key.unwrap_or(false),
         limits,
         http_header_timeout: Duration::from_secs(
             file.limits
@@ -786,6 +801,7 @@ pub fn load(
         verifier,
         tls,
         http_redirect,
+        public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
         source: path.map(Path::to_path_buf),
     })

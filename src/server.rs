@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
     let state = AppState {
         gate: gate.clone(),
+        api_guard: Default::default(),
         node: node.clone(),
         config: config.clone(),
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
@@ -89,7 +90,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("redirecting http://{redirect} to https://");
         tokio::spawn(serve_loop(
             l,
-            redirect_router(addr.port()),
+            redirect_router(config.public_host.clone().unwrap_or_default()),
             None,
             Http {
                 gate: gate.clone(),
@@ -260,27 +261,22 @@ async fn serve_connection(
     }
 }
 
-/// The plain-HTTP listener of `tls.redirect_http`: every request is sent to https.
-fn redirect_router(https_port: u16) -> Router {
+/// The plain-HTTP listener of `tls.redirect_http`: every request is sent to
+/// `https://<tls.public_host><path>`. The request's own `Host` is never used (a client could
+/// send any name and have it echoed into the redirect).
+fn redirect_router(public_host: String) -> Router {
     use axum::http::{header, StatusCode, Uri};
     use axum::response::IntoResponse;
-    Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned())
-            .unwrap_or_else(|| "localhost".to_owned());
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let location = if https_port == 443 {
-            format!("https://{host}{path}")
-        } else {
-            format!("https://{host}:{https_port}{path}")
-        };
-        (
-            StatusCode::PERMANENT_REDIRECT,
-            [(header::LOCATION, location)],
-        )
-            .into_response()
+    Router::new().fallback(move |uri: Uri| {
+        let host = public_host.clone();
+        async move {
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            (
+                StatusCode::PERMANENT_REDIRECT,
+                [(header::LOCATION, format!("https://{host}{path}"))],
+            )
+                .into_response()
+        }
     })
 }
 

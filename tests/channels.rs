@@ -268,7 +268,7 @@ async fn websocket_pings_are_answered_with_pongs_and_a_close_is_echoed() {
         .await
         .unwrap();
     let req = format!(
-        "GET /socket/websocket?vsn=2.0.0&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET /socket/websocket?vsn=2.0.0&token={token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();

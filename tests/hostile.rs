@@ -338,7 +338,8 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("server process {pid}: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -399,4 +400,129 @@ async fn a_history_flood_stays_within_the_budget_and_reads_create_nothing() {
         "{left} topics after the reads, {topics} before"
     );
     still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn wrong_api_keys_are_throttled_per_address_and_the_scheme_is_case_insensitive() {
+    let s = start("").await;
+    let channels = |auth: String, from: &'static str| {
+        let s = &s;
+        async move {
+            s.http(
+                "GET",
+                "/api/channels",
+                &[("Authorization", &auth), ("X-Forwarded-For", from)],
+                "",
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    assert_eq!(channels(format!("bearer {API_KEY}"), "").await, 200);
+    assert_eq!(channels(format!("BEARER  {API_KEY}"), "").await, 200);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(channels(format!("Bearer guess-{i}"), "").await);
+    }
+    assert_eq!(statuses[..10], [403; 10]);
+    assert_eq!(statuses[10..], [429, 429]);
+    // Locked out: even the right key waits, from this address.
+    assert_eq!(channels(format!("Bearer {API_KEY}"), "").await, 429);
+    assert!(s.log().contains("wrong API key"), "{}", s.log());
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn metrics_can_require_the_api_key() {
+    let s = Server::start_with(
+        Some(&format!("metrics_require_api_key = true\n{}", config(""))),
+        &[("PLEXUS_JWT_SECRET", "")],
+    )
+    .await;
+    let (status, body) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = s
+        .http("GET", "/metrics", &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("plexus_connections "), "{body}");
+}
+
+#[tokio::test]
+async fn the_dev_profile_answers_only_loopback_host_names() {
+    let s = Server::start().await;
+    for (host, expected) in [
+        ("evil.example", 403),
+        ("evil.example:4000", 403),
+        ("localhost", 200),
+        ("127.0.0.1:9", 200),
+    ] {
+        // Written by hand: the harness's own requests name 127.0.0.1 in Host.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /dev/token?sub=alice HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        let status: u16 = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        assert_eq!(status, expected, "{host}: {head}\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn sse_joins_a_repeated_topic_once_and_passes_deep_payloads_as_they_are() {
+    let s = start("").await;
+    let tok = token("reader", &[]);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "GET /sse?topic=room:a&topic=room:b&topic=room:a&token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    // Deeper than serde_json's default recursion limit (128).
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(r#"{{"topic":"room:a","event":"deep","payload":{deep}}}"#);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut published = false;
+    let mut buf = [0u8; 65536];
+    while !text.contains("\"event\":\"deep\"") {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .expect("no deep event in time")
+            .unwrap();
+        assert!(n > 0, "stream ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if !published && text.matches("event: joined").count() >= 2 {
+            published = true;
+            let auth = format!("Bearer {API_KEY}");
+            let (status, resp) = s
+                .http("POST", "/api/broadcast", &[("Authorization", &auth)], &body)
+                .await
+                .unwrap();
+            if status != 200 {
+                // The API refuses what it cannot parse: then the payload must be shallower.
+                panic!("broadcast refused: {status} {resp}");
+            }
+        }
+    }
+    assert_eq!(text.matches("event: joined").count(), 2, "{text}");
+    assert!(
+        text.contains(&deep),
+        "payload not passed as it came: {text}"
+    );
 }

@@ -127,18 +127,22 @@ async fn plain_http_listener_redirects_to_https() {
     write_cert(&dir, &cert);
     let redirect_port = free_port();
     let cfg = format!(
-        "profile = \"dev\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nredirect_http = \"127.0.0.1:{redirect_port}\"\n",
+        "profile = \"dev\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nredirect_http = \"127.0.0.1:{redirect_port}\"\npublic_host = \"chat.example.test:8443\"\n",
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
-    let s = Server::start_with(Some(&cfg), &[]).await;
-    let (status, head, _) = http_raw(redirect_port, "GET", "/demo?x=1", &[], "")
-        .await
-        .unwrap();
-    assert_eq!(status, 308);
-    assert!(
-        head.contains(&format!("location: https://127.0.0.1:{}/demo?x=1", s.port)),
-        "{head}"
-    );
+    let _s = Server::start_with(Some(&cfg), &[]).await;
+    // The configured public host, never the request's Host.
+    for host in [None, Some("evil.example")] {
+        let headers: Vec<(&str, &str)> = host.into_iter().map(|h| ("Host", h)).collect();
+        let (status, head, _) = http_raw(redirect_port, "GET", "/demo?x=1", &headers, "")
+            .await
+            .unwrap();
+        assert_eq!(status, 308);
+        assert!(
+            head.contains("location: https://chat.example.test:8443/demo?x=1"),
+            "{head}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,35 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_host_names() {
+        for ok in [
+            "localhost",
+            "localhost:4000",
+            "127.0.0.1:4000",
+            "127.5.6.7",
+            "[::1]:4000",
+            "app.localhost:80",
+            "LOCALHOST.",
+        ] {
+            assert!(super::is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.com",
+            "evil.com:4000",
+            "127.0.0.1.evil.com",
+            "10.0.0.1:4000",
+            "[::2]:1",
+            "localhost.evil.com",
+        ] {
+            assert!(!super::is_loopback_host(bad), "{bad}");
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct TokenQuery {
     sub: Option<String>,
@@ -32,6 +61,47 @@ pub async fn token(State(state): State<AppState>, Query(q): Query<TokenQuery>) -
         Ok(token) => Json(serde_json::json!({ "token": token, "sub": sub })).into_response(),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The dev profile answers only requests addressed to a loopback host name (`localhost`,
+/// `*.localhost`, `127.x.x.x`, `[::1]`): a web page on another site cannot reach it through DNS
+/// rebinding (its requests carry that site's name in `Host`).
+pub async fn loopback_host_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        next.run(req).await
+    } else {
+        tracing::warn!(
+            host,
+            "dev profile: request for a non-loopback host name refused"
+        );
+        json_error(
+            StatusCode::FORBIDDEN,
+            "the dev profile only answers requests for loopback host names (localhost, 127.0.0.1, [::1])",
+        )
+    }
+}
+
+/// Whether a `Host` header (with or without a port) names this machine's loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `GET /dev/echo`: raw WebSocket echo (no Phoenix protocol, no auth) for conformance tests.

@@ -24,7 +24,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// With `metrics_require_api_key = true` only a scraper that sends the API key gets the
+/// figures.
+pub async fn metrics(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if state.config.metrics_require_api_key {
+        if let Some(refused) = super::check_api_key(&state, &headers, Some(peer)) {
+            return refused;
+        }
+    }
     let node = &state.node;
     let c = &node.counters;
     let mut out = String::new();

@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use plexus_core::admission::Refusal;
 use plexus_core::auth::Issuer;
+use plexus_core::ratelimit::TokenBucket;
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use serde::de::DeserializeOwned;
@@ -39,19 +40,96 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Connections not yet admitted (for `/metrics`).
     pub gate: Arc<crate::gate::Gate>,
+    /// Wrong API keys per address.
+    pub api_guard: Arc<ApiGuard>,
     pub config: Arc<Config>,
     pub issuer: Issuer,
     pub longpoll: Arc<LongPoll>,
 }
 
-/// The token of an `Authorization: Bearer <token>` header (API key or user token).
+/// The token of an `Authorization: Bearer <token>` header (API key or user token); the scheme
+/// is case-insensitive, as HTTP says.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Wrong API keys per client address: 10 in a burst, then one every 6 s. An address that has
+/// used them up is answered 429 — even with the right key — until it has one again, so the
+/// key cannot be guessed at speed. The table forgets addresses that are back to a full burst
+/// once it holds more than [`ApiGuard::MAX_ADDRESSES`].
+#[derive(Default)]
+pub struct ApiGuard {
+    failures: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, TokenBucket>>,
+}
+
+impl ApiGuard {
+    pub const MAX_ADDRESSES: usize = 10_000;
+    const BURST: u32 = 10;
+    const PER_SECOND: f64 = 1.0 / 6.0;
+
+    fn locked(&self, ip: std::net::IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        self.failures
+            .lock()
+            .get_mut(&ip)
+            .is_some_and(|b| !b.has_token(now))
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let now = std::time::Instant::now();
+        let mut failures = self.failures.lock();
+        failures
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
+            .take(now);
+        if failures.len() > Self::MAX_ADDRESSES {
+            failures.retain(|_, b| !b.is_full(now));
+        }
+    }
+}
+
+/// Checks the API key of a request from `peer` (see [`ApiKey`] and [`ApiGuard`]); `Some` is
+/// the refusal to answer.
+pub fn check_api_key(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Response> {
+    let ip = peer.map(|p| state.node.admission().client_ip(p, headers));
+    if ip.is_some_and(|ip| state.api_guard.locked(ip)) {
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong API keys from this address: retry later",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("6"),
+        );
+        return Some(r);
+    }
+    if bearer(headers).is_none() {
+        return Some(json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send Authorization: Bearer <api_key>",
+        ));
+    }
+    if has_api_key(state, headers) {
+        return None;
+    }
+    if let Some(ip) = ip {
+        state.api_guard.failed(ip);
+        tracing::warn!(client = %ip, "wrong API key");
+    }
+    Some(json_error(StatusCode::FORBIDDEN, "invalid API key"))
 }
 
 /// A JSON error response `{"error": reason}` with the given status.
@@ -82,23 +160,20 @@ pub fn has_api_key(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// Extractor for the backend API's endpoints: the request carries the API key, else 401
-/// (missing) or 403 (wrong).
+/// (missing), 403 (wrong) or 429 (too many wrong ones from this address).
 pub struct ApiKey;
 
 impl FromRequestParts<AppState> for ApiKey {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        if bearer(&parts.headers).is_none() {
-            return Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "missing API key: send Authorization: Bearer <api_key>",
-            ));
-        }
-        if has_api_key(state, &parts.headers) {
-            Ok(ApiKey)
-        } else {
-            Err(json_error(StatusCode::FORBIDDEN, "invalid API key"))
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        match check_api_key(state, &parts.headers, peer) {
+            Some(refused) => Err(refused),
+            None => Ok(ApiKey),
         }
     }
 }
@@ -158,13 +233,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/channels/{topic}/history", get(api::history))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
-    if state.config.profile == Profile::Dev {
+    let dev = state.config.profile == Profile::Dev;
+    if dev {
         r = r
             .route("/dev/token", get(dev::token))
             .route("/dev/echo", get(dev::echo));
     }
     let limit = body_limit(&state);
-    r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(state)
+    r = r
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(limit));
+    if dev {
+        // Every route, the fallback included (a layer wraps what is routed before it).
+        r = r.layer(axum::middleware::from_fn(dev::loopback_host_only));
+    }
+    r.with_state(state)
 }

@@ -27,12 +27,13 @@ pub async fn stream(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let mut topics: Vec<String> = pairs
+    // Each topic once, in the order given (a repeated topic is not joined twice).
+    let mut seen = std::collections::HashSet::new();
+    let topics: Vec<String> = pairs
         .iter()
-        .filter(|(k, v)| k == "topic" && !v.is_empty())
+        .filter(|(k, v)| k == "topic" && !v.is_empty() && seen.insert(v.as_str()))
         .map(|(_, v)| v.clone())
         .collect();
-    topics.dedup();
     let max = state.node.limits().max_channels_per_connection;
     if topics.is_empty() {
         return json_error(

@@ -39,6 +39,12 @@ impl TokenBucket {
     }
 
     /// Whether the bucket would be full at `now` (the limit is not holding anything back).
+    /// Whether a token is there now (without taking it).
+    pub fn has_token(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
     pub fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.tokens + elapsed * self.rate >= self.burst

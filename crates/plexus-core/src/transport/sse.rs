@@ -110,11 +110,7 @@ pub async fn open(
             }
         }
         let (status, response) = outcome.reply();
-        let response: serde_json::Value = response
-            .as_json()
-            .and_then(|r| serde_json::from_str(r.get()).ok())
-            .unwrap_or_default();
-        let data = serde_json::json!({ "topic": topic, "response": response });
+        let data = serde_json::json!({ "topic": topic, "response": response.as_json() });
         let name = if status == "ok" {
             "joined"
         } else {
@@ -176,37 +172,40 @@ fn render(st: &mut StreamState, item: Outgoing, out: &mut String) {
         }
         _ => return,
     };
-    let mut data = serde_json::Map::new();
-    data.insert("topic".into(), topic.into());
-    data.insert("event".into(), event.into());
-    match payload {
-        Payload::Json(raw) => {
-            data.insert(
-                "payload".into(),
-                serde_json::from_str(raw.get()).unwrap_or_default(),
-            );
-        }
-        Payload::Binary(b) => {
-            data.insert(
-                "payload_base64".into(),
-                base64::engine::general_purpose::STANDARD.encode(b).into(),
-            );
-        }
+    // The payload is written as it came (raw JSON, never re-parsed): whatever a client could
+    // send, an EventSource receives the same.
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        topic: &'a str,
+        event: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a serde_json::value::RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload_base64: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     }
+    let data = Data {
+        topic,
+        event,
+        payload: payload.as_json(),
+        payload_base64: match payload {
+            Payload::Binary(b) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            Payload::Json(_) => None,
+        },
+        offset,
+    };
     let mut id = None;
     if let Some(offset) = offset {
-        data.insert("offset".into(), offset.into());
         if let Some(pos) = st.positions.get_mut(topic) {
             pos.1 = offset;
         }
         id = Some(format_id(&st.positions));
     }
-    write_event(
-        out,
-        None,
-        id.as_deref(),
-        &serde_json::Value::Object(data).to_string(),
-    );
+    let Ok(text) = serde_json::to_string(&data) else {
+        return;
+    };
+    write_event(out, None, id.as_deref(), &text);
 }
 
 fn write_event(out: &mut String, event: Option<&str>, id: Option<&str>, data: &str) {
