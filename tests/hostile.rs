@@ -526,3 +526,71 @@ async fn sse_joins_a_repeated_topic_once_and_passes_deep_payloads_as_they_are() 
         "payload not passed as it came: {text}"
     );
 }
+
+#[tokio::test]
+async fn slow_consumers_are_cut_off_and_the_others_keep_receiving() {
+    let s = start("outbox_max_bytes = 262144\nwrite_timeout_secs = 1").await;
+    let before = rss_kib(s.pid());
+    // 20 subscribers; 2 of them (10 %) stop reading once joined. 400 broadcasts of 50 kB (20 MB)
+    // are more than the kernel's socket buffers hold for a client that never reads.
+    let mut stalled = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(&s, &token(&format!("sub{i}"), &[])).await;
+        assert!(c.join("room:fire", json!({})).await.unwrap().is_ok());
+        if i % 10 == 0 {
+            stalled.push(c);
+            continue;
+        }
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < 400 {
+                match c
+                    .recv_event_timeout("room:fire", "blob", Duration::from_secs(10))
+                    .await
+                {
+                    Ok(Some(_)) => got += 1,
+                    other => panic!("reader {i} stopped after {got}: {other:?}"),
+                }
+            }
+            (got, c)
+        }));
+    }
+    let auth = format!("Bearer {API_KEY}");
+    let body = format!(
+        r#"{{"topic":"room:fire","event":"blob","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(50_000)
+    );
+    for _ in 0..400 {
+        let (status, _) = s
+            .http("POST", "/api/broadcast", &[("Authorization", &auth)], &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let mut healthy = Vec::new();
+    for r in readers {
+        let (got, c) = r.await.unwrap();
+        assert_eq!(got, 400);
+        healthy.push(c);
+    }
+    // The stalled two are gone from the topic; memory stayed bounded.
+    let mut subscribers = 0;
+    for _ in 0..50 {
+        let (_, resp) = s
+            .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+            .await
+            .unwrap();
+        subscribers = json(&resp)["channels"][0]["subscribers"]
+            .as_u64()
+            .unwrap_or(0);
+        if subscribers == 18 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(subscribers, 18, "{}", s.log());
+    let grown = rss_kib(s.pid()).saturating_sub(before);
+    assert!(grown < 48 * 1024, "RSS grew by {grown} KiB");
+    drop((stalled, healthy));
+}
