@@ -84,6 +84,34 @@ impl Gate {
     }
 }
 
+/// The gate place of one HTTP connection, reachable from its requests (a request extension),
+/// so that a route serving an admitted client's long-lived stream (SSE, a LongPoll poll) can
+/// leave the gate: the node's admission caps count that client from then on.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<Mutex<Option<Pass>>>);
+
+impl Slot {
+    pub fn new(pass: Pass) -> Self {
+        Slot(Arc::new(Mutex::new(Some(pass))))
+    }
+
+    /// Gives the connection's place back now.
+    pub fn release(&self) {
+        self.0.lock().take();
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Slot {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Slot>().cloned().unwrap_or_default())
+    }
+}
+
 impl Drop for Pass {
     fn drop(&mut self) {
         self.gate.total.fetch_sub(1, Ordering::Relaxed);

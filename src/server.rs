@@ -2,7 +2,7 @@
 //! HTTP/1.1 with WebSocket upgrades, reloads certificates on SIGHUP, drains on SIGTERM/SIGINT.
 
 use crate::config::{Config, Profile};
-use crate::gate::Gate;
+use crate::gate::{Gate, Slot};
 use crate::routes::{router, AppState};
 use crate::tls::{self, ReloadableCert};
 use axum::extract::ConnectInfo;
@@ -164,8 +164,7 @@ async fn serve_loop(
         let stop = stop.clone();
         let http = http.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, peer, app, tls, &http, stop).await;
-            drop(pass);
+            serve_connection(tcp, peer, app, tls, &http, Slot::new(pass), stop).await;
         });
     }
 }
@@ -232,10 +231,12 @@ async fn serve_connection(
     app: Router,
     tls: Option<TlsAcceptor>,
     http: &Http,
+    slot: Slot,
     stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(slot.clone());
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     match tls {

@@ -131,9 +131,21 @@ pub async fn history(
     axum::extract::Path(topic): axum::extract::Path<String>,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Response {
+    // An address out of API key attempts waits here too, before any key is compared.
+    let bearer = super::bearer(&headers);
+    if bearer.is_some() {
+        if let Some(locked) = super::api_key_lockout(&state, &headers, peer) {
+            return locked;
+        }
+    }
     if !has_api_key(&state, &headers) {
-        let token = q.token.as_deref().or(super::bearer(&headers));
+        // A bearer that is not the API key may be a user token; if it is refused, it counts as
+        // a wrong API key (else this endpoint would be a way around the throttle).
+        let token = q.token.as_deref().or(bearer);
         if let Err(refusal) = state.node.authorize_read(peer, &headers, token, &topic) {
+            if bearer.is_some() && q.token.is_none() {
+                super::api_key_failed(&state, &headers, peer);
+            }
             return Refused(refusal).into_response();
         }
     }

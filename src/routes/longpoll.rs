@@ -5,7 +5,6 @@
 //! Cross-origin browsers get CORS headers when their `Origin` is allowed.
 
 use super::AppState;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -70,9 +69,10 @@ pub async fn poll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    slot: crate::gate::Slot,
     headers: HeaderMap,
 ) -> Response {
-    let res = poll_inner(&state, peer, query.as_deref(), &headers).await;
+    let res = poll_inner(&state, peer, query.as_deref(), &headers, &slot).await;
     with_cors(&state, &headers, res)
 }
 
@@ -81,6 +81,7 @@ async fn poll_inner(
     peer: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
+    slot: &crate::gate::Slot,
 ) -> Response {
     if !has_vsn2(query) {
         return body(
@@ -92,6 +93,8 @@ async fn poll_inner(
     let lp = &state.longpoll;
     if let Some(session) = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX)) {
         if lp.exists(session) {
+            // A poll of an admitted session: it leaves the gate while it waits.
+            slot.release();
             return match lp.poll(session).await {
                 PollResult::Messages(messages) => body(
                     StatusCode::OK,
@@ -148,11 +151,11 @@ pub async fn post(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    payload: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request_body: axum::body::Body,
 ) -> Response {
-    let payload = match payload {
+    let payload = match super::read_body(&state, request_body).await {
         Ok(p) => p,
-        Err(r) => return with_cors(&state, &headers, super::body_rejection(r)),
+        Err(refused) => return with_cors(&state, &headers, refused),
     };
     let tokens = tokens(query.as_deref());
     let session = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX));

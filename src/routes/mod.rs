@@ -62,13 +62,22 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Wrong API keys per client address: 10 in a burst, then one every 6 s. An address that has
-/// used them up is answered 429 — even with the right key — until it has one again, so the
-/// key cannot be guessed at speed. The table forgets addresses that are back to a full burst
-/// once it holds more than [`ApiGuard::MAX_ADDRESSES`].
+/// Wrong API keys per client address (IPv6 per /64, what one host usually gets): 10 in a
+/// burst, then one every 6 s. An address that has used them up is answered 429 — even with the
+/// right key — until it has one again, so the key cannot be guessed at speed. The table holds at
+/// most [`ApiGuard::MAX_ADDRESSES`]; past that, new addresses share one bucket (an attacker
+/// spreading over many addresses is throttled as one), and addresses back to a full burst are
+/// forgotten when the table is cleaned (at most once a second).
 #[derive(Default)]
 pub struct ApiGuard {
-    failures: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, TokenBucket>>,
+    table: parking_lot::Mutex<GuardTable>,
+}
+
+#[derive(Default)]
+struct GuardTable {
+    failures: std::collections::HashMap<std::net::IpAddr, TokenBucket>,
+    overflow: Option<TokenBucket>,
+    cleaned: Option<std::time::Instant>,
 }
 
 impl ApiGuard {
@@ -76,25 +85,81 @@ impl ApiGuard {
     const BURST: u32 = 10;
     const PER_SECOND: f64 = 1.0 / 6.0;
 
+    /// The address the failures of `ip` count under.
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                std::net::IpAddr::V6(o.into())
+            }
+            other => other,
+        }
+    }
+
     fn locked(&self, ip: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
-        self.failures
-            .lock()
-            .get_mut(&ip)
-            .is_some_and(|b| !b.has_token(now))
+        let mut t = self.table.lock();
+        let t = &mut *t;
+        match t.failures.get_mut(&Self::key(ip)) {
+            Some(b) => !b.has_token(now),
+            None => t.overflow.as_mut().is_some_and(|b| !b.has_token(now)),
+        }
     }
 
     fn failed(&self, ip: std::net::IpAddr) {
         let now = std::time::Instant::now();
-        let mut failures = self.failures.lock();
-        failures
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
-            .take(now);
-        if failures.len() > Self::MAX_ADDRESSES {
-            failures.retain(|_, b| !b.is_full(now));
+        let mut t = self.table.lock();
+        let t = &mut *t;
+        if t.failures.len() >= Self::MAX_ADDRESSES
+            && t.cleaned
+                .is_none_or(|c| now.duration_since(c).as_secs() >= 1)
+        {
+            t.failures.retain(|_, b| !b.is_full(now));
+            t.cleaned = Some(now);
         }
+        let key = Self::key(ip);
+        let bucket = if t.failures.len() < Self::MAX_ADDRESSES || t.failures.contains_key(&key) {
+            t.failures
+                .entry(key)
+                .or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
+        } else {
+            t.overflow
+                .get_or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
+        };
+        bucket.take(now);
     }
+}
+
+/// The 429 of an address out of API key attempts, if `peer` is one.
+pub fn api_key_lockout(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+) -> Option<Response> {
+    let ip = state.node.admission().client_ip(peer, headers);
+    state.api_guard.locked(ip).then(|| {
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong API keys from this address: retry later",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("6"),
+        );
+        r
+    })
+}
+
+/// Counts a wrong API key from `peer`.
+pub fn api_key_failed(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+) {
+    let ip = state.node.admission().client_ip(peer, headers);
+    state.api_guard.failed(ip);
+    tracing::warn!(client = %ip, "wrong API key");
 }
 
 /// Checks the API key of a request from `peer` (see [`ApiKey`] and [`ApiGuard`]); `Some` is
@@ -104,17 +169,8 @@ pub fn check_api_key(
     headers: &axum::http::HeaderMap,
     peer: Option<std::net::SocketAddr>,
 ) -> Option<Response> {
-    let ip = peer.map(|p| state.node.admission().client_ip(p, headers));
-    if ip.is_some_and(|ip| state.api_guard.locked(ip)) {
-        let mut r = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many wrong API keys from this address: retry later",
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("6"),
-        );
-        return Some(r);
+    if let Some(locked) = peer.and_then(|p| api_key_lockout(state, headers, p)) {
+        return Some(locked);
     }
     if bearer(headers).is_none() {
         return Some(json_error(
@@ -125,9 +181,8 @@ pub fn check_api_key(
     if has_api_key(state, headers) {
         return None;
     }
-    if let Some(ip) = ip {
-        state.api_guard.failed(ip);
-        tracing::warn!(client = %ip, "wrong API key");
+    if let Some(peer) = peer {
+        api_key_failed(state, headers, peer);
     }
     Some(json_error(StatusCode::FORBIDDEN, "invalid API key"))
 }
@@ -187,13 +242,11 @@ pub trait BodyShape {
 /// parse error.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned + BodyShape> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned + BodyShape> FromRequest<AppState> for ApiJson<T> {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        let body = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let body = read_body(state, req.into_body()).await?;
         serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
             json_error(
                 StatusCode::BAD_REQUEST,
@@ -203,9 +256,30 @@ impl<S: Send + Sync, T: DeserializeOwned + BodyShape> FromRequest<S> for ApiJson
     }
 }
 
-/// A body that could not be read (too large, cut short) as a JSON error with its status.
-pub fn body_rejection(r: axum::extract::rejection::BytesRejection) -> Response {
-    json_error(r.status(), r.body_text())
+/// Reads a request body: at most [`body_limit`] bytes (else 413), all of it within the
+/// header timeout (else 408: a body trickled in slowly must not hold the connection).
+pub async fn read_body(
+    state: &AppState,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, Response> {
+    let read = axum::body::to_bytes(body, body_limit(state));
+    match tokio::time::timeout(state.config.http_header_timeout, read).await {
+        Err(_) => Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time (limits.http_header_timeout_secs)",
+        )),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Err(json_error(status, format!("request body not read: {e}")))
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// The largest request body any route reads: one message of `max_message_bytes` and 64 KiB
@@ -248,4 +322,29 @@ pub fn router(state: AppState) -> Router {
         r = r.layer(axum::middleware::from_fn(dev::loopback_host_only));
     }
     r.with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiGuard;
+    use std::net::IpAddr;
+
+    #[test]
+    fn api_key_failures_count_per_ipv4_address_and_ipv6_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ApiGuard::key(a), ApiGuard::key(b));
+        assert_ne!(ApiGuard::key(a), ApiGuard::key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(ApiGuard::key(v4), v4);
+        let guard = ApiGuard::default();
+        for _ in 0..10 {
+            assert!(!guard.locked(a));
+            guard.failed(a);
+        }
+        // The whole /64 is out of attempts; another /64 is not.
+        assert!(guard.locked(b));
+        assert!(!guard.locked(c));
+    }
 }

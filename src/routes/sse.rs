@@ -15,6 +15,7 @@ pub async fn stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    slot: crate::gate::Slot,
     headers: HeaderMap,
 ) -> Response {
     let pairs: Vec<(String, String)> =
@@ -73,6 +74,8 @@ pub async fn stream(
             )
         }
     };
+    // An admitted client now: its stream leaves the gate of connections not yet admitted.
+    slot.release();
     let mut res = Body::from_stream(events).into_response();
     let h = res.headers_mut();
     h.insert(

@@ -207,9 +207,11 @@ impl JoinOutcome {
 pub struct JoinRequest<'a> {
     pub topic: &'a str,
     pub join_ref: Option<&'a str>,
-    /// The ref of the client's `phx_join`: the reply is queued for the client when set, else
-    /// only returned (a transport like SSE renders it itself).
+    /// The ref of the client's `phx_join` (may be null).
     pub msg_ref: Option<&'a str>,
+    /// Queue the reply for the client (Phoenix transports); else it is only returned (a
+    /// transport like SSE renders it itself).
+    pub reply: bool,
     /// The join params (`{"recover": {"epoch", "offset"}}` asks for missed history).
     pub params: &'a Payload,
 }
@@ -247,7 +249,7 @@ impl Channels {
     }
 
     fn send_join_reply(&self, conn: &Conn<'_>, req: &JoinRequest<'_>, outcome: &JoinOutcome) {
-        if req.msg_ref.is_some() {
+        if req.reply {
             let (status, response) = outcome.reply();
             conn.reply(req.join_ref, req.msg_ref, req.topic, status, response);
         }
@@ -637,6 +639,7 @@ mod tests {
                 join_ref: Some(join_ref),
                 msg_ref: Some(join_ref),
                 params: &params,
+                reply: true,
             };
             self.channels.join(&conn, req).await
         }
@@ -699,6 +702,35 @@ mod tests {
         );
         assert_eq!(c.channels.len(), 0);
         assert_eq!(node.hub().subscriber_count("secret:1"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_join_with_a_null_ref_is_still_answered() {
+        let node = node(vec![ChannelRule::open("room:*")]);
+        let c = Client::new(&node, "alice");
+        let conn = Conn {
+            node: &c.node,
+            id: c.id,
+            identity: &c.identity,
+            outbox: &c.outbox,
+        };
+        let mut channels = Channels::default();
+        let params = Payload::empty_object();
+        let req = JoinRequest {
+            topic: "room:1",
+            join_ref: None,
+            msg_ref: None,
+            params: &params,
+            reply: true,
+        };
+        assert!(matches!(
+            channels.join(&conn, req).await,
+            JoinOutcome::Joined(_)
+        ));
+        assert_eq!(
+            c.sent(),
+            vec![r#"[null,null,"room:1","phx_reply",{"status":"ok","response":{}}]"#]
+        );
     }
 
     #[tokio::test]

@@ -60,8 +60,15 @@ impl Outgoing {
     /// Bytes this message counts against the outbox's byte limit (about its encoded size).
     fn weight(&self) -> usize {
         match self {
-            Outgoing::Reply(r) => 48 + r.topic.len() + r.response.len(),
-            Outgoing::Push(p) => 32 + p.topic.len() + p.event.len() + p.payload.len(),
+            Outgoing::Reply(r) => {
+                48 + refs_len(&r.join_ref, &r.msg_ref) + r.topic.len() + r.response.len()
+            }
+            Outgoing::Push(p) => {
+                32 + refs_len(&p.join_ref, &p.msg_ref)
+                    + p.topic.len()
+                    + p.event.len()
+                    + p.payload.len()
+            }
             Outgoing::Broadcast(p) => p.frame.len(),
         }
     }
@@ -107,6 +114,11 @@ impl Outgoing {
             },
         }
     }
+}
+
+/// The bytes of a message's refs (a client chooses them, up to a whole message's size).
+fn refs_len(join_ref: &Option<Box<str>>, msg_ref: &Option<Box<str>>) -> usize {
+    join_ref.as_ref().map_or(0, |s| s.len()) + msg_ref.as_ref().map_or(0, |s| s.len())
 }
 
 #[derive(Default)]
@@ -333,6 +345,20 @@ mod tests {
             panic!("expected a broadcast")
         };
         assert!(Arc::ptr_eq(got, &p));
+    }
+
+    #[test]
+    fn refs_count_against_the_byte_limit() {
+        let o = Outbox::new(100, 10_000);
+        let echoed = Outgoing::Reply(Box::new(Reply {
+            join_ref: None,
+            msg_ref: Some("r".repeat(6_000).into()),
+            topic: "t".into(),
+            status: "ok",
+            response: Payload::empty_object(),
+        }));
+        assert!(o.push(echoed.clone()));
+        assert!(!o.push(echoed), "two 6 kB refs passed a 10 kB limit");
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl Socket {
                 join_ref: msg.join_ref.as_deref(),
                 msg_ref: msg.msg_ref.as_deref(),
                 params: &msg.payload,
+                reply: true,
             })
             .await;
             return;
@@ -213,7 +214,7 @@ impl Socket {
         }
     }
 
-    /// Joins a topic. With `msg_ref` set the reply is queued for the client (Phoenix
+    /// Joins a topic. With `req.reply` the reply is queued for the client (Phoenix
     /// transports); either way the outcome is returned (SSE renders it itself).
     pub async fn join(&mut self, req: JoinRequest<'_>) -> JoinOutcome {
         let conn = Conn {

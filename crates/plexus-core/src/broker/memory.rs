@@ -7,9 +7,9 @@
 //! `topic_max_bytes`, all topics together at most `max_bytes` — past it the topics published
 //! to least recently lose their entries first — and a sweep drops entries past their TTL,
 //! entries of topics nobody subscribes to that nobody published to for `idle`, and then the
-//! topics left with neither subscribers nor entries. Reading history creates no entry: only the
-//! topic's epoch record (so that a joiner's epoch is the one later publishes use), which the
-//! next sweep forgets unless someone subscribes.
+//! topics left with neither subscribers nor entries once nobody read or published them for a
+//! minute. Reading history creates no entry: only the topic's epoch record (so that a joiner's
+//! epoch is the one later publishes use, and an HTTP poller's stays the same).
 
 use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats};
 use crate::hub::Hub;
@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 
 /// Bytes one retained entry counts, besides its frame (offset, instant, queue slot).
 const ENTRY_OVERHEAD: usize = 48;
+
+/// A topic's record, locked, owning its `Arc`.
+type TopicGuard = parking_lot::lock_api::ArcMutexGuard<parking_lot::RawMutex, TopicHistory>;
+
+/// A topic with neither entries nor subscribers is forgotten once nobody read or published it
+/// for this long.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 struct Retained {
     offset: u64,
@@ -46,6 +53,11 @@ struct TopicHistory {
     bytes: usize,
     ttl: Option<Duration>,
     last_publish: Instant,
+    /// Last read or publish.
+    last_touch: Instant,
+    /// Forgotten by the sweep: a publish or read that got this record before it was removed
+    /// must look it up again.
+    removed: bool,
 }
 
 impl TopicHistory {
@@ -143,7 +155,10 @@ impl MemoryBroker {
                 freed += h.clear();
             }
             self.bytes.fetch_sub(freed, Ordering::Relaxed);
-            if unsubscribed && h.entries.is_empty() {
+            if unsubscribed
+                && h.entries.is_empty()
+                && now.duration_since(h.last_touch) > FORGET_AFTER
+            {
                 forget.push(topic);
             }
         }
@@ -152,12 +167,15 @@ impl MemoryBroker {
         }
         let mut histories = self.histories.lock();
         for topic in forget {
-            // Still empty and unsubscribed now that the map is locked (no publish can add).
-            let gone = histories
-                .get(&topic)
-                .is_some_and(|h| h.lock().entries.is_empty())
-                && self.hub.subscriber_count(&topic) == 0;
-            if gone {
+            let Some(history) = histories.get(&topic).cloned() else {
+                continue;
+            };
+            // Still empty and unsubscribed with the topic locked: marked removed under that
+            // lock, so a publish or read that already holds this record looks it up again.
+            let mut h = history.lock();
+            if h.entries.is_empty() && self.hub.subscriber_count(&topic) == 0 {
+                h.removed = true;
+                drop(h);
                 histories.remove(&topic);
             }
         }
@@ -184,22 +202,33 @@ impl MemoryBroker {
         }
     }
 
-    fn topic_history(&self, topic: &str, ttl: Option<Duration>) -> Arc<Mutex<TopicHistory>> {
-        self.histories
-            .lock()
-            .entry(topic.into())
-            .or_insert_with(|| {
-                let g = self.generation.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Mutex::new(TopicHistory {
-                    epoch: format!("{}-{g}", self.epoch_prefix),
-                    top: 0,
-                    entries: VecDeque::new(),
-                    bytes: 0,
-                    ttl,
-                    last_publish: Instant::now(),
-                }))
-            })
-            .clone()
+    /// The topic's record (created if missing), and its lock; never one the sweep removed.
+    fn locked(&self, topic: &str, ttl: Option<Duration>) -> (Arc<Mutex<TopicHistory>>, TopicGuard) {
+        loop {
+            let history = self
+                .histories
+                .lock()
+                .entry(topic.into())
+                .or_insert_with(|| {
+                    let g = self.generation.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    Arc::new(Mutex::new(TopicHistory {
+                        epoch: format!("{}-{g}", self.epoch_prefix),
+                        top: 0,
+                        entries: VecDeque::new(),
+                        bytes: 0,
+                        ttl,
+                        last_publish: now,
+                        last_touch: now,
+                        removed: false,
+                    }))
+                })
+                .clone();
+            let guard = Mutex::lock_arc(&history);
+            if !guard.removed {
+                return (history, guard);
+            }
+        }
     }
 }
 
@@ -214,10 +243,9 @@ impl Broker for MemoryBroker {
             self.hub.deliver(&Arc::new(publication));
             return Ok(None);
         };
-        let history = self.topic_history(&publication.topic, opts.ttl);
         // Offset assignment, retention and delivery under one lock: subscribers of a topic
         // see its offsets in order.
-        let mut h = history.lock();
+        let (history, mut h) = self.locked(&publication.topic, opts.ttl);
         let offset = h.top + 1;
         publication
             .set_offset(offset)
@@ -226,6 +254,7 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         h.ttl = opts.ttl;
         h.last_publish = now;
+        h.last_touch = now;
         let entry = Retained {
             offset,
             frame: publication.frame.clone(),
@@ -234,6 +263,8 @@ impl Broker for MemoryBroker {
         let added = entry.cost();
         h.entries.push_back(entry);
         h.bytes += added;
+        // Counted under the topic's lock, before anything can free this entry.
+        self.bytes.fetch_add(added, Ordering::Relaxed);
         // The oldest entries go past `history_size` entries or the topic's byte cap.
         let excess = h.entries.len().saturating_sub(opts.size.max(1));
         let cap = self.budget.topic_max_bytes;
@@ -246,12 +277,12 @@ impl Broker for MemoryBroker {
         freed += h.expire(now);
         let publication = Arc::new(publication);
         self.hub.deliver(&publication);
-        drop(h);
-        self.bytes.fetch_add(added, Ordering::Relaxed);
         let total = self
             .bytes
             .fetch_sub(freed, Ordering::Relaxed)
             .saturating_sub(freed);
+        drop(h);
+        drop(history);
         if total > self.budget.max_bytes {
             self.evict();
         }
@@ -259,9 +290,10 @@ impl Broker for MemoryBroker {
     }
 
     async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError> {
-        let history = self.topic_history(topic, None);
-        let mut h = history.lock();
-        let freed = h.expire(Instant::now());
+        let (_history, mut h) = self.locked(topic, None);
+        let now = Instant::now();
+        h.last_touch = now;
+        let freed = h.expire(now);
         self.bytes.fetch_sub(freed, Ordering::Relaxed);
         let Some(since) = since else {
             return Ok(HistoryPage {
@@ -376,7 +408,10 @@ mod tests {
         let epoch = b.history("kept", None).await.unwrap().epoch;
         b.publish(publication("kept", 1, 0)).await.unwrap();
         assert_eq!(b.history("kept", None).await.unwrap().epoch, epoch);
+        // Read records stay while they are read (an HTTP poller keeps its epoch), then go.
         b.sweep(Instant::now());
+        assert_eq!(b.history_stats().unwrap().topics, 1001);
+        b.sweep(Instant::now() + FORGET_AFTER + Duration::from_secs(1));
         assert_eq!(b.history_stats().unwrap().topics, 1);
     }
 

@@ -192,14 +192,19 @@ impl LongPoll {
         handled.await.unwrap_or(PostResult::Gone)
     }
 
-    /// Ends a session: its socket leaves every channel.
+    /// Ends a session: its socket leaves every channel. The leaving runs in a task of its own:
+    /// the caller (a poll) is dropped mid-way when its client hangs up, and the broker's part
+    /// of the teardown (unsubscribing, presence leaves) must still happen.
     pub async fn close(&self, token: &str) {
         let session = self.sessions.lock().remove(token);
         if let Some(session) = session {
-            let socket = session.socket.lock().await.take();
-            if let Some(socket) = socket {
-                socket.close().await;
-            }
+            let closing = tokio::spawn(async move {
+                let socket = session.socket.lock().await.take();
+                if let Some(socket) = socket {
+                    socket.close().await;
+                }
+            });
+            let _ = closing.await;
         }
     }
 }

@@ -94,6 +94,7 @@ pub async fn open(
                 join_ref: None,
                 msg_ref: None,
                 params: &params,
+                reply: false,
             })
             .await;
         match &outcome {
@@ -219,7 +220,8 @@ fn write_event(out: &mut String, event: Option<&str>, id: Option<&str>, data: &s
         out.push_str(e);
         out.push('\n');
     }
-    for line in data.split('\n') {
+    // A raw JSON payload may hold `\r` as whitespace; to EventSource it ends a line too.
+    for line in data.split(['\n', '\r']) {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
@@ -230,6 +232,20 @@ fn write_event(out: &mut String, event: Option<&str>, id: Option<&str>, data: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carriage_returns_do_not_split_an_event() {
+        let mut out = String::new();
+        write_event(&mut out, None, None, "{\"a\":1\r\r,\"b\":2}");
+        assert_eq!(out, "data: {\"a\":1\ndata: \ndata: ,\"b\":2}\n\n");
+        // What an EventSource rebuilds: the data lines joined with \n, valid JSON.
+        let rebuilt: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        let v: serde_json::Value = serde_json::from_str(&rebuilt.join("\n")).unwrap();
+        assert_eq!(v["b"], 2);
+    }
 
     #[test]
     fn ids_round_trip_with_odd_topics() {
