@@ -219,6 +219,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// The same for text given to [`parse_str`], which has no file.
+    #[error("invalid configuration: {source}")]
+    ParseText { source: toml::de::Error },
     #[error("unknown profile {value:?}: expected \"dev\" or \"prod\"")]
     UnknownProfile { value: String },
     #[error("invalid listen address {value:?}: expected host:port, e.g. 127.0.0.1:4000")]
@@ -323,22 +326,37 @@ fn in_file(file: Option<&Path>, line: Option<usize>) -> String {
     }
 }
 
-/// Reads and parses the file, naming it in every error.
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+/// Reads the file, naming it in the error.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
+/// Reads and parses the file, naming it in every error.
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    parse_toml(&read_text(path)?, Some(path))
+}
+
+/// Parses the TOML text of the file `path` (`None`: text given to [`parse_str`]).
+fn parse_toml(text: &str, path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|source| match path {
+        Some(path) => ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        },
+        None => ConfigError::ParseText { source },
+    })
+}
+
+/// Reads a file that the configuration names (a key, a JWKS, a CA): `std::fs::read` for
+/// [`load`], a refusal for [`parse_str`], which reads nothing.
+type ReadFn<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
+
 /// For an error about `channels[i]`, the line of that rule's `[[channels]]` header, so that
 /// the message points into the file.
-fn rule_line(path: &Path, index: usize) -> Option<usize> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn rule_line(text: &str, index: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
@@ -540,13 +558,14 @@ fn resolve_policy(
     rules: Vec<ChannelRule>,
     profile: Profile,
     path: Option<&Path>,
+    text: Option<&str>,
 ) -> Result<Policy, ConfigError> {
     if rules.is_empty() && profile == Profile::Dev {
         return Ok(Policy::dev_default());
     }
     Policy::new(rules).map_err(|e| ConfigError::Rule {
         file: path.map(Path::to_path_buf),
-        line: path.and_then(|p| rule_line(p, e.index)),
+        line: text.and_then(|t| rule_line(t, e.index)),
         message: e.to_string(),
     })
 }
@@ -558,6 +577,7 @@ fn build_verifier(
     auth: &FileAuth,
     path: Option<&Path>,
     base: &Path,
+    read: ReadFn,
 ) -> Result<Verifier, ConfigError> {
     let file = || path.map(Path::to_path_buf);
     let key_error = |field: &str| {
@@ -589,7 +609,7 @@ fn build_verifier(
             (Some(secret), None, None) => VerifyKey::secret(alg, secret.as_bytes(), k.kid.clone()),
             (None, Some(pem), None) => VerifyKey::public_pem(alg, pem.as_bytes(), k.kid.clone()),
             (None, None, Some(f)) => {
-                let pem = read_referenced(&field, &base.join(f))?;
+                let pem = read_referenced(&field, &base.join(f), read)?;
                 VerifyKey::public_pem(alg, &pem, k.kid.clone())
             }
             _ => {
@@ -607,7 +627,7 @@ fn build_verifier(
         let jwks_error = |e: String| {
             key_error("auth.jwks_files")(KeyError(format!("{}: {e}", jwks_path.display())))
         };
-        let text = String::from_utf8(read_referenced("auth.jwks_files", &jwks_path)?)
+        let text = String::from_utf8(read_referenced("auth.jwks_files", &jwks_path, read)?)
             .map_err(|e| jwks_error(e.to_string()))?;
         keys.extend(VerifyKey::from_jwks(&text).map_err(|e| jwks_error(e.0))?);
     }
@@ -631,8 +651,8 @@ fn build_verifier(
 }
 
 /// Reads a file the configuration points to (`field` names the setting).
-fn read_referenced(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+fn read_referenced(field: &str, path: &Path, read: ReadFn) -> Result<Vec<u8>, ConfigError> {
+    read(path).map_err(|source| ConfigError::ReadFile {
         field: field.to_owned(),
         path: path.to_path_buf(),
         source,
@@ -688,6 +708,7 @@ fn resolve_broker(
     env: &Env,
     file: &FileConfig,
     base: &Path,
+    read: ReadFn,
 ) -> Result<Option<RedisConfig>, ConfigError> {
     let default_broker = if env.redis_url.is_some() {
         "redis"
@@ -701,7 +722,7 @@ fn resolve_broker(
         .unwrap_or(default_broker)
     {
         "memory" => Ok(None),
-        "redis" => resolve_redis(env, file.redis.as_ref(), base).map(Some),
+        "redis" => resolve_redis(env, file.redis.as_ref(), base, read).map(Some),
         other => Err(ConfigError::UnknownBroker {
             value: other.to_owned(),
         }),
@@ -713,6 +734,7 @@ fn resolve_redis(
     env: &Env,
     r: Option<&FileRedis>,
     base: &Path,
+    read: ReadFn,
 ) -> Result<RedisConfig, ConfigError> {
     let defaults = RedisConfig::default();
     let node_timeout = r
@@ -726,7 +748,7 @@ fn resolve_redis(
         });
     }
     let tls_ca = match r.and_then(|r| r.tls_ca_file.as_ref()) {
-        Some(f) => Some(read_referenced("redis.tls_ca_file", &base.join(f))?),
+        Some(f) => Some(read_referenced("redis.tls_ca_file", &base.join(f), read)?),
         None => None,
     };
     Ok(RedisConfig {
@@ -750,22 +772,62 @@ pub fn load(
     flag_listen: Option<&str>,
     flag_profile: Option<&str>,
 ) -> Result<Config, ConfigError> {
-    let mut file = match path {
-        Some(p) => read_file(p)?,
+    let text = path.map(read_text).transpose()?;
+    resolve(
+        text.as_deref(),
+        path,
+        env,
+        flag_listen,
+        flag_profile,
+        &|f| std::fs::read(f),
+    )
+}
+
+/// Resolves the configuration from TOML `text` as [`load`] does from a file holding it (so
+/// the default profile is prod), except that it touches no file system: a setting that names
+/// a file to read (`auth.keys[i].public_key_file`, `auth.jwks_files`, `redis.tls_ca_file`)
+/// fails with [`ConfigError::ReadFile`], and errors name no file. Pure, for tests and the
+/// fuzzer (`fuzz/fuzz_targets/config.rs`). TLS paths are only recorded, as by `load`.
+pub fn parse_str(
+    text: &str,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+) -> Result<Config, ConfigError> {
+    resolve(Some(text), None, env, flag_listen, flag_profile, &|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "parse_str reads no files",
+        ))
+    })
+}
+
+/// [`load`] once the file's `text` (if any) is read; `path` is that file (named in errors,
+/// base of relative paths), `None` for [`parse_str`]; `read` reads the files it names.
+fn resolve(
+    text: Option<&str>,
+    path: Option<&Path>,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+    read: ReadFn,
+) -> Result<Config, ConfigError> {
+    let mut file = match text {
+        Some(t) => parse_toml(t, path)?,
         None => FileConfig::default(),
     };
     // Files the config file names (keys, TLS, CA) are relative to its directory.
     let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
-    let profile = resolve_profile(flag_profile, env, &file, path.is_some())?;
+    let profile = resolve_profile(flag_profile, env, &file, text.is_some())?;
     let listen = resolve_listen(flag_listen, env, &file, profile)?;
     let secrets = resolve_secrets(profile, env, &file)?;
     let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
     let admission = resolve_admission(&file, profile)?;
-    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path)?;
+    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?;
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
-    let verifier = build_verifier(hs256, &file.auth, path, base)?;
+    let verifier = build_verifier(hs256, &file.auth, path, base, read)?;
     let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
-    let mut redis = resolve_broker(env, &file, base)?;
+    let mut redis = resolve_broker(env, &file, base, read)?;
     if let Some(r) = redis.as_mut() {
         // History keys in Redis expire too (after their TTL, else after this idle time).
         r.history_idle = limits.history.idle;
@@ -935,6 +997,51 @@ mod tests {
         assert_eq!(c.api_key, "env-key-0123456789");
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
         assert!(c.policy.rules()[0].echo);
+    }
+
+    #[test]
+    fn parse_str_is_load_without_files() {
+        let text = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"api-key-0123456789\"\n\
+                    [limits]\nmax_message_bytes = 4096\n[[channels]]\ntopic = \"room:*\"\n";
+        let c = parse_str(text, &Env::default(), None, None).unwrap();
+        assert_eq!(c.profile, Profile::Prod);
+        assert_eq!(c.limits.max_message_bytes, 4096);
+        assert!(c.source.is_none());
+        let f = write(text);
+        let l = load(Some(&f.0), &Env::default(), None, None).unwrap();
+        assert_eq!((l.profile, l.listen), (c.profile, c.listen));
+        // Errors name no file, but the rule's line is still found.
+        let e = parse_str(
+            "[[channels]]\ntopic = \"ro*om\"\n",
+            &Env::default(),
+            None,
+            Some("dev"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Rule {
+                    line: Some(1),
+                    file: None,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = parse_str("listen = [", &Env::default(), None, None).unwrap_err();
+        assert!(matches!(e, ConfigError::ParseText { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("invalid configuration: "), "{e}");
+        // It reads no file, not even one that exists.
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let e = parse_str(
+            &format!("[auth]\njwks_files = [{jwks:?}]\n"),
+            &Env::default(),
+            None,
+            Some("dev"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::ReadFile { .. }), "{e:?}");
     }
 
     #[test]

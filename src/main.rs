@@ -1,16 +1,10 @@
-//! The `plexus` binary: command line, configuration, HTTP routes and wiring around
-//! `plexus-core`. Start here: `cli` (flags) → `config` (file + env) → `server` (wiring, TLS,
-//! drain) → `routes` (one module per endpoint group).
-
-mod cli;
-mod config;
-mod gate;
-mod routes;
-mod server;
-mod tls;
+//! The `plexus` binary: parses the command line and runs the server or the `token` command.
+//! Everything else is in the `plexus` library (`src/lib.rs`): `cli` (flags) → `config`
+//! (file + env) → `server` (wiring, TLS, drain) → `routes` (one module per endpoint group).
 
 use clap::Parser;
-use cli::{Cli, Command, ServeArgs, TokenArgs};
+use plexus::cli::{Cli, Command, ServeArgs, TokenArgs};
+use plexus::{config, server};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -18,7 +18,9 @@ use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::outbox::Outgoing;
-use crate::protocol::{decode_client_binary, decode_client_text, Frame, Payload};
+use crate::protocol::{
+    decode_client_binary, decode_client_text, DecodeError, Frame, Message, Payload,
+};
 use crate::socket::{Draining, Socket};
 use base64::Engine;
 use bytes::Bytes;
@@ -142,46 +144,20 @@ impl LongPoll {
             return PostResult::Gone;
         };
         *session.last_active.lock() = Instant::now();
-        let lines: Vec<&[u8]> = body
-            .split(|b| *b == b'\n')
-            .map(trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        if lines.len() > MAX_POST_LINES {
-            return PostResult::TooManyLines(lines.len());
-        }
-        // The same size rule as a WebSocket message (a base64 line counts as what it decodes to).
         let max = self.node.limits().max_message_bytes;
-        if let Some(big) = lines
-            .iter()
-            .map(|l| {
-                if l.first() == Some(&b'[') {
-                    l.len()
-                } else {
-                    l.len() / 4 * 3
-                }
-            })
-            .find(|n| *n > max)
-        {
-            return PostResult::TooLarge(big);
-        }
+        let decoded = match parse_body(body, MAX_POST_LINES, max) {
+            Ok(decoded) => decoded,
+            Err(BodyError::TooManyLines(n)) => return PostResult::TooManyLines(n),
+            Err(BodyError::TooLarge(n)) => return PostResult::TooLarge(n),
+        };
         // Handled in a task of its own: if the client hangs up mid-POST, hyper drops this
         // future, but a join or leave must not stop halfway.
-        let lines: Vec<Vec<u8>> = lines.into_iter().map(<[u8]>::to_vec).collect();
         let handled = tokio::spawn(async move {
             let mut guard = session.socket.lock().await;
             let Some(socket) = guard.as_mut() else {
                 return PostResult::Gone;
             };
-            for line in lines {
-                let decoded = if line.first() == Some(&b'[') {
-                    decode_client_text(&line)
-                } else {
-                    match base64::engine::general_purpose::STANDARD.decode(&line) {
-                        Ok(bin) => decode_client_binary(&Bytes::from(bin)),
-                        Err(_) => decode_client_text(&line),
-                    }
-                };
+            for decoded in decoded {
                 match decoded {
                     Ok(m) => socket.handle(m).await,
                     Err(e) => socket.handle_decode_error(e),
@@ -237,6 +213,66 @@ fn trim(line: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &line[start..end]
+}
+
+/// Why a LongPoll POST body was refused as a whole (nothing in it is handled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// More non-blank lines than allowed: their number.
+    #[error("{0} lines is more than a POST may carry")]
+    TooManyLines(usize),
+    /// A line (one message) is larger than the message size limit: its size.
+    #[error("a {0}-byte message is larger than the limit")]
+    TooLarge(usize),
+}
+
+/// Parses a LongPoll POST body: ndjson, one client frame per line, each either JSON text
+/// (a line starting with `[`) or the standard base64 of a binary frame (a line that is not
+/// valid base64 is decoded as text, so that its error is answered like any malformed frame).
+/// Lines are trimmed of ASCII whitespace and blank lines are skipped.
+///
+/// Refused as a whole: more than `max_lines` lines, or a line larger than `max_message_bytes`
+/// (the same size rule as a WebSocket message; a base64 line counts as what it decodes to,
+/// `len / 4 * 3`). Otherwise one decode result per line, in order. Pure: no I/O.
+pub fn parse_body(
+    body: &[u8],
+    max_lines: usize,
+    max_message_bytes: usize,
+) -> Result<Vec<Result<Message, DecodeError>>, BodyError> {
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .map(trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.len() > max_lines {
+        return Err(BodyError::TooManyLines(lines.len()));
+    }
+    if let Some(big) = lines
+        .iter()
+        .map(|l| {
+            if l.first() == Some(&b'[') {
+                l.len()
+            } else {
+                l.len() / 4 * 3
+            }
+        })
+        .find(|n| *n > max_message_bytes)
+    {
+        return Err(BodyError::TooLarge(big));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|line| {
+            if line.first() == Some(&b'[') {
+                decode_client_text(line)
+            } else {
+                match base64::engine::general_purpose::STANDARD.decode(line) {
+                    Ok(bin) => decode_client_binary(&Bytes::from(bin)),
+                    Err(_) => decode_client_text(line),
+                }
+            }
+        })
+        .collect())
 }
 
 /// The JSON text of a message for the `messages` array. phoenix.js's LongPoll only parses
@@ -302,5 +338,75 @@ async fn reap(lp: Weak<LongPoll>, window: Duration) {
             tracing::debug!("longpoll session expired");
             lp.close(&token).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode_client_push;
+
+    #[test]
+    fn parse_body_decodes_text_and_base64_lines_in_order() {
+        let Frame::Binary(bin) = encode_client_push(
+            Some("3"),
+            Some("4"),
+            "room:a",
+            "file",
+            &Payload::Binary(Bytes::from_static(b"\x00\xff")),
+        )
+        .unwrap() else {
+            panic!("expected a binary frame")
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bin);
+        let body = format!(
+            "  [\"3\",\"3\",\"room:lobby\",\"phx_join\",{{}}]\r\n\n{b64}\n\t\nnot base64!\n"
+        );
+        let out = parse_body(body.as_bytes(), MAX_POST_LINES, 1024).unwrap();
+        assert_eq!(out.len(), 3);
+        let join = out[0].as_ref().unwrap();
+        assert_eq!(
+            (join.topic.as_str(), join.event.as_str()),
+            ("room:lobby", "phx_join")
+        );
+        let push = out[1].as_ref().unwrap();
+        assert_eq!(push.msg_ref.as_deref(), Some("4"));
+        match &push.payload {
+            Payload::Binary(b) => assert_eq!(&b[..], b"\x00\xff"),
+            Payload::Json(_) => panic!("expected a binary payload"),
+        }
+        // Neither JSON nor base64: a decode error for that line only.
+        assert!(out[2].is_err());
+        assert!(parse_body(b"", MAX_POST_LINES, 1024).unwrap().is_empty());
+        assert!(parse_body(b" \n\r\n", MAX_POST_LINES, 1024)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn parse_body_limits_lines_and_sizes() {
+        let line = "[null,\"1\",\"phoenix\",\"heartbeat\",{}]\n";
+        assert_eq!(
+            parse_body(line.repeat(3).as_bytes(), 3, 1024)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            parse_body(line.repeat(4).as_bytes(), 3, 1024).unwrap_err(),
+            BodyError::TooManyLines(4)
+        );
+        // A text line counts its bytes; a base64 line what it decodes to.
+        let text = format!("[null,\"1\",\"t\",\"e\",\"{}\"]", "x".repeat(100));
+        assert_eq!(
+            parse_body(text.as_bytes(), 10, 100).unwrap_err(),
+            BodyError::TooLarge(text.len())
+        );
+        let b64 = "A".repeat(136); // decodes to 102 bytes
+        assert_eq!(
+            parse_body(b64.as_bytes(), 10, 100).unwrap_err(),
+            BodyError::TooLarge(102)
+        );
+        assert_eq!(parse_body(b64.as_bytes(), 10, 102).unwrap().len(), 1);
     }
 }

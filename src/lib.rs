@@ -1,0 +1,13 @@
+//! The `plexus` server as a library: command line, configuration, HTTP routes and wiring
+//! around `plexus-core`. The binary (`src/main.rs`) is a thin `main` over these modules; they
+//! are a library so that the fuzz targets (`fuzz/`) can reach the configuration loader.
+//!
+//! Start here: [`cli`] (flags) → [`config`] (file + env) → [`server`] (wiring, TLS, drain) →
+//! [`routes`] (one module per endpoint group).
+
+pub mod cli;
+pub mod config;
+pub mod gate;
+pub mod routes;
+pub mod server;
+pub mod tls;
