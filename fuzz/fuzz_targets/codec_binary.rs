@@ -1,0 +1,73 @@
+//! The Phoenix V2 binary codec (kind byte, one length byte per field, fields, payload).
+//!
+//! Arbitrary bytes through `decode_client_binary` (kind 0 push) and `decode_server_binary`
+//! (push, reply, broadcast). Whatever decodes must re-encode to exactly the input bytes:
+//! client pushes with `encode_client_push`, server frames with `encode_push`, `encode_reply`
+//! and `encode_broadcast` (the layout has no slack, so decode is the inverse of encode).
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use plexus_core::protocol::{
+    decode_client_binary, decode_server_binary, encode_broadcast, encode_client_push, encode_push,
+    encode_reply, Frame, Payload, ServerBinary,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let input = Bytes::copy_from_slice(data);
+    let expected = Frame::Binary(input.clone());
+
+    match decode_client_binary(&input) {
+        Ok(m) => {
+            assert_eq!(data[0], 0, "clients send only kind 0");
+            assert!(matches!(m.payload, Payload::Binary(_)));
+            assert!(m.join_ref.as_deref() != Some("") && m.msg_ref.as_deref() != Some(""));
+            let frame = encode_client_push(
+                m.join_ref.as_deref(),
+                m.msg_ref.as_deref(),
+                &m.topic,
+                &m.event,
+                &m.payload,
+            )
+            .expect("decoded fields are at most 255 bytes");
+            assert_eq!(frame, expected, "encode(decode(x)) != x (client push)");
+        }
+        Err(e) => assert!(!e.reason.is_empty()),
+    }
+
+    let frame = match decode_server_binary(&input) {
+        Ok(ServerBinary::Push {
+            join_ref,
+            topic,
+            event,
+            payload,
+        }) => encode_push(
+            join_ref.as_deref(),
+            None,
+            &topic,
+            &event,
+            &Payload::Binary(payload),
+        ),
+        Ok(ServerBinary::Reply {
+            join_ref,
+            msg_ref,
+            topic,
+            status,
+            payload,
+        }) => encode_reply(
+            join_ref.as_deref(),
+            msg_ref.as_deref(),
+            &topic,
+            &status,
+            &Payload::Binary(payload),
+        ),
+        Ok(ServerBinary::Broadcast {
+            topic,
+            event,
+            payload,
+        }) => encode_broadcast(None, &topic, &event, &Payload::Binary(payload)),
+        Err(_) => return,
+    };
+    let frame = frame.expect("decoded fields are at most 255 bytes");
+    assert_eq!(frame, expected, "encode(decode(x)) != x (server frame)");
+});
