@@ -64,6 +64,14 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h")]
     pub ttl: String,
 
+    /// The iss claim (required by a server that sets auth.issuer).
+    #[arg(long)]
+    pub iss: Option<String>,
+
+    /// The aud claim (required by a server that sets auth.audience).
+    #[arg(long)]
+    pub aud: Option<String>,
+
     /// Configuration file to read jwt_secret from (env PLEXUS_CONFIG).
     #[arg(long, short = 'c', env = "PLEXUS_CONFIG")]
     pub config: Option<PathBuf>,

@@ -82,7 +82,17 @@ fn token(args: TokenArgs) -> ExitCode {
         }
     };
     let issuer = plexus_core::auth::Issuer::hs256(secret.as_bytes());
-    match issuer.issue(&args.sub, &args.roles, args.name.as_deref(), ttl) {
+    let now = plexus_core::auth::unix_now();
+    let claims = plexus_core::auth::Claims {
+        sub: args.sub.clone(),
+        roles: args.roles.clone(),
+        name: args.name.clone(),
+        exp: now.saturating_add(ttl),
+        iat: Some(now),
+        iss: args.iss.clone(),
+        aud: args.aud.clone(),
+    };
+    match issuer.issue_claims(&claims) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS

@@ -447,6 +447,7 @@ async fn metrics_can_require_the_api_key() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("plexus_connections "), "{body}");
+    assert!(body.contains("plexus_broker_up 1\n"), "{body}");
 }
 
 #[tokio::test]

@@ -153,6 +153,10 @@ async fn connect_refusals_table() {
     wrong_aud["aud"] = json!("someone-else");
     let mut wrong_iss = claims("a");
     wrong_iss["iss"] = json!("https://evil.test");
+    let mut no_iss = claims("a");
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = claims("a");
+    no_aud.as_object_mut().unwrap().remove("aud");
     let unknown_kid = {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("nope".into());
@@ -227,6 +231,20 @@ async fn connect_refusals_table() {
             vec![],
             403,
             "wrong token audience",
+        ),
+        (
+            "no iss while auth.issuer is configured",
+            Some(hs(&no_iss)),
+            vec![],
+            403,
+            "iss",
+        ),
+        (
+            "no aud while auth.audience is configured",
+            Some(hs(&no_aud)),
+            vec![],
+            403,
+            "aud",
         ),
         (
             "wrong iss",
@@ -561,4 +579,29 @@ async fn expired_token_closes_4001_unless_refreshed_in_band() {
         .unwrap()
         .is_none());
     still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn cli_tokens_carry_the_issuer_and_audience_the_server_requires() {
+    let s = Server::start_with(Some(&config()), NO_SECRET).await;
+    let issue = |extra: &[&str]| {
+        let mut args = vec!["token", "--sub", "cli-user", "--secret", HS_SECRET];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let bare = issue(&[]);
+    let (status, reason) = handshake(&s, "192.0.2.60", Some(&bare), &[]).await;
+    assert_eq!(status, 403, "{reason}");
+    let full = issue(&["--iss", "https://auth.test", "--aud", "plexus"]);
+    let (status, reason) = handshake(&s, "192.0.2.61", Some(&full), &[]).await;
+    assert_eq!(status, 101, "{reason}");
 }

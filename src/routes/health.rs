@@ -114,6 +114,12 @@ pub async fn metrics(
         );
     }
     metric(
+        "plexus_broker_up",
+        "gauge",
+        "1 while the broker's backend (Redis) is reachable; always 1 for the embedded broker.",
+        node.broker_healthy() as u64,
+    );
+    metric(
         "plexus_draining",
         "gauge",
         "1 while the node drains.",

@@ -76,6 +76,10 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// Why a token was refused.
@@ -353,7 +357,15 @@ impl Verifier {
         v.algorithms = vec![key.algorithm];
         v.leeway = self.options.leeway_secs.min(MAX_LEEWAY_SECS);
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp"];
+        if self.options.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.options.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
         match &self.options.audience {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
@@ -458,14 +470,20 @@ impl Issuer {
         ttl_secs: u64,
     ) -> Result<String, AuthError> {
         let now = unix_now();
-        let claims = Claims {
+        self.issue_claims(&Claims {
             sub: sub.to_owned(),
             roles: roles.to_vec(),
             name: name.map(str::to_owned),
-            exp: now + ttl_secs,
+            exp: now.saturating_add(ttl_secs),
             iat: Some(now),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+            iss: None,
+            aud: None,
+        })
+    }
+
+    /// Signs `claims` as they are (e.g. with `iss` and `aud` for a server that requires them).
+    pub fn issue_claims(&self, claims: &Claims) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key)
             .map_err(|e| AuthError::Other(e.to_string()))
     }
 }
