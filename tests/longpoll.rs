@@ -146,3 +146,33 @@ async fn a_session_whose_token_expired_is_closed() {
     }
     assert_eq!(status, 410, "the expired session kept working");
 }
+
+#[tokio::test]
+async fn refusals_use_the_statuses_phoenix_js_longpoll_knows() {
+    // phoenix.js's LongPoll understands 200/204/410/403/500 in the body and throws on anything
+    // else: a cap (429) must read 500 (retried later), a bad token 403 (closed for good).
+    let s = Server::start_with(
+        Some("profile = \"dev\"\n[limits]\nmax_connections_per_user = 1\n"),
+        &[],
+    )
+    .await;
+    let _held = s.client("capped").await;
+    let token = s.token("capped");
+    let (status, body) = s
+        .http(
+            "GET",
+            &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(json(&body)["status"], 500, "{body}");
+    let (status, body) = s
+        .http("GET", "/socket/longpoll?vsn=2.0.0&token=garbage", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["status"], 403, "{body}");
+}

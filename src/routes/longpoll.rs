@@ -126,18 +126,21 @@ async fn poll_inner(
                 StatusCode::OK,
                 serde_json::json!({"status": 410, "token": token}),
             ),
+            // phoenix.js's LongPoll knows body statuses 200, 204, 410, 403 and 500 only (anything
+            // else throws and leaves it "connecting" for good): 500 makes it retry with backoff.
             Err(_) => body(
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": 503, "error": "server draining, reconnect to another node"}),
+                serde_json::json!({"status": 500, "error": "server draining, reconnect to another node"}),
             ),
         },
         Err(refusal) => {
-            // phoenix.js's LongPoll closes for good on 403 and retries on anything else.
+            // 403 (401 too) closes phoenix.js's LongPoll for good: a token or origin that will
+            // not pass. Caps and rates (429) and draining (503) pass later: 500, retried.
             let http = super::Refused::status(&refusal);
-            let status = if refusal.status == 401 {
+            let status = if matches!(refusal.status, 401 | 403) {
                 403
             } else {
-                refusal.status
+                500
             };
             body(
                 http,
