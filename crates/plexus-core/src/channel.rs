@@ -697,7 +697,7 @@ mod tests {
         assert_eq!(
             c.sent(),
             vec![
-                r#"["1","1","secret:1","phx_reply",{"status":"error","response":{"reason":"unauthorized","retry":false}}]"#
+                r#"["1","1","secret:1","phx_reply",{"response":{"reason":"unauthorized","retry":false},"status":"error"}]"#
             ]
         );
         assert_eq!(c.channels.len(), 0);
@@ -729,7 +729,7 @@ mod tests {
         ));
         assert_eq!(
             c.sent(),
-            vec![r#"[null,null,"room:1","phx_reply",{"status":"ok","response":{}}]"#]
+            vec![r#"[null,null,"room:1","phx_reply",{"response":{},"status":"ok"}]"#]
         );
     }
 
@@ -774,10 +774,10 @@ mod tests {
         assert_eq!(
             c.sent(),
             vec![
-                r#"["1","1","room:1","phx_reply",{"status":"ok","response":{}}]"#,
+                r#"["1","1","room:1","phx_reply",{"response":{},"status":"ok"}]"#,
                 r#"["1","1","room:1","phx_close",{}]"#,
-                r#"["2","2","room:1","phx_reply",{"status":"ok","response":{}}]"#,
-                r#"["1","9","room:1","phx_reply",{"status":"ok","response":{}}]"#,
+                r#"["2","2","room:1","phx_reply",{"response":{},"status":"ok"}]"#,
+                r#"["1","9","room:1","phx_reply",{"response":{},"status":"ok"}]"#,
                 r#"["2","2","room:1","phx_close",{}]"#,
             ]
         );

@@ -1,4 +1,5 @@
-//! The Phoenix Channels V2 wire protocol, as spoken by the `phoenix` JavaScript client 1.8.
+//! The Phoenix Channels wire protocol: V2 (JSON arrays and binary frames, as spoken by the
+//! `phoenix` JavaScript client 1.8) and the V1 JSON objects of older clients.
 //!
 //! Pure encoding and decoding with no I/O, so it can be unit-tested and fuzzed on its own.
 //! See `docs/protocol.md` for the frame layouts; [`codec`] implements them.
@@ -7,10 +8,10 @@ pub mod codec;
 pub mod ws_frame;
 
 pub use codec::{
-    decode_client_binary, decode_client_text, decode_server_binary, decode_server_text,
-    encode_broadcast, encode_broadcast_parts, encode_broadcast_with_offset, encode_client_push,
-    encode_push, encode_reply, DecodeError, EncodeError, Frame, Message, OffsetBroadcast, Payload,
-    ServerBinary,
+    decode_client_binary, decode_client_text, decode_client_text_v1, decode_server_binary,
+    decode_server_text, encode_broadcast, encode_broadcast_parts, encode_broadcast_with_offset,
+    encode_client_push, encode_push, encode_reply, encode_reply_v1, encode_v1, DecodeError,
+    EncodeError, Frame, Message, OffsetBroadcast, Payload, ServerBinary,
 };
 
 /// The topic of socket-level messages (heartbeats) that need no join.
