@@ -81,59 +81,7 @@ enum Cmd {
     },
     /// Soak: bounded churn over WebSocket, LongPoll and SSE; RSS, fds and connections must
     /// return to their post-warm-up baseline.
-    Soak {
-        #[arg(long, default_value = "ws://127.0.0.1:4000/socket")]
-        url: String,
-        /// Base HTTP URL of the same server (LongPoll, SSE, /health, /api/broadcast).
-        #[arg(long, default_value = "http://127.0.0.1:4000")]
-        http: String,
-        #[arg(long, env = "PLEXUS_JWT_SECRET")]
-        secret: String,
-        #[arg(long, env = "PLEXUS_API_KEY")]
-        api_key: String,
-        /// Server process id, to read its RSS and open fds from /proc.
-        #[arg(long)]
-        pid: u32,
-        /// Seconds of measured churn.
-        #[arg(long, default_value_t = 180)]
-        secs: u64,
-        /// Seconds of warm-up churn before the baseline is taken.
-        #[arg(long, default_value_t = 20)]
-        warmup: u64,
-        /// Concurrent WebSocket workers (connect, join, push, maybe leave, disconnect, repeat).
-        #[arg(long, default_value_t = 32)]
-        ws: usize,
-        /// Concurrent LongPoll workers (open a session, join by POST, poll, abandon it).
-        #[arg(long, default_value_t = 12)]
-        longpoll: usize,
-        /// Concurrent SSE workers (open a stream on 1-3 topics, read, drop it).
-        #[arg(long, default_value_t = 8)]
-        sse: usize,
-        /// API broadcasts per second (0: no publisher).
-        #[arg(long, default_value_t = 20)]
-        rate: u64,
-        /// Distinct topics room:soak-0..N.
-        #[arg(long, default_value_t = 16)]
-        topics: usize,
-        #[arg(long, default_value = "127.0.0.1")]
-        sources: String,
-        /// Seconds between progress lines.
-        #[arg(long, default_value_t = 10)]
-        interval: u64,
-        /// Longest wait, in seconds, for the server to settle after a churn (LongPoll sessions
-        /// expire after two poll windows; a dropped SSE stream is noticed at its next write).
-        #[arg(long, default_value_t = 90)]
-        settle: u64,
-        /// Accepted RSS growth above the post-warm-up baseline, in MiB.
-        #[arg(long, default_value_t = 20)]
-        rss_bound_mib: u64,
-        /// Accepted open fds above the post-warm-up baseline.
-        #[arg(long, default_value_t = 4)]
-        fd_margin: usize,
-        /// Accepted share of failed operations, in percent.
-        #[arg(long, default_value_t = 1.0)]
-        max_error_pct: f64,
-    },
+    Soak(soak::Opts),
 }
 
 /// `127.0.0.1,127.0.0.2` → the local addresses to connect from.
@@ -214,46 +162,7 @@ async fn main() {
                 std::process::exit(1);
             }
         }
-        Cmd::Soak {
-            url,
-            http,
-            secret,
-            api_key,
-            pid,
-            secs,
-            warmup,
-            ws,
-            longpoll,
-            sse,
-            rate,
-            topics,
-            sources,
-            interval,
-            settle,
-            rss_bound_mib,
-            fd_margin,
-            max_error_pct,
-        } => {
-            let opts = soak::Opts {
-                url,
-                http,
-                secret,
-                api_key,
-                pid,
-                secs,
-                warmup,
-                ws,
-                longpoll,
-                sse,
-                rate,
-                topics,
-                sources,
-                interval,
-                settle,
-                rss_bound_mib,
-                fd_margin,
-                max_error_pct,
-            };
+        Cmd::Soak(opts) => {
             if let Err(e) = soak::run(opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);

@@ -26,33 +26,60 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// What to churn, against which server, and the bounds the server must return to.
+#[derive(clap::Args, Debug)]
 pub struct Opts {
-    /// Socket URL, as phoenix.js takes it (`ws://127.0.0.1:4000/socket`).
+    /// Socket URL, as phoenix.js takes it.
+    #[arg(long, default_value = "ws://127.0.0.1:4000/socket")]
     pub url: String,
-    /// Base HTTP URL of the same server (`http://127.0.0.1:4000`).
+    /// Base HTTP URL of the same server (LongPoll, SSE, /health, /api/broadcast).
+    #[arg(long, default_value = "http://127.0.0.1:4000")]
     pub http: String,
+    #[arg(long, env = "PLEXUS_JWT_SECRET")]
     pub secret: String,
+    #[arg(long, env = "PLEXUS_API_KEY")]
     pub api_key: String,
+    /// Server process id, to read its RSS and open fds from /proc.
+    #[arg(long)]
     pub pid: u32,
     /// Seconds of measured churn.
+    #[arg(long, default_value_t = 180)]
     pub secs: u64,
     /// Seconds of warm-up churn before the baseline is taken.
+    #[arg(long, default_value_t = 20)]
     pub warmup: u64,
-    /// Concurrent WebSocket, LongPoll and SSE workers.
+    /// Concurrent WebSocket workers (connect, join, push, maybe leave, disconnect, repeat).
+    #[arg(long, default_value_t = 32)]
     pub ws: usize,
+    /// Concurrent LongPoll workers (open a session, join by POST, poll, abandon it).
+    #[arg(long, default_value_t = 12)]
     pub longpoll: usize,
+    /// Concurrent SSE workers (open a stream on 1-3 topics, read, drop it).
+    #[arg(long, default_value_t = 8)]
     pub sse: usize,
-    /// API broadcasts per second.
+    /// API broadcasts per second (0: no publisher).
+    #[arg(long, default_value_t = 20)]
     pub rate: u64,
-    /// Distinct topics `room:soak-0..N`.
+    /// Distinct topics room:soak-0..N.
+    #[arg(long, default_value_t = 16)]
     pub topics: usize,
+    #[arg(long, default_value = "127.0.0.1")]
     pub sources: String,
     /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10)]
     pub interval: u64,
-    /// Longest wait for the server to settle after a churn, in seconds.
+    /// Longest wait, in seconds, for the server to settle after a churn (LongPoll sessions
+    /// expire after two poll windows; a dropped SSE stream is noticed at its next write).
+    #[arg(long, default_value_t = 90)]
     pub settle: u64,
+    /// Accepted RSS growth above the post-warm-up baseline, in MiB.
+    #[arg(long, default_value_t = 20)]
     pub rss_bound_mib: u64,
+    /// Accepted open fds above the post-warm-up baseline.
+    #[arg(long, default_value_t = 4)]
     pub fd_margin: usize,
+    /// Accepted share of failed operations, in percent.
+    #[arg(long, default_value_t = 1.0)]
     pub max_error_pct: f64,
 }
 
@@ -513,13 +540,31 @@ async fn churn(ctx: &Arc<Ctx>, label: &str, secs: u64) -> Arc<Stats> {
     let deadline = began + Duration::from_secs(secs);
     let mut set = JoinSet::new();
     for w in 0..ctx.o.ws {
-        set.spawn(ws_worker(ctx.clone(), stats.clone(), deadline, w));
+        set.spawn(worker(
+            ctx.clone(),
+            stats.clone(),
+            deadline,
+            w,
+            Transport::WebSocket,
+        ));
     }
     for w in 0..ctx.o.longpoll {
-        set.spawn(lp_worker(ctx.clone(), stats.clone(), deadline, w));
+        set.spawn(worker(
+            ctx.clone(),
+            stats.clone(),
+            deadline,
+            w,
+            Transport::LongPoll,
+        ));
     }
     for w in 0..ctx.o.sse {
-        set.spawn(sse_worker(ctx.clone(), stats.clone(), deadline, w));
+        set.spawn(worker(
+            ctx.clone(),
+            stats.clone(),
+            deadline,
+            w,
+            Transport::Sse,
+        ));
     }
     if ctx.o.rate > 0 {
         set.spawn(publisher(ctx.clone(), stats.clone(), deadline));
@@ -615,32 +660,54 @@ fn worker_rng(ctx: &Ctx, kind: u64, w: usize) -> Rng {
     Rng::new(ctx.seed ^ (kind << 56) ^ ((w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
 }
 
+/// The transports a worker churns.
+#[derive(Clone, Copy)]
+enum Transport {
+    WebSocket,
+    LongPoll,
+    Sse,
+}
+
+/// Runs cycles of one transport until `deadline`, each bounded by 30 s; a failed cycle is
+/// counted and followed by a short pause.
+async fn worker(ctx: Arc<Ctx>, stats: Arc<Stats>, deadline: Instant, w: usize, t: Transport) {
+    let (kind, name) = match t {
+        Transport::WebSocket => (1, "websocket"),
+        Transport::LongPoll => (2, "longpoll"),
+        Transport::Sse => (3, "sse"),
+    };
+    let counter = match t {
+        Transport::WebSocket => &stats.ws,
+        Transport::LongPoll => &stats.lp,
+        Transport::Sse => &stats.sse,
+    };
+    let mut rng = worker_rng(&ctx, kind, w);
+    let mut cycle = 0u64;
+    while Instant::now() < deadline {
+        cycle += 1;
+        counter.cycles.fetch_add(1, Ordering::Relaxed);
+        let one = async {
+            match t {
+                Transport::WebSocket => ws_cycle(&ctx, &stats, w, cycle, &mut rng).await,
+                Transport::LongPoll => lp_cycle(&ctx, &stats, w, cycle, &mut rng).await,
+                Transport::Sse => sse_cycle(&ctx, &stats, w, cycle, &mut rng).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), one).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stats.error(counter, e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => stats.error(counter, format!("{name} cycle timed out (30 s)")),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket: connect, join 1-3 topics, push 1-4 messages, read for a moment, sometimes leave,
 // disconnect (mostly politely, sometimes by dropping the TCP connection); one cycle in ten
 // sends its joins and hangs up without waiting for the replies.
-
-async fn ws_worker(ctx: Arc<Ctx>, stats: Arc<Stats>, deadline: Instant, w: usize) {
-    let mut rng = worker_rng(&ctx, 1, w);
-    let mut cycle = 0u64;
-    while Instant::now() < deadline {
-        cycle += 1;
-        stats.ws.cycles.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(
-            Duration::from_secs(30),
-            ws_cycle(&ctx, &stats, w, cycle, &mut rng),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stats.error(&stats.ws, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => stats.error(&stats.ws, "websocket cycle timed out (30 s)"),
-        }
-    }
-}
 
 async fn ws_cycle(
     ctx: &Ctx,
@@ -741,28 +808,6 @@ async fn ws_cycle(
 // LongPoll: open a session, join 1-2 topics and push once in one POST (or, one session in
 // ten, only send a heartbeat), poll 1-3 times, sometimes leave, sometimes start one more poll
 // and hang up mid-poll, then stop polling: the session expires after two windows.
-
-async fn lp_worker(ctx: Arc<Ctx>, stats: Arc<Stats>, deadline: Instant, w: usize) {
-    let mut rng = worker_rng(&ctx, 2, w);
-    let mut cycle = 0u64;
-    while Instant::now() < deadline {
-        cycle += 1;
-        stats.lp.cycles.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(
-            Duration::from_secs(30),
-            lp_cycle(&ctx, &stats, w, cycle, &mut rng),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stats.error(&stats.lp, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => stats.error(&stats.lp, "longpoll cycle timed out (30 s)"),
-        }
-    }
-}
 
 fn lp_status(body: &[u8]) -> Result<serde_json::Value, String> {
     serde_json::from_slice(body).map_err(|e| {
@@ -907,28 +952,6 @@ async fn lp_cycle(
 // ---------------------------------------------------------------------------------------------
 // SSE: open a stream on 1-3 topics, read it for 0.5-4 s, drop it; one cycle in ten hangs up
 // right after sending the request.
-
-async fn sse_worker(ctx: Arc<Ctx>, stats: Arc<Stats>, deadline: Instant, w: usize) {
-    let mut rng = worker_rng(&ctx, 3, w);
-    let mut cycle = 0u64;
-    while Instant::now() < deadline {
-        cycle += 1;
-        stats.sse.cycles.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(
-            Duration::from_secs(30),
-            sse_cycle(&ctx, &stats, w, cycle, &mut rng),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stats.error(&stats.sse, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => stats.error(&stats.sse, "sse cycle timed out (30 s)"),
-        }
-    }
-}
 
 async fn sse_cycle(
     ctx: &Ctx,
