@@ -4,7 +4,7 @@
 //! today: they must agree). A decoded message re-encoded with `encode_client_push` decodes to
 //! the same fields, and re-encoding that is byte-identical (encoding is a fixed point). The
 //! server's own frames for it (`encode_push`, and `encode_reply` wrapping the payload as
-//! `{"status", "response"}`) decode as server text to the same fields, payload kept verbatim.
+//! `{"response", "status"}`) decode as server text to the same fields, payload kept verbatim.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
