@@ -9,6 +9,7 @@
 //!   time and fails if they do not return to their baseline once the churn stops.
 
 mod fanout;
+mod http;
 mod soak;
 
 use clap::{Parser, Subcommand};

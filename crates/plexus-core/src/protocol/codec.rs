@@ -112,7 +112,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(reason: impl Into<String>) -> Self {
+    pub(super) fn new(reason: impl Into<String>) -> Self {
         DecodeError {
             reason: reason.into(),
             msg_ref: None,
@@ -195,7 +195,7 @@ fn decode_text(text: &[u8]) -> Result<Message, DecodeError> {
 }
 
 /// A ref is a string or null; numbers are accepted and turned into their decimal text.
-fn opt_ref(raw: &RawValue) -> Result<Option<String>, ()> {
+pub(super) fn opt_ref(raw: &RawValue) -> Result<Option<String>, ()> {
     let s = raw.get();
     if s == "null" {
         return Ok(None);
@@ -352,12 +352,12 @@ impl<'a> Reader<'a> {
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Serialising a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+pub(super) fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => push_json_str(out, s),
         None => out.extend_from_slice(b"null"),
@@ -555,86 +555,6 @@ pub fn encode_broadcast_with_offset(
     Ok(encode_broadcast_parts(topic, event, payload)?.with_offset(offset))
 }
 
-// ---------------------------------------------------------------------------------------------
-// V1: Phoenix's V1 JSON serializer (`vsn=1.0.0`, and what Phoenix assumes without `vsn`)
-// ---------------------------------------------------------------------------------------------
-
-/// Decodes a V1 text frame sent by a client: a JSON object
-/// `{"topic", "event", "payload", "ref", "join_ref"?}` (`ref` and `join_ref` strings, numbers
-/// or null).
-pub fn decode_client_text_v1(text: &[u8]) -> Result<Message, DecodeError> {
-    let map: std::collections::HashMap<&str, &RawValue> =
-        serde_json::from_slice(text).map_err(|e| {
-            DecodeError::new(format!(
-                "invalid message: expected a JSON object {{\"topic\", \"event\", \"payload\", \"ref\"}} ({e})"
-            ))
-        })?;
-    let string = |k: &str| {
-        map.get(k)
-            .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
-    };
-    let reference = |k: &str| map.get(k).and_then(|r| opt_ref(r).ok().flatten());
-    let fail = |reason: String| DecodeError {
-        reason,
-        msg_ref: reference("ref"),
-        join_ref: reference("join_ref"),
-        topic: string("topic"),
-    };
-    let topic = string("topic").ok_or_else(|| fail("invalid topic: expected a string".into()))?;
-    let event = string("event").ok_or_else(|| fail("invalid event: expected a string".into()))?;
-    let payload = map
-        .get("payload")
-        .ok_or_else(|| fail("invalid message: no payload".into()))?;
-    for k in ["ref", "join_ref"] {
-        if map.get(k).is_some_and(|r| opt_ref(r).is_err()) {
-            return Err(fail(format!("invalid {k}: expected a string or null")));
-        }
-    }
-    Ok(Message {
-        join_ref: reference("join_ref"),
-        msg_ref: reference("ref"),
-        topic,
-        event,
-        payload: Payload::Json((*payload).to_owned()),
-    })
-}
-
-/// Encodes a V1 server message `{"event", "payload", "ref", "topic"}` — the keys in Phoenix's
-/// order, and no `join_ref` (V1 clients do not know it). V1 is JSON only: a binary payload must
-/// be turned into JSON first.
-pub fn encode_v1(msg_ref: Option<&str>, topic: &str, event: &str, payload: &RawValue) -> Frame {
-    let mut out = Vec::with_capacity(48 + topic.len() + event.len() + payload.get().len());
-    out.extend_from_slice(b"{\"event\":");
-    push_json_str(&mut out, event);
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.get().as_bytes());
-    out.extend_from_slice(b",\"ref\":");
-    push_opt_str(&mut out, msg_ref);
-    out.extend_from_slice(b",\"topic\":");
-    push_json_str(&mut out, topic);
-    out.push(b'}');
-    Frame::Text(Bytes::from(out))
-}
-
-/// Encodes a V1 reply: `phx_reply` with `{"response", "status"}`.
-pub fn encode_reply_v1(
-    msg_ref: Option<&str>,
-    topic: &str,
-    status: &str,
-    response: &RawValue,
-) -> Frame {
-    let mut body = Vec::with_capacity(32 + response.get().len());
-    body.extend_from_slice(b"{\"response\":");
-    body.extend_from_slice(response.get().as_bytes());
-    body.extend_from_slice(b",\"status\":");
-    push_json_str(&mut body, status);
-    body.push(b'}');
-    // Valid JSON by construction: a raw value and a string in an object.
-    let body = String::from_utf8(body).unwrap_or_default();
-    let body = RawValue::from_string(body).unwrap_or_else(|_| RawValue::NULL.to_owned());
-    encode_v1(msg_ref, topic, super::events::REPLY, &body)
-}
-
 /// Encodes a client push (used by the Rust client): JSON text, or a kind-0 binary frame.
 pub fn encode_client_push(
     join_ref: Option<&str>,
@@ -751,7 +671,7 @@ mod tests {
     }
 
     /// The expected frames are those of Phoenix's own serializer tests
-    /// (`test/phoenix/socket/v1_json_serializer_test.exs`, `v2_json_serializer_test.exs`).
+    /// (`test/phoenix/socket/v2_json_serializer_test.exs`).
     #[test]
     fn frames_are_byte_for_byte_phoenix_s() {
         let m = Payload::Json(raw_json("\"m\""));
@@ -768,46 +688,6 @@ mod tests {
             text(&encode_reply(None, None, "t", "ok", &m).unwrap()),
             r#"[null,null,"t","phx_reply",{"response":"m","status":"ok"}]"#
         );
-        // V1: message and fastlane, reply (no join_ref in either).
-        assert_eq!(
-            text(&encode_v1(None, "t", "e", &raw_json("\"m\""))),
-            r#"{"event":"e","payload":"m","ref":null,"topic":"t"}"#
-        );
-        assert_eq!(
-            text(&encode_reply_v1(Some("null"), "t", "ok", &raw_json("null"))),
-            r#"{"event":"phx_reply","payload":{"response":null,"status":"ok"},"ref":"null","topic":"t"}"#
-        );
-    }
-
-    #[test]
-    fn v1_client_messages_decode_with_or_without_join_ref() {
-        let m = decode_client_text_v1(
-            br#"{"topic":"room:a","event":"phx_join","payload":{"x":1},"ref":"1","join_ref":"1"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                m.topic.as_str(),
-                m.event.as_str(),
-                m.msg_ref.as_deref(),
-                m.join_ref.as_deref()
-            ),
-            ("room:a", "phx_join", Some("1"), Some("1"))
-        );
-        assert_eq!(m.payload.as_json().unwrap().get(), r#"{"x":1}"#);
-        let m = decode_client_text_v1(
-            br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":7}"#,
-        )
-        .unwrap();
-        assert_eq!((m.msg_ref.as_deref(), m.join_ref), (Some("7"), None));
-        // A V2 array is not V1; a broken object keeps what it can for the error reply.
-        assert!(decode_client_text_v1(br#"[null,"1","t","e",{}]"#).is_err());
-        let e = decode_client_text_v1(br#"{"topic":"room:a","ref":"5","payload":{}}"#).unwrap_err();
-        assert_eq!(
-            (e.topic.as_deref(), e.msg_ref.as_deref()),
-            (Some("room:a"), Some("5"))
-        );
-        assert!(e.reason.contains("event"), "{}", e.reason);
     }
 
     #[test]

@@ -2,17 +2,19 @@
 //! `phoenix` JavaScript client 1.8) and the V1 JSON objects of older clients.
 //!
 //! Pure encoding and decoding with no I/O, so it can be unit-tested and fuzzed on its own.
-//! See `docs/protocol.md` for the frame layouts; [`codec`] implements them.
+//! See `docs/protocol.md` for the frame layouts; [`codec`] implements V2, [`v1`] V1.
 
 pub mod codec;
+pub mod v1;
 pub mod ws_frame;
 
 pub use codec::{
-    decode_client_binary, decode_client_text, decode_client_text_v1, decode_server_binary,
-    decode_server_text, encode_broadcast, encode_broadcast_parts, encode_broadcast_with_offset,
-    encode_client_push, encode_push, encode_reply, encode_reply_v1, encode_v1, DecodeError,
-    EncodeError, Frame, Message, OffsetBroadcast, Payload, ServerBinary,
+    decode_client_binary, decode_client_text, decode_server_binary, decode_server_text,
+    encode_broadcast, encode_broadcast_parts, encode_broadcast_with_offset, encode_client_push,
+    encode_push, encode_reply, DecodeError, EncodeError, Frame, Message, OffsetBroadcast, Payload,
+    ServerBinary,
 };
+pub use v1::{decode_client_text_v1, encode_reply_v1, encode_v1};
 
 /// The topic of socket-level messages (heartbeats) that need no join.
 pub const PHOENIX_TOPIC: &str = "phoenix";
