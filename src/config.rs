@@ -507,6 +507,12 @@ fn resolve_limits(l: &FileLimits, expiry_grace_secs: Option<u64>) -> Result<Limi
         ),
         ("limits.idle_timeout_secs", limits.idle_timeout.as_secs(), 1),
         ("limits.history_idle_secs", limits.history.idle.as_secs(), 1),
+        (
+            "limits.http_header_timeout_secs",
+            l.http_header_timeout_secs
+                .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            1,
+        ),
     ] {
         if value < min {
             return Err(ConfigError::TooSmall { field, min });
@@ -845,8 +851,7 @@ fn resolve(
         http_header_timeout: Duration::from_secs(
             file.limits
                 .http_header_timeout_secs
-                .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS)
-                .max(1),
+                .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
         ),
         gate: crate::gate::GateLimits {
             per_ip: file
@@ -1090,6 +1095,10 @@ mod tests {
             (
                 "[limits]\nidle_timeout_secs = 0\n",
                 "limits.idle_timeout_secs must be at least 1",
+            ),
+            (
+                "[limits]\nhttp_header_timeout_secs = 0\n",
+                "limits.http_header_timeout_secs must be at least 1",
             ),
             (
                 "trusted_proxies = [\"nope\"]\n",
