@@ -258,7 +258,10 @@ async fn recovery_on_another_node_gets_every_missed_message_once() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;
     let mut reader = nodes[0].client("reader").await;
-    let reply = reader.join("room:r", json!({})).await.unwrap();
+    let reply = reader
+        .join("room:r", json!({"recover": null}))
+        .await
+        .unwrap();
     let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
     assert_eq!(
         broadcast(&nodes[1], "room:r", "msg", json!({"n": 1})).await["offset"],

@@ -95,21 +95,23 @@ async fn refused_connects_answer_json_and_log_why() {
 async fn handshake_errors_are_400_with_a_reason() {
     let s = Server::start().await;
     let token = s.token("alice");
+    // No vsn is V1, as in Phoenix; 1.x and 2.x are served; anything else is refused, logged.
+    for q in ["", "&vsn=1.0.0", "&vsn=2.0.0"] {
+        let (st, _, _) = http_raw(
+            s.port,
+            "GET",
+            &format!("/socket/websocket?token={token}{q}"),
+            &ws_headers(),
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(st, 101, "vsn {q:?}");
+    }
     let (st, _, body) = http_raw(
         s.port,
         "GET",
-        &format!("/socket/websocket?token={token}"),
-        &ws_headers(),
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(st, 400);
-    assert!(json(&body)["error"].as_str().unwrap().contains("vsn"));
-    let (st, _, body) = http_raw(
-        s.port,
-        "GET",
-        &format!("/socket/websocket?vsn=1.0.0&token={token}"),
+        &format!("/socket/websocket?vsn=3.0.0&token={token}"),
         &ws_headers(),
         "",
     )
@@ -119,7 +121,12 @@ async fn handshake_errors_are_400_with_a_reason() {
     assert!(json(&body)["error"]
         .as_str()
         .unwrap()
-        .contains("unsupported vsn"));
+        .contains("unsupported vsn \"3.0.0\""));
+    assert!(
+        s.log().contains("unsupported vsn") && s.log().contains("connection refused"),
+        "{}",
+        s.log()
+    );
     let (st, _, body) = http_raw(s.port, "GET", "/socket/websocket?vsn=2.0.0", &[], "")
         .await
         .unwrap();

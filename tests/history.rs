@@ -1,5 +1,6 @@
-//! History and recovery: offsets on broadcasts, replay after a reconnect (exactly the missed
-//! messages, in order, before live ones), "too old" and "other epoch" answers, and HTTP polling.
+//! History and recovery: offsets on broadcasts (to joins that ask with `recover` or `offsets`),
+//! replay after a reconnect (exactly the missed messages, in order, before live ones), "too
+//! old" and "other epoch" answers, and HTTP polling.
 
 mod common;
 
@@ -40,7 +41,10 @@ async fn api_broadcast(s: &Server, topic: &str, n: u64) -> Value {
 async fn reconnect_with_last_offset_gets_exactly_the_missed_messages_in_order() {
     let s = Server::start().await;
     let mut reader = s.client("reader").await;
-    let reply = reader.join("room:hist", json!({})).await.unwrap();
+    let reply = reader
+        .join("room:hist", json!({"recover": null}))
+        .await
+        .unwrap();
     let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
     assert_eq!(reply.json()["offset"], 0);
     for n in 1..=3 {
@@ -96,7 +100,11 @@ async fn reconnect_with_last_offset_gets_exactly_the_missed_messages_in_order() 
 async fn recovery_during_a_steady_stream_loses_and_doubles_nothing() {
     let s = Server::start().await;
     let mut first = s.client("reader").await;
-    let epoch = first.join("room:stream", json!({})).await.unwrap().json()["epoch"]
+    let epoch = first
+        .join("room:stream", json!({"recover": null}))
+        .await
+        .unwrap()
+        .json()["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -145,7 +153,11 @@ async fn too_old_and_other_epoch_are_reported_not_replayed() {
     let cfg = "profile = \"dev\"\n[[channels]]\ntopic = \"room:*\"\nhistory_size = 3\n";
     let mut s = Server::start_with(Some(cfg), &[]).await;
     let mut c = s.client("a").await;
-    let epoch = c.join("room:old", json!({})).await.unwrap().json()["epoch"]
+    let epoch = c
+        .join("room:old", json!({"recover": null}))
+        .await
+        .unwrap()
+        .json()["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -267,7 +279,9 @@ async fn http_polling_of_history() {
 async fn presence_diffs_carry_no_offset_and_do_not_enter_history() {
     let s = Server::start().await;
     let mut a: Client = s.client("a").await;
-    a.join("room:mixed", json!({})).await.unwrap();
+    a.join("room:mixed", json!({"recover": null}))
+        .await
+        .unwrap();
     let diff = a.recv_event("room:mixed", "presence_diff").await.unwrap();
     assert_eq!(diff.msg_ref, None);
     let auth = format!("Bearer {API_KEY}");
@@ -281,4 +295,28 @@ async fn presence_diffs_carry_no_offset_and_do_not_enter_history() {
         .await
         .unwrap();
     assert_eq!(json(&resp)["offset"], 0);
+}
+
+#[tokio::test]
+async fn offsets_reach_only_joins_that_ask_for_them() {
+    let s = Server::start().await;
+    let mut plain = s.client("plain").await;
+    let mut asks = s.client("asks").await;
+    let mut recovers = s.client("recovers").await;
+    plain.join("room:who", json!({})).await.unwrap();
+    asks.join("room:who", json!({"offsets": true}))
+        .await
+        .unwrap();
+    recovers
+        .join("room:who", json!({"recover": null}))
+        .await
+        .unwrap();
+    api_broadcast(&s, "room:who", 1).await;
+    // Phoenix's shape for a plain join: `[null, null, topic, event, payload]`.
+    let m = plain.recv_event("room:who", "msg").await.unwrap();
+    assert_eq!((m.join_ref, m.msg_ref), (None, None));
+    for c in [&mut asks, &mut recovers] {
+        let m = c.recv_event("room:who", "msg").await.unwrap();
+        assert_eq!((m.join_ref.clone(), offset(&m)), (None, 1));
+    }
 }

@@ -5,10 +5,11 @@
 //! so that both refusals are reached. A refusal is right (`TooManyLines(n)`: n non-blank lines,
 //! more than allowed; `TooLarge(n)`: n over the limit); an accepted body yields one result per
 //! non-blank line, each the same as that line posted alone, and CRLF line ends change nothing.
+//! Both protocol versions (V2 arrays, V1 objects) are checked.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plexus_core::protocol::{DecodeError, Message, Payload};
+use plexus_core::protocol::{DecodeError, Message, Payload, Vsn};
 use plexus_core::transport::longpoll::{parse_body, BodyError, MAX_POST_LINES};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -43,9 +44,9 @@ fn lines(body: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
-fn check(body: &[u8], max_lines: usize, max_bytes: usize) {
+fn check(body: &[u8], max_lines: usize, max_bytes: usize, vsn: Vsn) {
     let lines = lines(body);
-    let result = parse_body(body, max_lines, max_bytes);
+    let result = parse_body(body, max_lines, max_bytes, vsn);
     match &result {
         Err(BodyError::TooManyLines(n)) => {
             assert_eq!(*n, lines.len());
@@ -59,7 +60,7 @@ fn check(body: &[u8], max_lines: usize, max_bytes: usize) {
             assert_eq!(decoded.len(), lines.len(), "one result per non-blank line");
             for (line, d) in lines.iter().zip(decoded) {
                 let alone =
-                    parse_body(line, max_lines, max_bytes).expect("a line of an accepted body");
+                    parse_body(line, max_lines, max_bytes, vsn).expect("a line of an accepted body");
                 assert_eq!(alone.len(), 1);
                 assert_eq!(seen(&alone[0]), seen(d), "a line decodes differently alone");
             }
@@ -73,7 +74,7 @@ fn check(body: &[u8], max_lines: usize, max_bytes: usize) {
         }
         crlf.push(*b);
     }
-    let again = parse_body(&crlf, max_lines, max_bytes);
+    let again = parse_body(&crlf, max_lines, max_bytes, vsn);
     match (&result, &again) {
         (Ok(a), Ok(b)) => {
             assert_eq!(
@@ -90,6 +91,8 @@ fn check(body: &[u8], max_lines: usize, max_bytes: usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    check(data, MAX_POST_LINES, 1024 * 1024);
-    check(data, 4, 64);
+    for vsn in [Vsn::V2, Vsn::V1] {
+        check(data, MAX_POST_LINES, 1024 * 1024, vsn);
+        check(data, 4, 64, vsn);
+    }
 });

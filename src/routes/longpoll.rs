@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use plexus_core::protocol::Vsn;
 use plexus_core::transport::longpoll::{PollResult, PostResult, MAX_POST_LINES, SESSION_PREFIX};
 use std::net::SocketAddr;
 
@@ -22,8 +23,14 @@ fn tokens(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-fn has_vsn2(query: Option<&str>) -> bool {
-    query.is_some_and(|q| q.split('&').any(|p| p.starts_with("vsn=2.")))
+/// The protocol version of the query's `vsn` (none: V1, as in Phoenix).
+fn vsn(query: Option<&str>) -> Result<Vsn, String> {
+    let vsn = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "vsn")
+            .map(|(_, v)| v.into_owned())
+    });
+    Vsn::negotiate(vsn.as_deref())
 }
 
 /// CORS headers for an allowed cross-origin browser.
@@ -83,12 +90,16 @@ async fn poll_inner(
     headers: &HeaderMap,
     slot: &crate::gate::Slot,
 ) -> Response {
-    if !has_vsn2(query) {
-        return body(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"status": 400, "error": "missing or unsupported vsn: connect with ?vsn=2.0.0"}),
-        );
-    }
+    let vsn = match vsn(query) {
+        Ok(vsn) => vsn,
+        Err(reason) => {
+            tracing::info!(peer = %peer, transport = "longpoll", reason, "connection refused");
+            return body(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"status": 400, "error": reason}),
+            );
+        }
+    };
     let tokens = tokens(query);
     let lp = &state.longpoll;
     if let Some(session) = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX)) {
@@ -121,7 +132,7 @@ async fn poll_inner(
         })
         .or_else(|| super::bearer(headers).map(str::to_owned));
     match state.node.admit(peer, headers, user_token.as_deref()).await {
-        Ok((identity, permit)) => match lp.open(identity, permit) {
+        Ok((identity, permit)) => match lp.open(identity, permit, vsn) {
             Ok(token) => body(
                 StatusCode::OK,
                 serde_json::json!({"status": 410, "token": token}),
@@ -202,7 +213,12 @@ mod tests {
         );
         assert_eq!(tokens(Some("vsn=2.0.0&")), Vec::<String>::new());
         assert_eq!(tokens(Some("token=a%2Bb%3D")), vec!["a+b=".to_owned()]);
-        assert!(has_vsn2(Some("token=x&vsn=2.0.0")));
-        assert!(!has_vsn2(Some("token=x")));
+        assert_eq!(vsn(Some("token=x&vsn=2.0.0")), Ok(Vsn::V2));
+        assert_eq!(vsn(Some("vsn=1.0.0&token=x")), Ok(Vsn::V1));
+        assert_eq!(vsn(Some("token=x")), Ok(Vsn::V1));
+        assert_eq!(vsn(None), Ok(Vsn::V1));
+        assert!(vsn(Some("vsn=3.0.0"))
+            .unwrap_err()
+            .contains("unsupported vsn"));
     }
 }

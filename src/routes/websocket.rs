@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hyper_util::rt::TokioIo;
+use plexus_core::protocol::Vsn;
 use plexus_core::transport::websocket;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,19 +83,13 @@ pub async fn upgrade(
             "expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket)",
         );
     }
-    match params.get("vsn").map(String::as_str) {
-        None => return json_error(
-            StatusCode::BAD_REQUEST,
-            "missing vsn parameter: Plexus speaks the Phoenix V2 protocol, connect with ?vsn=2.0.0",
-        ),
-        Some(v) if !v.starts_with("2.") => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("unsupported vsn {v:?}: Plexus speaks the Phoenix V2 protocol (vsn=2.0.0)"),
-            )
+    let vsn = match Vsn::negotiate(params.get("vsn").map(String::as_str)) {
+        Ok(vsn) => vsn,
+        Err(reason) => {
+            tracing::info!(peer = %peer, transport = "websocket", reason, "connection refused");
+            return json_error(StatusCode::BAD_REQUEST, reason);
         }
-        Some(_) => {}
-    }
+    };
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(|v| v.as_bytes())
@@ -140,8 +135,8 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                tracing::debug!(peer = %peer, sub = %sub, "websocket connected");
-                websocket::serve(node, identity, permit, TokioIo::new(upgraded), &[]).await;
+                tracing::debug!(peer = %peer, sub = %sub, vsn = vsn.as_str(), "websocket connected");
+                websocket::serve(node, identity, permit, vsn, TokioIo::new(upgraded), &[]).await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),

@@ -19,8 +19,8 @@
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use plexus_core::protocol::{
-    decode_server_binary, decode_server_text, encode_client_push, events, Frame, Message, Payload,
-    ServerBinary, PHOENIX_TOPIC,
+    decode_client_text_v1, decode_server_binary, decode_server_text, encode_client_push,
+    encode_client_v1, events, Frame, Message, Payload, ServerBinary, Vsn, PHOENIX_TOPIC,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -100,6 +100,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// TLS settings for `wss://` URLs (trusted roots); required for `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The protocol version to speak (V2 unless set).
+    pub vsn: Vsn,
 }
 
 impl ConnectOptions {
@@ -113,7 +115,14 @@ impl ConnectOptions {
             source: None,
             timeout: Duration::from_secs(5),
             tls: None,
+            vsn: Vsn::V2,
         }
+    }
+
+    /// Speak Phoenix protocol version `vsn` (`?vsn=1.0.0` sends and receives V1 objects).
+    pub fn vsn(mut self, vsn: Vsn) -> Self {
+        self.vsn = vsn;
+        self
     }
 
     /// Trust exactly these PEM certificates for `wss://` (e.g. a test's self-signed one).
@@ -164,7 +173,11 @@ impl ConnectOptions {
 
     /// The full endpoint URL: `<url>/websocket?vsn=2.0.0&…`.
     pub fn endpoint(&self) -> String {
-        let mut url = format!("{}/websocket?vsn=2.0.0", self.url.trim_end_matches('/'));
+        let mut url = format!(
+            "{}/websocket?vsn={}",
+            self.url.trim_end_matches('/'),
+            self.vsn.as_str()
+        );
         if let (Some(t), false) = (&self.token, self.token_as_subprotocol) {
             url.push_str("&token=");
             url.push_str(&percent_encode(t));
@@ -213,6 +226,7 @@ pub struct Client {
     join_refs: HashMap<String, String>,
     pending: VecDeque<Message>,
     timeout: Duration,
+    vsn: Vsn,
 }
 
 impl Client {
@@ -299,7 +313,29 @@ impl Client {
             join_refs: HashMap::new(),
             pending: VecDeque::new(),
             timeout: opts.timeout,
+            vsn: opts.vsn,
         })
+    }
+
+    /// Encodes a client message in the connection's protocol version (V1 carries JSON only).
+    fn encode(
+        &self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Frame, ClientError> {
+        match (self.vsn, payload) {
+            (Vsn::V2, _) => encode_client_push(join_ref, msg_ref, topic, event, payload)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            (Vsn::V1, Payload::Json(raw)) => {
+                Ok(encode_client_v1(join_ref, msg_ref, topic, event, raw))
+            }
+            (Vsn::V1, Payload::Binary(_)) => Err(ClientError::Protocol(
+                "V1 has no binary frames: connect with Vsn::V2".into(),
+            )),
+        }
     }
 
     fn make_ref(&mut self) -> String {
@@ -337,8 +373,7 @@ impl Client {
         payload: Payload,
     ) -> Result<Reply, ClientError> {
         let msg_ref = self.make_ref();
-        let frame = encode_client_push(join_ref.as_deref(), Some(&msg_ref), topic, event, &payload)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = self.encode(join_ref.as_deref(), Some(&msg_ref), topic, event, &payload)?;
         self.send_frame(frame).await?;
         self.wait_reply(&msg_ref).await
     }
@@ -365,14 +400,13 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let join_ref = self.make_ref();
         let payload = Payload::json(&params).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let frame = encode_client_push(
+        let frame = self.encode(
             Some(&join_ref),
             Some(&join_ref),
             topic,
             events::JOIN,
             &payload,
-        )
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        )?;
         self.send_frame(frame).await?;
         let reply = self.wait_reply(&join_ref).await?;
         if reply.is_ok() {
@@ -494,7 +528,11 @@ impl Client {
             }
             if msg.is_text() {
                 let data = Bytes::from(msg.into_payload());
-                return decode_server_text(&data).map_err(|e| ClientError::Protocol(e.to_string()));
+                let decoded = match self.vsn {
+                    Vsn::V2 => decode_server_text(&data),
+                    Vsn::V1 => decode_client_text_v1(&data),
+                };
+                return decoded.map_err(|e| ClientError::Protocol(e.to_string()));
             }
             if msg.is_binary() {
                 let data = Bytes::from(msg.into_payload());

@@ -222,6 +222,25 @@ struct Recover {
     offset: u64,
 }
 
+/// The join params about history: `{"recover": {"epoch", "offset"} | null, "offsets": bool}`.
+#[derive(Deserialize, Default)]
+struct HistoryParams {
+    /// Present (`Some`), even as `null`, when the join asked to recover.
+    #[serde(default, deserialize_with = "present")]
+    recover: Option<Option<Recover>>,
+    #[serde(default)]
+    offsets: bool,
+}
+
+/// Tells a key given as `null` from a missing one.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// The connection's joined channels, by topic.
 #[derive(Default)]
 pub(crate) struct Channels {
@@ -335,26 +354,27 @@ impl Channels {
         let topic = req.topic;
         if rule.history().is_none() {
             if subscribe {
-                node.subscribe(topic, conn.id, conn.outbox.clone()).await;
+                node.subscribe(topic, conn.id, conn.outbox.clone(), false)
+                    .await;
             }
             let outcome = JoinOutcome::Joined(JoinReply::default());
             self.send_join_reply(conn, req, &outcome);
             return outcome;
         }
-        #[derive(Deserialize)]
-        struct Params {
-            recover: Option<Recover>,
-        }
-        let recover = req
+        let params = req
             .params
             .as_json()
-            .and_then(|raw| serde_json::from_str::<Params>(raw.get()).ok())
-            .and_then(|p| p.recover);
+            .and_then(|raw| serde_json::from_str::<HistoryParams>(raw.get()).ok())
+            .unwrap_or_default();
+        // Offsets ride in `ref` only for joins that asked: `recover` (even null) or `offsets`.
+        let with_offset = params.offsets || params.recover.is_some();
+        let recover = params.recover.flatten();
         if recover.is_some() {
             conn.outbox.hold();
         }
         if subscribe {
-            node.subscribe(topic, conn.id, conn.outbox.clone()).await;
+            node.subscribe(topic, conn.id, conn.outbox.clone(), with_offset)
+                .await;
         }
         let page = match node
             .history(topic, recover.as_ref().map(|r| r.offset))
@@ -392,7 +412,8 @@ impl Channels {
         if recovered == Some(true) {
             replayed_up_to = page.top;
             for item in page.items {
-                conn.outbox.push(Outgoing::Broadcast(item.publication));
+                conn.outbox
+                    .push(Outgoing::BroadcastWithOffset(item.publication));
             }
         }
         conn.outbox.release(topic, replayed_up_to);
@@ -677,7 +698,10 @@ mod tests {
             let mut out = Vec::new();
             self.outbox.drain_into(&mut out);
             out.iter()
-                .map(|o| String::from_utf8(o.encode().unwrap().bytes().to_vec()).unwrap())
+                .map(|o| {
+                    String::from_utf8(o.encode(crate::protocol::Vsn::V2).unwrap().bytes().to_vec())
+                        .unwrap()
+                })
                 .collect()
         }
     }

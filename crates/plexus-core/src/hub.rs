@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
-type Subscribers = HashMap<ConnId, Arc<Outbox>>;
+/// A local subscriber: its outbox, and whether its join asked for history offsets.
+type Subscribers = HashMap<ConnId, (Arc<Outbox>, bool)>;
 type Shard = RwLock<HashMap<Arc<str>, Subscribers>>;
 
 /// Topic → local subscribers.
@@ -44,14 +45,20 @@ impl Hub {
 
     /// Adds a subscriber. Returns `(added, first)`: whether `conn` was not yet subscribed, and
     /// whether it is the topic's first local subscriber (the node then subscribes to the topic
-    /// on the broker).
-    pub fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) -> (bool, bool) {
+    /// on the broker). `with_offset`: the subscriber gets history offsets in `ref`.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        with_offset: bool,
+    ) -> (bool, bool) {
         let mut shard = self.shard(topic).write();
         match shard.get_mut(topic) {
-            Some(subs) => (subs.insert(conn, outbox).is_none(), false),
+            Some(subs) => (subs.insert(conn, (outbox, with_offset)).is_none(), false),
             None => {
                 let mut subs = HashMap::with_capacity(1);
-                subs.insert(conn, outbox);
+                subs.insert(conn, (outbox, with_offset));
                 shard.insert(topic.into(), subs);
                 (true, true)
             }
@@ -85,11 +92,11 @@ impl Hub {
             return 0;
         };
         let mut n = 0;
-        for (id, outbox) in subs {
+        for (id, (outbox, with_offset)) in subs {
             if Some(*id) == publication.exclude {
                 continue;
             }
-            if outbox.push_publication(publication) {
+            if outbox.push_publication(publication, *with_offset) {
                 n += 1;
             }
         }
@@ -129,9 +136,9 @@ mod tests {
         let hub = Hub::new();
         let a = Arc::new(Outbox::new(10, 10_000));
         let b = Arc::new(Outbox::new(10, 10_000));
-        assert_eq!(hub.subscribe("room:a", 1, a.clone()), (true, true));
-        assert_eq!(hub.subscribe("room:a", 2, b.clone()), (true, false));
-        assert_eq!(hub.subscribe("room:a", 2, b.clone()), (false, false));
+        assert_eq!(hub.subscribe("room:a", 1, a.clone(), false), (true, true));
+        assert_eq!(hub.subscribe("room:a", 2, b.clone(), false), (true, false));
+        assert_eq!(hub.subscribe("room:a", 2, b.clone(), false), (false, false));
         let p =
             Arc::new(Publication::new("room:a", "msg", Payload::empty_object(), Some(1)).unwrap());
         assert_eq!(hub.deliver(&p), 1);

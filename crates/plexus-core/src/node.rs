@@ -310,8 +310,15 @@ impl Node {
         })
     }
 
-    pub(crate) async fn subscribe(&self, topic: &str, conn: ConnId, outbox: Arc<Outbox>) {
-        let (added, first) = self.hub.subscribe(topic, conn, outbox);
+    /// Subscribes a local connection (`with_offset`: it gets history offsets in `ref`).
+    pub(crate) async fn subscribe(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        with_offset: bool,
+    ) {
+        let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
             let _ = self

@@ -10,8 +10,8 @@
 
 use crate::limits::close_codes;
 use crate::protocol::{
-    encode_broadcast, encode_broadcast_with_offset, encode_push, encode_reply, EncodeError, Frame,
-    Payload,
+    encode_broadcast, encode_message_v1, encode_push, encode_reply, encode_reply_v1, json_payload,
+    EncodeError, Frame, Payload, Vsn,
 };
 use crate::publication::Publication;
 use parking_lot::Mutex;
@@ -52,11 +52,31 @@ pub struct Push {
 pub enum Outgoing {
     Reply(Box<Reply>),
     Push(Box<Push>),
-    /// A broadcast shared with every subscriber of its topic.
+    /// A broadcast shared with every subscriber of its topic, sent in Phoenix's shape
+    /// (`ref` null).
     Broadcast(Arc<Publication>),
+    /// The same, with its history offset in `ref`: the receiver's join asked for offsets.
+    BroadcastWithOffset(Arc<Publication>),
 }
 
 impl Outgoing {
+    /// A broadcast for a receiver that wants offsets (`with_offset`) or not.
+    pub fn broadcast(p: Arc<Publication>, with_offset: bool) -> Self {
+        if with_offset {
+            Outgoing::BroadcastWithOffset(p)
+        } else {
+            Outgoing::Broadcast(p)
+        }
+    }
+
+    /// The publication of a broadcast.
+    pub fn publication(&self) -> Option<&Arc<Publication>> {
+        match self {
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Bytes this message counts against the outbox's byte limit (about its encoded size).
     fn weight(&self) -> usize {
         match self {
@@ -69,7 +89,7 @@ impl Outgoing {
                     + p.event.len()
                     + p.payload.len()
             }
-            Outgoing::Broadcast(p) => p.frame.len(),
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p.frame.len(),
         }
     }
 
@@ -78,40 +98,74 @@ impl Outgoing {
         match self {
             Outgoing::Reply(r) => &r.response,
             Outgoing::Push(p) => &p.payload,
-            Outgoing::Broadcast(p) => &p.payload,
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => &p.payload,
         }
     }
 
-    /// The Phoenix V2 frame of this message (a broadcast's shared frame is not copied).
-    pub fn encode(&self) -> Result<Frame, EncodeError> {
-        match self {
-            Outgoing::Broadcast(p) => Ok(p.frame.clone()),
-            _ => self.encode_with(self.payload()),
+    /// The frame of this message for a connection speaking `vsn` (a broadcast's shared frame
+    /// is not copied).
+    pub fn encode(&self, vsn: Vsn) -> Result<Frame, EncodeError> {
+        match (self, vsn) {
+            (Outgoing::Broadcast(p), _) => p.frame_for(vsn, false),
+            (Outgoing::BroadcastWithOffset(p), _) => p.frame_for(vsn, true),
+            (Outgoing::Reply(r), Vsn::V2) => encode_reply(
+                r.join_ref.as_deref(),
+                r.msg_ref.as_deref(),
+                &r.topic,
+                r.status,
+                &r.response,
+            ),
+            (Outgoing::Push(p), Vsn::V2) => encode_push(
+                p.join_ref.as_deref(),
+                p.msg_ref.as_deref(),
+                &p.topic,
+                p.event,
+                &p.payload,
+            ),
+            (Outgoing::Reply(r), Vsn::V1) => Ok(encode_reply_v1(
+                r.msg_ref.as_deref(),
+                &r.topic,
+                r.status,
+                &json_payload(&r.response),
+            )),
+            (Outgoing::Push(p), Vsn::V1) => Ok(encode_message_v1(
+                p.msg_ref.as_deref(),
+                &p.topic,
+                p.event,
+                &p.payload,
+            )),
         }
     }
 
-    /// The frame of this message with `payload` in place of its own (a transport that cannot
-    /// carry binary frames sends their payload as JSON).
-    pub fn encode_with(&self, payload: &Payload) -> Result<Frame, EncodeError> {
+    /// The frame of this message as text, for transports that carry no binary frames
+    /// (LongPoll): a binary payload travels as JSON `{"binary": "<base64>"}`.
+    pub fn encode_text(&self, vsn: Vsn) -> Result<Frame, EncodeError> {
+        let Payload::Binary(_) = self.payload() else {
+            return self.encode(vsn);
+        };
+        if vsn == Vsn::V1 {
+            return self.encode(vsn);
+        }
+        let payload = Payload::Json(json_payload(self.payload()).into_owned());
         match self {
             Outgoing::Reply(r) => encode_reply(
                 r.join_ref.as_deref(),
                 r.msg_ref.as_deref(),
                 &r.topic,
                 r.status,
-                payload,
+                &payload,
             ),
             Outgoing::Push(p) => encode_push(
                 p.join_ref.as_deref(),
                 p.msg_ref.as_deref(),
                 &p.topic,
                 p.event,
-                payload,
+                &payload,
             ),
-            Outgoing::Broadcast(p) => match p.offset {
-                Some(offset) => encode_broadcast_with_offset(offset, &p.topic, &p.event, payload),
-                None => encode_broadcast(None, &p.topic, &p.event, payload),
-            },
+            // Binary broadcasts carry no offset.
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => {
+                encode_broadcast(None, &p.topic, &p.event, &payload)
+            }
         }
     }
 }
@@ -128,7 +182,7 @@ struct State {
     close: Option<CloseReason>,
     /// While a join recovers history: broadcasts wait here, so that none is lost between
     /// subscribing and reading history, and duplicates of replayed ones can be dropped.
-    held: Option<Vec<Arc<Publication>>>,
+    held: Option<Vec<Outgoing>>,
 }
 
 /// One connection's outbound queue; shared between the hub (producers) and the transport.
@@ -164,7 +218,7 @@ impl Outbox {
 
     /// Queues a broadcast; while [`Outbox::hold`] is in effect it waits aside. One lock per
     /// subscriber per broadcast: this is the fan-out's inner loop.
-    pub fn push_publication(&self, p: &Arc<Publication>) -> bool {
+    pub fn push_publication(&self, p: &Arc<Publication>, with_offset: bool) -> bool {
         let mut st = self.state.lock();
         if !self.admit(&mut st, p.frame.len()) {
             drop(st);
@@ -172,10 +226,10 @@ impl Outbox {
             return false;
         }
         if let Some(held) = st.held.as_mut() {
-            held.push(p.clone());
+            held.push(Outgoing::broadcast(p.clone(), with_offset));
             return true;
         }
-        self.queue(st, Outgoing::Broadcast(p.clone()));
+        self.queue(st, Outgoing::broadcast(p.clone(), with_offset));
         true
     }
 
@@ -225,12 +279,14 @@ impl Outbox {
             return;
         };
         let mut queued = false;
-        for p in held {
-            let duplicate = &*p.topic == topic && p.offset.is_some_and(|o| o <= replayed_up_to);
+        for item in held {
+            let duplicate = item.publication().is_some_and(|p| {
+                &*p.topic == topic && p.offset.is_some_and(|o| o <= replayed_up_to)
+            });
             if duplicate {
-                st.bytes = st.bytes.saturating_sub(p.frame.len());
+                st.bytes = st.bytes.saturating_sub(item.weight());
             } else {
-                st.queue.push_back(Outgoing::Broadcast(p));
+                st.queue.push_back(item);
                 queued = true;
             }
         }
@@ -263,7 +319,7 @@ impl Outbox {
         st.bytes = st
             .held
             .as_ref()
-            .map_or(0, |h| h.iter().map(|p| p.frame.len()).sum());
+            .map_or(0, |h| h.iter().map(Outgoing::weight).sum());
         if st.queue.capacity() > 16 {
             st.queue = VecDeque::new();
         }
@@ -293,7 +349,7 @@ mod tests {
     /// The encoded text of what was drained.
     fn texts(out: &[Outgoing]) -> Vec<String> {
         out.iter()
-            .map(|o| String::from_utf8(o.encode().unwrap().bytes().to_vec()).unwrap())
+            .map(|o| String::from_utf8(o.encode(Vsn::V2).unwrap().bytes().to_vec()).unwrap())
             .collect()
     }
 
@@ -319,7 +375,7 @@ mod tests {
                 p.set_offset(off).unwrap();
             }
             let p = Arc::new(p);
-            assert!(o.push_publication(&p));
+            assert!(o.push_publication(&p, true));
             String::from_utf8(p.frame.bytes().to_vec()).unwrap()
         };
         let a4 = p("a", Some(4));
@@ -338,7 +394,7 @@ mod tests {
     fn a_broadcast_is_shared_not_copied() {
         let o = Outbox::new(10, 10_000);
         let p = Arc::new(Publication::new("t", "e", Payload::empty_object(), None).unwrap());
-        assert!(o.push_publication(&p));
+        assert!(o.push_publication(&p, false));
         let mut out = Vec::new();
         o.drain_into(&mut out);
         let Outgoing::Broadcast(got) = &out[0] else {

@@ -4,13 +4,18 @@
 //! ([`Publication::from_frame`]); the hub then hands the same `Arc<Publication>` to every local
 //! subscriber's outbox, and every transport reads the same bytes (or the same decoded topic,
 //! event and payload) from it. [`HistoryOpts`] says how much of a topic's past is retained.
+//!
+//! Receivers get Phoenix's shape by default — `[null, null, topic, event, payload]` — and the
+//! history offset in the `ref` only when their join asked for it; V1 connections get V1
+//! objects. Each of these other shapes is encoded at most once per publication per node, the
+//! first time a receiver needs it ([`Publication::frame_for`]).
 
 use crate::protocol::{
     decode_server_binary, decode_server_text, encode_broadcast, encode_broadcast_with_offset,
-    DecodeError, EncodeError, Frame, Payload, ServerBinary,
+    encode_message_v1, DecodeError, EncodeError, Frame, Payload, ServerBinary, Vsn,
 };
 use crate::ConnId;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How much history a topic keeps.
@@ -28,14 +33,26 @@ pub struct Publication {
     pub topic: Arc<str>,
     pub event: Arc<str>,
     pub payload: Payload,
-    /// The frame every subscriber receives (its `ref` carries the offset on history topics).
+    /// The V2 frame as brokers carry it and history keeps it: its `ref` carries the offset on
+    /// history topics.
     pub frame: Frame,
+    /// The other shapes receivers may need, encoded on first use (see [`Publication::frame_for`]).
+    shapes: Shapes,
     /// A local connection that must not receive it (the sender of a client push).
     pub exclude: Option<ConnId>,
     /// Set for topics with history: the broker assigns `offset` and re-encodes the frame.
     pub history: Option<HistoryOpts>,
     /// Position in the topic's history, assigned by the broker.
     pub offset: Option<u64>,
+}
+
+/// Frames derived from [`Publication::frame`], each encoded once when first asked for.
+#[derive(Clone, Debug, Default)]
+struct Shapes {
+    /// V2 with `ref` null (only made when `frame` carries an offset).
+    v2_plain: OnceLock<Frame>,
+    v1_plain: OnceLock<Frame>,
+    v1_offset: OnceLock<Frame>,
 }
 
 impl Publication {
@@ -65,10 +82,40 @@ impl Publication {
             event: event.into(),
             payload,
             frame,
+            shapes: Shapes::default(),
             exclude,
             history: None,
             offset,
         }
+    }
+
+    /// The frame a receiver speaking `vsn` gets: Phoenix's shape (`ref` null), or with the
+    /// history offset in `ref` when `with_offset` (the receiver's join asked for offsets) and
+    /// the publication has one. Binary broadcasts have no `ref`; V1 receivers get their
+    /// payload as `{"binary": base64}`.
+    pub fn frame_for(&self, vsn: Vsn, with_offset: bool) -> Result<Frame, EncodeError> {
+        let offset = self.offset.filter(|_| with_offset);
+        let cell = match (vsn, offset) {
+            (Vsn::V2, Some(_)) => return Ok(self.frame.clone()),
+            (Vsn::V2, None) if self.offset.is_none() || matches!(self.frame, Frame::Binary(_)) => {
+                return Ok(self.frame.clone())
+            }
+            (Vsn::V2, None) => &self.shapes.v2_plain,
+            (Vsn::V1, None) => &self.shapes.v1_plain,
+            (Vsn::V1, Some(_)) => &self.shapes.v1_offset,
+        };
+        if let Some(f) = cell.get() {
+            return Ok(f.clone());
+        }
+        let frame = match vsn {
+            Vsn::V2 => encode_broadcast(None, &self.topic, &self.event, &self.payload)?,
+            Vsn::V1 => {
+                let digits = offset.map(|o| o.to_string());
+                encode_message_v1(digits.as_deref(), &self.topic, &self.event, &self.payload)
+            }
+        };
+        // Another receiver may have raced us here: both made the same bytes.
+        Ok(cell.get_or_init(|| frame).clone())
     }
 
     /// A publication received from another node as an encoded broadcast frame: its event and
@@ -112,6 +159,7 @@ impl Publication {
     pub fn set_offset(&mut self, offset: u64) -> Result<(), EncodeError> {
         self.frame = encode_broadcast_with_offset(offset, &self.topic, &self.event, &self.payload)?;
         self.offset = Some(offset);
+        self.shapes = Shapes::default();
         Ok(())
     }
 }
@@ -138,5 +186,42 @@ mod tests {
         .unwrap();
         let remote = Publication::from_frame("t", bin.frame.clone(), None, None).unwrap();
         assert!(matches!(remote.payload, Payload::Binary(ref b) if &b[..] == b"\x00"));
+    }
+
+    fn text(f: Frame) -> String {
+        String::from_utf8(f.bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn receivers_get_phoenix_s_shape_unless_they_asked_for_offsets() {
+        let payload = Payload::json(&serde_json::json!({"n": 1})).unwrap();
+        let mut p = Publication::new("room:a", "msg", payload, None).unwrap();
+        p.set_offset(42).unwrap();
+        assert_eq!(
+            text(p.frame_for(Vsn::V2, false).unwrap()),
+            r#"[null,null,"room:a","msg",{"n":1}]"#
+        );
+        assert_eq!(
+            text(p.frame_for(Vsn::V2, true).unwrap()),
+            r#"[null,"42","room:a","msg",{"n":1}]"#
+        );
+        assert_eq!(
+            text(p.frame_for(Vsn::V1, false).unwrap()),
+            r#"{"event":"msg","payload":{"n":1},"ref":null,"topic":"room:a"}"#
+        );
+        assert_eq!(
+            text(p.frame_for(Vsn::V1, true).unwrap()),
+            r#"{"event":"msg","payload":{"n":1},"ref":"42","topic":"room:a"}"#
+        );
+        // Encoded once: the second receiver shares the first one's bytes.
+        let a = p.frame_for(Vsn::V1, false).unwrap();
+        let b = p.frame_for(Vsn::V1, false).unwrap();
+        assert_eq!(a.bytes().as_ptr(), b.bytes().as_ptr());
+        // Without history there is no offset to give.
+        let q = Publication::new("t", "e", Payload::empty_object(), None).unwrap();
+        assert_eq!(
+            text(q.frame_for(Vsn::V2, true).unwrap()),
+            r#"[null,null,"t","e",{}]"#
+        );
     }
 }

@@ -14,7 +14,59 @@ pub use codec::{
     encode_push, encode_reply, DecodeError, EncodeError, Frame, Message, OffsetBroadcast, Payload,
     ServerBinary,
 };
-pub use v1::{decode_client_text_v1, encode_reply_v1, encode_v1};
+pub use v1::{
+    decode_client_text_v1, encode_client_v1, encode_message_v1, encode_reply_v1, encode_v1,
+    json_payload,
+};
+
+/// The serializer a connection negotiated with its `vsn` query parameter, as Phoenix does:
+/// `2.x` speaks V2 (arrays, binary frames), `1.x` — and no `vsn` at all — speaks V1 (objects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vsn {
+    V1,
+    V2,
+}
+
+impl Vsn {
+    /// The serializer for a `vsn` parameter (`None`: the parameter is absent). Anything else
+    /// than `1.x` or `2.x` is refused with the reason to show the client.
+    pub fn negotiate(vsn: Option<&str>) -> Result<Vsn, String> {
+        match vsn {
+            None => Ok(Vsn::V1),
+            Some(v) if v == "1" || v.starts_with("1.") => Ok(Vsn::V1),
+            Some(v) if v == "2" || v.starts_with("2.") => Ok(Vsn::V2),
+            Some(v) => Err(format!(
+                "unsupported vsn {:?}: Plexus speaks the Phoenix protocol versions 1.0.0 and 2.0.0",
+                v.chars().take(32).collect::<String>()
+            )),
+        }
+    }
+
+    /// Decodes a client's text frame.
+    pub fn decode_text(self, text: &[u8]) -> Result<Message, DecodeError> {
+        match self {
+            Vsn::V1 => decode_client_text_v1(text),
+            Vsn::V2 => decode_client_text(text),
+        }
+    }
+
+    /// Decodes a client's binary frame (V2 only: V1 has no binary frames).
+    pub fn decode_binary(self, data: &bytes::Bytes) -> Result<Message, DecodeError> {
+        match self {
+            Vsn::V1 => Err(DecodeError::new(
+                "invalid binary message: binary frames need vsn=2.0.0",
+            )),
+            Vsn::V2 => decode_client_binary(data),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vsn::V1 => "1.0.0",
+            Vsn::V2 => "2.0.0",
+        }
+    }
+}
 
 /// The topic of socket-level messages (heartbeats) that need no join.
 pub const PHOENIX_TOPIC: &str = "phoenix";

@@ -4,8 +4,10 @@
 //! is JSON only. Pure functions, like [`codec`](super::codec), which holds V2.
 
 use super::codec::{opt_ref, push_json_str, push_opt_str, DecodeError, Frame, Message, Payload};
+use base64::Engine;
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// Decodes a V1 text frame sent by a client: a JSON object
 /// `{"topic", "event", "payload", "ref", "join_ref"?}` (`ref` and `join_ref` strings, numbers
@@ -60,6 +62,56 @@ pub fn encode_v1(msg_ref: Option<&str>, topic: &str, event: &str, payload: &RawV
     push_opt_str(&mut out, msg_ref);
     out.extend_from_slice(b",\"topic\":");
     push_json_str(&mut out, topic);
+    out.push(b'}');
+    Frame::Text(Bytes::from(out))
+}
+
+/// A payload as V1 (and LongPoll) can carry it: JSON as is, binary data as the JSON object
+/// `{"binary": "<standard base64>"}`.
+pub fn json_payload(payload: &Payload) -> Cow<'_, RawValue> {
+    match payload {
+        Payload::Json(raw) => Cow::Borrowed(raw),
+        Payload::Binary(b) => {
+            let text = format!(
+                "{{\"binary\":\"{}\"}}",
+                base64::engine::general_purpose::STANDARD.encode(b)
+            );
+            // Valid JSON by construction: base64 needs no escaping.
+            Cow::Owned(RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+        }
+    }
+}
+
+/// Encodes a V1 push or broadcast with any payload (binary data as `{"binary": base64}`).
+pub fn encode_message_v1(
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Frame {
+    encode_v1(msg_ref, topic, event, &json_payload(payload))
+}
+
+/// Encodes a V1 client message `{"topic", "event", "payload", "ref", "join_ref"}` (used by the
+/// Rust client and tests; phoenix.js 1.x sends this shape).
+pub fn encode_client_v1(
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &RawValue,
+) -> Frame {
+    let mut out = Vec::with_capacity(64 + topic.len() + event.len() + payload.get().len());
+    out.extend_from_slice(b"{\"topic\":");
+    push_json_str(&mut out, topic);
+    out.extend_from_slice(b",\"event\":");
+    push_json_str(&mut out, event);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.get().as_bytes());
+    out.extend_from_slice(b",\"ref\":");
+    push_opt_str(&mut out, msg_ref);
+    out.extend_from_slice(b",\"join_ref\":");
+    push_opt_str(&mut out, join_ref);
     out.push(b'}');
     Frame::Text(Bytes::from(out))
 }
@@ -142,5 +194,41 @@ mod tests {
             (Some("room:a"), Some("5"))
         );
         assert!(e.reason.contains("event"), "{}", e.reason);
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let f = encode_client_v1(
+            Some("1"),
+            Some("2"),
+            "room:a",
+            "msg",
+            &raw_json(r#"{"a":1}"#),
+        );
+        let m = decode_client_text_v1(f.bytes()).unwrap();
+        assert_eq!(
+            (
+                m.join_ref.as_deref(),
+                m.msg_ref.as_deref(),
+                m.topic.as_str(),
+                m.event.as_str(),
+                m.payload.as_json().unwrap().get()
+            ),
+            (Some("1"), Some("2"), "room:a", "msg", r#"{"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn binary_payloads_become_json_in_v1() {
+        let f = encode_message_v1(
+            Some("3"),
+            "t",
+            "e",
+            &Payload::Binary(Bytes::from_static(b"\x00\xff")),
+        );
+        assert_eq!(
+            text(&f),
+            r#"{"event":"e","payload":{"binary":"AP8="},"ref":"3","topic":"t"}"#
+        );
     }
 }

@@ -18,9 +18,7 @@ use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::outbox::Outgoing;
-use crate::protocol::{
-    decode_client_binary, decode_client_text, DecodeError, Frame, Message, Payload,
-};
+use crate::protocol::{DecodeError, Frame, Message, Vsn};
 use crate::socket::{Draining, Socket};
 use base64::Engine;
 use bytes::Bytes;
@@ -39,6 +37,8 @@ pub const SESSION_PREFIX: &str = "plp.";
 struct Session {
     socket: tokio::sync::Mutex<Option<Socket>>,
     outbox: Arc<crate::outbox::Outbox>,
+    /// The protocol version the session was opened with.
+    vsn: Vsn,
     last_active: Mutex<Instant>,
     polls: AtomicUsize,
 }
@@ -89,14 +89,15 @@ impl LongPoll {
         self.sessions.lock().len()
     }
 
-    /// Opens a session for an admitted identity; returns its token.
-    pub fn open(&self, identity: Identity, permit: Permit) -> Result<String, Draining> {
+    /// Opens a session for an admitted identity, speaking `vsn`; returns its token.
+    pub fn open(&self, identity: Identity, permit: Permit, vsn: Vsn) -> Result<String, Draining> {
         let socket = Socket::open(self.node.clone(), identity, permit)?;
         let outbox = socket.outbox().clone();
         let token = new_token();
         let session = Arc::new(Session {
             socket: tokio::sync::Mutex::new(Some(socket)),
             outbox,
+            vsn,
             last_active: Mutex::new(Instant::now()),
             polls: AtomicUsize::new(0),
         });
@@ -125,7 +126,10 @@ impl LongPoll {
             let mut batch = Vec::new();
             let close = session.outbox.drain_into(&mut batch);
             if !batch.is_empty() {
-                return PollResult::Messages(batch.into_iter().filter_map(message_text).collect());
+                let vsn = session.vsn;
+                return PollResult::Messages(
+                    batch.iter().filter_map(|m| message_text(m, vsn)).collect(),
+                );
             }
             if close.is_some() {
                 self.close(token).await;
@@ -145,7 +149,7 @@ impl LongPoll {
         };
         *session.last_active.lock() = Instant::now();
         let max = self.node.limits().max_message_bytes;
-        let decoded = match parse_body(body, MAX_POST_LINES, max) {
+        let decoded = match parse_body(body, MAX_POST_LINES, max, session.vsn) {
             Ok(decoded) => decoded,
             Err(BodyError::TooManyLines(n)) => return PostResult::TooManyLines(n),
             Err(BodyError::TooLarge(n)) => return PostResult::TooLarge(n),
@@ -227,7 +231,7 @@ pub enum BodyError {
 }
 
 /// Parses a LongPoll POST body: ndjson, one client frame per line, each either JSON text
-/// (a line starting with `[`) or the standard base64 of a binary frame (a line that is not
+/// (a line starting with `[` or `{`, decoded as `vsn` says) or the standard base64 of a binary frame (a line that is not
 /// valid base64 is decoded as text, so that its error is answered like any malformed frame).
 /// Lines are trimmed of ASCII whitespace and blank lines are skipped.
 ///
@@ -238,7 +242,9 @@ pub fn parse_body(
     body: &[u8],
     max_lines: usize,
     max_message_bytes: usize,
+    vsn: Vsn,
 ) -> Result<Vec<Result<Message, DecodeError>>, BodyError> {
+    let is_json = |l: &[u8]| matches!(l.first(), Some(b'[' | b'{'));
     let lines: Vec<&[u8]> = body
         .split(|b| *b == b'\n')
         .map(trim)
@@ -249,13 +255,7 @@ pub fn parse_body(
     }
     if let Some(big) = lines
         .iter()
-        .map(|l| {
-            if l.first() == Some(&b'[') {
-                l.len()
-            } else {
-                l.len() / 4 * 3
-            }
-        })
+        .map(|l| if is_json(l) { l.len() } else { l.len() / 4 * 3 })
         .find(|n| *n > max_message_bytes)
     {
         return Err(BodyError::TooLarge(big));
@@ -263,12 +263,12 @@ pub fn parse_body(
     Ok(lines
         .into_iter()
         .map(|line| {
-            if line.first() == Some(&b'[') {
-                decode_client_text(line)
+            if is_json(line) {
+                vsn.decode_text(line)
             } else {
                 match base64::engine::general_purpose::STANDARD.decode(line) {
-                    Ok(bin) => decode_client_binary(&Bytes::from(bin)),
-                    Err(_) => decode_client_text(line),
+                    Ok(bin) => vsn.decode_binary(&Bytes::from(bin)),
+                    Err(_) => vsn.decode_text(line),
                 }
             }
         })
@@ -277,15 +277,8 @@ pub fn parse_body(
 
 /// The JSON text of a message for the `messages` array. phoenix.js's LongPoll only parses
 /// text, so a binary payload travels as JSON `{"binary": <base64>}`.
-fn message_text(item: Outgoing) -> Option<String> {
-    let frame = match item.payload() {
-        Payload::Binary(b) => {
-            let data = serde_json::json!({ "binary": base64::engine::general_purpose::STANDARD.encode(b) });
-            Payload::json(&data).and_then(|p| item.encode_with(&p))
-        }
-        Payload::Json(_) => item.encode(),
-    };
-    match frame {
+fn message_text(item: &Outgoing, vsn: Vsn) -> Option<String> {
+    match item.encode_text(vsn) {
         Ok(Frame::Text(b)) => String::from_utf8(b.to_vec()).ok(),
         Ok(Frame::Binary(_)) => None,
         Err(e) => {
@@ -344,7 +337,7 @@ async fn reap(lp: Weak<LongPoll>, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::encode_client_push;
+    use crate::protocol::{encode_client_push, Payload};
 
     #[test]
     fn parse_body_decodes_text_and_base64_lines_in_order() {
@@ -362,7 +355,7 @@ mod tests {
         let body = format!(
             "  [\"3\",\"3\",\"room:lobby\",\"phx_join\",{{}}]\r\n\n{b64}\n\t\nnot base64!\n"
         );
-        let out = parse_body(body.as_bytes(), MAX_POST_LINES, 1024).unwrap();
+        let out = parse_body(body.as_bytes(), MAX_POST_LINES, 1024, Vsn::V2).unwrap();
         assert_eq!(out.len(), 3);
         let join = out[0].as_ref().unwrap();
         assert_eq!(
@@ -377,8 +370,10 @@ mod tests {
         }
         // Neither JSON nor base64: a decode error for that line only.
         assert!(out[2].is_err());
-        assert!(parse_body(b"", MAX_POST_LINES, 1024).unwrap().is_empty());
-        assert!(parse_body(b" \n\r\n", MAX_POST_LINES, 1024)
+        assert!(parse_body(b"", MAX_POST_LINES, 1024, Vsn::V2)
+            .unwrap()
+            .is_empty());
+        assert!(parse_body(b" \n\r\n", MAX_POST_LINES, 1024, Vsn::V2)
             .unwrap()
             .is_empty());
     }
@@ -387,26 +382,29 @@ mod tests {
     fn parse_body_limits_lines_and_sizes() {
         let line = "[null,\"1\",\"phoenix\",\"heartbeat\",{}]\n";
         assert_eq!(
-            parse_body(line.repeat(3).as_bytes(), 3, 1024)
+            parse_body(line.repeat(3).as_bytes(), 3, 1024, Vsn::V2)
                 .unwrap()
                 .len(),
             3
         );
         assert_eq!(
-            parse_body(line.repeat(4).as_bytes(), 3, 1024).unwrap_err(),
+            parse_body(line.repeat(4).as_bytes(), 3, 1024, Vsn::V2).unwrap_err(),
             BodyError::TooManyLines(4)
         );
         // A text line counts its bytes; a base64 line what it decodes to.
         let text = format!("[null,\"1\",\"t\",\"e\",\"{}\"]", "x".repeat(100));
         assert_eq!(
-            parse_body(text.as_bytes(), 10, 100).unwrap_err(),
+            parse_body(text.as_bytes(), 10, 100, Vsn::V2).unwrap_err(),
             BodyError::TooLarge(text.len())
         );
         let b64 = "A".repeat(136); // decodes to 102 bytes
         assert_eq!(
-            parse_body(b64.as_bytes(), 10, 100).unwrap_err(),
+            parse_body(b64.as_bytes(), 10, 100, Vsn::V2).unwrap_err(),
             BodyError::TooLarge(102)
         );
-        assert_eq!(parse_body(b64.as_bytes(), 10, 102).unwrap().len(), 1);
+        assert_eq!(
+            parse_body(b64.as_bytes(), 10, 102, Vsn::V2).unwrap().len(),
+            1
+        );
     }
 }

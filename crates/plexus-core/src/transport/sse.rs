@@ -167,7 +167,9 @@ async fn next_chunk(
 /// `presence_state`; replies and other pushes mean nothing to an `EventSource`.
 fn render(st: &mut StreamState, item: Outgoing, out: &mut String) {
     let (topic, event, payload, offset): (&str, &str, &Payload, Option<u64>) = match &item {
-        Outgoing::Broadcast(p) => (&p.topic, &p.event, &p.payload, p.offset),
+        Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => {
+            (&p.topic, &p.event, &p.payload, p.offset)
+        }
         Outgoing::Push(p) if p.event == events::PRESENCE_STATE => {
             (&p.topic, p.event, &p.payload, None)
         }

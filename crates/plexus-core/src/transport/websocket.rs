@@ -17,7 +17,7 @@ use crate::outbox::Outgoing;
 use crate::protocol::ws_frame::{
     close_frame, encode_header, FrameDecoder, WsEvent, OP_BINARY, OP_PONG, OP_TEXT,
 };
-use crate::protocol::{decode_client_binary, decode_client_text, Frame};
+use crate::protocol::{Frame, Vsn};
 use crate::socket::Socket;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -42,12 +42,14 @@ enum ReadOutcome {
     Violation(u16, &'static str),
 }
 
-/// Serves an upgraded WebSocket for an authenticated identity until either side closes.
-/// `pre_read` holds bytes the HTTP layer read past the handshake (usually empty).
+/// Serves an upgraded WebSocket for an authenticated identity until either side closes,
+/// speaking the protocol version `vsn` negotiated at the handshake. `pre_read` holds bytes the
+/// HTTP layer read past the handshake (usually empty).
 pub async fn serve<S>(
     node: Arc<Node>,
     identity: Identity,
     permit: Permit,
+    vsn: Vsn,
     mut io: S,
     pre_read: &[u8],
 ) where
@@ -97,7 +99,7 @@ pub async fn serve<S>(
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
                         let written = tokio::select! {
-                            r = write_frames(&mut io, &batch) => Ok(r),
+                            r = write_frames(&mut io, &batch, vsn) => Ok(r),
                             _ = &mut timer => Err(()),
                         };
                         batch.clear();
@@ -156,12 +158,12 @@ pub async fn serve<S>(
         idle_deadline = Instant::now() + idle;
         for event in events.drain(..) {
             match event {
-                WsEvent::Text(data) => match decode_client_text(&data) {
+                WsEvent::Text(data) => match vsn.decode_text(&data) {
                     Ok(m) if socket.handle_inline(&m) => {}
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
-                WsEvent::Binary(data) => match decode_client_binary(&data) {
+                WsEvent::Binary(data) => match vsn.decode_binary(&data) {
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
@@ -210,7 +212,7 @@ pub async fn serve<S>(
             outbox.drain_into(&mut batch);
             timer.as_mut().reset(Instant::now() + write_timeout);
             tokio::select! {
-                _ = write_frames(&mut io, &batch) => {}
+                _ = write_frames(&mut io, &batch, vsn) => {}
                 _ = &mut timer => {}
             }
             break violation;
@@ -227,13 +229,13 @@ pub async fn serve<S>(
 /// What [`write_frames`] writes: encoded frames, or outgoing messages encoded as they are
 /// written (a broadcast's shared frame is not copied).
 trait ToFrame {
-    fn to_frame(&self) -> Option<Frame>;
+    fn to_frame(&self, vsn: Vsn) -> Option<Frame>;
     /// About the encoded size.
     fn len_hint(&self) -> usize;
 }
 
 impl ToFrame for Frame {
-    fn to_frame(&self) -> Option<Frame> {
+    fn to_frame(&self, _: Vsn) -> Option<Frame> {
         Some(self.clone())
     }
 
@@ -245,13 +247,13 @@ impl ToFrame for Frame {
 impl ToFrame for Outgoing {
     fn len_hint(&self) -> usize {
         match self {
-            Outgoing::Broadcast(p) => p.frame.len(),
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p.frame.len(),
             other => 64 + other.payload().len(),
         }
     }
 
-    fn to_frame(&self) -> Option<Frame> {
-        self.encode()
+    fn to_frame(&self, vsn: Vsn) -> Option<Frame> {
+        self.encode(vsn)
             .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
             .ok()
     }
@@ -284,12 +286,12 @@ where
 }
 
 /// Writes frames: small ones coalesced into one buffer per write, large payloads directly.
-async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T]) -> std::io::Result<()>
+async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T], vsn: Vsn) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::new();
-    for frame in items.iter().filter_map(ToFrame::to_frame) {
+    for frame in items.iter().filter_map(|i| i.to_frame(vsn)) {
         let (op, payload) = match &frame {
             Frame::Text(b) => (OP_TEXT, b),
             Frame::Binary(b) => (OP_BINARY, b),
@@ -377,7 +379,7 @@ where
                 WsEvent::Text(b) => out.push(Frame::Text(b)),
                 WsEvent::Binary(b) => out.push(Frame::Binary(b)),
                 WsEvent::Ping(p) => {
-                    if write_frames(&mut io, &out).await.is_err() {
+                    if write_frames(&mut io, &out, Vsn::V2).await.is_err() {
                         return;
                     }
                     out.clear();
@@ -391,14 +393,14 @@ where
                 }
                 WsEvent::Pong => {}
                 WsEvent::Close(code, _) => {
-                    let _ = write_frames(&mut io, &out).await;
+                    let _ = write_frames(&mut io, &out, Vsn::V2).await;
                     let _ = io.write_all(&close_frame(code.unwrap_or(1000), "")).await;
                     let _ = io.shutdown().await;
                     return;
                 }
             }
         }
-        if write_frames(&mut io, &out).await.is_err() {
+        if write_frames(&mut io, &out, Vsn::V2).await.is_err() {
             return;
         }
         if let Some((code, reason)) = violation {
