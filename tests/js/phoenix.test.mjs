@@ -193,7 +193,6 @@ test("recovery with stock phoenix.js: params closure + ref of broadcasts", async
   socket.connect(); // phoenix.js rejoins by itself, with the closure's fresh params
   await until(() => replies.length === 2, 5000, "rejoined");
   assert.equal(replies[0].recovered, undefined, "the first join asked for no recovery");
-  assert.equal(received.length >= 1 && last.offset, 1, "the first message carried its offset");
   assert.equal(replies[1].recovered, true);
   await until(() => received.length === 6, 3000, `6 messages, got ${JSON.stringify(received)}`);
   assert.deepEqual(received, [1, 2, 3, 4, 5, 6]);
