@@ -69,7 +69,16 @@ struct FileConfig {
     broker: Option<String>,
     redis: Option<FileRedis>,
     #[serde(default)]
+    supabase: FileSupabase,
+    #[serde(default)]
     channels: Vec<ChannelRule>,
+}
+
+/// `[supabase]`: serve Supabase's realtime clients (see docs/supabase.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSupabase {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +179,9 @@ pub struct Config {
     pub public_host: Option<String>,
     /// `None`: the embedded in-memory broker; `Some`: cluster mode on Redis.
     pub redis: Option<RedisConfig>,
+    /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
+    /// the `apikey` parameter as a token source.
+    pub supabase: bool,
     pub source: Option<PathBuf>,
 }
 
@@ -186,6 +198,8 @@ pub struct Env {
     pub tls_key: Option<String>,
     pub broker: Option<String>,
     pub redis_url: Option<String>,
+    /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
+    pub supabase: Option<String>,
 }
 
 impl Env {
@@ -200,6 +214,7 @@ impl Env {
             tls_key: get("PLEXUS_TLS_KEY"),
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
+            supabase: get("PLEXUS_SUPABASE"),
         }
     }
 }
@@ -247,6 +262,11 @@ pub enum ConfigError {
     /// A number above its maximum.
     #[error("{field} must be at most {max}")]
     TooLarge { field: &'static str, max: u64 },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("trusted_proxies: {value:?} is not an IP address or CIDR range")]
     TrustedProxy { value: String },
     /// A `[[channels]]` rule is invalid; `line` is that rule's header in `file`.
@@ -829,7 +849,19 @@ fn resolve(
     let secrets = resolve_secrets(profile, env, &file)?;
     let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
     let admission = resolve_admission(&file, profile)?;
-    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?;
+    let supabase = match env.supabase.as_deref() {
+        None => file.supabase.enabled.unwrap_or(false),
+        Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "PLEXUS_SUPABASE",
+                message: format!("{other:?} is not true, false, 1 or 0"),
+            })
+        }
+    };
+    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
+        .with_supabase(supabase);
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
     let verifier = build_verifier(hs256, &file.auth, path, base, read)?;
     let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
@@ -870,6 +902,7 @@ fn resolve(
         http_redirect,
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
+        supabase,
         source: path.map(Path::to_path_buf),
     })
 }

@@ -1,9 +1,11 @@
 //! The Phoenix V2 binary codec (kind byte, one length byte per field, fields, payload).
 //!
-//! Arbitrary bytes through `decode_client_binary` (kind 0 push) and `decode_server_binary`
-//! (push, reply, broadcast). Whatever decodes must re-encode to exactly the input bytes:
-//! client pushes with `encode_client_push`, server frames with `encode_push`, `encode_reply`
-//! and `encode_broadcast` (the layout has no slack, so decode is the inverse of encode).
+//! Arbitrary bytes through `decode_client_binary` (kind 0 push, kind 3 Supabase user
+//! broadcast) and `decode_server_binary` (push, reply, broadcast). Whatever decodes must
+//! re-encode to exactly the input bytes: client pushes with `encode_client_push`, server frames
+//! with `encode_push`, `encode_reply` and `encode_broadcast` (the layout has no slack, so decode
+//! is the inverse of encode). A user broadcast decodes to event `broadcast` with a JSON
+//! envelope `{"type": "broadcast", "event", "payload"}` that holds the event it carried.
 #![no_main]
 
 use bytes::Bytes;
@@ -18,6 +20,15 @@ fuzz_target!(|data: &[u8]| {
     let expected = Frame::Binary(input.clone());
 
     match decode_client_binary(&input) {
+        Ok(m) if data[0] == 3 => {
+            assert_eq!(m.event, "broadcast");
+            let raw = m.payload.as_json().expect("a user broadcast decodes to JSON");
+            let v: serde_json::Value = serde_json::from_str(raw.get()).expect("valid JSON");
+            assert_eq!(v["type"], "broadcast");
+            let event = &data[7 + data[1] as usize + data[2] as usize + data[3] as usize..]
+                [..data[4] as usize];
+            assert_eq!(v["event"].as_str().map(str::as_bytes), Some(event));
+        }
         Ok(m) => {
             assert_eq!(data[0], 0, "clients send only kind 0");
             assert!(matches!(m.payload, Payload::Binary(_)));

@@ -51,11 +51,17 @@ pub async fn broadcast(
         Some(raw) => Payload::Json(raw),
         None => Payload::empty_object(),
     };
-    match state
-        .node
-        .publish(&body.topic, &body.event, payload, None)
-        .await
-    {
+    // On a Supabase channel the event travels in Supabase's broadcast envelope, which its
+    // clients' `on('broadcast', {event})` listens for.
+    let (event, payload) = if state.node.policy().supabase_name(&body.topic).is_some() {
+        match plexus_core::supabase::envelope(&body.event, &payload) {
+            Ok(p) => (plexus_core::protocol::events::BROADCAST, p),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    } else {
+        (body.event.as_str(), payload)
+    };
+    match state.node.publish(&body.topic, event, payload, None).await {
         Ok(offset) => Json(serde_json::json!({ "ok": true, "offset": offset })).into_response(),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -307,6 +307,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/channels/{topic}/history", get(api::history))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
+    if state.config.supabase {
+        // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
+        // rewrites that to `/socket/websocket`, Plexus serves both.
+        r = r.route("/realtime/v1/websocket", get(websocket::upgrade));
+    }
     let dev = state.config.profile == Profile::Dev;
     if dev {
         r = r

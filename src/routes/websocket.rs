@@ -113,7 +113,15 @@ pub async fn upgrade(
     };
     let protocols = offered_protocols(headers);
 
-    let token = match params.get("token") {
+    // Supabase's clients send their token as `apikey` (when Supabase clients are served).
+    let query_token = params.get("token").or_else(|| {
+        state
+            .config
+            .supabase
+            .then(|| params.get("apikey"))
+            .flatten()
+    });
+    let token = match query_token {
         Some(t) => Some(t.clone()),
         None => match token_from_protocols(&protocols) {
             Some(Ok(t)) => Some(t),

@@ -18,6 +18,7 @@ use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
 use crate::protocol::{events, Message, Payload};
 use crate::quota::JoinQuota;
+use crate::supabase::{self, JoinConfig, PresenceOp};
 use crate::ConnId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -115,8 +116,12 @@ pub(crate) struct Channel {
     /// Counted against the rule's `max_per_user`; given back when the channel is dropped.
     /// Boxed: most channels have none.
     _quota: Option<Box<JoinQuota>>,
-    /// Tracked in presence (fixed at the first join: a duplicate join keeps it).
-    tracked: bool,
+    /// The key this connection is tracked under in presence, if it is: its `sub` on presence
+    /// channels (from the first join: a duplicate join keeps it); on Supabase channels the
+    /// `presence.key` of the last `track`.
+    presence_key: Option<Arc<str>>,
+    /// Set on Supabase channels: what the join's `config` asked for. Boxed: most have none.
+    supabase: Option<Box<JoinConfig>>,
 }
 
 /// The local half of a departure is done; this is the rest, involving the broker.
@@ -144,14 +149,12 @@ impl Channel {
     /// Leaves the topic locally: join quota, hub subscription, presence entry.
     pub fn depart(self, conn: &Conn<'_>, topic: Box<str>) -> Departure {
         let emptied = conn.node.unsubscribe_local(&topic, conn.id);
-        let presence_diff = if self.tracked {
+        let presence_diff = self.presence_key.as_ref().and_then(|key| {
             conn.node
                 .presence()
-                .untrack(&topic, &conn.identity.sub, conn.id)
-                .map(|meta| crate::presence::diff(None, Some((&conn.identity.sub, meta))))
-        } else {
-            None
-        };
+                .untrack(&topic, key, conn.id)
+                .map(|meta| crate::presence::diff(None, Some((key, meta))))
+        });
         Departure {
             topic,
             emptied,
@@ -162,8 +165,11 @@ impl Channel {
 
 /// The reply to a successful join: `{}`, or the history position
 /// `{"epoch": …, "offset": N}` with `"recovered": bool` when the join asked to recover.
+/// Supabase channels add `"postgres_changes": []` (none are supported).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct JoinReply {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_changes: Option<[(); 0]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,11 +256,38 @@ pub(crate) struct Channels {
 impl Channels {
     /// Whether `topic` is joined, and if so whether it is tracked in presence.
     pub fn tracks(&self, topic: &str) -> Option<bool> {
-        self.joined.get(topic).map(|c| c.tracked)
+        self.joined.get(topic).map(|c| c.presence_key.is_some())
     }
 
     pub fn len(&self) -> usize {
         self.joined.len()
+    }
+
+    /// Whether `topic` is a joined Supabase channel.
+    pub fn is_supabase(&self, topic: &str) -> bool {
+        self.joined.get(topic).is_some_and(|c| c.supabase.is_some())
+    }
+
+    /// Closes a Supabase channel as Supabase does when it ends one: a `system` notice
+    /// `{"extension": "system", "status": "error", "message", "channel"}`, then `phx_close`.
+    pub fn close_with_notice(
+        &mut self,
+        conn: &Conn<'_>,
+        topic: &str,
+        message: &str,
+    ) -> Option<Departure> {
+        let (topic, channel) = self.joined.remove_entry(topic)?;
+        let name = conn.node.policy().supabase_name(&topic).unwrap_or(&topic);
+        tracing::info!(sub = %conn.identity.sub, topic = %topic, reason = message, "channel closed");
+        conn.push(
+            channel.join_ref.as_deref(),
+            None,
+            &topic,
+            events::SYSTEM,
+            json_payload(&supabase::system("error", message, name)),
+        );
+        conn.send_close(&topic, channel.join_ref.as_deref());
+        Some(channel.depart(conn, topic))
     }
 
     /// Authorises and performs a join (see the module doc for what the client receives).
@@ -288,15 +321,35 @@ impl Channels {
                 return JoinOutcome::refused(denied.0, false);
             }
         };
+        let supabase = match node.policy().supabase_name(topic) {
+            Some(_) => {
+                let config = JoinConfig::parse(req.params);
+                if config.postgres_changes > 0 {
+                    return JoinOutcome::refused(
+                        "postgres_changes are not supported by Plexus (broadcast and presence are)",
+                        false,
+                    );
+                }
+                Some(Box::new(config))
+            }
+            None => None,
+        };
         if let Some(old) = self.joined.get_mut(topic) {
             // Duplicate join: close the old channel, keep the subscription, its quota and its
             // presence entry; the new join may ask to recover like any join.
             let old_ref = std::mem::replace(&mut old.join_ref, req.join_ref.map(Into::into));
             old.rule = rule.clone();
-            let tracked = old.tracked;
+            if supabase.is_some() {
+                old.supabase = supabase;
+            }
+            let send_state =
+                old.presence_key.is_some() || (old.supabase.is_some() && rule.presence);
+            let is_supabase = old.supabase.is_some();
             conn.send_close(topic, old_ref.as_deref());
-            let outcome = self.reply_with_history(conn, req, &rule, false).await;
-            if tracked {
+            let outcome = self
+                .reply_with_history(conn, req, &rule, false, is_supabase)
+                .await;
+            if send_state {
                 push_presence_state(conn, topic, req.join_ref).await;
             }
             return outcome;
@@ -325,11 +378,18 @@ impl Channels {
                 join_ref: req.join_ref.map(Into::into),
                 rule: rule.clone(),
                 _quota: quota.map(Box::new),
-                tracked: rule.presence,
+                // Supabase clients track themselves (`presence` track).
+                presence_key: (rule.presence && supabase.is_none()).then(|| sub.clone()),
+                supabase,
             },
         );
-        let outcome = self.reply_with_history(conn, req, &rule, true).await;
-        if rule.presence {
+        let is_supabase = self.joined.get(topic).is_some_and(|c| c.supabase.is_some());
+        let outcome = self
+            .reply_with_history(conn, req, &rule, true, is_supabase)
+            .await;
+        if rule.presence && is_supabase {
+            push_presence_state(conn, topic, req.join_ref).await;
+        } else if rule.presence {
             track_presence(conn, topic, req.join_ref).await;
         }
         outcome
@@ -349,7 +409,9 @@ impl Channels {
         req: &JoinRequest<'_>,
         rule: &ChannelRule,
         subscribe: bool,
+        supabase: bool,
     ) -> JoinOutcome {
+        let postgres_changes = supabase.then_some([]);
         let node = conn.node;
         let topic = req.topic;
         if rule.history().is_none() {
@@ -357,7 +419,10 @@ impl Channels {
                 node.subscribe(topic, conn.id, conn.outbox.clone(), false)
                     .await;
             }
-            let outcome = JoinOutcome::Joined(JoinReply::default());
+            let outcome = JoinOutcome::Joined(JoinReply {
+                postgres_changes,
+                ..JoinReply::default()
+            });
             self.send_join_reply(conn, req, &outcome);
             return outcome;
         }
@@ -384,6 +449,7 @@ impl Channels {
             Err(e) => {
                 tracing::warn!(topic, error = %e, "history unavailable");
                 let outcome = JoinOutcome::Joined(JoinReply {
+                    postgres_changes,
                     recovered: recover.is_some().then_some(false),
                     ..JoinReply::default()
                 });
@@ -398,6 +464,7 @@ impl Channels {
             .as_ref()
             .map(|r| page.complete && (page.epoch == r.epoch || r.offset == 0));
         let outcome = JoinOutcome::Joined(JoinReply {
+            postgres_changes,
             epoch: Some(page.epoch),
             offset: Some(page.top),
             recovered,
@@ -465,23 +532,55 @@ impl Channels {
     }
 
     /// A client push on a joined channel: checked against the channel's rule, broadcast to the
-    /// other subscribers (or to all, with `echo`), and replied to.
-    pub async fn push(&self, conn: &Conn<'_>, msg: Message) {
+    /// other subscribers (or to all, with `echo`), and replied to. On a Supabase channel,
+    /// `broadcast` is checked by the event inside its envelope, reaches the sender only with
+    /// `broadcast.self` and is acknowledged only with `broadcast.ack`; `presence` tracks.
+    pub async fn push(&mut self, conn: &Conn<'_>, msg: Message) {
         let Some(channel) = self.joined.get(msg.topic.as_str()) else {
             return conn.reply_error(&msg, "unmatched topic");
         };
-        if let Err(invalid) = conn.node.limits().check_event(&msg.event) {
+        let supabase = channel.supabase.as_deref().cloned();
+        if let Some(config) = &supabase {
+            match msg.event.as_str() {
+                events::PRESENCE => return self.supabase_presence(conn, msg, config).await,
+                events::BROADCAST => {
+                    let Some(user_event) = supabase::broadcast_event(&msg.payload) else {
+                        return conn.reply_error(
+                            &msg,
+                            "broadcast needs {\"type\": \"broadcast\", \"event\", \"payload\"}",
+                        );
+                    };
+                    return self.relay(conn, msg, &user_event, Some(config)).await;
+                }
+                _ => {}
+            }
+        }
+        let event = msg.event.clone();
+        self.relay(conn, msg, &event, None).await
+    }
+
+    /// Checks a client push by `event` (the rule's event, which a Supabase broadcast carries
+    /// inside), publishes it and replies.
+    async fn relay(
+        &self,
+        conn: &Conn<'_>,
+        msg: Message,
+        event: &str,
+        supabase: Option<&JoinConfig>,
+    ) {
+        let Some(channel) = self.joined.get(msg.topic.as_str()) else {
+            return conn.reply_error(&msg, "unmatched topic");
+        };
+        if let Err(invalid) = conn.node.limits().check_event(event) {
             return conn.reply_error(&msg, &invalid.to_string());
         }
-        if !channel.rule.may_push(conn.identity, &msg.event) {
-            tracing::debug!(sub = %conn.identity.sub, topic = %msg.topic, event = %msg.event, "push refused");
+        if !channel.rule.may_push(conn.identity, event) {
+            tracing::debug!(sub = %conn.identity.sub, topic = %msg.topic, event, "push refused");
             return conn.reply_error(&msg, crate::policy::UNAUTHORIZED);
         }
-        let exclude = if channel.rule.echo {
-            None
-        } else {
-            Some(conn.id)
-        };
+        let echo = channel.rule.echo || supabase.is_some_and(|c| c.broadcast_self);
+        let exclude = if echo { None } else { Some(conn.id) };
+        let ack = supabase.is_none_or(|c| c.broadcast_ack);
         let Message {
             join_ref,
             msg_ref,
@@ -490,6 +589,7 @@ impl Channels {
             payload,
         } = msg;
         let (status, response) = match conn.node.publish(&topic, &event, payload, exclude).await {
+            Ok(_) if !ack => return,
             Ok(_) => ("ok", Payload::empty_object()),
             Err(e) => {
                 tracing::warn!(topic = %topic, error = %e, "publish failed");
@@ -508,17 +608,67 @@ impl Channels {
         );
     }
 
+    /// Supabase's `presence` track/untrack: the client's meta under the join's `presence.key`
+    /// (a fresh UUID if it gave none). A re-track replaces the meta, broadcast as a leave of the
+    /// old one and a join of the new one (with `phx_ref_prev`), as Phoenix does. Replied to.
+    async fn supabase_presence(&mut self, conn: &Conn<'_>, msg: Message, config: &JoinConfig) {
+        let op = match supabase::presence_op(&msg.payload) {
+            Ok(op) => op,
+            Err(reason) => return conn.reply_error(&msg, reason),
+        };
+        let Some(channel) = self.joined.get_mut(msg.topic.as_str()) else {
+            return conn.reply_error(&msg, "unmatched topic");
+        };
+        if !channel.rule.presence {
+            return conn.reply_error(&msg, "presence is not enabled on this channel");
+        }
+        let presence = conn.node.presence();
+        let (joined, left) = match op {
+            PresenceOp::Untrack => {
+                let left = channel.presence_key.take().and_then(|key| {
+                    presence
+                        .untrack(&msg.topic, &key, conn.id)
+                        .map(|meta| (key, meta))
+                });
+                (None, left)
+            }
+            PresenceOp::Track(meta) => {
+                if msg.payload.len() > crate::presence::MAX_META_BYTES {
+                    return conn.reply_error(&msg, "presence meta too large (4096 bytes at most)");
+                }
+                // One key per channel: the join's, or the one made at the first track.
+                let key: Arc<str> = match (&channel.presence_key, &config.presence_key) {
+                    (Some(key), _) => key.clone(),
+                    (None, Some(k)) => k.as_str().into(),
+                    (None, None) => supabase::new_presence_key().into(),
+                };
+                channel.presence_key = Some(key.clone());
+                let (old, new) = presence.replace(&msg.topic, &key, conn.id, meta).await;
+                (Some((key.clone(), new)), old.map(|o| (key, o)))
+            }
+        };
+        conn.reply_ok(&msg, Payload::empty_object());
+        if left.is_none() && joined.is_none() {
+            return;
+        }
+        let diff = crate::presence::diff(
+            joined.as_ref().map(|(k, m)| (&**k, m.clone())),
+            left.as_ref().map(|(k, m)| (&**k, m.clone())),
+        );
+        publish_presence_diff(conn.node, &msg.topic, diff).await;
+    }
+
     /// `presence_update {…}`: merges the object into this connection's meta (server-owned keys
     /// excepted) under a new `phx_ref`, broadcast as a leave of the old meta and a join of the
     /// new one (with `phx_ref_prev`), as Phoenix does.
     pub async fn presence_update(&self, conn: &Conn<'_>, msg: Message) {
-        if !self
+        let Some(key) = self
             .joined
             .get(msg.topic.as_str())
-            .is_some_and(|c| c.tracked)
-        {
+            .and_then(|c| c.presence_key.clone())
+        else {
             return conn.reply_error(&msg, "not tracked in presence");
-        }
+        };
         let patch = msg.payload.as_json().and_then(|raw| {
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
         });
@@ -528,16 +678,15 @@ impl Channels {
         if msg.payload.len() > crate::presence::MAX_META_BYTES {
             return conn.reply_error(&msg, "presence meta too large (4096 bytes at most)");
         }
-        let sub = &conn.identity.sub;
         match conn
             .node
             .presence()
-            .update(&msg.topic, sub, conn.id, &patch)
+            .update(&msg.topic, &key, conn.id, &patch)
             .await
         {
             Ok((old, new)) => {
                 conn.reply_ok(&msg, Payload::empty_object());
-                let diff = crate::presence::diff(Some((sub, new)), Some((sub, old)));
+                let diff = crate::presence::diff(Some((&key, new)), Some((&key, old)));
                 publish_presence_diff(conn.node, &msg.topic, diff).await;
             }
             Err(crate::presence::UpdateError::NotTracked) => {

@@ -27,8 +27,10 @@
 //! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
 //! * [`limits`] — sizes, queue depths, timeouts, name checks and close codes.
 //! * [`ratelimit`] — the token bucket behind the rate limits.
-//! * [`protocol`] — the Phoenix V2 codec and the WebSocket framing (pure functions, no I/O,
-//!   fuzzable).
+//! * [`supabase`] — Supabase Realtime's conventions inside the Phoenix protocol (channel
+//!   config, broadcast envelope, presence track/untrack), read and written as plain data.
+//! * [`protocol`] — the Phoenix codecs (V2 arrays and binary frames, V1 objects) and the
+//!   WebSocket framing (pure functions, no I/O, fuzzable).
 
 pub mod admission;
 pub mod auth;
@@ -47,6 +49,7 @@ pub mod publication;
 pub mod quota;
 pub mod ratelimit;
 pub mod socket;
+pub mod supabase;
 pub mod transport;
 
 pub use node::Node;

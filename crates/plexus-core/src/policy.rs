@@ -193,6 +193,8 @@ pub const UNAUTHORIZED: &str = "unauthorized";
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Arc<ChannelRule>>,
+    /// Supabase channels on: a topic `realtime:<name>` is governed by the rule for `<name>`.
+    supabase: bool,
 }
 
 impl Policy {
@@ -202,7 +204,28 @@ impl Policy {
         }
         Ok(Policy {
             rules: rules.into_iter().map(Arc::new).collect(),
+            supabase: false,
         })
+    }
+
+    /// Turns Supabase channels on: `realtime:<name>` topics follow the rule for `<name>`.
+    pub fn with_supabase(mut self, on: bool) -> Self {
+        self.supabase = on;
+        self
+    }
+
+    /// The channel name of a Supabase channel (`realtime:<name>` with Supabase channels on).
+    pub fn supabase_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        if self.supabase {
+            topic.strip_prefix(crate::supabase::TOPIC_PREFIX)
+        } else {
+            None
+        }
+    }
+
+    /// The name rules are matched against.
+    fn rule_name<'a>(&self, topic: &'a str) -> &'a str {
+        self.supabase_name(topic).unwrap_or(topic)
     }
 
     /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there,
@@ -214,6 +237,7 @@ impl Policy {
         room.history_ttl_secs = 300;
         Policy {
             rules: vec![Arc::new(room)],
+            supabase: false,
         }
     }
 
@@ -223,6 +247,7 @@ impl Policy {
 
     /// Decides a join; on success returns the rule that governs the channel.
     pub fn authorize_join(&self, who: &Identity, topic: &str) -> Result<Arc<ChannelRule>, Denied> {
+        let topic = self.rule_name(topic);
         let rule = self
             .rules
             .iter()
@@ -243,6 +268,7 @@ impl Policy {
     /// The rule governing `topic` for publishes that come from no user (the HTTP API, the
     /// server itself): `{sub}` matches any user id.
     pub fn rule_for_topic(&self, topic: &str) -> Option<&ChannelRule> {
+        let topic = self.rule_name(topic);
         self.rules
             .iter()
             .find(|r| pattern_matches_any_sub(&r.topic, topic))

@@ -75,6 +75,30 @@ impl Presence {
         meta
     }
 
+    /// Tracks `conn` under `key` with a new meta, replacing the one it had there (Supabase's
+    /// re-`track`); returns the old meta, if any, and the new one (with `phx_ref_prev`).
+    pub async fn replace(
+        &self,
+        topic: &str,
+        key: &Arc<str>,
+        conn: ConnId,
+        meta: serde_json::Map<String, serde_json::Value>,
+    ) -> (Option<serde_json::Value>, serde_json::Value) {
+        let old = self.table.untrack(topic, key, conn);
+        let stored = self.table.track(topic, key, conn, meta);
+        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
+            tracing::debug!(topic, error = %e, "cluster presence not updated");
+        }
+        let mut new = stored;
+        if let (Some(prev), Some(m)) = (
+            old.as_ref().and_then(|o| o.get("phx_ref")).cloned(),
+            new.as_object_mut(),
+        ) {
+            m.insert("phx_ref_prev".into(), prev);
+        }
+        (old, new)
+    }
+
     pub async fn update(
         &self,
         topic: &str,

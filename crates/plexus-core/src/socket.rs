@@ -185,6 +185,9 @@ impl Socket {
             return;
         }
         if event == events::JOIN {
+            if let Err(reason) = self.supabase_join_token(&msg).await {
+                return self.conn().reply_error(&msg, &reason);
+            }
             self.join(JoinRequest {
                 topic: &msg.topic,
                 join_ref: msg.join_ref.as_deref(),
@@ -198,6 +201,9 @@ impl Socket {
         let Some(tracked) = self.channels.tracks(&msg.topic) else {
             return self.conn().reply_error(&msg, "unmatched topic");
         };
+        if event == events::ACCESS_TOKEN && self.channels.is_supabase(&msg.topic) {
+            return self.supabase_access_token(msg).await;
+        }
         let conn = Conn {
             node: &self.node,
             id: self.id,
@@ -227,30 +233,30 @@ impl Socket {
     }
 
     /// `refresh_token {"token": …}` (or `access_token {"access_token": …}`): verifies the new
-    /// token (same user) and adopts its roles and expiry. Joined channels that the new identity
-    /// may no longer join are closed (`phx_close`).
+    /// token (same user) and adopts its roles and expiry, replying `{"expires_at"}`. Joined
+    /// channels that the new identity may no longer join are closed (`phx_close`).
     async fn refresh_token(&mut self, msg: &Message, field: &str) {
-        let token = msg
-            .payload
-            .as_json()
-            .and_then(|raw| {
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
-            })
-            .and_then(|mut m| match m.remove(field) {
-                Some(serde_json::Value::String(t)) => Some(t),
-                _ => None,
-            });
-        let Some(token) = token else {
+        let Some(token) = token_field(&msg.payload, field) else {
             let hint = format!("{} needs {{\"{field}\": \"<jwt>\"}}", msg.event);
             return self.conn().reply_error(msg, &hint);
         };
-        match self.node.authenticate(Some(&token)) {
+        match self.adopt_token(&token).await {
+            Ok(expires_at) => {
+                let response = json_payload(&serde_json::json!({ "expires_at": expires_at }));
+                self.conn().reply_ok(msg, response);
+            }
+            Err(reason) => self.conn().reply_error(msg, &reason),
+        }
+    }
+
+    /// Verifies a new token for this connection (same `sub`) and adopts its roles and expiry;
+    /// joined channels the new identity may no longer join are closed. Returns the expiry.
+    async fn adopt_token(&mut self, token: &str) -> Result<Option<u64>, String> {
+        match self.node.authenticate(Some(token)) {
             Ok(id) if id.sub == self.identity.sub => {
                 let expires_at = id.expires_at;
                 self.expiry = Expiry::new(expires_at, self.node.limits().expiry_grace);
                 self.identity = id;
-                let response = json_payload(&serde_json::json!({ "expires_at": expires_at }));
-                self.conn().reply_ok(msg, response);
                 let conn = Conn {
                     node: &self.node,
                     id: self.id,
@@ -260,16 +266,50 @@ impl Socket {
                 for departure in self.channels.recheck(&conn) {
                     departure.finish(&self.node).await;
                 }
+                Ok(expires_at)
             }
             Ok(_) => {
                 tracing::warn!(sub = %self.identity.sub, "token refresh refused: different sub");
-                self.conn()
-                    .reply_error(msg, &AuthError::SubjectChanged.to_string())
+                Err(AuthError::SubjectChanged.to_string())
             }
             Err(e) => {
                 tracing::warn!(sub = %self.identity.sub, reason = %e, "token refresh refused");
-                self.conn().reply_error(msg, &e.to_string())
+                Err(e.to_string())
             }
+        }
+    }
+
+    /// A Supabase channel's join may carry a newer token (`access_token`): adopted before the
+    /// join, which it refuses if it does not verify. Supabase API keys (`sb_…`) are not tokens.
+    async fn supabase_join_token(&mut self, msg: &Message) -> Result<(), String> {
+        if self.node.policy().supabase_name(&msg.topic).is_none() {
+            return Ok(());
+        }
+        match token_field(&msg.payload, "access_token") {
+            Some(t) if !t.starts_with("sb_") => self.adopt_token(&t).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Supabase's `setAuth` on a joined Supabase channel: `access_token {"access_token"}`.
+    /// As in Supabase, success is silent; a token that does not verify closes that channel
+    /// with a `system` error notice, then `phx_close`.
+    async fn supabase_access_token(&mut self, msg: Message) {
+        let token = match token_field(&msg.payload, "access_token") {
+            Some(t) if !t.starts_with("sb_") => t,
+            _ => return,
+        };
+        let Err(reason) = self.adopt_token(&token).await else {
+            return;
+        };
+        let conn = Conn {
+            node: &self.node,
+            id: self.id,
+            identity: &self.identity,
+            outbox: &self.outbox,
+        };
+        if let Some(departure) = self.channels.close_with_notice(&conn, &msg.topic, &reason) {
+            departure.finish(&self.node).await;
         }
     }
 
@@ -342,4 +382,17 @@ impl Drop for Socket {
             });
         }
     }
+}
+
+/// The string `field` of a JSON object payload.
+fn token_field(payload: &Payload, field: &str) -> Option<String> {
+    payload
+        .as_json()
+        .and_then(|raw| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+        })
+        .and_then(|mut m| match m.remove(field) {
+            Some(serde_json::Value::String(t)) => Some(t),
+            _ => None,
+        })
 }

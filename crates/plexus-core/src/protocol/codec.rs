@@ -19,6 +19,8 @@ use std::fmt;
 const KIND_PUSH: u8 = 0;
 const KIND_REPLY: u8 = 1;
 const KIND_BROADCAST: u8 = 2;
+/// Supabase realtime-js's user broadcast, client → server.
+const KIND_USER_BROADCAST: u8 = 3;
 
 /// A message payload: a JSON value (kept as raw text, never re-serialised) or binary data.
 #[derive(Clone, Debug)]
@@ -209,14 +211,18 @@ pub(super) fn opt_ref(raw: &RawValue) -> Result<Option<String>, ()> {
     Err(())
 }
 
-/// Decodes a binary frame sent by a client (kind 0, push).
+/// Decodes a binary frame sent by a client: kind 0 (push), or kind 3 (the "user broadcast"
+/// of Supabase's realtime-js, see [`decode_user_broadcast`]).
 pub fn decode_client_binary(data: &Bytes) -> Result<Message, DecodeError> {
     let kind = *data
         .first()
         .ok_or_else(|| DecodeError::new("invalid binary message: empty frame"))?;
+    if kind == KIND_USER_BROADCAST {
+        return decode_user_broadcast(data);
+    }
     if kind != KIND_PUSH {
         return Err(DecodeError::new(format!(
-            "invalid binary message: clients may only send kind 0 (push), got kind {kind}"
+            "invalid binary message: clients may only send kind 0 (push) or 3 (user broadcast), got kind {kind}"
         )));
     }
     let mut r = Reader::new(data, 5)?;
@@ -231,6 +237,55 @@ pub fn decode_client_binary(data: &Bytes) -> Result<Message, DecodeError> {
         topic,
         event,
         payload: Payload::Binary(r.rest()),
+    })
+}
+
+/// Decodes kind 3, Supabase realtime-js's "user broadcast" push:
+/// `3, len(join_ref), len(ref), len(topic), len(event), len(metadata), encoding, join_ref, ref,
+/// topic, event, metadata, payload` (encoding 1: JSON text; 0: raw bytes). It becomes what the
+/// same client sends as text: event `broadcast` with `{"type": "broadcast", "event", "payload"}`
+/// (metadata is not relayed, as in Supabase). Raw-bytes payloads have no JSON form: refused.
+pub fn decode_user_broadcast(data: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader::new(data, 7)?;
+    let sizes = [data[1], data[2], data[3], data[4], data[5]];
+    let encoding = data[6];
+    let join_ref = r.string(sizes[0], "join_ref")?;
+    let msg_ref = r.string(sizes[1], "ref")?;
+    let topic = r.string(sizes[2], "topic")?;
+    let user_event = r.string(sizes[3], "event")?;
+    let _metadata = r.string(sizes[4], "metadata")?;
+    let fail = |reason: &str| DecodeError {
+        reason: reason.to_owned(),
+        msg_ref: non_empty(msg_ref.clone()),
+        join_ref: non_empty(join_ref.clone()),
+        topic: Some(topic.clone()),
+    };
+    if encoding == 0 {
+        return Err(fail(
+            "invalid binary message: binary (ArrayBuffer) broadcast payloads are not supported, send JSON",
+        ));
+    }
+    let payload = r.rest();
+    let payload = std::str::from_utf8(&payload)
+        .ok()
+        .and_then(|s| RawValue::from_string(s.to_owned()).ok())
+        .ok_or_else(|| fail("invalid binary message: the broadcast payload is not JSON"))?;
+    let mut envelope = Vec::with_capacity(48 + user_event.len() + payload.get().len());
+    envelope.extend_from_slice(b"{\"type\":\"broadcast\",\"event\":");
+    push_json_str(&mut envelope, &user_event);
+    envelope.extend_from_slice(b",\"payload\":");
+    envelope.extend_from_slice(payload.get().as_bytes());
+    envelope.push(b'}');
+    let envelope = String::from_utf8(envelope)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+        .ok_or_else(|| fail("invalid binary message: the broadcast payload is not JSON"))?;
+    Ok(Message {
+        join_ref: non_empty(join_ref),
+        msg_ref: non_empty(msg_ref),
+        topic,
+        event: super::events::BROADCAST.to_owned(),
+        payload: Payload::Json(envelope),
     })
 }
 

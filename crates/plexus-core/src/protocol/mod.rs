@@ -90,6 +90,13 @@ pub mod events {
     pub const PRESENCE_DIFF: &str = "presence_diff";
     /// Client → server on a presence channel: merge an object into this connection's meta.
     pub const PRESENCE_UPDATE: &str = "presence_update";
+    /// Supabase channels: a client broadcast `{"type": "broadcast", "event", "payload"}`, relayed
+    /// as it came (a relayed event, not one the server owns).
+    pub const BROADCAST: &str = "broadcast";
+    /// Supabase channels: `{"type": "presence", "event": "track" | "untrack", "payload"}`.
+    pub const PRESENCE: &str = "presence";
+    /// Supabase channels: a server notice `{"extension", "status", "message", "channel"}`.
+    pub const SYSTEM: &str = "system";
     /// Client → server on any topic (Supabase's `setAuth`): `{"access_token": "<new JWT>"}`,
     /// handled like `refresh_token`.
     pub const ACCESS_TOKEN: &str = "access_token";
@@ -107,6 +114,8 @@ pub mod events {
                     | ACCESS_TOKEN
                     | TOKEN_EXPIRED
                     | HEARTBEAT
+                    | PRESENCE
+                    | SYSTEM
             )
     }
 }
