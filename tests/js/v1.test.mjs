@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { Socket } from "phoenix";
+import { Socket, Presence } from "phoenix";
 import WebSocket from "ws";
 import { Server, token, until } from "./server.mjs";
 
@@ -122,6 +122,9 @@ for (const [name, transport] of [["WebSocket", WebSocket]]) {
   test(`phoenix.js 1.8 with vsn 1.0.0 over ${name}: join, push, broadcast, presence`, async () => {
     const sub = `v1-${name}`;
     const a = phoenixV1(sub, transport).channel("room:v1js", {});
+    const presence = new Presence(a);
+    let names = [];
+    presence.onSync(() => { names = presence.list((id) => id).sort(); });
     const got = [];
     a.on("msg", (p, ref) => got.push([p, ref]));
     const reply = await join(a);
@@ -135,5 +138,7 @@ for (const [name, transport] of [["WebSocket", WebSocket]]) {
     await until(() => got.length === 2, 5000, `two broadcasts, got ${JSON.stringify(got)}`);
     // Phoenix's shape: no offset in ref for a join that did not ask.
     assert.deepEqual(got, [[{ n: 2 }, null], [{ n: 3 }, null]]);
+    // Presence state and diffs, decoded from V1 objects by phoenix.js's Presence.
+    await until(() => names.includes(sub) && names.includes(`${sub}-peer`), 3000, `presence, got ${names}`);
   });
 }

@@ -145,6 +145,11 @@ class SupabaseRealtimePy(unittest.IsolatedAsyncioTestCase):
             self.assertEqual([m["payload"]["n"] for m in got_a], [1, 2, 3])  # self: true
             self.assertEqual([m["payload"]["n"] for m in got_b], [1, 3])  # not its own
             self.assertEqual(got_b[0]["event"], "msg")
+            # Leave: the server's ok and phx_close end in CLOSED.
+            closed = []
+            cb.subscribe_callback = lambda status, err: closed.append(status)
+            await cb.unsubscribe()
+            await until(lambda: RealtimeSubscribeStates.CLOSED in closed, "closed after leave")
         finally:
             await a.close()
             await b.close()

@@ -552,7 +552,14 @@ impl Channels {
                     };
                     return self.relay(conn, msg, &user_event, Some(config)).await;
                 }
-                _ => {}
+                // Supabase's clients read any other event as the server's own (`system`):
+                // clients broadcast with `broadcast` only.
+                _ => {
+                    return conn.reply_error(
+                        &msg,
+                        "Supabase channels relay only broadcast (and presence) events",
+                    )
+                }
             }
         }
         let event = msg.event.clone();

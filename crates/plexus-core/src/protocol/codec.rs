@@ -790,6 +790,40 @@ mod tests {
         assert_eq!(&b[..], b"\x00\x01\x01\x021tev\x01\x02");
     }
 
+    /// The frames realtime-js 2.119.1 sends for `send({type: 'broadcast', event: 'x', ...})`.
+    #[test]
+    fn supabase_user_broadcasts_decode_to_the_text_envelope() {
+        let mut frame = vec![3, 1, 1, 14, 1, 0, 1];
+        frame.extend_from_slice(b"67realtime:room1x");
+        frame.extend_from_slice("{\"hello\":\"wörld\"}".as_bytes());
+        let m = decode_client_binary(&Bytes::from(frame)).unwrap();
+        assert_eq!(
+            (
+                m.join_ref.as_deref(),
+                m.msg_ref.as_deref(),
+                m.topic.as_str(),
+                m.event.as_str()
+            ),
+            (Some("6"), Some("7"), "realtime:room1", "broadcast")
+        );
+        assert_eq!(
+            m.payload.as_json().unwrap().get(),
+            r#"{"type":"broadcast","event":"x","payload":{"hello":"wörld"}}"#
+        );
+        // ArrayBuffer payloads (encoding 0) and broken JSON are errors with the ref kept.
+        let mut raw = vec![3, 1, 1, 14, 1, 0, 0];
+        raw.extend_from_slice(b"68realtime:room1x\x01\x02");
+        let e = decode_client_binary(&Bytes::from(raw)).unwrap_err();
+        assert_eq!(
+            (e.msg_ref.as_deref(), e.topic.as_deref()),
+            (Some("8"), Some("realtime:room1"))
+        );
+        let mut bad = vec![3, 1, 1, 1, 1, 0, 1];
+        bad.extend_from_slice(b"12tx{oops");
+        assert!(decode_client_binary(&Bytes::from(bad)).is_err());
+        assert!(decode_client_binary(&Bytes::from_static(&[3, 1, 1])).is_err());
+    }
+
     #[test]
     fn truncated_binary_frames_are_errors_not_panics() {
         for bytes in [

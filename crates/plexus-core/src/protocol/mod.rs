@@ -96,6 +96,7 @@ pub mod events {
     /// Supabase channels: `{"type": "presence", "event": "track" | "untrack", "payload"}`.
     pub const PRESENCE: &str = "presence";
     /// Supabase channels: a server notice `{"extension", "status", "message", "channel"}`.
+    /// Clients cannot forge one: Supabase channels relay only `broadcast`.
     pub const SYSTEM: &str = "system";
     /// Client → server on any topic (Supabase's `setAuth`): `{"access_token": "<new JWT>"}`,
     /// handled like `refresh_token`.
@@ -114,8 +115,6 @@ pub mod events {
                     | ACCESS_TOKEN
                     | TOKEN_EXPIRED
                     | HEARTBEAT
-                    | PRESENCE
-                    | SYSTEM
             )
     }
 }
