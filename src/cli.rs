@@ -1,4 +1,4 @@
-//! Command-line interface: `plexus serve` (the default) and `plexus token`.
+//! Command-line interface: `plexus serve` (the default), `plexus check` and `plexus token`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Start the server (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Validate the configuration (file and PLEXUS_* environment) without starting: prints
+    /// what the server would run with and every warning; exits 2 on an error.
+    Check(ServeArgs),
     /// Print a JWT signed with the configured secret, for clients and tests.
     Token(TokenArgs),
 }

@@ -56,6 +56,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     api_key: Option<String>,
     drain_timeout_secs: Option<u64>,
+    drain_notice_secs: Option<u64>,
     metrics_require_api_key: Option<bool>,
     #[serde(default)]
     allowed_origins: Vec<String>,
@@ -160,6 +161,9 @@ pub struct Config {
     pub api_key: String,
     pub api_key_generated: bool,
     pub drain_timeout: Duration,
+    /// On SIGTERM: how long `/health` says `draining` (new connections refused with 503)
+    /// before the listener closes and clients are closed.
+    pub drain_notice: Duration,
     /// `/metrics` answers only with the API key.
     pub metrics_require_api_key: bool,
     pub limits: Limits,
@@ -182,6 +186,9 @@ pub struct Config {
     /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
     /// the `apikey` parameter as a token source.
     pub supabase: bool,
+    /// Settings that are valid but probably not what was meant: logged at start and printed
+    /// by `plexus check`.
+    pub warnings: Vec<String>,
     pub source: Option<PathBuf>,
 }
 
@@ -416,9 +423,16 @@ fn resolve_listen(
         .or(env.listen.as_deref())
         .or(file.listen.as_deref())
         .unwrap_or(DEFAULT_LISTEN);
-    let addr: SocketAddr = value.parse().map_err(|_| ConfigError::Listen {
-        value: value.to_owned(),
-    })?;
+    // An address, or a host name and port (`localhost:4000`): its first address.
+    let addr: SocketAddr = match value.parse() {
+        Ok(a) => a,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(value)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| ConfigError::Listen {
+                value: value.to_owned(),
+            })?,
+    };
     if profile == Profile::Dev && !addr.ip().is_loopback() {
         return Err(ConfigError::DevNotLoopback { addr });
     }
@@ -860,6 +874,13 @@ fn resolve(
             })
         }
     };
+    let mut warnings = Vec::new();
+    if profile == Profile::Prod && file.channels.is_empty() {
+        warnings.push(
+            "no [[channels]] rules: the prod profile refuses every join (docs/configuration.md)"
+                .to_owned(),
+        );
+    }
     let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
         .with_supabase(supabase);
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
@@ -878,6 +899,7 @@ fn resolve(
         api_key: secrets.api_key,
         api_key_generated: secrets.api_key_generated,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+        drain_notice: Duration::from_secs(file.drain_notice_secs.unwrap_or(0)),
         metrics_require_api_key: file.metrics_require_api_key.unwrap_or(false),
         limits,
         http_header_timeout: Duration::from_secs(
@@ -903,6 +925,7 @@ fn resolve(
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
         supabase,
+        warnings,
         source: path.map(Path::to_path_buf),
     })
 }

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Check(args)) => check(args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }
@@ -25,6 +26,53 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `plexus check`: loads the configuration as `serve` would, and says what it found.
+fn check(args: ServeArgs) -> ExitCode {
+    let env = config::Env::from_process();
+    let cfg = match config::load(
+        args.config.as_deref(),
+        &env,
+        args.listen.as_deref(),
+        args.profile.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("plexus check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = cfg
+        .source
+        .as_ref()
+        .map_or("no file".to_owned(), |p| p.display().to_string());
+    println!("configuration ok ({source})");
+    println!("  profile: {}", cfg.profile.name());
+    println!(
+        "  listen: {}{}",
+        cfg.listen,
+        if cfg.tls.is_some() { " (TLS)" } else { "" }
+    );
+    println!(
+        "  broker: {}",
+        if cfg.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    );
+    println!("  channel rules: {}", cfg.policy.rules().len());
+    for rule in cfg.policy.rules() {
+        println!("    {}", rule.topic);
+    }
+    if cfg.supabase {
+        println!("  supabase channels: on");
+    }
+    for w in &cfg.warnings {
+        println!("warning: {w}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -43,6 +91,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -67,10 +67,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let tls = match &config.tls {
         Some(files) => {
             let cert = ReloadableCert::new(files.clone())?;
-            tokio::spawn(reload_on_sighup(cert.clone()));
+            tokio::spawn(reload_on_sighup(Some(cert.clone())));
             Some(tls::acceptor(cert)?)
         }
-        None => None,
+        None => {
+            // SIGHUP must not kill the server (its default action): say there is nothing to do.
+            tokio::spawn(reload_on_sighup(None));
+            None
+        }
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -106,9 +110,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let serving = tokio::spawn(serve_loop(listener, app, tls, http, stop_rx));
 
-    drain_on_signal(node, config.drain_timeout).await;
+    wait_for_signal().await;
+    if !config.drain_notice.is_zero() {
+        // Health checks see "draining" and balancers stop routing here first.
+        tracing::info!(
+            secs = config.drain_notice.as_secs(),
+            "draining: /health says draining, new connections are refused"
+        );
+        node.stop_admitting();
+        tokio::time::sleep(config.drain_notice).await;
+    }
+    // Stop accepting before closing clients: their reconnects must find another node (a
+    // closed port is retried elsewhere by balancers at once).
     let _ = stop_tx.send(true);
+    // The accept loop returns at once, dropping (closing) the listener.
     let _ = serving.await;
+    drain(node, config.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -314,7 +331,8 @@ fn announce(config: &Config, addr: SocketAddr, broker: &str, tls: bool) {
     }
 }
 
-async fn reload_on_sighup(cert: Arc<ReloadableCert>) {
+/// SIGHUP reloads the TLS certificate (`None`: no TLS, the signal is logged and ignored).
+async fn reload_on_sighup(cert: Option<Arc<ReloadableCert>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -323,6 +341,10 @@ async fn reload_on_sighup(cert: Arc<ReloadableCert>) {
             return;
         };
         while hup.recv().await.is_some() {
+            let Some(cert) = &cert else {
+                tracing::info!("SIGHUP: nothing to reload (no TLS configured); ignored");
+                continue;
+            };
             match cert.reload() {
                 Ok(()) => {
                     tracing::info!(cert = %cert.cert_path().display(), "SIGHUP: TLS certificate reloaded")
@@ -337,10 +359,9 @@ async fn reload_on_sighup(cert: Arc<ReloadableCert>) {
     let _ = cert;
 }
 
-/// Waits for SIGTERM or Ctrl-C, then drains: every client is closed with 1012 and the server
-/// waits (up to `timeout`) for them to go before it stops.
-async fn drain_on_signal(node: Arc<Node>, timeout: Duration) {
-    wait_for_signal().await;
+/// Drains: every client is closed with 1012 and the server waits (up to `timeout`) for them
+/// to go before it stops.
+async fn drain(node: Arc<Node>, timeout: Duration) {
     let live = node.connection_count();
     tracing::info!(connections = live, "draining: closing clients with 1012");
     node.drain();

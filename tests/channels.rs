@@ -4,9 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::Server;
+use common::{json, Server};
 use plexus_client::protocol::Payload;
-use plexus_client::ClientError;
+use plexus_client::{Client, ClientError, ConnectOptions};
 use serde_json::json;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ async fn leave_replies_ok_then_closes_the_channel() {
     let r = c.push_json("room:a", "new_msg", &json!({})).await.unwrap();
     assert_eq!(r.status, "error");
     assert_eq!(r.reason().as_deref(), Some("unmatched topic"));
+    // Leaving again is fine, as in Phoenix (clients leave refused channels to stop rejoining).
+    assert!(c.leave("room:a").await.unwrap().is_ok());
 }
 
 #[tokio::test]
@@ -257,6 +259,37 @@ async fn drain_closes_clients_with_1012_and_exits() {
     let (close, reason) = waiter.await.unwrap().unwrap();
     assert_eq!(close, Some(1012));
     assert_eq!(reason, "server restarting");
+}
+
+#[tokio::test]
+async fn drain_says_draining_first_then_stops_accepting_then_closes_clients() {
+    let cfg = "profile = \"dev\"\ndrain_notice_secs = 1\n";
+    let s = Server::start_with(Some(cfg), &[]).await;
+    let mut c = s.client("alice").await;
+    c.join("room:a", json!({})).await.unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The notice: health checks see draining, new clients are refused, live ones stay.
+    let (st, body) = s.http("GET", "/health", &[], "").await.unwrap();
+    assert_eq!(
+        (st, json(&body)["status"].as_str()),
+        (503, Some("draining"))
+    );
+    let refused = Client::connect(ConnectOptions::new(s.url()).token(s.token("late"))).await;
+    assert!(refused.is_err());
+    assert!(c.heartbeat().await.unwrap().is_ok());
+    // Then the port closes before the clients are told to go: their reconnects fail fast.
+    let (close, _) = c.wait_close().await.unwrap();
+    assert_eq!(close, Some(1012));
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await;
+    assert!(
+        connect.is_err(),
+        "the listener was still open when clients were closed"
+    );
 }
 
 #[tokio::test]

@@ -89,8 +89,8 @@ impl BodyShape for DisconnectBody {
     const SHAPE: &'static str = r#"{"sub": string}"#;
 }
 
-/// `POST /api/disconnect {"sub": "alice"}`: closes every connection of that user on this node
-/// with 1001; answers `{"disconnected": n}`.
+/// `POST /api/disconnect {"sub": "alice"}`: closes every connection of that user in the
+/// cluster with 1001; answers `{"disconnected": n}` (this node's count).
 pub async fn disconnect(
     State(state): State<AppState>,
     _: ApiKey,

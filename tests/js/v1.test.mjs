@@ -97,6 +97,8 @@ test("phoenix-channels 1.0.0: join, push with reply, broadcasts from a V2 client
   // A refused join answers in V1 like in V2.
   const refused = socket.channel("admin:secret", {});
   await assert.rejects(join(refused), /join error/);
+  // Leaving stops its rejoin timer (Phoenix, and Plexus, answer ok for a topic not joined).
+  await new Promise((resolve) => refused.leave().receive("ok", resolve));
 
   let closed = false;
   ch.onClose(() => { closed = true; });

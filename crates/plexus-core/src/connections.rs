@@ -77,6 +77,11 @@ impl Connections {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Refuses new connections from now on (live ones stay).
+    pub fn stop_admitting(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// Refuses new connections from now on and asks every live one to close.
     pub fn drain(&self, code: u16, reason: &'static str) {
         self.draining.store(true, Ordering::Release);

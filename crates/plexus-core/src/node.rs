@@ -256,6 +256,12 @@ impl Node {
         self.connections.is_draining()
     }
 
+    /// Refuses new connections (503 "server draining", and `/health` says `draining`) while the
+    /// live ones stay: the first step of a drain, so that balancers stop routing here.
+    pub fn stop_admitting(&self) {
+        self.connections.stop_admitting();
+    }
+
     /// Stops accepting connections and asks every live one to close with 1012 so that clients
     /// reconnect elsewhere (or to this node once it is back).
     pub fn drain(&self) {

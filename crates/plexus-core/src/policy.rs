@@ -103,6 +103,9 @@ impl ChannelRule {
         if self.max_per_user == Some(0) {
             return Err(RuleError::MaxPerUserZero(pattern()));
         }
+        if let Some(var) = unknown_variable(&self.topic) {
+            return Err(RuleError::UnknownVariable(pattern(), var));
+        }
         if let Some(pos) = self.topic.find("{sub}") {
             let after = &self.topic[pos + "{sub}".len()..];
             if !(after.is_empty() || after.starts_with(':')) {
@@ -129,6 +132,61 @@ pub enum RuleError {
     SubPlacement(String),
     #[error("topic pattern {0:?}: '*' is only allowed at the end")]
     WildcardPlacement(String),
+    #[error("topic pattern {0:?}: unknown variable {1:?} (the only one is {{sub}}, the user id)")]
+    UnknownVariable(String, String),
+    /// An earlier rule matches every topic this one would: it can never apply.
+    #[error(
+        "topic pattern {pattern:?} is never reached: the earlier rule channels[{by_index}] \
+         (topic {by:?}) matches every topic it would (the first matching rule decides; put \
+         the more specific rule first)"
+    )]
+    Shadowed {
+        pattern: String,
+        by: String,
+        by_index: usize,
+    },
+}
+
+/// The first `{…}` of a pattern that is not `{sub}`.
+fn unknown_variable(pattern: &str) -> Option<String> {
+    let mut rest = pattern;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start..];
+        let end = after.find('}').map_or(after.len(), |e| e + 1);
+        let var = &after[..end];
+        if var != "{sub}" {
+            return Some(var.to_owned());
+        }
+        rest = &after[end..];
+    }
+    None
+}
+
+/// Whether every topic `later` matches is also matched by `earlier` (so that, the first match
+/// deciding, `later` is never used). Conservative: `{sub}` patterns only cover themselves,
+/// or are covered through their fixed prefix.
+fn covers(earlier: &str, later: &str) -> bool {
+    if earlier == later {
+        return true;
+    }
+    let Some(prefix) = earlier.strip_suffix('*') else {
+        return false;
+    };
+    if prefix.contains('{') {
+        return false;
+    }
+    // What every topic of `later` starts with.
+    let fixed = later
+        .split('{')
+        .next()
+        .unwrap_or(later)
+        .trim_end_matches('*');
+    let later_is_exact = !later.contains('{') && !later.ends_with('*');
+    if later_is_exact {
+        later.starts_with(prefix)
+    } else {
+        fixed.starts_with(prefix)
+    }
 }
 
 /// A rule of a policy that is not well formed: `index` is its position among the rules.
@@ -201,6 +259,19 @@ impl Policy {
     pub fn new(rules: Vec<ChannelRule>) -> Result<Self, PolicyError> {
         for (index, r) in rules.iter().enumerate() {
             r.validate().map_err(|error| PolicyError { index, error })?;
+            if let Some(by_index) = rules[..index]
+                .iter()
+                .position(|e| covers(&e.topic, &r.topic))
+            {
+                return Err(PolicyError {
+                    index,
+                    error: RuleError::Shadowed {
+                        pattern: r.topic.clone(),
+                        by: rules[by_index].topic.clone(),
+                        by_index,
+                    },
+                });
+            }
         }
         Ok(Policy {
             rules: rules.into_iter().map(Arc::new).collect(),
@@ -289,6 +360,23 @@ mod tests {
         let mut id = Identity::new(sub);
         id.roles = roles.iter().map(|s| s.to_string()).collect();
         id
+    }
+
+    #[test]
+    fn shadowed_rules_and_unknown_variables_are_refused() {
+        let rule = |t: &str| ChannelRule::open(t);
+        let e = Policy::new(vec![rule("room:*"), rule("room:staff")]).unwrap_err();
+        assert_eq!(e.index, 1);
+        assert!(e.to_string().contains("never reached"), "{e}");
+        assert!(Policy::new(vec![rule("room:*"), rule("room:vip:*")]).is_err());
+        assert!(Policy::new(vec![rule("*"), rule("user:{sub}")]).is_err());
+        assert!(Policy::new(vec![rule("a:1"), rule("a:1")]).is_err());
+        // The specific rule first is the right order; disjoint patterns are fine.
+        assert!(Policy::new(vec![rule("room:staff"), rule("room:*")]).is_ok());
+        assert!(Policy::new(vec![rule("user:{sub}"), rule("user:*")]).is_ok());
+        assert!(Policy::new(vec![rule("room:*"), rule("rooms"), rule("ro")]).is_ok());
+        let e = Policy::new(vec![rule("user:{id}")]).unwrap_err();
+        assert!(e.to_string().contains("unknown variable \"{id}\""), "{e}");
     }
 
     #[test]

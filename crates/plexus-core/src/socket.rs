@@ -199,6 +199,11 @@ impl Socket {
             return;
         }
         let Some(tracked) = self.channels.tracks(&msg.topic) else {
+            // As Phoenix: leaving a topic that is not joined is fine (clients leave channels
+            // whose join was refused, to stop rejoining).
+            if event == events::LEAVE {
+                return self.conn().reply_ok(&msg, Payload::empty_object());
+            }
             return self.conn().reply_error(&msg, "unmatched topic");
         };
         if event == events::ACCESS_TOKEN && self.channels.is_supabase(&msg.topic) {
