@@ -254,6 +254,61 @@ async fn redis_outage_keeps_local_traffic_and_cross_node_delivery_resumes() {
 }
 
 #[tokio::test]
+async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_arrives() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut a = nodes[0].client("a").await;
+    let mut b = nodes[1].client("b").await;
+    for c in [&mut a, &mut b] {
+        c.join("room:out", json!({"recover": null})).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let mut n = 0;
+    for phase in 0..3 {
+        if phase == 1 {
+            redis.stop();
+        } else if phase == 2 {
+            redis.restart();
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            n += 1;
+            let started = Instant::now();
+            let r = a
+                .push_json("room:out", "msg", &json!({"n": n}))
+                .await
+                .unwrap();
+            slowest = slowest.max(started.elapsed());
+            if r.is_ok() {
+                acked.push(n);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a push reply took {slowest:?}: the broker must fail fast while Redis is down"
+    );
+    assert!(acked.len() > 20, "{acked:?}");
+    // Every acknowledged message reaches the other node's client, once, in order.
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        match b
+            .recv_event_timeout("room:out", "msg", Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(payload(&m)["n"].as_u64().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(got, acked, "acknowledged but not delivered (or doubled)");
+    // The pushing client was never closed as a flood.
+    assert!(a.heartbeat().await.unwrap().is_ok());
+}
+
+#[tokio::test]
 async fn recovery_on_another_node_gets_every_missed_message_once() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;

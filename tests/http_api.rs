@@ -3,6 +3,7 @@
 mod common;
 
 use common::{json, Server, API_KEY};
+use plexus_client::{Client, ConnectOptions};
 use serde_json::json;
 
 fn auth() -> String {
@@ -114,6 +115,28 @@ async fn health_and_metrics() {
     let (st, body) = s.http("GET", "/metrics", &[], "").await.unwrap();
     assert_eq!(st, 200);
     assert!(body.contains("plexus_connections 1"), "{body}");
+    assert!(
+        body.contains("plexus_connections_refused_total{status=\"403\"} 0"),
+        "{body}"
+    );
+    // Refusals are counted by status; refused joins too.
+    let forged = ConnectOptions::new(s.url()).token("not.a.token");
+    assert!(Client::connect(forged).await.is_err());
+    assert!(Client::connect(ConnectOptions::new(s.url())).await.is_err());
+    let mut c = s.client("bob").await;
+    assert!(!c.join("secret:x", json!({})).await.unwrap().is_ok());
+    let (_, body) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    for line in [
+        "plexus_connections_refused_total{status=\"403\"} 1",
+        "plexus_connections_refused_total{status=\"401\"} 1",
+        "plexus_joins_refused_total 1",
+    ] {
+        assert!(body.contains(line), "{line} in {body}");
+    }
+    assert!(
+        s.log().contains("join refused"),
+        "refused joins are logged at INFO"
+    );
 }
 
 #[tokio::test]

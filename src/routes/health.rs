@@ -76,6 +76,12 @@ pub async fn metrics(
         c.broadcasts.load(Ordering::Relaxed),
     );
     metric(
+        "plexus_joins_refused_total",
+        "counter",
+        "Joins refused (channel rules, limits, max_per_user).",
+        c.joins_refused.load(Ordering::Relaxed),
+    );
+    metric(
         "plexus_broker_errors_total",
         "counter",
         "Broker operations that failed.",
@@ -125,5 +131,19 @@ pub async fn metrics(
         "1 while the node drains.",
         node.is_draining() as u64,
     );
+    let _ = writeln!(
+        out,
+        "# HELP plexus_connections_refused_total Connections refused at admission, by HTTP status (401 no token, 403 bad token or origin, 429 rates and caps, 503 draining).\n# TYPE plexus_connections_refused_total counter"
+    );
+    for (status, n) in plexus_core::node::Counters::REFUSED_STATUSES
+        .iter()
+        .zip(&c.refused)
+    {
+        let _ = writeln!(
+            out,
+            "plexus_connections_refused_total{{status=\"{status}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

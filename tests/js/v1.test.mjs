@@ -15,7 +15,13 @@ let server;
 const sockets = [];
 before(async () => { server = await Server.start(); });
 after(async () => {
-  sockets.forEach((s) => s.disconnect());
+  sockets.forEach((s) => {
+    s.disconnect();
+    // phoenix-channels 1.0.0's disconnect() leaves its heartbeat interval and reconnect
+    // timer running (they are cleared only when the socket closes by itself).
+    if (s.heartbeatTimer) clearInterval(s.heartbeatTimer);
+    s.reconnectTimer?.reset?.();
+  });
   await server.stop();
 });
 

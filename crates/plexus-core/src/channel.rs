@@ -294,7 +294,12 @@ impl Channels {
     pub async fn join(&mut self, conn: &Conn<'_>, req: JoinRequest<'_>) -> JoinOutcome {
         let outcome = self.join_inner(conn, &req).await;
         // Successful joins replied in order, before their replay and presence_state.
-        if matches!(outcome, JoinOutcome::Refused { .. }) {
+        if let JoinOutcome::Refused { reason, .. } = &outcome {
+            conn.node
+                .counters
+                .joins_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = req.topic, reason = %reason, "join refused");
             self.send_join_reply(conn, &req, &outcome);
         }
         outcome
@@ -317,7 +322,6 @@ impl Channels {
         let rule = match node.policy().authorize_join(conn.identity, topic) {
             Ok(rule) => rule,
             Err(denied) => {
-                tracing::debug!(sub = %sub, topic, reason = denied.0, "join refused");
                 return JoinOutcome::refused(denied.0, false);
             }
         };
@@ -361,7 +365,6 @@ impl Channels {
             Some(max) => match node.joins().claim(topic, sub, max).await {
                 Some(q) => Some(q),
                 None => {
-                    tracing::info!(sub = %sub, topic, max, "join refused: max_per_user");
                     return JoinOutcome::refused(
                         "already joined the maximum number of times (max_per_user)",
                         true,

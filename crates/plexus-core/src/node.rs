@@ -38,6 +38,23 @@ pub struct Counters {
     pub messages_in: AtomicU64,
     pub broadcasts: AtomicU64,
     pub broker_errors: AtomicU64,
+    /// Connections refused at admission, by HTTP status: 401, 403, 429, 503 (others).
+    pub refused: [AtomicU64; 4],
+    /// Joins refused (rules, limits, `max_per_user`).
+    pub joins_refused: AtomicU64,
+}
+
+impl Counters {
+    /// The statuses `refused` counts, in its order.
+    pub const REFUSED_STATUSES: [u16; 4] = [401, 403, 429, 503];
+
+    fn count_refusal(&self, status: u16) {
+        let i = Self::REFUSED_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(3);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a publish failed.
@@ -134,6 +151,7 @@ impl Node {
         let ip = self.admission.client_ip(peer, headers);
         let refuse = |r: Refusal| {
             tracing::warn!(client = %ip, status = r.status, reason = %r.reason, "connection refused");
+            self.counters.count_refusal(r.status);
             r
         };
         self.admission.check_rate(ip).map_err(refuse)?;
@@ -147,6 +165,7 @@ impl Node {
         }
         let mut permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
             tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
+            self.counters.count_refusal(r.status);
         })?;
         if let Err(e) = self
             .admission

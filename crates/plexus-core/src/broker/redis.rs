@@ -227,6 +227,19 @@ impl RedisBroker {
         self.key(&["ctl"])
     }
 
+    /// Fails fast while Redis is unreachable (the subscription is down): nothing waits on a
+    /// dead connection, nothing is queued to be sent later, and nothing is acknowledged that
+    /// the cluster will not deliver. The subscription loop reconnects and re-subscribes
+    /// before the broker counts as up again.
+    fn check_up(&self) -> Result<(), BrokerError> {
+        if self.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            Err(err("redis unavailable"))
+        }
+    }
+
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
         let n = self.errors.fetch_add(1, Ordering::Relaxed);
         // One line per failure burst, not one per message.
@@ -283,10 +296,33 @@ impl RedisBroker {
                 pipe.sadd(self.key(&["ncnt", &self.node_id]), key).ignore();
             }
         }
-        if presences.is_empty() && claims.is_empty() {
-            return Ok(());
-        }
         let mut c = self.conn.clone();
+        // What this node had in Redis before the outage but let go of during it (releases and
+        // presence leaves that could not be sent): removed, so that no stale count locks a
+        // user out and no ghost stays in presence.
+        let (counters, topics): (Vec<String>, Vec<String>) = redis::pipe()
+            .smembers(self.key(&["ncnt", &self.node_id]))
+            .smembers(self.key(&["npres", &self.node_id]))
+            .query_async(&mut c)
+            .await?;
+        for key in counters {
+            if !claims.iter().any(|(k, n)| *k == key && *n > 0) {
+                pipe.hdel(&key, &self.node_id).ignore();
+                pipe.srem(self.key(&["ncnt", &self.node_id]), &key).ignore();
+            }
+        }
+        let mine = format!("{}:", self.node_id);
+        for topic in topics {
+            let fields: Vec<String> = c.hkeys(self.key(&["pres", &topic])).await?;
+            for field in fields.iter().filter(|f| f.starts_with(&mine)) {
+                let conn: Option<ConnId> = field[mine.len()..].parse().ok();
+                let live = conn
+                    .is_some_and(|id| presences.iter().any(|((t, c), _)| *t == topic && *c == id));
+                if !live {
+                    pipe.hdel(self.key(&["pres", &topic]), field).ignore();
+                }
+            }
+        }
         pipe.query_async::<()>(&mut c).await
     }
 
@@ -538,6 +574,8 @@ impl Broker for RedisBroker {
             } else {
                 "t"
             };
+            self.check_up()
+                .map_err(|e| err(format!("delivered on this node only: {e}")))?;
             let mut envelope = format!("P1 {origin} - {kind}\n").into_bytes();
             envelope.extend_from_slice(publication.frame.bytes());
             let mut c = self.conn.clone();
@@ -549,6 +587,8 @@ impl Broker for RedisBroker {
         };
         // History: the script assigns the offset and publishes; every node (this one too)
         // delivers from its subscription, in offset order.
+        self.check_up()
+            .map_err(|e| err(format!("history unavailable, not published: {e}")))?;
         // The script puts the offset between the two parts of the frame.
         let parts =
             encode_broadcast_parts(&publication.topic, &publication.event, &publication.payload)
@@ -590,6 +630,7 @@ impl Broker for RedisBroker {
     }
 
     async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError> {
+        self.check_up()?;
         let mut c = self.conn.clone();
         let (top, epoch): (Option<u64>, Option<String>) = redis::pipe()
             .get(self.key(&["off", topic]))
@@ -719,6 +760,8 @@ impl Broker for RedisBroker {
         self.presences
             .lock()
             .insert((topic.to_owned(), conn), value.clone());
+        // Re-announced from the local copy when Redis is back.
+        self.check_up()?;
         let mut c = self.conn.clone();
         redis::pipe()
             .hset(
@@ -739,6 +782,7 @@ impl Broker for RedisBroker {
 
     async fn presence_remove(&self, topic: &str, conn: ConnId) -> Result<(), BrokerError> {
         self.presences.lock().remove(&(topic.to_owned(), conn));
+        self.check_up()?;
         let mut c = self.conn.clone();
         c.hdel::<_, _, ()>(
             self.key(&["pres", topic]),
@@ -752,6 +796,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_state(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
+        self.check_up()?;
         let mut c = self.conn.clone();
         let entries: HashMap<String, String> =
             c.hgetall(self.key(&["pres", topic])).await.map_err(|e| {
@@ -778,6 +823,7 @@ impl Broker for RedisBroker {
 
     async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {
         let counter = self.key(&["cnt", &key.to_string()]);
+        self.check_up()?;
         let mut c = self.conn.clone();
         let taken: i64 = self
             .claim_script
@@ -808,6 +854,7 @@ impl Broker for RedisBroker {
                 }
             }
         }
+        self.check_up()?;
         let mut c = self.conn.clone();
         let left: i64 = c.hincr(&counter, &self.node_id, -1).await.map_err(|e| {
             self.failed("limit release", &e);
@@ -820,6 +867,7 @@ impl Broker for RedisBroker {
     }
 
     async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
+        self.check_up()?;
         let mut c = self.conn.clone();
         let prefix = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
         let pattern = format!("{prefix}*");
