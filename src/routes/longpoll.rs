@@ -103,7 +103,8 @@ async fn poll_inner(
     let tokens = tokens(query);
     let lp = &state.longpoll;
     if let Some(session) = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX)) {
-        if lp.exists(session) {
+        // A session held here, or by another node (the poll is forwarded there).
+        if lp.exists(session) || lp.remote_node(session).is_some() {
             // A poll of an admitted session: it leaves the gate while it waits.
             slot.release();
             return match lp.poll(session).await {

@@ -113,9 +113,9 @@ test("drain behind a balancer: clients of the drained node move to the others an
   lb.close();
 });
 
-test("LongPoll behind a sticky balancer works across nodes; a mis-routed poll answers 410", async () => {
+test("LongPoll needs no sticky routing: a session held by one node is polled and posted through another", async () => {
   const [, B, C] = nodes;
-  const lb = await balancer([B.port, C.port], { sticky: true });
+  const lb = await balancer([B.port, C.port]);
   const lp = connect(`ws://127.0.0.1:${lb.port}/socket`, "polly", { transport: LongPoll }).channel("room:sticky");
   await join(lp);
   const other = connect(C.url, "wes").channel("room:sticky");
@@ -127,9 +127,18 @@ test("LongPoll behind a sticky balancer works across nodes; a mis-routed poll an
   lp.push("new_msg", { body: "from the poller" });
   assert.deepEqual(await back, { body: "from the poller" });
 
-  // A session token taken to the node that does not hold it.
+  // A session opened on B, used only through C: C forwards to B over Redis.
   const opened = await (await fetch(`${B.http}/socket/longpoll?vsn=2.0.0&token=${token("stray")}`)).json();
-  const res = await fetch(`${C.http}/socket/longpoll?vsn=2.0.0&token=${opened.token}`, { method: "POST", body: "" });
-  assert.deepEqual(await res.json(), { status: 410 });
+  assert.equal(opened.status, 410);
+  const q = `vsn=2.0.0&token=${opened.token}`;
+  const post = await fetch(`${C.http}/socket/longpoll?${q}`, { method: "POST", body: '["1","1","room:fwd","phx_join",{}]' });
+  assert.deepEqual(await post.json(), { status: 200 });
+  const polled = await (await fetch(`${C.http}/socket/longpoll?${q}`)).json();
+  assert.equal(polled.status, 200);
+  const reply = JSON.parse(polled.messages[0]);
+  assert.deepEqual([reply[1], reply[2], reply[3], reply[4].status], ["1", "room:fwd", "phx_reply", "ok"]);
+  // A session of a node that does not exist: 410, and phoenix.js starts over.
+  const ghost = await fetch(`${C.http}/socket/longpoll?vsn=2.0.0&token=plp.0123456789ab.AAAA`);
+  assert.deepEqual(await ghost.json(), { status: 410 });
   lb.close();
 });

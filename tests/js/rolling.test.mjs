@@ -2,7 +2,8 @@
 // docs/deployment.md shows — with phoenix.js clients using the documented recovery recipe.
 // Only what cannot be the same here is swapped: node addresses, a plain-HTTP listen port on
 // 127.0.0.1 (no certificate), and file paths. Every node is drained (SIGTERM) and restarted in
-// turn while a backend publishes through nginx; afterwards every client has every
+// turn while a backend publishes through nginx; afterwards every client — WebSocket, and
+// LongPoll through the same round-robin upstream (no stickiness) — has every
 // acknowledged message exactly once, rejoined within 5 s, and the balancer answered < 1 s of 5xx.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -12,7 +13,7 @@ import { once } from "node:events";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Socket } from "phoenix";
+import { Socket, LongPoll } from "phoenix";
 import WebSocket from "ws";
 import { Server, Redis, freePort, token, until, sleep, API_KEY } from "./server.mjs";
 
@@ -86,9 +87,9 @@ after(async () => {
 });
 
 /** A phoenix.js client with the recovery recipe of docs/protocol.md, through nginx. */
-function recoveringClient(sub, topic) {
+function recoveringClient(sub, topic, transport = WebSocket) {
   const socket = new Socket(`ws://127.0.0.1:${lbPort}/socket`, {
-    transport: WebSocket,
+    transport,
     params: { token: token(sub) },
   });
   const c = { socket, got: [], joins: [], closes: [], recoveredFalse: 0, last: null };
@@ -112,6 +113,8 @@ test("rolling restart through nginx: no message lost or doubled, rejoined within
   const topic = "room:rolling";
   const clients = [];
   for (let i = 0; i < 8; i++) clients.push(recoveringClient(`user${i}`, topic));
+  // LongPoll clients too, through the same round-robin upstream (no stickiness).
+  for (let i = 0; i < 2; i++) clients.push(recoveringClient(`poller${i}`, topic, LongPoll));
   await until(() => clients.every((c) => c.joins.length === 1), 5000, "first joins");
 
   // Health through the balancer every 50 ms; a backend publishing every 40 ms.

@@ -122,6 +122,11 @@ impl Node {
         &self.hub
     }
 
+    /// The broker (the transports reach other nodes through it).
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     pub fn broker_name(&self) -> &'static str {
         self.broker.name()
     }

@@ -72,6 +72,13 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     async fn handle(&self, event: BrokerEvent);
 }
 
+/// Answers the requests other nodes send this one with [`Broker::call_node`] (LongPoll polls
+/// and POSTs of sessions this node holds, see `transport::longpoll`).
+#[async_trait]
+pub trait RequestHandler: Send + Sync + 'static {
+    async fn handle_request(&self, request: bytes::Bytes) -> bytes::Bytes;
+}
+
 /// One retained broadcast: the publication subscribers received (its frame carries the
 /// offset), shared, not copied.
 #[derive(Clone, Debug)]
@@ -113,6 +120,25 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Registers who hears this broker's [`BrokerEvent`]s (a broker that has none ignores it).
     fn set_event_handler(&self, _handler: Weak<dyn BrokerEventHandler>) {}
+
+    /// This node's id in the cluster (`"local"` for a node alone).
+    fn node_id(&self) -> &str {
+        "local"
+    }
+
+    /// Where requests from other nodes go (see [`Broker::call_node`]).
+    fn set_request_handler(&self, _handler: Weak<dyn RequestHandler>) {}
+
+    /// Sends `request` to node `node`'s [`RequestHandler`] and waits up to `timeout` for its
+    /// answer. A node alone has no other node to call.
+    async fn call_node(
+        &self,
+        _node: &str,
+        _request: bytes::Bytes,
+        _timeout: std::time::Duration,
+    ) -> Result<bytes::Bytes, BrokerError> {
+        Err(BrokerError("no other nodes".into()))
+    }
 
     /// Delivers the publication to every subscriber in the cluster. Local subscribers must
     /// receive it without waiting for any remote round trip. When `publication.history` is set,

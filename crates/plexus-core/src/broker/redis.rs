@@ -14,13 +14,18 @@
 //! * **Limits**: counters are hashes with one field per node, checked and taken in one script.
 //! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
 //!   reap a dead node's presence (broadcasting the leaves) and counters.
-//! * **Outages**: local traffic goes on; publishes to other nodes fail and are counted; the
-//!   subscription reconnects with backoff, re-subscribes, and re-announces this node's presence
-//!   and counters (Redis may have restarted empty). History topics refuse publishes while Redis
-//!   is down rather than deliver messages that recovery could never replay.
+//! * **Node to node**: each node also subscribes to `<prefix>:n:<node>`, where the others send
+//!   it requests (`Q <id> <from>`, a LongPoll poll or POST of a session it holds) and it sends
+//!   their answers (`R <id>`): LongPoll needs no sticky routing.
+//! * **Outages**: local traffic goes on; everything else fails fast while the subscription is
+//!   down (nothing waits on a dead connection, nothing is acknowledged that the cluster will not
+//!   deliver); the subscription reconnects with backoff, re-subscribes, and re-announces this
+//!   node's presence and counters (Redis may have restarted empty). History topics refuse
+//!   publishes while Redis is down rather than deliver messages that recovery could never replay.
 
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
+    RequestHandler,
 };
 use crate::hub::Hub;
 use crate::protocol::{encode_broadcast_parts, Frame};
@@ -71,6 +76,9 @@ impl Default for RedisConfig {
 /// history idle time) after the last publish.
 /// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
 /// header (node id and exclude), new epoch, now ms.
+/// Calls to other nodes in flight, and requests from them being answered, at most.
+const MAX_NODE_REQUESTS: usize = 10_000;
+
 const PUBLISH_HISTORY: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[3])
@@ -112,6 +120,12 @@ pub struct RedisBroker {
     topics: Mutex<HashSet<String>>,
     healthy: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
+    requests: OnceLock<Weak<dyn RequestHandler>>,
+    /// Calls to other nodes waiting for their answer, by request id.
+    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Bytes>>>,
+    next_request: AtomicU64,
+    /// Requests from other nodes being answered (bounded).
+    serving: Arc<tokio::sync::Semaphore>,
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
@@ -179,6 +193,10 @@ impl RedisBroker {
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
+            requests: OnceLock::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_NODE_REQUESTS)),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
@@ -225,6 +243,53 @@ impl RedisBroker {
 
     fn control_channel(&self) -> String {
         self.key(&["ctl"])
+    }
+
+    /// The channel where node `node` receives requests from the others, and their answers.
+    fn node_channel(&self, node: &str) -> String {
+        self.key(&["n", node])
+    }
+
+    /// A message on this node's channel: `Q <id> <from>\n<request>` or `R <id>\n<answer>`.
+    async fn on_node_message(&self, data: &[u8]) {
+        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+            return;
+        };
+        let header = String::from_utf8_lossy(&data[..nl]).into_owned();
+        let body = Bytes::copy_from_slice(&data[nl + 1..]);
+        let mut parts = header.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("R"), Some(id), None) => {
+                let waiter = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.pending.lock().remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(body);
+                }
+            }
+            (Some("Q"), Some(id), Some(from)) => {
+                let Some(handler) = self.requests.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                // Answered in a task of its own: a poll waits, the subscription must not.
+                let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+                    self.failed("node request", &"too many requests from other nodes");
+                    return;
+                };
+                let reply_to = self.node_channel(from);
+                let header = format!("R {id}\n");
+                let mut conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let answer = handler.handle_request(body).await;
+                    drop(permit);
+                    let mut msg = header.into_bytes();
+                    msg.extend_from_slice(&answer);
+                    let _ = conn.publish::<_, _, ()>(reply_to, msg).await;
+                });
+            }
+            _ => {}
+        }
     }
 
     /// Fails fast while Redis is unreachable (the subscription is down): nothing waits on a
@@ -397,6 +462,9 @@ impl RedisBroker {
         if channel == self.control_channel() {
             return self.on_control(data).await;
         }
+        if channel == self.node_channel(&self.node_id) {
+            return self.on_node_message(data).await;
+        }
         let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
             return;
         };
@@ -485,6 +553,7 @@ async fn subscription_loop(broker: Weak<RedisBroker>) {
         let mut channels: Vec<String> =
             b.topics.lock().iter().map(|t| b.topic_channel(t)).collect();
         channels.push(b.control_channel());
+        channels.push(b.node_channel(&b.node_id));
         if let Err(e) = sink.subscribe(&channels).await {
             b.failed("subscribe", &e);
             drop(b);
@@ -557,6 +626,48 @@ impl Broker for RedisBroker {
 
     fn set_event_handler(&self, handler: Weak<dyn BrokerEventHandler>) {
         let _ = self.events.set(handler);
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn set_request_handler(&self, handler: Weak<dyn RequestHandler>) {
+        let _ = self.requests.set(handler);
+    }
+
+    async fn call_node(
+        &self,
+        node: &str,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BrokerError> {
+        self.check_up()?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= MAX_NODE_REQUESTS {
+                return Err(err("too many calls to other nodes in flight"));
+            }
+            pending.insert(id, tx);
+        }
+        let mut msg = format!("Q {id} {}\n", self.node_id).into_bytes();
+        msg.extend_from_slice(&request);
+        let mut c = self.conn.clone();
+        let delivered: Result<i64, _> = c.publish(self.node_channel(node), msg).await;
+        let answer = match delivered {
+            Ok(0) => Err(err(format!("node {node} is gone"))),
+            Ok(_) => tokio::time::timeout(timeout, rx)
+                .await
+                .map_err(|_| err(format!("node {node} did not answer in time")))
+                .and_then(|r| r.map_err(|_| err("the call was dropped"))),
+            Err(e) => Err(err(e)),
+        };
+        if answer.is_err() {
+            self.pending.lock().remove(&id);
+        }
+        answer
     }
 
     async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {

@@ -13,9 +13,16 @@
 //!   WebSocket's would (presence leaves, caps released).
 //!
 //! Each session owns a [`Socket`], so channel semantics and every rule are the core's.
+//!
+//! **No sticky routing needed:** a session token names the node that holds the session
+//! (`plp.<node>.<random>`). A poll or POST that reaches another node of the cluster is
+//! forwarded to that node over the broker ([`Broker::call_node`](crate::broker::Broker)) and
+//! its answer relayed, as Phoenix routes LongPoll requests over PubSub; so LongPoll works
+//! behind a round-robin balancer.
 
 use crate::admission::Permit;
 use crate::auth::Identity;
+use crate::broker::RequestHandler;
 use crate::node::Node;
 use crate::outbox::Outgoing;
 use crate::protocol::{DecodeError, Frame, Message, Vsn};
@@ -51,7 +58,7 @@ pub struct LongPoll {
 }
 
 /// The answer to a poll.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PollResult {
     Messages(Vec<String>),
     NoContent,
@@ -59,7 +66,7 @@ pub enum PollResult {
 }
 
 /// The answer to a POST.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PostResult {
     Ok,
     Gone,
@@ -77,7 +84,8 @@ impl LongPoll {
             window,
         });
         let weak = Arc::downgrade(&lp);
-        tokio::spawn(reap(weak, window));
+        tokio::spawn(reap(weak.clone(), window));
+        lp.node.broker().set_request_handler(weak);
         lp
     }
 
@@ -93,7 +101,7 @@ impl LongPoll {
     pub fn open(&self, identity: Identity, permit: Permit, vsn: Vsn) -> Result<String, Draining> {
         let socket = Socket::open(self.node.clone(), identity, permit)?;
         let outbox = socket.outbox().clone();
-        let token = new_token();
+        let token = new_token(self.node.broker().node_id());
         let session = Arc::new(Session {
             socket: tokio::sync::Mutex::new(Some(socket)),
             outbox,
@@ -113,8 +121,44 @@ impl LongPoll {
         self.sessions.lock().contains_key(token)
     }
 
-    /// Waits up to the window for messages of session `token`.
+    /// The node that holds session `token`, when it is another node of the cluster.
+    pub fn remote_node<'a>(&self, token: &'a str) -> Option<&'a str> {
+        let (node, _) = token.strip_prefix(SESSION_PREFIX)?.split_once('.')?;
+        (node != self.node.broker().node_id()).then_some(node)
+    }
+
+    /// Asks the node holding a session to answer a poll or POST of it.
+    async fn forward(&self, node: &str, request: &Forwarded<'_>) -> Option<Answer> {
+        let request = serde_json::to_vec(request).ok()?;
+        let answer = self
+            .node
+            .broker()
+            .call_node(
+                node,
+                Bytes::from(request),
+                self.window + Duration::from_secs(5),
+            )
+            .await
+            .inspect_err(|e| tracing::debug!(node, error = %e, "longpoll request not forwarded"))
+            .ok()?;
+        serde_json::from_slice(&answer).ok()
+    }
+
+    /// Waits up to the window for messages of session `token` (held here, or forwarded to
+    /// the node that holds it).
     pub async fn poll(&self, token: &str) -> PollResult {
+        if !self.exists(token) {
+            if let Some(node) = self.remote_node(token) {
+                return match self.forward(node, &Forwarded::Poll { token }).await {
+                    Some(Answer::Poll(r)) => r,
+                    _ => PollResult::Gone,
+                };
+            }
+        }
+        self.poll_here(token).await
+    }
+
+    async fn poll_here(&self, token: &str) -> PollResult {
         let Some(session) = self.get(token) else {
             return PollResult::Gone;
         };
@@ -142,8 +186,22 @@ impl LongPoll {
         }
     }
 
-    /// Handles a POST body of session `token`.
+    /// Handles a POST body of session `token` (held here, or forwarded to the node that
+    /// holds it).
     pub async fn post(&self, token: &str, body: &[u8]) -> PostResult {
+        if !self.exists(token) {
+            if let Some(node) = self.remote_node(token) {
+                let body = base64::engine::general_purpose::STANDARD.encode(body);
+                return match self.forward(node, &Forwarded::Post { token, body }).await {
+                    Some(Answer::Post(r)) => r,
+                    _ => PostResult::Gone,
+                };
+            }
+        }
+        self.post_here(token, body).await
+    }
+
+    async fn post_here(&self, token: &str, body: &[u8]) -> PostResult {
         let Some(session) = self.get(token) else {
             return PostResult::Gone;
         };
@@ -288,14 +346,54 @@ fn message_text(item: &Outgoing, vsn: Vsn) -> Option<String> {
     }
 }
 
-fn new_token() -> String {
+/// `plp.<node>.<random>`: the node that holds the session, and 192 random bits.
+fn new_token(node: &str) -> String {
     use rand::Rng;
     let mut bytes = [0u8; 24];
     rand::rng().fill(&mut bytes);
     format!(
-        "{SESSION_PREFIX}{}",
+        "{SESSION_PREFIX}{node}.{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
+}
+
+/// A poll or POST forwarded to the node that holds the session.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Forwarded<'a> {
+    Poll {
+        token: &'a str,
+    },
+    /// `body`: the POST body, base64.
+    Post {
+        token: &'a str,
+        body: String,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Answer {
+    Poll(PollResult),
+    Post(PostResult),
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for LongPoll {
+    /// A poll or POST another node forwarded: answered for the sessions held here only (a
+    /// forwarded request is never forwarded again).
+    async fn handle_request(&self, request: Bytes) -> Bytes {
+        let answer = match serde_json::from_slice::<Forwarded>(&request) {
+            Ok(Forwarded::Poll { token }) => Answer::Poll(self.poll_here(token).await),
+            Ok(Forwarded::Post { token, body }) => {
+                match base64::engine::general_purpose::STANDARD.decode(body) {
+                    Ok(body) => Answer::Post(self.post_here(token, &body).await),
+                    Err(_) => Answer::Post(PostResult::Gone),
+                }
+            }
+            Err(_) => Answer::Poll(PollResult::Gone),
+        };
+        Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+    }
 }
 
 /// Closes sessions that stopped polling for two windows, or that the server closed.
