@@ -309,6 +309,50 @@ async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_a
 }
 
 #[tokio::test]
+async fn joined_clients_are_told_when_redis_lost_their_topic_s_history() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut a = nodes[0].client("a").await;
+    let mut b = nodes[1].client("b").await;
+    let epoch = a
+        .join("room:reset", json!({"recover": null}))
+        .await
+        .unwrap()
+        .json()["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.join("room:reset", json!({"recover": null}))
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        broadcast(&nodes[0], "room:reset", "msg", json!({ "n": n })).await;
+    }
+    let m = b.recv_event("room:reset", "msg").await.unwrap();
+    assert_eq!(m.msg_ref.as_deref(), Some("1"));
+    // Redis restarts empty: the history (and its epoch) is gone.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    for c in [&mut a, &mut b] {
+        let reset = c
+            .recv_event_timeout("room:reset", "history_reset", Duration::from_secs(8))
+            .await
+            .unwrap()
+            .expect("history_reset after Redis lost the history");
+        let notice = payload(&reset);
+        assert_eq!(notice["offset"], 0);
+        assert_ne!(notice["epoch"], json!(epoch));
+        assert!(notice["epoch"].is_string());
+    }
+    // Offsets start again, under the new epoch.
+    assert_eq!(
+        broadcast(&nodes[1], "room:reset", "msg", json!({"n": 3})).await["offset"],
+        1
+    );
+}
+
+#[tokio::test]
 async fn recovery_on_another_node_gets_every_missed_message_once() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 3).await;

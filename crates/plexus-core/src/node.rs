@@ -417,6 +417,19 @@ impl BrokerEventHandler for Node {
                     tracing::warn!(topic, error = %e, "presence leaves of a lost node not published");
                 }
             }
+            BrokerEvent::HistoryReset { topic, epoch } => {
+                // Each node tells its own subscribers (every node notices by itself).
+                let notice = serde_json::json!({ "epoch": epoch, "offset": 0 });
+                let publication = Payload::json(&notice)
+                    .map_err(PublishError::from)
+                    .and_then(|p| Ok(Publication::new(&topic, events::HISTORY_RESET, p, None)?));
+                match publication {
+                    Ok(p) => {
+                        self.hub.deliver(&Arc::new(p));
+                    }
+                    Err(e) => tracing::warn!(topic, error = %e, "history_reset not sent"),
+                }
+            }
         }
     }
 }

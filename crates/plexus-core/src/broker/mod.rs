@@ -64,6 +64,9 @@ pub enum BrokerEvent {
     /// The presences a lost node held on `topic` were removed: `leaves` is the `leaves` object
     /// of a `presence_diff` (`{key: {"metas": […]}}`) to tell the topic's subscribers.
     PresenceReaped { topic: String, leaves: Value },
+    /// After an outage, the history of `topic` (a topic with local subscribers) is not the one
+    /// it was: Redis lost it. `epoch` is the new one; offsets start again from 0.
+    HistoryReset { topic: String, epoch: String },
 }
 
 /// Receives the [`BrokerEvent`]s of a broker (the node implements it).

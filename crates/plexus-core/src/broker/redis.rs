@@ -126,6 +126,9 @@ pub struct RedisBroker {
     next_request: AtomicU64,
     /// Requests from other nodes being answered (bounded).
     serving: Arc<tokio::sync::Semaphore>,
+    /// The history epoch last seen for each subscribed topic with history, to notice after an
+    /// outage that Redis lost it (one entry per subscribed topic at most).
+    epochs: Mutex<HashMap<String, String>>,
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
@@ -197,6 +200,7 @@ impl RedisBroker {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_NODE_REQUESTS)),
+            epochs: Mutex::new(HashMap::new()),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
@@ -290,6 +294,52 @@ impl RedisBroker {
             }
             _ => {}
         }
+    }
+
+    /// Notes the epoch of a subscribed topic's history.
+    fn remember_epoch(&self, topic: &str, epoch: String) {
+        if self.topics.lock().contains(topic) {
+            self.epochs.lock().insert(topic.to_owned(), epoch);
+        }
+    }
+
+    /// After a reconnect: the subscribed topics whose history Redis no longer has (or has
+    /// under another epoch) get a new epoch, and the node is told, to tell their clients.
+    async fn check_epochs(&self) -> redis::RedisResult<()> {
+        let known: Vec<(String, String)> = self
+            .epochs
+            .lock()
+            .iter()
+            .map(|(t, e)| (t.clone(), e.clone()))
+            .collect();
+        let mut c = self.conn.clone();
+        for (topic, old) in known {
+            let fresh = {
+                use rand::Rng;
+                format!("{:08x}", rand::rng().random::<u32>())
+            };
+            // The current epoch, or a new one if there is none.
+            let current: Option<String> = redis::cmd("SET")
+                .arg(self.key(&["epoch", &topic]))
+                .arg(&fresh)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(self.cfg.history_idle.as_millis().max(1) as u64)
+                .query_async(&mut c)
+                .await?;
+            let epoch = current.unwrap_or(fresh);
+            if epoch != old {
+                self.epochs.lock().insert(topic.clone(), epoch.clone());
+                tracing::warn!(
+                    topic,
+                    "history lost during the Redis outage: clients are told (history_reset)"
+                );
+                self.report(BrokerEvent::HistoryReset { topic, epoch })
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// Fails fast while Redis is unreachable (the subscription is down): nothing waits on a
@@ -582,6 +632,11 @@ async fn subscription_loop(broker: Weak<RedisBroker>) {
             b.failed("re-announce", &e);
         }
         if was_down {
+            if let Err(e) = b.check_epochs().await {
+                b.failed("history epoch check", &e);
+            }
+        }
+        if was_down {
             tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
         }
         backoff = Duration::from_millis(100);
@@ -732,7 +787,10 @@ impl Broker for RedisBroker {
             .invoke_async(&mut c)
             .await;
         match result {
-            Ok((offset, _epoch)) => Ok(Some(offset)),
+            Ok((offset, epoch)) => {
+                self.remember_epoch(topic, epoch);
+                Ok(Some(offset))
+            }
             Err(e) => {
                 self.failed("history publish", &e);
                 Err(err(format!("history unavailable, not published: {e}")))
@@ -776,6 +834,7 @@ impl Broker for RedisBroker {
                 set.unwrap_or(fresh)
             }
         };
+        self.remember_epoch(topic, epoch.clone());
         let Some(since) = since else {
             return Ok(HistoryPage {
                 epoch,
@@ -851,6 +910,7 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().remove(topic);
+        self.epochs.lock().remove(topic);
         let mut sink = self.sink.lock().await;
         if let Some(s) = sink.as_mut() {
             s.unsubscribe(self.topic_channel(topic))

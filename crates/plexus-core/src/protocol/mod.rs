@@ -90,6 +90,9 @@ pub mod events {
     pub const PRESENCE_DIFF: &str = "presence_diff";
     /// Client → server on a presence channel: merge an object into this connection's meta.
     pub const PRESENCE_UPDATE: &str = "presence_update";
+    /// Server → topic, after the cluster lost a topic's history (a Redis outage that lost its
+    /// data): `{"epoch": "<new>", "offset": 0}`. Joined clients reset their recovery state.
+    pub const HISTORY_RESET: &str = "history_reset";
     /// Supabase channels: a client broadcast `{"type": "broadcast", "event", "payload"}`, relayed
     /// as it came (a relayed event, not one the server owns).
     pub const BROADCAST: &str = "broadcast";
@@ -115,6 +118,7 @@ pub mod events {
                     | ACCESS_TOKEN
                     | TOKEN_EXPIRED
                     | HEARTBEAT
+                    | HISTORY_RESET
             )
     }
 }
