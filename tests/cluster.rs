@@ -306,6 +306,12 @@ async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_a
     assert_eq!(got, acked, "acknowledged but not delivered (or doubled)");
     // The pushing client was never closed as a flood.
     assert!(a.heartbeat().await.unwrap().is_ok());
+    // One log line per failure burst, not one per message (about 100 pushes failed).
+    for node in &nodes {
+        let log = node.log();
+        let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+        assert!(warnings < 25, "{warnings} WARN lines:\n{log}");
+    }
 }
 
 #[tokio::test]

@@ -602,7 +602,7 @@ impl Channels {
             Ok(_) if !ack => return,
             Ok(_) => ("ok", Payload::empty_object()),
             Err(e) => {
-                tracing::warn!(topic = %topic, error = %e, "publish failed");
+                conn.node.counters.publish_failed(&topic, "client push", &e);
                 (
                     "error",
                     json_payload(&serde_json::json!({"reason": e.to_string()})),
@@ -760,7 +760,7 @@ async fn publish_presence_diff(node: &Node, topic: &str, diff: serde_json::Value
         .publish_unlogged(topic, events::PRESENCE_DIFF, payload)
         .await
     {
-        tracing::warn!(topic, error = %e, "presence diff not published");
+        node.counters.publish_failed(topic, "presence diff", &e);
     }
 }
 

@@ -42,9 +42,20 @@ pub struct Counters {
     pub refused: [AtomicU64; 4],
     /// Joins refused (rules, limits, `max_per_user`).
     pub joins_refused: AtomicU64,
+    /// Client pushes and presence diffs that could not be published (broker down).
+    pub publish_failures: AtomicU64,
 }
 
 impl Counters {
+    /// Counts a failed publish and logs it, once per burst (the first, then every 100th):
+    /// an outage must not write a line per message.
+    pub fn publish_failed(&self, topic: &str, what: &str, error: &dyn std::fmt::Display) {
+        let n = self.publish_failures.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(100) {
+            tracing::warn!(topic, error = %error, failures = n + 1, "{what} not published");
+        }
+    }
+
     /// The statuses `refused` counts, in its order.
     pub const REFUSED_STATUSES: [u16; 4] = [401, 403, 429, 503];
 
@@ -414,7 +425,8 @@ impl BrokerEventHandler for Node {
                     .publish_unlogged(&topic, events::PRESENCE_DIFF, payload)
                     .await
                 {
-                    tracing::warn!(topic, error = %e, "presence leaves of a lost node not published");
+                    self.counters
+                        .publish_failed(&topic, "presence leaves of a lost node", &e);
                 }
             }
             BrokerEvent::HistoryReset { topic, epoch } => {

@@ -411,6 +411,7 @@ impl RedisBroker {
                 pipe.sadd(self.key(&["ncnt", &self.node_id]), key).ignore();
             }
         }
+        let mut queued = !presences.is_empty() || claims.iter().any(|(_, n)| *n > 0);
         let mut c = self.conn.clone();
         // What this node had in Redis before the outage but let go of during it (releases and
         // presence leaves that could not be sent): removed, so that no stale count locks a
@@ -422,6 +423,7 @@ impl RedisBroker {
             .await?;
         for key in counters {
             if !claims.iter().any(|(k, n)| *k == key && *n > 0) {
+                queued = true;
                 pipe.hdel(&key, &self.node_id).ignore();
                 pipe.srem(self.key(&["ncnt", &self.node_id]), &key).ignore();
             }
@@ -434,9 +436,13 @@ impl RedisBroker {
                 let live = conn
                     .is_some_and(|id| presences.iter().any(|((t, c), _)| *t == topic && *c == id));
                 if !live {
+                    queued = true;
                     pipe.hdel(self.key(&["pres", &topic]), field).ignore();
                 }
             }
+        }
+        if !queued {
+            return Ok(());
         }
         pipe.query_async::<()>(&mut c).await
     }
