@@ -28,15 +28,19 @@ fn init_logging() {
         .init();
 }
 
-/// `plexus check`: loads the configuration as `serve` would, and says what it found.
-fn check(args: ServeArgs) -> ExitCode {
-    let env = config::Env::from_process();
-    let cfg = match config::load(
+/// Loads the configuration from the flags, `PLEXUS_*` and the file.
+fn load_config(args: &ServeArgs) -> Result<config::Config, config::ConfigError> {
+    config::load(
         args.config.as_deref(),
-        &env,
+        &config::Env::from_process(),
         args.listen.as_deref(),
         args.profile.as_deref(),
-    ) {
+    )
+}
+
+/// `plexus check`: loads the configuration as `serve` would, and says what it found.
+fn check(args: ServeArgs) -> ExitCode {
+    let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("plexus check: {e}");
@@ -77,13 +81,7 @@ fn check(args: ServeArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
-    let env = config::Env::from_process();
-    let cfg = match config::load(
-        args.config.as_deref(),
-        &env,
-        args.listen.as_deref(),
-        args.profile.as_deref(),
-    ) {
+    let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");

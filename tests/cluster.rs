@@ -42,14 +42,7 @@ fn payload(m: &Message) -> Value {
 }
 
 async fn broadcast(s: &Server, topic: &str, event: &str, body: Value) -> Value {
-    let auth = format!("Bearer {API_KEY}");
-    let req = json!({"topic": topic, "event": event, "payload": body}).to_string();
-    let (st, resp) = s
-        .http("POST", "/api/broadcast", &[("Authorization", &auth)], &req)
-        .await
-        .unwrap();
-    assert_eq!(st, 200, "{resp}");
-    json(&resp)
+    s.broadcast(topic, event, body).await
 }
 
 #[tokio::test]

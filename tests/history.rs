@@ -22,19 +22,7 @@ fn body(m: &Message) -> Value {
 }
 
 async fn api_broadcast(s: &Server, topic: &str, n: u64) -> Value {
-    let auth = format!("Bearer {API_KEY}");
-    let payload = json!({"topic": topic, "event": "msg", "payload": {"n": n}}).to_string();
-    let (st, resp) = s
-        .http(
-            "POST",
-            "/api/broadcast",
-            &[("Authorization", &auth)],
-            &payload,
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, 200, "{resp}");
-    json(&resp)
+    s.broadcast(topic, "msg", json!({ "n": n })).await
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{json, Server, API_KEY};
+use common::{json, Server};
 use plexus_client::protocol::Vsn;
 use plexus_client::{Client, ConnectOptions};
 use serde_json::{json, Value};
@@ -107,20 +107,8 @@ async fn v1_recovery_and_api_broadcasts_carry_offsets_when_asked() {
         .await
         .unwrap();
     let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
-    let auth = format!("Bearer {API_KEY}");
     for n in 1..=3 {
-        let payload =
-            json!({"topic": "room:v1hist", "event": "msg", "payload": {"n": n}}).to_string();
-        let (st, _) = s
-            .http(
-                "POST",
-                "/api/broadcast",
-                &[("Authorization", &auth)],
-                &payload,
-            )
-            .await
-            .unwrap();
-        assert_eq!(st, 200);
+        s.broadcast("room:v1hist", "msg", json!({ "n": n })).await;
     }
     let m = c.recv_event("room:v1hist", "msg").await.unwrap();
     assert_eq!(m.msg_ref.as_deref(), Some("1"));

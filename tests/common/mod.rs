@@ -175,6 +175,29 @@ impl Server {
         self.spawn().await;
     }
 
+    /// `POST /api/broadcast` with the API key; asserts 200 and returns the JSON answer.
+    #[allow(dead_code)] // not every test file publishes through the API
+    pub async fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: serde_json::Value,
+    ) -> serde_json::Value {
+        let auth = format!("Bearer {API_KEY}");
+        let req = serde_json::json!({"topic": topic, "event": event, "payload": payload});
+        let (st, resp) = self
+            .http(
+                "POST",
+                "/api/broadcast",
+                &[("Authorization", &auth)],
+                &req.to_string(),
+            )
+            .await
+            .expect("the API answers");
+        assert_eq!(st, 200, "{resp}");
+        json(&resp)
+    }
+
     /// A raw HTTP/1.1 request; returns (status, body).
     pub async fn http(
         &self,

@@ -3,7 +3,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Socket, Presence } from "phoenix";
 import WebSocket from "ws";
-import { Server, token, until, sleep } from "./server.mjs";
+import { Server, token, until, sleep, join, push } from "./server.mjs";
 
 let server;
 const sockets = [];
@@ -25,24 +25,6 @@ function connect(sub, opts = {}) {
   socket.connect();
   sockets.push(socket);
   return socket;
-}
-
-function join(channel) {
-  return new Promise((resolve, reject) => {
-    channel.join()
-      .receive("ok", resolve)
-      .receive("error", (r) => reject(new Error(`join error: ${JSON.stringify(r)}`)))
-      .receive("timeout", () => reject(new Error("join timeout")));
-  });
-}
-
-function push(channel, event, payload) {
-  return new Promise((resolve) => {
-    channel.push(event, payload)
-      .receive("ok", (r) => resolve({ status: "ok", response: r }))
-      .receive("error", (r) => resolve({ status: "error", response: r }))
-      .receive("timeout", () => resolve({ status: "timeout" }));
-  });
 }
 
 function nextEvent(channel, event) {

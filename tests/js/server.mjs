@@ -46,6 +46,26 @@ export async function until(fn, ms = 5000, what = "condition") {
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Joins a phoenix.js (or phoenix-channels) channel: resolves with the reply, rejects on error. */
+export function join(channel) {
+  return new Promise((resolve, reject) => {
+    channel.join()
+      .receive("ok", resolve)
+      .receive("error", (r) => reject(new Error(`join error: ${JSON.stringify(r)}`)))
+      .receive("timeout", () => reject(new Error("join timeout")));
+  });
+}
+
+/** Pushes an event: resolves with `{status, response}` (status ok, error or timeout). */
+export function push(channel, event, payload) {
+  return new Promise((resolve) => {
+    channel.push(event, payload)
+      .receive("ok", (r) => resolve({ status: "ok", response: r }))
+      .receive("error", (r) => resolve({ status: "error", response: r }))
+      .receive("timeout", () => resolve({ status: "timeout" }));
+  });
+}
+
 export class Server {
   constructor(port, env) {
     this.port = port;

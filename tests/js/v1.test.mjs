@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { Socket, Presence } from "phoenix";
 import WebSocket from "ws";
-import { Server, token, until } from "./server.mjs";
+import { Server, token, until, join, push } from "./server.mjs";
 
 const require = createRequire(import.meta.url);
 const PC = require("phoenix-channels");
@@ -55,24 +55,6 @@ function pcSocket(sub, params = {}) {
   socket.connect();
   sockets.push(socket);
   return socket;
-}
-
-function join(channel) {
-  return new Promise((resolve, reject) => {
-    channel.join()
-      .receive("ok", resolve)
-      .receive("error", (r) => reject(new Error(`join error: ${JSON.stringify(r)}`)))
-      .receive("timeout", () => reject(new Error("join timeout")));
-  });
-}
-
-function push(channel, event, payload) {
-  return new Promise((resolve) => {
-    channel.push(event, payload)
-      .receive("ok", (r) => resolve({ status: "ok", response: r }))
-      .receive("error", (r) => resolve({ status: "error", response: r }))
-      .receive("timeout", () => resolve({ status: "timeout" }));
-  });
 }
 
 test("phoenix-channels 1.0.0: join, push with reply, broadcasts from a V2 client and the API, presence, leave", async () => {

@@ -296,6 +296,29 @@ impl RedisBroker {
         }
     }
 
+    /// The epoch of `topic`'s history, made now if there is none. Only the epoch: it expires
+    /// like the history would (nothing a read creates lives forever).
+    async fn settle_epoch(
+        &self,
+        c: &mut ConnectionManager,
+        topic: &str,
+    ) -> redis::RedisResult<String> {
+        let fresh = {
+            use rand::Rng;
+            format!("{:08x}", rand::rng().random::<u32>())
+        };
+        let current: Option<String> = redis::cmd("SET")
+            .arg(self.key(&["epoch", topic]))
+            .arg(&fresh)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(self.cfg.history_idle.as_millis().max(1) as u64)
+            .query_async(c)
+            .await?;
+        Ok(current.unwrap_or(fresh))
+    }
+
     /// Notes the epoch of a subscribed topic's history.
     fn remember_epoch(&self, topic: &str, epoch: String) {
         if self.topics.lock().contains(topic) {
@@ -314,21 +337,7 @@ impl RedisBroker {
             .collect();
         let mut c = self.conn.clone();
         for (topic, old) in known {
-            let fresh = {
-                use rand::Rng;
-                format!("{:08x}", rand::rng().random::<u32>())
-            };
-            // The current epoch, or a new one if there is none.
-            let current: Option<String> = redis::cmd("SET")
-                .arg(self.key(&["epoch", &topic]))
-                .arg(&fresh)
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(self.cfg.history_idle.as_millis().max(1) as u64)
-                .query_async(&mut c)
-                .await?;
-            let epoch = current.unwrap_or(fresh);
+            let epoch = self.settle_epoch(&mut c, &topic).await?;
             if epoch != old {
                 self.epochs.lock().insert(topic.clone(), epoch.clone());
                 tracing::warn!(
@@ -819,26 +828,9 @@ impl Broker for RedisBroker {
         let top = top.unwrap_or(0);
         let epoch = match epoch {
             Some(e) => e,
-            None => {
-                // No history yet (or it expired / Redis lost it): settle an epoch now, so that
-                // offsets handed out from here on are tied to it. Only the epoch: it expires
-                // like the history would (nothing a read creates lives forever).
-                let fresh = {
-                    use rand::Rng;
-                    format!("{:08x}", rand::rng().random::<u32>())
-                };
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(self.key(&["epoch", topic]))
-                    .arg(&fresh)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(self.cfg.history_idle.as_millis().max(1) as u64)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(err)?;
-                set.unwrap_or(fresh)
-            }
+            // No history yet (or it expired / Redis lost it): settle an epoch now, so that
+            // offsets handed out from here on are tied to it.
+            None => self.settle_epoch(&mut c, topic).await.map_err(err)?,
         };
         self.remember_epoch(topic, epoch.clone());
         let Some(since) = since else {
