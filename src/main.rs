@@ -17,15 +17,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `PLEXUS_LOG` (default `info`); `PLEXUS_LOG_FORMAT=json` writes
+/// one JSON object per line (for log shippers) instead of text.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("PLEXUS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// Loads the configuration from the flags, `PLEXUS_*` and the file.

@@ -278,3 +278,42 @@ async fn cli_token_connects_and_help_documents_flags() {
     }
     let _ = API_KEY;
 }
+
+#[tokio::test]
+async fn json_logs_carry_refusals_with_their_reason_and_topic() {
+    let s = Server::start_with(None, &[("PLEXUS_LOG_FORMAT", "json")]).await;
+    let mut c = s.client("alice").await;
+    assert!(!c
+        .join("secret:x", serde_json::json!({}))
+        .await
+        .unwrap()
+        .is_ok());
+    let refused = http_raw(s.port, "GET", "/socket/websocket?vsn=9", &ws_headers(), "")
+        .await
+        .unwrap();
+    assert_eq!(refused.0, 400);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let lines: Vec<serde_json::Value> = s
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let join = lines
+        .iter()
+        .find(|l| l["message"] == "join refused")
+        .expect("a join refused line");
+    assert_eq!(
+        (&join["level"], &join["topic"], &join["sub"]),
+        (
+            &serde_json::json!("INFO"),
+            &serde_json::json!("secret:x"),
+            &serde_json::json!("alice")
+        )
+    );
+    assert!(
+        join["reason"].is_string() && join["conn"].is_u64(),
+        "{join}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "connection refused"
+        && l["reason"].as_str().is_some_and(|r| r.contains("vsn"))));
+}
