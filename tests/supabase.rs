@@ -101,6 +101,16 @@ async fn server_events_cannot_be_forged_and_binary_payloads_are_refused() {
         .await
         .unwrap()
         .is_none());
+    // A presence key is stored and sent in every diff: bounded.
+    let long = "k".repeat(257);
+    let r = a
+        .join(
+            "realtime:r2b",
+            json!({"config": {"presence": {"key": long}}}),
+        )
+        .await
+        .unwrap();
+    assert!(r.reason().unwrap().contains("too long"), "{r:?}");
     // realtime-js's kind 3 with an ArrayBuffer payload (encoding 0).
     let mut frame = vec![3, 1, 2, 11, 1, 0, 0];
     frame.extend_from_slice(b"199realtime:r2x\x00\xff");

@@ -328,6 +328,19 @@ impl Channels {
         let supabase = match node.policy().supabase_name(topic) {
             Some(_) => {
                 let config = JoinConfig::parse(req.params);
+                if config
+                    .presence_key
+                    .as_ref()
+                    .is_some_and(|k| k.len() > supabase::MAX_PRESENCE_KEY_BYTES)
+                {
+                    return JoinOutcome::refused(
+                        format!(
+                            "presence.key is too long ({} bytes at most)",
+                            supabase::MAX_PRESENCE_KEY_BYTES
+                        ),
+                        false,
+                    );
+                }
                 if config.postgres_changes > 0 {
                     return JoinOutcome::refused(
                         "postgres_changes are not supported by Plexus (broadcast and presence are)",

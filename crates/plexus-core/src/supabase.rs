@@ -17,6 +17,9 @@ use serde_json::{Map, Value};
 /// The topic prefix of Supabase channels.
 pub const TOPIC_PREFIX: &str = "realtime:";
 
+/// Longest `presence.key` (it is stored in presence and sent in every diff).
+pub const MAX_PRESENCE_KEY_BYTES: usize = 256;
+
 /// What a Supabase channel's join asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JoinConfig {
