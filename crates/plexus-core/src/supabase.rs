@@ -8,7 +8,7 @@
 //! `{"type": "broadcast", "event", "payload"}` (or realtime-js's binary kind 3, decoded to the
 //! same in the codec), relayed as it came; presence is `track`/`untrack` of a client-chosen meta
 //! under `presence.key` ([`PresenceOp`]) instead of being automatic. Postgres changes are not
-//! supported: a join that asks for them is refused. `channel.rs` applies these rules.
+//! supported: a join that asks for them is refused. `channel/` applies these rules.
 
 use crate::protocol::{EncodeError, Payload};
 use serde::Deserialize;
