@@ -462,6 +462,10 @@ impl Channels {
         if subscribe {
             node.subscribe(topic, conn.id, conn.outbox.clone(), with_offset)
                 .await;
+        } else {
+            // A duplicate join keeps its subscription but may ask for offsets differently.
+            node.hub()
+                .subscribe(topic, conn.id, conn.outbox.clone(), with_offset);
         }
         let page = match node
             .history(topic, recover.as_ref().map(|r| r.offset))
@@ -737,6 +741,40 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_join_that_asks_for_offsets_gets_them() {
+        let mut rule = ChannelRule::open("room:*");
+        rule.history_size = 10;
+        let node = node(vec![rule]);
+        let mut c = Client::new(&node, "alice");
+        assert!(matches!(
+            c.join("room:o", "1", "{}").await,
+            JoinOutcome::Joined(_)
+        ));
+        node.publish("room:o", "msg", Payload::empty_object(), None)
+            .await
+            .unwrap();
+        let sent = c.sent();
+        assert!(
+            sent.iter()
+                .any(|m| m.starts_with(r#"[null,null,"room:o","msg""#)),
+            "{sent:?}"
+        );
+        assert!(matches!(
+            c.join("room:o", "2", r#"{"recover":null}"#).await,
+            JoinOutcome::Joined(_)
+        ));
+        node.publish("room:o", "msg", Payload::empty_object(), None)
+            .await
+            .unwrap();
+        let sent = c.sent();
+        assert!(
+            sent.iter()
+                .any(|m| m.starts_with(r#"[null,"2","room:o","msg""#)),
+            "{sent:?}"
+        );
     }
 
     #[tokio::test]
