@@ -132,7 +132,7 @@ impl Socket {
         }
         self.refused_in_a_row += 1;
         if self.refused_in_a_row > self.node.limits().message_burst {
-            tracing::warn!(sub = %self.identity.sub, "closing: sustained flood over the message rate limit");
+            tracing::warn!(conn = self.id, sub = %self.identity.sub, "closing: sustained flood over the message rate limit");
             self.outbox
                 .close(close_codes::POLICY_VIOLATION, "rate limit exceeded");
             Admitted::Closing
@@ -274,11 +274,11 @@ impl Socket {
                 Ok(expires_at)
             }
             Ok(_) => {
-                tracing::warn!(sub = %self.identity.sub, "token refresh refused: different sub");
+                tracing::warn!(conn = self.id, sub = %self.identity.sub, "token refresh refused: different sub");
                 Err(AuthError::SubjectChanged.to_string())
             }
             Err(e) => {
-                tracing::warn!(sub = %self.identity.sub, reason = %e, "token refresh refused");
+                tracing::warn!(conn = self.id, sub = %self.identity.sub, reason = %e, "token refresh refused");
                 Err(e.to_string())
             }
         }

@@ -284,7 +284,7 @@ impl Channels {
     ) -> Option<Departure> {
         let (topic, channel) = self.joined.remove_entry(topic)?;
         let name = conn.node.policy().supabase_name(&topic).unwrap_or(&topic);
-        tracing::info!(sub = %conn.identity.sub, topic = %topic, reason = message, "channel closed");
+        tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = %topic, reason = message, "channel closed");
         conn.push(
             channel.join_ref.as_deref(),
             None,
@@ -473,7 +473,7 @@ impl Channels {
         {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(topic, error = %e, "history unavailable");
+                tracing::warn!(conn = conn.id, topic, error = %e, "history unavailable");
                 let outcome = JoinOutcome::Joined(JoinReply {
                     postgres_changes,
                     recovered: recover.is_some().then_some(false),
@@ -541,7 +541,7 @@ impl Channels {
         let mut departures = Vec::new();
         for topic in refused {
             if let Some(channel) = self.joined.remove(&topic) {
-                tracing::info!(sub = %conn.identity.sub, topic = %topic, "channel closed: the refreshed token may no longer join it");
+                tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = %topic, "channel closed: the refreshed token may no longer join it");
                 conn.send_close(&topic, channel.join_ref.as_deref());
                 departures.push(channel.depart(conn, topic));
             }
@@ -608,7 +608,7 @@ impl Channels {
             return conn.reply_error(&msg, &invalid.to_string());
         }
         if !channel.rule.may_push(conn.identity, event) {
-            tracing::debug!(sub = %conn.identity.sub, topic = %msg.topic, event, "push refused");
+            tracing::debug!(conn = conn.id, sub = %conn.identity.sub, topic = %msg.topic, event, "push refused");
             return conn.reply_error(&msg, crate::policy::UNAUTHORIZED);
         }
         let echo = channel.rule.echo || supabase.is_some_and(|c| c.broadcast_self);
