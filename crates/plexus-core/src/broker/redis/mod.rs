@@ -22,6 +22,13 @@
 //!   deliver); the subscription reconnects with backoff, re-subscribes, and re-announces this
 //!   node's presence and counters (Redis may have restarted empty). History topics refuse
 //!   publishes while Redis is down rather than deliver messages that recovery could never replay.
+//!
+//! This file holds the broker and its [`Broker`] operations; [`connection`] keeps it connected
+//! (subscription and heartbeat loops, re-announcing, lost histories), [`calls`] carries the
+//! node-to-node requests.
+
+mod calls;
+mod connection;
 
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
@@ -33,7 +40,8 @@ use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use calls::MAX_NODE_REQUESTS;
+use connection::{heartbeat_loop, subscription_loop};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 use redis::AsyncCommands;
@@ -76,9 +84,6 @@ impl Default for RedisConfig {
 /// history idle time) after the last publish.
 /// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
 /// header (node id and exclude), new epoch, now ms.
-/// Calls to other nodes in flight, and requests from them being answered, at most.
-const MAX_NODE_REQUESTS: usize = 10_000;
-
 const PUBLISH_HISTORY: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[3])
@@ -249,108 +254,6 @@ impl RedisBroker {
         self.key(&["ctl"])
     }
 
-    /// The channel where node `node` receives requests from the others, and their answers.
-    fn node_channel(&self, node: &str) -> String {
-        self.key(&["n", node])
-    }
-
-    /// A message on this node's channel: `Q <id> <from>\n<request>` or `R <id>\n<answer>`.
-    async fn on_node_message(&self, data: &[u8]) {
-        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
-            return;
-        };
-        let header = String::from_utf8_lossy(&data[..nl]).into_owned();
-        let body = Bytes::copy_from_slice(&data[nl + 1..]);
-        let mut parts = header.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("R"), Some(id), None) => {
-                let waiter = id
-                    .parse::<u64>()
-                    .ok()
-                    .and_then(|id| self.pending.lock().remove(&id));
-                if let Some(w) = waiter {
-                    let _ = w.send(body);
-                }
-            }
-            (Some("Q"), Some(id), Some(from)) => {
-                let Some(handler) = self.requests.get().and_then(Weak::upgrade) else {
-                    return;
-                };
-                // Answered in a task of its own: a poll waits, the subscription must not.
-                let Ok(permit) = self.serving.clone().try_acquire_owned() else {
-                    self.failed("node request", &"too many requests from other nodes");
-                    return;
-                };
-                let reply_to = self.node_channel(from);
-                let header = format!("R {id}\n");
-                let mut conn = self.conn.clone();
-                tokio::spawn(async move {
-                    let answer = handler.handle_request(body).await;
-                    drop(permit);
-                    let mut msg = header.into_bytes();
-                    msg.extend_from_slice(&answer);
-                    let _ = conn.publish::<_, _, ()>(reply_to, msg).await;
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// The epoch of `topic`'s history, made now if there is none. Only the epoch: it expires
-    /// like the history would (nothing a read creates lives forever).
-    async fn settle_epoch(
-        &self,
-        c: &mut ConnectionManager,
-        topic: &str,
-    ) -> redis::RedisResult<String> {
-        let fresh = {
-            use rand::Rng;
-            format!("{:08x}", rand::rng().random::<u32>())
-        };
-        let current: Option<String> = redis::cmd("SET")
-            .arg(self.key(&["epoch", topic]))
-            .arg(&fresh)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(self.cfg.history_idle.as_millis().max(1) as u64)
-            .query_async(c)
-            .await?;
-        Ok(current.unwrap_or(fresh))
-    }
-
-    /// Notes the epoch of a subscribed topic's history.
-    fn remember_epoch(&self, topic: &str, epoch: String) {
-        if self.topics.lock().contains(topic) {
-            self.epochs.lock().insert(topic.to_owned(), epoch);
-        }
-    }
-
-    /// After a reconnect: the subscribed topics whose history Redis no longer has (or has
-    /// under another epoch) get a new epoch, and the node is told, to tell their clients.
-    async fn check_epochs(&self) -> redis::RedisResult<()> {
-        let known: Vec<(String, String)> = self
-            .epochs
-            .lock()
-            .iter()
-            .map(|(t, e)| (t.clone(), e.clone()))
-            .collect();
-        let mut c = self.conn.clone();
-        for (topic, old) in known {
-            let epoch = self.settle_epoch(&mut c, &topic).await?;
-            if epoch != old {
-                self.epochs.lock().insert(topic.clone(), epoch.clone());
-                tracing::warn!(
-                    topic,
-                    "history lost during the Redis outage: clients are told (history_reset)"
-                );
-                self.report(BrokerEvent::HistoryReset { topic, epoch })
-                    .await;
-            }
-        }
-        Ok(())
-    }
-
     /// Fails fast while Redis is unreachable (the subscription is down): nothing waits on a
     /// dead connection, nothing is queued to be sent later, and nothing is acknowledged that
     /// the cluster will not deliver. The subscription loop reconnects and re-subscribes
@@ -371,216 +274,6 @@ impl RedisBroker {
             tracing::warn!(error = %e, failures = n + 1, "redis {what} failed");
         }
     }
-
-    /// Refreshes this node's heartbeat.
-    async fn heartbeat(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        let ttl = self.cfg.node_timeout.as_millis() as u64;
-        redis::pipe()
-            .cmd("SET")
-            .arg(self.key(&["alive", &self.node_id]))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl)
-            .ignore()
-            .sadd(self.key(&["nodes"]), &self.node_id)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-    }
-
-    /// Writes this node's presences and counters again (after Redis lost them, or a blip).
-    async fn reannounce(&self) -> redis::RedisResult<()> {
-        let presences: Vec<((String, ConnId), String)> = self
-            .presences
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let claims: Vec<(String, i64)> = self
-            .claims
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let mut pipe = redis::pipe();
-        for ((topic, conn), value) in &presences {
-            pipe.hset(
-                self.key(&["pres", topic]),
-                format!("{}:{conn}", self.node_id),
-                value,
-            )
-            .ignore();
-            pipe.sadd(self.key(&["npres", &self.node_id]), topic)
-                .ignore();
-        }
-        for (key, n) in &claims {
-            if *n > 0 {
-                pipe.hset(key, &self.node_id, *n).ignore();
-                pipe.sadd(self.key(&["ncnt", &self.node_id]), key).ignore();
-            }
-        }
-        let mut queued = !presences.is_empty() || claims.iter().any(|(_, n)| *n > 0);
-        let mut c = self.conn.clone();
-        // What this node had in Redis before the outage but let go of during it (releases and
-        // presence leaves that could not be sent): removed, so that no stale count locks a
-        // user out and no ghost stays in presence.
-        let (counters, topics): (Vec<String>, Vec<String>) = redis::pipe()
-            .smembers(self.key(&["ncnt", &self.node_id]))
-            .smembers(self.key(&["npres", &self.node_id]))
-            .query_async(&mut c)
-            .await?;
-        for key in counters {
-            if !claims.iter().any(|(k, n)| *k == key && *n > 0) {
-                queued = true;
-                pipe.hdel(&key, &self.node_id).ignore();
-                pipe.srem(self.key(&["ncnt", &self.node_id]), &key).ignore();
-            }
-        }
-        let mine = format!("{}:", self.node_id);
-        for topic in topics {
-            let fields: Vec<String> = c.hkeys(self.key(&["pres", &topic])).await?;
-            for field in fields.iter().filter(|f| f.starts_with(&mine)) {
-                let conn: Option<ConnId> = field[mine.len()..].parse().ok();
-                let live = conn
-                    .is_some_and(|id| presences.iter().any(|((t, c), _)| *t == topic && *c == id));
-                if !live {
-                    queued = true;
-                    pipe.hdel(self.key(&["pres", &topic]), field).ignore();
-                }
-            }
-        }
-        if !queued {
-            return Ok(());
-        }
-        pipe.query_async::<()>(&mut c).await
-    }
-
-    /// Removes the presences and counters of nodes whose heartbeat expired, and tells the
-    /// cluster that their users left.
-    async fn reap_dead_nodes(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await?;
-        for node in nodes.into_iter().filter(|n| *n != self.node_id) {
-            let alive: bool = c.exists(self.key(&["alive", &node])).await?;
-            if alive {
-                continue;
-            }
-            let lock: Option<String> = redis::cmd("SET")
-                .arg(self.key(&["reap", &node]))
-                .arg(&self.node_id)
-                .arg("NX")
-                .arg("PX")
-                .arg(10_000)
-                .query_async(&mut c)
-                .await?;
-            if lock.is_none() {
-                continue; // another node is on it
-            }
-            tracing::info!(node = %node, "a node's heartbeat expired: removing its presence");
-            let topics: Vec<String> = c.smembers(self.key(&["npres", &node])).await?;
-            let prefix = format!("{node}:");
-            for topic in topics {
-                let hash = self.key(&["pres", &topic]);
-                let entries: HashMap<String, String> = c.hgetall(&hash).await?;
-                let mut leaves = serde_json::Map::new();
-                for (field, value) in entries.iter().filter(|(f, _)| f.starts_with(&prefix)) {
-                    let _: () = c.hdel(&hash, field).await?;
-                    if let Ok(v) = serde_json::from_str::<Value>(value) {
-                        if let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) {
-                            let metas = leaves
-                                .entry(key.to_owned())
-                                .or_insert_with(|| serde_json::json!({"metas": []}));
-                            if let Some(list) = metas["metas"].as_array_mut() {
-                                list.push(meta.clone());
-                            }
-                        }
-                    }
-                }
-                if !leaves.is_empty() {
-                    self.report(BrokerEvent::PresenceReaped {
-                        topic,
-                        leaves: Value::Object(leaves),
-                    })
-                    .await;
-                }
-            }
-            let counters: Vec<String> = c.smembers(self.key(&["ncnt", &node])).await?;
-            for counter in counters {
-                let _: () = c.hdel(&counter, &node).await?;
-            }
-            let _: () = redis::pipe()
-                .del(self.key(&["npres", &node]))
-                .ignore()
-                .del(self.key(&["ncnt", &node]))
-                .ignore()
-                .srem(self.key(&["nodes"]), &node)
-                .ignore()
-                .query_async(&mut c)
-                .await?;
-            self.report(BrokerEvent::NodeLost { node }).await;
-        }
-        Ok(())
-    }
-
-    async fn on_message(&self, channel: &str, data: &[u8]) {
-        if channel == self.control_channel() {
-            return self.on_control(data).await;
-        }
-        if channel == self.node_channel(&self.node_id) {
-            return self.on_node_message(data).await;
-        }
-        let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
-            return;
-        };
-        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
-            return;
-        };
-        let header = String::from_utf8_lossy(&data[..nl]);
-        let mut parts = header.split(' ');
-        let (Some("P1"), Some(origin), Some(offset), Some(kind)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        let (origin_node, exclude) = match origin.split_once('/') {
-            Some((n, c)) => (n, c.parse::<ConnId>().ok()),
-            None => (origin, None),
-        };
-        let offset = offset.parse::<u64>().ok();
-        let own = origin_node == self.node_id;
-        if own && offset.is_none() {
-            return; // delivered locally when it was published
-        }
-        let body = Bytes::copy_from_slice(&data[nl + 1..]);
-        let frame = if kind == "b" {
-            Frame::Binary(body)
-        } else {
-            Frame::Text(body)
-        };
-        let exclude = if own { exclude } else { None };
-        match Publication::from_frame(topic, frame, offset, exclude) {
-            Ok(p) => {
-                self.hub.deliver(&Arc::new(p));
-            }
-            Err(e) => self.failed("decoding a publication", &e),
-        }
-    }
-
-    async fn on_control(&self, data: &[u8]) {
-        let text = String::from_utf8_lossy(data);
-        let mut parts = text.splitn(3, ' ');
-        if let (Some("disconnect"), Some(origin), Some(sub)) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            if origin != self.node_id {
-                self.report(BrokerEvent::DisconnectUser {
-                    sub: sub.to_owned(),
-                })
-                .await;
-            }
-        }
-    }
 }
 
 /// Redacts a password in a Redis URL for logs.
@@ -588,103 +281,6 @@ fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_owned(),
-    }
-}
-
-async fn subscription_loop(broker: Weak<RedisBroker>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let Some(b) = broker.upgrade() else { return };
-        let pubsub =
-            tokio::time::timeout(Duration::from_secs(2), b.client.get_async_pubsub()).await;
-        let pubsub = match pubsub {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                b.failed("subscription connect", &e);
-                drop(b);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-            Err(_) => {
-                b.failed("subscription connect", &"timed out");
-                drop(b);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let mut channels: Vec<String> =
-            b.topics.lock().iter().map(|t| b.topic_channel(t)).collect();
-        channels.push(b.control_channel());
-        channels.push(b.node_channel(&b.node_id));
-        if let Err(e) = sink.subscribe(&channels).await {
-            b.failed("subscribe", &e);
-            drop(b);
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
-        *b.sink.lock().await = Some(sink);
-        // Topics subscribed while we were connecting.
-        let missing: Vec<String> = b
-            .topics
-            .lock()
-            .iter()
-            .map(|t| b.topic_channel(t))
-            .filter(|c| !channels.contains(c))
-            .collect();
-        if !missing.is_empty() {
-            if let Some(s) = b.sink.lock().await.as_mut() {
-                let _ = s.subscribe(&missing).await;
-            }
-        }
-        let was_down = !b.healthy.swap(true, Ordering::AcqRel);
-        if let Err(e) = b.heartbeat().await {
-            b.failed("heartbeat", &e);
-        }
-        if let Err(e) = b.reannounce().await {
-            b.failed("re-announce", &e);
-        }
-        if was_down {
-            if let Err(e) = b.check_epochs().await {
-                b.failed("history epoch check", &e);
-            }
-        }
-        if was_down {
-            tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
-        }
-        backoff = Duration::from_millis(100);
-        drop(b);
-        while let Some(msg) = stream.next().await {
-            let Some(b) = broker.upgrade() else { return };
-            let channel: String = msg.get_channel_name().to_owned();
-            b.on_message(&channel, msg.get_payload_bytes()).await;
-        }
-        let Some(b) = broker.upgrade() else { return };
-        b.healthy.store(false, Ordering::Release);
-        *b.sink.lock().await = None;
-        b.failed("subscription", &"connection lost, reconnecting");
-        drop(b);
-        tokio::time::sleep(backoff).await;
-    }
-}
-
-async fn heartbeat_loop(broker: Weak<RedisBroker>) {
-    let tick = {
-        let Some(b) = broker.upgrade() else { return };
-        (b.cfg.node_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
-    };
-    loop {
-        tokio::time::sleep(tick).await;
-        let Some(b) = broker.upgrade() else { return };
-        if let Err(e) = b.heartbeat().await {
-            b.failed("heartbeat", &e);
-            continue;
-        }
-        if let Err(e) = b.reap_dead_nodes().await {
-            b.failed("reaping dead nodes", &e);
-        }
     }
 }
 
@@ -712,32 +308,7 @@ impl Broker for RedisBroker {
         request: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, BrokerError> {
-        self.check_up()?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut pending = self.pending.lock();
-            if pending.len() >= MAX_NODE_REQUESTS {
-                return Err(err("too many calls to other nodes in flight"));
-            }
-            pending.insert(id, tx);
-        }
-        let mut msg = format!("Q {id} {}\n", self.node_id).into_bytes();
-        msg.extend_from_slice(&request);
-        let mut c = self.conn.clone();
-        let delivered: Result<i64, _> = c.publish(self.node_channel(node), msg).await;
-        let answer = match delivered {
-            Ok(0) => Err(err(format!("node {node} is gone"))),
-            Ok(_) => tokio::time::timeout(timeout, rx)
-                .await
-                .map_err(|_| err(format!("node {node} did not answer in time")))
-                .and_then(|r| r.map_err(|_| err("the call was dropped"))),
-            Err(e) => Err(err(e)),
-        };
-        if answer.is_err() {
-            self.pending.lock().remove(&id);
-        }
-        answer
+        self.call(node, request, timeout).await
     }
 
     async fn publish(&self, publication: Publication) -> Result<Option<u64>, BrokerError> {
