@@ -101,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 header_timeout: config.http_header_timeout,
             },
             stop_rx.clone(),
+            Arc::new(()),
         ));
     }
     let app = router(state);
@@ -108,7 +109,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         gate,
         header_timeout: config.http_header_timeout,
     };
-    let serving = tokio::spawn(serve_loop(listener, app, tls, http, stop_rx));
+    // One clone per HTTP connection being served: the drain waits for them (a poll answered,
+    // a request finished) before the process ends.
+    let in_flight = Arc::new(());
+    let serving = tokio::spawn(serve_loop(
+        listener,
+        app,
+        tls,
+        http,
+        stop_rx,
+        in_flight.clone(),
+    ));
 
     wait_for_signal().await;
     if !config.drain_notice.is_zero() {
@@ -125,7 +136,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     // The accept loop returns at once, dropping (closing) the listener.
     let _ = serving.await;
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
     drain(node, config.drain_timeout).await;
+    while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -148,6 +163,7 @@ async fn serve_loop(
     tls: Option<TlsAcceptor>,
     http: Http,
     mut stop: watch::Receiver<bool>,
+    in_flight: Arc<()>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -180,8 +196,10 @@ async fn serve_loop(
         let tls = tls.clone();
         let stop = stop.clone();
         let http = http.clone();
+        let in_flight = in_flight.clone();
         tokio::spawn(async move {
             serve_connection(tcp, peer, app, tls, &http, Slot::new(pass), stop).await;
+            drop(in_flight);
         });
     }
 }

@@ -19,6 +19,8 @@ pub struct Connections {
     live: Mutex<HashMap<ConnId, Entry>>,
     next_id: AtomicU64,
     draining: AtomicBool,
+    /// Wakes [`Connections::until_draining`] when draining starts.
+    drain_started: tokio::sync::Notify,
 }
 
 impl Default for Connections {
@@ -27,6 +29,7 @@ impl Default for Connections {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            drain_started: tokio::sync::Notify::new(),
         }
     }
 }
@@ -80,11 +83,25 @@ impl Connections {
     /// Refuses new connections from now on (live ones stay).
     pub fn stop_admitting(&self) {
         self.draining.store(true, Ordering::Release);
+        self.drain_started.notify_waiters();
+    }
+
+    /// Completes once the node drains (at once if it already does).
+    pub async fn until_draining(&self) {
+        loop {
+            let notified = self.drain_started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Refuses new connections from now on and asks every live one to close.
     pub fn drain(&self, code: u16, reason: &'static str) {
-        self.draining.store(true, Ordering::Release);
+        self.stop_admitting();
         for entry in self.live.lock().values() {
             entry.outbox.close(code, reason);
         }

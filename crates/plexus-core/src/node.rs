@@ -291,6 +291,11 @@ impl Node {
         self.connections.is_draining()
     }
 
+    /// Completes once this node drains.
+    pub async fn until_draining(&self) {
+        self.connections.until_draining().await
+    }
+
     /// Refuses new connections (503 "server draining", and `/health` says `draining`) while the
     /// live ones stay: the first step of a drain, so that balancers stop routing here.
     pub fn stop_admitting(&self) {

@@ -149,9 +149,15 @@ impl LongPoll {
     pub async fn poll(&self, token: &str) -> PollResult {
         if !self.exists(token) {
             if let Some(node) = self.remote_node(token) {
-                return match self.forward(node, &Forwarded::Poll { token }).await {
-                    Some(Answer::Poll(r)) => r,
-                    _ => PollResult::Gone,
+                // A draining node ends the polls it forwards at once (204: the client polls
+                // again, through a node that stays), so that it can stop without cutting them.
+                let request = Forwarded::Poll { token };
+                return tokio::select! {
+                    answer = self.forward(node, &request) => match answer {
+                        Some(Answer::Poll(r)) => r,
+                        _ => PollResult::Gone,
+                    },
+                    _ = self.node.until_draining() => PollResult::NoContent,
                 };
             }
         }
