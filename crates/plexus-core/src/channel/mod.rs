@@ -12,9 +12,11 @@
 //! [`Departure`] with what still involves the broker (unsubscribing an emptied topic,
 //! broadcasting the presence leave), which the caller awaits or runs in the background.
 //!
-//! [`presence`] holds what presence does on a channel (tracking, `presence_update`,
-//! Supabase's `track`/`untrack`, `presence_state` and diffs).
+//! [`history`] replays what a recovering join missed; [`presence`] holds what presence does
+//! on a channel (tracking, `presence_update`, Supabase's `track`/`untrack`, `presence_state`
+//! and diffs).
 
+mod history;
 mod presence;
 
 use crate::auth::Identity;
@@ -26,7 +28,7 @@ use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
 use crate::ConnId;
 use presence::{publish_presence_diff, push_presence_state, track_presence};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -228,31 +230,6 @@ pub struct JoinRequest<'a> {
     pub params: &'a Payload,
 }
 
-#[derive(Deserialize)]
-struct Recover {
-    epoch: String,
-    offset: u64,
-}
-
-/// The join params about history: `{"recover": {"epoch", "offset"} | null, "offsets": bool}`.
-#[derive(Deserialize, Default)]
-struct HistoryParams {
-    /// Present (`Some`), even as `null`, when the join asked to recover.
-    #[serde(default, deserialize_with = "present")]
-    recover: Option<Option<Recover>>,
-    #[serde(default)]
-    offsets: bool,
-}
-
-/// Tells a key given as `null` from a missing one.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// The connection's joined channels, by topic.
 #[derive(Default)]
 pub(crate) struct Channels {
@@ -414,102 +391,6 @@ impl Channels {
         } else if rule.presence {
             track_presence(conn, topic, req.join_ref).await;
         }
-        outcome
-    }
-
-    /// Subscribes (when `subscribe`) and replies. On a topic with history the reply carries the
-    /// history position; with join params `{"recover": {"epoch", "offset"}}` the join also
-    /// replays what the client missed after that offset, before any live broadcast, and says
-    /// whether that was everything (`recovered: true`) or the gap was too old or from another
-    /// epoch (`false`: the client should reload its state).
-    ///
-    /// Broadcasts that arrive while history is read are held aside and released after the
-    /// replay, minus the ones the replay already carried: nothing is lost, nothing doubled.
-    async fn reply_with_history(
-        &self,
-        conn: &Conn<'_>,
-        req: &JoinRequest<'_>,
-        rule: &ChannelRule,
-        subscribe: bool,
-        supabase: bool,
-    ) -> JoinOutcome {
-        let postgres_changes = supabase.then_some([]);
-        let node = conn.node;
-        let topic = req.topic;
-        if rule.history().is_none() {
-            if subscribe {
-                node.subscribe(topic, conn.id, conn.outbox.clone(), false)
-                    .await;
-            }
-            let outcome = JoinOutcome::Joined(JoinReply {
-                postgres_changes,
-                ..JoinReply::default()
-            });
-            self.send_join_reply(conn, req, &outcome);
-            return outcome;
-        }
-        let params = req
-            .params
-            .as_json()
-            .and_then(|raw| serde_json::from_str::<HistoryParams>(raw.get()).ok())
-            .unwrap_or_default();
-        // Offsets ride in `ref` only for joins that asked: `recover` (even null) or `offsets`.
-        let with_offset = params.offsets || params.recover.is_some();
-        let recover = params.recover.flatten();
-        if recover.is_some() {
-            conn.outbox.hold();
-        }
-        if subscribe {
-            node.subscribe(topic, conn.id, conn.outbox.clone(), with_offset)
-                .await;
-        } else {
-            // A duplicate join keeps its subscription but may ask for offsets differently.
-            node.hub()
-                .subscribe(topic, conn.id, conn.outbox.clone(), with_offset);
-        }
-        let page = match node
-            .history(topic, recover.as_ref().map(|r| r.offset))
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(conn = conn.id, topic, error = %e, "history unavailable");
-                let outcome = JoinOutcome::Joined(JoinReply {
-                    postgres_changes,
-                    recovered: recover.is_some().then_some(false),
-                    ..JoinReply::default()
-                });
-                self.send_join_reply(conn, req, &outcome);
-                conn.outbox.release(topic, 0);
-                return outcome;
-            }
-        };
-        // Offset 0 means "nothing seen yet": a history complete from its first offset recovers
-        // it whatever the epoch (the topic may have been created since the client joined).
-        let recovered = recover
-            .as_ref()
-            .map(|r| page.complete && (page.epoch == r.epoch || r.offset == 0));
-        let outcome = JoinOutcome::Joined(JoinReply {
-            postgres_changes,
-            epoch: Some(page.epoch),
-            offset: Some(page.top),
-            recovered,
-        });
-        self.send_join_reply(conn, req, &outcome);
-        if recover.is_none() {
-            return outcome;
-        }
-        // Held broadcasts at or below `top` are in the replay (the history was read after they
-        // were published), so they are dropped on release.
-        let mut replayed_up_to = 0;
-        if recovered == Some(true) {
-            replayed_up_to = page.top;
-            for item in page.items {
-                conn.outbox
-                    .push(Outgoing::BroadcastWithOffset(item.publication));
-            }
-        }
-        conn.outbox.release(topic, replayed_up_to);
         outcome
     }
 
