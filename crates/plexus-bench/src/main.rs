@@ -7,9 +7,14 @@
 //! * `soak` — a bounded churn of connects/joins/pushes/leaves/disconnects over WebSocket,
 //!   LongPoll and SSE with an API publisher; prints server RSS, open fds and connections over
 //!   time and fails if they do not return to their baseline once the churn stops.
+//! * `load` — the side-by-side load generator (`load/`): worker processes hold the subscribers,
+//!   protocol adapters drive Plexus and its peers alike; `scripts/bench-compare` runs it.
+//! * `report` — turns `load` results into BENCHMARKS.md's table and the SVG charts.
 
 mod fanout;
 mod http;
+mod load;
+mod report;
 mod soak;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
-#[command(name = "plexus-bench", about = "Load and memory benchmarks for Plexus")]
+#[command(
+    name = "plexus-bench",
+    about = "Load and memory benchmarks for Plexus",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -83,6 +92,13 @@ enum Cmd {
     /// Soak: bounded churn over WebSocket, LongPoll and SSE; RSS, fds and connections must
     /// return to their post-warm-up baseline.
     Soak(soak::Opts),
+    /// Side-by-side load generator: one scenario against one server.
+    Load(load::Opts),
+    /// A worker process of `load` (started by it; JSON spec as the argument).
+    #[command(hide = true)]
+    LoadWorker { spec: String },
+    /// Results of `load` (JSON lines) → a markdown table in BENCHMARKS.md and SVG charts.
+    Report(report::Opts),
 }
 
 /// `127.0.0.1,127.0.0.2` → the local addresses to connect from.
@@ -159,6 +175,29 @@ async fn main() {
                 sources,
             };
             if let Err(e) = fanout::run(opts).await {
+                eprintln!("plexus-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::Load(opts) => {
+            if let Err(e) = load::run(opts).await {
+                eprintln!("plexus-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::LoadWorker { spec } => {
+            let r = match serde_json::from_str(&spec) {
+                Ok(spec) => load::worker::run(spec).await,
+                Err(e) => Err(format!("bad worker spec: {e}")),
+            };
+            if let Err(e) = r {
+                eprintln!("plexus-bench worker: {e}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+        Cmd::Report(opts) => {
+            if let Err(e) = report::run(opts) {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }

@@ -1,0 +1,294 @@
+//! A load worker process: holds a slice of the subscribers (at most ~19,000 sockets, the
+//! per-process file limit here), from its own loopback source addresses, on a multi-threaded
+//! runtime. The coordinator drives it over stdin/stdout, one JSON line each way:
+//!
+//! * on start it connects and subscribes everyone, then prints
+//!   `{"ready":N,"failed":F,"first_error":…,"secs":S}`;
+//! * `take` prints `{"received":N,"hist":[[bucket,count],…],"closed":C}` and zeroes both;
+//! * `stall` makes every `stall_every`-th subscriber stop reading (a slow consumer) and stop
+//!   counting; `quit` exits.
+
+use super::adapter::{stamps, Proto, Step};
+use super::histogram::Histogram;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_websockets::{ClientBuilder, Message};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub proto: Proto,
+    /// `ws://` or `wss://` URL; `{topic}`, `{token}` and `{i}` are filled in per subscriber.
+    pub url: String,
+    /// Subscribers `from..to` of the whole run.
+    pub from: usize,
+    pub to: usize,
+    pub topic: String,
+    /// Subscriber i joins `topic` (one topic) or `topic_<i mod topics>`.
+    pub topics: usize,
+    pub sources: Vec<IpAddr>,
+    /// HS256 secret: `{token}` is a JWT for user `u<i>` (each subscriber a distinct user).
+    pub secret: Option<String>,
+    /// PEM of the CA that signed the server's certificate, for `wss://`.
+    pub ca_pem: Option<String>,
+    pub concurrency: usize,
+    /// With `stall`, subscribers with `i % stall_every == 0` stop reading (0: none).
+    pub stall_every: usize,
+}
+
+pub fn topic_of(base: &str, topics: usize, i: usize) -> String {
+    if topics <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}_{}", i % topics)
+    }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    closed: AtomicU64,
+    hist: Histogram,
+    stalled: AtomicBool,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_websockets::WebSocketStream<Box<dyn Io>>;
+
+fn tls_config(pem_path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(pem_path).map_err(|e| format!("{pem_path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("bad PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad certificate: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens one subscriber's socket and subscribes it.
+async fn subscribe(
+    spec: &Spec,
+    i: usize,
+    token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Ws, String> {
+    let topic = topic_of(&spec.topic, spec.topics, i);
+    let url = spec
+        .url
+        .replace("{topic}", &topic)
+        .replace("{i}", &i.to_string())
+        .replace("{token}", token.as_deref().unwrap_or(""));
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
+    let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+    let secure = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("loopback IPs only: {host}"))?;
+    if !ip.is_loopback() {
+        return Err(format!("loopback addresses only, not {ip}"));
+    }
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if !spec.sources.is_empty() {
+        socket
+            .bind(SocketAddr::new(spec.sources[i % spec.sources.len()], 0))
+            .map_err(|e| format!("bind: {e}"))?;
+    }
+    let stream = socket
+        .connect(SocketAddr::new(ip, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let io: Box<dyn Io> = match (secure, tls) {
+        (true, Some(config)) => {
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("server name {host}: {e}"))?;
+            Box::new(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )
+        }
+        (true, None) => return Err("wss:// needs --ca-pem".into()),
+        (false, _) => Box::new(stream),
+    };
+    let (mut ws, _) = ClientBuilder::from_uri(uri)
+        .connect_on(io)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    for hello in spec.proto.hello(&topic) {
+        ws.send(Message::text(hello))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if spec.proto.ready_on_open() {
+        return Ok(ws);
+    }
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .ok_or("closed before subscribed")?
+            .map_err(|e| e.to_string())?;
+        let Some(text) = msg.as_text() else { continue };
+        match spec.proto.before_ready(text, &topic) {
+            Step::Ready => return Ok(ws),
+            Step::Reply(r) => ws.send(Message::text(r)).await.map_err(|e| e.to_string())?,
+            Step::Refused(why) => return Err(format!("refused: {why}")),
+            Step::Nothing => {}
+        }
+    }
+}
+
+/// Reads a subscribed socket until it closes, counting and timing every message.
+async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
+    let mut hb = tokio::time::interval(Duration::from_secs(25));
+    hb.tick().await;
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                if stalls && shared.stalled.load(Ordering::Relaxed) {
+                    // A slow consumer: holds its socket and reads nothing more.
+                    std::future::pending::<()>().await;
+                }
+                let now = now_us();
+                let payload: &[u8] = msg.as_payload();
+                let mut n = 0;
+                for sent in stamps(payload) {
+                    n += 1;
+                    shared.hist.record(now.saturating_sub(sent));
+                }
+                if n > 0 {
+                    if !(shared.stalled.load(Ordering::Relaxed) && stalls) {
+                        shared.received.fetch_add(n, Ordering::Relaxed);
+                    }
+                } else if let Some(Step::Reply(r)) = msg.as_text().map(|t| proto.control(t)) {
+                    if ws.send(Message::text(r)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = hb.tick(), if proto.heartbeat().is_some() => {
+                if let Some(h) = proto.heartbeat() {
+                    if ws.send(Message::text(h)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    shared.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+pub async fn run(spec: Spec) -> Result<(), String> {
+    let spec = Arc::new(spec);
+    let shared = Arc::new(Shared::default());
+    let tls = match &spec.ca_pem {
+        Some(p) => Some(tls_config(p)?),
+        None => None,
+    };
+    let issuer = spec
+        .secret
+        .as_ref()
+        .map(|s| plexus_core::auth::Issuer::hs256(s.as_bytes()));
+    let sem = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let started = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    for i in spec.from..spec.to {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let token = match &issuer {
+            Some(iss) => Some(
+                iss.issue(&format!("u{i}"), &[], None, 3600)
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let (spec, shared, tls, done) =
+            (spec.clone(), shared.clone(), tls.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(30), subscribe(&spec, i, token, tls))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            drop(permit);
+            match r {
+                Ok(ws) => {
+                    let _ = done.send(Ok(()));
+                    let stalls = spec.stall_every > 0 && i % spec.stall_every == 0;
+                    read(ws, spec.proto, shared, stalls).await;
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                }
+            }
+        });
+    }
+    drop(done_tx);
+    let (mut ready, mut failed, mut first_error) = (0usize, 0usize, None);
+    while let Some(r) = done_rx.recv().await {
+        match r {
+            Ok(()) => ready += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if ready + failed == spec.to - spec.from {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"ready": ready, "failed": failed, "first_error": first_error, "secs": secs})
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(cmd)) = lines.next_line().await {
+        match cmd.trim() {
+            "take" => println!(
+                "{}",
+                serde_json::json!({
+                    "received": shared.received.swap(0, Ordering::Relaxed),
+                    "hist": shared.hist.take(),
+                    "closed": shared.closed.load(Ordering::Relaxed),
+                })
+            ),
+            "stall" => {
+                shared.stalled.store(true, Ordering::Relaxed);
+                println!("{{}}");
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
