@@ -296,19 +296,20 @@ fn build(results: &[Value], o: &Opts) -> Section {
     let connect = by_target(results, "connect");
     if !connect.is_empty() {
         let _ = writeln!(md, "### Connect + subscribe rate\n");
-        let _ = writeln!(md, "| server | transport | connections | failed | **connects/s** | server CPU ms per connect |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "| server | transport | connections | failed | **connects/s** | server CPU µs per connect | generator CPU |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         let mut rows = Vec::new();
         for (t, rs) in ordered(&connect) {
             for r in rs {
                 let _ = writeln!(
                     md,
-                    "| {t} | {} | {} | {} | **{}** | {} |",
+                    "| {t} | {} | {} | {} | **{}** | {} | {} % |",
                     r["transport"].as_str().unwrap_or("ws"),
                     num(f(&r["connect"]["ready"])),
                     num(f(&r["connect"]["failed"])),
                     num(f(&r["connects_per_s"])),
-                    num(f(&r["server_cpu_ms_per_connect"])),
+                    num(f(&r["server_cpu_us_per_connect"])),
+                    num(f(&r["client_cpu_pct"])),
                 );
                 rows.push((
                     format!("{t} {}", r["transport"].as_str().unwrap_or("ws")),

@@ -110,8 +110,9 @@ pub struct Opts {
     /// Connections each worker opens at once.
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
-    /// Publisher connections.
-    #[arg(long, default_value_t = 4)]
+    /// Publisher connections, each with one request in flight (a server that fans out
+    /// before it answers a publish needs several).
+    #[arg(long, default_value_t = 16)]
     pub lanes: usize,
     /// Append each result line to this file.
     #[arg(long)]
@@ -334,7 +335,22 @@ async fn step(
         .load(std::sync::atomic::Ordering::Relaxed);
     let meter = Meter::start(server.to_vec(), fleet.pids());
     let count = (rate * o.secs).round().max(1.0) as u64;
-    let (pub_secs, _) = pool.run(rate, count, o.size, &mut topic).await;
+    let sent0 = pool.counts.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let (_, _) = pool.run(rate, count, o.size, &mut topic).await;
+    // Publishing ends when the last request has been answered.
+    let answered_by = Instant::now() + Duration::from_secs(10);
+    while pool.counts.sent.load(std::sync::atomic::Ordering::Relaxed) - sent0
+        + pool
+            .counts
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        - failed0
+        < count
+        && Instant::now() < answered_by
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pub_secs = meter.at.elapsed().as_secs_f64();
     let expected = count * subs_per_message;
     let (mut received, mut hist) = (0u64, Merged::default());
     let mut closed;
@@ -368,6 +384,7 @@ async fn step(
         "published": count,
         "publish_secs": round(pub_secs, 2),
         "publish_failed": pub_failed,
+        "publish_error": pool.counts.first_error.lock().ok().and_then(|e| e.clone()),
         "expected": expected,
         "received": received,
         "loss_pct": round(100.0 * loss as f64 / expected.max(1) as f64, 3),
@@ -419,6 +436,8 @@ pub async fn run(o: Opts) -> Result<(), String> {
     let meter = Meter::start(server.clone(), vec![std::process::id()]);
     let mut fleet = Fleet::start(&o, stall_every).await?;
     let (connect_secs_wall, connect_cpu_s, ..) = meter.read();
+    // The workers did all their work since they started: their whole CPU time.
+    let connect_client_pct = procs::cpu_ticks(&fleet.pids()) as f64 / connect_secs_wall.max(1e-3);
     let server = procs::tree(o.pid); // nginx may have spawned nothing new; refresh anyway
     let connected = json!({
         "ready": fleet.ready,
@@ -442,7 +461,8 @@ pub async fn run(o: Opts) -> Result<(), String> {
                     "connects_per_s": (fleet.ready as f64 / secs).round(),
                     "secs": round(secs, 2),
                     "wall_secs": round(connect_secs_wall, 2),
-                    "server_cpu_ms_per_connect": round(1000.0 * connect_cpu_s / fleet.ready as f64, 3),
+                    "server_cpu_us_per_connect": round(1e6 * connect_cpu_s / fleet.ready as f64, 1),
+                    "client_cpu_pct": connect_client_pct.round(),
                 }),
             );
         }

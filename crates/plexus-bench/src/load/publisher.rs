@@ -42,7 +42,15 @@ impl Pool {
                     let req = how.request(&topic, "m", &body);
                     let headers: Vec<(&str, &str)> =
                         req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    let r = conn.request("POST", &req.path, &headers, &req.body).await;
+                    let mut r = conn.request("POST", &req.path, &headers, &req.body).await;
+                    if r.is_err() {
+                        // A server may close a kept-alive connection between requests
+                        // (Sockudo does): reconnect and send the request once more.
+                        if let Ok(c) = Conn::open(addr, None).await {
+                            conn = c;
+                            r = conn.request("POST", &req.path, &headers, &req.body).await;
+                        }
+                    }
                     let failure = match r {
                         Ok(resp) if (200..300).contains(&resp.status) => None,
                         Ok(resp) => Some(format!(
