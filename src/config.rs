@@ -73,6 +73,10 @@ struct FileConfig {
     supabase: FileSupabase,
     #[serde(default)]
     channels: Vec<ChannelRule>,
+    #[serde(default)]
+    hooks: crate::hook_config::FileHooks,
+    #[serde(default)]
+    webhooks: crate::hook_config::FileWebhooks,
 }
 
 /// `[supabase]`: serve Supabase's realtime clients (see docs/supabase.md).
@@ -186,6 +190,8 @@ pub struct Config {
     /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
     /// the `apikey` parameter as a token source.
     pub supabase: bool,
+    /// Application hooks and webhooks (`[hooks]`, `[webhooks]`); `None`: none configured.
+    pub hooks: Option<crate::hook_config::HookSettings>,
     /// Settings that are valid but probably not what was meant: logged at start and printed
     /// by `plexus check`.
     pub warnings: Vec<String>,
@@ -207,6 +213,8 @@ pub struct Env {
     pub redis_url: Option<String>,
     /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
     pub supabase: Option<String>,
+    /// The hook and webhook variables that are set ([`crate::hook_config::ENV_VARS`]).
+    pub hooks: Vec<(String, String)>,
 }
 
 impl Env {
@@ -222,6 +230,10 @@ impl Env {
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
             supabase: get("PLEXUS_SUPABASE"),
+            hooks: crate::hook_config::ENV_VARS
+                .iter()
+                .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
+                .collect(),
         }
     }
 }
@@ -881,6 +893,12 @@ fn resolve(
                 .to_owned(),
         );
     }
+    let rules_use_hooks = file
+        .channels
+        .iter()
+        .any(|r| r.push_hook.is_some() || r.join_hook.as_deref().is_some_and(|u| u != "off"));
+    let hooks =
+        crate::hook_config::resolve(&env.hooks, &file.hooks, &file.webhooks, rules_use_hooks)?;
     let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
         .with_supabase(supabase);
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
@@ -925,6 +943,7 @@ fn resolve(
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
         supabase,
+        hooks,
         warnings,
         source: path.map(Path::to_path_buf),
     })

@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod config;
 pub mod gate;
+pub mod hook_client;
+pub mod hook_config;
 pub mod routes;
 pub mod server;
 pub mod tls;

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Profile};
 use crate::gate::{Gate, Slot};
+use crate::hook_client::HookClient;
 use crate::routes::{router, AppState};
 use crate::tls::{self, ReloadableCert};
 use axum::extract::ConnectInfo;
@@ -13,7 +14,7 @@ use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::broker::redis::RedisBroker;
 use plexus_core::hub::Hub;
-use plexus_core::node::NodeConfig;
+use plexus_core::node::{HookSetup, NodeConfig};
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use std::net::SocketAddr;
@@ -42,6 +43,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         policy: config.policy.clone(),
         limits: config.limits.clone(),
         admission: config.admission.clone(),
+        hooks: match &config.hooks {
+            Some(h) => Some(HookSetup {
+                hooks: h.hooks.clone(),
+                webhooks: h.webhooks.clone(),
+                transport: Arc::new(HookClient::new().map_err(StartError::Listen)?),
+            }),
+            None => None,
+        },
     };
     let hub = Arc::new(Hub::new());
     let node = match &config.redis {
@@ -137,9 +146,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // The accept loop returns at once, dropping (closing) the listener.
     let _ = serving.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    let webhooks = node.webhooks().cloned();
     drain(node, config.drain_timeout).await;
     while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(w) = webhooks {
+        // The last disconnects reach the application (within the drain timeout).
+        w.flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -145,5 +145,56 @@ pub async fn metrics(
             n.load(Ordering::Relaxed)
         );
     }
+    write_hook_metrics(&mut out, node);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The application hooks' and webhooks' figures (docs/hooks.md lists them), all here.
+fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
+    use plexus_core::hooks::{HookKind, Outcome};
+    if let Some(hooks) = node.hooks() {
+        let c = &hooks.counters;
+        let _ = writeln!(out, "# HELP plexus_hook_calls_total Application hook decisions by hook and result (allow, deny, cached, and the failures that answer `hook unavailable`: timeout, error, invalid, busy, circuit_open).\n# TYPE plexus_hook_calls_total counter");
+        for kind in HookKind::ALL {
+            for outcome in Outcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "plexus_hook_calls_total{{hook=\"{}\",result=\"{}\"}} {}",
+                    kind.name(),
+                    outcome.name(),
+                    c.get(kind, outcome)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP plexus_hook_seconds_total Time spent waiting for hook answers.\n# TYPE plexus_hook_seconds_total counter");
+        for kind in HookKind::ALL {
+            let micros = c.micros[kind as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "plexus_hook_seconds_total{{hook=\"{}\"}} {:.6}",
+                kind.name(),
+                micros as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "# HELP plexus_hook_circuit_opened_total Times a hook URL's circuit breaker opened.\n# TYPE plexus_hook_circuit_opened_total counter\nplexus_hook_circuit_opened_total {}", c.circuit_opened.load(Ordering::Relaxed));
+    }
+    if let Some(w) = node.webhooks() {
+        let c = &w.counters;
+        let figures = [
+            ("plexus_webhook_events_total", "counter", "Webhook events queued.", &c.emitted),
+            ("plexus_webhook_delivered_total", "counter", "Webhook events delivered (their batch answered 2xx).", &c.delivered),
+            ("plexus_webhook_batches_total", "counter", "Webhook requests that succeeded.", &c.batches),
+            ("plexus_webhook_failed_attempts_total", "counter", "Webhook requests that failed (retried with backoff).", &c.failed_attempts),
+            ("plexus_webhook_dropped_overflow_total", "counter", "Webhook events dropped because the queue was full (webhooks.queue_max, queue_max_bytes).", &c.dropped_overflow),
+            ("plexus_webhook_dropped_expired_total", "counter", "Webhook events dropped after their batch failed for webhooks.retry_secs.", &c.dropped_expired),
+            ("plexus_webhook_pending", "gauge", "Webhook events waiting to be delivered.", &c.pending),
+        ];
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! sockets (the Rust client for WebSocket, raw HTTP/1.1 for the API).
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use plexus_client::{Client, ConnectOptions};
 use std::io::Read;
 use std::net::TcpListener;

@@ -11,6 +11,9 @@
 //!   the rules and `max_per_user`), leave, client pushes, history recovery, presence.
 //! * [`node`] — ties the parts below together: the object transports and the HTTP API talk to,
 //!   and the handler of its broker's cluster events.
+//! * [`hooks`] — the application's hooks (connect, join, push decided over signed HTTP) and
+//!   [`webhooks`] — what the application hears (batched, signed, retried events); the
+//!   node's connection and topic events, exact across a cluster, are in `lifecycle.rs`.
 //! * [`connections`] — the registry of live connections (disconnect a user, drain).
 //! * [`admission`] — whether a connection may exist: client address, connect rate, `Origin`,
 //!   token, per-address and per-user caps (where a connection is admitted).
@@ -38,7 +41,9 @@ pub mod broker;
 pub mod channel;
 pub mod connections;
 pub mod expiry;
+pub mod hooks;
 pub mod hub;
+mod lifecycle;
 pub mod limits;
 pub mod node;
 pub mod outbox;
@@ -51,6 +56,7 @@ pub mod ratelimit;
 pub mod socket;
 pub mod supabase;
 pub mod transport;
+pub mod webhooks;
 
 pub use node::Node;
 

@@ -122,6 +122,9 @@ impl Limits {
 pub mod close_codes {
     /// The server disconnected this client on purpose (API or admin action).
     pub const FORCED_DISCONNECT: u16 = 1001;
+    /// No close frame: the connection was lost (never sent on the wire; reported in the
+    /// `disconnect` webhook).
+    pub const ABNORMAL: u16 = 1006;
     /// Sustained abuse: the client kept sending past its message rate limit.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// An inbound message was larger than `max_message_bytes`.

@@ -6,10 +6,9 @@
 
 use crate::admission::{Admission, AdmissionConfig, Permit, Refusal};
 use crate::auth::{AuthError, Identity, Verifier};
-use crate::broker::{
-    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryPage,
-};
+use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerEventHandler, HistoryPage};
 use crate::connections::Connections;
+use crate::hooks::{HookTransport, Hooks, HooksConfig};
 use crate::hub::Hub;
 use crate::limits::{close_codes, Limits};
 use crate::outbox::Outbox;
@@ -18,6 +17,7 @@ use crate::presence::Presence;
 use crate::protocol::{events, EncodeError, Payload};
 use crate::publication::Publication;
 use crate::quota::JoinCounter;
+use crate::webhooks::{EventKind, Webhooks, WebhooksConfig};
 use crate::ConnId;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,15 @@ pub struct NodeConfig {
     pub policy: Policy,
     pub limits: Limits,
     pub admission: AdmissionConfig,
+    /// Application hooks and webhooks (docs/hooks.md); `None`: none.
+    pub hooks: Option<HookSetup>,
+}
+
+/// What a node needs for application hooks and webhooks.
+pub struct HookSetup {
+    pub hooks: HooksConfig,
+    pub webhooks: Option<WebhooksConfig>,
+    pub transport: Arc<dyn HookTransport>,
 }
 
 /// Counters exported as metrics.
@@ -79,7 +88,7 @@ pub enum PublishError {
 
 pub struct Node {
     hub: Arc<Hub>,
-    broker: Arc<dyn Broker>,
+    pub(crate) broker: Arc<dyn Broker>,
     verifier: Verifier,
     policy: Policy,
     limits: Limits,
@@ -87,6 +96,11 @@ pub struct Node {
     presence: Presence,
     connections: Connections,
     joins: Arc<JoinCounter>,
+    hooks: Option<Arc<Hooks>>,
+    pub(crate) webhooks: Option<Arc<Webhooks>>,
+    /// This node's id as hooks and webhooks give it (the broker's, or made up for a node
+    /// alone).
+    node_id: Arc<str>,
     pub counters: Counters,
 }
 
@@ -104,7 +118,33 @@ impl Node {
     /// Builds a node around a hub and the broker that delivers into it (brokers that connect
     /// asynchronously, like Redis, are built first).
     pub fn with_broker(config: NodeConfig, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Arc<Self> {
+        let node_id: Arc<str> = match broker.node_id() {
+            // A node alone still needs an id that a restart does not reuse.
+            "local" => {
+                use rand::Rng;
+                format!("{:012x}", rand::rng().random::<u64>() >> 16).into()
+            }
+            id => id.into(),
+        };
+        let (hooks, webhooks) = match config.hooks {
+            Some(setup) => {
+                let webhooks = setup.webhooks.map(|w| {
+                    Webhooks::start(
+                        w,
+                        setup.hooks.secret.clone(),
+                        setup.transport.clone(),
+                        node_id.clone(),
+                    )
+                });
+                let hooks = Hooks::new(setup.hooks, setup.transport, node_id.clone());
+                (Some(Arc::new(hooks)), webhooks)
+            }
+            None => (None, None),
+        };
         let node = Arc::new(Node {
+            hooks,
+            webhooks,
+            node_id,
             hub,
             joins: JoinCounter::new(broker.clone()),
             presence: Presence::new(broker.clone()),
@@ -123,6 +163,31 @@ impl Node {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The application hooks, if configured.
+    pub fn hooks(&self) -> Option<&Arc<Hooks>> {
+        self.hooks.as_ref()
+    }
+
+    /// A connection's id as the application sees it: `<node>-<n>`, unique in the cluster.
+    pub fn public_conn_id(&self, conn: ConnId) -> String {
+        format!("{}-{conn}", self.node_id)
+    }
+
+    /// Queues a webhook event of `kind` if webhooks are on and send it; `fields` (an object)
+    /// is only built then.
+    pub fn webhook(&self, kind: EventKind, fields: impl FnOnce() -> serde_json::Value) {
+        if let Some(w) = &self.webhooks {
+            if w.enabled(kind) {
+                w.emit(kind, fields());
+            }
+        }
+    }
+
+    /// The webhook sender, if configured.
+    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
+        self.webhooks.as_ref()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -192,6 +257,24 @@ impl Node {
                 return Err(refuse(r));
             }
             self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(hooks) = &self.hooks {
+            // Last: only a connection every local check admits costs the application a call.
+            match hooks.connect(&identity, ip).await {
+                Ok(Some(d)) if !d.allow => {
+                    return Err(refuse(Refusal {
+                        status: 403,
+                        reason: d.reason,
+                    }))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(refuse(Refusal {
+                        status: 503,
+                        reason: crate::hooks::UNAVAILABLE.into(),
+                    }))
+                }
+            }
         }
         Ok((identity, permit))
     }
@@ -367,10 +450,7 @@ impl Node {
         let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
-            let _ = self
-                .broker
-                .claim(&CounterKey::Subscribers(topic.into()), 0)
-                .await;
+            self.count_subscriber_in(topic, first).await;
         }
         if first {
             if let Err(e) = self.broker.subscribe(topic).await {
@@ -385,9 +465,7 @@ impl Node {
     pub(crate) fn unsubscribe_local(&self, topic: &str, conn: ConnId) -> bool {
         let (removed, emptied) = self.hub.unsubscribe(topic, conn);
         if removed {
-            self.broker
-                .clone()
-                .release_detached(CounterKey::Subscribers(topic.into()));
+            self.count_subscriber_out(topic, emptied);
         }
         emptied
     }
@@ -422,6 +500,7 @@ impl BrokerEventHandler for Node {
                 );
             }
             BrokerEvent::PresenceReaped { topic, leaves } => {
+                self.presence_reaped(&topic, &leaves);
                 let diff = serde_json::json!({ "joins": {}, "leaves": leaves });
                 let Ok(payload) = Payload::json(&diff) else {
                     return;
@@ -434,6 +513,10 @@ impl BrokerEventHandler for Node {
                         .publish_failed(&topic, "presence leaves of a lost node", &e);
                 }
             }
+            BrokerEvent::ConnectionsReaped { node, conns } => {
+                self.connections_reaped(&node, &conns)
+            }
+            BrokerEvent::TopicVacated { topic } => self.topic_vacated(&topic, true),
             BrokerEvent::HistoryReset { topic, epoch } => {
                 // Each node tells its own subscribers (every node notices by itself).
                 let notice = serde_json::json!({ "epoch": epoch, "offset": 0 });

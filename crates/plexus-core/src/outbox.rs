@@ -307,6 +307,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// The close requested, if any.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().close.clone()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state.lock().close.is_some()
     }

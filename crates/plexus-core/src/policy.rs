@@ -48,6 +48,20 @@ pub struct ChannelRule {
     /// Drop history entries older than this many seconds (0: keep until pushed out by size).
     #[serde(default)]
     pub history_ttl_secs: u64,
+    /// The application's join hook for this rule's topics (an http(s) URL; `"off"`: none,
+    /// not even the default `hooks.join_url`). See docs/hooks.md.
+    #[serde(default)]
+    pub join_hook: Option<String>,
+    /// The application's push hook: client pushes of `push_hook_events` go there first.
+    #[serde(default)]
+    pub push_hook: Option<String>,
+    /// Events that go to `push_hook`; `"*"` (the default) for every event.
+    #[serde(default = "any_event")]
+    pub push_hook_events: Vec<String>,
+    /// Client events (pushes) sent to the webhook as `client_event`; `"*"` for every event.
+    /// Empty (the default): none.
+    #[serde(default)]
+    pub webhook_events: Vec<String>,
 }
 
 fn any_event() -> Vec<String> {
@@ -69,7 +83,25 @@ impl ChannelRule {
             presence: false,
             history_size: 0,
             history_ttl_secs: 0,
+            join_hook: None,
+            push_hook: None,
+            push_hook_events: any_event(),
+            webhook_events: Vec::new(),
         }
+    }
+
+    /// The push hook that `event` goes to, if any.
+    pub fn push_hook_for(&self, event: &str) -> Option<&str> {
+        let url = self.push_hook.as_deref()?;
+        self.push_hook_events
+            .iter()
+            .any(|e| e == "*" || e == event)
+            .then_some(url)
+    }
+
+    /// Whether pushes of `event` are sent to the webhook.
+    pub fn webhook_client_event(&self, event: &str) -> bool {
+        self.webhook_events.iter().any(|e| e == "*" || e == event)
     }
 
     /// Does this rule's pattern match `topic` for this identity?
@@ -117,6 +149,20 @@ impl ChannelRule {
                 return Err(RuleError::WildcardPlacement(pattern()));
             }
         }
+        let hooks = [
+            ("join_hook", &self.join_hook),
+            ("push_hook", &self.push_hook),
+        ];
+        for (field, url) in hooks {
+            match url.as_deref() {
+                None => {}
+                Some("off") if field == "join_hook" => {}
+                Some(url) if is_http_url(url) => {}
+                Some(url) => {
+                    return Err(RuleError::HookUrl(pattern(), field, url.to_owned()));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -132,6 +178,8 @@ pub enum RuleError {
     SubPlacement(String),
     #[error("topic pattern {0:?}: '*' is only allowed at the end")]
     WildcardPlacement(String),
+    #[error("topic pattern {0:?}: {1} {2:?} is not an http:// or https:// URL")]
+    HookUrl(String, &'static str, String),
     #[error("topic pattern {0:?}: unknown variable {1:?} (the only one is {{sub}}, the user id)")]
     UnknownVariable(String, String),
     /// An earlier rule matches every topic this one would: it can never apply.
@@ -145,6 +193,14 @@ pub enum RuleError {
         by: String,
         by_index: usize,
     },
+}
+
+/// Whether `url` looks like an http(s) URL with a host (hook and webhook URLs).
+pub fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 /// The first `{…}` of a pattern that is not `{sub}`.

@@ -38,6 +38,12 @@ pub struct Socket {
     /// Messages refused by the rate limit in a row.
     refused_in_a_row: u32,
     closed: bool,
+    /// The client's address.
+    addr: std::net::IpAddr,
+    opened: std::time::Instant,
+    /// How the connection ended, when the transport knows better than the outbox (the
+    /// client's close frame).
+    close_info: Option<(u16, String)>,
     _permit: Permit,
 }
 
@@ -66,6 +72,8 @@ impl Socket {
             )
         });
         let expiry = Expiry::new(identity.expires_at, limits.expiry_grace);
+        let addr = permit.ip();
+        node.connection_opened(id, &identity, addr);
         Ok(Socket {
             node,
             id,
@@ -76,6 +84,9 @@ impl Socket {
             rate,
             refused_in_a_row: 0,
             closed: false,
+            addr,
+            opened: std::time::Instant::now(),
+            close_info: None,
             _permit: permit,
         })
     }
@@ -86,6 +97,7 @@ impl Socket {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: Some(self.addr),
         }
     }
 
@@ -214,6 +226,7 @@ impl Socket {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: Some(self.addr),
         };
         match event {
             events::LEAVE => self.channels.leave(&conn, &msg).await,
@@ -233,6 +246,7 @@ impl Socket {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: Some(self.addr),
         };
         self.channels.join(&conn, req).await
     }
@@ -267,6 +281,7 @@ impl Socket {
                     id: self.id,
                     identity: &self.identity,
                     outbox: &self.outbox,
+                    addr: Some(self.addr),
                 };
                 for departure in self.channels.recheck(&conn) {
                     departure.finish(&self.node).await;
@@ -312,6 +327,7 @@ impl Socket {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: Some(self.addr),
         };
         if let Some(departure) = self.channels.close_with_notice(&conn, &msg.topic, &reason) {
             departure.finish(&self.node).await;
@@ -344,6 +360,12 @@ impl Socket {
         );
     }
 
+    /// Records how the connection ended (the client's close frame), for the `disconnect`
+    /// webhook. Without it, the outbox's close request (a server close) or `1006`.
+    pub fn set_close_info(&mut self, code: u16, reason: &str) {
+        self.close_info = Some((code, reason.to_owned()));
+    }
+
     /// The one teardown: departs every channel locally and unregisters the connection; the
     /// departures' broker work is returned to be awaited or spawned.
     fn teardown(&mut self) -> Vec<Departure> {
@@ -352,8 +374,21 @@ impl Socket {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: Some(self.addr),
         };
         let departures = self.channels.depart_all(&conn);
+        let (code, reason) = match (self.close_info.take(), self.outbox.close_reason()) {
+            (Some(info), _) => info,
+            (None, Some(c)) => (c.code, c.reason.to_owned()),
+            (None, None) => (close_codes::ABNORMAL, "connection lost".to_owned()),
+        };
+        self.node.connection_closed(
+            self.id,
+            &self.identity,
+            code,
+            &reason,
+            self.opened.elapsed(),
+        );
         self.node.unregister(self.id);
         self.closed = true;
         departures

@@ -64,6 +64,12 @@ pub enum BrokerEvent {
     /// The presences a lost node held on `topic` were removed: `leaves` is the `leaves` object
     /// of a `presence_diff` (`{key: {"metas": […]}}`) to tell the topic's subscribers.
     PresenceReaped { topic: String, leaves: Value },
+    /// A lost node's connections were removed from the cluster's registry by this node (and
+    /// by no other): each `info` is what [`Broker::connection_open`] recorded.
+    ConnectionsReaped { node: String, conns: Vec<String> },
+    /// A lost node held the last subscribers of `topic` in the cluster: removing them
+    /// vacated it (this node alone saw that transition).
+    TopicVacated { topic: String },
     /// After an outage, the history of `topic` (a topic with local subscribers) is not the one
     /// it was: Redis lost it. `epoch` is the new one; offsets start again from 0.
     HistoryReset { topic: String, epoch: String },
@@ -212,6 +218,31 @@ pub trait Broker: Send + Sync + 'static {
             let _ = self.release(&key).await;
         });
     }
+
+    /// Whether [`Broker::count_subscriber`] keeps a cluster-wide count (else this node's hub
+    /// is the whole truth about who subscribes where).
+    fn counts_subscribers(&self) -> bool {
+        false
+    }
+
+    /// Counts one local subscriber of `topic` in (`joined`) or out of the cluster-wide count
+    /// of its subscribers, atomically; returns the count after, so that exactly one node sees
+    /// a topic go from 0 to 1 (occupied) and from 1 to 0 (vacated). `None`: not counted.
+    async fn count_subscriber(
+        &self,
+        _topic: &str,
+        _joined: bool,
+    ) -> Result<Option<u64>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Records a live local connection in the cluster (`info`: JSON of what its `disconnect`
+    /// webhook needs), so that the node that reaps this one after it dies can report its
+    /// disconnects. In the background; a broker without cluster state records nothing.
+    fn connection_open(self: Arc<Self>, _conn: ConnId, _info: String) {}
+
+    /// The connection ended normally (its node reported it).
+    fn connection_close(self: Arc<Self>, _conn: ConnId) {}
 
     /// Live topics of the cluster with their subscriber counts, or `None` when this node's
     /// hub is complete.

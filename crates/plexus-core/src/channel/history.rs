@@ -49,6 +49,7 @@ impl Channels {
         rule: &ChannelRule,
         subscribe: bool,
         supabase: bool,
+        app: &serde_json::Map<String, serde_json::Value>,
     ) -> JoinOutcome {
         let postgres_changes = supabase.then_some([]);
         let node = conn.node;
@@ -60,6 +61,7 @@ impl Channels {
             }
             let outcome = JoinOutcome::Joined(JoinReply {
                 postgres_changes,
+                app: app.clone(),
                 ..JoinReply::default()
             });
             self.send_join_reply(conn, req, &outcome);
@@ -94,6 +96,7 @@ impl Channels {
                 let outcome = JoinOutcome::Joined(JoinReply {
                     postgres_changes,
                     recovered: recover.is_some().then_some(false),
+                    app: app.clone(),
                     ..JoinReply::default()
                 });
                 self.send_join_reply(conn, req, &outcome);
@@ -111,6 +114,7 @@ impl Channels {
             epoch: Some(page.epoch),
             offset: Some(page.top),
             recovered,
+            app: app.clone(),
         });
         self.send_join_reply(conn, req, &outcome);
         if recover.is_none() {

@@ -20,12 +20,14 @@ mod history;
 mod presence;
 
 use crate::auth::Identity;
+use crate::hooks::answer::Broadcast;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
 use crate::protocol::{events, Message, Payload};
 use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
+use crate::webhooks::EventKind;
 use crate::ConnId;
 use presence::{publish_presence_diff, push_presence_state, track_presence};
 use serde::Serialize;
@@ -38,9 +40,28 @@ pub(crate) struct Conn<'a> {
     pub id: ConnId,
     pub identity: &'a Identity,
     pub outbox: &'a Arc<Outbox>,
+    /// The client's address (for the application's hooks).
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl Conn<'_> {
+    fn caller(&self) -> crate::hooks::Caller<'_> {
+        crate::hooks::Caller {
+            identity: self.identity,
+            conn: self.id,
+            addr: self.addr,
+        }
+    }
+
+    /// The fields every webhook event of this connection on `topic` carries.
+    fn event(&self, topic: &str) -> serde_json::Value {
+        serde_json::json!({
+            "sub": &*self.identity.sub,
+            "conn": self.node.public_conn_id(self.id),
+            "topic": topic,
+        })
+    }
+
     pub fn reply(
         &self,
         join_ref: Option<&str>,
@@ -158,11 +179,16 @@ impl Channel {
     pub fn depart(self, conn: &Conn<'_>, topic: Box<str>) -> Departure {
         let emptied = conn.node.unsubscribe_local(&topic, conn.id);
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
-            conn.node
-                .presence()
-                .untrack(&topic, key, conn.id)
-                .map(|meta| crate::presence::diff(None, Some((key, meta))))
+            let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
+            conn.node.webhook(EventKind::PresenceLeave, || {
+                let mut e = conn.event(&topic);
+                e["key"] = (**key).into();
+                e["meta"] = meta.clone();
+                e
+            });
+            Some(crate::presence::diff(None, Some((key, meta))))
         });
+        conn.node.webhook(EventKind::Leave, || conn.event(&topic));
         Departure {
             topic,
             emptied,
@@ -184,7 +210,13 @@ pub struct JoinReply {
     pub offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// What the application's join hook put in its `reply` (never the fields above).
+    #[serde(flatten)]
+    pub app: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Presence meta the application's join hook adds.
+type AppMeta = serde_json::Map<String, serde_json::Value>;
 
 /// How a join ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,6 +366,10 @@ impl Channels {
             }
             None => None,
         };
+        let (app_reply, app_meta) = match self.ask_join_hook(conn, req, &rule).await {
+            Ok(answer) => answer,
+            Err(refused) => return refused,
+        };
         if let Some(old) = self.joined.get_mut(topic) {
             // Duplicate join: close the old channel, keep the subscription, its quota and its
             // presence entry; the new join may ask to recover like any join.
@@ -347,7 +383,7 @@ impl Channels {
             let is_supabase = old.supabase.is_some();
             conn.send_close(topic, old_ref.as_deref());
             let outcome = self
-                .reply_with_history(conn, req, &rule, false, is_supabase)
+                .reply_with_history(conn, req, &rule, false, is_supabase, &app_reply)
                 .await;
             if send_state {
                 push_presence_state(conn, topic, req.join_ref).await;
@@ -384,14 +420,51 @@ impl Channels {
         );
         let is_supabase = self.joined.get(topic).is_some_and(|c| c.supabase.is_some());
         let outcome = self
-            .reply_with_history(conn, req, &rule, true, is_supabase)
+            .reply_with_history(conn, req, &rule, true, is_supabase, &app_reply)
             .await;
+        conn.node.webhook(EventKind::Join, || conn.event(topic));
         if rule.presence && is_supabase {
             push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {
-            track_presence(conn, topic, req.join_ref).await;
+            track_presence(conn, topic, req.join_ref, app_meta).await;
         }
         outcome
+    }
+
+    /// The application's join hook, if the rule has one (after every local check passed):
+    /// its `reply` (minus the fields Plexus sets) and `meta`, or the refusal to answer.
+    async fn ask_join_hook(
+        &self,
+        conn: &Conn<'_>,
+        req: &JoinRequest<'_>,
+        rule: &ChannelRule,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, Option<AppMeta>), JoinOutcome> {
+        let Some(hooks) = conn.node.hooks() else {
+            return Ok(Default::default());
+        };
+        let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
+            return Ok(Default::default());
+        };
+        let mut params = req
+            .params
+            .as_json()
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        // A Supabase join may carry the user's token: the application is not sent it.
+        if let Some(m) = params.as_object_mut() {
+            m.remove("access_token");
+        }
+        match hooks.join(url, &conn.caller(), req.topic, params).await {
+            Ok(d) if d.allow => {
+                let mut reply = d.reply.unwrap_or_default();
+                for reserved in ["postgres_changes", "epoch", "offset", "recovered"] {
+                    reply.remove(reserved);
+                }
+                Ok((reply, d.meta))
+            }
+            Ok(d) => Err(JoinOutcome::refused(d.reason, false)),
+            Err(_) => Err(JoinOutcome::refused(crate::hooks::UNAVAILABLE, true)),
+        }
     }
 
     /// `phx_leave`: replies ok, then `phx_close`.
@@ -492,9 +565,22 @@ impl Channels {
             tracing::debug!(conn = conn.id, sub = %conn.identity.sub, topic = %msg.topic, event, "push refused");
             return conn.reply_error(&msg, crate::policy::UNAUTHORIZED);
         }
-        let echo = channel.rule.echo || supabase.is_some_and(|c| c.broadcast_self);
+        let rule = channel.rule.clone();
+        let echo = rule.echo || supabase.is_some_and(|c| c.broadcast_self);
         let exclude = if echo { None } else { Some(conn.id) };
         let ack = supabase.is_none_or(|c| c.broadcast_ack);
+        let (app_reply, broadcast) = match push_hook(conn, &msg, event, &rule, supabase).await {
+            Ok(answer) => answer,
+            Err(reason) => return conn.reply_error(&msg, &reason),
+        };
+        if rule.webhook_client_event(event) {
+            conn.node.webhook(EventKind::ClientEvent, || {
+                let mut e = conn.event(&msg.topic);
+                e["event"] = event.into();
+                e["payload"] = payload_value(&msg.payload);
+                e
+            });
+        }
         let Message {
             join_ref,
             msg_ref,
@@ -502,9 +588,19 @@ impl Channels {
             event,
             payload,
         } = msg;
+        let (event, payload) = match broadcast {
+            Broadcast::Original => (event, payload),
+            Broadcast::Replace { event, payload } => (event, json_payload(&payload)),
+            Broadcast::Nothing if !ack => return,
+            Broadcast::Nothing => {
+                let response = json_payload(&app_reply.unwrap_or_default());
+                let (j, m) = (join_ref.as_deref(), msg_ref.as_deref());
+                return conn.reply(j, m, &topic, "ok", response);
+            }
+        };
         let (status, response) = match conn.node.publish(&topic, &event, payload, exclude).await {
             Ok(_) if !ack => return,
-            Ok(_) => ("ok", Payload::empty_object()),
+            Ok(_) => ("ok", json_payload(&app_reply.unwrap_or_default())),
             Err(e) => {
                 conn.node.counters.publish_failed(&topic, "client push", &e);
                 (
@@ -521,6 +617,67 @@ impl Channels {
             response,
         );
     }
+}
+
+/// A payload as JSON for the application (a binary payload is `null`).
+fn payload_value(payload: &Payload) -> serde_json::Value {
+    payload
+        .as_json()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The application's push hook, if the rule sends `event` to one: its `reply` and what to
+/// broadcast, or the reason to refuse the push with. A Supabase broadcast's replacement is
+/// wrapped in the broadcast envelope (`{"type": "broadcast", "event", "payload"}`).
+async fn push_hook(
+    conn: &Conn<'_>,
+    msg: &Message,
+    event: &str,
+    rule: &ChannelRule,
+    supabase: Option<&JoinConfig>,
+) -> Result<
+    (
+        Option<serde_json::Map<String, serde_json::Value>>,
+        Broadcast,
+    ),
+    String,
+> {
+    let (Some(hooks), Some(url)) = (conn.node.hooks(), rule.push_hook_for(event)) else {
+        return Ok((None, Broadcast::Original));
+    };
+    let payload = match supabase {
+        Some(_) => payload_value(&msg.payload)
+            .get("payload")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+        None => payload_value(&msg.payload),
+    };
+    let d = match hooks
+        .push(url, &conn.caller(), &msg.topic, event, payload)
+        .await
+    {
+        Ok(d) if d.allow => d,
+        Ok(d) => return Err(d.reason),
+        Err(_) => return Err(crate::hooks::UNAVAILABLE.to_owned()),
+    };
+    let broadcast = match d.broadcast {
+        Broadcast::Replace { event: e, payload } => {
+            if let Err(invalid) = conn.node.limits().check_event(&e) {
+                tracing::warn!(topic = %msg.topic, event = %e, reason = %invalid, "push hook asked to broadcast an invalid event");
+                return Err(crate::hooks::UNAVAILABLE.to_owned());
+            }
+            match supabase {
+                Some(_) => Broadcast::Replace {
+                    event: msg.event.clone(),
+                    payload: serde_json::json!({"type": "broadcast", "event": e, "payload": payload}),
+                },
+                None => Broadcast::Replace { event: e, payload },
+            }
+        }
+        other => other,
+    };
+    Ok((d.reply, broadcast))
 }
 
 #[cfg(test)]

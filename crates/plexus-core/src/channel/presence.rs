@@ -127,13 +127,29 @@ pub(super) fn presence_meta(identity: &Identity) -> serde_json::Map<String, serd
 }
 
 /// Tracks the connection, sends it the topic's `presence_state`, and tells everyone.
-pub(super) async fn track_presence(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+/// `app_meta` is what the application's join hook added (it cannot set `phx_ref*`).
+pub(super) async fn track_presence(
+    conn: &Conn<'_>,
+    topic: &str,
+    join_ref: Option<&str>,
+    app_meta: Option<serde_json::Map<String, serde_json::Value>>,
+) {
     let sub = &conn.identity.sub;
+    let mut initial = presence_meta(conn.identity);
+    for (k, v) in app_meta.into_iter().flatten() {
+        if !k.starts_with("phx_ref") {
+            initial.insert(k, v);
+        }
+    }
     let meta = conn
         .node
         .presence()
-        .track(topic, sub, conn.id, presence_meta(conn.identity))
+        .track(topic, sub, conn.id, initial)
         .await;
+    conn.node.webhook(
+        crate::webhooks::EventKind::PresenceJoin,
+        || serde_json::json!({"sub": &**sub, "conn": conn.node.public_conn_id(conn.id), "topic": topic, "meta": &meta}),
+    );
     push_presence_state(conn, topic, join_ref).await;
     let diff = crate::presence::diff(Some((sub, meta)), None);
     publish_presence_diff(conn.node, topic, diff).await;

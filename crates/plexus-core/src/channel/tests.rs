@@ -13,6 +13,7 @@ fn node(rules: Vec<ChannelRule>) -> Arc<Node> {
         policy: Policy::new(rules).unwrap(),
         limits: Default::default(),
         admission: Default::default(),
+        hooks: None,
     };
     Node::new(config, |hub| MemoryBroker::new(hub))
 }
@@ -45,6 +46,7 @@ impl Client {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: None,
         };
         let params =
             Payload::Json(serde_json::value::RawValue::from_string(params.into()).unwrap());
@@ -64,6 +66,7 @@ impl Client {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: None,
         };
         let msg = Message {
             join_ref: Some("1".into()),
@@ -81,6 +84,7 @@ impl Client {
             id: self.id,
             identity: &self.identity,
             outbox: &self.outbox,
+            addr: None,
         };
         for d in self.channels.depart_all(&conn) {
             d.finish(&self.node).await;
@@ -164,6 +168,7 @@ async fn a_join_with_a_null_ref_is_still_answered() {
         id: c.id,
         identity: &c.identity,
         outbox: &c.outbox,
+        addr: None,
     };
     let mut channels = Channels::default();
     let params = Payload::empty_object();

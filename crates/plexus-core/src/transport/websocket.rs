@@ -176,6 +176,8 @@ pub async fn serve<S>(
                 }
                 WsEvent::Pong => {}
                 WsEvent::Close(code, _) => {
+                    // 1005: the client's close frame had no code.
+                    socket.set_close_info(code.unwrap_or(1005), "closed by the client");
                     // Echo the close, then end the connection.
                     control.extend_from_slice(&close_frame(code.unwrap_or(1000), ""));
                     closing = true;
@@ -221,6 +223,7 @@ pub async fn serve<S>(
     // The closing steps run once per connection; boxed, their state does not weigh on the
     // task of every idle connection.
     if let Some((code, reason)) = close_with {
+        socket.set_close_info(code, reason);
         let _ = Box::pin(close(&mut io, code, reason)).await;
     }
     Box::pin(socket.close()).await;

@@ -207,9 +207,7 @@ impl RedisBroker {
                 }
             }
             let counters: Vec<String> = c.smembers(self.key(&["ncnt", &node])).await?;
-            for counter in counters {
-                let _: () = c.hdel(&counter, &node).await?;
-            }
+            self.reap_registry(&node, &counters).await?;
             let _: () = redis::pipe()
                 .del(self.key(&["npres", &node]))
                 .ignore()
@@ -337,6 +335,9 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
             b.failed("heartbeat", &e);
         }
         if let Err(e) = b.reannounce().await {
+            b.failed("re-announce", &e);
+        }
+        if let Err(e) = b.reannounce_connections().await {
             b.failed("re-announce", &e);
         }
         if was_down {

@@ -25,10 +25,12 @@
 //!
 //! This file holds the broker and its [`Broker`] operations; [`connection`] keeps it connected
 //! (subscription and heartbeat loops, re-announcing, lost histories), [`calls`] carries the
-//! node-to-node requests, [`scripts`] holds the Lua scripts of its atomic operations.
+//! node-to-node requests, [`registry`] keeps the subscriber totals and connection registry
+//! that make webhooks exact across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;
+mod registry;
 mod scripts;
 
 use super::{
@@ -104,6 +106,8 @@ pub struct RedisBroker {
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
+    /// This node's live connections as recorded in its registry (when webhooks want them).
+    conns: Mutex<HashMap<ConnId, String>>,
     publish_history: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
@@ -168,6 +172,7 @@ impl RedisBroker {
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             requests: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -571,6 +576,26 @@ impl Broker for RedisBroker {
             let _: () = c.hdel(&counter, &self.node_id).await.map_err(err)?;
         }
         Ok(())
+    }
+
+    fn counts_subscribers(&self) -> bool {
+        true
+    }
+
+    async fn count_subscriber(
+        &self,
+        topic: &str,
+        joined: bool,
+    ) -> Result<Option<u64>, BrokerError> {
+        self.count_subscriber_now(topic, joined).await
+    }
+
+    fn connection_open(self: Arc<Self>, conn: ConnId, info: String) {
+        self.record_connection(conn, info);
+    }
+
+    fn connection_close(self: Arc<Self>, conn: ConnId) {
+        self.forget_connection(conn);
     }
 
     async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {

@@ -1,5 +1,7 @@
 //! The Lua scripts that make the broker's multi-key Redis operations atomic: a history
-//! publish (offset, stream, epoch, fan-out in one step) and a cluster counter claim.
+//! publish (offset, stream, epoch, fan-out in one step), a cluster counter claim, a topic's
+//! subscriber count with its total, and the reaping of a lost node's counters and
+//! connections.
 
 /// Appends to history and publishes, atomically. The message is stored once, as its frame;
 /// the stream is capped by count (MAXLEN) and every key expires (the rule's TTL, else the
@@ -34,4 +36,37 @@ if limit > 0 and total >= limit then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('SADD', KEYS[2], KEYS[1])
 return 1
+"#;
+
+/// Counts a node's subscriber of a topic in or out and returns the topic's total after, in
+/// one step (exactly one caller sees 0 -> 1 and 1 -> 0). KEYS: counter, the node's counter
+/// set. ARGV: node id, +1 or -1.
+pub(super) const COUNT_SUBSCRIBER: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('SADD', KEYS[2], KEYS[1])
+end
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+return total
+"#;
+
+/// Removes a lost node's share of a counter; returns {its share, the total after}.
+/// KEYS: counter. ARGV: the lost node's id.
+pub(super) const REAP_COUNTER: &str = r#"
+local had = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+redis.call('HDEL', KEYS[1], ARGV[1])
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+return {had, total}
+"#;
+
+/// Takes a lost node's connection registry: its entries, and the key is gone, in one step
+/// (whoever takes them reports their disconnects; nobody else can). KEYS: the registry.
+pub(super) const TAKE_CONNECTIONS: &str = r#"
+local entries = redis.call('HVALS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return entries
 "#;

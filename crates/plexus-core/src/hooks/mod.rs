@@ -1,0 +1,435 @@
+//! Application hooks: the application's backend decides connects, joins and client pushes,
+//! over HTTP (docs/hooks.md is the contract).
+//!
+//! The core builds each request (`{"type": "connect"|"join"|"push", "sub", "roles", "claims",
+//! "topic", "params", "conn", "addr", "node", …}`), signs it ([`sign`]), sends it through a
+//! [`HookTransport`] and reads the answer strictly ([`answer`]). The transport is a trait so
+//! that this library stays free of an HTTP client: the server binary implements it (with a
+//! keep-alive client and TLS), tests can implement it with anything.
+//!
+//! Every call is bounded: a per-node cap on calls in flight (above it a call fails at once),
+//! a timeout, and a [`breaker`] per URL. Any failure — timeout, transport error, non-2xx,
+//! an answer of the wrong shape, cap, open circuit — is [`HookFailure`]: the client gets the
+//! error `hook unavailable`, never a hang. Channel rules are checked before any hook: a hook
+//! can only narrow what they allow. Join decisions may be cached briefly ([`cache`]).
+//!
+//! [`Webhooks`](crate::webhooks) (what the application hears) share the transport and secret.
+
+pub mod answer;
+pub mod breaker;
+pub mod cache;
+pub mod sign;
+
+use crate::auth::Identity;
+use answer::Decision;
+use async_trait::async_trait;
+use breaker::{Breaker, BreakerConfig};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The reason clients are given when a hook fails.
+pub const UNAVAILABLE: &str = "hook unavailable";
+
+/// Largest answer body read from a hook (a larger one is a failure).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct HookAnswer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Sends signed POSTs for hooks and webhooks (implemented by the server binary).
+#[async_trait]
+pub trait HookTransport: Send + Sync + 'static {
+    /// POSTs `body` (JSON) with `headers` to `url`, giving up after `timeout`; reads at most
+    /// [`MAX_ANSWER_BYTES`] of the answer. `Err` describes a failure to get an answer.
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<HookAnswer, String>;
+}
+
+/// Hook settings of a node.
+#[derive(Clone, Debug)]
+pub struct HooksConfig {
+    /// The HMAC secret of every request's signature.
+    pub secret: String,
+    /// Called before a connection is admitted.
+    pub connect_url: Option<String>,
+    /// The join hook of every channel rule that names none (`join_hook = "off"`: none).
+    pub join_url: Option<String>,
+    /// How long a call may take.
+    pub timeout: Duration,
+    /// Calls in flight at once on this node; above it a call fails at once.
+    pub max_concurrent: usize,
+    pub breaker: BreakerConfig,
+    /// Join decisions (allow and deny) are reused this long (zero: not cached).
+    pub join_cache_ttl: Duration,
+    /// Most cached join decisions.
+    pub join_cache_max: usize,
+}
+
+impl HooksConfig {
+    /// The defaults (documented in docs/hooks.md) with `secret`.
+    pub fn new(secret: String) -> Self {
+        HooksConfig {
+            secret,
+            connect_url: None,
+            join_url: None,
+            timeout: Duration::from_secs(2),
+            max_concurrent: 256,
+            breaker: BreakerConfig {
+                threshold: 5,
+                cooldown: Duration::from_secs(5),
+            },
+            join_cache_ttl: Duration::ZERO,
+            join_cache_max: 10_000,
+        }
+    }
+}
+
+/// The kinds of hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    Connect = 0,
+    Join = 1,
+    Push = 2,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 3] = [HookKind::Connect, HookKind::Join, HookKind::Push];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Connect => "connect",
+            HookKind::Join => "join",
+            HookKind::Push => "push",
+        }
+    }
+}
+
+/// How a call ended, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow = 0,
+    Deny = 1,
+    Cached = 2,
+    Timeout = 3,
+    Error = 4,
+    Invalid = 5,
+    Busy = 6,
+    Open = 7,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Allow,
+        Outcome::Deny,
+        Outcome::Cached,
+        Outcome::Timeout,
+        Outcome::Error,
+        Outcome::Invalid,
+        Outcome::Busy,
+        Outcome::Open,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Cached => "cached",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+            Outcome::Invalid => "invalid",
+            Outcome::Busy => "busy",
+            Outcome::Open => "circuit_open",
+        }
+    }
+}
+
+/// Hook calls by kind and outcome, and the time spent in them (the `/metrics` figures).
+#[derive(Default)]
+pub struct HookCounters {
+    pub calls: [[AtomicU64; 8]; 3],
+    /// Microseconds spent waiting for answers, by kind.
+    pub micros: [AtomicU64; 3],
+    /// Times a circuit opened.
+    pub circuit_opened: AtomicU64,
+}
+
+impl HookCounters {
+    pub fn get(&self, kind: HookKind, outcome: Outcome) -> u64 {
+        self.calls[kind as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// A hook call that gave no decision; the client gets [`UNAVAILABLE`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookFailure;
+
+/// What a join or push hook is told about the connection.
+pub struct Caller<'a> {
+    pub identity: &'a Identity,
+    pub conn: crate::ConnId,
+    pub addr: Option<std::net::IpAddr>,
+}
+
+/// The hooks of a node.
+pub struct Hooks {
+    config: HooksConfig,
+    transport: Arc<dyn HookTransport>,
+    node_id: Arc<str>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    cache: cache::JoinCache,
+    pub counters: HookCounters,
+    /// Failures logged, to log one line per burst.
+    failures_logged: AtomicU64,
+}
+
+impl Hooks {
+    pub fn new(config: HooksConfig, transport: Arc<dyn HookTransport>, node_id: Arc<str>) -> Self {
+        Hooks {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
+            cache: cache::JoinCache::new(config.join_cache_ttl, config.join_cache_max),
+            config,
+            transport,
+            node_id,
+            breakers: Mutex::new(HashMap::new()),
+            counters: HookCounters::default(),
+            failures_logged: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &HooksConfig {
+        &self.config
+    }
+
+    pub fn transport(&self) -> &Arc<dyn HookTransport> {
+        &self.transport
+    }
+
+    /// This node's id in hook requests and connection ids.
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    /// A connection's id as the application sees it: `<node>-<n>`, unique in the cluster.
+    pub fn conn_id(&self, conn: crate::ConnId) -> String {
+        format!("{}-{conn}", self.node_id)
+    }
+
+    /// The join hook of a rule: its own, else the default (`"off"`: none).
+    pub fn join_url<'a>(&'a self, rule_url: Option<&'a str>) -> Option<&'a str> {
+        match rule_url {
+            Some("off") => None,
+            Some(url) => Some(url),
+            None => self.config.join_url.as_deref(),
+        }
+    }
+
+    /// The connect hook: `Ok(None)` when there is none.
+    pub async fn connect(
+        &self,
+        identity: &Identity,
+        addr: std::net::IpAddr,
+    ) -> Result<Option<Decision>, HookFailure> {
+        let Some(url) = self.config.connect_url.as_deref() else {
+            return Ok(None);
+        };
+        let mut body = identity_json("connect", identity, &self.node_id);
+        body["addr"] = addr.to_string().into();
+        self.call(HookKind::Connect, url, &identity.sub, None, body)
+            .await
+            .map(Some)
+    }
+
+    /// A join hook call (its decision may come from the cache).
+    pub async fn join(
+        &self,
+        url: &str,
+        caller: &Caller<'_>,
+        topic: &str,
+        params: Value,
+    ) -> Result<Decision, HookFailure> {
+        let key = self.cache.key(url, caller.identity, topic, &params);
+        if let Some(d) = key.as_ref().and_then(|k| self.cache.get(k)) {
+            self.count(HookKind::Join, Outcome::Cached);
+            return Ok(d);
+        }
+        let mut body = self.caller_json("join", caller);
+        body["topic"] = topic.into();
+        body["params"] = params;
+        let d = self
+            .call(HookKind::Join, url, &caller.identity.sub, Some(topic), body)
+            .await?;
+        if let Some(k) = key {
+            self.cache.put(k, d.clone());
+        }
+        Ok(d)
+    }
+
+    /// A push hook call.
+    pub async fn push(
+        &self,
+        url: &str,
+        caller: &Caller<'_>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<Decision, HookFailure> {
+        let mut body = self.caller_json("push", caller);
+        body["topic"] = topic.into();
+        body["event"] = event.into();
+        body["payload"] = payload;
+        self.call(HookKind::Push, url, &caller.identity.sub, Some(topic), body)
+            .await
+    }
+
+    fn caller_json(&self, kind: &str, caller: &Caller<'_>) -> Value {
+        let mut body = identity_json(kind, caller.identity, &self.node_id);
+        body["conn"] = self.conn_id(caller.conn).into();
+        if let Some(addr) = caller.addr {
+            body["addr"] = addr.to_string().into();
+        }
+        body
+    }
+
+    fn count(&self, kind: HookKind, outcome: Outcome) {
+        self.counters.calls[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn breaker(&self, url: &str) -> Arc<Breaker> {
+        self.breakers
+            .lock()
+            .entry(url.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    async fn call(
+        &self,
+        kind: HookKind,
+        url: &str,
+        sub: &str,
+        topic: Option<&str>,
+        body: Value,
+    ) -> Result<Decision, HookFailure> {
+        let breaker = self.breaker(url);
+        let fail = |outcome: Outcome, why: &str| {
+            self.count(kind, outcome);
+            let n = self.failures_logged.fetch_add(1, Ordering::Relaxed);
+            if outcome != Outcome::Open || n.is_multiple_of(100) {
+                tracing::warn!(
+                    hook = kind.name(),
+                    url,
+                    sub,
+                    topic,
+                    result = outcome.name(),
+                    reason = why,
+                    "hook unavailable"
+                );
+            }
+            HookFailure
+        };
+        if !breaker.allow(Instant::now()) {
+            return Err(fail(Outcome::Open, "circuit open after repeated failures"));
+        }
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            breaker.cancel();
+            return Err(fail(
+                Outcome::Busy,
+                "too many hook calls in flight (hooks.max_concurrent)",
+            ));
+        };
+        let body = Bytes::from(body.to_string());
+        let mut headers = sign::headers(self.config.secret.as_bytes(), &body);
+        headers.push(("x-plexus-hook", kind.name().to_owned()));
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            self.config.timeout,
+            self.transport
+                .post(url, &headers, body, self.config.timeout),
+        )
+        .await;
+        self.counters.micros[kind as usize]
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let result = match sent {
+            Err(_) => Err((
+                Outcome::Timeout,
+                format!("no answer within {:?}", self.config.timeout),
+            )),
+            Ok(Err(e)) if e.contains("timed out") => Err((Outcome::Timeout, e)),
+            Ok(Err(e)) => Err((Outcome::Error, e)),
+            Ok(Ok(a)) if !(200..300).contains(&a.status) => {
+                Err((Outcome::Error, format!("HTTP status {}", a.status)))
+            }
+            Ok(Ok(a)) => answer::parse(&a.body).map_err(|e| (Outcome::Invalid, e)),
+        };
+        match result {
+            Ok(d) => {
+                breaker.success();
+                if d.allow {
+                    self.count(kind, Outcome::Allow);
+                    tracing::debug!(hook = kind.name(), sub, topic, "hook allowed");
+                } else {
+                    self.count(kind, Outcome::Deny);
+                    tracing::info!(hook = kind.name(), sub, topic, reason = %d.reason, "hook denied");
+                }
+                Ok(d)
+            }
+            Err((outcome, why)) => {
+                if breaker.failure(&self.config.breaker, Instant::now()) {
+                    self.counters.circuit_opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(hook = kind.name(), url, cooldown = ?self.config.breaker.cooldown, "hook circuit opened: calls fail at once until the cooldown ends");
+                }
+                Err(fail(outcome, &why))
+            }
+        }
+    }
+}
+
+/// The identity part of a request: `type`, `sub`, `roles`, `claims` (the public claims Plexus
+/// keeps: `name`, `info`, `exp`), `node`, `at`.
+fn identity_json(kind: &str, identity: &Identity, node: &str) -> Value {
+    let mut claims = serde_json::Map::new();
+    if let Some(name) = &identity.name {
+        claims.insert("name".into(), name.clone().into());
+    }
+    if let Some(info) = identity
+        .info
+        .as_ref()
+        .and_then(|i| serde_json::from_str::<Value>(i.get()).ok())
+    {
+        claims.insert("info".into(), info);
+    }
+    if let Some(exp) = identity.expires_at {
+        claims.insert("exp".into(), exp.into());
+    }
+    json!({
+        "type": kind,
+        "sub": &*identity.sub,
+        "roles": identity.roles,
+        "claims": claims,
+        "node": node,
+        "at": unix_ms(),
+    })
+}

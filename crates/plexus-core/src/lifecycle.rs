@@ -1,0 +1,171 @@
+//! The webhook events of a node's connections and topics — `connect`, `disconnect`,
+//! `channel_occupied`, `channel_vacated` — and those a node reports for a lost node whose
+//! state it reaped (`disconnect`, `channel_vacated`, `presence_leave`, marked
+//! `"reaped": true`).
+//!
+//! Occupied and vacated are cluster-wide: with a broker that counts subscribers across the
+//! cluster (Redis), the one node whose count took a topic from 0 to 1 (or 1 to 0) reports it;
+//! a node alone reports its hub's first and last subscriber.
+
+use crate::auth::Identity;
+use crate::hooks::unix_ms;
+use crate::node::Node;
+use crate::webhooks::EventKind;
+use crate::ConnId;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+impl Node {
+    /// A connection opened: the `connect` webhook, and its entry in the cluster's registry
+    /// (for the `disconnect` a reaping node reports if this one dies).
+    pub(crate) fn connection_opened(&self, conn: ConnId, who: &Identity, addr: std::net::IpAddr) {
+        self.webhook(EventKind::Connect, || {
+            json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "addr": addr.to_string()})
+        });
+        if self
+            .webhooks
+            .as_ref()
+            .is_some_and(|w| w.enabled(EventKind::Disconnect))
+        {
+            let info =
+                json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "since": unix_ms()});
+            self.broker.clone().connection_open(conn, info.to_string());
+        }
+    }
+
+    /// A connection ended: the `disconnect` webhook, with its close code and reason and how
+    /// long it lasted.
+    pub(crate) fn connection_closed(
+        &self,
+        conn: ConnId,
+        who: &Identity,
+        code: u16,
+        reason: &str,
+        lasted: std::time::Duration,
+    ) {
+        let Some(webhooks) = &self.webhooks else {
+            return;
+        };
+        if webhooks.enabled(EventKind::Disconnect) {
+            self.broker.clone().connection_close(conn);
+        }
+        self.webhook(EventKind::Disconnect, || {
+            json!({
+                "sub": &*who.sub,
+                "conn": self.public_conn_id(conn),
+                "code": code,
+                "reason": reason,
+                "duration_ms": lasted.as_millis() as u64,
+            })
+        });
+    }
+
+    fn wants_occupancy(&self) -> bool {
+        self.webhooks.as_ref().is_some_and(|w| {
+            w.enabled(EventKind::ChannelOccupied) || w.enabled(EventKind::ChannelVacated)
+        })
+    }
+
+    /// A local subscriber joined `topic` (`first`: the first on this node).
+    pub(crate) async fn count_subscriber_in(&self, topic: &str, first: bool) {
+        match self.broker.count_subscriber(topic, true).await {
+            Ok(Some(1)) => self.topic_occupied(topic),
+            Ok(None) if first => self.topic_occupied(topic),
+            Ok(_) => {}
+            Err(e) if self.wants_occupancy() => {
+                tracing::warn!(topic, error = %e, "subscriber count not updated: channel_occupied may be missed");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A local subscriber left `topic` (`emptied`: the last on this node). Counted in the
+    /// background when the broker counts cluster-wide (this runs in synchronous cleanup).
+    pub(crate) fn count_subscriber_out(&self, topic: &str, emptied: bool) {
+        if !self.broker.counts_subscribers() {
+            if emptied {
+                self.topic_vacated(topic, false);
+            }
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        let webhooks = self
+            .wants_occupancy()
+            .then(|| self.webhooks.clone())
+            .flatten();
+        let topic: Arc<str> = topic.into();
+        rt.spawn(async move {
+            match broker.count_subscriber(&topic, false).await {
+                Ok(Some(0)) => {
+                    if let Some(w) = webhooks {
+                        w.emit(EventKind::ChannelVacated, json!({"topic": &*topic}));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if webhooks.is_some() {
+                        tracing::warn!(topic = %topic, error = %e, "subscriber count not updated: channel_vacated may be missed");
+                    }
+                }
+            }
+        });
+    }
+
+    fn topic_occupied(&self, topic: &str) {
+        self.webhook(EventKind::ChannelOccupied, || json!({"topic": topic}));
+    }
+
+    pub(crate) fn topic_vacated(&self, topic: &str, reaped: bool) {
+        self.webhook(EventKind::ChannelVacated, || {
+            let mut e = json!({"topic": topic});
+            if reaped {
+                e["reaped"] = true.into();
+            }
+            e
+        });
+    }
+
+    /// The connections of a lost node that this node reaped: their `disconnect`s.
+    pub(crate) fn connections_reaped(&self, node: &str, conns: &[String]) {
+        tracing::info!(
+            node,
+            connections = conns.len(),
+            "reporting the disconnects of a lost node"
+        );
+        let now = unix_ms();
+        for info in conns {
+            let Ok(v) = serde_json::from_str::<Value>(info) else {
+                continue;
+            };
+            self.webhook(EventKind::Disconnect, || {
+                let since = v["since"].as_u64().unwrap_or(now);
+                json!({
+                    "sub": v["sub"],
+                    "conn": v["conn"],
+                    "code": crate::limits::close_codes::ABNORMAL,
+                    "reason": "node lost",
+                    "duration_ms": now.saturating_sub(since),
+                    "reaped": true,
+                    "lost_node": node,
+                })
+            });
+        }
+    }
+
+    /// The presences of a lost node on `topic`: their `presence_leave`s.
+    pub(crate) fn presence_reaped(&self, topic: &str, leaves: &Value) {
+        let Some(leaves) = leaves.as_object() else {
+            return;
+        };
+        for (key, entry) in leaves {
+            for meta in entry["metas"].as_array().into_iter().flatten() {
+                self.webhook(EventKind::PresenceLeave, || {
+                    json!({"sub": key, "key": key, "topic": topic, "meta": meta, "reaped": true})
+                });
+            }
+        }
+    }
+}
