@@ -1,0 +1,166 @@
+//! Webhooks on a 3-node Redis cluster (real `redis-server`, real processes, one receiver):
+//! `channel_occupied`/`channel_vacated` once per cluster, not once per node, however the
+//! subscribers come and go; every `disconnect` exactly once, including the connections of a
+//! node killed with `kill -9`, which the node that reaps it reports (`"reaped": true`).
+
+mod common;
+
+use common::receiver::{Answer, Receiver, HOOK_SECRET};
+use common::{Redis, Server};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+profile = "dev"
+broker = "redis"
+[redis]
+node_timeout_secs = 2
+[[channels]]
+topic = "room:*"
+presence = true
+"#;
+
+async fn cluster(redis: &Redis, recv: &Receiver) -> Vec<Server> {
+    let url = redis.url();
+    let hook = recv.url("/webhook");
+    let env = [
+        ("PLEXUS_REDIS_URL", url.as_str()),
+        ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+        ("PLEXUS_WEBHOOK_URL", hook.as_str()),
+        (
+            "PLEXUS_WEBHOOK_EVENTS",
+            "connect,disconnect,channel_occupied,channel_vacated,presence_leave",
+        ),
+    ];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Server::start_with(Some(CONFIG), &env).await);
+    }
+    nodes
+}
+
+fn count(events: &[Value], kind: &str, topic: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["topic"] == topic)
+        .count()
+}
+
+#[tokio::test]
+async fn occupied_and_vacated_once_per_cluster_and_disconnects_once_even_after_kill_9() {
+    let redis = Redis::start();
+    let recv = Receiver::start(|_, _| Answer::Json(json!({}))).await;
+    let mut nodes = cluster(&redis, &recv).await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            clients.push(node.client(&format!("n{i}c{j}")).await);
+        }
+    }
+    // Rounds of every client joining at once, then leaving at once, across three nodes.
+    let rounds = 4;
+    for _ in 0..rounds {
+        let joins = clients.iter_mut().map(|c| c.join("room:shared", json!({})));
+        for r in futures_util::future::join_all(joins).await {
+            assert!(r.unwrap().is_ok());
+        }
+        let leaves = clients.iter_mut().map(|c| c.leave("room:shared"));
+        for r in futures_util::future::join_all(leaves).await {
+            assert!(r.unwrap().is_ok());
+        }
+    }
+    let events = recv
+        .wait_events(Duration::from_secs(5), |e| {
+            count(e, "channel_vacated", "room:shared") >= rounds
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // any duplicate would show by now
+    let events_now = recv.events();
+    assert_eq!(
+        count(&events_now, "channel_occupied", "room:shared"),
+        rounds,
+        "{events:#?}"
+    );
+    assert_eq!(count(&events_now, "channel_vacated", "room:shared"), rounds);
+
+    // Node 2's clients: one alone on room:solo (vacated when the node dies), one on
+    // room:shared with a client of node 0 (not vacated), one tracked in presence.
+    assert!(clients[4]
+        .join("room:solo", json!({}))
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(clients[5]
+        .join("room:shared", json!({}))
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(clients[0]
+        .join("room:shared", json!({}))
+        .await
+        .unwrap()
+        .is_ok());
+    recv.wait_events(Duration::from_secs(5), |e| {
+        count(e, "channel_occupied", "room:solo") == 1
+    })
+    .await;
+    nodes[2].kill9();
+    let reaped = |e: &Value| e["type"] == "disconnect" && e["reaped"] == true;
+    recv.wait_events(Duration::from_secs(12), |e| {
+        e.iter().filter(|e| reaped(e)).count() >= 2 && count(e, "channel_vacated", "room:solo") >= 1
+    })
+    .await;
+    // Let the other survivor's reaper run too: it must find nothing left to report.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = recv.events();
+    for sub in ["n2c0", "n2c1"] {
+        let d: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "disconnect" && e["sub"] == sub)
+            .collect();
+        assert_eq!(d.len(), 1, "{sub}: {d:#?}");
+        assert_eq!(d[0]["reaped"], true);
+        assert_eq!(
+            (d[0]["code"].as_u64(), d[0]["reason"].as_str()),
+            (Some(1006), Some("node lost"))
+        );
+        assert!(d[0]["conn"]
+            .as_str()
+            .unwrap()
+            .starts_with(d[0]["lost_node"].as_str().unwrap()));
+    }
+    assert_eq!(count(&events, "channel_vacated", "room:solo"), 1);
+    let solo = events
+        .iter()
+        .find(|e| e["type"] == "channel_vacated" && e["topic"] == "room:solo")
+        .unwrap();
+    assert_eq!(solo["reaped"], true);
+    assert_eq!(
+        count(&events, "channel_vacated", "room:shared"),
+        rounds,
+        "still occupied"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "presence_leave" && e["sub"] == "n2c1" && e["reaped"] == true));
+    // The survivors' clients disconnect normally: once each, not reaped.
+    let survivors: Vec<_> = clients.drain(..4).collect();
+    for c in survivors {
+        c.close().await;
+    }
+    recv.wait_events(Duration::from_secs(5), |e| {
+        e.iter().filter(|e| e["type"] == "disconnect").count() >= 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = recv.events();
+    assert_eq!(
+        events.iter().filter(|e| e["type"] == "disconnect").count(),
+        6
+    );
+    assert_eq!(events.iter().filter(|e| e["type"] == "connect").count(), 6);
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "ids unique across the cluster");
+    recv.assert_all_signed();
+}
