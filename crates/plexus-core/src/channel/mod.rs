@@ -180,12 +180,15 @@ impl Channel {
         let emptied = conn.node.unsubscribe_local(&topic, conn.id);
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
             let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
-            conn.node.webhook(EventKind::PresenceLeave, || {
-                let mut e = conn.event(&topic);
-                e["key"] = (**key).into();
-                e["meta"] = meta.clone();
-                e
-            });
+            // Supabase clients track themselves: their presence is theirs, not reported.
+            if self.supabase.is_none() {
+                conn.node.webhook(EventKind::PresenceLeave, || {
+                    let mut e = conn.event(&topic);
+                    e["key"] = (**key).into();
+                    e["meta"] = meta.clone();
+                    e
+                });
+            }
             Some(crate::presence::diff(None, Some((key, meta))))
         });
         conn.node.webhook(EventKind::Leave, || conn.event(&topic));
