@@ -25,7 +25,9 @@ fn app(path: &str, body: &Value) -> Answer {
             _ => Answer::Json(json!({"allow": true})),
         },
         "/join" => match topic {
-            "room:deny" => Answer::Json(json!({"allow": false, "reason": "not in team 42"})),
+            "room:deny" | "hist:deny" => {
+                Answer::Json(json!({"allow": false, "reason": "not in team 42"}))
+            }
             "room:slow" => Answer::Slow(SLOW, json!({"allow": true})),
             "room:garbage" => Answer::Raw("{\"allow\": \"maybe\"}"),
             "room:500" => Answer::Status(500),
@@ -70,6 +72,10 @@ join_hook = "off"
 [[channels]]
 topic = "staff:*"
 join_roles = ["staff"]
+
+[[channels]]
+topic = "hist:*"
+history_size = 10
 "#,
         push = recv.url("/push")
     )
@@ -425,4 +431,41 @@ async fn longpoll_joins_go_through_the_hook() {
         .unwrap();
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("banned user"), "{body}");
+}
+
+#[tokio::test]
+async fn history_polling_asks_the_join_hook_too() {
+    let recv = Receiver::start(app).await;
+    let s = start(&recv, &[]).await;
+    let token = s.token("alice");
+    let (status, body) = s
+        .http(
+            "GET",
+            &format!("/api/channels/hist:deny/history?token={token}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, json(&body)),
+        (403, json!({"error": "not in team 42"}))
+    );
+    let (status, body) = s
+        .http(
+            "GET",
+            &format!("/api/channels/hist:ok/history?token={token}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let req = &recv.at("/join")[0].body;
+    assert_eq!(
+        (req["topic"].as_str(), &req["params"]),
+        (Some("hist:deny"), &json!({"history": true}))
+    );
+    assert!(req.get("conn").is_none());
+    recv.assert_all_signed();
 }

@@ -148,10 +148,21 @@ pub async fn history(
         // A bearer that is not the API key may be a user token; if it is refused, it counts as
         // a wrong API key (else this endpoint would be a way around the throttle).
         let token = q.token.as_deref().or(bearer);
-        if let Err(refusal) = state.node.authorize_read(peer, &headers, token, &topic) {
-            if bearer.is_some() && q.token.is_none() {
-                super::api_key_failed(&state, &headers, peer);
+        let identity = match state.node.authorize_read(peer, &headers, token, &topic) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                if bearer.is_some() && q.token.is_none() {
+                    super::api_key_failed(&state, &headers, peer);
+                }
+                return Refused(refusal).into_response();
             }
+        };
+        // A valid user token: the application's join hook decides too (not a wrong API key).
+        let hook = state
+            .node
+            .read_hook(&identity, peer, &headers, &topic)
+            .await;
+        if let Err(refusal) = hook {
             return Refused(refusal).into_response();
         }
     }

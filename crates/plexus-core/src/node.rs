@@ -305,6 +305,45 @@ impl Node {
         Ok(identity)
     }
 
+    /// After [`Node::authorize_read`] allowed a read: the join hook of `topic`'s rule, if it
+    /// has one (asked like a join without a connection: no `conn`, params
+    /// `{"history": true}`), so that HTTP history polling cannot read what a join would be
+    /// refused.
+    pub async fn read_hook(
+        &self,
+        identity: &Identity,
+        peer: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        topic: &str,
+    ) -> Result<(), Refusal> {
+        let Some(hooks) = &self.hooks else {
+            return Ok(());
+        };
+        let Ok(rule) = self.policy.authorize_join(identity, topic) else {
+            return Ok(()); // authorize_read allowed it: cannot happen
+        };
+        let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
+            return Ok(());
+        };
+        let caller = crate::hooks::Caller {
+            identity,
+            conn: None,
+            addr: Some(self.admission.client_ip(peer, headers)),
+        };
+        let params = serde_json::json!({ "history": true });
+        match hooks.join(url, &caller, topic, params).await {
+            Ok(d) if d.allow => Ok(()),
+            Ok(d) => Err(Refusal {
+                status: 403,
+                reason: d.reason,
+            }),
+            Err(_) => Err(Refusal {
+                status: 503,
+                reason: crate::hooks::UNAVAILABLE.into(),
+            }),
+        }
+    }
+
     /// Verifies a connect token.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match token {

@@ -48,7 +48,7 @@ impl Conn<'_> {
     fn caller(&self) -> crate::hooks::Caller<'_> {
         crate::hooks::Caller {
             identity: self.identity,
-            conn: self.id,
+            conn: Some(self.id),
             addr: self.addr,
         }
     }

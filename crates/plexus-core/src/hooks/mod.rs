@@ -188,7 +188,8 @@ pub struct HookFailure;
 /// What a join or push hook is told about the connection.
 pub struct Caller<'a> {
     pub identity: &'a Identity,
-    pub conn: crate::ConnId,
+    /// `None` for a read without a connection (HTTP history polling).
+    pub conn: Option<crate::ConnId>,
     pub addr: Option<std::net::IpAddr>,
 }
 
@@ -306,7 +307,9 @@ impl Hooks {
 
     fn caller_json(&self, kind: &str, caller: &Caller<'_>) -> Value {
         let mut body = identity_json(kind, caller.identity, &self.node_id);
-        body["conn"] = self.conn_id(caller.conn).into();
+        if let Some(conn) = caller.conn {
+            body["conn"] = self.conn_id(conn).into();
+        }
         if let Some(addr) = caller.addr {
             body["addr"] = addr.to_string().into();
         }
