@@ -377,4 +377,41 @@ mod tests {
             .to_string()
             .contains("PLEXUS_WEBHOOK_QUEUE_MAX"));
     }
+
+    #[test]
+    fn toml_sections_and_rule_hooks() {
+        let text = r#"
+jwt_secret = "0123456789abcdef0123"
+api_key = "0123456789abcdef0123"
+[hooks]
+secret = "0123456789abcdef"
+join_url = "https://app.example/join"
+timeout_ms = 700
+[webhooks]
+url = "https://app.example/events"
+events = ["disconnect"]
+[[channels]]
+topic = "room:*"
+push_hook = "http://127.0.0.1:9/push"
+"#;
+        let env = crate::config::Env::default();
+        let c = crate::config::parse_str(text, &env, None, None).unwrap();
+        let h = c.hooks.unwrap();
+        assert_eq!(
+            h.hooks.join_url.as_deref(),
+            Some("https://app.example/join")
+        );
+        assert_eq!(h.hooks.timeout, Duration::from_millis(700));
+        let w = h.webhooks.unwrap();
+        assert!(w.events.contains(EventKind::Disconnect) && !w.events.contains(EventKind::Connect));
+        // A rule's hook alone needs the secret; a bad URL names the rule.
+        let bad = text.replace("http://127.0.0.1:9/push", "ftp://x");
+        let e = crate::config::parse_str(&bad, &env, None, None).unwrap_err();
+        assert!(e.to_string().contains("push_hook"), "{e}");
+        let unsigned = "jwt_secret = \"0123456789abcdef0123\"\napi_key = \"0123456789abcdef0123\"\n[[channels]]\ntopic = \"a\"\njoin_hook = \"http://h/j\"\n";
+        let e = crate::config::parse_str(unsigned, &env, None, None).unwrap_err();
+        assert!(e.to_string().contains("hooks.secret"), "{e}");
+        let unknown = text.replace("timeout_ms = 700", "timeout = 700");
+        assert!(crate::config::parse_str(&unknown, &env, None, None).is_err());
+    }
 }
