@@ -25,7 +25,7 @@ fn app(path: &str, body: &Value) -> Answer {
             _ => Answer::Json(json!({"allow": true})),
         },
         "/join" => match topic {
-            "room:deny" | "hist:deny" => {
+            "room:deny" | "hist:deny" | "realtime:sb:deny" => {
                 Answer::Json(json!({"allow": false, "reason": "not in team 42"}))
             }
             "room:slow" => Answer::Slow(SLOW, json!({"allow": true})),
@@ -467,5 +467,53 @@ async fn history_polling_asks_the_join_hook_too() {
         (Some("hist:deny"), &json!({"history": true}))
     );
     assert!(req.get("conn").is_none());
+    recv.assert_all_signed();
+}
+
+#[tokio::test]
+async fn supabase_joins_and_broadcasts_go_through_the_hooks() {
+    let recv = Receiver::start(app).await;
+    let config = format!(
+        "profile = \"dev\"\n[supabase]\nenabled = true\n[[channels]]\ntopic = \"sb:*\"\npush_hook = \"{}\"\n",
+        recv.url("/push")
+    );
+    let join = recv.url("/join");
+    let env = [
+        ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+        ("PLEXUS_JOIN_HOOK_URL", join.as_str()),
+    ];
+    let s = Server::start_with(Some(&config), &env).await;
+    let connect = |sub: &str| {
+        let url = format!("ws://127.0.0.1:{}/realtime/v1", s.port);
+        plexus_client::Client::connect(
+            plexus_client::ConnectOptions::new(url).param("apikey", s.token(sub)),
+        )
+    };
+    let (mut a, mut b) = (connect("a").await.unwrap(), connect("b").await.unwrap());
+    let config = |sub: &str| json!({"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": ""}, "postgres_changes": []}, "access_token": s.token(sub)});
+    let r = a.join("realtime:sb:deny", config("a")).await.unwrap();
+    assert_eq!(r.reason(), Some("not in team 42".into()));
+    assert!(a.join("realtime:sb:1", config("a")).await.unwrap().is_ok());
+    assert!(b.join("realtime:sb:1", config("b")).await.unwrap().is_ok());
+    let sent = json!({"type": "broadcast", "event": "new_msg", "payload": {"text": "store"}});
+    let r = a
+        .push_json("realtime:sb:1", "broadcast", &sent)
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_str(), r.json()), ("ok", json!({"id": 7})));
+    let m = b.recv_event("realtime:sb:1", "broadcast").await.unwrap();
+    assert_eq!(
+        json(m.payload.as_json().unwrap().get()),
+        json!({"type": "broadcast", "event": "new_msg", "payload": {"id": 7, "text": "stored"}})
+    );
+    // The application sees the event and payload inside the envelope, and never the token.
+    let push = &recv.at("/push")[0].body;
+    assert_eq!(
+        (push["event"].as_str(), &push["payload"]),
+        (Some("new_msg"), &json!({"text": "store"}))
+    );
+    let joined = &recv.at("/join")[0].body;
+    assert!(joined["params"].get("access_token").is_none(), "{joined}");
+    assert!(joined["params"]["config"].is_object());
     recv.assert_all_signed();
 }

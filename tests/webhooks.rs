@@ -292,3 +292,30 @@ async fn the_queue_is_bounded_and_counts_what_it_refuses() {
     assert_eq!(pending + dropped, 20);
     assert!(s.log().contains("webhook queue full"), "logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_its_last_disconnects_before_it_exits() {
+    let recv = Receiver::start(ok).await;
+    let s = start(&recv.url("/webhook"), &[]).await;
+    let mut c = s.client("dana").await;
+    assert!(c.join("room:d", json!({})).await.unwrap().is_ok());
+    let (_s, code) = tokio::task::spawn_blocking(move || {
+        let mut s = s;
+        let code = s.terminate();
+        (s, code)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    // Delivered before the process exited: nothing waits to be read now.
+    let events = recv.events();
+    assert_eq!(
+        types_of(&events, "dana"),
+        ["connect", "join room:d", "leave room:d", "disconnect"]
+    );
+    let d = events.iter().find(|e| e["type"] == "disconnect").unwrap();
+    assert_eq!(
+        (d["code"].as_u64(), d["reason"].as_str()),
+        (Some(1012), Some("server restarting"))
+    );
+}
