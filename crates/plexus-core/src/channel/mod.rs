@@ -12,11 +12,13 @@
 //! [`Departure`] with what still involves the broker (unsubscribing an emptied topic,
 //! broadcasting the presence leave), which the caller awaits or runs in the background.
 //!
-//! [`history`] replays what a recovering join missed; [`presence`] holds what presence does
+//! [`history`] replays what a recovering join missed; [`hooks`] asks the application's join
+//! and push hooks; [`presence`] holds what presence does
 //! on a channel (tracking, `presence_update`, Supabase's `track`/`untrack`, `presence_state`
 //! and diffs).
 
 mod history;
+mod hooks;
 mod presence;
 
 use crate::auth::Identity;
@@ -29,6 +31,7 @@ use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
 use crate::webhooks::EventKind;
 use crate::ConnId;
+use hooks::{payload_value, push_hook};
 use presence::{publish_presence_diff, push_presence_state, track_presence};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -434,42 +437,6 @@ impl Channels {
         outcome
     }
 
-    /// The application's join hook, if the rule has one (after every local check passed):
-    /// its `reply` (minus the fields Plexus sets) and `meta`, or the refusal to answer.
-    async fn ask_join_hook(
-        &self,
-        conn: &Conn<'_>,
-        req: &JoinRequest<'_>,
-        rule: &ChannelRule,
-    ) -> Result<(serde_json::Map<String, serde_json::Value>, Option<AppMeta>), JoinOutcome> {
-        let Some(hooks) = conn.node.hooks() else {
-            return Ok(Default::default());
-        };
-        let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
-            return Ok(Default::default());
-        };
-        let mut params = req
-            .params
-            .as_json()
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        // A Supabase join may carry the user's token: the application is not sent it.
-        if let Some(m) = params.as_object_mut() {
-            m.remove("access_token");
-        }
-        match hooks.join(url, &conn.caller(), req.topic, params).await {
-            Ok(d) if d.allow => {
-                let mut reply = d.reply.unwrap_or_default();
-                for reserved in ["postgres_changes", "epoch", "offset", "recovered"] {
-                    reply.remove(reserved);
-                }
-                Ok((reply, d.meta))
-            }
-            Ok(d) => Err(JoinOutcome::refused(d.reason, false)),
-            Err(_) => Err(JoinOutcome::refused(crate::hooks::UNAVAILABLE, true)),
-        }
-    }
-
     /// `phx_leave`: replies ok, then `phx_close`.
     pub async fn leave(&mut self, conn: &Conn<'_>, msg: &Message) {
         let Some((topic, channel)) = self.joined.remove_entry(msg.topic.as_str()) else {
@@ -620,67 +587,6 @@ impl Channels {
             response,
         );
     }
-}
-
-/// A payload as JSON for the application (a binary payload is `null`).
-fn payload_value(payload: &Payload) -> serde_json::Value {
-    payload
-        .as_json()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// The application's push hook, if the rule sends `event` to one: its `reply` and what to
-/// broadcast, or the reason to refuse the push with. A Supabase broadcast's replacement is
-/// wrapped in the broadcast envelope (`{"type": "broadcast", "event", "payload"}`).
-async fn push_hook(
-    conn: &Conn<'_>,
-    msg: &Message,
-    event: &str,
-    rule: &ChannelRule,
-    supabase: Option<&JoinConfig>,
-) -> Result<
-    (
-        Option<serde_json::Map<String, serde_json::Value>>,
-        Broadcast,
-    ),
-    String,
-> {
-    let (Some(hooks), Some(url)) = (conn.node.hooks(), rule.push_hook_for(event)) else {
-        return Ok((None, Broadcast::Original));
-    };
-    let payload = match supabase {
-        Some(_) => payload_value(&msg.payload)
-            .get("payload")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
-        None => payload_value(&msg.payload),
-    };
-    let d = match hooks
-        .push(url, &conn.caller(), &msg.topic, event, payload)
-        .await
-    {
-        Ok(d) if d.allow => d,
-        Ok(d) => return Err(d.reason),
-        Err(_) => return Err(crate::hooks::UNAVAILABLE.to_owned()),
-    };
-    let broadcast = match d.broadcast {
-        Broadcast::Replace { event: e, payload } => {
-            if let Err(invalid) = conn.node.limits().check_event(&e) {
-                tracing::warn!(topic = %msg.topic, event = %e, reason = %invalid, "push hook asked to broadcast an invalid event");
-                return Err(crate::hooks::UNAVAILABLE.to_owned());
-            }
-            match supabase {
-                Some(_) => Broadcast::Replace {
-                    event: msg.event.clone(),
-                    payload: serde_json::json!({"type": "broadcast", "event": e, "payload": payload}),
-                },
-                None => Broadcast::Replace { event: e, payload },
-            }
-        }
-        other => other,
-    };
-    Ok((d.reply, broadcast))
 }
 
 #[cfg(test)]
