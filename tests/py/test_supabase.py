@@ -138,8 +138,12 @@ class SupabaseRealtimePy(unittest.IsolatedAsyncioTestCase):
             cb.on_broadcast("msg", got_b.append)
             await self.subscribe(ca)
             await self.subscribe(cb)
+            # Three senders on three connections: each send waits for the previous one to
+            # arrive, so the order asserted below is the order they were sent in.
             await ca.send_broadcast("msg", {"n": 1})
+            await until(lambda: len(got_a) == 1, "first broadcast")
             await cb.send_broadcast("msg", {"n": 2})
+            await until(lambda: len(got_a) == 2, "second broadcast")
             self.server.broadcast("realtime:pyroom", "msg", {"n": 3})
             await until(lambda: len(got_a) == 3 and len(got_b) == 2, "broadcasts")
             self.assertEqual([m["payload"]["n"] for m in got_a], [1, 2, 3])  # self: true
