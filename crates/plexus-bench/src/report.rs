@@ -54,8 +54,8 @@ fn num(v: Option<f64>) -> String {
 
 /// One bar chart: labelled horizontal bars, the first (Plexus) in a highlight colour.
 fn bars(title: &str, unit: &str, rows: &[(String, f64)], lower_is_better: bool) -> String {
-    let w = 640.0;
-    let left = 150.0;
+    let w = 680.0;
+    let left = 190.0;
     let bar_h = 22.0;
     let gap = 10.0;
     let top = 44.0;
@@ -120,7 +120,7 @@ fn by_target<'a>(results: &'a [Value], scenario: &str) -> BTreeMap<String, Vec<&
 }
 
 /// Plexus rows first, then the peers by name.
-fn ordered<'a, T>(m: &'a BTreeMap<String, T>) -> Vec<(&'a String, &'a T)> {
+fn ordered<T>(m: &BTreeMap<String, T>) -> Vec<(&String, &T)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by_key(|(k, _)| (!k.starts_with("Plexus"), (*k).clone()));
     v
@@ -303,11 +303,13 @@ fn build(results: &[Value], o: &Opts) -> Section {
             for r in rs {
                 let _ = writeln!(
                     md,
-                    "| {t} | {} | {} | {} | **{}** | {} | {} % |",
+                    "| {t} | {} | {} | {} | **{}**{} | {} | {} % |",
                     r["transport"].as_str().unwrap_or("ws"),
                     num(f(&r["connect"]["ready"])),
                     num(f(&r["connect"]["failed"])),
                     num(f(&r["connects_per_s"])),
+                    // The generator's processes may use all the CPU the run gave it (one core).
+                    if f(&r["client_cpu_pct"]).unwrap_or(0.0) >= 90.0 { " ⚠" } else { "" },
                     num(f(&r["server_cpu_us_per_connect"])),
                     num(f(&r["client_cpu_pct"])),
                 );
