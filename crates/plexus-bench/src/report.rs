@@ -309,7 +309,11 @@ fn build(results: &[Value], o: &Opts) -> Section {
                     num(f(&r["connect"]["failed"])),
                     num(f(&r["connects_per_s"])),
                     // The generator's processes may use all the CPU the run gave it (one core).
-                    if f(&r["client_cpu_pct"]).unwrap_or(0.0) >= 90.0 { " ⚠" } else { "" },
+                    if f(&r["client_cpu_pct"]).unwrap_or(0.0) >= 90.0 {
+                        " ⚠"
+                    } else {
+                        ""
+                    },
                     num(f(&r["server_cpu_us_per_connect"])),
                     num(f(&r["client_cpu_pct"])),
                 );

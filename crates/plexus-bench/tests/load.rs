@@ -1,0 +1,209 @@
+//! The load generator end to end against a real Plexus server process: worker processes
+//! subscribe over Phoenix V2 with a JWT each, the coordinator publishes through the HTTP API,
+//! every delivery is counted and timed, and `report` turns the result into a table. Needs the
+//! server binary (`cargo build --bin plexus`, which `scripts/test` runs first).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "load-test-secret-0123456789abcdef";
+const KEY: &str = "load-test-key";
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn plexus_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/plexus");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin plexus` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn start() -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let dir = std::env::temp_dir().join(format!("plexus-load-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("plexus.toml");
+    std::fs::write(
+        &config,
+        "profile = \"dev\"\n[limits]\nmax_connections_per_ip = 0\nmax_connections_per_user = 0\nconnect_rate_per_ip = 0\n[[channels]]\ntopic = \"room:*\"\n",
+    )
+    .expect("config");
+    let child = Command::new(plexus_bin())
+        .env("PLEXUS_CONFIG", &config)
+        .env("PLEXUS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PLEXUS_JWT_SECRET", SECRET)
+        .env("PLEXUS_API_KEY", KEY)
+        .env("PLEXUS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start plexus");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "plexus did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, port, dir }
+}
+
+fn load(s: &Server, secret: &str, extra: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = s.dir.join("results.jsonl");
+    let url = format!(
+        "ws://127.0.0.1:{}/socket/websocket?vsn=2.0.0&token={{token}}",
+        s.port
+    );
+    let mut args = vec![
+        "load".to_owned(),
+        "--target".into(),
+        "Plexus".into(),
+        "--proto".into(),
+        "phoenix".into(),
+        "--url".into(),
+        url,
+        "--secret".into(),
+        secret.into(),
+        "--api-key".into(),
+        KEY.into(),
+        "--publish-url".into(),
+        format!("http://127.0.0.1:{}", s.port),
+        "--pid".into(),
+        s.child.id().to_string(),
+        "--topic".into(),
+        "room:load".into(),
+        "--sources".into(),
+        "127.0.0.2,127.0.0.3".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let run = Command::new(env!("CARGO_BIN_EXE_plexus-bench"))
+        .args(&args)
+        .output()
+        .expect("run plexus-bench");
+    let lines = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        run.status.success(),
+        lines,
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fixed_rate_fan_out_is_counted_and_reported() {
+    let s = start();
+    let (ok, lines, stderr) = load(
+        &s,
+        SECRET,
+        &[
+            "--scenario",
+            "fixed",
+            "--subs",
+            "40",
+            "--rate",
+            "20",
+            "--secs",
+            "1",
+            "--procs",
+            "2",
+        ],
+    );
+    assert!(ok, "plexus-bench failed: {stderr}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(r["connect"]["ready"], 40, "{r}");
+    let step = &r["best"];
+    assert_eq!(step["published"], 20, "{r}");
+    assert_eq!(step["expected"], 800, "{r}");
+    assert_eq!(
+        step["received"], 800,
+        "every subscriber got every message: {r}"
+    );
+    assert_eq!(step["loss_pct"], 0.0);
+    let p50 = step["lat_ms"]["p50"].as_f64().expect("latency measured");
+    let max = step["lat_ms"]["max"].as_f64().expect("latency measured");
+    assert!(p50 > 0.0 && p50 <= max && max < 5_000.0, "{r}");
+    assert!(
+        step["server_cpu_pct"].as_f64().is_some_and(|c| c > 0.0),
+        "{r}"
+    );
+
+    // The report turns the line into the table between the markers, and the charts.
+    let md = s.dir.join("BENCH.md");
+    std::fs::write(
+        &md,
+        "# t\n\n<!-- bench-compare:start -->\nold\n<!-- bench-compare:end -->\ntail\n",
+    )
+    .expect("md");
+    let svg = s.dir.join("svg");
+    let report = Command::new(env!("CARGO_BIN_EXE_plexus-bench"))
+        .args(["report", "--input"])
+        .arg(s.dir.join("results.jsonl"))
+        .arg("--markdown")
+        .arg(&md)
+        .arg("--svg-dir")
+        .arg(&svg)
+        .output()
+        .expect("report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let text = std::fs::read_to_string(&md).expect("md");
+    assert!(!text.contains("old") && text.ends_with("tail\n"), "{text}");
+    assert!(text.contains("| Plexus | 40 × 20 | "), "{text}");
+    let chart = std::fs::read_to_string(svg.join("efficiency.svg")).expect("chart");
+    assert!(
+        chart.starts_with("<svg") && chart.contains(">Plexus<"),
+        "{chart}"
+    );
+}
+
+#[test]
+fn refused_subscribers_fail_the_run_with_the_reason() {
+    let s = start();
+    let (ok, lines, stderr) = load(
+        &s,
+        "not-the-server-secret-0123456789",
+        &["--scenario", "connect", "--subs", "4", "--procs", "1"],
+    );
+    assert!(!ok, "a run where nobody could connect must fail");
+    assert!(stderr.contains("no subscriber connected"), "{stderr}");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["connect"]["failed"], 4, "{:?}", lines[0]);
+    assert!(
+        lines[0]["connect"]["first_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("handshake")),
+        "{:?}",
+        lines[0]
+    );
+}
