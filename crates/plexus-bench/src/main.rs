@@ -2,8 +2,6 @@
 //!
 //! * `conns` — memory per idle connection: opens N authenticated connections, each joined to
 //!   one channel, and prints the server's RSS growth per connection.
-//! * `fanout` — N subscribers of one topic, a publisher posting M messages/s through the HTTP
-//!   API: delivered messages/s, publish→receive latency percentiles, server CPU and RSS.
 //! * `soak` — a bounded churn of connects/joins/pushes/leaves/disconnects over WebSocket,
 //!   LongPoll and SSE with an API publisher; prints server RSS, open fds and connections over
 //!   time and fails if they do not return to their baseline once the churn stops.
@@ -11,7 +9,6 @@
 //!   protocol adapters drive Plexus and its peers alike; `scripts/bench-compare` runs it.
 //! * `report` — turns `load` results into BENCHMARKS.md's table and the SVG charts.
 
-mod fanout;
 mod http;
 mod load;
 mod report;
@@ -63,31 +60,6 @@ enum Cmd {
         /// Seconds to hold the connections after measuring.
         #[arg(long, default_value_t = 0)]
         hold: u64,
-    },
-    /// Fan-out: N subscribers on one topic, M messages/s published over HTTP.
-    Fanout {
-        #[arg(long, default_value = "ws://127.0.0.1:4000/socket")]
-        url: String,
-        /// Base HTTP URL of the same server, for POST /api/broadcast.
-        #[arg(long, default_value = "http://127.0.0.1:4000")]
-        http: String,
-        #[arg(long, env = "PLEXUS_JWT_SECRET")]
-        secret: String,
-        #[arg(long, env = "PLEXUS_API_KEY")]
-        api_key: String,
-        #[arg(long, default_value_t = 2000)]
-        subs: usize,
-        /// Messages per second.
-        #[arg(long, default_value_t = 50)]
-        rate: u64,
-        #[arg(long, default_value_t = 1000)]
-        count: u64,
-        #[arg(long, default_value = "room:fanout")]
-        topic: String,
-        #[arg(long)]
-        pid: u32,
-        #[arg(long, default_value = "127.0.0.1")]
-        sources: String,
     },
     /// Soak: bounded churn over WebSocket, LongPoll and SSE; RSS, fds and connections must
     /// return to their post-warm-up baseline.
@@ -146,35 +118,6 @@ async fn main() {
             )
             .await
             {
-                eprintln!("plexus-bench: {e}");
-                std::process::exit(1);
-            }
-        }
-        Cmd::Fanout {
-            url,
-            http,
-            secret,
-            api_key,
-            subs,
-            rate,
-            count,
-            topic,
-            pid,
-            sources,
-        } => {
-            let opts = fanout::Opts {
-                url,
-                http,
-                secret,
-                api_key,
-                subs,
-                rate,
-                count,
-                topic,
-                pid,
-                sources,
-            };
-            if let Err(e) = fanout::run(opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }
