@@ -55,6 +55,8 @@ struct FileConfig {
     listen: Option<String>,
     jwt_secret: Option<String>,
     api_key: Option<String>,
+    // (admin console)
+    admin_secret: Option<String>,
     drain_timeout_secs: Option<u64>,
     drain_notice_secs: Option<u64>,
     metrics_require_api_key: Option<bool>,
@@ -164,6 +166,10 @@ pub struct Config {
     pub jwt_secret_generated: bool,
     pub api_key: String,
     pub api_key_generated: bool,
+    // (admin console)
+    /// The secret that signs in to `/admin`; `None`: the console is disabled (the prod
+    /// default). The dev profile defaults it to the API key.
+    pub admin_secret: Option<String>,
     pub drain_timeout: Duration,
     /// On SIGTERM: how long `/health` says `draining` (new connections refused with 503)
     /// before the listener closes and clients are closed.
@@ -207,6 +213,7 @@ pub struct Env {
     pub profile: Option<String>,
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
+    pub admin_secret: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub broker: Option<String>,
@@ -225,6 +232,7 @@ impl Env {
             profile: get("PLEXUS_PROFILE"),
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
+            admin_secret: get("PLEXUS_ADMIN_SECRET"),
             tls_cert: get("PLEXUS_TLS_CERT"),
             tls_key: get("PLEXUS_TLS_KEY"),
             broker: get("PLEXUS_BROKER"),
@@ -886,6 +894,7 @@ fn resolve(
             })
         }
     };
+    let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
     let mut warnings = Vec::new();
     if profile == Profile::Prod && file.channels.is_empty() {
         warnings.push(
@@ -916,6 +925,7 @@ fn resolve(
         jwt_secret_generated: secrets.jwt_secret_generated,
         api_key: secrets.api_key,
         api_key_generated: secrets.api_key_generated,
+        admin_secret,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         drain_notice: Duration::from_secs(file.drain_notice_secs.unwrap_or(0)),
         metrics_require_api_key: file.metrics_require_api_key.unwrap_or(false),
@@ -947,6 +957,27 @@ fn resolve(
         warnings,
         source: path.map(Path::to_path_buf),
     })
+}
+
+// (admin console)
+/// `admin_secret` (`PLEXUS_ADMIN_SECRET` over the file): at least 16 characters in prod; unset
+/// in prod disables `/admin`; unset in dev, the API key signs in.
+fn resolve_admin_secret(
+    profile: Profile,
+    env: &Env,
+    file: &FileConfig,
+    api_key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let given = env.admin_secret.clone().or(file.admin_secret.clone());
+    match (profile, given) {
+        (Profile::Prod, Some(s)) if s.len() < 16 => Err(ConfigError::Invalid {
+            field: "admin_secret",
+            message: "must be at least 16 characters in the prod profile".into(),
+        }),
+        (_, Some(s)) => Ok(Some(s)),
+        (Profile::Dev, None) => Ok(Some(api_key.to_owned())),
+        (Profile::Prod, None) => Ok(None),
+    }
 }
 
 /// The secret `plexus token` signs with: flag/env, else the file's.

@@ -5,6 +5,7 @@
 //! Start here: [`cli`] (flags) → [`config`] (file + env) → [`server`] (wiring, TLS, drain) →
 //! [`routes`] (one module per endpoint group).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gate;
@@ -13,3 +14,4 @@ pub mod hook_config;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod transport_counts;

@@ -65,14 +65,26 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     };
     let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
+    // (admin console) its node-to-node requests share LongPoll's handler: installed first.
+    let calls = crate::admin::cluster::Dispatcher::install(&node);
+    let longpoll = LongPoll::new(node.clone(), config.limits.longpoll_window);
+    calls.set_longpoll(&longpoll);
+    let admin = crate::admin::Admin::new(config.admin_secret.as_deref());
+    tokio::spawn(crate::admin::samples::run(
+        Arc::downgrade(&admin),
+        node.clone(),
+        longpoll.clone(),
+    ));
     let state = AppState {
         gate: gate.clone(),
         api_guard: Default::default(),
         node: node.clone(),
         config: config.clone(),
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
-        longpoll: LongPoll::new(node.clone(), config.limits.longpoll_window),
+        longpoll,
+        admin,
     };
+    calls.set_state(state.clone());
     let tls = match &config.tls {
         Some(files) => {
             let cert = ReloadableCert::new(files.clone())?;

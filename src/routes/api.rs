@@ -28,6 +28,11 @@ pub async fn broadcast(
     _: ApiKey,
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> Response {
+    publish(&state, body).await
+}
+
+/// Checks and publishes a broadcast body (the API's and the admin console's).
+pub async fn publish(state: &AppState, body: BroadcastBody) -> Response {
     let limits = state.node.limits();
     if let Err(invalid) = limits.check_topic(&body.topic) {
         return json_error(
@@ -82,7 +87,7 @@ pub async fn channels(State(state): State<AppState>, _: ApiKey) -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectBody {
-    sub: String,
+    pub sub: String,
 }
 
 impl BodyShape for DisconnectBody {

@@ -9,6 +9,7 @@
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
 //! | `GET /`, `GET /assets/*` | [`pages`] — demo page |
+//! | `GET /admin`, `/admin/api/*` | [`crate::admin`] — admin console |
 
 pub mod api;
 pub mod dev;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub issuer: Issuer,
     pub longpoll: Arc<LongPoll>,
+    // (admin console)
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 /// The token of an `Authorization: Bearer <token>` header (API key or user token); the scheme
@@ -307,6 +310,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/channels/{topic}/history", get(api::history))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
+    // (admin console)
+    r = crate::admin::routes(r);
     if state.config.supabase {
         // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
         // rewrites that to `/socket/websocket`, Plexus serves both.

@@ -76,6 +76,13 @@ pub async fn stream(
     };
     // An admitted client now: its stream leaves the gate of connections not yet admitted.
     slot.release();
+    // Counted while the stream lives (its body is dropped when the client goes).
+    let counted =
+        crate::transport_counts::TransportCounts::open(crate::transport_counts::Counted::Sse);
+    let events = futures_util::StreamExt::map(events, move |item| {
+        let _ = &counted;
+        item
+    });
     let mut res = Body::from_stream(events).into_response();
     let h = res.headers_mut();
     h.insert(

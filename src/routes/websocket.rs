@@ -143,6 +143,9 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                let _counted = crate::transport_counts::TransportCounts::open(
+                    crate::transport_counts::Counted::WebSocket,
+                );
                 tracing::debug!(peer = %peer, sub = %sub, vsn = vsn.as_str(), "websocket connected");
                 websocket::serve(node, identity, permit, vsn, TokioIo::new(upgraded), &[]).await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");

@@ -478,8 +478,9 @@ impl Node {
         })
     }
 
-    /// Subscribes a local connection (`with_offset`: it gets history offsets in `ref`).
-    pub(crate) async fn subscribe(
+    /// Subscribes a local connection (`with_offset`: it gets history offsets in `ref`); also
+    /// used by the admin console's live tail, with ids of its own.
+    pub async fn subscribe(
         &self,
         topic: &str,
         conn: ConnId,
@@ -501,7 +502,7 @@ impl Node {
 
     /// Removes a local subscriber without waiting: `true` if the topic has no local
     /// subscriber left (then [`Node::unsubscribe_remote`] tells the broker).
-    pub(crate) fn unsubscribe_local(&self, topic: &str, conn: ConnId) -> bool {
+    pub fn unsubscribe_local(&self, topic: &str, conn: ConnId) -> bool {
         let (removed, emptied) = self.hub.unsubscribe(topic, conn);
         if removed {
             self.count_subscriber_out(topic, emptied);
@@ -510,7 +511,7 @@ impl Node {
     }
 
     /// Tells the broker that `topic` lost its local subscribers, if it still has none.
-    pub(crate) async fn unsubscribe_remote(&self, topic: &str) {
+    pub async fn unsubscribe_remote(&self, topic: &str) {
         if self.hub.subscriber_count(topic) == 0 {
             if let Err(e) = self.broker.unsubscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);

@@ -135,6 +135,11 @@ pub trait Broker: Send + Sync + 'static {
         "local"
     }
 
+    /// The ids of the live nodes of the cluster, this one included (admin console).
+    async fn node_ids(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(vec![self.node_id().to_owned()])
+    }
+
     /// Where requests from other nodes go (see [`Broker::call_node`]).
     fn set_request_handler(&self, _handler: Weak<dyn RequestHandler>) {}
 

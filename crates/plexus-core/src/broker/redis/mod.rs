@@ -270,6 +270,20 @@ impl Broker for RedisBroker {
         &self.node_id
     }
 
+    async fn node_ids(&self) -> Result<Vec<String>, BrokerError> {
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await.map_err(err)?;
+        let mut alive = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            if node == self.node_id || c.exists(self.key(&["alive", &node])).await.map_err(err)? {
+                alive.push(node);
+            }
+        }
+        alive.sort();
+        Ok(alive)
+    }
+
     fn set_request_handler(&self, handler: Weak<dyn RequestHandler>) {
         let _ = self.requests.set(handler);
     }
