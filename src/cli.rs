@@ -1,4 +1,5 @@
-//! Command-line interface: `plexus serve` (the default), `plexus check` and `plexus token`.
+//! Command-line interface: `plexus serve` (the default), `plexus check`, `plexus token` and
+//! `plexus demo-feed`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +29,28 @@ pub enum Command {
     Check(ServeArgs),
     /// Print a JWT signed with the configured secret, for clients and tests.
     Token(TokenArgs),
+    /// Publish the demo's live data (a ticker and moving points) to a server through its HTTP
+    /// API, once a second (the dev profile runs this inside the server by itself).
+    DemoFeed(DemoFeedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoFeedArgs {
+    /// The server's base URL (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:4000")]
+    pub url: String,
+
+    /// The server's API key.
+    #[arg(long, env = "PLEXUS_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+
+    /// The topic to publish to (the live page joins demo:live).
+    #[arg(long, default_value = "demo:live")]
+    pub topic: String,
+
+    /// Stop after this many updates (default: run until stopped).
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -57,6 +57,8 @@ struct FileConfig {
     api_key: Option<String>,
     // (admin console)
     admin_secret: Option<String>,
+    // (demo)
+    demo_feed: Option<bool>,
     drain_timeout_secs: Option<u64>,
     drain_notice_secs: Option<u64>,
     metrics_require_api_key: Option<bool>,
@@ -170,6 +172,10 @@ pub struct Config {
     /// The secret that signs in to `/admin`; `None`: the console is disabled (the prod
     /// default). The dev profile defaults it to the API key.
     pub admin_secret: Option<String>,
+    // (demo)
+    /// The server publishes the demo's live data (`demo:live`) through its own HTTP API while
+    /// someone subscribes: default on in dev, off in prod.
+    pub demo_feed: bool,
     pub drain_timeout: Duration,
     /// On SIGTERM: how long `/health` says `draining` (new connections refused with 503)
     /// before the listener closes and clients are closed.
@@ -214,6 +220,8 @@ pub struct Env {
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
     pub admin_secret: Option<String>,
+    /// `PLEXUS_DEMO_FEED`: `true`/`1` or `false`/`0`.
+    pub demo_feed: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub broker: Option<String>,
@@ -233,6 +241,7 @@ impl Env {
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
             admin_secret: get("PLEXUS_ADMIN_SECRET"),
+            demo_feed: get("PLEXUS_DEMO_FEED"),
             tls_cert: get("PLEXUS_TLS_CERT"),
             tls_key: get("PLEXUS_TLS_KEY"),
             broker: get("PLEXUS_BROKER"),
@@ -621,7 +630,12 @@ fn resolve_policy(
     text: Option<&str>,
 ) -> Result<Policy, ConfigError> {
     if rules.is_empty() && profile == Profile::Dev {
-        return Ok(Policy::dev_default());
+        // (demo) the chat's room:* and the demo's classroom and live-data topics.
+        return crate::demo::rules::dev_policy().map_err(|e| ConfigError::Rule {
+            file: None,
+            line: None,
+            message: e.to_string(),
+        });
     }
     Policy::new(rules).map_err(|e| ConfigError::Rule {
         file: path.map(Path::to_path_buf),
@@ -895,6 +909,17 @@ fn resolve(
         }
     };
     let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
+    let demo_feed = match env.demo_feed.as_deref() {
+        None => file.demo_feed.unwrap_or(profile == Profile::Dev),
+        Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "PLEXUS_DEMO_FEED",
+                message: format!("{other:?} is not true, false, 1 or 0"),
+            })
+        }
+    };
     let mut warnings = Vec::new();
     if profile == Profile::Prod && file.channels.is_empty() {
         warnings.push(
@@ -926,6 +951,7 @@ fn resolve(
         api_key: secrets.api_key,
         api_key_generated: secrets.api_key_generated,
         admin_secret,
+        demo_feed,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         drain_notice: Duration::from_secs(file.drain_notice_secs.unwrap_or(0)),
         metrics_require_api_key: file.metrics_require_api_key.unwrap_or(false),

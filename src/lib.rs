@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod gate;
 pub mod hook_client;
 pub mod hook_config;

@@ -1,9 +1,10 @@
-//! The `plexus` binary: parses the command line and runs the server or the `token` command.
+//! The `plexus` binary: parses the command line and runs the server, or the `check`, `token`
+//! or `demo-feed` command.
 //! Everything else is in the `plexus` library (`src/lib.rs`): `cli` (flags) → `config`
 //! (file + env) → `server` (wiring, TLS, drain) → `routes` (one module per endpoint group).
 
 use clap::Parser;
-use plexus::cli::{Cli, Command, ServeArgs, TokenArgs};
+use plexus::cli::{Cli, Command, DemoFeedArgs, ServeArgs, TokenArgs};
 use plexus::{config, server};
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::DemoFeed(args)) => demo_feed(args),
         None => serve(cli.serve),
     }
 }
@@ -117,6 +119,36 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `plexus demo-feed`: the demo's live data, published through a server's HTTP API.
+fn demo_feed(args: DemoFeedArgs) -> ExitCode {
+    init_logging();
+    let target = match plexus::demo::feed::Target::parse(&args.url, &args.api_key) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("plexus demo-feed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plexus demo-feed: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(url = %args.url, topic = %args.topic, "demo feed: publishing an update every second");
+    rt.block_on(plexus::demo::feed::run(
+        target,
+        &args.topic,
+        args.count,
+        || true,
+    ));
+    ExitCode::SUCCESS
 }
 
 fn token(args: TokenArgs) -> ExitCode {

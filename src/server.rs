@@ -104,6 +104,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Listen(format!("cannot read the listening address: {e}")))?;
     announce(&config, addr, node.broker_name(), tls.is_some());
+    // (demo) the live page's data, through this server's own HTTP API.
+    if config.demo_feed {
+        start_demo_feed(&config, addr, tls.is_some(), node.clone());
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(redirect) = config.http_redirect {
@@ -374,6 +378,42 @@ fn announce(config: &Config, addr: SocketAddr, broker: &str, tls: bool) {
     } else {
         tracing::info!("get a token: plexus token --config <file> --sub alice --ttl 1h");
     }
+}
+
+// (demo)
+/// Runs the demo's live-data generator against this server's HTTP API, publishing only while
+/// `demo:live` has subscribers here (plain HTTP only: not with native TLS).
+fn start_demo_feed(config: &Config, addr: SocketAddr, tls: bool, node: Arc<Node>) {
+    use crate::demo::feed;
+    if tls {
+        tracing::info!("demo feed off: it speaks plain HTTP and this server serves TLS");
+        return;
+    }
+    let mut local = addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let target = match feed::Target::parse(&format!("http://{local}"), &config.api_key) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "demo feed off");
+            return;
+        }
+    };
+    tracing::info!(
+        "demo feed: live data on {} while someone watches: http://{local}/demo/live",
+        feed::TOPIC
+    );
+    tokio::spawn(async move {
+        feed::run(target, feed::TOPIC, None, move || {
+            node.hub().subscriber_count(feed::TOPIC) > 0
+        })
+        .await
+    });
 }
 
 /// SIGHUP reloads the TLS certificate (`None`: no TLS, the signal is logged and ignored).

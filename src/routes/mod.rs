@@ -8,18 +8,18 @@
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
-//! | `GET /`, `GET /assets/*` | [`pages`] — demo page |
+//! | `GET /`, `GET /demo/*`, `GET /assets/*` | [`crate::demo::pages`] — the demo |
 //! | `GET /admin`, `/admin/api/*` | [`crate::admin`] — admin console |
 
 pub mod api;
 pub mod dev;
 pub mod health;
 pub mod longpoll;
-pub mod pages;
 pub mod sse;
 pub mod websocket;
 
 use crate::config::{Config, Profile};
+use crate::demo::pages;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -293,7 +293,12 @@ pub fn body_limit(state: &AppState) -> usize {
 
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
+        // (demo)
         .route("/", get(pages::index))
+        .route("/demo/roles", get(pages::roles))
+        .route("/demo/live", get(pages::live))
+        .route("/assets/demo.js", get(pages::script))
+        .route("/assets/demo.css", get(pages::style))
         .route("/assets/phoenix.min.js", get(pages::phoenix_js))
         .route("/socket/websocket", get(websocket::upgrade))
         .route(

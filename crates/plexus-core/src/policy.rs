@@ -355,8 +355,9 @@ impl Policy {
         self.supabase_name(topic).unwrap_or(topic)
     }
 
-    /// The dev profile's built-in rules: anyone authenticated may join `room:*` and push there,
-    /// with presence and a history of the last 100 messages (5 minutes).
+    /// An open policy for trying things out: anyone authenticated may join `room:*` and push
+    /// there, with presence and a history of the last 100 messages (5 minutes). (The server's
+    /// dev profile uses these and the demo's topics: `src/demo/rules.rs`.)
     pub fn dev_default() -> Self {
         let mut room = ChannelRule::open("room:*");
         room.presence = true;
