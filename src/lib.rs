@@ -12,6 +12,7 @@ pub mod demo;
 pub mod gate;
 pub mod hook_client;
 pub mod hook_config;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod tls;

@@ -37,6 +37,8 @@ pub enum StartError {
 }
 
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Before anything records a metric (the core resolves its handles once).
+    crate::metrics::install();
     let config = Arc::new(config);
     let node_config = NodeConfig {
         verifier: config.verifier.clone(),

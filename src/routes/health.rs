@@ -1,4 +1,5 @@
-//! `GET /health` (200 while serving, 503 while draining) and `GET /metrics` (Prometheus text).
+//! `GET /health` (200 while serving, 503 while draining) and `GET /metrics` (Prometheus text,
+//! rendered by [`crate::metrics`], then the hooks' and webhooks' counters).
 
 use super::AppState;
 use axum::extract::State;
@@ -36,116 +37,8 @@ pub async fn metrics(
             return refused;
         }
     }
-    let node = &state.node;
-    let c = &node.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "plexus_connections",
-        "gauge",
-        "Live client connections.",
-        node.connection_count() as u64,
-    );
-    metric(
-        "plexus_topics",
-        "gauge",
-        "Topics with local subscribers.",
-        node.hub().topics().len() as u64,
-    );
-    metric(
-        "plexus_connections_total",
-        "counter",
-        "Connections accepted.",
-        c.connections_total.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_messages_in_total",
-        "counter",
-        "Client messages handled.",
-        c.messages_in.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_broadcasts_total",
-        "counter",
-        "Broadcasts published.",
-        c.broadcasts.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_joins_refused_total",
-        "counter",
-        "Joins refused (channel rules, limits, max_per_user).",
-        c.joins_refused.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_broker_errors_total",
-        "counter",
-        "Broker operations that failed.",
-        c.broker_errors.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_http_connections",
-        "gauge",
-        "Connections not yet admitted as clients (HTTP requests, handshakes, LongPoll polls).",
-        state.gate.count() as u64,
-    );
-    metric(
-        "plexus_http_refused_total",
-        "counter",
-        "Connections closed at accept: too many not yet admitted (per address or in total).",
-        state.gate.refused.load(Ordering::Relaxed),
-    );
-    metric(
-        "plexus_http_timeouts_total",
-        "counter",
-        "Connections closed for not sending their request headers (or TLS handshake) in time.",
-        state.gate.timeouts.load(Ordering::Relaxed),
-    );
-    if let Some(h) = node.history_stats() {
-        metric(
-            "plexus_history_topics",
-            "gauge",
-            "Topics with retained history in this node's memory.",
-            h.topics as u64,
-        );
-        metric(
-            "plexus_history_bytes",
-            "gauge",
-            "Bytes of history retained in this node's memory (limits.history_max_bytes bounds it).",
-            h.bytes as u64,
-        );
-    }
-    metric(
-        "plexus_broker_up",
-        "gauge",
-        "1 while the broker's backend (Redis) is reachable; always 1 for the embedded broker.",
-        node.broker_healthy() as u64,
-    );
-    metric(
-        "plexus_draining",
-        "gauge",
-        "1 while the node drains.",
-        node.is_draining() as u64,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP plexus_connections_refused_total Connections refused at admission, by HTTP status (401 no token, 403 bad token or origin, 429 rates and caps, 503 draining).\n# TYPE plexus_connections_refused_total counter"
-    );
-    for (status, n) in plexus_core::node::Counters::REFUSED_STATUSES
-        .iter()
-        .zip(&c.refused)
-    {
-        let _ = writeln!(
-            out,
-            "plexus_connections_refused_total{{status=\"{status}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
-    }
-    write_hook_metrics(&mut out, node);
+    let mut out = crate::metrics::render(&state);
+    write_hook_metrics(&mut out, &state.node);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

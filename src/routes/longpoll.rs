@@ -94,6 +94,7 @@ async fn poll_inner(
         Ok(vsn) => vsn,
         Err(reason) => {
             tracing::info!(peer = %peer, transport = "longpoll", reason, "connection refused");
+            plexus_core::metrics::refused("vsn", &reason);
             return body(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"status": 400, "error": reason}),

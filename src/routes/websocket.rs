@@ -87,6 +87,7 @@ pub async fn upgrade(
         Ok(vsn) => vsn,
         Err(reason) => {
             tracing::info!(peer = %peer, transport = "websocket", reason, "connection refused");
+            plexus_core::metrics::refused("vsn", &reason);
             return json_error(StatusCode::BAD_REQUEST, reason);
         }
     };

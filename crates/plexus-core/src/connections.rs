@@ -65,6 +65,20 @@ impl Connections {
         self.live.lock().len()
     }
 
+    /// Messages waiting in every outbox: `(total, deepest)`.
+    pub fn outbox_depths(&self) -> (usize, usize) {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .live
+            .lock()
+            .values()
+            .map(|e| e.outbox.clone())
+            .collect();
+        outboxes
+            .iter()
+            .map(|o| o.depth())
+            .fold((0, 0), |(sum, max), d| (sum + d, max.max(d)))
+    }
+
     /// Asks every connection of user `sub` to close; returns how many.
     pub fn close_user(&self, sub: &str, code: u16, reason: &'static str) -> usize {
         let live = self.live.lock();

@@ -87,6 +87,16 @@ impl Hub {
     /// Hands the publication's frame to every local subscriber of its topic.
     /// Returns how many received it.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        let started = std::time::Instant::now();
+        let n = self.deliver_untimed(publication);
+        crate::metrics::fanout(started.elapsed(), n);
+        if n == 0 {
+            publication.not_timed();
+        }
+        n
+    }
+
+    fn deliver_untimed(&self, publication: &Arc<Publication>) -> usize {
         let shard = self.shard(&publication.topic).read();
         let Some(subs) = shard.get(&*publication.topic) else {
             return 0;

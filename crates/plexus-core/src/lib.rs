@@ -29,6 +29,8 @@
 //! * [`expiry`] — when a connection's token runs out (warning, then close), for every transport.
 //! * [`auth`] — who is connecting: JWT verification and the resulting [`auth::Identity`].
 //! * [`limits`] — sizes, queue depths, timeouts, name checks and close codes.
+//! * [`metrics`] — what the core measures (latency histograms, refusals by reason), through the
+//!   `metrics` facade.
 //! * [`ratelimit`] — the token bucket behind the rate limits.
 //! * [`supabase`] — Supabase Realtime's conventions inside the Phoenix protocol (channel
 //!   config, broadcast envelope, presence track/untrack), read and written as plain data.
@@ -45,6 +47,7 @@ pub mod hooks;
 pub mod hub;
 mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod policy;

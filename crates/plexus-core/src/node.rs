@@ -233,6 +233,7 @@ impl Node {
         let refuse = |r: Refusal| {
             tracing::warn!(client = %ip, status = r.status, reason = %r.reason, "connection refused");
             self.counters.count_refusal(r.status);
+            crate::metrics::refused("connect", &r.reason);
             r
         };
         self.admission.check_rate(ip).map_err(refuse)?;
@@ -247,6 +248,7 @@ impl Node {
         let mut permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
             tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
             self.counters.count_refusal(r.status);
+            crate::metrics::refused("connect", &r.reason);
         })?;
         if let Err(e) = self
             .admission
@@ -374,6 +376,11 @@ impl Node {
     /// Live connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.count()
+    }
+
+    /// Messages waiting in this node's outboxes: `(total, deepest)` (metrics).
+    pub fn outbox_depths(&self) -> (usize, usize) {
+        self.connections.outbox_depths()
     }
 
     /// Closes every connection of user `sub` on this node with 1001; returns how many.

@@ -248,6 +248,7 @@ impl Outbox {
                 code: close_codes::SLOW_CONSUMER,
                 reason: "slow consumer: outbound queue full",
             });
+            crate::metrics::slow_consumer_closed();
             return false;
         }
         st.bytes += weight;
@@ -310,6 +311,12 @@ impl Outbox {
     /// The close requested, if any.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.state.lock().close.clone()
+    }
+
+    /// Messages waiting to be written (metrics).
+    pub fn depth(&self) -> usize {
+        let st = self.state.lock();
+        st.queue.len() + st.held.as_ref().map_or(0, Vec::len)
     }
 
     pub fn is_closed(&self) -> bool {

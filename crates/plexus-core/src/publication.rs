@@ -15,6 +15,7 @@ use crate::protocol::{
     encode_message_v1, DecodeError, EncodeError, Frame, Payload, ServerBinary, Vsn,
 };
 use crate::ConnId;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -44,6 +45,25 @@ pub struct Publication {
     pub history: Option<HistoryOpts>,
     /// Position in the topic's history, assigned by the broker.
     pub offset: Option<u64>,
+    /// For the publish→write latency metric.
+    first_write: FirstWrite,
+}
+
+/// When a publication was made on this node (published here, received from the broker or
+/// read back from history), and whether its first write to a client was already timed.
+#[derive(Debug)]
+struct FirstWrite {
+    created: std::time::Instant,
+    timed: std::sync::atomic::AtomicBool,
+}
+
+impl Clone for FirstWrite {
+    fn clone(&self) -> Self {
+        FirstWrite {
+            created: self.created,
+            timed: std::sync::atomic::AtomicBool::new(self.timed.load(Relaxed)),
+        }
+    }
 }
 
 /// Frames derived from [`Publication::frame`], each encoded once when first asked for.
@@ -86,7 +106,25 @@ impl Publication {
             exclude,
             history: None,
             offset,
+            first_write: FirstWrite {
+                created: std::time::Instant::now(),
+                timed: std::sync::atomic::AtomicBool::new(false),
+            },
         }
+    }
+
+    /// It was written to a client: the first write is timed (`plexus_publish_to_write_seconds`).
+    /// One atomic load per delivery after that.
+    pub fn written(&self) {
+        let t = &self.first_write.timed;
+        if !t.load(Relaxed) && !t.swap(true, Relaxed) {
+            crate::metrics::first_write(self.first_write.created);
+        }
+    }
+
+    /// Nobody here received it live: a later replay from history is not a delivery latency.
+    pub fn not_timed(&self) {
+        self.first_write.timed.store(true, Relaxed);
     }
 
     /// The frame a receiver speaking `vsn` gets: Phoenix's shape (`ref` null), or with the

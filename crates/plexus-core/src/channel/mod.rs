@@ -313,13 +313,16 @@ impl Channels {
 
     /// Authorises and performs a join (see the module doc for what the client receives).
     pub async fn join(&mut self, conn: &Conn<'_>, req: JoinRequest<'_>) -> JoinOutcome {
+        let started = std::time::Instant::now();
         let outcome = self.join_inner(conn, &req).await;
+        crate::metrics::join(started.elapsed());
         // Successful joins replied in order, before their replay and presence_state.
         if let JoinOutcome::Refused { reason, .. } = &outcome {
             conn.node
                 .counters
                 .joins_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::refused("join", reason);
             tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = req.topic, reason = %reason, "join refused");
             self.send_join_reply(conn, &req, &outcome);
         }

@@ -102,6 +102,9 @@ pub async fn serve<S>(
                             r = write_frames(&mut io, &batch, vsn) => Ok(r),
                             _ = &mut timer => Err(()),
                         };
+                        if matches!(written, Ok(Ok(()))) {
+                            batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
+                        }
                         batch.clear();
                         timer.as_mut().reset(socket.expiry().next(idle_deadline));
                         if batch.capacity() > 64 {

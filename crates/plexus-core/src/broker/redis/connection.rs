@@ -77,7 +77,8 @@ impl RedisBroker {
     pub(super) async fn heartbeat(&self) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let ttl = self.cfg.node_timeout.as_millis() as u64;
-        redis::pipe()
+        let started = std::time::Instant::now();
+        let done = redis::pipe()
             .cmd("SET")
             .arg(self.key(&["alive", &self.node_id]))
             .arg(1)
@@ -87,7 +88,9 @@ impl RedisBroker {
             .sadd(self.key(&["nodes"]), &self.node_id)
             .ignore()
             .query_async::<()>(&mut c)
-            .await
+            .await;
+        crate::metrics::redis_round_trip("heartbeat", started.elapsed());
+        done
     }
 
     /// Writes this node's presences and counters again (after Redis lost them, or a blip).
@@ -359,6 +362,7 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
         b.healthy.store(false, Ordering::Release);
         *b.sink.lock().await = None;
         b.failed("subscription", &"connection lost, reconnecting");
+        crate::metrics::redis_reconnected();
         drop(b);
         tokio::time::sleep(backoff).await;
     }

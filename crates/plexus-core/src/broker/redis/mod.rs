@@ -317,7 +317,10 @@ impl Broker for RedisBroker {
             let mut envelope = format!("P1 {origin} - {kind}\n").into_bytes();
             envelope.extend_from_slice(publication.frame.bytes());
             let mut c = self.conn.clone();
-            if let Err(e) = c.publish::<_, _, ()>(&channel, envelope).await {
+            let started = std::time::Instant::now();
+            let published = c.publish::<_, _, ()>(&channel, envelope).await;
+            crate::metrics::redis_round_trip("publish", started.elapsed());
+            if let Err(e) = published {
                 self.failed("publish", &e);
                 return Err(err(format!("delivered on this node only: {e}")));
             }
@@ -342,6 +345,7 @@ impl Broker for RedisBroker {
             .unwrap_or(0);
         let topic = &publication.topic;
         let mut c = self.conn.clone();
+        let started = std::time::Instant::now();
         let result: Result<(u64, String), _> = self
             .publish_history
             .key(self.key(&["off", topic]))
@@ -358,6 +362,7 @@ impl Broker for RedisBroker {
             .arg(now_ms)
             .invoke_async(&mut c)
             .await;
+        crate::metrics::redis_round_trip("publish_history", started.elapsed());
         match result {
             Ok((offset, epoch)) => {
                 self.remember_epoch(topic, epoch);
