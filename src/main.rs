@@ -82,6 +82,17 @@ fn check(args: ServeArgs) -> ExitCode {
     if cfg.supabase {
         println!("  supabase channels: on");
     }
+    println!(
+        "  admin console: {}",
+        if cfg.admin_secret.is_some() {
+            "on (/admin)"
+        } else {
+            "off (no admin_secret)"
+        }
+    );
+    if cfg.demo_feed {
+        println!("  demo feed: on (demo:live)");
+    }
     for w in &cfg.warnings {
         println!("warning: {w}");
     }

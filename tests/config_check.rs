@@ -92,3 +92,26 @@ fn prod_without_rules_is_a_warning_and_a_good_file_is_summarised() {
     );
     assert!(c.stdout.contains("room:staff") && !c.stdout.contains("warning"));
 }
+
+#[test]
+fn the_admin_console_is_off_in_prod_without_a_secret_and_a_short_one_is_refused() {
+    let rules = "[[channels]]\ntopic = \"room:*\"\n";
+    let c = check(&format!("{SECRETS}{rules}"), &[]);
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(c.stdout.contains("admin console: off"), "{}", c.stdout);
+    assert!(!c.stdout.contains("demo feed"), "{}", c.stdout);
+    let c = check(&format!("{SECRETS}admin_secret = \"short\"\n{rules}"), &[]);
+    assert_eq!(c.code, Some(2), "{}", c.stdout);
+    assert!(c.stderr.contains("admin_secret"), "{}", c.stderr);
+    let c = check(
+        &format!("{SECRETS}admin_secret = \"admin-0123456789abcdef\"\ndemo_feed = true\n{rules}"),
+        &[],
+    );
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(
+        c.stdout.contains("admin console: on (/admin)"),
+        "{}",
+        c.stdout
+    );
+    assert!(c.stdout.contains("demo feed: on"), "{}", c.stdout);
+}
