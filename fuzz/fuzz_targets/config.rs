@@ -4,7 +4,8 @@
 //! Arbitrary UTF-8, resolved with the file's default profile (prod) and with `--profile dev`:
 //! never panics, every error has a message, and an accepted configuration keeps the loader's
 //! promises: dev listens on loopback only; prod has a JWT secret (or keys) of at least 16
-//! characters and an API key of at least 16, none generated; limits are sane
+//! characters and an API key of at least 16, none generated, and an admin secret (if any) of
+//! at least 16; limits are sane
 //! (max_message_bytes >= 1024, non-negative rates, timeouts >= 1 s).
 #![no_main]
 
@@ -33,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
                         assert!(!c.jwt_secret_generated && !c.api_key_generated);
                         assert!(c.api_key.len() >= 16);
                         assert!(c.jwt_secret.is_empty() || c.jwt_secret.len() >= 16);
+                        assert!(c.admin_secret.as_ref().is_none_or(|s| s.len() >= 16));
                     }
                 }
                 assert!(!c.verifier.keys().is_empty());
