@@ -996,6 +996,10 @@ fn resolve_admin_secret(
 ) -> Result<Option<String>, ConfigError> {
     let given = env.admin_secret.clone().or(file.admin_secret.clone());
     match (profile, given) {
+        (_, Some(s)) if s.is_empty() => Err(ConfigError::Invalid {
+            field: "admin_secret",
+            message: "must not be empty (leave it out to disable the console in prod)".into(),
+        }),
         (Profile::Prod, Some(s)) if s.len() < 16 => Err(ConfigError::Invalid {
             field: "admin_secret",
             message: "must be at least 16 characters in the prod profile".into(),

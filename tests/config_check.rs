@@ -104,6 +104,16 @@ fn the_admin_console_is_off_in_prod_without_a_secret_and_a_short_one_is_refused(
     assert_eq!(c.code, Some(2), "{}", c.stdout);
     assert!(c.stderr.contains("admin_secret"), "{}", c.stderr);
     let c = check(
+        &format!("profile = \"dev\"\nadmin_secret = \"\"\n{rules}"),
+        &[],
+    );
+    assert_eq!(
+        c.code,
+        Some(2),
+        "an empty secret would open the console: {}",
+        c.stdout
+    );
+    let c = check(
         &format!("{SECRETS}admin_secret = \"admin-0123456789abcdef\"\ndemo_feed = true\n{rules}"),
         &[],
     );

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 assert!(!c.verifier.keys().is_empty());
+                assert!(c.admin_secret.as_ref().is_none_or(|s| !s.is_empty()));
                 let l = &c.limits;
                 assert!(l.max_message_bytes >= 1024);
                 assert!(l.messages_per_second >= 0.0, "{}", l.messages_per_second);
