@@ -184,7 +184,7 @@ test("prod without an admin secret: every /admin path is 404 with a JSON reason"
   }
 });
 
-test("cluster: the console lists every node and drains another one", async () => {
+test("cluster: the console lists every node, tails and disconnects across nodes, and drains another one", async () => {
   const redis = await Redis.start();
   const dir = mkdtempSync(path.join(tmpdir(), "plexus-js-admin-"));
   const config = path.join(dir, "plexus.toml");
@@ -206,6 +206,22 @@ test("cluster: the console lists every node and drains another one", async () =>
     assert.equal(other.connections, 1);
     assert.equal(other.transports.websocket, 1);
     assert.equal((await api(b, "/admin/api/overview", { auth: t })).status, 200);
+    // A live tail on node a sees a broadcast published on node b.
+    const ctl = new AbortController();
+    const tail = await fetch(`${a.http}/admin/api/tail?topic=room:cluster`, { headers: { authorization: `Bearer ${t}` }, signal: ctl.signal });
+    const reader = tail.body.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    while (!seen.includes("subscribed")) seen += (await reader.read()).value;
+    await b.broadcast("room:cluster", "from_b", { hello: "a" });
+    while (!seen.includes("from_b")) seen += (await reader.read()).value;
+    assert.match(seen, /"event":"from_b".*"payload":\{"hello":"a"\}/);
+    ctl.abort();
+    // Disconnect from node a's console closes carol's socket on node b.
+    let closed = false;
+    carol.onClose(() => { closed = true; });
+    const dc = await api(a, "/admin/api/disconnect", { method: "POST", body: { sub: "carol" }, auth: t });
+    assert.equal(dc.status, 200);
+    await until(() => closed, 5000, "carol disconnected on node b");
     const res = await api(a, "/admin/api/drain", { method: "POST", body: { node: other.id }, auth: t });
     assert.equal(res.status, 200, await res.clone().text());
     await until(async () => (await fetch(`${b.http}/health`)).status === 503, 5000, "node b draining");
