@@ -589,6 +589,9 @@ async fn slow_consumers_are_cut_off_and_the_others_keep_receiving() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(subscribers, 18, "{}", s.log());
+    // Cut off by their full outboxes (close 1013), and counted.
+    let (_, m) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(metric(&m, "plexus_slow_consumer_closes_total"), 2, "{m}");
     let grown = rss_kib(s.pid()).saturating_sub(before);
     assert!(grown < 48 * 1024, "RSS grew by {grown} KiB");
     drop((stalled, healthy));
