@@ -172,6 +172,11 @@ async fn connect_hook_allows_denies_and_fails_clearly() {
         .await,
         1
     );
+    // Every call's latency, the timed-out one included, is in the hook histogram.
+    assert_eq!(
+        metric(&s, "plexus_hook_call_seconds_count{hook=\"connect\"}").await,
+        5
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ pub const SLOW_CONSUMER_CLOSES: &str = "plexus_slow_consumer_closes_total";
 pub const REFUSALS: &str = "plexus_refusals_total";
 /// One Redis command's round trip, by operation.
 pub const REDIS_ROUND_TRIP: &str = "plexus_redis_round_trip_seconds";
+/// One application hook call (HTTP round trip, or until its timeout), by hook.
+pub const HOOK: &str = "plexus_hook_call_seconds";
 /// Times the Redis subscription connection was lost and reconnected.
 pub const REDIS_RECONNECTS: &str = "plexus_redis_reconnects_total";
 
@@ -75,6 +77,11 @@ pub fn describe() {
         Unit::Seconds,
         "Round trips of Redis commands, by operation."
     );
+    describe_histogram!(
+        HOOK,
+        Unit::Seconds,
+        "Application hook calls (HTTP round trip, or until the timeout), by hook."
+    );
     describe_counter!(
         REDIS_RECONNECTS,
         "Times the Redis subscription connection was lost and re-established."
@@ -113,6 +120,11 @@ pub fn refused(stage: &'static str, reason: &str) {
 /// A Redis command (`op`: `publish`, `heartbeat`, …) took `took`.
 pub fn redis_round_trip(op: &'static str, took: Duration) {
     metrics::histogram!(REDIS_ROUND_TRIP, "op" => op).record(took);
+}
+
+/// A hook call (`hook`: `connect`, `join`, `push`) took `took`.
+pub fn hook_call(hook: &'static str, took: Duration) {
+    metrics::histogram!(HOOK, "hook" => hook).record(took);
 }
 
 pub fn redis_reconnected() {

@@ -375,6 +375,7 @@ impl Hooks {
         .await;
         self.counters.micros[kind as usize]
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        crate::metrics::hook_call(kind.name(), started.elapsed());
         let result = match sent {
             Err(_) => Err((
                 Outcome::Timeout,
