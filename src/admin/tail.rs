@@ -5,7 +5,8 @@
 //!
 //! The tail subscribes to the topic like a connection would (with an id of its own, never a
 //! client's), so on a cluster it sees the whole cluster's broadcasts, and it counts as one
-//! subscriber while it is open. Its queue is bounded as a client's outbox is; a tail that
+//! subscriber while it is open, everywhere (topic lists, `channel_occupied` / `channel_vacated`
+//! webhooks): a subscriber hidden from the counts would suppress those webhooks. Its queue is bounded as a client's outbox is; a tail that
 //! cannot keep up is ended (the page reopens it). At most [`MAX_TAILS`] are open per node.
 
 use super::AdminAuth;

@@ -9,10 +9,12 @@ import { existsSync, mkdirSync, mkdtempSync, writeFileSync, rmSync } from "node:
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { createServer } from "node:http";
+import { once } from "node:events";
 import { chromium } from "playwright-core";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
-import { Server, Redis, token, until, join, SECRET, API_KEY } from "./server.mjs";
+import { Server, Redis, token, until, sleep, join, SECRET, API_KEY } from "./server.mjs";
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ADMIN = "admin-secret-0123456789";
@@ -231,5 +233,48 @@ test("cluster: the console lists every node, tails and disconnects across nodes,
     await b.stop();
     await redis.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a live tail counts as a subscriber: channel_occupied when it opens, channel_vacated when it closes", async () => {
+  const events = [];
+  const app = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", () => { events.push(...JSON.parse(body).events); res.end("{}"); });
+  });
+  app.listen(0, "127.0.0.1");
+  await once(app, "listening");
+  const srv = await Server.start({
+    PLEXUS_ADMIN_SECRET: ADMIN,
+    PLEXUS_HOOK_SECRET: "admin-js-hook-secret-0123",
+    PLEXUS_WEBHOOK_URL: `http://127.0.0.1:${app.address().port}/webhook`,
+    PLEXUS_WEBHOOK_BATCH_WAIT_MS: "10",
+  });
+  const of = (type) => events.filter((e) => e.type === type && e.topic === "room:quiet").length;
+  try {
+    const t = await session(srv);
+    const ctl = new AbortController();
+    const tail = await fetch(`${srv.http}/admin/api/tail?topic=room:quiet`, { headers: { authorization: `Bearer ${t}` }, signal: ctl.signal });
+    const reader = tail.body.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    while (!seen.includes("subscribed")) seen += (await reader.read()).value;
+    await until(() => of("channel_occupied") === 1, 5000, "channel_occupied for the tail");
+    // A client joining the occupied topic does not occupy it again; leaving does not vacate it.
+    const dora = connect(srv, "dora");
+    const ch = dora.channel("room:quiet", {});
+    await join(ch);
+    await srv.broadcast("room:quiet", "hello", {});
+    while (!seen.includes("hello")) seen += (await reader.read()).value;
+    await new Promise((r) => ch.leave().receive("ok", r));
+    await sleep(200);
+    assert.equal(of("channel_occupied"), 1);
+    assert.equal(of("channel_vacated"), 0);
+    ctl.abort();
+    await until(() => of("channel_vacated") === 1, 5000, "channel_vacated when the tail closes");
+    dora.disconnect();
+  } finally {
+    await srv.stop();
+    app.close();
   }
 });
