@@ -401,6 +401,47 @@ async fn breaker_opens_after_failures_and_cache_spares_calls() {
     assert!(c.join("room:b", json!({})).await.unwrap().is_ok());
 }
 
+/// The half-open circuit's trial call is awaited inside the WebSocket handshake; a client
+/// that hangs up during it cancels the call. The trial must be given back: the next call
+/// goes out and closes the circuit (it used to stay open for good: 503 until a restart).
+#[tokio::test]
+async fn a_trial_cancelled_by_a_hangup_does_not_jam_the_breaker() {
+    let recv = Receiver::start(app).await;
+    let s = start(
+        &recv,
+        &[
+            ("PLEXUS_HOOK_BREAKER_THRESHOLD", "1"),
+            ("PLEXUS_HOOK_BREAKER_COOLDOWN_SECS", "1"),
+            ("PLEXUS_HOOK_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let (status, body) = handshake(&s, "broken").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(handshake(&s, "alice").await.0, 503, "the circuit is open");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The trial: the app is slow, and the client gives up and closes its socket.
+    let path = format!("/socket/websocket?vsn=2.0.0&token={}", s.token("slow"));
+    let hung_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        common::http_raw(s.port, "GET", &path, &ws_headers(), ""),
+    )
+    .await;
+    assert!(hung_up.is_err(), "the slow handshake was cut short");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while recv.at("/connect").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recv.at("/connect").len(), 2, "the trial reached the app");
+    tokio::time::sleep(Duration::from_millis(200)).await; // the server notices the hangup
+    let (status, body) = handshake(&s, "alice").await;
+    assert_eq!(
+        status, 101,
+        "the next call is the trial and closes the circuit: {body}"
+    );
+    assert_eq!(handshake(&s, "bob").await.0, 101);
+}
+
 #[tokio::test]
 async fn longpoll_joins_go_through_the_hook() {
     let recv = Receiver::start(app).await;

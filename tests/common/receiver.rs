@@ -35,7 +35,8 @@ pub struct Received {
     pub path: String,
     pub body: Value,
     pub signed: bool,
-    /// The status answered.
+    /// The status answered (0 while the answer is still pending: requests are recorded on
+    /// arrival).
     pub status: u16,
 }
 
@@ -82,6 +83,16 @@ async fn handle(
     let signed = verify(&headers, &body);
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = uri.path().to_owned();
+    let index = {
+        let mut received = inner.received.lock();
+        received.push(Received {
+            path: path.clone(),
+            body: value.clone(),
+            signed,
+            status: 0,
+        });
+        received.len() - 1
+    };
     let answer = {
         let h = inner.handler.lock().clone();
         h(&path, &value)
@@ -95,12 +106,7 @@ async fn handle(
         }
         Answer::Raw(text) => (200, text.into_response()),
     };
-    inner.received.lock().push(Received {
-        path,
-        body: value,
-        signed,
-        status,
-    });
+    inner.received.lock()[index].status = status;
     response
 }
 

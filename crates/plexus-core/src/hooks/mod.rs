@@ -353,11 +353,13 @@ impl Hooks {
             }
             HookFailure
         };
-        if !breaker.allow(Instant::now()) {
+        // Dropped without an outcome (this future cancelled, or the call never sent), the
+        // ticket gives a half-open circuit's trial back.
+        let Some(ticket) = breaker.allow(Instant::now()) else {
             return Err(fail(Outcome::Open, "circuit open after repeated failures"));
-        }
+        };
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            breaker.cancel();
+            drop(ticket);
             return Err(fail(
                 Outcome::Busy,
                 "too many hook calls in flight (hooks.max_concurrent)",
@@ -390,7 +392,7 @@ impl Hooks {
         };
         match result {
             Ok(d) => {
-                breaker.success();
+                ticket.success();
                 if d.allow {
                     self.count(kind, Outcome::Allow);
                     tracing::debug!(hook = kind.name(), sub, topic, "hook allowed");
@@ -401,7 +403,7 @@ impl Hooks {
                 Ok(d)
             }
             Err((outcome, why)) => {
-                if breaker.failure(&self.config.breaker, Instant::now()) {
+                if ticket.failure(&self.config.breaker, Instant::now()) {
                     self.counters.circuit_opened.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(hook = kind.name(), url, cooldown = ?self.config.breaker.cooldown, "hook circuit opened: calls fail at once until the cooldown ends");
                 }
