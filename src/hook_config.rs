@@ -23,6 +23,7 @@ pub struct FileHooks {
     breaker_cooldown_secs: Option<u64>,
     join_cache_secs: Option<u64>,
     join_cache_max: Option<u64>,
+    join_cache_max_bytes: Option<u64>,
 }
 
 /// `[webhooks]`.
@@ -51,7 +52,7 @@ pub struct HookSettings {
 pub const MIN_SECRET_CHARS: usize = 16;
 
 /// The environment variables read here, by name.
-pub const ENV_VARS: [&str; 18] = [
+pub const ENV_VARS: [&str; 19] = [
     "PLEXUS_HOOK_SECRET",
     "PLEXUS_CONNECT_HOOK_URL",
     "PLEXUS_JOIN_HOOK_URL",
@@ -61,6 +62,7 @@ pub const ENV_VARS: [&str; 18] = [
     "PLEXUS_HOOK_BREAKER_COOLDOWN_SECS",
     "PLEXUS_HOOK_JOIN_CACHE_SECS",
     "PLEXUS_HOOK_JOIN_CACHE_MAX",
+    "PLEXUS_HOOK_JOIN_CACHE_MAX_BYTES",
     "PLEXUS_WEBHOOK_URL",
     "PLEXUS_WEBHOOK_EVENTS",
     "PLEXUS_WEBHOOK_QUEUE_MAX",
@@ -210,6 +212,13 @@ pub fn resolve(
         hooks.join_cache_max,
         10_000,
         (1, 1_000_000),
+    )? as usize;
+    cfg.join_cache_max_bytes = src.number(
+        "PLEXUS_HOOK_JOIN_CACHE_MAX_BYTES",
+        "hooks.join_cache_max_bytes",
+        hooks.join_cache_max_bytes,
+        4 << 20,
+        (1024, 1 << 30),
     )? as usize;
     let webhooks = match webhook_url {
         None => None,

@@ -442,6 +442,69 @@ async fn a_trial_cancelled_by_a_hangup_does_not_jam_the_breaker() {
     assert_eq!(handshake(&s, "bob").await.0, 101);
 }
 
+/// The join cache holds small decisions only, keyed on the claims too: a join with large
+/// params is asked every time (not kept), a token whose claims changed is asked again, and
+/// the bytes bound drops the oldest decisions.
+#[tokio::test]
+async fn join_cache_keeps_small_decisions_keyed_on_claims_and_bounded_in_bytes() {
+    let recv = Receiver::start(app).await;
+    let s = start(
+        &recv,
+        &[
+            ("PLEXUS_HOOK_JOIN_CACHE_SECS", "30"),
+            ("PLEXUS_HOOK_JOIN_CACHE_MAX_BYTES", "1024"),
+        ],
+    )
+    .await;
+    let joins = |topic: &str| {
+        recv.at("/join")
+            .iter()
+            .filter(|q| q.body["topic"] == topic)
+            .count()
+    };
+    let client = |name: &str| {
+        let token = plexus_core::auth::Issuer::hs256(common::SECRET.as_bytes())
+            .issue("alice", &[], Some(name), 3600)
+            .unwrap();
+        plexus_client::Client::connect(plexus_client::ConnectOptions::new(s.url()).token(token))
+    };
+    let mut c = client("Alice").await.unwrap();
+    // Large params: not cached.
+    let big = json!({ "blob": "x".repeat(8192) });
+    for _ in 0..2 {
+        assert!(c.join("room:big", big.clone()).await.unwrap().is_ok());
+        assert!(c.leave("room:big").await.unwrap().is_ok());
+    }
+    assert_eq!(joins("room:big"), 2, "large params are never cached");
+    // Small params: cached for the same claims, asked again with other claims.
+    for _ in 0..2 {
+        assert!(c.join("room:a", json!({"x": 1})).await.unwrap().is_ok());
+        assert!(c.leave("room:a").await.unwrap().is_ok());
+    }
+    assert_eq!(joins("room:a"), 1);
+    let mut renamed = client("Alice B").await.unwrap();
+    assert!(renamed
+        .join("room:a", json!({"x": 1}))
+        .await
+        .unwrap()
+        .is_ok());
+    assert_eq!(
+        joins("room:a"),
+        2,
+        "a token with other claims is asked again"
+    );
+    // The bytes bound (1 KiB: a few entries) drops the oldest.
+    for i in 0..20 {
+        let topic = format!("room:n{i}");
+        assert!(c.join(&topic, json!({})).await.unwrap().is_ok());
+        assert!(c.leave(&topic).await.unwrap().is_ok());
+    }
+    assert!(c.join("room:n0", json!({})).await.unwrap().is_ok());
+    assert_eq!(joins("room:n0"), 2, "the oldest decision was dropped");
+    assert!(c.join("room:n19", json!({})).await.unwrap().is_ok());
+    assert_eq!(joins("room:n19"), 1, "the newest is still cached");
+}
+
 #[tokio::test]
 async fn longpoll_joins_go_through_the_hook() {
     let recv = Receiver::start(app).await;

@@ -1,73 +1,223 @@
 //! The optional short cache of join decisions (`hooks.join_cache_secs`, off by default): the
-//! same user joining the same topic with the same params within the TTL gets the decision
-//! the hook gave last time, without a call. Bounded by `hooks.join_cache_max` entries: when
-//! full, expired entries are dropped, and if none expired, the decision is not cached.
+//! same user, with the same roles and claims, joining the same topic with the same params
+//! within the TTL gets the decision the hook gave last time, without a call.
+//!
+//! Bounded in entries (`hooks.join_cache_max`) and in bytes (`hooks.join_cache_max_bytes`).
+//! A key is a SHA-256 digest (32 bytes, whatever the params); joins whose params exceed
+//! [`PARAMS_MAX`] bytes and decisions whose reply, meta and reason exceed [`DECISION_MAX`]
+//! bytes are not cached. Entries expire in insertion order (one TTL for all), so a queue
+//! gives the oldest at once: making room never scans the cache.
 
 use super::answer::Decision;
 use crate::auth::Identity;
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Joins with params larger than this (serialized) are not cached.
+pub const PARAMS_MAX: usize = 4096;
+/// Decisions whose reply, meta and reason together exceed this (serialized) are not cached.
+pub const DECISION_MAX: usize = 2048;
+/// What an entry costs besides its decision: its key, queue slot and bookkeeping.
+const ENTRY_OVERHEAD: usize = 128;
+
+type Key = [u8; 32];
+
+struct Entry {
+    at: Instant,
+    seq: u64,
+    bytes: usize,
+    decision: Decision,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    /// (seq, key) in insertion order; an item whose seq no longer matches its entry is stale.
+    queue: VecDeque<(u64, Key)>,
+    bytes: usize,
+    seq: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.bytes;
+        }
+    }
+
+    /// Drops the oldest queue item (and its entry if still current).
+    fn pop_oldest(&mut self) {
+        if let Some((seq, key)) = self.queue.pop_front() {
+            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
+                self.remove(&key);
+            }
+        }
+    }
+
+    /// Whether the oldest queue item is stale or its entry expired.
+    fn oldest_expired(&self, now: Instant, ttl: Duration) -> bool {
+        let Some((seq, key)) = self.queue.front() else {
+            return false;
+        };
+        match self.entries.get(key) {
+            Some(e) if e.seq == *seq => now.duration_since(e.at) >= ttl,
+            _ => true,
+        }
+    }
+}
 
 pub struct JoinCache {
     ttl: Duration,
     max: usize,
-    entries: Mutex<HashMap<String, (Instant, Decision)>>,
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+/// Writes `v` with object keys sorted, so equal params give equal bytes.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn decision_bytes(d: &Decision) -> usize {
+    let len = |m: &Option<serde_json::Map<String, Value>>| {
+        m.as_ref().map_or(0, |m| {
+            serde_json::to_vec(m).map_or(usize::MAX / 4, |v| v.len())
+        })
+    };
+    len(&d.reply) + len(&d.meta) + d.reason.len()
 }
 
 impl JoinCache {
-    pub fn new(ttl: Duration, max: usize) -> Self {
+    pub fn new(ttl: Duration, max: usize, max_bytes: usize) -> Self {
         JoinCache {
             ttl,
             max,
-            entries: Mutex::new(HashMap::new()),
+            max_bytes,
+            inner: Mutex::new(Inner::default()),
         }
     }
 
-    /// The cache key of a join, `None` when caching is off. Roles are part of it: a token
-    /// refresh with other roles asks again.
-    pub fn key(&self, url: &str, who: &Identity, topic: &str, params: &Value) -> Option<String> {
-        if self.ttl.is_zero() || self.max == 0 {
+    /// The cache key of a join, `None` when caching is off or the params are too large to
+    /// cache. Roles and claims are part of it: a token refresh that changes them asks again.
+    pub fn key(
+        &self,
+        url: &str,
+        who: &Identity,
+        claims: &Value,
+        topic: &str,
+        params: &Value,
+    ) -> Option<Key> {
+        if self.ttl.is_zero() || self.max == 0 || self.max_bytes == 0 {
             return None;
         }
-        Some(format!(
-            "{url}\n{}\n{}\n{topic}\n{params}",
-            who.sub,
-            who.roles.join(",")
-        ))
+        let mut p = String::new();
+        canonical(params, &mut p);
+        if p.len() > PARAMS_MAX {
+            return None;
+        }
+        let mut c = String::new();
+        canonical(claims, &mut c);
+        let mut h = Sha256::new();
+        for part in [url, &who.sub, &who.roles.join(","), topic] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(Sha256::digest(c.as_bytes()));
+        h.update(p.as_bytes());
+        Some(h.finalize().into())
     }
 
-    pub fn get(&self, key: &str) -> Option<Decision> {
-        let mut entries = self.entries.lock();
-        match entries.get(key) {
-            Some((at, d)) if at.elapsed() < self.ttl => Some(d.clone()),
+    pub fn get(&self, key: &Key) -> Option<Decision> {
+        let mut inner = self.inner.lock();
+        match inner.entries.get(key) {
+            Some(e) if e.at.elapsed() < self.ttl => Some(e.decision.clone()),
             Some(_) => {
-                entries.remove(key);
+                inner.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    pub fn put(&self, key: String, decision: Decision) {
-        let mut entries = self.entries.lock();
-        if entries.len() >= self.max {
-            let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            if entries.len() >= self.max {
-                return;
-            }
+    /// Caches `decision` unless it is too large; makes room by dropping the oldest entries.
+    pub fn put(&self, key: Key, decision: Decision) {
+        let size = decision_bytes(&decision);
+        if size > DECISION_MAX {
+            return;
         }
-        entries.insert(key, (Instant::now(), decision));
+        let bytes = size + ENTRY_OVERHEAD;
+        if bytes > self.max_bytes {
+            return;
+        }
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        inner.remove(&key);
+        // Expired entries first, then the oldest while over a bound.
+        while inner.oldest_expired(now, self.ttl) {
+            inner.pop_oldest();
+        }
+        while !inner.queue.is_empty()
+            && (inner.entries.len() >= self.max
+                || inner.bytes + bytes > self.max_bytes
+                || inner.queue.len() >= self.max.saturating_mul(2))
+        {
+            inner.pop_oldest();
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.queue.push_back((seq, key));
+        inner.bytes += bytes;
+        inner.entries.insert(
+            key,
+            Entry {
+                at: now,
+                seq,
+                bytes,
+                decision,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes the cached entries are counted as.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 }
 
@@ -75,6 +225,7 @@ impl JoinCache {
 mod tests {
     use super::*;
     use crate::hooks::answer::{Broadcast, Decision};
+    use serde_json::json;
 
     fn allow() -> Decision {
         Decision {
@@ -86,26 +237,62 @@ mod tests {
         }
     }
 
+    fn key(c: &JoinCache, topic: &str) -> Key {
+        c.key("u", &Identity::new("a"), &json!({}), topic, &Value::Null)
+            .unwrap()
+    }
+
     #[test]
     fn bounded_and_expiring() {
         let who = Identity::new("a");
-        let off = JoinCache::new(Duration::ZERO, 10);
-        assert!(off.key("u", &who, "t", &Value::Null).is_none());
-        let c = JoinCache::new(Duration::from_millis(50), 2);
+        let off = JoinCache::new(Duration::ZERO, 10, 1 << 20);
+        assert!(off.key("u", &who, &json!({}), "t", &Value::Null).is_none());
+        let c = JoinCache::new(Duration::from_millis(50), 2, 1 << 20);
         for t in ["t1", "t2", "t3"] {
-            let k = c.key("u", &who, t, &Value::Null).unwrap();
-            c.put(k, allow());
+            c.put(key(&c, t), allow());
         }
         assert_eq!(c.len(), 2, "the cap holds");
-        assert!(c
-            .get(&c.key("u", &who, "t1", &Value::Null).unwrap())
-            .is_some());
+        assert!(c.get(&key(&c, "t1")).is_none(), "the oldest made room");
+        assert!(c.get(&key(&c, "t3")).is_some());
         std::thread::sleep(Duration::from_millis(60));
-        c.put(c.key("u", &who, "t3", &Value::Null).unwrap(), allow());
-        assert_eq!(c.len(), 1, "expired entries make room");
-        let t1 = c.key("u", &who, "t1", &Value::Null).unwrap();
-        assert!(c.get(&t1).is_none());
-        let t3 = c.key("u", &who, "t3", &Value::Null).unwrap();
-        assert!(c.get(&t3).is_some());
+        c.put(key(&c, "t4"), allow());
+        assert_eq!(c.len(), 1, "expired entries are dropped");
+        assert!(c.get(&key(&c, "t3")).is_none());
+        assert!(c.get(&key(&c, "t4")).is_some());
+    }
+
+    #[test]
+    fn bytes_bounded_and_large_items_not_cached() {
+        let c = JoinCache::new(Duration::from_secs(60), 1000, 3 * ENTRY_OVERHEAD + 100);
+        for i in 0..10 {
+            c.put(key(&c, &format!("t{i}")), allow());
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.bytes() <= 3 * ENTRY_OVERHEAD + 100);
+        let big = json!({ "x": "y".repeat(PARAMS_MAX) });
+        assert!(c
+            .key("u", &Identity::new("a"), &json!({}), "t", &big)
+            .is_none());
+        let mut d = allow();
+        d.reply = json!({ "x": "y".repeat(DECISION_MAX) })
+            .as_object()
+            .cloned();
+        c.put(key(&c, "big"), d);
+        assert!(c.get(&key(&c, "big")).is_none());
+    }
+
+    #[test]
+    fn claims_and_param_order() {
+        let c = JoinCache::new(Duration::from_secs(60), 10, 1 << 20);
+        let who = Identity::new("a");
+        let k = |claims: Value, params: Value| c.key("u", &who, &claims, "t", &params).unwrap();
+        assert_ne!(
+            k(json!({"info": {"plan": "free"}}), json!({})),
+            k(json!({"info": {"plan": "pro"}}), json!({}))
+        );
+        assert_eq!(
+            k(json!({}), json!({"a": 1, "b": [1, {"c": 2, "d": 3}]})),
+            k(json!({}), json!({"b": [1, {"d": 3, "c": 2}], "a": 1}))
+        );
     }
 }

@@ -85,6 +85,8 @@ pub struct HooksConfig {
     pub join_cache_ttl: Duration,
     /// Most cached join decisions.
     pub join_cache_max: usize,
+    /// Most bytes the cached join decisions may be counted as.
+    pub join_cache_max_bytes: usize,
 }
 
 impl HooksConfig {
@@ -102,6 +104,7 @@ impl HooksConfig {
             },
             join_cache_ttl: Duration::ZERO,
             join_cache_max: 10_000,
+            join_cache_max_bytes: 4 << 20,
         }
     }
 }
@@ -210,7 +213,11 @@ impl Hooks {
     pub fn new(config: HooksConfig, transport: Arc<dyn HookTransport>, node_id: Arc<str>) -> Self {
         Hooks {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
-            cache: cache::JoinCache::new(config.join_cache_ttl, config.join_cache_max),
+            cache: cache::JoinCache::new(
+                config.join_cache_ttl,
+                config.join_cache_max,
+                config.join_cache_max_bytes,
+            ),
             config,
             transport,
             node_id,
@@ -271,12 +278,14 @@ impl Hooks {
         topic: &str,
         params: Value,
     ) -> Result<Decision, HookFailure> {
-        let key = self.cache.key(url, caller.identity, topic, &params);
+        let mut body = self.caller_json("join", caller);
+        let key = self
+            .cache
+            .key(url, caller.identity, &body["claims"], topic, &params);
         if let Some(d) = key.as_ref().and_then(|k| self.cache.get(k)) {
             self.count(HookKind::Join, Outcome::Cached);
             return Ok(d);
         }
-        let mut body = self.caller_json("join", caller);
         body["topic"] = topic.into();
         body["params"] = params;
         let d = self
