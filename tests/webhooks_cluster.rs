@@ -15,8 +15,13 @@ profile = "dev"
 broker = "redis"
 [redis]
 node_timeout_secs = 2
+[supabase]
+enabled = true
 [[channels]]
 topic = "room:*"
+presence = true
+[[channels]]
+topic = "*"
 presence = true
 "#;
 
@@ -37,6 +42,14 @@ async fn cluster(redis: &Redis, recv: &Receiver) -> Vec<Server> {
         nodes.push(Server::start_with(Some(CONFIG), &env).await);
     }
     nodes
+}
+
+/// The lost node's id, from a reaped disconnect.
+fn d_node(events: &[Value]) -> &str {
+    events
+        .iter()
+        .find_map(|e| e["lost_node"].as_str())
+        .unwrap_or("?")
 }
 
 fn count(events: &[Value], kind: &str, topic: &str) -> usize {
@@ -109,14 +122,34 @@ async fn occupied_and_vacated_once_per_cluster_and_disconnects_once_even_after_k
         .await
         .unwrap()
         .is_ok());
+    // A Supabase client on node 2 tracks itself under a key of its choosing, here another
+    // user's id: its leave is broadcast when node 2 is reaped, but never reported as that
+    // user's `presence_leave`.
+    let url = format!("ws://127.0.0.1:{}/realtime/v1", nodes[2].port);
+    let mut sb = plexus_client::Client::connect(
+        plexus_client::ConnectOptions::new(url).param("apikey", nodes[2].token("n2sb")),
+    )
+    .await
+    .unwrap();
+    let config = json!({"config": {"presence": {"key": "n0c0"}}});
+    assert!(sb.join("realtime:lobby", config).await.unwrap().is_ok());
+    let track = json!({"type": "presence", "event": "track", "payload": {"x": 1}});
+    assert!(sb
+        .push_json("realtime:lobby", "presence", &track)
+        .await
+        .unwrap()
+        .is_ok());
+    // Node 2's webhooks are out before it dies (its queue dies with it).
     recv.wait_events(Duration::from_secs(5), |e| {
         count(e, "channel_occupied", "room:solo") == 1
+            && e.iter()
+                .any(|e| e["type"] == "connect" && e["sub"] == "n2sb")
     })
     .await;
     nodes[2].kill9();
     let reaped = |e: &Value| e["type"] == "disconnect" && e["reaped"] == true;
     recv.wait_events(Duration::from_secs(12), |e| {
-        e.iter().filter(|e| reaped(e)).count() >= 2 && count(e, "channel_vacated", "room:solo") >= 1
+        e.iter().filter(|e| reaped(e)).count() >= 3 && count(e, "channel_vacated", "room:solo") >= 1
     })
     .await;
     // Wait a little: a second report of the same disconnects (from either survivor) would show
@@ -151,25 +184,42 @@ async fn occupied_and_vacated_once_per_cluster_and_disconnects_once_even_after_k
         rounds,
         "still occupied"
     );
-    assert!(events
+    let mut leaves: Vec<(&str, &str)> = events
         .iter()
-        .any(|e| e["type"] == "presence_leave" && e["sub"] == "n2c1" && e["reaped"] == true));
-    // The survivors' clients disconnect normally: once each, not reaped.
+        .filter(|e| e["type"] == "presence_leave" && e["reaped"] == true)
+        .map(|e| {
+            assert!(e["conn"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(d_node(&events))));
+            (
+                e["sub"].as_str().unwrap_or("?"),
+                e["topic"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    leaves.sort();
+    assert_eq!(
+        leaves,
+        [("n2c0", "room:solo"), ("n2c1", "room:shared")],
+        "the server-tracked presences only, under their real sub"
+    );
+    // The survivors' clients disconnect normally: once each, not reaped. (Seven connections
+    // in all: six clients and node 2's Supabase client.)
     let survivors: Vec<_> = clients.drain(..4).collect();
     for c in survivors {
         c.close().await;
     }
     recv.wait_events(Duration::from_secs(5), |e| {
-        e.iter().filter(|e| e["type"] == "disconnect").count() >= 6
+        e.iter().filter(|e| e["type"] == "disconnect").count() >= 7
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = recv.events();
     assert_eq!(
         events.iter().filter(|e| e["type"] == "disconnect").count(),
-        6
+        7
     );
-    assert_eq!(events.iter().filter(|e| e["type"] == "connect").count(), 6);
+    assert_eq!(events.iter().filter(|e| e["type"] == "connect").count(), 7);
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "ids unique across the cluster");

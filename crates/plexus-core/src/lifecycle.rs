@@ -155,17 +155,21 @@ impl Node {
         }
     }
 
-    /// The presences of a lost node on `topic`: their `presence_leave`s.
-    pub(crate) fn presence_reaped(&self, topic: &str, leaves: &Value) {
-        let Some(leaves) = leaves.as_object() else {
-            return;
-        };
-        for (key, entry) in leaves {
-            for meta in entry["metas"].as_array().into_iter().flatten() {
-                self.webhook(EventKind::PresenceLeave, || {
-                    json!({"sub": key, "key": key, "topic": topic, "meta": meta, "reaped": true})
-                });
-            }
+    /// The server-tracked presences of a lost node on `topic` (each `{"sub", "conn", "key",
+    /// "meta"}` as the lost node stored it; Supabase clients' own tracks are not among them,
+    /// their keys are the clients' choice): their `presence_leave`s.
+    pub(crate) fn presence_reaped(&self, topic: &str, reported: &[Value]) {
+        for p in reported {
+            self.webhook(EventKind::PresenceLeave, || {
+                json!({
+                    "sub": p["sub"],
+                    "conn": p["conn"],
+                    "key": p["key"],
+                    "topic": topic,
+                    "meta": p["meta"],
+                    "reaped": true,
+                })
+            });
         }
     }
 }

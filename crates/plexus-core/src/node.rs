@@ -546,8 +546,12 @@ impl BrokerEventHandler for Node {
                     "a node's heartbeat expired: its presence and counters were removed"
                 );
             }
-            BrokerEvent::PresenceReaped { topic, leaves } => {
-                self.presence_reaped(&topic, &leaves);
+            BrokerEvent::PresenceReaped {
+                topic,
+                leaves,
+                reported,
+            } => {
+                self.presence_reaped(&topic, &reported);
                 let diff = serde_json::json!({ "joins": {}, "leaves": leaves });
                 let Ok(payload) = Payload::json(&diff) else {
                     return;

@@ -33,6 +33,9 @@ pub const RESERVED_META_KEYS: &[&str] = &["phx_ref", "phx_ref_prev", "online_at"
 struct Entry {
     conn: ConnId,
     meta: Map<String, Value>,
+    /// Tracked by the server under the user's `sub` (Phoenix presence); `false` for a
+    /// Supabase client's `track` under a key of its choosing.
+    owned: bool,
 }
 
 /// One topic: user key → that user's metas (one per joined connection).
@@ -60,7 +63,8 @@ impl Presence {
         }
     }
 
-    /// Tracks `conn` under `key`; returns its meta (with a fresh `phx_ref`).
+    /// Tracks `conn` under `key`, its user's `sub` (the server's own tracking, reported in
+    /// webhooks); returns its meta (with a fresh `phx_ref`).
     pub async fn track(
         &self,
         topic: &str,
@@ -68,15 +72,19 @@ impl Presence {
         conn: ConnId,
         meta: serde_json::Map<String, serde_json::Value>,
     ) -> serde_json::Value {
-        let meta = self.table.track(topic, key, conn, meta);
-        if let Err(e) = self.broker.presence_set(topic, conn, key, &meta).await {
+        let meta = self.table.track(topic, key, conn, meta, true);
+        if let Err(e) = self
+            .broker
+            .presence_set(topic, conn, key, &meta, Some(key))
+            .await
+        {
             tracing::debug!(topic, error = %e, "cluster presence not updated");
         }
         meta
     }
 
     /// Tracks `conn` under `key` with a new meta, replacing the one it had there (Supabase's
-    /// re-`track`); returns the old meta, if any, and the new one (with `phx_ref_prev`).
+    /// `track` under a client-chosen key: not the user's `sub`, never reported); returns the old meta, if any, and the new one (with `phx_ref_prev`).
     pub async fn replace(
         &self,
         topic: &str,
@@ -85,8 +93,12 @@ impl Presence {
         meta: serde_json::Map<String, serde_json::Value>,
     ) -> (Option<serde_json::Value>, serde_json::Value) {
         let old = self.table.untrack(topic, key, conn);
-        let stored = self.table.track(topic, key, conn, meta);
-        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
+        let stored = self.table.track(topic, key, conn, meta, false);
+        if let Err(e) = self
+            .broker
+            .presence_set(topic, conn, key, &stored, None)
+            .await
+        {
             tracing::debug!(topic, error = %e, "cluster presence not updated");
         }
         let mut new = stored;
@@ -106,12 +118,17 @@ impl Presence {
         conn: ConnId,
         patch: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(serde_json::Value, serde_json::Value), UpdateError> {
-        let (old, new) = self.table.update(topic, key, conn, patch)?;
+        let (old, new, owned) = self.table.update(topic, key, conn, patch)?;
         let mut stored = new.clone();
         if let Some(m) = stored.as_object_mut() {
             m.remove("phx_ref_prev");
         }
-        if let Err(e) = self.broker.presence_set(topic, conn, key, &stored).await {
+        let owner = owned.then_some(key);
+        if let Err(e) = self
+            .broker
+            .presence_set(topic, conn, key, &stored, owner)
+            .await
+        {
             tracing::debug!(topic, error = %e, "cluster presence not updated");
         }
         Ok((old, new))
@@ -159,13 +176,15 @@ impl PresenceTable {
         format!("{:08x}{n:x}", self.ref_prefix)
     }
 
-    /// Adds a meta for `conn` under `key`; returns it (with its fresh `phx_ref`).
+    /// Adds a meta for `conn` under `key` (`owned`: the key is the user's `sub`); returns it
+    /// (with its fresh `phx_ref`).
     pub fn track(
         &self,
         topic: &str,
         key: &Arc<str>,
         conn: ConnId,
         mut meta: Map<String, Value>,
+        owned: bool,
     ) -> Value {
         meta.insert("phx_ref".into(), Value::String(self.make_ref()));
         let out = Value::Object(meta.clone());
@@ -176,7 +195,7 @@ impl PresenceTable {
             .entry(key.clone())
             .or_default();
         metas.retain(|e| e.conn != conn);
-        metas.push(Entry { conn, meta });
+        metas.push(Entry { conn, meta, owned });
         out
     }
 
@@ -197,7 +216,8 @@ impl PresenceTable {
     }
 
     /// Merges `patch` into `conn`'s meta (reserved keys ignored) under a new `phx_ref`;
-    /// returns (old meta, new meta with `phx_ref_prev`). Refused, with nothing changed, when
+    /// returns (old meta, new meta with `phx_ref_prev`, whether the key is the user's `sub`).
+    /// Refused, with nothing changed, when
     /// the merged meta would exceed [`MAX_META_BYTES`].
     pub fn update(
         &self,
@@ -205,7 +225,7 @@ impl PresenceTable {
         key: &str,
         conn: ConnId,
         patch: &Map<String, Value>,
-    ) -> Result<(Value, Value), UpdateError> {
+    ) -> Result<(Value, Value, bool), UpdateError> {
         let new_ref = self.make_ref();
         let mut topics = self.topics.lock();
         let entry = topics
@@ -228,7 +248,7 @@ impl PresenceTable {
         let old = Value::Object(std::mem::replace(&mut entry.meta, merged));
         let mut new = entry.meta.clone();
         new.insert("phx_ref_prev".into(), prev);
-        Ok((old, Value::Object(new)))
+        Ok((old, Value::Object(new), entry.owned))
     }
 
     /// `{key: {"metas": [...]}}` of a topic.
@@ -275,17 +295,18 @@ mod tests {
         let p = PresenceTable::new();
         let alice: Arc<str> = "alice".into();
         let proto: Arc<str> = "__proto__".into();
-        let m1 = p.track("room:a", &alice, 1, Map::new());
-        let _m2 = p.track("room:a", &alice, 2, Map::new());
-        p.track("room:a", &proto, 3, Map::new());
+        let m1 = p.track("room:a", &alice, 1, Map::new(), true);
+        let _m2 = p.track("room:a", &alice, 2, Map::new(), true);
+        p.track("room:a", &proto, 3, Map::new(), true);
         let state = p.state("room:a");
         assert_eq!(state["alice"]["metas"].as_array().unwrap().len(), 2);
         assert!(state.as_object().unwrap().contains_key("__proto__"));
 
         let patch = json!({"status": "typing", "phx_ref": "forged"});
-        let (old, new) = p
+        let (old, new, owned) = p
             .update("room:a", "alice", 1, patch.as_object().unwrap())
             .unwrap();
+        assert!(owned, "tracked under its sub");
         assert_eq!(old["phx_ref"], m1["phx_ref"]);
         assert_eq!(new["phx_ref_prev"], m1["phx_ref"]);
         assert_ne!(new["phx_ref"], m1["phx_ref"]);

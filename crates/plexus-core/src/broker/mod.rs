@@ -63,7 +63,13 @@ pub enum BrokerEvent {
     NodeLost { node: String },
     /// The presences a lost node held on `topic` were removed: `leaves` is the `leaves` object
     /// of a `presence_diff` (`{key: {"metas": […]}}`) to tell the topic's subscribers.
-    PresenceReaped { topic: String, leaves: Value },
+    /// `reported` holds `{"sub", "conn", "key", "meta"}` of each server-tracked presence among
+    /// them (the `presence_leave` webhooks; Supabase clients' own tracks are not reported).
+    PresenceReaped {
+        topic: String,
+        leaves: Value,
+        reported: Vec<Value>,
+    },
     /// A lost node's connections were removed from the cluster's registry by this node (and
     /// by no other): each `info` is what [`Broker::connection_open`] recorded.
     ConnectionsReaped { node: String, conns: Vec<String> },
@@ -173,13 +179,16 @@ pub trait Broker: Send + Sync + 'static {
 
     // --- Cluster state. The defaults suit a single node, whose own tables are the truth. ---
 
-    /// Records (or replaces) the presence meta of local connection `conn` under user `key`.
+    /// Records (or replaces) the presence meta of local connection `conn` under `key`; `sub`
+    /// is its user when the server tracks it under the user's id (reported in `presence_leave`
+    /// webhooks if this node is lost), `None` for a Supabase client's own `track`.
     async fn presence_set(
         &self,
         _topic: &str,
         _conn: ConnId,
         _key: &str,
         _meta: &Value,
+        _sub: Option<&str>,
     ) -> Result<(), BrokerError> {
         Ok(())
     }

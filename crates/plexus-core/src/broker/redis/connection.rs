@@ -188,10 +188,16 @@ impl RedisBroker {
                 let hash = self.key(&["pres", &topic]);
                 let entries: HashMap<String, String> = c.hgetall(&hash).await?;
                 let mut leaves = serde_json::Map::new();
+                let mut reported = Vec::new();
                 for (field, value) in entries.iter().filter(|(f, _)| f.starts_with(&prefix)) {
                     let _: () = c.hdel(&hash, field).await?;
                     if let Ok(v) = serde_json::from_str::<Value>(value) {
                         if let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) {
+                            if let (Some(sub), Some(conn)) = (v["s"].as_str(), v["c"].as_str()) {
+                                reported.push(serde_json::json!({
+                                    "sub": sub, "conn": conn, "key": key, "meta": meta
+                                }));
+                            }
                             let metas = leaves
                                 .entry(key.to_owned())
                                 .or_insert_with(|| serde_json::json!({"metas": []}));
@@ -205,6 +211,7 @@ impl RedisBroker {
                     self.report(BrokerEvent::PresenceReaped {
                         topic,
                         leaves: Value::Object(leaves),
+                        reported,
                     })
                     .await;
                 }

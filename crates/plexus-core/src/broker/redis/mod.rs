@@ -486,8 +486,17 @@ impl Broker for RedisBroker {
         conn: ConnId,
         key: &str,
         meta: &Value,
+        sub: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let value = serde_json::json!({"k": key, "m": meta}).to_string();
+        // The reaper of this node reports `presence_leave`s from `s`/`c`; a Supabase client's
+        // own `track` (`sb`) is broadcast as a leave but never reported.
+        let value = match sub {
+            Some(sub) => serde_json::json!({
+                "k": key, "m": meta, "s": sub, "c": format!("{}-{conn}", self.node_id)
+            }),
+            None => serde_json::json!({"k": key, "m": meta, "sb": true}),
+        }
+        .to_string();
         self.presences
             .lock()
             .insert((topic.to_owned(), conn), value.clone());
