@@ -225,3 +225,83 @@ async fn occupied_and_vacated_once_per_cluster_and_disconnects_once_even_after_k
     assert_eq!(ids.len(), events.len(), "ids unique across the cluster");
     recv.assert_all_signed();
 }
+
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(redis.port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    assert!(out.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The registry holds exactly the live connections however fast they come and go (its writes
+/// are applied in order), and a reaper that hits a Redis error after taking a dead node's
+/// registry still reports its disconnects (it reports them first: the registry is gone).
+#[tokio::test]
+async fn registry_exact_under_churn_and_reaped_disconnects_survive_a_redis_error() {
+    let redis = Redis::start();
+    let recv = Receiver::start(|_, _| Answer::Json(json!({}))).await;
+    let url = redis.url();
+    let hook = recv.url("/webhook");
+    let env = [
+        ("PLEXUS_REDIS_URL", url.as_str()),
+        ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+        ("PLEXUS_WEBHOOK_URL", hook.as_str()),
+        ("PLEXUS_WEBHOOK_EVENTS", "connect,disconnect"),
+    ];
+    let survivor = Server::start_with(Some(CONFIG), &env).await;
+    let mut doomed = Server::start_with(Some(CONFIG), &env).await;
+    // Churn: 30 connections opened and closed at once, 2 kept.
+    let churn = (0..30).map(|i| {
+        let node = &doomed;
+        async move { node.client(&format!("churn{i}")).await }
+    });
+    let churned = futures_util::future::join_all(churn).await;
+    futures_util::future::join_all(churned.into_iter().map(|c| c.close())).await;
+    let _kept = [doomed.client("kept0").await, doomed.client("kept1").await];
+    let events = recv
+        .wait_events(Duration::from_secs(10), |e| {
+            e.iter().filter(|e| e["type"] == "disconnect").count() >= 30
+                && e.iter().filter(|e| e["type"] == "connect").count() >= 32
+        })
+        .await;
+    let node = events
+        .iter()
+        .find(|e| e["sub"] == "kept0")
+        .and_then(|e| e["node"].as_str())
+        .expect("the connect of kept0")
+        .to_owned();
+    let registry = format!("plexus:nconn:{node}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while redis_cli(&redis, &["HLEN", &registry]) != "2" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        redis_cli(&redis, &["HLEN", &registry]),
+        "2",
+        "only the live connections"
+    );
+    // A counter of the doomed node that Redis will refuse to reap (a string, not a hash).
+    redis_cli(&redis, &["SET", "plexus:cnt:broken", "x"]);
+    redis_cli(
+        &redis,
+        &["SADD", &format!("plexus:ncnt:{node}"), "plexus:cnt:broken"],
+    );
+    doomed.kill9();
+    let events = recv
+        .wait_events(Duration::from_secs(12), |e| {
+            e.iter().filter(|e| e["reaped"] == true).count() >= 2
+        })
+        .await;
+    let mut reaped: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "disconnect" && e["reaped"] == true)
+        .filter_map(|e| e["sub"].as_str())
+        .collect();
+    reaped.sort();
+    assert_eq!(reaped, ["kept0", "kept1"], "{events:#?}");
+    drop(survivor);
+}

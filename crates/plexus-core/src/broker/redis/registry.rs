@@ -122,6 +122,14 @@ impl RedisBroker {
             .key(self.connections_key(node))
             .invoke_async(&mut c)
             .await?;
+        // Reported before anything else can fail: the registry is gone from Redis now.
+        if !conns.is_empty() {
+            self.report(BrokerEvent::ConnectionsReaped {
+                node: node.to_owned(),
+                conns,
+            })
+            .await;
+        }
         let subscribers = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
         for counter in counters {
             let (had, total): (i64, i64) = redis::Script::new(REAP_COUNTER)
@@ -137,13 +145,6 @@ impl RedisBroker {
                     .await;
                 }
             }
-        }
-        if !conns.is_empty() {
-            self.report(BrokerEvent::ConnectionsReaped {
-                node: node.to_owned(),
-                conns,
-            })
-            .await;
         }
         Ok(())
     }
