@@ -347,9 +347,7 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
         if let Err(e) = b.reannounce().await {
             b.failed("re-announce", &e);
         }
-        if let Err(e) = b.reannounce_connections().await {
-            b.failed("re-announce", &e);
-        }
+        b.clone().rewrite_registry();
         if was_down {
             if let Err(e) = b.check_epochs().await {
                 b.failed("history epoch check", &e);

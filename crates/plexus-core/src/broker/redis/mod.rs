@@ -108,6 +108,10 @@ pub struct RedisBroker {
     presences: Mutex<HashMap<(String, ConnId), String>>,
     /// This node's live connections as recorded in its registry (when webhooks want them).
     conns: Mutex<HashMap<ConnId, String>>,
+    /// The one task that writes the registry, in the order of the changes (see [`registry`]).
+    registry_ops: OnceLock<tokio::sync::mpsc::Sender<registry::RegistryOp>>,
+    /// An op was not written (queue full, or Redis refused it): the registry is rewritten whole.
+    registry_dirty: AtomicBool,
     publish_history: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
@@ -173,6 +177,8 @@ impl RedisBroker {
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            registry_ops: OnceLock::new(),
+            registry_dirty: AtomicBool::new(false),
             requests: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),

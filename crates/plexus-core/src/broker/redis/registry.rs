@@ -3,11 +3,12 @@
 //! live connections (`<prefix>:nconn:<node>`), which the node that reaps a dead node takes in
 //! one step, to report that node's disconnects exactly once.
 
-use super::scripts::{COUNT_SUBSCRIBER, REAP_COUNTER, TAKE_CONNECTIONS};
+use super::scripts::{COUNT_SUBSCRIBER, REAP_COUNTER, REPLACE_CONNECTIONS, TAKE_CONNECTIONS};
 use super::{err, RedisBroker};
 use crate::broker::{BrokerError, BrokerEvent, CounterKey};
 use crate::ConnId;
 use redis::AsyncCommands;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl RedisBroker {
@@ -46,67 +47,71 @@ impl RedisBroker {
         self.key(&["nconn", node])
     }
 
+    /// Queues a registry op for the writer task (started on first use). A full queue drops
+    /// the op and marks the registry for a whole rewrite instead.
+    fn queue_registry_op(self: Arc<Self>, op: RegistryOp) {
+        let tx = self.registry_writer();
+        if tx.try_send(op).is_err() {
+            self.registry_dirty.store(true, Ordering::Release);
+            // Wakes the writer if its queue emptied meanwhile (a failure here means it is full,
+            // and it rewrites the registry after draining it).
+            let _ = tx.try_send(RegistryOp::Rewrite);
+        }
+    }
+
     pub(super) fn record_connection(self: Arc<Self>, conn: ConnId, info: String) {
         self.conns.lock().insert(conn, info.clone());
         if self.check_up().is_err() {
             return; // re-announced when Redis is back
         }
-        tokio::spawn(async move {
-            let mut c = self.conn.clone();
-            let r: redis::RedisResult<()> = c
-                .hset(self.connections_key(&self.node_id), conn.to_string(), info)
-                .await;
-            if let Err(e) = r {
-                self.failed("connection registry", &e);
-            }
-        });
+        self.queue_registry_op(RegistryOp::Set(conn, info));
     }
 
     pub(super) fn forget_connection(self: Arc<Self>, conn: ConnId) {
         if self.conns.lock().remove(&conn).is_none() || self.check_up().is_err() {
             return;
         }
-        tokio::spawn(async move {
-            let mut c = self.conn.clone();
-            let r: redis::RedisResult<()> = c
-                .hdel(self.connections_key(&self.node_id), conn.to_string())
-                .await;
-            if let Err(e) = r {
-                self.failed("connection registry", &e);
-            }
-        });
+        self.queue_registry_op(RegistryOp::Del(conn));
     }
 
-    /// After a reconnect: this node's registry in Redis is exactly its live connections.
-    pub(super) async fn reannounce_connections(&self) -> redis::RedisResult<()> {
+    /// After a reconnect: the writer task rewrites the registry whole (after the ops queued
+    /// before, so that no older op lands after the rewrite).
+    pub(super) fn rewrite_registry(self: Arc<Self>) {
+        self.registry_dirty.store(true, Ordering::Release);
+        let _ = self.registry_writer().try_send(RegistryOp::Rewrite);
+    }
+
+    /// The writer task's queue (the task starts on first use).
+    fn registry_writer(self: &Arc<Self>) -> &tokio::sync::mpsc::Sender<RegistryOp> {
+        self.registry_ops.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(REGISTRY_QUEUE_MAX);
+            tokio::spawn(write_registry(Arc::downgrade(self), rx));
+            tx
+        })
+    }
+
+    /// This node's registry in Redis becomes exactly its live connections, in one step. Only
+    /// the writer task calls this.
+    async fn reannounce_connections(&self) -> redis::RedisResult<()> {
+        self.registry_dirty.store(false, Ordering::Release);
         let live: Vec<(ConnId, String)> = self
             .conns
             .lock()
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let key = self.connections_key(&self.node_id);
-        let mut c = self.conn.clone();
-        let known: Vec<String> = c.hkeys(&key).await?;
-        let mut pipe = redis::pipe();
-        let mut queued = false;
-        for field in known {
-            if !field
-                .parse()
-                .is_ok_and(|id: ConnId| live.iter().any(|(c, _)| *c == id))
-            {
-                pipe.hdel(&key, field).ignore();
-                queued = true;
-            }
-        }
+        let replace = redis::Script::new(REPLACE_CONNECTIONS);
+        let mut script = replace.prepare_invoke();
+        script.key(self.connections_key(&self.node_id));
         for (conn, info) in &live {
-            pipe.hset(&key, conn.to_string(), info).ignore();
-            queued = true;
+            script.arg(conn.to_string()).arg(info);
         }
-        if queued {
-            pipe.query_async::<()>(&mut c).await?;
+        let mut c = self.conn.clone();
+        let r = script.invoke_async::<i64>(&mut c).await;
+        if r.is_err() {
+            self.registry_dirty.store(true, Ordering::Release);
         }
-        Ok(())
+        r.map(|_| ())
     }
 
     /// Reaping `node`: takes its connection registry (reported as
@@ -147,5 +152,48 @@ impl RedisBroker {
             }
         }
         Ok(())
+    }
+}
+
+/// Most registry ops queued for the writer task; beyond, ops are dropped and the registry is
+/// rewritten whole from the live connections once the queue drains.
+pub(super) const REGISTRY_QUEUE_MAX: usize = 4096;
+
+/// One change to this node's connection registry.
+pub(super) enum RegistryOp {
+    Set(ConnId, String),
+    Del(ConnId),
+    /// Nothing to write itself: wakes the writer to rewrite a registry marked dirty.
+    Rewrite,
+}
+
+/// The registry writer: applies the ops one after another, in the order the connections
+/// opened and closed (an HDEL can never overtake its HSET and leave a stale entry, which a
+/// reaper would report as a second disconnect), and rewrites the registry whole when an op
+/// was lost. Ends when the broker is gone.
+async fn write_registry(
+    broker: std::sync::Weak<RedisBroker>,
+    mut rx: tokio::sync::mpsc::Receiver<RegistryOp>,
+) {
+    while let Some(op) = rx.recv().await {
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        let key = b.connections_key(&b.node_id);
+        let mut c = b.conn.clone();
+        let r: redis::RedisResult<()> = match op {
+            RegistryOp::Set(conn, info) => c.hset(&key, conn.to_string(), info).await,
+            RegistryOp::Del(conn) => c.hdel(&key, conn.to_string()).await,
+            RegistryOp::Rewrite => Ok(()),
+        };
+        if let Err(e) = r {
+            b.failed("connection registry", &e);
+            b.registry_dirty.store(true, Ordering::Release);
+        }
+        if rx.is_empty() && b.registry_dirty.load(Ordering::Acquire) && b.check_up().is_ok() {
+            if let Err(e) = b.reannounce_connections().await {
+                b.failed("connection registry", &e);
+            }
+        }
     }
 }

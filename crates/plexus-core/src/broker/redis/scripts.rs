@@ -63,6 +63,16 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) 
 return {had, total}
 "#;
 
+/// Rewrites this node's connection registry whole: exactly its live connections, in one step.
+/// KEYS: the registry. ARGV: field, value, field, value, ...
+pub(super) const REPLACE_CONNECTIONS: &str = r#"
+redis.call('DEL', KEYS[1])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"#;
+
 /// Takes a lost node's connection registry: its entries, and the key is gone, in one step
 /// (whoever takes them reports their disconnects; nobody else can). KEYS: the registry.
 pub(super) const TAKE_CONNECTIONS: &str = r#"
