@@ -305,3 +305,44 @@ async fn registry_exact_under_churn_and_reaped_disconnects_survive_a_redis_error
     assert_eq!(reaped, ["kept0", "kept1"], "{events:#?}");
     drop(survivor);
 }
+
+/// `channel_vacated` means the topic has no subscriber left: a count out that matches no count
+/// in (here this node's share of the counter was lost in Redis) does not report it while a
+/// subscriber remains.
+#[tokio::test]
+async fn an_unmatched_count_out_does_not_report_vacated() {
+    let redis = Redis::start();
+    let recv = Receiver::start(|_, _| Answer::Json(json!({}))).await;
+    let url = redis.url();
+    let hook = recv.url("/webhook");
+    let env = [
+        ("PLEXUS_REDIS_URL", url.as_str()),
+        ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+        ("PLEXUS_WEBHOOK_URL", hook.as_str()),
+        ("PLEXUS_WEBHOOK_EVENTS", "channel_occupied,channel_vacated"),
+        ("PLEXUS_WEBHOOK_BATCH_WAIT_MS", "10"),
+    ];
+    let s = Server::start_with(Some(CONFIG), &env).await;
+    let mut a = s.client("a").await;
+    let mut b = s.client("b").await;
+    assert!(a.join("room:x", json!({})).await.unwrap().is_ok());
+    assert!(b.join("room:x", json!({})).await.unwrap().is_ok());
+    recv.wait_events(Duration::from_secs(5), |e| {
+        count(e, "channel_occupied", "room:x") == 1
+    })
+    .await;
+    let keys = redis_cli(&redis, &["--raw", "KEYS", "plexus:cnt:*room:x*"]);
+    let key = keys
+        .lines()
+        .next()
+        .expect("the subscriber counter of room:x");
+    redis_cli(&redis, &["DEL", key]);
+    assert!(a.leave("room:x").await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&recv.events(), "channel_vacated", "room:x"),
+        0,
+        "b is still subscribed"
+    );
+    drop(b);
+}

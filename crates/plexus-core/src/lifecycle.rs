@@ -4,7 +4,8 @@
 //! `"reaped": true`).
 //!
 //! Occupied and vacated are cluster-wide: with a broker that counts subscribers across the
-//! cluster (Redis), the one node whose count took a topic from 0 to 1 (or 1 to 0) reports it;
+//! cluster (Redis), the one node whose count took a topic from 0 to more (or from more to 0)
+//! reports it (a count out that matches no count in changes nothing);
 //! a node alone reports its hub's first and last subscriber.
 
 use crate::auth::Identity;
@@ -69,7 +70,7 @@ impl Node {
     /// A local subscriber joined `topic` (`first`: the first on this node).
     pub(crate) async fn count_subscriber_in(&self, topic: &str, first: bool) {
         match self.broker.count_subscriber(topic, true).await {
-            Ok(Some(1)) => self.topic_occupied(topic),
+            Ok(Some((0, after))) if after > 0 => self.topic_occupied(topic),
             Ok(None) if first => self.topic_occupied(topic),
             Ok(_) => {}
             Err(e) if self.wants_occupancy() => {
@@ -99,7 +100,7 @@ impl Node {
         let topic: Arc<str> = topic.into();
         rt.spawn(async move {
             match broker.count_subscriber(&topic, false).await {
-                Ok(Some(0)) => {
+                Ok(Some((before, 0))) if before > 0 => {
                     if let Some(w) = webhooks {
                         w.emit(EventKind::ChannelVacated, json!({"topic": &*topic}));
                     }

@@ -240,13 +240,15 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Counts one local subscriber of `topic` in (`joined`) or out of the cluster-wide count
-    /// of its subscribers, atomically; returns the count after, so that exactly one node sees
-    /// a topic go from 0 to 1 (occupied) and from 1 to 0 (vacated). `None`: not counted.
+    /// of its subscribers, atomically; returns the count (before, after), so that exactly one
+    /// node sees a topic go from 0 to more (occupied) and from more to 0 (vacated). A count
+    /// out when this node's share is already 0 (its share was lost) changes nothing.
+    /// `None`: not counted.
     async fn count_subscriber(
         &self,
         _topic: &str,
         _joined: bool,
-    ) -> Result<Option<u64>, BrokerError> {
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
         Ok(None)
     }
 

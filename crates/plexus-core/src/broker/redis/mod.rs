@@ -620,7 +620,7 @@ impl Broker for RedisBroker {
         &self,
         topic: &str,
         joined: bool,
-    ) -> Result<Option<u64>, BrokerError> {
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
         self.count_subscriber_now(topic, joined).await
     }
 

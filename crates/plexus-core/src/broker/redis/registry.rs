@@ -16,7 +16,7 @@ impl RedisBroker {
         &self,
         topic: &str,
         joined: bool,
-    ) -> Result<Option<u64>, BrokerError> {
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
         let counter = self.key(&["cnt", &CounterKey::Subscribers(topic.into()).to_string()]);
         {
             // The local share, re-announced after an outage.
@@ -29,7 +29,7 @@ impl RedisBroker {
         }
         self.check_up()?;
         let mut c = self.conn.clone();
-        let total: i64 = redis::Script::new(COUNT_SUBSCRIBER)
+        let (before, after): (i64, i64) = redis::Script::new(COUNT_SUBSCRIBER)
             .key(&counter)
             .key(self.key(&["ncnt", &self.node_id]))
             .arg(&self.node_id)
@@ -40,7 +40,7 @@ impl RedisBroker {
                 self.failed("subscriber count", &e);
                 err(e)
             })?;
-        Ok(Some(total.max(0) as u64))
+        Ok(Some((before.max(0) as u64, after.max(0) as u64)))
     }
 
     fn connections_key(&self, node: &str) -> String {

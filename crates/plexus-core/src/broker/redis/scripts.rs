@@ -38,19 +38,23 @@ redis.call('SADD', KEYS[2], KEYS[1])
 return 1
 "#;
 
-/// Counts a node's subscriber of a topic in or out and returns the topic's total after, in
-/// one step (exactly one caller sees 0 -> 1 and 1 -> 0). KEYS: counter, the node's counter
-/// set. ARGV: node id, +1 or -1.
+/// Counts a node's subscriber of a topic in or out and returns the topic's total {before,
+/// after}, in one step (exactly one caller sees 0 -> more and more -> 0). A count out when
+/// the node's share is already 0 (lost with Redis, or reaped) changes nothing. KEYS: counter,
+/// the node's counter set. ARGV: node id, +1 or -1.
 pub(super) const COUNT_SUBSCRIBER: &str = r#"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+local before = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do before = before + tonumber(v) end
+local delta = tonumber(ARGV[2])
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if delta < 0 and mine <= 0 then return {before, before} end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   redis.call('SADD', KEYS[2], KEYS[1])
 end
-local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-return total
+return {before, before - mine + math.max(n, 0)}
 "#;
 
 /// Removes a lost node's share of a counter; returns {its share, the total after}.
