@@ -505,6 +505,43 @@ async fn join_cache_keeps_small_decisions_keyed_on_claims_and_bounded_in_bytes()
     assert_eq!(joins("room:n19"), 1, "the newest is still cached");
 }
 
+/// The channel cap and `max_per_user` refuse a join before the application is asked.
+#[tokio::test]
+async fn channel_caps_refuse_before_the_join_hook_is_called() {
+    let recv = Receiver::start(app).await;
+    let join = recv.url("/join");
+    let config = "[limits]\nmax_channels_per_connection = 2\n\n[[channels]]\ntopic = \"capped:*\"\nmax_per_user = 1\n";
+    let s = Server::start_with(
+        Some(config),
+        &[
+            ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+            ("PLEXUS_JOIN_HOOK_URL", join.as_str()),
+        ],
+    )
+    .await;
+    let mut a = s.client("alice").await;
+    assert!(a.join("capped:1", json!({})).await.unwrap().is_ok());
+    assert!(a.join("capped:2", json!({})).await.unwrap().is_ok());
+    let r = a.join("capped:3", json!({})).await.unwrap();
+    assert_eq!(r.reason(), Some("too many channels".into()));
+    let mut again = s.client("alice").await;
+    let r = again.join("capped:1", json!({})).await.unwrap();
+    assert_eq!(
+        r.reason(),
+        Some("already joined the maximum number of times (max_per_user)".into())
+    );
+    let asked: Vec<Value> = recv
+        .at("/join")
+        .iter()
+        .map(|q| q.body["topic"].clone())
+        .collect();
+    assert_eq!(
+        asked,
+        [json!("capped:1"), json!("capped:2")],
+        "refused joins never reach the app"
+    );
+}
+
 #[tokio::test]
 async fn longpoll_joins_go_through_the_hook() {
     let recv = Receiver::start(app).await;

@@ -375,6 +375,25 @@ impl Channels {
             }
             None => None,
         };
+        // The caps before the application is asked: a join refused here costs it nothing. The
+        // quota claimed is given back if the hook refuses or this future is dropped.
+        let duplicate = self.joined.contains_key(topic);
+        let quota = match rule.max_per_user {
+            _ if duplicate => None,
+            _ if self.joined.len() >= node.limits().max_channels_per_connection => {
+                return JoinOutcome::refused("too many channels", false);
+            }
+            Some(max) => match node.joins().claim(topic, sub, max).await {
+                Some(q) => Some(q),
+                None => {
+                    return JoinOutcome::refused(
+                        "already joined the maximum number of times (max_per_user)",
+                        true,
+                    );
+                }
+            },
+            None => None,
+        };
         let (app_reply, app_meta) = match self.ask_join_hook(conn, req, &rule).await {
             Ok(answer) => answer,
             Err(refused) => return refused,
@@ -399,21 +418,6 @@ impl Channels {
             }
             return outcome;
         }
-        if self.joined.len() >= node.limits().max_channels_per_connection {
-            return JoinOutcome::refused("too many channels", false);
-        }
-        let quota = match rule.max_per_user {
-            Some(max) => match node.joins().claim(topic, sub, max).await {
-                Some(q) => Some(q),
-                None => {
-                    return JoinOutcome::refused(
-                        "already joined the maximum number of times (max_per_user)",
-                        true,
-                    );
-                }
-            },
-            None => None,
-        };
         // Recorded before any further await: if this future is dropped from here on, the
         // socket's teardown departs the channel and gives everything back.
         self.joined.insert(
