@@ -418,6 +418,79 @@ async fn recovery_on_another_node_gets_every_missed_message_once() {
     assert_eq!(got, expected);
 }
 
+/// A recovering join reads the history's top, then the stream up to it; publishes that land
+/// between the two reads reach the reader live. Rejoins on node B while node A's API publishes
+/// without pause: every round continues exactly where the last one stopped.
+#[tokio::test]
+async fn recovering_joins_racing_publishes_get_each_message_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let topic = "room:race";
+    let mut first = nodes[1].client("reader").await;
+    let reply = first.join(topic, json!({"recover": null})).await.unwrap();
+    let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
+    first.close().await;
+
+    let stop = AtomicBool::new(false);
+    let publisher = |lane: u64| {
+        let (stop, node) = (&stop, &nodes[0]);
+        async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                node.broadcast(topic, "msg", json!({"lane": lane, "n": n}))
+                    .await;
+                n += 1;
+            }
+            n
+        }
+    };
+    let reader = async {
+        let mut last = 0u64;
+        let mut received = 0usize;
+        for round in 0..40 {
+            let mut c = nodes[1].client("reader").await;
+            let reply = c
+                .join(topic, json!({"recover": {"epoch": epoch, "offset": last}}))
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.json()["recovered"],
+                true,
+                "round {round}: {:?}",
+                reply.json()
+            );
+            let until = Instant::now() + Duration::from_millis(40);
+            while let Some(m) = c
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+                .await
+                .unwrap()
+            {
+                if m.event != "msg" {
+                    continue;
+                }
+                let offset: u64 = m.msg_ref.as_deref().unwrap().parse().unwrap();
+                assert_eq!(
+                    offset,
+                    last + 1,
+                    "round {round}: after {last} came {offset}"
+                );
+                last = offset;
+                received += 1;
+            }
+            c.close().await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        received
+    };
+    let (received, a, b, c) = tokio::join!(reader, publisher(0), publisher(1), publisher(2));
+    assert!(
+        received > 100,
+        "received {received} of {} published",
+        a + b + c
+    );
+}
+
 #[tokio::test]
 async fn api_disconnect_reaches_every_node() {
     let redis = Redis::start();

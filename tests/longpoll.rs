@@ -98,12 +98,21 @@ async fn polls_deliver_replies_and_answer_204_when_idle() {
     assert_eq!(messages[0][3], "phx_reply");
     assert_eq!(messages[0][4]["status"], "ok");
     assert!(messages.iter().any(|m| m[1] == "2" && m[2] == "phoenix"));
+    // The answer names the token of the next poll; a poll with the old one (its answer was
+    // lost) gets the same batch again.
+    let next = polled["token"].as_str().unwrap().to_owned();
+    assert_eq!(next, format!("{session}~1"));
+    let (_, body) = s.http("GET", &q, &[], "").await.unwrap();
+    assert_eq!(json(&body), polled, "the unacknowledged batch again");
+    let q = format!("/socket/longpoll?vsn=2.0.0&token={next}");
     // Nothing more: 204 after the window.
     let started = std::time::Instant::now();
     let (_, body) = s.http("GET", &q, &[], "").await.unwrap();
     let idle = json(&body);
     if idle["status"] == 200 {
         // presence_diff of our own join may still arrive; the next poll is idle.
+        let token = idle["token"].as_str().unwrap();
+        let q = format!("/socket/longpoll?vsn=2.0.0&token={token}");
         let (_, body) = s.http("GET", &q, &[], "").await.unwrap();
         assert_eq!(json(&body)["status"], 204);
     } else {
@@ -175,4 +184,65 @@ async fn refusals_use_the_statuses_phoenix_js_longpoll_knows() {
         .unwrap();
     assert_eq!(status, 403, "{body}");
     assert_eq!(json(&body)["status"], 403, "{body}");
+}
+
+/// phoenix.js polls with the token of the last answer it read. When a poll's answer is lost
+/// (here: the poll went through node A, forwarded to B that holds the session, and A began
+/// draining and answered 204 itself while B's poll went on and took the next broadcast),
+/// the client's next poll, with the token it still holds, gets that batch.
+#[tokio::test]
+async fn a_batch_whose_answer_was_lost_is_answered_again() {
+    let redis = common::Redis::start();
+    let cfg = "profile = \"dev\"\nbroker = \"redis\"\n[limits]\nlongpoll_window_secs = 5\n\
+               [[channels]]\ntopic = \"lp:*\"\n";
+    let url = redis.url();
+    let a = Server::start_with(Some(cfg), &[("PLEXUS_REDIS_URL", &url)]).await;
+    let b = Server::start_with(Some(cfg), &[("PLEXUS_REDIS_URL", &url)]).await;
+    let user = b.token("mover");
+    let (_, body) = b
+        .http(
+            "GET",
+            &format!("/socket/longpoll?vsn=2.0.0&token={user}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    let session = json(&body)["token"].as_str().unwrap().to_owned();
+    let poll = |token: &str| format!("/socket/longpoll?vsn=2.0.0&token={token}");
+    let join = "[\"1\",\"1\",\"lp:x\",\"phx_join\",{}]";
+    let (_, body) = b.http("POST", &poll(&session), &[], join).await.unwrap();
+    assert_eq!(json(&body)["status"], 200);
+    let (_, body) = b.http("GET", &poll(&session), &[], "").await.unwrap();
+    let joined = json(&body);
+    assert!(joined["messages"][0]
+        .as_str()
+        .unwrap()
+        .contains("phx_reply"));
+    let token = joined["token"].as_str().unwrap().to_owned();
+
+    // A poll through A (forwarded to B, where it waits); then A begins draining and ends it
+    // with 204 at once, while B's part of it goes on waiting.
+    let (port, path) = (a.port, poll(&token));
+    let through_a = tokio::spawn(async move { http_raw(port, "GET", &path, &[], "").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    let (_, _, body) = through_a.await.unwrap().unwrap();
+    assert_eq!(json(&body)["status"], 204, "{body}");
+    assert_eq!(json(&body)["token"], token.as_str());
+    // B's poll takes the broadcast; its answer goes to A, which no longer listens.
+    b.broadcast("lp:x", "msg", serde_json::json!({"n": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client polls again with the token it holds: the batch is answered again.
+    let (_, body) = b.http("GET", &poll(&token), &[], "").await.unwrap();
+    let polled = json(&body);
+    assert_eq!(polled["status"], 200, "{polled}");
+    let messages = polled["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{polled}");
+    assert_eq!(json(messages[0].as_str().unwrap())[4]["n"], 1);
+    assert_eq!(polled["token"], format!("{session}~2"));
 }

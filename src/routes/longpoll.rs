@@ -109,9 +109,9 @@ async fn poll_inner(
             // A poll of an admitted session: it leaves the gate while it waits.
             slot.release();
             return match lp.poll(session).await {
-                PollResult::Messages(messages) => body(
+                PollResult::Messages(messages, next) => body(
                     StatusCode::OK,
-                    serde_json::json!({"status": 200, "token": session, "messages": messages}),
+                    serde_json::json!({"status": 200, "token": next, "messages": messages}),
                 ),
                 PollResult::NoContent => body(
                     StatusCode::OK,

@@ -155,7 +155,9 @@ test("rolling restart through nginx: no message lost or doubled, rejoined within
 
   const want = JSON.stringify(acked);
   for (const [i, c] of clients.entries()) {
-    await until(() => c.got.length >= acked.length, 5000, `client ${i}: ${c.got.length} of ${acked.length}`);
+    const missing = () => acked.filter((n) => !c.got.includes(n));
+    await until(() => c.got.length >= acked.length, 5000,
+      () => `client ${i}: ${c.got.length} of ${acked.length}, missing ${missing()}, closes ${c.closes.length}, joins ${c.joins.length}`);
     assert.equal(JSON.stringify(c.got), want, `client ${i} got every acknowledged message once, in order`);
     assert.equal(c.recoveredFalse, 0, `client ${i} always recovered`);
     // Each close was followed by a rejoin within 5 s.

@@ -43,7 +43,7 @@ export async function until(fn, ms = 5000, what = "condition") {
     if (v) return v;
     await sleep(20);
   }
-  throw new Error(`timed out waiting for ${what}`);
+  throw new Error(`timed out waiting for ${typeof what === "function" ? what() : what}`);
 }
 
 /** Joins a phoenix.js (or phoenix-channels) channel: resolves with the reply, rejects on error. */

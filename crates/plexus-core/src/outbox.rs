@@ -183,6 +183,26 @@ struct State {
     /// While a join recovers history: broadcasts wait here, so that none is lost between
     /// subscribing and reading history, and duplicates of replayed ones can be dropped.
     held: Option<Vec<Outgoing>>,
+    /// After a replay up to offset N of a topic, live broadcasts of that topic at or below N
+    /// are duplicates even when they arrive after the hold ended: on a cluster a broadcast
+    /// can be in history (and so in the replay) while its live copy is still on its way from
+    /// Redis. Live broadcasts of a topic come in offset order, so the first one past N (or
+    /// one without an offset: a `history_reset`) ends the floor.
+    floors: Vec<(Arc<str>, u64)>,
+}
+
+/// Whether `p` is a duplicate of a replayed broadcast; retires the floor it passes.
+fn below_floor(floors: &mut Vec<(Arc<str>, u64)>, p: &Publication) -> bool {
+    let Some(i) = floors.iter().position(|(t, _)| **t == *p.topic) else {
+        return false;
+    };
+    match p.offset {
+        Some(o) if o <= floors[i].1 => true,
+        _ => {
+            floors.swap_remove(i);
+            false
+        }
+    }
 }
 
 /// One connection's outbound queue; shared between the hub (producers) and the transport.
@@ -220,6 +240,9 @@ impl Outbox {
     /// subscriber per broadcast: this is the fan-out's inner loop.
     pub fn push_publication(&self, p: &Arc<Publication>, with_offset: bool) -> bool {
         let mut st = self.state.lock();
+        if !st.floors.is_empty() && below_floor(&mut st.floors, p) {
+            return st.close.is_none();
+        }
         if !self.admit(&mut st, p.frame.len()) {
             drop(st);
             self.notify.notify_one();
@@ -273,9 +296,14 @@ impl Outbox {
     }
 
     /// Ends the hold: held broadcasts join the queue in arrival order, except those of `topic`
-    /// at or below `replayed_up_to` (already sent by the replay).
+    /// at or below `replayed_up_to` (already sent by the replay); later live ones at or below
+    /// it are dropped too (see `State::floors`).
     pub fn release(&self, topic: &str, replayed_up_to: u64) {
         let mut st = self.state.lock();
+        st.floors.retain(|(t, _)| **t != *topic);
+        if replayed_up_to > 0 {
+            st.floors.push((Arc::from(topic), replayed_up_to));
+        }
         let Some(held) = st.held.take() else {
             return;
         };
@@ -400,6 +428,46 @@ mod tests {
         let out = texts(&out);
         assert_eq!(out, vec![texts(&[item("reply")])[0].clone(), b1, a6]);
         assert!(!out.contains(&a4));
+    }
+
+    #[test]
+    fn live_copies_of_replayed_broadcasts_arriving_after_the_release_are_dropped() {
+        let o = Outbox::new(100, 100_000);
+        let p = |topic: &str, offset: Option<u64>| {
+            let mut p = Publication::new(topic, "e", Payload::empty_object(), None).unwrap();
+            if let Some(off) = offset {
+                p.set_offset(off).unwrap();
+            }
+            Arc::new(p)
+        };
+        let text = |p: &Arc<Publication>| String::from_utf8(p.frame.bytes().to_vec()).unwrap();
+        o.hold();
+        o.release("a", 5);
+        // Late live copies of 4 and 5 (in the replay), then 6, then a late-looking 3 that can
+        // only belong to a new history (the floor ended at 6).
+        let (a4, a5, b2, a6, a3) = (
+            p("a", Some(4)),
+            p("a", Some(5)),
+            p("b", Some(2)),
+            p("a", Some(6)),
+            p("a", Some(3)),
+        );
+        for x in [&a4, &a5, &b2, &a6, &a3] {
+            assert!(o.push_publication(x, true));
+        }
+        let mut out = Vec::new();
+        o.drain_into(&mut out);
+        assert_eq!(texts(&out), vec![text(&b2), text(&a6), text(&a3)]);
+        // A release without a replay lifts the topic's floor.
+        o.hold();
+        o.release("c", 9);
+        o.hold();
+        o.release("c", 0);
+        let c1 = p("c", Some(1));
+        assert!(o.push_publication(&c1, true));
+        let mut out = Vec::new();
+        o.drain_into(&mut out);
+        assert_eq!(texts(&out), vec![text(&c1)]);
     }
 
     #[test]

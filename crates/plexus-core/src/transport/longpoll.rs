@@ -11,6 +11,14 @@
 //!   base64 of a binary frame); at most [`MAX_POST_LINES`] lines (Phoenix CVE-2026-32689).
 //! * A session whose client stops polling for two windows expires; its socket closes like a
 //!   WebSocket's would (presence leaves, caps released).
+//! * **No batch lost with its answer:** every `200` answer carries a new token
+//!   (`<session>~<n>`), and phoenix.js polls next with the token of the last answer it read.
+//!   The session keeps its last batch until a poll shows it arrived (a poll with the new
+//!   token); a poll with the previous token gets the same batch again. A poll answer can be
+//!   lost on its way — the client hung up, a balancer cut the request, or the node that
+//!   forwarded the poll was draining and answered 204 itself — and without this the messages
+//!   it carried were gone while the session lived on. The kept batch is at most one drain of
+//!   the outbox (bounded like the outbox).
 //!
 //! Each session owns a [`Socket`], so channel semantics and every rule are the core's.
 //!
@@ -48,6 +56,35 @@ struct Session {
     vsn: Vsn,
     last_active: Mutex<Instant>,
     polls: AtomicUsize,
+    /// The answer sequence and the last batch, until a poll acknowledges it.
+    delivery: Mutex<Delivery>,
+    /// Wakes the other polls of the session when one of them took a batch.
+    delivered: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Delivery {
+    /// Batches answered so far: the `<n>` of the token the next poll should carry.
+    seq: u64,
+    /// The batch answered with token `seq`, kept until a poll carries that token.
+    last: Vec<String>,
+}
+
+/// `<session>~<n>`: the token of a session's `n`th batch answer (`n` = 0: the bare session).
+fn answer_token(session: &str, n: u64) -> String {
+    if n == 0 {
+        session.to_owned()
+    } else {
+        format!("{session}~{n}")
+    }
+}
+
+/// A poll token's session and answer sequence (`None`: not a sequence this server wrote).
+fn split_token(token: &str) -> (&str, Option<u64>) {
+    match token.rsplit_once('~') {
+        Some((session, n)) => (session, n.parse().ok().filter(|n| *n > 0)),
+        None => (token, Some(0)),
+    }
 }
 
 /// All LongPoll sessions of a node.
@@ -60,7 +97,8 @@ pub struct LongPoll {
 /// The answer to a poll.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PollResult {
-    Messages(Vec<String>),
+    /// A batch, and the token the next poll carries to acknowledge it.
+    Messages(Vec<String>, String),
     NoContent,
     Gone,
 }
@@ -108,17 +146,20 @@ impl LongPoll {
             vsn,
             last_active: Mutex::new(Instant::now()),
             polls: AtomicUsize::new(0),
+            delivery: Mutex::new(Delivery::default()),
+            delivered: tokio::sync::Notify::new(),
         });
         self.sessions.lock().insert(token.clone(), session);
         Ok(token)
     }
 
     fn get(&self, token: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().get(token).cloned()
+        self.sessions.lock().get(split_token(token).0).cloned()
     }
 
+    /// Whether the session of a token (a poll's `<session>~<n>` too) is held here.
     pub fn exists(&self, token: &str) -> bool {
-        self.sessions.lock().contains_key(token)
+        self.sessions.lock().contains_key(split_token(token).0)
     }
 
     /// The node that holds session `token`, when it is another node of the cluster.
@@ -165,7 +206,11 @@ impl LongPoll {
     }
 
     async fn poll_here(&self, token: &str) -> PollResult {
-        let Some(session) = self.get(token) else {
+        let (key, seq) = split_token(token);
+        let Some(session) = self.get(key) else {
+            return PollResult::Gone;
+        };
+        let Some(seq) = seq else {
             return PollResult::Gone;
         };
         // A guard, not a plain decrement at the end: when the client goes away hyper drops
@@ -173,20 +218,44 @@ impl LongPoll {
         let _polling = PollGuard::new(session.clone());
         let deadline = Instant::now() + self.window;
         loop {
-            let mut batch = Vec::new();
-            let close = session.outbox.drain_into(&mut batch);
-            if !batch.is_empty() {
+            // Registered before looking, so that a batch taken meanwhile by another poll of
+            // this session (one its client gave up on) wakes this one.
+            let delivered = session.delivered.notified();
+            tokio::pin!(delivered);
+            delivered.as_mut().enable();
+            let close = {
+                let mut d = session.delivery.lock();
+                if seq.checked_add(1) == Some(d.seq) && !d.last.is_empty() {
+                    // The last answer did not arrive: the same batch again.
+                    return PollResult::Messages(d.last.clone(), answer_token(key, d.seq));
+                }
+                if seq != d.seq {
+                    // Older than the last answer: what the client holds cannot be told.
+                    return PollResult::Gone;
+                }
+                // The client has everything answered so far.
+                d.last = Vec::new();
+                let mut batch = Vec::new();
+                let close = session.outbox.drain_into(&mut batch);
                 let vsn = session.vsn;
-                return PollResult::Messages(
-                    batch.iter().filter_map(|m| message_text(m, vsn)).collect(),
-                );
-            }
+                let texts: Vec<String> =
+                    batch.iter().filter_map(|m| message_text(m, vsn)).collect();
+                if !texts.is_empty() {
+                    d.seq += 1;
+                    d.last = texts.clone();
+                    drop(d);
+                    session.delivered.notify_waiters();
+                    return PollResult::Messages(texts, answer_token(key, seq + 1));
+                }
+                close
+            };
             if close.is_some() {
-                self.close(token).await;
+                self.close(key).await;
                 return PollResult::Gone;
             }
             tokio::select! {
                 _ = session.outbox.changed() => {}
+                _ = &mut delivered => {}
                 _ = tokio::time::sleep_until(deadline) => return PollResult::NoContent,
             }
         }
@@ -240,7 +309,7 @@ impl LongPoll {
     /// the caller (a poll) is dropped mid-way when its client hangs up, and the broker's part
     /// of the teardown (unsubscribing, presence leaves) must still happen.
     pub async fn close(&self, token: &str) {
-        let session = self.sessions.lock().remove(token);
+        let session = self.sessions.lock().remove(split_token(token).0);
         if let Some(session) = session {
             let closing = tokio::spawn(async move {
                 let socket = session.socket.lock().await.take();

@@ -418,8 +418,15 @@ impl Broker for RedisBroker {
                 items: Vec::new(),
             });
         }
+        // Up to `top` only: a publish landing between the GET above and this read is not in
+        // the page; it reaches the reader live (held aside during a recovering join), so a
+        // replay that also carried it would deliver it twice.
         let reply: redis::streams::StreamRangeReply = c
-            .xrange(self.key(&["hist", topic]), format!("{}-0", since + 1), "+")
+            .xrange(
+                self.key(&["hist", topic]),
+                format!("{}-0", since + 1),
+                format!("{top}-0"),
+            )
             .await
             .map_err(|e| {
                 self.failed("history read", &e);
