@@ -141,9 +141,13 @@ pub async fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let sub = identity.sub.clone();
+    // One pointer in the task instead of the identity and permit themselves: what the task
+    // captures stays in its future for the connection's whole life (BENCHMARKS.md, memory).
+    let admitted = Box::new((node, identity, permit));
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                let (node, identity, permit) = *admitted;
                 let _counted = crate::transport_counts::TransportCounts::open(
                     crate::transport_counts::Counted::WebSocket,
                 );

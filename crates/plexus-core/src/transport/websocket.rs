@@ -6,7 +6,8 @@
 //! possible), and the idle timer.
 //!
 //! Memory: reads go into a buffer on the poll stack, never into one owned by the connection, so
-//! an idle connection holds no read or write buffer at all; see `BENCHMARKS.md`.
+//! an idle connection holds no read or write buffer at all; its state lives in one exactly
+//! sized heap block (`Conn`) and the task's future stays small; see `BENCHMARKS.md`.
 
 use crate::admission::Permit;
 use crate::auth::Identity;
@@ -42,26 +43,91 @@ enum ReadOutcome {
     Violation(u16, &'static str),
 }
 
+/// A connection's state between polls, in one heap block of its exact size: the task's
+/// future holds a pointer to it, the timer and whatever the current await needs. (Kept in
+/// the future itself, these fields cost more than their size: an async fn's arguments stay in
+/// the future beside the locals they were moved into, and the layout of its suspend points
+/// does not overlap well.) See "Memory per idle connection" in `BENCHMARKS.md`.
+struct Conn<S> {
+    node: Arc<Node>,
+    socket: Socket,
+    io: S,
+    decoder: FrameDecoder,
+    events: Vec<WsEvent>,
+    batch: Vec<Outgoing>,
+    /// Pongs and the close echo waiting to be written.
+    control: Vec<u8>,
+    /// What the bytes read past the handshake held, handled before the first read.
+    pending_read: Option<ReadOutcome>,
+}
+
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes,
 /// speaking the protocol version `vsn` negotiated at the handshake. `pre_read` holds bytes the
-/// HTTP layer read past the handshake (usually empty).
-pub async fn serve<S>(
+/// HTTP layer read past the handshake (usually empty). The connection is registered and its
+/// state allocated here, before the returned future first runs.
+pub fn serve<S>(
     node: Arc<Node>,
     identity: Identity,
     permit: Permit,
     vsn: Vsn,
-    mut io: S,
+    io: S,
     pre_read: &[u8],
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut socket = match Socket::open(node.clone(), identity, permit) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = close(&mut io, close_codes::SERVICE_RESTART, "server restarting").await;
-            return;
+    let opened = match Socket::open(node.clone(), identity, permit) {
+        Ok(socket) => {
+            let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
+            let mut events = Vec::new();
+            let pending_read = (!pre_read.is_empty()).then(|| {
+                decoder
+                    .feed(pre_read, &mut events)
+                    .map(|_| ReadOutcome::Events)
+                    .unwrap_or_else(|e| ReadOutcome::Violation(e.code, e.reason))
+            });
+            Ok(Box::new(Conn {
+                node,
+                socket,
+                io,
+                decoder,
+                events,
+                batch: Vec::new(),
+                control: Vec::new(),
+                pending_read,
+            }))
         }
+        Err(_) => Err(io),
     };
+    async move {
+        match opened {
+            Ok(conn) => run(conn, vsn).await,
+            Err(mut io) => {
+                let _ = Box::pin(close(
+                    &mut io,
+                    close_codes::SERVICE_RESTART,
+                    "server restarting",
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+async fn run<S>(mut conn: Box<Conn<S>>, vsn: Vsn)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Conn {
+        node,
+        socket,
+        io,
+        decoder,
+        events,
+        batch,
+        control,
+        pending_read,
+    } = &mut *conn;
     let outbox = socket.outbox().clone();
     let idle = node.limits().idle_timeout;
     let write_timeout = node.limits().write_timeout;
@@ -69,23 +135,7 @@ pub async fn serve<S>(
     tokio::pin!(timer);
     let mut idle_deadline = Instant::now() + idle;
     timer.as_mut().reset(socket.expiry().next(idle_deadline));
-    let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
-    let mut events: Vec<WsEvent> = Vec::new();
-    let mut batch: Vec<Outgoing> = Vec::new();
-    // Pongs and the close echo waiting to be written.
-    let mut control: Vec<u8> = Vec::new();
     let mut closing = false;
-
-    let mut pending_read = if pre_read.is_empty() {
-        None
-    } else {
-        Some(
-            decoder
-                .feed(pre_read, &mut events)
-                .map(|_| ReadOutcome::Events)
-                .unwrap_or_else(|e| ReadOutcome::Violation(e.code, e.reason)),
-        )
-    };
 
     let close_with: Option<(u16, &'static str)> = 'conn: loop {
         let outcome = match pending_read.take() {
@@ -94,21 +144,26 @@ pub async fn serve<S>(
                 tokio::select! {
                     biased;
                     _ = outbox.changed() => {
-                        let close_req = outbox.drain_into(&mut batch);
+                        let close_req = outbox.drain_into(batch);
                         // The write timeout reuses the connection's one timer (no extra Sleep
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
-                        let written = tokio::select! {
-                            r = write_frames(&mut io, &batch, vsn) => Ok(r),
-                            _ = &mut timer => Err(()),
-                        };
+                        // Boxed: the write's state exists only while it runs, instead of
+                        // taking room in every idle connection's task.
+                        let written = Box::pin(async {
+                            tokio::select! {
+                                r = write_frames(&mut *io, &*batch, vsn) => Ok(r),
+                                _ = &mut timer => Err(()),
+                            }
+                        })
+                        .await;
                         if matches!(written, Ok(Ok(()))) {
                             batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
                         }
                         batch.clear();
                         timer.as_mut().reset(socket.expiry().next(idle_deadline));
                         if batch.capacity() > 64 {
-                            batch = Vec::new();
+                            *batch = Vec::new();
                         }
                         match written {
                             Ok(Ok(())) => {}
@@ -123,7 +178,7 @@ pub async fn serve<S>(
                         }
                         continue 'conn;
                     }
-                    outcome = read_events(&mut io, &mut decoder, &mut events) => outcome,
+                    outcome = read_events(io, decoder, events) => outcome,
                     _ = &mut timer => {
                         let now = Instant::now();
                         match socket.expiry_mut().fire(now) {
@@ -193,12 +248,12 @@ pub async fn serve<S>(
             // not pin this task); like the outbox's, it borrows the connection's one timer.
             timer.as_mut().reset(Instant::now() + write_timeout);
             let sent = tokio::select! {
-                r = io.write_all(&control) => r.is_ok(),
+                r = io.write_all(control) => r.is_ok(),
                 _ = &mut timer => false,
             };
             control.clear();
             if control.capacity() > 256 {
-                control = Vec::new();
+                *control = Vec::new();
             }
             if !sent || closing {
                 if closing {
@@ -208,18 +263,21 @@ pub async fn serve<S>(
             }
         }
         if events.capacity() > 16 {
-            events = Vec::new();
+            *events = Vec::new();
         }
         // A token refresh among the messages replaced the expiry.
         timer.as_mut().reset(socket.expiry().next(idle_deadline));
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
-            outbox.drain_into(&mut batch);
+            outbox.drain_into(batch);
             timer.as_mut().reset(Instant::now() + write_timeout);
-            tokio::select! {
-                _ = write_frames(&mut io, &batch, vsn) => {}
-                _ = &mut timer => {}
-            }
+            Box::pin(async {
+                tokio::select! {
+                    _ = write_frames(&mut *io, &*batch, vsn) => {}
+                    _ = &mut timer => {}
+                }
+            })
+            .await;
             break violation;
         }
     };
@@ -227,8 +285,9 @@ pub async fn serve<S>(
     // task of every idle connection.
     if let Some((code, reason)) = close_with {
         socket.set_close_info(code, reason);
-        let _ = Box::pin(close(&mut io, code, reason)).await;
+        let _ = Box::pin(close(io, code, reason)).await;
     }
+    let Conn { socket, .. } = *conn;
     Box::pin(socket.close()).await;
 }
 
