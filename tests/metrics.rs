@@ -170,7 +170,98 @@ async fn histograms_move_under_a_small_load() {
     assert!(after
         .docs
         .get("plexus_publish_to_write_seconds")
-        .is_some_and(|d| d.contains("first WebSocket write")));
+        .is_some_and(|d| d.contains("first write of it to a client")));
+}
+
+/// Broadcasts whose only receivers are a LongPoll session or an SSE stream are timed too:
+/// one publish→write sample each, when the poll's answer or the stream's chunk takes them.
+#[tokio::test]
+async fn longpoll_and_sse_deliveries_are_timed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let written = |x: &Scrape| count(x, "plexus_publish_to_write_seconds");
+    let before = written(&scrape(&s).await);
+
+    // LongPoll: a session joined to room:lp, polled after each broadcast.
+    let token = s.token("poller");
+    let (_, body) = s
+        .http(
+            "GET",
+            &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    let mut session = common::json(&body)["token"].as_str().unwrap().to_owned();
+    let join = "[\"1\",\"1\",\"room:lp\",\"phx_join\",{}]";
+    let q = |t: &str| format!("/socket/longpoll?vsn=2.0.0&token={t}");
+    s.http("POST", &q(&session), &[], join).await.unwrap();
+    let mut got = 0;
+    for n in 0..3 {
+        s.broadcast("room:lp", "tick", json!({"n": n})).await;
+        // Poll until the broadcast came (the join reply and presence come first).
+        for _ in 0..5 {
+            let (_, body) = s.http("GET", &q(&session), &[], "").await.unwrap();
+            let polled = common::json(&body);
+            session = polled["token"].as_str().unwrap_or(&session).to_owned();
+            let ticks = polled["messages"].as_array().map_or(0, |m| {
+                m.iter()
+                    .filter(|m| m.as_str().unwrap().contains("\"tick\""))
+                    .count()
+            });
+            got += ticks;
+            if ticks > 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, 3, "the LongPoll session received the broadcasts");
+    let after_lp = written(&scrape(&s).await);
+    assert!(
+        after_lp - before >= 3.0,
+        "LongPoll samples: {before} -> {after_lp}"
+    );
+
+    // SSE: a stream of room:sse, read until each broadcast's event arrived.
+    let mut sse = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let token = s.token("reader");
+    let req = format!(
+        "GET /sse?topic=room:sse&token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    sse.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    for n in 0..3 {
+        // The stream is open (its headers came) before the first broadcast.
+        if n == 0 {
+            while !seen.contains("\r\n\r\n") {
+                let k = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut buf))
+                    .await
+                    .expect("SSE headers")
+                    .unwrap();
+                assert!(k > 0, "stream closed: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+            }
+        }
+        s.broadcast("room:sse", "tick", json!({"n": n})).await;
+        let want = format!("\"n\":{n}");
+        while !seen.contains(&want) {
+            let k = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut buf))
+                .await
+                .expect("an SSE event")
+                .unwrap();
+            assert!(k > 0, "stream closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+    }
+    let after_sse = written(&scrape(&s).await);
+    assert!(
+        after_sse - after_lp >= 3.0,
+        "SSE samples: {after_lp} -> {after_sse}"
+    );
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ pub fn describe() {
     describe_histogram!(
         PUBLISH_TO_WRITE,
         Unit::Seconds,
-        "Publish (or arrival from the broker) to the first WebSocket write of it, per broadcast."
+        "Publish (or arrival from the broker) to the first write of it to a client (WebSocket, LongPoll or SSE), per broadcast."
     );
     describe_histogram!(
         FANOUT,

@@ -240,6 +240,11 @@ impl LongPoll {
                 let vsn = session.vsn;
                 let texts: Vec<String> =
                     batch.iter().filter_map(|m| message_text(m, vsn)).collect();
+                // Handed to the poll's answer: the publish→write histogram's first write.
+                batch
+                    .iter()
+                    .filter_map(Outgoing::publication)
+                    .for_each(|p| p.written());
                 if !texts.is_empty() {
                     d.seq += 1;
                     d.last = texts.clone();

@@ -168,6 +168,8 @@ async fn next_chunk(
 fn render(st: &mut StreamState, item: Outgoing, out: &mut String) {
     let (topic, event, payload, offset): (&str, &str, &Payload, Option<u64>) = match &item {
         Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => {
+            // Handed to the response stream: the publish→write histogram's first write.
+            p.written();
             (&p.topic, &p.event, &p.payload, p.offset)
         }
         Outgoing::Push(p) if p.event == events::PRESENCE_STATE => {
