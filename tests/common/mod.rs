@@ -2,6 +2,7 @@
 //! sockets (the Rust client for WebSocket, raw HTTP/1.1 for the API).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod hook_app;
 pub mod receiver;
 
