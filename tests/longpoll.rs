@@ -15,19 +15,8 @@ async fn connections(s: &Server) -> u64 {
 async fn a_client_that_vanishes_mid_poll_is_reaped() {
     let cfg = "profile = \"dev\"\n[limits]\nlongpoll_window_secs = 1\n";
     let s = Server::start_with(Some(cfg), &[]).await;
+    let session = s.longpoll_session("ghost").await;
     let token = s.token("ghost");
-    let (st, body) = s
-        .http(
-            "GET",
-            &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, 200);
-    let session = json(&body)["token"].as_str().unwrap().to_owned();
-    assert!(session.starts_with("plp."));
     assert_eq!(connections(&s).await, 1);
 
     // A poll whose client hangs up before the answer.
@@ -62,17 +51,7 @@ async fn a_client_that_vanishes_mid_poll_is_reaped() {
 async fn polls_deliver_replies_and_answer_204_when_idle() {
     let cfg = "profile = \"dev\"\n[limits]\nlongpoll_window_secs = 1\n";
     let s = Server::start_with(Some(cfg), &[]).await;
-    let token = s.token("poller");
-    let (_, body) = s
-        .http(
-            "GET",
-            &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
-    let session = json(&body)["token"].as_str().unwrap().to_owned();
+    let session = s.longpoll_session("poller").await;
     let q = format!("/socket/longpoll?vsn=2.0.0&token={session}");
     let lines =
         "[\"1\",\"1\",\"room:lp\",\"phx_join\",{}]\n[null,\"2\",\"phoenix\",\"heartbeat\",{}]";
@@ -198,17 +177,7 @@ async fn a_batch_whose_answer_was_lost_is_answered_again() {
     let url = redis.url();
     let a = Server::start_with(Some(cfg), &[("PLEXUS_REDIS_URL", &url)]).await;
     let b = Server::start_with(Some(cfg), &[("PLEXUS_REDIS_URL", &url)]).await;
-    let user = b.token("mover");
-    let (_, body) = b
-        .http(
-            "GET",
-            &format!("/socket/longpoll?vsn=2.0.0&token={user}"),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
-    let session = json(&body)["token"].as_str().unwrap().to_owned();
+    let session = b.longpoll_session("mover").await;
     let poll = |token: &str| format!("/socket/longpoll?vsn=2.0.0&token={token}");
     let join = "[\"1\",\"1\",\"lp:x\",\"phx_join\",{}]";
     let (_, body) = b.http("POST", &poll(&session), &[], join).await.unwrap();

@@ -183,17 +183,7 @@ async fn longpoll_and_sse_deliveries_are_timed() {
     let before = written(&scrape(&s).await);
 
     // LongPoll: a session joined to room:lp, polled after each broadcast.
-    let token = s.token("poller");
-    let (_, body) = s
-        .http(
-            "GET",
-            &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
-    let mut session = common::json(&body)["token"].as_str().unwrap().to_owned();
+    let mut session = s.longpoll_session("poller").await;
     let join = "[\"1\",\"1\",\"room:lp\",\"phx_join\",{}]";
     let q = |t: &str| format!("/socket/longpoll?vsn=2.0.0&token={t}");
     s.http("POST", &q(&session), &[], join).await.unwrap();

@@ -202,6 +202,25 @@ impl Server {
         json(&resp)
     }
 
+    /// Opens a LongPoll session for `sub` (`GET /socket/longpoll` with its token): asserts the
+    /// 200 answer and returns the session token.
+    pub async fn longpoll_session(&self, sub: &str) -> String {
+        let token = self.token(sub);
+        let (status, body) = self
+            .http(
+                "GET",
+                &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
+                &[],
+                "",
+            )
+            .await
+            .expect("the server answers");
+        assert_eq!(status, 200, "{body}");
+        let session = json(&body)["token"].as_str().unwrap_or_default().to_owned();
+        assert!(session.starts_with("plp."), "{body}");
+        session
+    }
+
     /// A raw HTTP/1.1 request; returns (status, body).
     pub async fn http(
         &self,
