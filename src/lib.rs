@@ -11,7 +11,6 @@ pub mod config;
 pub mod demo;
 pub mod gate;
 pub mod hook_client;
-pub mod hook_config;
 pub mod metrics;
 pub mod routes;
 pub mod server;

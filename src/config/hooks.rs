@@ -2,7 +2,7 @@
 //! overridden by its `PLEXUS_HOOK_*` / `PLEXUS_WEBHOOK_*` environment variable (and
 //! `PLEXUS_CONNECT_HOOK_URL`, `PLEXUS_JOIN_HOOK_URL`).
 
-use crate::config::ConfigError;
+use super::ConfigError;
 use plexus_core::hooks::breaker::BreakerConfig;
 use plexus_core::hooks::HooksConfig;
 use plexus_core::policy::is_http_url;

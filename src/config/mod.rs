@@ -1,0 +1,509 @@
+//! Configuration: a TOML file overridden by `PLEXUS_*` environment variables and flags.
+//!
+//! Every setting and its default is listed in `docs/configuration.md`. Loading validates
+//! everything up front, one section at a time (`resolve_*`), and fails with a [`ConfigError`]
+//! whose message names the file, line and field.
+//!
+//! One module per section: [`auth`] (secrets and token keys), [`limits`] (`[limits]` and who
+//! may connect), [`tls`], [`redis`] (the broker), [`hooks`] (`[hooks]` and `[webhooks]`);
+//! this module holds the whole ([`Config`], [`Env`]) and the order they are resolved in.
+
+mod auth;
+mod error;
+pub mod hooks;
+mod limits;
+mod redis;
+mod tls;
+
+pub use error::ConfigError;
+
+use auth::{build_verifier, resolve_secrets, FileAuth};
+use limits::{resolve_admission, resolve_limits, FileLimits};
+use plexus_core::admission::AdmissionConfig;
+use plexus_core::auth::Verifier;
+use plexus_core::broker::redis::RedisConfig;
+use plexus_core::limits::Limits;
+use plexus_core::policy::{ChannelRule, Policy};
+use redis::{resolve_broker, FileRedis};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tls::{resolve_tls, FileTls};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+/// `limits.http_header_timeout_secs`.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// `limits.max_pending_connections_per_ip`.
+pub const DEFAULT_MAX_PENDING_PER_IP: u32 = 128;
+/// `limits.max_pending_connections`.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Prod => "prod",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "dev" => Ok(Profile::Dev),
+            "prod" => Ok(Profile::Prod),
+            other => Err(ConfigError::UnknownProfile {
+                value: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The file's shape. Every field is optional; unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    profile: Option<String>,
+    listen: Option<String>,
+    jwt_secret: Option<String>,
+    api_key: Option<String>,
+    // (admin console)
+    admin_secret: Option<String>,
+    // (demo)
+    demo_feed: Option<bool>,
+    drain_timeout_secs: Option<u64>,
+    drain_notice_secs: Option<u64>,
+    metrics_require_api_key: Option<bool>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    auth: FileAuth,
+    tls: Option<FileTls>,
+    broker: Option<String>,
+    redis: Option<FileRedis>,
+    #[serde(default)]
+    supabase: FileSupabase,
+    #[serde(default)]
+    channels: Vec<ChannelRule>,
+    #[serde(default)]
+    hooks: hooks::FileHooks,
+    #[serde(default)]
+    webhooks: hooks::FileWebhooks,
+}
+
+/// `[supabase]`: serve Supabase's realtime clients (see docs/supabase.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSupabase {
+    enabled: Option<bool>,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub profile: Profile,
+    pub listen: SocketAddr,
+    /// HS256 secret; `generated` is true when the dev profile made one up for this run.
+    pub jwt_secret: String,
+    pub jwt_secret_generated: bool,
+    pub api_key: String,
+    pub api_key_generated: bool,
+    // (admin console)
+    /// The secret that signs in to `/admin`; `None`: the console is disabled (the prod
+    /// default). The dev profile defaults it to the API key.
+    pub admin_secret: Option<String>,
+    // (demo)
+    /// The server publishes the demo's live data (`demo:live`) through its own HTTP API while
+    /// someone subscribes: default on in dev, off in prod.
+    pub demo_feed: bool,
+    pub drain_timeout: Duration,
+    /// On SIGTERM: how long `/health` says `draining` (new connections refused with 503)
+    /// before the listener closes and clients are closed.
+    pub drain_notice: Duration,
+    /// `/metrics` answers only with the API key.
+    pub metrics_require_api_key: bool,
+    pub limits: Limits,
+    /// Connections that are not admitted clients (HTTP requests, handshakes): how long one may
+    /// take to send its request headers (also the TLS handshake and keep-alive idle time).
+    pub http_header_timeout: Duration,
+    /// Caps on those connections, per client address and in total.
+    pub gate: crate::gate::GateLimits,
+    pub admission: AdmissionConfig,
+    pub policy: Policy,
+    pub verifier: Verifier,
+    /// Native TLS: serve https/wss on `listen` with these files.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// A plain-HTTP listener that redirects to https (off unless configured).
+    pub http_redirect: Option<SocketAddr>,
+    /// Where redirects point: `https://<public_host><path>` (never the request's `Host`).
+    pub public_host: Option<String>,
+    /// `None`: the embedded in-memory broker; `Some`: cluster mode on Redis.
+    pub redis: Option<RedisConfig>,
+    /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
+    /// the `apikey` parameter as a token source.
+    pub supabase: bool,
+    /// Application hooks and webhooks (`[hooks]`, `[webhooks]`); `None`: none configured.
+    pub hooks: Option<hooks::HookSettings>,
+    /// Settings that are valid but probably not what was meant: logged at start and printed
+    /// by `plexus check`.
+    pub warnings: Vec<String>,
+    pub source: Option<PathBuf>,
+}
+
+/// Environment overrides, read once (tests pass their own). This is the only reader of the
+/// `PLEXUS_*` settings below; the flags `--listen` and `--profile` have no `env` of their own.
+/// (`PLEXUS_CONFIG` picks the file and is clap's, as `--config`; `PLEXUS_LOG` is the logger's.)
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub listen: Option<String>,
+    pub profile: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub admin_secret: Option<String>,
+    /// `PLEXUS_DEMO_FEED`: `true`/`1` or `false`/`0`.
+    pub demo_feed: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub broker: Option<String>,
+    pub redis_url: Option<String>,
+    /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
+    pub supabase: Option<String>,
+    /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
+    pub hooks: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            listen: get("PLEXUS_LISTEN"),
+            profile: get("PLEXUS_PROFILE"),
+            jwt_secret: get("PLEXUS_JWT_SECRET"),
+            api_key: get("PLEXUS_API_KEY"),
+            admin_secret: get("PLEXUS_ADMIN_SECRET"),
+            demo_feed: get("PLEXUS_DEMO_FEED"),
+            tls_cert: get("PLEXUS_TLS_CERT"),
+            tls_key: get("PLEXUS_TLS_KEY"),
+            broker: get("PLEXUS_BROKER"),
+            redis_url: get("PLEXUS_REDIS_URL"),
+            supabase: get("PLEXUS_SUPABASE"),
+            hooks: hooks::ENV_VARS
+                .iter()
+                .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
+                .collect(),
+        }
+    }
+}
+
+/// Reads the file, naming it in the error.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads and parses the file, naming it in every error.
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    parse_toml(&read_text(path)?, Some(path))
+}
+
+/// Parses the TOML text of the file `path` (`None`: text given to [`parse_str`]).
+fn parse_toml(text: &str, path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|source| match path {
+        Some(path) => ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        },
+        None => ConfigError::ParseText { source },
+    })
+}
+
+/// Reads a file that the configuration names (a key, a JWKS, a CA): `std::fs::read` for
+/// [`load`], a refusal for [`parse_str`], which reads nothing.
+type ReadFn<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
+
+/// For an error about `channels[i]`, the line of that rule's `[[channels]]` header, so that
+/// the message points into the file.
+fn rule_line(text: &str, index: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
+        .nth(index)
+        .map(|(n, _)| n + 1)
+}
+
+fn random_token(bytes: usize) -> String {
+    use rand::Rng;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill(&mut buf[..]);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The profile: flag, environment, file; else prod with a file and dev without.
+fn resolve_profile(
+    flag: Option<&str>,
+    env: &Env,
+    file: &FileConfig,
+    has_file: bool,
+) -> Result<Profile, ConfigError> {
+    match flag.or(env.profile.as_deref()).or(file.profile.as_deref()) {
+        Some(p) => Profile::parse(p),
+        None if has_file => Ok(Profile::Prod),
+        None => Ok(Profile::Dev),
+    }
+}
+
+/// The listen address: flag, environment, file, default; loopback only in dev.
+fn resolve_listen(
+    flag: Option<&str>,
+    env: &Env,
+    file: &FileConfig,
+    profile: Profile,
+) -> Result<SocketAddr, ConfigError> {
+    let value = flag
+        .or(env.listen.as_deref())
+        .or(file.listen.as_deref())
+        .unwrap_or(DEFAULT_LISTEN);
+    // An address, or a host name and port (`localhost:4000`): its first address.
+    let addr: SocketAddr = match value.parse() {
+        Ok(a) => a,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(value)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| ConfigError::Listen {
+                value: value.to_owned(),
+            })?,
+    };
+    if profile == Profile::Dev && !addr.ip().is_loopback() {
+        return Err(ConfigError::DevNotLoopback { addr });
+    }
+    Ok(addr)
+}
+
+/// The `[[channels]]` rules; with none, dev gets its open default and prod denies every join.
+fn resolve_policy(
+    rules: Vec<ChannelRule>,
+    profile: Profile,
+    path: Option<&Path>,
+    text: Option<&str>,
+) -> Result<Policy, ConfigError> {
+    if rules.is_empty() && profile == Profile::Dev {
+        // (demo) the chat's room:* and the demo's classroom and live-data topics.
+        return crate::demo::rules::dev_policy().map_err(|e| ConfigError::Rule {
+            file: None,
+            line: None,
+            message: e.to_string(),
+        });
+    }
+    Policy::new(rules).map_err(|e| ConfigError::Rule {
+        file: path.map(Path::to_path_buf),
+        line: text.and_then(|t| rule_line(t, e.index)),
+        message: e.to_string(),
+    })
+}
+
+/// Reads a file the configuration points to (`field` names the setting).
+fn read_referenced(field: &str, path: &Path, read: ReadFn) -> Result<Vec<u8>, ConfigError> {
+    read(path).map_err(|source| ConfigError::ReadFile {
+        field: field.to_owned(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Resolves the configuration, one section at a time, each from flag (`listen`, `profile`),
+/// environment, file and default, in that order of priority.
+pub fn load(
+    path: Option<&Path>,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let text = path.map(read_text).transpose()?;
+    resolve(
+        text.as_deref(),
+        path,
+        env,
+        flag_listen,
+        flag_profile,
+        &|f| std::fs::read(f),
+    )
+}
+
+/// Resolves the configuration from TOML `text` as [`load`] does from a file holding it (so
+/// the default profile is prod), except that it touches no file system: a setting that names
+/// a file to read (`auth.keys[i].public_key_file`, `auth.jwks_files`, `redis.tls_ca_file`)
+/// fails with [`ConfigError::ReadFile`], and errors name no file. Pure, for tests and the
+/// fuzzer (`fuzz/fuzz_targets/config.rs`). TLS paths are only recorded, as by `load`.
+pub fn parse_str(
+    text: &str,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+) -> Result<Config, ConfigError> {
+    resolve(Some(text), None, env, flag_listen, flag_profile, &|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "parse_str reads no files",
+        ))
+    })
+}
+
+/// [`load`] once the file's `text` (if any) is read; `path` is that file (named in errors,
+/// base of relative paths), `None` for [`parse_str`]; `read` reads the files it names.
+fn resolve(
+    text: Option<&str>,
+    path: Option<&Path>,
+    env: &Env,
+    flag_listen: Option<&str>,
+    flag_profile: Option<&str>,
+    read: ReadFn,
+) -> Result<Config, ConfigError> {
+    let mut file = match text {
+        Some(t) => parse_toml(t, path)?,
+        None => FileConfig::default(),
+    };
+    // Files the config file names (keys, TLS, CA) are relative to its directory.
+    let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
+    let profile = resolve_profile(flag_profile, env, &file, text.is_some())?;
+    let listen = resolve_listen(flag_listen, env, &file, profile)?;
+    let secrets = resolve_secrets(profile, env, &file)?;
+    let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
+    let admission = resolve_admission(&file, profile)?;
+    let supabase = match env.supabase.as_deref() {
+        None => file.supabase.enabled.unwrap_or(false),
+        Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "PLEXUS_SUPABASE",
+                message: format!("{other:?} is not true, false, 1 or 0"),
+            })
+        }
+    };
+    let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
+    let demo_feed = match env.demo_feed.as_deref() {
+        None => file.demo_feed.unwrap_or(profile == Profile::Dev),
+        Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "PLEXUS_DEMO_FEED",
+                message: format!("{other:?} is not true, false, 1 or 0"),
+            })
+        }
+    };
+    let mut warnings = Vec::new();
+    if profile == Profile::Prod && file.channels.is_empty() {
+        warnings.push(
+            "no [[channels]] rules: the prod profile refuses every join (docs/configuration.md)"
+                .to_owned(),
+        );
+    }
+    let rules_use_hooks = file
+        .channels
+        .iter()
+        .any(|r| r.push_hook.is_some() || r.join_hook.as_deref().is_some_and(|u| u != "off"));
+    let hooks = hooks::resolve(&env.hooks, &file.hooks, &file.webhooks, rules_use_hooks)?;
+    let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
+        .with_supabase(supabase);
+    let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
+    let verifier = build_verifier(hs256, &file.auth, path, base, read)?;
+    let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
+    let mut redis = resolve_broker(env, &file, base, read)?;
+    if let Some(r) = redis.as_mut() {
+        // History keys in Redis expire too (after their TTL, else after this idle time).
+        r.history_idle = limits.history.idle;
+    }
+    Ok(Config {
+        profile,
+        listen,
+        jwt_secret: secrets.jwt_secret,
+        jwt_secret_generated: secrets.jwt_secret_generated,
+        api_key: secrets.api_key,
+        api_key_generated: secrets.api_key_generated,
+        admin_secret,
+        demo_feed,
+        drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+        drain_notice: Duration::from_secs(file.drain_notice_secs.unwrap_or(0)),
+        metrics_require_api_key: file.metrics_require_api_key.unwrap_or(false),
+        limits,
+        http_header_timeout: Duration::from_secs(
+            file.limits
+                .http_header_timeout_secs
+                .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+        ),
+        gate: crate::gate::GateLimits {
+            per_ip: file
+                .limits
+                .max_pending_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_PENDING_PER_IP),
+            total: file
+                .limits
+                .max_pending_connections
+                .unwrap_or(DEFAULT_MAX_PENDING),
+        },
+        admission,
+        policy,
+        verifier,
+        tls,
+        http_redirect,
+        public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
+        redis,
+        supabase,
+        hooks,
+        warnings,
+        source: path.map(Path::to_path_buf),
+    })
+}
+
+// (admin console)
+/// `admin_secret` (`PLEXUS_ADMIN_SECRET` over the file): at least 16 characters in prod; unset
+/// in prod disables `/admin`; unset in dev, the API key signs in.
+fn resolve_admin_secret(
+    profile: Profile,
+    env: &Env,
+    file: &FileConfig,
+    api_key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let given = env.admin_secret.clone().or(file.admin_secret.clone());
+    match (profile, given) {
+        (_, Some(s)) if s.is_empty() => Err(ConfigError::Invalid {
+            field: "admin_secret",
+            message: "must not be empty (leave it out to disable the console in prod)".into(),
+        }),
+        (Profile::Prod, Some(s)) if s.len() < 16 => Err(ConfigError::Invalid {
+            field: "admin_secret",
+            message: "must be at least 16 characters in the prod profile".into(),
+        }),
+        (_, Some(s)) => Ok(Some(s)),
+        (Profile::Dev, None) => Ok(Some(api_key.to_owned())),
+        (Profile::Prod, None) => Ok(None),
+    }
+}
+
+/// The secret `plexus token` signs with: flag/env, else the file's.
+pub fn token_secret(path: Option<&Path>, flag: Option<&str>) -> Result<String, ConfigError> {
+    if let Some(s) = flag {
+        return Ok(s.to_owned());
+    }
+    if let Some(p) = path {
+        if let Some(s) = read_file(p)?.jwt_secret {
+            return Ok(s);
+        }
+    }
+    Err(ConfigError::NoTokenSecret)
+}
+
+#[cfg(test)]
+mod tests;
