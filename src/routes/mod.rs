@@ -74,6 +74,9 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// The table holds at most [`ApiGuard::MAX_ADDRESSES`] failing addresses. A new one past that
 /// evicts the address whose last failure is oldest (its bucket the most refilled); addresses
 /// whose bucket is full again are dropped as failures come in. Cost per failure: O(log n).
+/// The price of never refusing an address for the failures of others: a guesser rotating
+/// through more addresses than the table holds gets 10 attempts per address per rotation; the
+/// key's length (at least 16 characters in prod) is what keeps guessing hopeless.
 #[derive(Default)]
 pub struct ApiGuard {
     table: parking_lot::Mutex<GuardTable>,
