@@ -2,8 +2,10 @@
 //! TLS handshakes, HTTP requests, LongPoll polls, connections still sending their headers — the
 //! server holds, per client address and in total. A WebSocket leaves the gate once it is
 //! upgraded (the node's admission caps take over); a refused connection is closed at once.
+//! Addresses count per [`address_key`] (an IPv6 address per /64), as the admission caps do.
 
 use parking_lot::Mutex;
+use plexus_core::admission::address_key;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +23,7 @@ pub struct Gate {
     limits: GateLimits,
     /// Peers whose connections carry many clients (trusted proxies): only the total applies.
     exempt: Vec<ipnet::IpNet>,
+    /// Per [`address_key`].
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     total: AtomicUsize,
     pub refused: AtomicU64,
@@ -30,6 +33,7 @@ pub struct Gate {
 /// A place in the gate, given back when dropped.
 pub struct Pass {
     gate: Arc<Gate>,
+    /// The [`address_key`] counted, if one was.
     ip: Option<IpAddr>,
 }
 
@@ -57,7 +61,7 @@ impl Gate {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Takes a place for a connection from `ip`.
+    /// Takes a place for a connection from `ip` (counted per [`address_key`]).
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Pass, Full> {
         let refuse = |full| {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -67,9 +71,10 @@ impl Gate {
             return refuse(Full::Total);
         }
         let counted = self.limits.per_ip > 0 && !self.exempt.iter().any(|n| n.contains(&ip));
+        let key = address_key(ip);
         if counted {
             let mut per_ip = self.per_ip.lock();
-            let n = per_ip.entry(ip).or_insert(0);
+            let n = per_ip.entry(key).or_insert(0);
             if *n >= self.limits.per_ip {
                 drop(per_ip);
                 return refuse(Full::PerAddress);
@@ -79,7 +84,7 @@ impl Gate {
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(Pass {
             gate: self.clone(),
-            ip: counted.then_some(ip),
+            ip: counted.then_some(key),
         })
     }
 }
@@ -154,5 +159,26 @@ mod tests {
         drop(p1);
         assert!(gate.enter(a).is_ok());
         assert_eq!(gate.refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_slash_64() {
+        let gate = Gate::new(
+            GateLimits {
+                per_ip: 2,
+                total: 0,
+            },
+            Vec::new(),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p1 = gate.enter(ip("2001:db8:1:2::1")).unwrap();
+        let _p2 = gate.enter(ip("2001:db8:1:2::2")).unwrap();
+        assert_eq!(
+            gate.enter(ip("2001:db8:1:2:ffff::3")).err(),
+            Some(Full::PerAddress)
+        );
+        assert!(gate.enter(ip("2001:db8:1:3::1")).is_ok());
+        drop(p1);
+        assert!(gate.enter(ip("2001:db8:1:2::3")).is_ok());
     }
 }

@@ -90,6 +90,14 @@ fn check(args: ServeArgs) -> ExitCode {
             "off (no admin_secret)"
         }
     );
+    println!(
+        "  demo pages: {}",
+        if cfg.demo {
+            "on (/, /demo/*)"
+        } else {
+            "off (demo = false)"
+        }
+    );
     if cfg.demo_feed {
         println!("  demo feed: on (demo:live)");
     }

@@ -371,14 +371,16 @@ fn announce(config: &Config, addr: SocketAddr, broker: &str, tls: bool) {
         if config.jwt_secret_generated {
             tracing::warn!("DEV PROFILE: the JWT secret is random for this run (set PLEXUS_JWT_SECRET to keep tokens valid across restarts)");
         }
-        tracing::info!(
-            "get a token: curl '{http}://{addr}/dev/token?sub=alice'   demo chat: {http}://{addr}/"
-        );
+        tracing::info!("get a token: curl '{http}://{addr}/dev/token?sub=alice'");
         if config.api_key_generated {
             tracing::info!("dev API key for /api/*: {}", config.api_key);
         }
     } else {
         tracing::info!("get a token: plexus token --config <file> --sub alice --ttl 1h");
+    }
+    // (demo)
+    if config.demo {
+        tracing::info!("demo pages: {http}://{addr}/ (setting demo, PLEXUS_DEMO)");
     }
 }
 

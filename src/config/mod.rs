@@ -75,6 +75,7 @@ struct FileConfig {
     // (admin console)
     admin_secret: Option<String>,
     // (demo)
+    demo: Option<bool>,
     demo_feed: Option<bool>,
     drain_timeout_secs: Option<u64>,
     drain_notice_secs: Option<u64>,
@@ -122,6 +123,9 @@ pub struct Config {
     /// default). The dev profile defaults it to the API key.
     pub admin_secret: Option<String>,
     // (demo)
+    /// The demo's pages are served (`/`, `/demo/*`, `/assets/*`): default on in dev, off in
+    /// prod (then those paths answer 404).
+    pub demo: bool,
     /// The server publishes the demo's live data (`demo:live`) through its own HTTP API while
     /// someone subscribes: default on in dev, off in prod.
     pub demo_feed: bool,
@@ -169,6 +173,8 @@ pub struct Env {
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
     pub admin_secret: Option<String>,
+    /// `PLEXUS_DEMO`: `true`/`1` or `false`/`0`.
+    pub demo: Option<String>,
     /// `PLEXUS_DEMO_FEED`: `true`/`1` or `false`/`0`.
     pub demo_feed: Option<String>,
     pub tls_cert: Option<String>,
@@ -190,6 +196,7 @@ impl Env {
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
             admin_secret: get("PLEXUS_ADMIN_SECRET"),
+            demo: get("PLEXUS_DEMO"),
             demo_feed: get("PLEXUS_DEMO_FEED"),
             tls_cert: get("PLEXUS_TLS_CERT"),
             tls_key: get("PLEXUS_TLS_KEY"),
@@ -392,17 +399,12 @@ fn resolve(
         }
     };
     let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
-    let demo_feed = match env.demo_feed.as_deref() {
-        None => file.demo_feed.unwrap_or(profile == Profile::Dev),
-        Some("1" | "true") => true,
-        Some("0" | "false") => false,
-        Some(other) => {
-            return Err(ConfigError::Invalid {
-                field: "PLEXUS_DEMO_FEED",
-                message: format!("{other:?} is not true, false, 1 or 0"),
-            })
-        }
-    };
+    let demo = env_bool("PLEXUS_DEMO", env.demo.as_deref())?
+        .or(file.demo)
+        .unwrap_or(profile == Profile::Dev);
+    let demo_feed = env_bool("PLEXUS_DEMO_FEED", env.demo_feed.as_deref())?
+        .or(file.demo_feed)
+        .unwrap_or(profile == Profile::Dev);
     let mut warnings = Vec::new();
     if profile == Profile::Prod && file.channels.is_empty() {
         warnings.push(
@@ -433,6 +435,7 @@ fn resolve(
         api_key: secrets.api_key,
         api_key_generated: secrets.api_key_generated,
         admin_secret,
+        demo,
         demo_feed,
         drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
         drain_notice: Duration::from_secs(file.drain_notice_secs.unwrap_or(0)),
@@ -465,6 +468,19 @@ fn resolve(
         warnings,
         source: path.map(Path::to_path_buf),
     })
+}
+
+/// A boolean environment variable: `true`/`1` or `false`/`0`; `None` when unset.
+fn env_bool(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some("1" | "true") => Ok(Some(true)),
+        Some("0" | "false") => Ok(Some(false)),
+        Some(other) => Err(ConfigError::Invalid {
+            field,
+            message: format!("{other:?} is not true, false, 1 or 0"),
+        }),
+    }
 }
 
 // (admin console)

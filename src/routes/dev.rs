@@ -1,7 +1,8 @@
 //! Dev profile only: `GET /dev/token?sub=NAME[&role=R][&name=N]` hands out tokens to anyone.
 //! The dev profile binds loopback only, and these routes do not exist in the prod profile.
 //! `GET /dev/echo` is a raw WebSocket echo over Plexus's framing code, for the Autobahn
-//! conformance suite (`scripts/autobahn`).
+//! conformance suite (`scripts/autobahn`); it checks `Origin` as `/socket/websocket` does, so a
+//! page on another site cannot use it.
 
 use super::{json_error, AppState};
 use axum::extract::{Query, State};
@@ -105,13 +106,18 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// `GET /dev/echo`: raw WebSocket echo (no Phoenix protocol, no auth) for conformance tests.
-pub async fn echo(mut req: axum::extract::Request) -> Response {
+/// A browser `Origin` must be allowed as for `/socket/websocket` (else 403).
+pub async fn echo(State(state): State<AppState>, mut req: axum::extract::Request) -> Response {
     let Some(key) = super::websocket::handshake_key(req.headers()) else {
         return json_error(
             StatusCode::BAD_REQUEST,
             "expected a WebSocket upgrade request",
         );
     };
+    if let Err(refusal) = state.node.admission().check_origin(req.headers()) {
+        tracing::warn!(reason = %refusal.reason, "dev echo refused");
+        return super::Refused(refusal).into_response();
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {

@@ -8,7 +8,7 @@
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
-//! | `GET /`, `GET /demo/*`, `GET /assets/*` | [`crate::demo::pages`] — the demo |
+//! | `GET /`, `GET /demo/*`, `GET /assets/*` | [`crate::demo::pages`] — the demo (setting `demo`: dev by default) |
 //! | `GET /admin`, `/admin/api/*` | [`crate::admin`] — admin console |
 
 pub mod api;
@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use plexus_core::admission::Refusal;
+use plexus_core::admission::{address_key, Refusal};
 use plexus_core::auth::Issuer;
 use plexus_core::ratelimit::TokenBucket;
 use plexus_core::transport::longpoll::LongPoll;
@@ -65,12 +65,18 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Wrong API keys per client address (IPv6 per /64, what one host usually gets): 10 in a
-/// burst, then one every 6 s. An address that has used them up is answered 429 — even with the
-/// right key — until it has one again, so the key cannot be guessed at speed. The table holds at
-/// most [`ApiGuard::MAX_ADDRESSES`]; past that, new addresses share one bucket (an attacker
-/// spreading over many addresses is throttled as one), and addresses back to a full burst are
-/// forgotten when the table is cleaned (at most once a second).
+/// Wrong API keys (and admin secrets) per client address ([`address_key`]: IPv6 per /64, what
+/// one host usually gets): 10 in a burst, then one every 6 s. An address that has used them up
+/// is answered 429 — even with the right key — until it has one again, so the key cannot be
+/// guessed at speed from one address. Only addresses that failed are ever refused: an address
+/// not in the table, or with attempts left, is never refused for what other addresses did.
+///
+/// The table holds at most [`ApiGuard::MAX_ADDRESSES`] failing addresses. A new one past that
+/// evicts the address whose last failure is oldest (its bucket the most refilled); addresses
+/// whose bucket is full again are dropped as failures come in. Cost per failure: O(log n).
+/// The price of never refusing an address for the failures of others: a guesser rotating
+/// through more addresses than the table holds gets 10 attempts per address per rotation; the
+/// key's length (at least 16 characters in prod) is what keeps guessing hopeless.
 #[derive(Default)]
 pub struct ApiGuard {
     table: parking_lot::Mutex<GuardTable>,
@@ -78,9 +84,11 @@ pub struct ApiGuard {
 
 #[derive(Default)]
 struct GuardTable {
-    failures: std::collections::HashMap<std::net::IpAddr, TokenBucket>,
-    overflow: Option<TokenBucket>,
-    cleaned: Option<std::time::Instant>,
+    /// Address → its bucket and the sequence number of its last failure.
+    failures: std::collections::HashMap<std::net::IpAddr, (TokenBucket, u64)>,
+    /// Sequence number of the last failure → address: the oldest first.
+    by_last_failure: std::collections::BTreeMap<u64, std::net::IpAddr>,
+    next: u64,
 }
 
 impl ApiGuard {
@@ -88,49 +96,57 @@ impl ApiGuard {
     const BURST: u32 = 10;
     const PER_SECOND: f64 = 1.0 / 6.0;
 
-    /// The address the failures of `ip` count under.
-    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip {
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                std::net::IpAddr::V6(o.into())
-            }
-            other => other,
-        }
-    }
-
+    /// Whether `ip` has used up its own attempts.
     fn locked(&self, ip: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
         let mut t = self.table.lock();
-        let t = &mut *t;
-        match t.failures.get_mut(&Self::key(ip)) {
-            Some(b) => !b.has_token(now),
-            None => t.overflow.as_mut().is_some_and(|b| !b.has_token(now)),
-        }
+        t.failures
+            .get_mut(&address_key(ip))
+            .is_some_and(|(b, _)| !b.has_token(now))
     }
 
+    /// Counts a failure of `ip`.
     fn failed(&self, ip: std::net::IpAddr) {
         let now = std::time::Instant::now();
+        let key = address_key(ip);
         let mut t = self.table.lock();
         let t = &mut *t;
-        if t.failures.len() >= Self::MAX_ADDRESSES
-            && t.cleaned
-                .is_none_or(|c| now.duration_since(c).as_secs() >= 1)
-        {
-            t.failures.retain(|_, b| !b.is_full(now));
-            t.cleaned = Some(now);
+        let seq = t.next;
+        t.next += 1;
+        // Addresses whose oldest failure is fully forgiven: forget them (a few per call).
+        for _ in 0..4 {
+            let Some((&old_seq, &old)) = t.by_last_failure.first_key_value() else {
+                break;
+            };
+            if old == key || !t.failures.get(&old).is_some_and(|(b, _)| b.is_full(now)) {
+                break;
+            }
+            t.by_last_failure.remove(&old_seq);
+            t.failures.remove(&old);
         }
-        let key = Self::key(ip);
-        let bucket = if t.failures.len() < Self::MAX_ADDRESSES || t.failures.contains_key(&key) {
-            t.failures
-                .entry(key)
-                .or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
+        if let Some((bucket, last)) = t.failures.get_mut(&key) {
+            t.by_last_failure.remove(last);
+            *last = seq;
+            bucket.take(now);
         } else {
-            t.overflow
-                .get_or_insert_with(|| TokenBucket::new(Self::PER_SECOND, Self::BURST, now))
-        };
-        bucket.take(now);
+            while t.failures.len() >= Self::MAX_ADDRESSES {
+                let Some((_, oldest)) = t.by_last_failure.pop_first() else {
+                    break;
+                };
+                t.failures.remove(&oldest);
+            }
+            let mut bucket = TokenBucket::new(Self::PER_SECOND, Self::BURST, now);
+            bucket.take(now);
+            t.failures.insert(key, (bucket, seq));
+        }
+        t.by_last_failure.insert(seq, key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let t = self.table.lock();
+        debug_assert_eq!(t.failures.len(), t.by_last_failure.len());
+        t.failures.len()
     }
 }
 
@@ -292,14 +308,18 @@ pub fn body_limit(state: &AppState) -> usize {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut r = Router::new()
-        // (demo)
-        .route("/", get(pages::index))
-        .route("/demo/roles", get(pages::roles))
-        .route("/demo/live", get(pages::live))
-        .route("/assets/demo.js", get(pages::script))
-        .route("/assets/demo.css", get(pages::style))
-        .route("/assets/phoenix.min.js", get(pages::phoenix_js))
+    let mut r = Router::new();
+    if state.config.demo {
+        // (demo) off: these paths fall through to the JSON 404.
+        r = r
+            .route("/", get(pages::index))
+            .route("/demo/roles", get(pages::roles))
+            .route("/demo/live", get(pages::live))
+            .route("/assets/demo.js", get(pages::script))
+            .route("/assets/demo.css", get(pages::style))
+            .route("/assets/phoenix.min.js", get(pages::phoenix_js));
+    }
+    r = r
         .route("/socket/websocket", get(websocket::upgrade))
         .route(
             "/socket/longpoll",
@@ -349,10 +369,6 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(ApiGuard::key(a), ApiGuard::key(b));
-        assert_ne!(ApiGuard::key(a), ApiGuard::key(c));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(ApiGuard::key(v4), v4);
         let guard = ApiGuard::default();
         for _ in 0..10 {
             assert!(!guard.locked(a));
@@ -361,5 +377,27 @@ mod tests {
         // The whole /64 is out of attempts; another /64 is not.
         assert!(guard.locked(b));
         assert!(!guard.locked(c));
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_failure_and_never_locks_an_address_that_did_not_fail() {
+        let guard = ApiGuard::default();
+        let locked: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            guard.failed(locked);
+        }
+        for i in 0..ApiGuard::MAX_ADDRESSES as u32 + 500 {
+            guard.failed(IpAddr::V4((0x0a00_0000 + i).into()));
+            if i == 5_000 {
+                // Failing again makes it the most recent failure: not evicted by the next.
+                for _ in 0..3 {
+                    guard.failed(locked);
+                }
+            }
+        }
+        assert_eq!(guard.len(), ApiGuard::MAX_ADDRESSES);
+        assert!(guard.locked(locked));
+        assert!(!guard.locked("198.51.100.1".parse().unwrap()));
+        assert!(!guard.locked("10.0.0.0".parse().unwrap()));
     }
 }

@@ -5,6 +5,10 @@
 //! concurrent-connection caps per address and per user. A refusal carries the HTTP status and
 //! the reason the client sees; the caller logs it.
 //!
+//! Everything counted per address counts per [`address_key`]: an IPv4 address, or the /64 of an
+//! IPv6 address (what one host usually gets) — the rate and caps here, the HTTP gate and the
+//! wrong-API-key guard of the binary alike.
+//!
 //! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps.
 
 use crate::auth::{AuthError, Identity};
@@ -81,6 +85,7 @@ impl From<AuthError> for Refusal {
 
 #[derive(Default)]
 struct Counts {
+    /// Per [`address_key`].
     per_ip: HashMap<IpAddr, u32>,
     per_user: HashMap<Arc<str>, u32>,
 }
@@ -89,6 +94,7 @@ struct Counts {
 pub struct Admission {
     config: AdmissionConfig,
     counts: Mutex<Counts>,
+    /// Connection attempts per [`address_key`].
     attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
@@ -121,11 +127,12 @@ impl Drop for Permit {
                 broker.clone().release_detached(key);
             }
         }
+        let key = address_key(self.ip);
         let mut c = self.admission.counts.lock();
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(n) = c.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&key);
             }
         }
         if let Some(n) = c.per_user.get_mut(&self.sub) {
@@ -171,7 +178,7 @@ impl Admission {
                 "too many connections for this user",
             ),
             (
-                CounterKey::AddressConnections(ip),
+                CounterKey::AddressConnections(address_key(ip)),
                 self.config.max_connections_per_ip,
                 "too many connections from this address",
             ),
@@ -208,25 +215,33 @@ impl Admission {
     }
 
     /// The client's address: the peer, or — when the peer is a trusted proxy — the rightmost
-    /// address in `X-Forwarded-For` that is not itself a trusted proxy.
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy. Entries may carry a port
+    /// (`1.2.3.4:5555`, `[2001:db8::1]:5555`); at an entry that is not an address (nothing to
+    /// the right of it can be trusted to have checked what lies left of it) the peer is used.
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer_ip = canonical(peer.ip());
         if !self.is_trusted(peer_ip) {
             return peer_ip;
         }
-        let forwarded: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .map(canonical)
+            .flat_map(|v| match v.to_str() {
+                Ok(v) => v.split(',').collect::<Vec<_>>(),
+                // Not text: unreadable as a whole.
+                Err(_) => vec![""],
+            })
+            .map(str::trim)
             .collect();
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !self.is_trusted(*ip))
-            .unwrap_or(peer_ip)
+        for entry in entries.into_iter().rev() {
+            let Some(ip) = forwarded_address(entry) else {
+                return peer_ip;
+            };
+            if !self.is_trusted(ip) {
+                return ip;
+            }
+        }
+        peer_ip
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -236,7 +251,8 @@ impl Admission {
             .any(|net| net.contains(&ip))
     }
 
-    /// Counts one connection attempt of `ip`; refuses past the per-address rate.
+    /// Counts one connection attempt of `ip` (per [`address_key`]); refuses past the
+    /// per-address rate.
     pub fn check_rate(&self, ip: IpAddr) -> Result<(), Refusal> {
         if self.config.connect_rate_per_ip <= 0.0 {
             return Ok(());
@@ -247,7 +263,7 @@ impl Admission {
             // Forget addresses whose bucket has refilled: they are not limited anyway.
             attempts.retain(|_, b| !b.is_full(now));
         }
-        let bucket = attempts.entry(ip).or_insert_with(|| {
+        let bucket = attempts.entry(address_key(ip)).or_insert_with(|| {
             TokenBucket::new(
                 self.config.connect_rate_per_ip,
                 self.config.connect_burst_per_ip,
@@ -294,10 +310,11 @@ impl Admission {
         ))
     }
 
-    /// Takes a place in the per-address and per-user caps.
+    /// Takes a place in the per-address (per [`address_key`]) and per-user caps.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, who: &Identity) -> Result<Permit, Refusal> {
+        let key = address_key(ip);
         let mut c = self.counts.lock();
-        let ip_n = c.per_ip.get(&ip).copied().unwrap_or(0);
+        let ip_n = c.per_ip.get(&key).copied().unwrap_or(0);
         if self.config.max_connections_per_ip > 0 && ip_n >= self.config.max_connections_per_ip {
             return Err(Refusal::new(429, "too many connections from this address"));
         }
@@ -307,7 +324,7 @@ impl Admission {
         {
             return Err(Refusal::new(429, "too many connections for this user"));
         }
-        *c.per_ip.entry(ip).or_insert(0) += 1;
+        *c.per_ip.entry(key).or_insert(0) += 1;
         *c.per_user.entry(who.sub.clone()).or_insert(0) += 1;
         Ok(Permit {
             admission: self.clone(),
@@ -320,6 +337,36 @@ impl Admission {
     /// Live connections of one user on this node.
     pub fn user_connections(&self, sub: &str) -> u32 {
         self.counts.lock().per_user.get(sub).copied().unwrap_or(0)
+    }
+}
+
+/// The address one `X-Forwarded-For` entry names: `ip`, `ip:port`, `[v6]` or `[v6]:port`;
+/// `None` for anything else (an empty entry, `unknown`, a name).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(sa) = entry.parse::<SocketAddr>() {
+        return Some(canonical(sa.ip()));
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<std::net::Ipv6Addr>().ok())
+        .map(|v6| canonical(IpAddr::V6(v6)))
+}
+
+/// The key everything counted per client address counts under: an IPv4 address (an
+/// IPv4-mapped IPv6 address counts as its IPv4 address), or the /64 of an IPv6 address — what
+/// one host usually gets, so that a host cannot multiply its allowance by changing the low bits.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -386,6 +433,78 @@ mod tests {
             a.client_ip("10.0.0.1:5000".parse().unwrap(), &HeaderMap::new()),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn forwarded_for_entries_with_a_port_and_unreadable_ones() {
+        let a = Admission::new(AdmissionConfig {
+            trusted_proxies: vec![
+                "127.0.0.1/32".parse().unwrap(),
+                "10.9.0.0/16".parse().unwrap(),
+            ],
+            ..Default::default()
+        });
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (xff, client) in [
+            ("6.6.6.6, 10.0.0.1:5555", "10.0.0.1"),
+            ("6.6.6.6, [2001:db8::7]:5555", "2001:db8::7"),
+            ("6.6.6.6, [2001:db8::7]", "2001:db8::7"),
+            ("6.6.6.6, 1.2.3.4:80, 10.9.1.1:443", "1.2.3.4"),
+            ("6.6.6.6, [::ffff:1.2.3.4]:80", "1.2.3.4"),
+            // Unreadable: nothing left of it is believed, the peer is the client.
+            ("6.6.6.6, unknown", "127.0.0.1"),
+            ("6.6.6.6, 10.0.0.1:x", "127.0.0.1"),
+            ("6.6.6.6, , 10.9.1.1", "127.0.0.1"),
+            ("6.6.6.6, 1.2.3.4, 10.9.1.1", "1.2.3.4"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_static(xff));
+            assert_eq!(a.client_ip(proxy, &h), ip(client), "{xff}");
+        }
+    }
+
+    #[test]
+    fn ipv6_counts_per_slash_64() {
+        let a = Admission::new(AdmissionConfig {
+            max_connections_per_ip: 2,
+            max_connections_per_user: 0,
+            connect_rate_per_ip: 1.0,
+            connect_burst_per_ip: 2,
+            ..Default::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        let p1 = a
+            .acquire(ip("2001:db8:1:2::1"), &Identity::new("a"))
+            .unwrap();
+        assert_eq!(
+            p1.ip(),
+            ip("2001:db8:1:2::1"),
+            "the permit keeps the address itself"
+        );
+        let _p2 = a
+            .acquire(ip("2001:db8:1:2::2"), &Identity::new("b"))
+            .unwrap();
+        assert!(a
+            .acquire(ip("2001:db8:1:2::3"), &Identity::new("c"))
+            .is_err());
+        assert!(a
+            .acquire(ip("2001:db8:1:3::3"), &Identity::new("c"))
+            .is_ok());
+        drop(p1);
+        assert!(a
+            .acquire(ip("2001:db8:1:2::3"), &Identity::new("c"))
+            .is_ok());
+        assert!(a.check_rate(ip("2001:db8:1:2::1")).is_ok());
+        assert!(a.check_rate(ip("2001:db8:1:2::2")).is_ok());
+        assert_eq!(a.check_rate(ip("2001:db8:1:2::3")).unwrap_err().status, 429);
+        assert!(a.check_rate(ip("2001:db8:1:3::1")).is_ok());
     }
 
     #[test]
