@@ -3,9 +3,12 @@
 //! are a library so that the fuzz targets (`fuzz/`) can reach the configuration loader.
 //!
 //! Start here: [`cli`] (flags) → [`config`] (file + env) → [`server`] (wiring, TLS, drain) →
-//! [`routes`] (one module per endpoint group).
+//! [`app`] (which path does what) → [`routes`] (one module per endpoint group). Handlers share
+//! [`state::AppState`]; the API key is checked in [`api_key`].
 
 pub mod admin;
+pub mod api_key;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -14,5 +17,6 @@ pub mod hook_client;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod transport_counts;

@@ -7,7 +7,7 @@
 //! Histograms (every `*_seconds` metric, and `plexus_fanout_receivers`) have fixed buckets,
 //! [`LATENCY_BUCKETS`] and [`RECEIVER_BUCKETS`].
 
-use crate::routes::AppState;
+use crate::state::AppState;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::Ordering;

@@ -1,10 +1,11 @@
 //! Wiring: builds the node from the configuration, accepts connections (plain or TLS), serves
 //! HTTP/1.1 with WebSocket upgrades, reloads certificates on SIGHUP, drains on SIGTERM/SIGINT.
 
+use crate::app::router;
 use crate::config::{Config, Profile};
 use crate::gate::{Gate, Slot};
 use crate::hook_client::HookClient;
-use crate::routes::{router, AppState};
+use crate::state::AppState;
 use crate::tls::{self, ReloadableCert};
 use axum::extract::ConnectInfo;
 use axum::Router;

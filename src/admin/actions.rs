@@ -5,7 +5,8 @@
 
 use super::{cluster, AdminAuth};
 use crate::routes::api::{publish, BroadcastBody, DisconnectBody};
-use crate::routes::{json_error, ApiJson, AppState, BodyShape};
+use crate::routes::{json_error, ApiJson, BodyShape};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -6,7 +6,7 @@
 //! the console's, everything else goes on to LongPoll as before.
 
 use super::views::node_stats;
-use crate::routes::AppState;
+use crate::state::AppState;
 use bytes::Bytes;
 use plexus_core::broker::RequestHandler;
 use plexus_core::transport::longpoll::LongPoll;

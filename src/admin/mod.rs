@@ -21,7 +21,8 @@ pub mod session;
 pub mod tail;
 pub mod views;
 
-use crate::routes::{json_error, AppState};
+use crate::routes::json_error;
+use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -85,7 +86,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(keys) = &state.admin.session else {
             return Err(disabled());
         };
-        match crate::routes::bearer(&parts.headers) {
+        match crate::api_key::bearer(&parts.headers) {
             None => Err(json_error(
                 StatusCode::UNAUTHORIZED,
                 "sign in first: POST /admin/api/session, then send Authorization: Bearer <token>",

@@ -7,7 +7,8 @@
 //! count against the address like wrong API keys (10 in a burst, then 429).
 
 use super::AdminAuth;
-use crate::routes::{json_error, ApiJson, AppState, BodyShape};
+use crate::routes::{json_error, ApiJson, BodyShape};
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -71,11 +72,11 @@ pub async fn sign_in(
     let Some(keys) = &state.admin.session else {
         return super::disabled();
     };
-    if let Some(locked) = crate::routes::api_key_lockout(&state, &headers, peer) {
+    if let Some(locked) = crate::api_key::api_key_lockout(&state, &headers, peer) {
         return locked;
     }
     if !keys.matches(&body.secret) {
-        crate::routes::api_key_failed(&state, &headers, peer);
+        crate::api_key::api_key_failed(&state, &headers, peer);
         tracing::info!(peer = %peer, "admin sign-in refused: wrong secret");
         return json_error(StatusCode::FORBIDDEN, "wrong admin secret");
     }

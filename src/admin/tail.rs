@@ -10,7 +10,8 @@
 //! cannot keep up is ended (the page reopens it). At most [`MAX_TAILS`] are open per node.
 
 use super::AdminAuth;
-use crate::routes::{json_error, AppState};
+use crate::routes::json_error;
+use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};

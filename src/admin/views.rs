@@ -5,7 +5,8 @@
 
 use super::{cluster, samples, AdminAuth};
 use crate::config::Config;
-use crate::routes::{json_error, AppState};
+use crate::routes::json_error;
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,7 +1,9 @@
 //! The backend API: publish to topics and inspect channels. Requires the API key as
 //! `Authorization: Bearer <api_key>`; answers JSON, errors as `{"error": reason}`.
 
-use super::{has_api_key, json_error, ApiJson, ApiKey, AppState, BodyShape, Refused};
+use super::{json_error, ApiJson, BodyShape, Refused};
+use crate::api_key::{has_api_key, ApiKey};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -143,9 +145,9 @@ pub async fn history(
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Response {
     // An address out of API key attempts waits here too, before any key is compared.
-    let bearer = super::bearer(&headers);
+    let bearer = crate::api_key::bearer(&headers);
     if bearer.is_some() {
-        if let Some(locked) = super::api_key_lockout(&state, &headers, peer) {
+        if let Some(locked) = crate::api_key::api_key_lockout(&state, &headers, peer) {
             return locked;
         }
     }
@@ -157,7 +159,7 @@ pub async fn history(
             Ok(identity) => identity,
             Err(refusal) => {
                 if bearer.is_some() && q.token.is_none() {
-                    super::api_key_failed(&state, &headers, peer);
+                    crate::api_key::api_key_failed(&state, &headers, peer);
                 }
                 return Refused(refusal).into_response();
             }

@@ -4,7 +4,8 @@
 //! conformance suite (`scripts/autobahn`); it checks `Origin` as `/socket/websocket` does, so a
 //! page on another site cannot use it.
 
-use super::{json_error, AppState};
+use super::json_error;
+use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,7 +1,7 @@
 //! `GET /health` (200 while serving, 503 while draining) and `GET /metrics` (Prometheus text,
 //! rendered by [`crate::metrics`], then the hooks' and webhooks' counters).
 
-use super::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,7 @@ pub async fn metrics(
     headers: axum::http::HeaderMap,
 ) -> Response {
     if state.config.metrics_require_api_key {
-        if let Some(refused) = super::check_api_key(&state, &headers, Some(peer)) {
+        if let Some(refused) = crate::api_key::check_api_key(&state, &headers, Some(peer)) {
             return refused;
         }
     }

@@ -4,7 +4,7 @@
 //! the real HTTP status too (`{"status": 403, "error": "…"}` with HTTP 403).
 //! Cross-origin browsers get CORS headers when their `Origin` is allowed.
 
-use super::AppState;
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -132,7 +132,7 @@ async fn poll_inner(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         })
-        .or_else(|| super::bearer(headers).map(str::to_owned));
+        .or_else(|| crate::api_key::bearer(headers).map(str::to_owned));
     match state.node.admit(peer, headers, user_token.as_deref()).await {
         Ok((identity, permit)) => match lp.open(identity, permit, vsn) {
             Ok(token) => body(

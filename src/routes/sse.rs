@@ -3,7 +3,8 @@
 //! is admitted like a WebSocket, and every topic must pass its join rule, else 403 with the
 //! topic named. `Last-Event-ID` (header, or `?lastEventId=` for a first connect) resumes.
 
-use super::{json_error, AppState, Refused};
+use super::{json_error, Refused};
+use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -48,7 +49,7 @@ pub async fn stream(
             format!("at most {max} topics per stream"),
         );
     }
-    let token = param("token").or_else(|| super::bearer(&headers).map(str::to_owned));
+    let token = param("token").or_else(|| crate::api_key::bearer(&headers).map(str::to_owned));
     let node = state.node.clone();
     let (identity, permit) = match node.admit(peer, &headers, token.as_deref()).await {
         Ok(a) => a,

@@ -5,7 +5,8 @@
 //! then upgrades through hyper and hands the stream to the core's WebSocket transport.
 //! Refusals are JSON: 400 for a bad handshake, 403 for a bad token, 503 while draining.
 
-use super::{json_error, AppState, Refused};
+use super::{json_error, Refused};
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -130,7 +131,7 @@ pub async fn upgrade(
                 tracing::warn!(peer = %peer, reason, "connection refused");
                 return json_error(StatusCode::FORBIDDEN, reason);
             }
-            None => super::bearer(headers).map(str::to_owned),
+            None => crate::api_key::bearer(headers).map(str::to_owned),
         },
     };
     let node = state.node.clone();
