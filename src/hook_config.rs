@@ -399,7 +399,12 @@ mod tests {
             ("PLEXUS_HOOK_SECRET", "0123456789abcdef"),
             ("PLEXUS_HOOK_MAX_REQUEST_BYTES", "12"),
         ]);
-        let e = resolve(&tiny, &FileHooks::default(), &FileWebhooks::default(), false);
+        let e = resolve(
+            &tiny,
+            &FileHooks::default(),
+            &FileWebhooks::default(),
+            false,
+        );
         assert!(e
             .unwrap_err()
             .to_string()

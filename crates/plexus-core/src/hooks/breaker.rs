@@ -224,6 +224,9 @@ mod tests {
         b.allow(t).unwrap().success();
         assert!(!fail_as(&b, "u3", t), "the success started a new run");
         assert!(!fail_as(&b, "mallory", t));
-        assert!(fail_as(&b, "u4", t), "three distinct users in a row open it");
+        assert!(
+            fail_as(&b, "u4", t),
+            "three distinct users in a row open it"
+        );
     }
 }

@@ -258,7 +258,12 @@ mod tests {
         }
     }
 
-    fn parts<'a>(who: &'a Identity, claims: &'a Value, topic: &'a str, params: &'a Value) -> KeyParts<'a> {
+    fn parts<'a>(
+        who: &'a Identity,
+        claims: &'a Value,
+        topic: &'a str,
+        params: &'a Value,
+    ) -> KeyParts<'a> {
         KeyParts {
             url: "u",
             read: false,

@@ -384,7 +384,14 @@ impl Hooks {
                 HookKind::Join => PARAMS_TOO_LARGE,
                 HookKind::Push => PAYLOAD_TOO_LARGE,
             };
-            tracing::info!(hook = kind.name(), sub, topic, bytes = body.len(), max = self.config.max_request_bytes, "hook request too large: refused, not sent (hooks.max_request_bytes)");
+            tracing::info!(
+                hook = kind.name(),
+                sub,
+                topic,
+                bytes = body.len(),
+                max = self.config.max_request_bytes,
+                "hook request too large: refused, not sent (hooks.max_request_bytes)"
+            );
             return Ok((Decision::refusal(reason), false));
         }
         let breaker = self.breaker(url);
@@ -440,7 +447,13 @@ impl Hooks {
                 // the breaker does not count it (the ticket is dropped without an outcome).
                 drop(ticket);
                 self.count(kind, Outcome::Rejected);
-                tracing::info!(hook = kind.name(), sub, topic, status = a.status, "hook refused the request with a 4xx");
+                tracing::info!(
+                    hook = kind.name(),
+                    sub,
+                    topic,
+                    status = a.status,
+                    "hook refused the request with a 4xx"
+                );
                 let reason = match a.status {
                     413 => format!("request too large for the hook (HTTP {})", a.status),
                     s => format!("refused by the hook (HTTP {s})"),
