@@ -1,5 +1,5 @@
 //! The bounds that protect the application from the server: the cap on hook calls in flight,
-//! the circuit breaker (including a trial call cancelled by a client hanging up), the
+//! the circuit breaker (failures of distinct users; including a trial call cancelled by a client hanging up), the
 //! join-decision cache and its byte bound, and the channel caps checked before a join hook.
 
 mod common;
@@ -81,11 +81,14 @@ async fn breaker_opens_after_failures_and_cache_spares_calls() {
         .await,
         1
     );
-    // The breaker: three failures open it; then calls fail without reaching the app.
-    for _ in 0..5 {
-        let r = c.join("room:down", json!({})).await.unwrap();
+    // The breaker: failures of three users open it; then calls fail without reaching the app.
+    for user in ["bob", "carol", "dave", "erin"] {
+        let mut other = s.client(user).await;
+        let r = other.join("room:down", json!({})).await.unwrap();
         assert_eq!(r.reason(), Some("hook unavailable".into()));
     }
+    let r = c.join("room:down", json!({})).await.unwrap();
+    assert_eq!(r.reason(), Some("hook unavailable".into()));
     let calls = |r: &Receiver| {
         r.at("/join")
             .iter()

@@ -24,6 +24,7 @@ pub struct FileHooks {
     join_cache_secs: Option<u64>,
     join_cache_max: Option<u64>,
     join_cache_max_bytes: Option<u64>,
+    max_request_bytes: Option<u64>,
 }
 
 /// `[webhooks]`.
@@ -52,7 +53,7 @@ pub struct HookSettings {
 pub const MIN_SECRET_CHARS: usize = 16;
 
 /// The environment variables read here, by name.
-pub const ENV_VARS: [&str; 19] = [
+pub const ENV_VARS: [&str; 20] = [
     "PLEXUS_HOOK_SECRET",
     "PLEXUS_CONNECT_HOOK_URL",
     "PLEXUS_JOIN_HOOK_URL",
@@ -63,6 +64,7 @@ pub const ENV_VARS: [&str; 19] = [
     "PLEXUS_HOOK_JOIN_CACHE_SECS",
     "PLEXUS_HOOK_JOIN_CACHE_MAX",
     "PLEXUS_HOOK_JOIN_CACHE_MAX_BYTES",
+    "PLEXUS_HOOK_MAX_REQUEST_BYTES",
     "PLEXUS_WEBHOOK_URL",
     "PLEXUS_WEBHOOK_EVENTS",
     "PLEXUS_WEBHOOK_QUEUE_MAX",
@@ -219,6 +221,13 @@ pub fn resolve(
         hooks.join_cache_max_bytes,
         4 << 20,
         (1024, 1 << 30),
+    )? as usize;
+    cfg.max_request_bytes = src.number(
+        "PLEXUS_HOOK_MAX_REQUEST_BYTES",
+        "hooks.max_request_bytes",
+        hooks.max_request_bytes,
+        plexus_core::hooks::DEFAULT_MAX_REQUEST_BYTES as u64,
+        (1024, 16 << 20),
     )? as usize;
     let webhooks = match webhook_url {
         None => None,
@@ -385,6 +394,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PLEXUS_WEBHOOK_QUEUE_MAX"));
+        let tiny = env(&[
+            ("PLEXUS_JOIN_HOOK_URL", "http://a/join"),
+            ("PLEXUS_HOOK_SECRET", "0123456789abcdef"),
+            ("PLEXUS_HOOK_MAX_REQUEST_BYTES", "12"),
+        ]);
+        let e = resolve(
+            &tiny,
+            &FileHooks::default(),
+            &FileWebhooks::default(),
+            false,
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("PLEXUS_HOOK_MAX_REQUEST_BYTES"));
+        let file = FileHooks {
+            max_request_bytes: Some(2048),
+            ..Default::default()
+        };
+        let ok = resolve(&tiny[..2], &file, &FileWebhooks::default(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.hooks.max_request_bytes, 2048);
     }
 
     #[test]

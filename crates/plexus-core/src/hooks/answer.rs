@@ -33,6 +33,19 @@ pub struct Decision {
     pub broadcast: Broadcast,
 }
 
+impl Decision {
+    /// A refusal with `reason`, decided without the application's answer.
+    pub fn refusal(reason: &str) -> Self {
+        Decision {
+            allow: false,
+            reason: reason.to_owned(),
+            reply: None,
+            meta: None,
+            broadcast: Broadcast::Original,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Raw {
     allow: bool,

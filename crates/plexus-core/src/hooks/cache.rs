@@ -1,6 +1,9 @@
 //! The optional short cache of join decisions (`hooks.join_cache_secs`, off by default): the
-//! same user, with the same roles and claims, joining the same topic with the same params
-//! within the TTL gets the decision the hook gave last time, without a call.
+//! same request — the same kind (a live join with a connection, or a history read without
+//! one), user, roles, claims, client address, topic and params — within the TTL gets the
+//! decision the hook gave last time, without a call. Every component of the key is
+//! length-prefixed (roles one by one), so no two different requests share a key. The
+//! connection id is not in it: a decision is reused across one user's connections.
 //!
 //! Bounded in entries (`hooks.join_cache_max`) and in bytes (`hooks.join_cache_max_bytes`).
 //! A key is a SHA-256 digest (32 bytes, whatever the params); joins whose params exceed
@@ -24,6 +27,19 @@ pub const DECISION_MAX: usize = 2048;
 const ENTRY_OVERHEAD: usize = 128;
 
 type Key = [u8; 32];
+
+/// What a join decision depends on: everything the application is sent except the
+/// connection id, the node, the time and the request id.
+pub struct KeyParts<'a> {
+    pub url: &'a str,
+    /// A read without a connection (HTTP history polling), not a live join.
+    pub read: bool,
+    pub who: &'a Identity,
+    pub claims: &'a Value,
+    pub topic: &'a str,
+    pub params: &'a Value,
+    pub addr: Option<std::net::IpAddr>,
+}
 
 struct Entry {
     at: Instant,
@@ -128,31 +144,36 @@ impl JoinCache {
 
     /// The cache key of a join, `None` when caching is off or the params are too large to
     /// cache. Roles and claims are part of it: a token refresh that changes them asks again.
-    pub fn key(
-        &self,
-        url: &str,
-        who: &Identity,
-        claims: &Value,
-        topic: &str,
-        params: &Value,
-    ) -> Option<Key> {
+    /// A history read and a live join never share a key.
+    pub fn key(&self, k: &KeyParts<'_>) -> Option<Key> {
         if self.ttl.is_zero() || self.max == 0 || self.max_bytes == 0 {
             return None;
         }
         let mut p = String::new();
-        canonical(params, &mut p);
+        canonical(k.params, &mut p);
         if p.len() > PARAMS_MAX {
             return None;
         }
         let mut c = String::new();
-        canonical(claims, &mut c);
+        canonical(k.claims, &mut c);
+        let addr = k.addr.map(|a| a.to_string()).unwrap_or_default();
         let mut h = Sha256::new();
-        for part in [url, &who.sub, &who.roles.join(","), topic] {
+        let mut field = |part: &[u8]| {
             h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
+            h.update(part);
+        };
+        field(b"plexus join cache v2");
+        field(k.url.as_bytes());
+        field(if k.read { b"read" } else { b"join" });
+        field(k.who.sub.as_bytes());
+        field(&(k.who.roles.len() as u64).to_be_bytes());
+        for role in &k.who.roles {
+            field(role.as_bytes());
         }
-        h.update(Sha256::digest(c.as_bytes()));
-        h.update(p.as_bytes());
+        field(c.as_bytes());
+        field(k.topic.as_bytes());
+        field(p.as_bytes());
+        field(addr.as_bytes());
         Some(h.finalize().into())
     }
 
@@ -237,8 +258,25 @@ mod tests {
         }
     }
 
+    fn parts<'a>(
+        who: &'a Identity,
+        claims: &'a Value,
+        topic: &'a str,
+        params: &'a Value,
+    ) -> KeyParts<'a> {
+        KeyParts {
+            url: "u",
+            read: false,
+            who,
+            claims,
+            topic,
+            params,
+            addr: None,
+        }
+    }
+
     fn key(c: &JoinCache, topic: &str) -> Key {
-        c.key("u", &Identity::new("a"), &json!({}), topic, &Value::Null)
+        c.key(&parts(&Identity::new("a"), &json!({}), topic, &Value::Null))
             .unwrap()
     }
 
@@ -246,7 +284,9 @@ mod tests {
     fn bounded_and_expiring() {
         let who = Identity::new("a");
         let off = JoinCache::new(Duration::ZERO, 10, 1 << 20);
-        assert!(off.key("u", &who, &json!({}), "t", &Value::Null).is_none());
+        assert!(off
+            .key(&parts(&who, &json!({}), "t", &Value::Null))
+            .is_none());
         let c = JoinCache::new(Duration::from_millis(50), 2, 1 << 20);
         for t in ["t1", "t2", "t3"] {
             c.put(key(&c, t), allow());
@@ -271,7 +311,7 @@ mod tests {
         assert!(c.bytes() <= 3 * ENTRY_OVERHEAD + 100);
         let big = json!({ "x": "y".repeat(PARAMS_MAX) });
         assert!(c
-            .key("u", &Identity::new("a"), &json!({}), "t", &big)
+            .key(&parts(&Identity::new("a"), &json!({}), "t", &big))
             .is_none());
         let mut d = allow();
         d.reply = json!({ "x": "y".repeat(DECISION_MAX) })
@@ -285,7 +325,7 @@ mod tests {
     fn claims_and_param_order() {
         let c = JoinCache::new(Duration::from_secs(60), 10, 1 << 20);
         let who = Identity::new("a");
-        let k = |claims: Value, params: Value| c.key("u", &who, &claims, "t", &params).unwrap();
+        let k = |claims: Value, params: Value| c.key(&parts(&who, &claims, "t", &params)).unwrap();
         assert_ne!(
             k(json!({"info": {"plan": "free"}}), json!({})),
             k(json!({"info": {"plan": "pro"}}), json!({}))
@@ -294,5 +334,33 @@ mod tests {
             k(json!({}), json!({"a": 1, "b": [1, {"c": 2, "d": 3}]})),
             k(json!({}), json!({"b": [1, {"d": 3, "c": 2}], "a": 1}))
         );
+    }
+
+    #[test]
+    fn kind_roles_and_address_are_unambiguous() {
+        let c = JoinCache::new(Duration::from_secs(60), 10, 1 << 20);
+        let mut one = Identity::new("a");
+        one.roles = vec!["a,b".into()];
+        let mut two = Identity::new("a");
+        two.roles = vec!["a".into(), "b".into()];
+        let (claims, params) = (json!({}), json!({"history": true}));
+        let k = |p: KeyParts<'_>| c.key(&p).unwrap();
+        assert_ne!(
+            k(parts(&one, &claims, "t", &params)),
+            k(parts(&two, &claims, "t", &params)),
+            "roles [\"a,b\"] and [\"a\", \"b\"]"
+        );
+        let join = parts(&two, &claims, "t", &params);
+        let read = KeyParts {
+            read: true,
+            ..parts(&two, &claims, "t", &params)
+        };
+        assert_ne!(k(join), k(read), "a history read is not a join");
+        let from = |ip: &str| KeyParts {
+            addr: ip.parse().ok(),
+            ..parts(&two, &claims, "t", &params)
+        };
+        assert_ne!(k(from("203.0.113.9")), k(from("203.0.113.10")));
+        assert_eq!(k(from("203.0.113.9")), k(from("203.0.113.9")));
     }
 }

@@ -1,16 +1,21 @@
 //! Application hooks: the application's backend decides connects, joins and client pushes,
 //! over HTTP (docs/hooks.md is the contract).
 //!
-//! The core builds each request (`{"type": "connect"|"join"|"push", "sub", "roles", "claims",
-//! "topic", "params", "conn", "addr", "node", …}`), signs it ([`sign`]), sends it through a
-//! [`HookTransport`] and reads the answer strictly ([`answer`]). The transport is a trait so
+//! The core builds each request (`{"type": "connect"|"join"|"push", "id", "sub", "roles",
+//! "claims", "topic", "params", "conn", "addr", "node", …}`, `id` a random 128-bit hex string
+//! unique to the request, so that the application can refuse a replay), signs it ([`sign`]),
+//! sends it through a [`HookTransport`] and reads the answer strictly ([`answer`]). The transport is a trait so
 //! that this library stays free of an HTTP client: the server binary implements it (with a
 //! keep-alive client and TLS), tests can implement it with anything.
 //!
-//! Every call is bounded: a per-node cap on calls in flight (above it a call fails at once),
-//! a timeout, and a [`breaker`] per URL. Any failure — timeout, transport error, non-2xx,
-//! an answer of the wrong shape, cap, open circuit — is [`HookFailure`]: the client gets the
-//! error `hook unavailable`, never a hang. Channel rules are checked before any hook: a hook
+//! Every call is bounded: a request larger than `max_request_bytes` is refused locally (never
+//! sent: `params too large for the hook`), a per-node cap on calls in flight (above it a call
+//! fails at once), a timeout, and a [`breaker`] per URL. A 4xx answer (other than 408 and
+//! 429) is the application's refusal of that one request: the client is refused with
+//! `refused by the hook (HTTP <status>)` and the breaker does not count it. Any failure —
+//! timeout, transport error, 5xx, 408, 429, an answer of the wrong shape, cap, open circuit —
+//! is [`HookFailure`]: the client gets the error `hook unavailable`, never a hang; the breaker
+//! counts the failures of each user once. Channel rules are checked before any hook: a hook
 //! can only narrow what they allow. Join decisions may be cached briefly ([`cache`]).
 //!
 //! [`Webhooks`](crate::webhooks) (what the application hears) share the transport and secret.
@@ -37,6 +42,9 @@ pub const UNAVAILABLE: &str = "hook unavailable";
 
 /// Largest answer body read from a hook (a larger one is a failure).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The default of `hooks.max_request_bytes`: the largest hook request body sent.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -87,6 +95,9 @@ pub struct HooksConfig {
     pub join_cache_max: usize,
     /// Most bytes the cached join decisions may be counted as.
     pub join_cache_max_bytes: usize,
+    /// Largest request body (serialized JSON) sent to a hook; a larger request is refused
+    /// locally, the hook is not called.
+    pub max_request_bytes: usize,
 }
 
 impl HooksConfig {
@@ -105,6 +116,7 @@ impl HooksConfig {
             join_cache_ttl: Duration::ZERO,
             join_cache_max: 10_000,
             join_cache_max_bytes: 4 << 20,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -140,10 +152,14 @@ pub enum Outcome {
     Invalid = 5,
     Busy = 6,
     Open = 7,
+    /// The application answered 4xx (other than 408 and 429): that request is refused.
+    Rejected = 8,
+    /// The request was larger than `max_request_bytes`: refused, never sent.
+    TooLarge = 9,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Allow,
         Outcome::Deny,
         Outcome::Cached,
@@ -152,6 +168,8 @@ impl Outcome {
         Outcome::Invalid,
         Outcome::Busy,
         Outcome::Open,
+        Outcome::Rejected,
+        Outcome::TooLarge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -164,6 +182,8 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Busy => "busy",
             Outcome::Open => "circuit_open",
+            Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -171,7 +191,7 @@ impl Outcome {
 /// Hook calls by kind and outcome, and the time spent in them (the `/metrics` figures).
 #[derive(Default)]
 pub struct HookCounters {
-    pub calls: [[AtomicU64; 8]; 3],
+    pub calls: [[AtomicU64; 10]; 3],
     /// Microseconds spent waiting for answers, by kind.
     pub micros: [AtomicU64; 3],
     /// Times a circuit opened.
@@ -267,7 +287,7 @@ impl Hooks {
         body["addr"] = addr.to_string().into();
         self.call(HookKind::Connect, url, &identity.sub, None, body)
             .await
-            .map(Some)
+            .map(|(d, _)| Some(d))
     }
 
     /// A join hook call (its decision may come from the cache).
@@ -279,19 +299,26 @@ impl Hooks {
         params: Value,
     ) -> Result<Decision, HookFailure> {
         let mut body = self.caller_json("join", caller);
-        let key = self
-            .cache
-            .key(url, caller.identity, &body["claims"], topic, &params);
+        let key = self.cache.key(&cache::KeyParts {
+            url,
+            read: caller.conn.is_none(),
+            who: caller.identity,
+            claims: &body["claims"],
+            topic,
+            params: &params,
+            addr: caller.addr,
+        });
         if let Some(d) = key.as_ref().and_then(|k| self.cache.get(k)) {
             self.count(HookKind::Join, Outcome::Cached);
             return Ok(d);
         }
         body["topic"] = topic.into();
         body["params"] = params;
-        let d = self
+        let (d, answered) = self
             .call(HookKind::Join, url, &caller.identity.sub, Some(topic), body)
             .await?;
-        if let Some(k) = key {
+        // Only the application's own decisions are cached, not local refusals or 4xx.
+        if let (Some(k), true) = (key, answered) {
             self.cache.put(k, d.clone());
         }
         Ok(d)
@@ -312,6 +339,7 @@ impl Hooks {
         body["payload"] = payload;
         self.call(HookKind::Push, url, &caller.identity.sub, Some(topic), body)
             .await
+            .map(|(d, _)| d)
     }
 
     fn caller_json(&self, kind: &str, caller: &Caller<'_>) -> Value {
@@ -337,14 +365,35 @@ impl Hooks {
             .clone()
     }
 
+    /// One call: the decision, and whether the application gave it (a 2xx answer; `false`
+    /// for a local refusal of a request too large, or a 4xx answer).
     async fn call(
         &self,
         kind: HookKind,
         url: &str,
         sub: &str,
         topic: Option<&str>,
-        body: Value,
-    ) -> Result<Decision, HookFailure> {
+        mut body: Value,
+    ) -> Result<(Decision, bool), HookFailure> {
+        body["id"] = request_id().into();
+        let body = Bytes::from(body.to_string());
+        if body.len() > self.config.max_request_bytes {
+            self.count(kind, Outcome::TooLarge);
+            let reason = match kind {
+                HookKind::Connect => TOKEN_TOO_LARGE,
+                HookKind::Join => PARAMS_TOO_LARGE,
+                HookKind::Push => PAYLOAD_TOO_LARGE,
+            };
+            tracing::info!(
+                hook = kind.name(),
+                sub,
+                topic,
+                bytes = body.len(),
+                max = self.config.max_request_bytes,
+                "hook request too large: refused, not sent (hooks.max_request_bytes)"
+            );
+            return Ok((Decision::refusal(reason), false));
+        }
         let breaker = self.breaker(url);
         let fail = |outcome: Outcome, why: &str| {
             self.count(kind, outcome);
@@ -374,7 +423,6 @@ impl Hooks {
                 "too many hook calls in flight (hooks.max_concurrent)",
             ));
         };
-        let body = Bytes::from(body.to_string());
         let mut headers = sign::headers(self.config.secret.as_bytes(), &body);
         headers.push(("x-plexus-hook", kind.name().to_owned()));
         let started = Instant::now();
@@ -394,6 +442,24 @@ impl Hooks {
             )),
             Ok(Err(e)) if e.contains("timed out") => Err((Outcome::Timeout, e)),
             Ok(Err(e)) => Err((Outcome::Error, e)),
+            Ok(Ok(a)) if refuses_request(a.status) => {
+                // The application's answer about this request, not a sign that it is down:
+                // the breaker does not count it (the ticket is dropped without an outcome).
+                drop(ticket);
+                self.count(kind, Outcome::Rejected);
+                tracing::info!(
+                    hook = kind.name(),
+                    sub,
+                    topic,
+                    status = a.status,
+                    "hook refused the request with a 4xx"
+                );
+                let reason = match a.status {
+                    413 => format!("request too large for the hook (HTTP {})", a.status),
+                    s => format!("refused by the hook (HTTP {s})"),
+                };
+                return Ok((Decision::refusal(&reason), false));
+            }
             Ok(Ok(a)) if !(200..300).contains(&a.status) => {
                 Err((Outcome::Error, format!("HTTP status {}", a.status)))
             }
@@ -409,10 +475,10 @@ impl Hooks {
                     self.count(kind, Outcome::Deny);
                     tracing::info!(hook = kind.name(), sub, topic, reason = %d.reason, "hook denied");
                 }
-                Ok(d)
+                Ok((d, true))
             }
             Err((outcome, why)) => {
-                if ticket.failure(&self.config.breaker, Instant::now()) {
+                if ticket.failure(&self.config.breaker, sub, Instant::now()) {
                     self.counters.circuit_opened.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(hook = kind.name(), url, cooldown = ?self.config.breaker.cooldown, "hook circuit opened: calls fail at once until the cooldown ends");
                 }
@@ -420,6 +486,25 @@ impl Hooks {
             }
         }
     }
+}
+
+/// The reason a join is refused with when its request would exceed `max_request_bytes`.
+pub const PARAMS_TOO_LARGE: &str = "params too large for the hook";
+/// The same for a push.
+pub const PAYLOAD_TOO_LARGE: &str = "payload too large for the hook";
+/// The same for a connection (the token's public claims).
+pub const TOKEN_TOO_LARGE: &str = "token claims too large for the hook";
+
+/// A 4xx answer that refuses one request: any but 408 (Request Timeout) and 429 (Too Many
+/// Requests), which say the application is overloaded and count as failures.
+fn refuses_request(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// A request's unique id: 128 random bits in hex.
+fn request_id() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::rng().random::<u128>())
 }
 
 /// The identity part of a request: `type`, `sub`, `roles`, `claims` (the public claims Plexus

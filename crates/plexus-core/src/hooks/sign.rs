@@ -4,6 +4,8 @@
 //! Headers: `x-plexus-timestamp: <unix seconds>` and
 //! `x-plexus-signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`: the
 //! signed text is the timestamp header's value, a dot, then the raw request body.
+//! Within the timestamp window a receiver tells a replay by the body's unique `id` (every
+//! hook request has one, see [`crate::hooks`]; webhook events have their own).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
