@@ -88,7 +88,11 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileSupabase {
     enabled: Option<bool>,
+    anon_role: Option<String>,
 }
+
+/// The default `[supabase] anon_role`: Supabase's anon key says `"role": "anon"`.
+pub const DEFAULT_SUPABASE_ANON_ROLE: &str = "anon";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +232,8 @@ pub struct Env {
     pub redis_url: Option<String>,
     /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
     pub supabase: Option<String>,
+    /// `PLEXUS_SUPABASE_ANON_ROLE`: the role of anonymous tokens (`off`: none are accepted).
+    pub supabase_anon_role: Option<String>,
     /// The hook and webhook variables that are set ([`crate::hook_config::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -247,6 +253,7 @@ impl Env {
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
             supabase: get("PLEXUS_SUPABASE"),
+            supabase_anon_role: get("PLEXUS_SUPABASE_ANON_ROLE"),
             hooks: crate::hook_config::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
@@ -649,6 +656,7 @@ fn resolve_policy(
 fn build_verifier(
     secret: Option<&str>,
     auth: &FileAuth,
+    anon_role: Option<String>,
     path: Option<&Path>,
     base: &Path,
     read: ReadFn,
@@ -717,6 +725,7 @@ fn build_verifier(
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
         roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
+        anon_role,
     };
     Verifier::new(keys, options).map_err(|e| ConfigError::Verifier {
         file: file(),
@@ -936,7 +945,16 @@ fn resolve(
     let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
         .with_supabase(supabase);
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
-    let verifier = build_verifier(hs256, &file.auth, path, base, read)?;
+    // Anonymous tokens (Supabase's anon key) only where Supabase's clients are served.
+    let anon_role = supabase
+        .then(|| {
+            env.supabase_anon_role
+                .clone()
+                .or_else(|| file.supabase.anon_role.clone())
+                .unwrap_or_else(|| DEFAULT_SUPABASE_ANON_ROLE.to_owned())
+        })
+        .filter(|r| !r.is_empty() && r != "off");
+    let verifier = build_verifier(hs256, &file.auth, anon_role, path, base, read)?;
     let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
     let mut redis = resolve_broker(env, &file, base, read)?;
     if let Some(r) = redis.as_mut() {

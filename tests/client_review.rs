@@ -168,7 +168,11 @@ async fn v1_messages_in_binary_frames_are_decoded_and_answered_in_text() {
         );
     }
     // Invalid UTF-8 and non-JSON binary frames: the bad text frame's error, connection open.
-    for bad in [&[0xff, 0xfe, b'{'][..], b"not json", br#"[null,"9","phoenix","heartbeat",{}]"#] {
+    for bad in [
+        &[0xff, 0xfe, b'{'][..],
+        b"not json",
+        br#"[null,"9","phoenix","heartbeat",{}]"#,
+    ] {
         ws.send(OP_BINARY, bad).await;
         let m = loop {
             let m = ws.recv_v1().await;
@@ -205,4 +209,247 @@ fn jwt(claims: Value) -> String {
 
 fn exp() -> u64 {
     plexus_core::auth::unix_now() + 3600
+}
+
+/// Supabase channels with Supabase's roles claim (`role`) and rules by role.
+const SUPABASE: &str = r#"
+profile = "dev"
+[auth]
+roles_claim = "role"
+[supabase]
+enabled = true
+[[channels]]
+topic = "visitors*"
+join_roles = ["anon"]
+presence = true
+[[channels]]
+topic = "members*"
+join_roles = ["authenticated"]
+presence = true
+[[channels]]
+topic = "*"
+presence = true
+"#;
+
+/// Supabase's anon key: no `sub`, `role: anon`.
+fn anon_key() -> String {
+    jwt(json!({"iss": "supabase", "role": "anon", "exp": exp()}))
+}
+
+/// A signed-in user's JWT as Supabase issues it.
+fn user_jwt(sub: &str) -> String {
+    jwt(json!({"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": exp()}))
+}
+
+async fn connect(s: &Server, token: &str) -> plexus_client::Client {
+    plexus_client::Client::connect(plexus_client::ConnectOptions::new(s.url()).token(token))
+        .await
+        .expect("connect")
+}
+
+/// `setAuth` as realtime-js sends it on a joined channel: `access_token`, no reply on success.
+async fn set_auth(c: &mut plexus_client::Client, topic: &str, token: &str) {
+    let join_ref = c.join_ref(topic).expect("joined").to_owned();
+    let frame = json!([join_ref, null, topic, "access_token", {"access_token": token}]);
+    c.send_text(&frame.to_string()).await.expect("send");
+}
+
+/// `track(meta)` as realtime-js sends it.
+async fn track(c: &mut plexus_client::Client, topic: &str, meta: Value) {
+    let r = c
+        .push_json(
+            topic,
+            "presence",
+            &json!({"type": "presence", "event": "track", "payload": meta}),
+        )
+        .await
+        .expect("track");
+    assert!(r.is_ok(), "{:?}", r.json());
+}
+
+fn body(m: &plexus_client::protocol::Message) -> Value {
+    serde_json::from_str(m.payload.as_json().expect("JSON").get()).expect("JSON payload")
+}
+
+/// The metas a `presence_diff` joins under `key`.
+async fn joined_metas(c: &mut plexus_client::Client, topic: &str, key: &str) -> Vec<Value> {
+    loop {
+        let diff = c.recv_event(topic, "presence_diff").await.expect("diff");
+        if let Some(metas) = body(&diff)["joins"][key]["metas"].as_array() {
+            return metas.clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn supabase_presence_metas_carry_the_trackers_verified_sub() {
+    let s = Server::start_with(Some(SUPABASE), &[]).await;
+    let mut alice = connect(&s, &user_jwt("alice-id")).await;
+    let mut bob = connect(&s, &user_jwt("bob-id")).await;
+    let topic = "realtime:lobby";
+    let keyed = json!({"config": {"presence": {"key": "alice"}}});
+    assert!(alice.join(topic, keyed).await.expect("join").is_ok());
+    assert!(bob.join(topic, json!({})).await.expect("join").is_ok());
+    // A client-chosen key and meta that claim to be someone else.
+    track(
+        &mut alice,
+        topic,
+        json!({"name": "Admin", "role": "admin", "sub": "admin-id"}),
+    )
+    .await;
+    let metas = joined_metas(&mut bob, topic, "alice").await;
+    assert_eq!(metas[0]["sub"], "alice-id", "{metas:?}");
+    assert_eq!(
+        metas[0]["name"], "Admin",
+        "the rest is the client's: {metas:?}"
+    );
+    // The presence_state a later joiner gets says the same.
+    let mut carol = connect(&s, &user_jwt("carol-id")).await;
+    assert!(carol.join(topic, json!({})).await.expect("join").is_ok());
+    let state = carol
+        .recv_event(topic, "presence_state")
+        .await
+        .expect("state");
+    assert_eq!(body(&state)["alice"]["metas"][0]["sub"], "alice-id");
+}
+
+#[tokio::test]
+async fn supabase_anon_key_then_set_auth_signs_in_once_and_rechecks_channels() {
+    let s = Server::start_with(Some(SUPABASE), &[]).await;
+    // supabase-js connects with the anon key.
+    let mut c = connect(&s, &anon_key()).await;
+    let (visitors, room, members) = (
+        "realtime:visitors:hall",
+        "realtime:room",
+        "realtime:members:hall",
+    );
+    assert!(c.join(visitors, json!({})).await.expect("join").is_ok());
+    let keyed = json!({"config": {"presence": {"key": "ivy"}}});
+    assert!(c.join(room, keyed).await.expect("join").is_ok());
+    let r = c.join(members, json!({})).await.expect("join");
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("unauthorized"),
+        "{:?}",
+        r.json()
+    );
+    let mut watcher = connect(&s, &user_jwt("watcher-id")).await;
+    assert!(watcher.join(room, json!({})).await.expect("join").is_ok());
+    // Tracked while anonymous: no user to vouch for.
+    track(&mut c, room, json!({"sub": "ivy-id"})).await;
+    assert_eq!(
+        joined_metas(&mut watcher, room, "ivy").await[0]["sub"],
+        Value::Null
+    );
+
+    // The user signs in: setAuth(<user JWT>) on every joined channel, as realtime-js does.
+    set_auth(&mut c, room, &user_jwt("ivy-id")).await;
+    set_auth(&mut c, visitors, &user_jwt("ivy-id")).await;
+    // The anon-only channel is authorised again and left with Supabase's notice.
+    let notice = c.recv_event(visitors, "system").await.expect("notice");
+    assert_eq!(body(&notice)["status"], "error");
+    let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("unauthorized"), "{message}");
+    c.recv_event(visitors, "phx_close").await.expect("closed");
+    // The others stay joined; the user may now join members-only channels.
+    assert!(c.join(members, json!({})).await.expect("join").is_ok());
+    track(&mut c, room, json!({"sub": "forged"})).await;
+    assert_eq!(
+        joined_metas(&mut watcher, room, "ivy").await[0]["sub"],
+        "ivy-id"
+    );
+    // The API's disconnect of the user reaches the connection that signed in.
+    let auth = format!("Bearer {}", common::API_KEY);
+    let (st, resp) = s
+        .http(
+            "POST",
+            "/api/disconnect",
+            &[("Authorization", &auth)],
+            r#"{"sub":"ivy-id"}"#,
+        )
+        .await
+        .expect("API");
+    assert_eq!(
+        (st, common::json(&resp)["disconnected"].as_u64()),
+        (200, Some(1)),
+        "{resp}"
+    );
+    c.wait_close().await.expect("closed by the API");
+}
+
+#[tokio::test]
+async fn two_users_never_swap_on_one_connection() {
+    let s = Server::start_with(Some(SUPABASE), &[]).await;
+    let mut c = connect(&s, &anon_key()).await;
+    let room = "realtime:swap";
+    assert!(c.join(room, json!({})).await.expect("join").is_ok());
+    // A fresh anon key keeps the connection anonymous (silently).
+    set_auth(&mut c, room, &anon_key()).await;
+    let r = c
+        .request(
+            None,
+            "phoenix",
+            "refresh_token",
+            plexus_client::protocol::Payload::json(&json!({"token": user_jwt("first-id")}))
+                .expect("payload"),
+        )
+        .await
+        .expect("reply");
+    assert!(r.is_ok(), "the one upgrade: {:?}", r.json());
+    // Then neither another user nor the anon key again.
+    for (token, reason) in [
+        (user_jwt("second-id"), "same sub"),
+        (anon_key(), "anonymous"),
+    ] {
+        let r = c
+            .request(
+                None,
+                "phoenix",
+                "refresh_token",
+                plexus_client::protocol::Payload::json(&json!({ "token": token }))
+                    .expect("payload"),
+            )
+            .await
+            .expect("reply");
+        let why = r.reason().unwrap_or_default();
+        assert!(!r.is_ok() && why.contains(reason), "{:?}", r.json());
+    }
+    // On a Supabase channel, another user's setAuth closes it with the reason.
+    set_auth(&mut c, room, &user_jwt("second-id")).await;
+    let notice = c.recv_event(room, "system").await.expect("notice");
+    let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("same sub"), "{message}");
+    c.recv_event(room, "phx_close").await.expect("closed");
+    // The connection itself stays open, still the first user's.
+    assert!(c.heartbeat().await.expect("heartbeat").is_ok());
+}
+
+#[tokio::test]
+async fn anon_tokens_need_supabase_and_the_anon_role() {
+    // Without Supabase channels a token without sub is refused, as before.
+    let s = Server::start().await;
+    let (st, body) = s
+        .http(
+            "GET",
+            &format!("/socket/websocket?token={}", anon_key()),
+            &common::ws_headers(),
+            "",
+        )
+        .await
+        .expect("answer");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("sub"), "{body}");
+    // With them, `anon_role = "off"` refuses anonymous tokens too.
+    let s = Server::start_with(Some(SUPABASE), &[("PLEXUS_SUPABASE_ANON_ROLE", "off")]).await;
+    let (st, body) = s
+        .http(
+            "GET",
+            &format!("/socket/websocket?token={}", anon_key()),
+            &common::ws_headers(),
+            "",
+        )
+        .await
+        .expect("answer");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("sub"), "{body}");
 }
