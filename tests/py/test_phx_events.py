@@ -8,11 +8,15 @@ Phoenix topic there).
 
 import asyncio
 import unittest
+import warnings
 
 from phx_events.client import PHXChannelsClient
 from phx_events.topic_subscription import SubscriptionStatus
 
 from test_supabase import Plexus, token, until
+
+# phx-events uses websockets' legacy client, which websockets 15 still ships but flags.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="phx_events")
 
 
 class PhxEvents(unittest.IsolatedAsyncioTestCase):

@@ -747,4 +747,42 @@ mod tests {
         );
         assert_eq!(v.verify(&forged), Err(AuthError::AlgorithmNotAllowed));
     }
+
+    #[test]
+    fn anon_role_tokens_are_anonymous_with_an_id_of_their_own() {
+        let key = EncodingKey::from_secret(b"s");
+        let anon = sign(
+            Algorithm::HS256,
+            &key,
+            None,
+            json!({"role": "anon", "sub": "chosen", "exp": exp()}),
+        );
+        let no_sub = sign(
+            Algorithm::HS256,
+            &key,
+            None,
+            json!({"role": "x", "exp": exp()}),
+        );
+        // Without an anon role (Supabase off) every token needs its sub.
+        let strict = Verifier::hs256(b"s");
+        assert_eq!(strict.verify(&anon).map(|i| i.anonymous), Ok(false));
+        assert_eq!(
+            strict.verify(&no_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
+        let opts = VerifyOptions {
+            anon_role: Some("anon".into()),
+            ..VerifyOptions::default()
+        };
+        let keys = vec![VerifyKey::secret(Algorithm::HS256, b"s", None).unwrap()];
+        let v = Verifier::new(keys, opts).unwrap();
+        let (a, b) = (v.verify(&anon).unwrap(), v.verify(&anon).unwrap());
+        assert!(a.anonymous && a.sub.starts_with("anon:") && a.sub != b.sub);
+        assert_eq!(a.user(), None);
+        // Another role without sub is still refused.
+        assert_eq!(
+            v.verify(&no_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
+    }
 }

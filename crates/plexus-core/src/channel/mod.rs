@@ -474,7 +474,7 @@ impl Channels {
             .collect();
         let mut departures = Vec::new();
         for (topic, denied) in refused {
-            let reason = format!("the new token may not join this channel: {denied}");
+            let reason = format!("the new token may no longer join this channel: {denied}");
             if self.is_supabase(&topic) {
                 departures.extend(self.close_with_notice(conn, &topic, &reason));
             } else if let Some(channel) = self.joined.remove(&topic) {
