@@ -333,6 +333,12 @@ async fn supabase_anon_key_then_set_auth_signs_in_once_and_rechecks_channels() {
         "{:?}",
         r.json()
     );
+    // A Phoenix channel under the same anon-only rule.
+    assert!(c
+        .join("visitors:hall", json!({}))
+        .await
+        .expect("join")
+        .is_ok());
     let mut watcher = connect(&s, &user_jwt("watcher-id")).await;
     assert!(watcher.join(room, json!({})).await.expect("join").is_ok());
     // Tracked while anonymous: no user to vouch for.
@@ -345,12 +351,27 @@ async fn supabase_anon_key_then_set_auth_signs_in_once_and_rechecks_channels() {
     // The user signs in: setAuth(<user JWT>) on every joined channel, as realtime-js does.
     set_auth(&mut c, room, &user_jwt("ivy-id")).await;
     set_auth(&mut c, visitors, &user_jwt("ivy-id")).await;
-    // The anon-only channel is authorised again and left with Supabase's notice.
-    let notice = c.recv_event(visitors, "system").await.expect("notice");
-    assert_eq!(body(&notice)["status"], "error");
-    let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
+    // The anon-only channels are authorised again and left: the Supabase channel with
+    // Supabase's notice, then phx_close; the Phoenix one with phx_close and the reason.
+    let (mut notice, mut closed, mut phoenix_close) = (None, false, None);
+    while notice.is_none() || !closed || phoenix_close.is_none() {
+        let m = c.recv().await.expect("message");
+        match (m.topic.as_str(), m.event.as_str()) {
+            (t, "system") if t == visitors => notice = Some(body(&m)),
+            (t, "phx_close") if t == visitors => closed = true,
+            ("visitors:hall", "phx_close") => phoenix_close = Some(body(&m)),
+            _ => {}
+        }
+    }
+    let notice = notice.unwrap_or_default();
+    assert_eq!(notice["status"], "error");
+    let message = notice["message"].as_str().unwrap_or("").to_owned();
     assert!(message.contains("unauthorized"), "{message}");
-    c.recv_event(visitors, "phx_close").await.expect("closed");
+    let why = phoenix_close.unwrap_or_default()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(why.contains("may no longer join"), "{why}");
     // The others stay joined; the user may now join members-only channels.
     assert!(c.join(members, json!({})).await.expect("join").is_ok());
     track(&mut c, room, json!({"sub": "forged"})).await;
