@@ -474,3 +474,31 @@ async fn anon_tokens_need_supabase_and_the_anon_role() {
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("sub"), "{body}");
 }
+
+#[tokio::test]
+async fn a_sign_in_counts_in_the_users_connection_cap() {
+    let capped = SUPABASE.replace("[auth]", "[limits]\nmax_connections_per_user = 1\n[auth]");
+    let s = Server::start_with(Some(&capped), &[]).await;
+    let mut first = connect(&s, &user_jwt("capped-id")).await;
+    assert!(first.heartbeat().await.expect("heartbeat").is_ok());
+    // Anonymous connections are not the user's: this one is admitted.
+    let mut c = connect(&s, &anon_key()).await;
+    let room = "realtime:capped";
+    assert!(c.join(room, json!({})).await.expect("join").is_ok());
+    set_auth(&mut c, room, &user_jwt("capped-id")).await;
+    let notice = c.recv_event(room, "system").await.expect("notice");
+    let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("too many connections"), "{message}");
+    // Still anonymous, still connected; another user may sign in on it.
+    let r = c
+        .request(
+            None,
+            "phoenix",
+            "refresh_token",
+            plexus_client::protocol::Payload::json(&json!({"token": user_jwt("other-id")}))
+                .expect("payload"),
+        )
+        .await
+        .expect("reply");
+    assert!(r.is_ok(), "{:?}", r.json());
+}

@@ -46,7 +46,7 @@ pub struct Socket {
     /// How the connection ended, when the transport knows better than the outbox (the
     /// client's close frame).
     close_info: Option<(u16, String)>,
-    _permit: Permit,
+    permit: Permit,
 }
 
 /// What the rate limit says of an inbound message.
@@ -89,7 +89,7 @@ impl Socket {
             addr,
             opened: std::time::Instant::now(),
             close_info: None,
-            _permit: permit,
+            permit,
         })
     }
 
@@ -287,6 +287,10 @@ impl Socket {
         match (self.identity.anonymous, id.anonymous) {
             (true, true) => id.sub = self.identity.sub.clone(),
             (true, false) => {
+                if let Err(refusal) = self.permit.move_to_user(&id.sub) {
+                    tracing::warn!(conn = self.id, sub = %id.sub, reason = %refusal.reason, "sign-in refused");
+                    return Err(refusal.reason);
+                }
                 tracing::info!(conn = self.id, anonymous = %self.identity.sub, sub = %id.sub, "anonymous connection signed in");
                 self.node.set_user(self.id, id.sub.clone());
             }
