@@ -5,7 +5,8 @@
 //! concurrent-connection caps per address and per user. A refusal carries the HTTP status and
 //! the reason the client sees; the caller logs it.
 //!
-//! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps.
+//! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps. An
+//! anonymous connection that signs in moves its place to the user ([`Permit::move_to_user`]).
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, CounterKey};
