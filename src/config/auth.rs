@@ -84,6 +84,7 @@ pub(super) fn resolve_secrets(
 pub(super) fn build_verifier(
     secret: Option<&str>,
     auth: &FileAuth,
+    anon_role: Option<String>,
     path: Option<&Path>,
     base: &Path,
     read: ReadFn,
@@ -152,6 +153,7 @@ pub(super) fn build_verifier(
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
         roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
+        anon_role,
     };
     Verifier::new(keys, options).map_err(|e| ConfigError::Verifier {
         file: file(),

@@ -106,7 +106,11 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileSupabase {
     enabled: Option<bool>,
+    anon_role: Option<String>,
 }
+
+/// The default `[supabase] anon_role`: Supabase's anon key says `"role": "anon"`.
+pub const DEFAULT_SUPABASE_ANON_ROLE: &str = "anon";
 
 /// The resolved configuration the server runs with.
 #[derive(Debug)]
@@ -183,6 +187,8 @@ pub struct Env {
     pub redis_url: Option<String>,
     /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
     pub supabase: Option<String>,
+    /// `PLEXUS_SUPABASE_ANON_ROLE`: the role of anonymous tokens (`off`: none are accepted).
+    pub supabase_anon_role: Option<String>,
     /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -203,6 +209,7 @@ impl Env {
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
             supabase: get("PLEXUS_SUPABASE"),
+            supabase_anon_role: get("PLEXUS_SUPABASE_ANON_ROLE"),
             hooks: hooks::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
@@ -420,7 +427,16 @@ fn resolve(
     let policy = resolve_policy(std::mem::take(&mut file.channels), profile, path, text)?
         .with_supabase(supabase);
     let hs256 = Some(secrets.jwt_secret.as_str()).filter(|s| !s.is_empty());
-    let verifier = build_verifier(hs256, &file.auth, path, base, read)?;
+    // Anonymous tokens (Supabase's anon key) only where Supabase's clients are served.
+    let anon_role = supabase
+        .then(|| {
+            env.supabase_anon_role
+                .clone()
+                .or_else(|| file.supabase.anon_role.clone())
+                .unwrap_or_else(|| DEFAULT_SUPABASE_ANON_ROLE.to_owned())
+        })
+        .filter(|r| !r.is_empty() && r != "off");
+    let verifier = build_verifier(hs256, &file.auth, anon_role, path, base, read)?;
     let (tls, http_redirect) = resolve_tls(env, file.tls.as_ref(), base, profile)?;
     let mut redis = resolve_broker(env, &file, base, read)?;
     if let Some(r) = redis.as_mut() {

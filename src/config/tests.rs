@@ -116,6 +116,30 @@ fn file_is_prod_and_env_overrides_it() {
 }
 
 #[test]
+fn supabase_anon_role_defaults_to_anon_and_can_be_turned_off() {
+    let secret = "0123456789abcdef0";
+    let anon_key = plexus_core::auth::Issuer::hs256(secret.as_bytes())
+        .issue("ignored", &["anon".to_owned()], None, 60)
+        .unwrap();
+    let base = format!("jwt_secret = \"{secret}\"\napi_key = \"api-key-0123456789\"\n");
+    let anonymous = |text: &str, env: &Env| {
+        let c = parse_str(text, env, None, None).unwrap();
+        c.verifier.verify(&anon_key).unwrap().anonymous
+    };
+    // Supabase off: no anonymous tokens; on: the default role `anon`.
+    assert!(!anonymous(&base, &Env::default()));
+    let on = format!("{base}[supabase]\nenabled = true\n");
+    assert!(anonymous(&on, &Env::default()));
+    let other = format!("{base}[supabase]\nenabled = true\nanon_role = \"guest\"\n");
+    assert!(!anonymous(&other, &Env::default()));
+    let off = Env {
+        supabase_anon_role: Some("off".into()),
+        ..Env::default()
+    };
+    assert!(!anonymous(&on, &off));
+}
+
+#[test]
 fn parse_str_is_load_without_files() {
     let text = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"api-key-0123456789\"\n\
                 [limits]\nmax_message_bytes = 4096\n[[channels]]\ntopic = \"room:*\"\n";

@@ -33,6 +33,15 @@ export function token(sub, { roles = [], ttl = 3600, name } = {}) {
   return `${header}.${body}.${sig}`;
 }
 
+/** Supabase's anon key, signed with the test secret: `role: anon`, no `sub`. */
+export function anonKey({ ttl = 3600 } = {}) {
+  const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const claims = { iss: "supabase", role: "anon", exp: Math.floor(Date.now() / 1000) + ttl };
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac("sha256", SECRET).update(`${header}.${body}`).digest("base64url");
+  return `${header}.${body}.${sig}`;
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until `fn()` is truthy (polling), or throws after `ms`. */

@@ -1,7 +1,8 @@
 // Supabase's own client, @supabase/realtime-js 2.119.1 (npm, unmodified), against Plexus with
 // `[supabase] enabled = true`: Broadcast (its binary kind-3 frames, self and ack), Presence
-// (track/untrack/presenceState), setAuth, backends publishing through Plexus's API, and the
-// rules deciding joins. Node 20 has no global WebSocket, so the `ws` package is passed as
+// (track/untrack/presenceState, each meta stamped with the tracker's verified sub), setAuth (also
+// supabase-js's flow: the anon key, then the user's JWT), backends publishing through Plexus's
+// API, and the rules deciding joins. Node 20 has no global WebSocket, so the `ws` package is passed as
 // `transport`, as realtime-js documents.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +11,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { RealtimeClient } from "@supabase/realtime-js";
 import WebSocket from "ws";
-import { Server, token, until } from "./server.mjs";
+import { Server, anonKey, token, until } from "./server.mjs";
 
 let server, dir;
 const clients = [];
@@ -40,7 +41,7 @@ after(async () => {
 
 function client(sub, opts = {}) {
   const c = new RealtimeClient(`ws://localhost:${server.port}/realtime/v1`, {
-    params: { apikey: token(sub, opts) },
+    params: { apikey: sub === null ? anonKey() : token(sub, opts) },
     transport: WebSocket,
     heartbeatIntervalMs: 1000,
   });
@@ -127,6 +128,37 @@ test("setAuth: a new token of the same user is adopted silently; another user's 
   assert.equal(system[0].extension, "system");
   assert.equal(system[0].channel, "room3");
   assert.match(system[0].message, /sub/);
+});
+
+test("supabase-js's auth: the anon key, then setAuth(user JWT) signs in once; presence metas carry the verified sub", async () => {
+  const c = client(null);
+  const ch = c.channel("room5", { config: { presence: { key: "ivy" } } });
+  const system = [];
+  ch.on("system", {}, (m) => system.push(m));
+  assert.equal((await subscribe(ch)).status, "SUBSCRIBED");
+  const watcher = client("walt").channel("room5", {});
+  assert.equal((await subscribe(watcher)).status, "SUBSCRIBED");
+
+  // Anonymous: a meta claiming a sub is tracked with the server's null.
+  assert.equal(await ch.track({ sub: "ivy" }), "ok");
+  await until(() => watcher.presenceState().ivy, 3000, "anonymous track");
+  assert.equal(watcher.presenceState().ivy[0].sub, null);
+
+  // The user signs in: the channel stays joined, and the next track carries the user's sub.
+  await c.setAuth(token("ivy"));
+  assert.equal(await ch.track({ online: true }), "ok");
+  await until(() => watcher.presenceState().ivy?.[0]?.sub === "ivy", 3000, "signed-in track");
+  const got = [];
+  ch.on("broadcast", { event: "x" }, (m) => got.push(m));
+  await server.broadcast("realtime:room5", "x", { still: "joined" });
+  await until(() => got.length === 1, 3000, "still joined after the sign-in");
+  assert.deepEqual(system, []);
+
+  // Only once: another user's token closes the channel with the reason.
+  await c.setAuth(token("mallory"));
+  await until(() => ch.state === "closed", 3000, "closed after another user's token");
+  assert.equal(system[0].status, "error");
+  assert.match(system[0].message, /same sub/);
 });
 
 test("rules decide Supabase joins, and postgres_changes are refused with a reason", async () => {

@@ -1,6 +1,7 @@
 """Supabase's Python client, `realtime` 2.34.1 (PyPI, unmodified, speaks Phoenix V1), against a
 real Plexus with `[supabase] enabled = true`: broadcast both ways (client to client, and the
-HTTP API to clients), presence track/sync/untrack, and set_auth.
+HTTP API to clients), presence track/sync/untrack, and set_auth (also from the anon key to a
+user, once).
 
 Run by scripts/test inside a venv made from tests/py/requirements.txt; PLEXUS_BIN names the
 server binary (default target/debug/plexus).
@@ -45,6 +46,15 @@ def token(sub: str, ttl: int = 3600) -> str:
     claims = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + ttl}).encode())
     sig = hmac.new(SECRET.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
     return f"{header}.{claims}.{b64url(sig)}"
+
+
+def anon_key(ttl: int = 3600) -> str:
+    """Supabase's anon key, signed with the test secret: `role: anon`, no `sub`."""
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"iss": "supabase", "role": "anon", "exp": int(time.time()) + ttl}
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(SECRET.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64url(sig)}"
 
 
 def free_port() -> int:
@@ -118,9 +128,11 @@ class SupabaseRealtimePy(unittest.IsolatedAsyncioTestCase):
     def tearDownClass(cls):
         cls.server.stop()
 
-    def client(self, sub: str) -> AsyncRealtimeClient:
+    def client(self, sub: str | None) -> AsyncRealtimeClient:
+        """A client of user `sub`, or with the anon key for `None`."""
         url = f"ws://localhost:{self.server.port}/realtime/v1"
-        return AsyncRealtimeClient(url, token=token(sub), hb_interval=1)
+        key = anon_key() if sub is None else token(sub)
+        return AsyncRealtimeClient(url, token=key, hb_interval=1)
 
     async def subscribe(self, channel) -> list:
         states = []
@@ -199,6 +211,36 @@ class SupabaseRealtimePy(unittest.IsolatedAsyncioTestCase):
             self.assertTrue(errors and "sub" in str(errors[0]), states)
         finally:
             await c.close()
+
+    async def test_anon_key_then_set_auth_signs_in_once(self):
+        c, w = self.client(None), self.client("py-w")
+        try:
+            ch = c.channel("pyanon", {"config": {"presence": {"key": "fay"}}})
+            cw = w.channel("pyanon")
+            states = await self.subscribe(ch)
+            await self.subscribe(cw)
+            # Anonymous: the server's sub in the meta is null, whatever the client says.
+            await ch.track({"sub": "py-f"})
+            state = await until(lambda: cw.presence_state().get("fay"), "anonymous track")
+            self.assertIsNone(state[0]["sub"])
+            # Signed in: the channel stays joined, the next track carries the user's sub.
+            await c.set_auth(token("py-f"))
+            await ch.track({"online": True})
+            await until(
+                lambda: (cw.presence_state().get("fay") or [{}])[0].get("sub") == "py-f",
+                "signed-in track",
+            )
+            # Only once: another user's token closes the channel with the reason.
+            await c.set_auth(token("py-other"))
+            await until(
+                lambda: any(s == RealtimeSubscribeStates.CLOSED for s, _ in states),
+                "channel closed",
+            )
+            errors = [e for s, e in states if s == RealtimeSubscribeStates.CHANNEL_ERROR]
+            self.assertTrue(errors and "same sub" in str(errors[0]), states)
+        finally:
+            await c.close()
+            await w.close()
 
 
 if __name__ == "__main__":

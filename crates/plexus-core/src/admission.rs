@@ -9,7 +9,8 @@
 //! IPv6 address (what one host usually gets) — the rate and caps here, the HTTP gate and the
 //! wrong-API-key guard of the binary alike.
 //!
-//! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps.
+//! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps. An
+//! anonymous connection that signs in moves its place to the user ([`Permit::move_to_user`]).
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, CounterKey};
@@ -147,6 +148,26 @@ impl Drop for Permit {
 impl Permit {
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// The connection's user changed (an anonymous connection signed in as `sub`): its place
+    /// in this node's per-user cap moves to `sub`, refused if that user's is full. (A
+    /// cluster-wide place stays under the old id until the connection ends.)
+    pub fn move_to_user(&mut self, sub: &Arc<str>) -> Result<(), Refusal> {
+        let max = self.admission.config.max_connections_per_user;
+        let mut c = self.admission.counts.lock();
+        if max > 0 && c.per_user.get(sub).copied().unwrap_or(0) >= max {
+            return Err(Refusal::new(429, "too many connections for this user"));
+        }
+        if let Some(n) = c.per_user.get_mut(&self.sub) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(&self.sub);
+            }
+        }
+        *c.per_user.entry(sub.clone()).or_insert(0) += 1;
+        self.sub = sub.clone();
+        Ok(())
     }
 }
 

@@ -11,6 +11,12 @@
 //! Checked: signature, `exp` (required), `nbf`, and `iss` / `aud` when configured, with a
 //! clock-skew leeway. Every refusal is an [`AuthError`] whose text names the reason and never
 //! contains the token.
+//!
+//! A token needs a `sub`, except an *anonymous* one: with [`VerifyOptions::anon_role`] set
+//! (Supabase channels on), a verified token whose `role` (Supabase's claim) or roles name that
+//! role — Supabase's anon key — is an anonymous [`Identity`] with a `sub` of its own,
+//! `anon:<uuid>`, never taken from the token. A connection may upgrade it once to a user
+//! (`socket.rs`).
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -36,6 +42,8 @@ pub struct Identity {
     pub info: Option<Box<RawValue>>,
     /// Expiry as seconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// An anonymous token (see the module doc): no user, `sub` is `anon:<uuid>`.
+    pub anonymous: bool,
 }
 
 impl PartialEq for Identity {
@@ -45,6 +53,7 @@ impl PartialEq for Identity {
             && self.name == other.name
             && self.info.as_ref().map(|r| r.get()) == other.info.as_ref().map(|r| r.get())
             && self.expires_at == other.expires_at
+            && self.anonymous == other.anonymous
     }
 }
 
@@ -57,7 +66,14 @@ impl Identity {
             name: None,
             info: None,
             expires_at: None,
+            anonymous: false,
         }
+    }
+
+    /// The verified user's id, as other users may be shown it: `None` for an anonymous
+    /// connection.
+    pub fn user(&self) -> Option<&str> {
+        (!self.anonymous).then_some(&*self.sub)
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -109,6 +125,8 @@ pub enum AuthError {
     BadSubject,
     #[error("token refresh must keep the same sub")]
     SubjectChanged,
+    #[error("a signed-in connection cannot become anonymous again: reconnect")]
+    BackToAnonymous,
     #[error("token rejected: {0}")]
     Other(String),
 }
@@ -236,6 +254,10 @@ pub struct VerifyOptions {
     pub audience: Option<String>,
     /// Claim holding the roles (array of strings, or one string).
     pub roles_claim: String,
+    /// The role of anonymous tokens (Supabase's `anon`): a token whose `role` claim or roles
+    /// name it is accepted without `sub` as an anonymous identity. `None`: every token needs a
+    /// `sub`.
+    pub anon_role: Option<String>,
 }
 
 impl Default for VerifyOptions {
@@ -245,6 +267,7 @@ impl Default for VerifyOptions {
             issuer: None,
             audience: None,
             roles_claim: "roles".into(),
+            anon_role: None,
         }
     }
 }
@@ -399,18 +422,23 @@ impl Verifier {
     }
 
     fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
-        let sub = match c.get("sub") {
-            None => return Err(AuthError::MissingClaim("sub".into())),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => return Err(AuthError::BadSubject),
-        };
-        let roles = match c.get(&self.options.roles_claim) {
+        let roles: Vec<String> = match c.get(&self.options.roles_claim) {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(|r| r.as_str().map(str::to_owned))
                 .collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
+        };
+        let anonymous = self.options.anon_role.as_deref().is_some_and(|anon| {
+            c.get("role").and_then(Value::as_str) == Some(anon) || roles.iter().any(|r| r == anon)
+        });
+        let sub = match c.get("sub") {
+            // Never the token's: one anon key is shared by every visitor.
+            _ if anonymous => format!("anon:{}", uuid::Uuid::new_v4()),
+            None => return Err(AuthError::MissingClaim("sub".into())),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => return Err(AuthError::BadSubject),
         };
         let name = c.get("name").and_then(|n| n.as_str()).map(str::to_owned);
         let info = c
@@ -431,6 +459,7 @@ impl Verifier {
             name,
             info,
             expires_at,
+            anonymous,
         })
     }
 }
@@ -717,5 +746,43 @@ mod tests {
             json!({"sub": "a", "exp": exp()}),
         );
         assert_eq!(v.verify(&forged), Err(AuthError::AlgorithmNotAllowed));
+    }
+
+    #[test]
+    fn anon_role_tokens_are_anonymous_with_an_id_of_their_own() {
+        let key = EncodingKey::from_secret(b"s");
+        let anon = sign(
+            Algorithm::HS256,
+            &key,
+            None,
+            json!({"role": "anon", "sub": "chosen", "exp": exp()}),
+        );
+        let no_sub = sign(
+            Algorithm::HS256,
+            &key,
+            None,
+            json!({"role": "x", "exp": exp()}),
+        );
+        // Without an anon role (Supabase off) every token needs its sub.
+        let strict = Verifier::hs256(b"s");
+        assert_eq!(strict.verify(&anon).map(|i| i.anonymous), Ok(false));
+        assert_eq!(
+            strict.verify(&no_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
+        let opts = VerifyOptions {
+            anon_role: Some("anon".into()),
+            ..VerifyOptions::default()
+        };
+        let keys = vec![VerifyKey::secret(Algorithm::HS256, b"s", None).unwrap()];
+        let v = Verifier::new(keys, opts).unwrap();
+        let (a, b) = (v.verify(&anon).unwrap(), v.verify(&anon).unwrap());
+        assert!(a.anonymous && a.sub.starts_with("anon:") && a.sub != b.sub);
+        assert_eq!(a.user(), None);
+        // Another role without sub is still refused.
+        assert_eq!(
+            v.verify(&no_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
     }
 }

@@ -57,6 +57,14 @@ impl Connections {
         Some((id, outbox))
     }
 
+    /// A connection's user changed (an anonymous connection signed in): closing that user's
+    /// connections now closes this one too.
+    pub fn set_user(&self, id: ConnId, sub: Arc<str>) {
+        if let Some(e) = self.live.lock().get_mut(&id) {
+            e.sub = sub;
+        }
+    }
+
     pub fn unregister(&self, id: ConnId) {
         self.live.lock().remove(&id);
     }

@@ -369,6 +369,11 @@ impl Node {
         registered
     }
 
+    /// An anonymous connection signed in as `sub` (see `Socket`'s token refresh).
+    pub(crate) fn set_user(&self, id: ConnId, sub: std::sync::Arc<str>) {
+        self.connections.set_user(id, sub);
+    }
+
     pub(crate) fn unregister(&self, id: ConnId) {
         self.connections.unregister(id);
     }

@@ -8,7 +8,9 @@
 //!
 //! Phoenix semantics implemented here:
 //! * `heartbeat` on topic `phoenix` is answered without a join; `refresh_token` there replaces
-//!   the connection's token;
+//!   the connection's token: the same user's, or — once — a user's token for an anonymous
+//!   connection (Supabase's anon key, then `setAuth` after sign-in), after which the joined
+//!   channels are authorised again; two users never swap on one connection;
 //! * `phx_join`, `phx_leave`, `presence_update` and client pushes go to the connection's
 //!   [`Channels`](crate::channel::Channels);
 //! * a message for a topic that is not joined gets `{"reason": "unmatched topic"}`.
@@ -44,7 +46,7 @@ pub struct Socket {
     /// How the connection ended, when the transport knows better than the outbox (the
     /// client's close frame).
     close_info: Option<(u16, String)>,
-    _permit: Permit,
+    permit: Permit,
 }
 
 /// What the rate limit says of an inbound message.
@@ -87,7 +89,7 @@ impl Socket {
             addr,
             opened: std::time::Instant::now(),
             close_info: None,
-            _permit: permit,
+            permit,
         })
     }
 
@@ -252,7 +254,7 @@ impl Socket {
     }
 
     /// `refresh_token {"token": …}` (or `access_token {"access_token": …}`): verifies the new
-    /// token (same user) and adopts its roles and expiry, replying `{"expires_at"}`. Joined
+    /// token (same user, or an anonymous connection's sign-in) and adopts its roles and expiry, replying `{"expires_at"}`. Joined
     /// channels that the new identity may no longer join are closed (`phx_close`).
     async fn refresh_token(&mut self, msg: &Message, field: &str) {
         let Some(token) = token_field(&msg.payload, field) else {
@@ -268,35 +270,54 @@ impl Socket {
         }
     }
 
-    /// Verifies a new token for this connection (same `sub`) and adopts its roles and expiry;
-    /// joined channels the new identity may no longer join are closed. Returns the expiry.
+    /// Verifies a new token for this connection and adopts its roles and expiry; joined
+    /// channels the new identity may no longer join are closed. Returns the expiry.
+    ///
+    /// The token must be the same user's (`sub`), or, on an anonymous connection, another
+    /// anonymous token (it keeps its `anon:` id) or a user's: the one upgrade, anonymous to
+    /// signed in. A signed-in connection never changes user nor goes back to anonymous.
     async fn adopt_token(&mut self, token: &str) -> Result<Option<u64>, String> {
-        match self.node.authenticate(Some(token)) {
-            Ok(id) if id.sub == self.identity.sub => {
-                let expires_at = id.expires_at;
-                self.expiry = Expiry::new(expires_at, self.node.limits().expiry_grace);
-                self.identity = id;
-                let conn = Conn {
-                    node: &self.node,
-                    id: self.id,
-                    identity: &self.identity,
-                    outbox: &self.outbox,
-                    addr: Some(self.addr),
-                };
-                for departure in self.channels.recheck(&conn) {
-                    departure.finish(&self.node).await;
-                }
-                Ok(expires_at)
-            }
-            Ok(_) => {
-                tracing::warn!(conn = self.id, sub = %self.identity.sub, "token refresh refused: different sub");
-                Err(AuthError::SubjectChanged.to_string())
-            }
+        let mut id = match self.node.authenticate(Some(token)) {
+            Ok(id) => id,
             Err(e) => {
                 tracing::warn!(conn = self.id, sub = %self.identity.sub, reason = %e, "token refresh refused");
-                Err(e.to_string())
+                return Err(e.to_string());
+            }
+        };
+        match (self.identity.anonymous, id.anonymous) {
+            (true, true) => id.sub = self.identity.sub.clone(),
+            (true, false) => {
+                if let Err(refusal) = self.permit.move_to_user(&id.sub) {
+                    tracing::warn!(conn = self.id, sub = %id.sub, reason = %refusal.reason, "sign-in refused");
+                    return Err(refusal.reason);
+                }
+                tracing::info!(conn = self.id, anonymous = %self.identity.sub, sub = %id.sub, "anonymous connection signed in");
+                self.node.set_user(self.id, id.sub.clone());
+            }
+            (false, false) if id.sub == self.identity.sub => {}
+            (false, true) => {
+                tracing::warn!(conn = self.id, sub = %self.identity.sub, "token refresh refused: anonymous token on a signed-in connection");
+                return Err(AuthError::BackToAnonymous.to_string());
+            }
+            (false, false) => {
+                tracing::warn!(conn = self.id, sub = %self.identity.sub, "token refresh refused: different sub");
+                return Err(AuthError::SubjectChanged.to_string());
             }
         }
+        let expires_at = id.expires_at;
+        self.expiry = Expiry::new(expires_at, self.node.limits().expiry_grace);
+        self.identity = id;
+        let conn = Conn {
+            node: &self.node,
+            id: self.id,
+            identity: &self.identity,
+            outbox: &self.outbox,
+            addr: Some(self.addr),
+        };
+        for departure in self.channels.recheck(&conn) {
+            departure.finish(&self.node).await;
+        }
+        Ok(expires_at)
     }
 
     /// A Supabase channel's join may carry a newer token (`access_token`): adopted before the

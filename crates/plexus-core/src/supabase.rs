@@ -7,7 +7,8 @@
 //! answered `{"postgres_changes": []}`; clients broadcast with event `broadcast` and payload
 //! `{"type": "broadcast", "event", "payload"}` (or realtime-js's binary kind 3, decoded to the
 //! same in the codec), relayed as it came; presence is `track`/`untrack` of a client-chosen meta
-//! under `presence.key` ([`PresenceOp`]) instead of being automatic. Postgres changes are not
+//! under `presence.key` ([`PresenceOp`]) instead of being automatic, the meta stamped with the
+//! tracker's verified `sub` ([`PRESENCE_SUB`]). Postgres changes are not
 //! supported: a join that asks for them is refused. `channel/` applies these rules.
 
 use crate::protocol::{EncodeError, Payload};
@@ -16,6 +17,10 @@ use serde_json::{Map, Value};
 
 /// The topic prefix of Supabase channels.
 pub const TOPIC_PREFIX: &str = "realtime:";
+
+/// The meta key a `track` is stamped with: the tracking connection's verified `sub` (`null`
+/// for an anonymous one). Server-owned: what the client put there is overwritten.
+pub const PRESENCE_SUB: &str = "sub";
 
 /// Longest `presence.key` (it is stored in presence and sent in every diff).
 pub const MAX_PRESENCE_KEY_BYTES: usize = 256;

@@ -455,25 +455,33 @@ impl Channels {
         conn.send_close(&msg.topic, join_ref.as_deref());
     }
 
-    /// After a token refresh: departs the channels the connection's new identity may no longer
-    /// join, telling the client with `phx_close`.
+    /// After a token refresh (or an anonymous connection's sign-in): the joined channels are
+    /// authorised again by the rules; those the new identity may no longer join are departed,
+    /// telling the client why — `phx_close {"reason"}`, or on a Supabase channel Supabase's
+    /// `system` error notice, then `phx_close`.
     pub fn recheck(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
-        let refused: Vec<Box<str>> = self
+        let refused: Vec<(Box<str>, &'static str)> = self
             .joined
             .keys()
-            .filter(|topic| {
-                conn.node
+            .filter_map(|topic| {
+                let denied = conn
+                    .node
                     .policy()
                     .authorize_join(conn.identity, topic)
-                    .is_err()
+                    .err()?;
+                Some((topic.clone(), denied.0))
             })
-            .cloned()
             .collect();
         let mut departures = Vec::new();
-        for topic in refused {
-            if let Some(channel) = self.joined.remove(&topic) {
-                tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = %topic, "channel closed: the refreshed token may no longer join it");
-                conn.send_close(&topic, channel.join_ref.as_deref());
+        for (topic, denied) in refused {
+            let reason = format!("the new token may no longer join this channel: {denied}");
+            if self.is_supabase(&topic) {
+                departures.extend(self.close_with_notice(conn, &topic, &reason));
+            } else if let Some(channel) = self.joined.remove(&topic) {
+                tracing::info!(conn = conn.id, sub = %conn.identity.sub, topic = %topic, reason, "channel closed");
+                let join_ref = channel.join_ref.as_deref();
+                let payload = json_payload(&serde_json::json!({ "reason": reason }));
+                conn.push(join_ref, join_ref, &topic, events::CLOSE, payload);
                 departures.push(channel.depart(conn, topic));
             }
         }

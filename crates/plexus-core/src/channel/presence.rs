@@ -1,6 +1,7 @@
 //! Presence on a joined channel: tracking a connection when it joins a presence channel
 //! (Phoenix's shape, keyed by `sub`), `presence_update` of its meta, Supabase's
-//! `track`/`untrack` under a client-chosen key, and the `presence_state` / `presence_diff`
+//! `track`/`untrack` under a client-chosen key (each meta stamped with the tracker's verified
+//! `sub`), and the `presence_state` / `presence_diff`
 //! messages. The table itself, mirrored to the cluster, is [`crate::presence`].
 
 use super::{json_payload, Channels, Conn};
@@ -40,10 +41,17 @@ impl Channels {
                 });
                 (None, left)
             }
-            PresenceOp::Track(meta) => {
+            PresenceOp::Track(mut meta) => {
                 if msg.payload.len() > crate::presence::MAX_META_BYTES {
                     return conn.reply_error(&msg, "presence meta too large (4096 bytes at most)");
                 }
+                // Server-owned: the tracker's verified user (null when anonymous), whatever
+                // the client put there, so that others can trust who tracked the key.
+                let user = conn
+                    .identity
+                    .user()
+                    .map_or(serde_json::Value::Null, Into::into);
+                meta.insert(supabase::PRESENCE_SUB.into(), user);
                 // One key per channel: the join's, or the one made at the first track.
                 let key: Arc<str> = match (&channel.presence_key, &config.presence_key) {
                     (Some(key), _) => key.clone(),

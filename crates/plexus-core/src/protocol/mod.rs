@@ -50,12 +50,13 @@ impl Vsn {
         }
     }
 
-    /// Decodes a client's binary frame (V2 only: V1 has no binary frames).
+    /// Decodes a client's binary frame: V2's binary layouts, or — V1 having no binary layout —
+    /// the V1 JSON object the frame carries, as Phoenix's V1 serializer decodes a frame's JSON
+    /// whatever its opcode (Python's `phx-events` sends its objects as binary frames). Replies
+    /// to V1 clients are text frames either way.
     pub fn decode_binary(self, data: &bytes::Bytes) -> Result<Message, DecodeError> {
         match self {
-            Vsn::V1 => Err(DecodeError::new(
-                "invalid binary message: binary frames need vsn=2.0.0",
-            )),
+            Vsn::V1 => decode_client_text_v1(data),
             Vsn::V2 => decode_client_binary(data),
         }
     }

@@ -1,7 +1,8 @@
 //! Phoenix's V1 JSON serializer (`vsn=1.0.0`, and what Phoenix assumes without `vsn`): JSON
 //! objects `{"topic", "event", "payload", "ref", "join_ref"?}` from clients, and
 //! `{"event", "payload", "ref", "topic"}` — Phoenix's key order, no `join_ref` — to them. V1
-//! is JSON only. Pure functions, like [`codec`](super::codec), which holds V2.
+//! is JSON only: a client's binary frame is decoded as the JSON text it carries, as Phoenix
+//! does, and the server always answers in text frames. Pure functions, like [`codec`](super::codec), which holds V2.
 
 use super::codec::{opt_ref, push_json_str, push_opt_str, DecodeError, Frame, Message, Payload};
 use base64::Engine;
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-/// Decodes a V1 text frame sent by a client: a JSON object
+/// Decodes a V1 frame (text, or binary carrying the same JSON) sent by a client: a JSON object
 /// `{"topic", "event", "payload", "ref", "join_ref"?}` (`ref` and `join_ref` strings, numbers
 /// or null).
 pub fn decode_client_text_v1(text: &[u8]) -> Result<Message, DecodeError> {

@@ -221,7 +221,9 @@ where
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
+                // V1 clients may send their JSON objects as binary frames (heartbeats too).
                 WsEvent::Binary(data) => match vsn.decode_binary(&data) {
+                    Ok(m) if socket.handle_inline(&m) => {}
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
