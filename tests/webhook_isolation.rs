@@ -279,7 +279,9 @@ async fn one_user_holds_at_most_a_tenth_of_the_queue() {
     // Mallory's share is free again once delivered.
     assert!(mallory.join("room:late", json!({})).await.unwrap().is_ok());
     let events = recv
-        .wait_events(Duration::from_secs(5), |e| types_of(e, "mallory").len() == 3)
+        .wait_events(Duration::from_secs(5), |e| {
+            types_of(e, "mallory").len() == 3
+        })
         .await;
     assert_eq!(types_of(&events, "mallory"), ["connect", "join", "join"]);
 }

@@ -247,7 +247,10 @@ impl Webhooks {
                     }
                 }
                 None => {
-                    let n = self.counters.dropped_oversize.fetch_add(1, Ordering::Relaxed);
+                    let n = self
+                        .counters
+                        .dropped_oversize
+                        .fetch_add(1, Ordering::Relaxed);
                     if n < 10 || n.is_multiple_of(1000) {
                         tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
                     }
@@ -456,7 +459,8 @@ impl Sender {
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         // The parts still to send; the last one is sent next.
-        let mut todo: Vec<Range<usize>> = vec![0..batch.len()];
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
+        todo.push(0..batch.len());
         while let Some(part) = todo.pop() {
             let events = &batch[part.clone()];
             attempt += 1;
