@@ -3,7 +3,9 @@
 //! a 150 kB client push is sent without its payload (`webhooks.max_event_bytes`) and other
 //! users' events arrive at once; with the cap raised, the application's 4xx for the batch
 //! holding it isolates that one event, dropped at once and never retried, while the rest of the
-//! batch is delivered in order; batches are cut at `webhooks.max_batch_bytes`; and one user
+//! batch is delivered in order; an event the application fails on (500) while it takes the
+//! others holds them up for a few tries only; batches are cut at `webhooks.max_batch_bytes`;
+//! and one user
 //! holds at most a tenth of the queue, so another user's event still enters when it floods.
 
 mod common;
@@ -186,6 +188,55 @@ async fn an_event_the_application_refuses_is_dropped_alone_at_once() {
         "logged with the event's kind"
     );
     recv.assert_all_signed();
+}
+
+#[tokio::test]
+async fn an_event_the_application_fails_on_alone_holds_up_nobody() {
+    // The application fails (500) on any request holding alice's "poison" push, and takes
+    // everything else.
+    let recv = Receiver::start(|_, body: &Value| {
+        let poisoned = body["events"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["payload"]["poison"] == true));
+        if poisoned {
+            Answer::Status(500)
+        } else {
+            Answer::Json(json!({}))
+        }
+    })
+    .await;
+    let s = start(
+        &recv.url("/webhook"),
+        &[("PLEXUS_WEBHOOK_BACKOFF_MAX_MS", "400")],
+    )
+    .await;
+    let mut alice = s.client("alice").await;
+    assert!(alice.join("room:p", json!({})).await.unwrap().is_ok());
+    let r = alice
+        .push_json("room:p", "note", &json!({"poison": true}))
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    let took = bob_comes_and_goes(&s, &recv).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "bob's events took {took:?} (retry_secs is 15)"
+    );
+    // More traffic behind it: the application keeps taking it, so the event it fails on is
+    // dropped after a few tries, well before retry_secs.
+    let started = Instant::now();
+    let mut i = 0;
+    while metric(&s, "plexus_webhook_dropped_failing_total").await == 0
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        s.client(&format!("carol{i}")).await.close().await;
+        i += 1;
+    }
+    assert_eq!(metric(&s, "plexus_webhook_dropped_failing_total").await, 1);
+    assert_eq!(metric(&s, "plexus_webhook_dropped_expired_total").await, 0);
+    let events = recv.events();
+    assert_eq!(types_of(&events, "alice"), ["connect", "join"]);
+    assert!(s.log().contains("the application failed on it"), "logged");
 }
 
 #[tokio::test]

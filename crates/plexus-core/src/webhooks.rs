@@ -16,8 +16,11 @@
 //! the same way and retried with exponential backoff for up to `webhooks.retry_secs` from its
 //! first attempt before what is left of it is dropped (counted, logged), so events keep their
 //! order per connection (and per node) and nothing is lost while the application is down for
-//! less than the retry window. Every event has `type`, `at` (Unix ms), a unique `id` and
-//! `node`.
+//! less than the retry window. Between the attempts of a single event that fails so, the
+//! events after it are sent: if the application takes them it is not down, and the event it
+//! fails on is dropped after [`FAILING_STRIKES`] such rounds (counted, logged) instead of
+//! holding up the node's other events (those it took arrived before it). Every event has
+//! `type`, `at` (Unix ms), a unique `id` and `node`.
 
 use crate::hooks::{sign, unix_ms, HookTransport};
 use bytes::Bytes;
@@ -158,6 +161,9 @@ pub struct WebhookCounters {
     pub dropped_rejected: AtomicU64,
     /// Events refused because their user already held its share of the queue.
     pub dropped_share: AtomicU64,
+    /// Events dropped because the application kept failing on them (5xx, timeout) while it
+    /// took the events after them ([`FAILING_STRIKES`] times).
+    pub dropped_failing: AtomicU64,
     /// Events dropped because they were larger than `max_event_bytes` even without their
     /// payload.
     pub dropped_oversize: AtomicU64,
@@ -393,6 +399,65 @@ fn shrink(event: &mut Map<String, Value>, max: usize) -> Option<String> {
     None
 }
 
+/// What the sender takes from the queue, and the event that did not fit in the last batch.
+struct Inbox {
+    rx: mpsc::Receiver<Queued>,
+    carried: Option<Queued>,
+}
+
+impl Inbox {
+    /// Appends the next events to `batch`, at most `batch_max` and `max_batch_bytes` of
+    /// request body; `wait`: for the first, then for more until `batch_wait` ends (else only
+    /// those queued already). Returns how many (0: none, or the queue closed).
+    async fn fill(
+        &mut self,
+        batch: &mut Vec<Queued>,
+        config: &WebhooksConfig,
+        wait: bool,
+    ) -> usize {
+        let first = match self.carried.take() {
+            Some(e) => e,
+            None if wait => match self.rx.recv().await {
+                Some(e) => e,
+                None => return 0,
+            },
+            None => match self.rx.try_recv() {
+                Ok(e) => e,
+                Err(_) => return 0,
+            },
+        };
+        let mut size = BATCH_OVERHEAD + first.text.len();
+        batch.push(first);
+        let mut added = 1;
+        let deadline = tokio::time::Instant::now() + config.batch_wait;
+        while added < config.batch_max.max(1) {
+            let next = if wait {
+                tokio::time::timeout_at(deadline, self.rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                self.rx.try_recv().ok()
+            };
+            let Some(e) = next else {
+                break;
+            };
+            if size + 1 + e.text.len() > config.max_batch_bytes {
+                self.carried = Some(e);
+                break;
+            }
+            size += 1 + e.text.len();
+            batch.push(e);
+            added += 1;
+        }
+        added
+    }
+}
+
+/// How often the application may take the events after one it keeps failing on (a 5xx, a
+/// timeout) before that one is dropped.
+const FAILING_STRIKES: u32 = 3;
+
 /// How one request for a part of a batch ended.
 enum Attempt {
     Delivered,
@@ -412,35 +477,11 @@ struct Sender {
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
+    async fn run(self, rx: mpsc::Receiver<Queued>) {
+        let mut inbox = Inbox { rx, carried: None };
         let mut batch: Vec<Queued> = Vec::new();
-        // The event that did not fit in the previous batch (`max_batch_bytes`).
-        let mut carried: Option<Queued> = None;
-        loop {
-            let first = match carried.take() {
-                Some(e) => e,
-                None => match rx.recv().await {
-                    Some(e) => e,
-                    None => break,
-                },
-            };
-            let mut size = BATCH_OVERHEAD + first.text.len();
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-            while batch.len() < self.config.batch_max.max(1) {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(e)) if size + 1 + e.text.len() > self.config.max_batch_bytes => {
-                        carried = Some(e);
-                        break;
-                    }
-                    Ok(Some(e)) => {
-                        size += 1 + e.text.len();
-                        batch.push(e);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            self.deliver(&batch).await;
+        while inbox.fill(&mut batch, &self.config, true).await > 0 {
+            self.deliver(&mut batch, &mut inbox).await;
             for e in &batch {
                 self.ledger.release(e);
             }
@@ -452,24 +493,26 @@ impl Sender {
     }
 
     /// Sends one batch: a part that fails is split in halves, sent in order; a single event
-    /// the application refuses (4xx) is dropped at once, one that fails otherwise is retried
-    /// with backoff until the batch's retry window (from its first attempt) ends.
-    async fn deliver(&self, batch: &[Queued]) {
+    /// the application refuses (4xx) is dropped at once. A single event that fails otherwise
+    /// is retried with backoff until the batch's retry window (from its first attempt) ends;
+    /// between its attempts the next events (of this batch, else from the queue) are sent: if
+    /// the application takes them, it is not down but failing on this event, which is then
+    /// dropped after [`FAILING_STRIKES`] such failures rather than holding up the others.
+    async fn deliver(&self, batch: &mut Vec<Queued>, inbox: &mut Inbox) {
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         // The parts still to send; the last one is sent next.
         let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
         todo.push(0..batch.len());
+        // The event failing alone (its index) and how often the application took the events
+        // after it meanwhile.
+        let mut strikes: (usize, u32) = (usize::MAX, 0);
         while let Some(part) = todo.pop() {
-            let events = &batch[part.clone()];
             attempt += 1;
-            let why = match self.attempt(events).await {
+            let why = match self.attempt(&batch[part.clone()]).await {
                 Attempt::Delivered => {
-                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .delivered
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.delivered(part.len());
                     if attempt > 1 && todo.is_empty() {
                         tracing::info!(
                             events = batch.len(),
@@ -480,20 +523,7 @@ impl Sender {
                     continue;
                 }
                 Attempt::Refused(why) => {
-                    self.counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let [e] = events {
-                        let n = self
-                            .counters
-                            .dropped_rejected
-                            .fetch_add(1, Ordering::Relaxed);
-                        if n < 10 || n.is_multiple_of(100) {
-                            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
-                        }
-                    } else {
-                        split(&mut todo, part);
-                    }
+                    self.refused(batch, part, &why, &mut todo);
                     continue;
                 }
                 Attempt::Failed(why) => why,
@@ -504,21 +534,95 @@ impl Sender {
             if started.elapsed() + pause > self.config.retry_for {
                 self.counters
                     .dropped_expired
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                tracing::warn!(events = events.len(), attempts = attempt, reason = %why, "webhook batch dropped: still failing after webhooks.retry_secs");
+                    .fetch_add(part.len() as u64, Ordering::Relaxed);
+                tracing::warn!(events = part.len(), attempts = attempt, reason = %why, "webhook batch dropped: still failing after webhooks.retry_secs");
                 // Each later part still gets its one attempt.
                 continue;
             }
             if attempt == 1 || attempt.is_multiple_of(10) {
-                tracing::warn!(events = events.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
+                tracing::warn!(events = part.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
             }
-            if events.len() > 1 {
+            if part.len() > 1 {
                 split(&mut todo, part);
             } else {
+                // Down, or failing on this event only? Send the events after it.
+                let probe = match todo.pop() {
+                    Some(p) => Some(p),
+                    None => {
+                        let from = batch.len();
+                        let added = inbox.fill(batch, &self.config, false).await;
+                        (added > 0).then_some(from..from + added)
+                    }
+                };
+                if let Some(probe) = probe {
+                    attempt += 1;
+                    match self.attempt(&batch[probe.clone()]).await {
+                        Attempt::Delivered => {
+                            self.delivered(probe.len());
+                            if strikes.0 != part.start {
+                                strikes = (part.start, 0);
+                            }
+                            strikes.1 += 1;
+                            if strikes.1 >= FAILING_STRIKES {
+                                let e = &batch[part.start];
+                                let n = self
+                                    .counters
+                                    .dropped_failing
+                                    .fetch_add(1, Ordering::Relaxed);
+                                if n < 10 || n.is_multiple_of(100) {
+                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
+                                }
+                                continue;
+                            }
+                        }
+                        Attempt::Refused(probe_why) => {
+                            self.refused(batch, probe, &probe_why, &mut todo);
+                        }
+                        Attempt::Failed(_) => {
+                            // Down, it seems: the probe waits behind the event, in order.
+                            self.counters
+                                .failed_attempts
+                                .fetch_add(1, Ordering::Relaxed);
+                            todo.push(probe);
+                        }
+                    }
+                }
                 todo.push(part);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.config.backoff_max);
+        }
+    }
+
+    fn delivered(&self, events: usize) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .delivered
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// The application refused `part` (a 4xx): split it, or drop it if it is one event.
+    fn refused(
+        &self,
+        batch: &[Queued],
+        part: Range<usize>,
+        why: &str,
+        todo: &mut Vec<Range<usize>>,
+    ) {
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        if part.len() > 1 {
+            split(todo, part);
+            return;
+        }
+        let e = &batch[part.start];
+        let n = self
+            .counters
+            .dropped_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(100) {
+            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
         }
     }
 
