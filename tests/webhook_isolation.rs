@@ -224,14 +224,24 @@ async fn an_event_the_application_fails_on_alone_holds_up_nobody() {
     );
     // More traffic behind it: the application keeps taking it, so the event it fails on is
     // dropped after a few tries, well before retry_secs.
+    let mut carol = s.client("carol").await;
     let started = Instant::now();
     let mut i = 0;
     while metric(&s, "plexus_webhook_dropped_failing_total").await == 0
         && started.elapsed() < Duration::from_secs(10)
     {
-        s.client(&format!("carol{i}")).await.close().await;
+        let topic = format!("room:c{i}");
+        assert!(carol.join(&topic, json!({})).await.unwrap().is_ok());
+        assert!(carol.leave(&topic).await.unwrap().is_ok());
         i += 1;
+        // Paced under the message rate limit (50/s).
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dropped after {:?}",
+        started.elapsed()
+    );
     assert_eq!(metric(&s, "plexus_webhook_dropped_failing_total").await, 1);
     assert_eq!(metric(&s, "plexus_webhook_dropped_expired_total").await, 0);
     let events = recv.events();
