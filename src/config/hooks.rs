@@ -40,6 +40,8 @@ pub struct FileWebhooks {
     timeout_ms: Option<u64>,
     retry_secs: Option<u64>,
     backoff_max_ms: Option<u64>,
+    max_event_bytes: Option<u64>,
+    max_batch_bytes: Option<u64>,
 }
 
 /// The resolved hook settings (`None` in [`crate::config::Config`]: no hooks, no webhooks).
@@ -53,7 +55,7 @@ pub struct HookSettings {
 pub const MIN_SECRET_CHARS: usize = 16;
 
 /// The environment variables read here, by name.
-pub const ENV_VARS: [&str; 20] = [
+pub const ENV_VARS: [&str; 22] = [
     "PLEXUS_HOOK_SECRET",
     "PLEXUS_CONNECT_HOOK_URL",
     "PLEXUS_JOIN_HOOK_URL",
@@ -74,6 +76,8 @@ pub const ENV_VARS: [&str; 20] = [
     "PLEXUS_WEBHOOK_TIMEOUT_MS",
     "PLEXUS_WEBHOOK_RETRY_SECS",
     "PLEXUS_WEBHOOK_BACKOFF_MAX_MS",
+    "PLEXUS_WEBHOOK_MAX_EVENT_BYTES",
+    "PLEXUS_WEBHOOK_MAX_BATCH_BYTES",
 ];
 
 struct Source<'a> {
@@ -306,6 +310,20 @@ pub fn resolve(
                 5000,
                 (100, 600_000),
             )?);
+            c.max_event_bytes = src.number(
+                "PLEXUS_WEBHOOK_MAX_EVENT_BYTES",
+                "webhooks.max_event_bytes",
+                w.max_event_bytes,
+                64 << 10,
+                (1024, 64 << 20),
+            )? as usize;
+            c.max_batch_bytes = src.number(
+                "PLEXUS_WEBHOOK_MAX_BATCH_BYTES",
+                "webhooks.max_batch_bytes",
+                w.max_batch_bytes,
+                1 << 20,
+                (1024, 1 << 30),
+            )? as usize;
             Some(c)
         }
     };
@@ -431,6 +449,7 @@ timeout_ms = 700
 [webhooks]
 url = "https://app.example/events"
 events = ["disconnect"]
+max_event_bytes = 2048
 [[channels]]
 topic = "room:*"
 push_hook = "http://127.0.0.1:9/push"
@@ -445,6 +464,7 @@ push_hook = "http://127.0.0.1:9/push"
         assert_eq!(h.hooks.timeout, Duration::from_millis(700));
         let w = h.webhooks.unwrap();
         assert!(w.events.contains(EventKind::Disconnect) && !w.events.contains(EventKind::Connect));
+        assert_eq!((w.max_event_bytes, w.max_batch_bytes), (2048, 1 << 20));
         // A rule's hook alone needs the secret; a bad URL names the rule.
         let bad = text.replace("http://127.0.0.1:9/push", "ftp://x");
         let e = crate::config::parse_str(&bad, &env, None, None).unwrap_err();

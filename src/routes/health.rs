@@ -80,6 +80,11 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
             ("plexus_webhook_failed_attempts_total", "counter", "Webhook requests that failed (retried with backoff).", &c.failed_attempts),
             ("plexus_webhook_dropped_overflow_total", "counter", "Webhook events dropped because the queue was full (webhooks.queue_max, queue_max_bytes).", &c.dropped_overflow),
             ("plexus_webhook_dropped_expired_total", "counter", "Webhook events dropped after their batch failed for webhooks.retry_secs.", &c.dropped_expired),
+            ("plexus_webhook_dropped_rejected_total", "counter", "Webhook events the application refused on their own (a 4xx other than 408/429): dropped, not retried.", &c.dropped_rejected),
+            ("plexus_webhook_dropped_failing_total", "counter", "Webhook events dropped because the application kept failing on them (5xx, timeout) while it took the events after them.", &c.dropped_failing),
+            ("plexus_webhook_dropped_share_total", "counter", "Webhook events dropped because their user held its share of the queue (a tenth of webhooks.queue_max, queue_max_bytes).", &c.dropped_share),
+            ("plexus_webhook_dropped_oversize_total", "counter", "Webhook events dropped because they were larger than webhooks.max_event_bytes even without their payload.", &c.dropped_oversize),
+            ("plexus_webhook_truncated_total", "counter", "Webhook events sent with their payload or meta replaced by a marker (webhooks.max_event_bytes).", &c.truncated),
             ("plexus_webhook_pending", "gauge", "Webhook events waiting to be delivered.", &c.pending),
         ];
         for (name, kind, help, value) in figures {

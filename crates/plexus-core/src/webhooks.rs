@@ -3,16 +3,31 @@
 //! opted-in client events — as batched, signed `POST {"events": [...]}` requests.
 //!
 //! Events are queued per node in a bounded queue (`webhooks.queue_max` events and
-//! `webhooks.queue_max_bytes`; overflow is counted and logged, never unbounded memory). One
-//! sender task sends them in batches, in the order they were emitted, one batch at a time; a
-//! batch that fails (transport error, non-2xx) is retried with exponential backoff for up to
-//! `webhooks.retry_secs` before it is dropped (counted, logged), so events keep their order
-//! per connection (and per node) and nothing is lost while the application is down for less
-//! than the retry window. Every event has `type`, `at` (Unix ms), a unique `id` and `node`.
+//! `webhooks.queue_max_bytes`; overflow is counted and logged, never unbounded memory), of
+//! which one user (`sub`) may hold at most a tenth ([`SHARE_DIVISOR`]): past it that user's
+//! new events are dropped (counted) while other users' still enter. An event larger than
+//! `webhooks.max_event_bytes` has its client-supplied part (`payload`, `meta`) replaced by a
+//! marker (`payload_truncated: true, payload_bytes: N`), or is dropped if still too large.
+//! One sender task sends the events in batches (at most `webhooks.batch_max` events and
+//! `webhooks.max_batch_bytes`), in the order they were emitted, one batch at a time. A batch
+//! the application refuses (a 4xx other than 408 and 429) is split in halves, each sent on
+//! its own, so that only the event(s) it refuses alone are dropped (counted, logged), never
+//! retried; a batch that fails otherwise (transport error, timeout, 408, 429, 5xx) is split
+//! the same way and retried with exponential backoff for up to `webhooks.retry_secs` from its
+//! first attempt before what is left of it is dropped (counted, logged), so events keep their
+//! order per connection (and per node) and nothing is lost while the application is down for
+//! less than the retry window. Between the attempts of a single event that fails so, the
+//! events after it are sent: if the application takes them it is not down, and the event it
+//! fails on is dropped after [`FAILING_STRIKES`] such rounds (counted, logged) instead of
+//! holding up the node's other events (those it took arrived before it). Every event has
+//! `type`, `at` (Unix ms), a unique `id` and `node`.
 
 use crate::hooks::{sign, unix_ms, HookTransport};
 use bytes::Bytes;
-use serde_json::Value;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +113,20 @@ pub struct WebhooksConfig {
     pub retry_for: Duration,
     /// The longest pause between two attempts (pauses double from 100 ms up to it).
     pub backoff_max: Duration,
+    /// The largest encoded event: past it the event's `payload` / `meta` is replaced by a
+    /// marker, and an event still larger is dropped.
+    pub max_event_bytes: usize,
+    /// The largest request body: a batch is cut before the event that would pass it (a batch
+    /// always holds at least one event).
+    pub max_batch_bytes: usize,
 }
+
+/// One user (`sub`) may hold at most `1 / SHARE_DIVISOR` of the queue's events and bytes
+/// (but may always queue one event when it has none queued).
+pub const SHARE_DIVISOR: usize = 10;
+
+/// `{"events":[` and `]}`.
+const BATCH_OVERHEAD: usize = 13;
 
 impl WebhooksConfig {
     /// The defaults (documented in docs/hooks.md) for `url`.
@@ -113,6 +141,8 @@ impl WebhooksConfig {
             timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(120),
             backoff_max: Duration::from_secs(5),
+            max_event_bytes: 64 * 1024,
+            max_batch_bytes: 1024 * 1024,
         }
     }
 }
@@ -126,6 +156,19 @@ pub struct WebhookCounters {
     pub dropped_overflow: AtomicU64,
     /// Events dropped after their batch failed for the whole retry window.
     pub dropped_expired: AtomicU64,
+    /// Events the application refused on their own (a 4xx other than 408/429): dropped, not
+    /// retried.
+    pub dropped_rejected: AtomicU64,
+    /// Events refused because their user already held its share of the queue.
+    pub dropped_share: AtomicU64,
+    /// Events dropped because the application kept failing on them (5xx, timeout) while it
+    /// took the events after them ([`FAILING_STRIKES`] times).
+    pub dropped_failing: AtomicU64,
+    /// Events dropped because they were larger than `max_event_bytes` even without their
+    /// payload.
+    pub dropped_oversize: AtomicU64,
+    /// Events sent with their `payload` / `meta` replaced by a marker (`max_event_bytes`).
+    pub truncated: AtomicU64,
     pub batches: AtomicU64,
     /// Attempts that failed (each retried until the window ends).
     pub failed_attempts: AtomicU64,
@@ -136,8 +179,8 @@ pub struct WebhookCounters {
 /// The webhook sender of a node.
 pub struct Webhooks {
     config: WebhooksConfig,
-    tx: mpsc::Sender<String>,
-    queued_bytes: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Queued>,
+    ledger: Arc<Ledger>,
     node_id: Arc<str>,
     seq: AtomicU64,
     pub counters: Arc<WebhookCounters>,
@@ -152,20 +195,20 @@ impl Webhooks {
         node_id: Arc<str>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let ledger = Arc::new(Ledger::default());
         let counters = Arc::new(WebhookCounters::default());
         let sender = Sender {
             config: config.clone(),
             secret,
             transport,
-            queued_bytes: queued_bytes.clone(),
+            ledger: ledger.clone(),
             counters: counters.clone(),
         };
         tokio::spawn(sender.run(rx));
         Arc::new(Webhooks {
             config,
             tx,
-            queued_bytes,
+            ledger,
             node_id,
             seq: AtomicU64::new(0),
             counters,
@@ -195,31 +238,93 @@ impl Webhooks {
         event.insert("at".into(), unix_ms().into());
         event.insert("id".into(), format!("{}-{seq}", self.node_id).into());
         event.insert("node".into(), (*self.node_id).into());
-        let text = Value::Object(event).to_string();
-        let len = text.len();
-        let bytes = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        let refused = if bytes + len > self.config.queue_max_bytes {
-            true
-        } else {
-            self.tx.try_send(text).is_err()
+        let sub: Option<Arc<str>> = event.get("sub").and_then(Value::as_str).map(Arc::from);
+        let Ok(mut text) = serde_json::to_string(&event) else {
+            return; // a map of JSON values always encodes
         };
-        if refused {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            let n = self
-                .counters
-                .dropped_overflow
-                .fetch_add(1, Ordering::Relaxed);
+        if text.len() > self.config.max_event_bytes {
+            let size = text.len();
+            match shrink(&mut event, self.config.max_event_bytes) {
+                Some(smaller) => {
+                    text = smaller;
+                    let n = self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                    if n < 10 || n.is_multiple_of(1000) {
+                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), truncated = n + 1, "webhook event larger than webhooks.max_event_bytes: sent without its payload");
+                    }
+                }
+                None => {
+                    let n = self
+                        .counters
+                        .dropped_oversize
+                        .fetch_add(1, Ordering::Relaxed);
+                    if n < 10 || n.is_multiple_of(1000) {
+                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
+                    }
+                    return;
+                }
+            }
+        }
+        let queued = Queued { text, kind, sub };
+        if let Err((queued, why)) = self.enqueue(queued) {
+            let counter = match why {
+                Refused::Full => &self.counters.dropped_overflow,
+                Refused::Share => &self.counters.dropped_share,
+            };
+            let n = counter.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(1000) {
-                tracing::warn!(
-                    event = kind.name(),
-                    dropped = n + 1,
-                    "webhook queue full (webhooks.queue_max / queue_max_bytes): event dropped"
-                );
+                match why {
+                    Refused::Full => tracing::warn!(
+                        event = kind.name(),
+                        dropped = n + 1,
+                        "webhook queue full (webhooks.queue_max / queue_max_bytes): event dropped"
+                    ),
+                    Refused::Share => tracing::warn!(
+                        event = kind.name(),
+                        sub = queued.sub.as_deref(),
+                        dropped = n + 1,
+                        "webhook events of one user past its share of the queue (a tenth of webhooks.queue_max / queue_max_bytes): event dropped"
+                    ),
+                }
             }
             return;
         }
         self.counters.emitted.fetch_add(1, Ordering::Relaxed);
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Puts `e` in the queue if the node's bounds and its user's share allow it.
+    fn enqueue(&self, e: Queued) -> Result<(), (Queued, Refused)> {
+        let len = e.text.len();
+        let max_events = self.config.queue_max.max(1);
+        let max_bytes = self.config.queue_max_bytes;
+        let mut subs = self.ledger.subs.lock();
+        if let Some(sub) = &e.sub {
+            if let Some(share) = subs.get(sub) {
+                if share.events >= (max_events / SHARE_DIVISOR).max(1)
+                    || share.bytes + len > max_bytes / SHARE_DIVISOR
+                {
+                    return Err((e, Refused::Share));
+                }
+            }
+        }
+        if self.ledger.bytes.load(Ordering::Acquire) + len > max_bytes {
+            return Err((e, Refused::Full));
+        }
+        let sub = e.sub.clone();
+        match self.tx.try_send(e) {
+            Ok(()) => {
+                self.ledger.bytes.fetch_add(len, Ordering::AcqRel);
+                if let Some(sub) = sub {
+                    let share = subs.entry(sub).or_default();
+                    share.events += 1;
+                    share.bytes += len;
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
+                Err((e, Refused::Full))
+            }
+        }
     }
 
     /// Waits until every queued event was sent (or dropped), at most `within` (a draining
@@ -232,30 +337,154 @@ impl Webhooks {
     }
 }
 
+/// One queued event: its JSON text, its kind and the user it counts against.
+struct Queued {
+    text: String,
+    kind: EventKind,
+    sub: Option<Arc<str>>,
+}
+
+/// Why an event did not enter the queue.
+enum Refused {
+    Full,
+    Share,
+}
+
+/// What is queued (or in the batch being sent): bytes in all, events and bytes per user.
+#[derive(Default)]
+struct Ledger {
+    bytes: AtomicUsize,
+    subs: Mutex<HashMap<Arc<str>, Share>>,
+}
+
+#[derive(Default)]
+struct Share {
+    events: usize,
+    bytes: usize,
+}
+
+impl Ledger {
+    /// `e` left the queue (delivered or dropped).
+    fn release(&self, e: &Queued) {
+        let mut subs = self.subs.lock();
+        self.bytes.fetch_sub(e.text.len(), Ordering::AcqRel);
+        if let Some(sub) = &e.sub {
+            if let Some(share) = subs.get_mut(sub) {
+                share.events = share.events.saturating_sub(1);
+                share.bytes = share.bytes.saturating_sub(e.text.len());
+                if share.events == 0 {
+                    subs.remove(sub);
+                }
+            }
+        }
+    }
+}
+
+/// `event` (encoded larger than `max`) without its client-supplied part — `payload` (client
+/// events), then `meta` (presence) — each replaced by `<field>_truncated: true` and
+/// `<field>_bytes` (its encoded size); `None` if it is still larger than `max`.
+fn shrink(event: &mut Map<String, Value>, max: usize) -> Option<String> {
+    for field in ["payload", "meta"] {
+        let Some(v) = event.remove(field) else {
+            continue;
+        };
+        let bytes = v.to_string().len();
+        event.insert(format!("{field}_truncated"), true.into());
+        event.insert(format!("{field}_bytes"), bytes.into());
+        let text = serde_json::to_string(event).ok()?;
+        if text.len() <= max {
+            return Some(text);
+        }
+    }
+    None
+}
+
+/// What the sender takes from the queue, and the event that did not fit in the last batch.
+struct Inbox {
+    rx: mpsc::Receiver<Queued>,
+    carried: Option<Queued>,
+}
+
+impl Inbox {
+    /// Appends the next events to `batch`, at most `batch_max` and `max_batch_bytes` of
+    /// request body; `wait`: for the first, then for more until `batch_wait` ends (else only
+    /// those queued already). Returns how many (0: none, or the queue closed).
+    async fn fill(
+        &mut self,
+        batch: &mut Vec<Queued>,
+        config: &WebhooksConfig,
+        wait: bool,
+    ) -> usize {
+        let first = match self.carried.take() {
+            Some(e) => e,
+            None if wait => match self.rx.recv().await {
+                Some(e) => e,
+                None => return 0,
+            },
+            None => match self.rx.try_recv() {
+                Ok(e) => e,
+                Err(_) => return 0,
+            },
+        };
+        let mut size = BATCH_OVERHEAD + first.text.len();
+        batch.push(first);
+        let mut added = 1;
+        let deadline = tokio::time::Instant::now() + config.batch_wait;
+        while added < config.batch_max.max(1) {
+            let next = if wait {
+                tokio::time::timeout_at(deadline, self.rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                self.rx.try_recv().ok()
+            };
+            let Some(e) = next else {
+                break;
+            };
+            if size + 1 + e.text.len() > config.max_batch_bytes {
+                self.carried = Some(e);
+                break;
+            }
+            size += 1 + e.text.len();
+            batch.push(e);
+            added += 1;
+        }
+        added
+    }
+}
+
+/// How often the application may take the events after one it keeps failing on (a 5xx, a
+/// timeout) before that one is dropped.
+const FAILING_STRIKES: u32 = 3;
+
+/// How one request for a part of a batch ended.
+enum Attempt {
+    Delivered,
+    /// A 4xx other than 408 and 429: the application will not take it, retrying is useless.
+    Refused(String),
+    /// Anything else (transport error, timeout, 408, 429, 5xx): worth retrying.
+    Failed(String),
+}
+
 /// The task that sends batches.
 struct Sender {
     config: WebhooksConfig,
     secret: String,
     transport: Arc<dyn HookTransport>,
-    queued_bytes: Arc<AtomicUsize>,
+    ledger: Arc<Ledger>,
     counters: Arc<WebhookCounters>,
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<String>) {
-        let mut batch: Vec<String> = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-            while batch.len() < self.config.batch_max.max(1) {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(e)) => batch.push(e),
-                    Ok(None) | Err(_) => break,
-                }
+    async fn run(self, rx: mpsc::Receiver<Queued>) {
+        let mut inbox = Inbox { rx, carried: None };
+        let mut batch: Vec<Queued> = Vec::new();
+        while inbox.fill(&mut batch, &self.config, true).await > 0 {
+            self.deliver(&mut batch, &mut inbox).await;
+            for e in &batch {
+                self.ledger.release(e);
             }
-            self.deliver(&batch).await;
-            let bytes: usize = batch.iter().map(String::len).sum();
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.counters
                 .pending
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
@@ -263,54 +492,41 @@ impl Sender {
         }
     }
 
-    /// Sends one batch, retrying until it is accepted or the retry window ends.
-    async fn deliver(&self, batch: &[String]) {
-        let mut body = String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 12);
-        body.push_str("{\"events\":[");
-        for (i, e) in batch.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(e);
-        }
-        body.push_str("]}");
-        let body = Bytes::from(body);
+    /// Sends one batch: a part that fails is split in halves, sent in order; a single event
+    /// the application refuses (4xx) is dropped at once. A single event that fails otherwise
+    /// is retried with backoff until the batch's retry window (from its first attempt) ends;
+    /// between its attempts the next events (of this batch, else from the queue) are sent: if
+    /// the application takes them, it is not down but failing on this event, which is then
+    /// dropped after [`FAILING_STRIKES`] such failures rather than holding up the others.
+    async fn deliver(&self, batch: &mut Vec<Queued>, inbox: &mut Inbox) {
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
-        loop {
+        // The parts still to send; the last one is sent next.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
+        todo.push(0..batch.len());
+        // The event failing alone (its index) and how often the application took the events
+        // after it meanwhile.
+        let mut strikes: (usize, u32) = (usize::MAX, 0);
+        while let Some(part) = todo.pop() {
             attempt += 1;
-            let mut headers = sign::headers(self.secret.as_bytes(), &body);
-            headers.push(("x-plexus-hook", "webhook".to_owned()));
-            let sent = tokio::time::timeout(
-                self.config.timeout,
-                self.transport.post(
-                    &self.config.url,
-                    &headers,
-                    body.clone(),
-                    self.config.timeout,
-                ),
-            )
-            .await;
-            let failure = match sent {
-                Ok(Ok(a)) if (200..300).contains(&a.status) => None,
-                Ok(Ok(a)) => Some(format!("HTTP status {}", a.status)),
-                Ok(Err(e)) => Some(e),
-                Err(_) => Some(format!("no answer within {:?}", self.config.timeout)),
-            };
-            let Some(why) = failure else {
-                self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .delivered
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if attempt > 1 {
-                    tracing::info!(
-                        events = batch.len(),
-                        attempts = attempt,
-                        "webhook batch delivered after retries"
-                    );
+            let why = match self.attempt(&batch[part.clone()]).await {
+                Attempt::Delivered => {
+                    self.delivered(part.len());
+                    if attempt > 1 && todo.is_empty() {
+                        tracing::info!(
+                            events = batch.len(),
+                            attempts = attempt,
+                            "webhook batch delivered after retries or splits"
+                        );
+                    }
+                    continue;
                 }
-                return;
+                Attempt::Refused(why) => {
+                    self.refused(batch, part, &why, &mut todo);
+                    continue;
+                }
+                Attempt::Failed(why) => why,
             };
             self.counters
                 .failed_attempts
@@ -318,17 +534,137 @@ impl Sender {
             if started.elapsed() + pause > self.config.retry_for {
                 self.counters
                     .dropped_expired
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::warn!(events = batch.len(), attempts = attempt, reason = %why, "webhook batch dropped: still failing after webhooks.retry_secs");
-                return;
+                    .fetch_add(part.len() as u64, Ordering::Relaxed);
+                tracing::warn!(events = part.len(), attempts = attempt, reason = %why, "webhook batch dropped: still failing after webhooks.retry_secs");
+                // Each later part still gets its one attempt.
+                continue;
             }
             if attempt == 1 || attempt.is_multiple_of(10) {
-                tracing::warn!(events = batch.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
+                tracing::warn!(events = part.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
+            }
+            if part.len() > 1 {
+                split(&mut todo, part);
+            } else {
+                // Down, or failing on this event only? Send the events after it.
+                let probe = match todo.pop() {
+                    Some(p) => Some(p),
+                    None => {
+                        let from = batch.len();
+                        let added = inbox.fill(batch, &self.config, false).await;
+                        (added > 0).then_some(from..from + added)
+                    }
+                };
+                if let Some(probe) = probe {
+                    attempt += 1;
+                    match self.attempt(&batch[probe.clone()]).await {
+                        Attempt::Delivered => {
+                            self.delivered(probe.len());
+                            if strikes.0 != part.start {
+                                strikes = (part.start, 0);
+                            }
+                            strikes.1 += 1;
+                            if strikes.1 >= FAILING_STRIKES {
+                                let e = &batch[part.start];
+                                let n = self
+                                    .counters
+                                    .dropped_failing
+                                    .fetch_add(1, Ordering::Relaxed);
+                                if n < 10 || n.is_multiple_of(100) {
+                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
+                                }
+                                continue;
+                            }
+                        }
+                        Attempt::Refused(probe_why) => {
+                            self.refused(batch, probe, &probe_why, &mut todo);
+                        }
+                        Attempt::Failed(_) => {
+                            // Down, it seems: the probe waits behind the event, in order.
+                            self.counters
+                                .failed_attempts
+                                .fetch_add(1, Ordering::Relaxed);
+                            todo.push(probe);
+                        }
+                    }
+                }
+                todo.push(part);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.config.backoff_max);
         }
     }
+
+    fn delivered(&self, events: usize) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .delivered
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// The application refused `part` (a 4xx): split it, or drop it if it is one event.
+    fn refused(
+        &self,
+        batch: &[Queued],
+        part: Range<usize>,
+        why: &str,
+        todo: &mut Vec<Range<usize>>,
+    ) {
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        if part.len() > 1 {
+            split(todo, part);
+            return;
+        }
+        let e = &batch[part.start];
+        let n = self
+            .counters
+            .dropped_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(100) {
+            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
+        }
+    }
+
+    /// One signed request with `events`.
+    async fn attempt(&self, events: &[Queued]) -> Attempt {
+        let mut body = String::with_capacity(
+            events.iter().map(|e| e.text.len() + 1).sum::<usize>() + BATCH_OVERHEAD,
+        );
+        body.push_str("{\"events\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&e.text);
+        }
+        body.push_str("]}");
+        let body = Bytes::from(body);
+        let mut headers = sign::headers(self.secret.as_bytes(), &body);
+        headers.push(("x-plexus-hook", "webhook".to_owned()));
+        let sent = tokio::time::timeout(
+            self.config.timeout,
+            self.transport
+                .post(&self.config.url, &headers, body, self.config.timeout),
+        )
+        .await;
+        match sent {
+            Ok(Ok(a)) if (200..300).contains(&a.status) => Attempt::Delivered,
+            Ok(Ok(a)) if (400..500).contains(&a.status) && a.status != 408 && a.status != 429 => {
+                Attempt::Refused(format!("HTTP status {}", a.status))
+            }
+            Ok(Ok(a)) => Attempt::Failed(format!("HTTP status {}", a.status)),
+            Ok(Err(e)) => Attempt::Failed(e),
+            Err(_) => Attempt::Failed(format!("no answer within {:?}", self.config.timeout)),
+        }
+    }
+}
+
+/// Replaces `part` (of two events or more) by its halves, the first to be sent first.
+fn split(todo: &mut Vec<Range<usize>>, part: Range<usize>) {
+    let mid = part.start + part.len() / 2;
+    todo.push(mid..part.end);
+    todo.push(part.start..mid);
 }
 
 #[cfg(test)]
