@@ -6,6 +6,7 @@
 //! [`routes`] (one module per endpoint group).
 
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod demo;
