@@ -1,6 +1,8 @@
 //! History memory against its budget, measured on the real process: big messages pushed into
 //! many history topics (over WebSocket by senders that then leave, and through the HTTP API)
-//! must not grow the server's RSS by much more than `limits.history_max_bytes`.
+//! must not grow the server's RSS by more than a quarter over `limits.history_max_bytes`
+//! (issue 19 #12: with glibc's moving mmap threshold, 1 MB messages grew it to about twice
+//! the budget; see src/allocator.rs).
 
 mod common;
 
@@ -20,6 +22,9 @@ max_connections_per_user = 0
 [[channels]]
 topic = "hist:*"
 history_size = 100
+
+[[channels]]
+topic = "plain:*"
 "#
     )
 }
@@ -32,12 +37,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
-fn cpu(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -211,45 +210,99 @@ async fn broadcast_over_http(s: &Server, prefix: &str, topics: usize, messages: 
     }
 }
 
-#[tokio::test]
-async fn explore() {
-    let budget: u64 = std::env::var("BUDGET_MIB").map_or(16, |v| v.parse().unwrap()) * MIB;
-    let topics: usize = std::env::var("TOPICS").map_or(120, |v| v.parse().unwrap());
-    let size: usize = std::env::var("SIZE").map_or(1_000_000, |v| v.parse().unwrap());
-    let messages: usize = std::env::var("MESSAGES").map_or(240, |v| v.parse().unwrap());
+/// RSS growth over the budget that is not history: measured at 0.4 to 0.6 MiB (thread stacks
+/// and allocator state touched by the traffic, the metrics' own buffers); 2 MiB leaves room.
+const ALLOWANCE_KIB: u64 = 2 * 1024;
+
+/// The server's RSS once it has served each kind of traffic the test sends, in small: a
+/// sender that joins and pushes and leaves, a 1 MB push into a topic without history, API
+/// broadcasts, a metrics scrape.
+async fn warmed_up_rss(s: &Server) -> u64 {
+    push_over_websocket(s, "warm", 2, 4, 1000, 1).await;
+    let mut ws = RawSocket::connect(s, "warm").await;
+    ws.request(1, "plain:warm", "phx_join", "{}").await;
+    ws.request(2, "plain:warm", "blob", &blob(1_000_000, 0)).await;
+    drop(ws);
+    connections(s, 0).await;
+    broadcast_over_http(s, "warm", 2, 4, 1000).await;
+    metrics(s).await;
+    rss_kib(s.pid())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn big_messages_into_many_topics_grow_rss_by_at_most_the_budget_and_a_quarter() {
+    const BUDGET: u64 = 16 * MIB;
+    let bound = BUDGET / 1024 * 5 / 4 + ALLOWANCE_KIB;
+    let s = Server::start_with(Some(&config(BUDGET)), &[]).await;
+    let before = warmed_up_rss(&s).await;
+    // 96 messages of 1 MB into 48 topics (6 times the budget), by 4 senders at once, which
+    // then leave.
+    push_over_websocket(&s, "ws", 48, 96, 1_000_000, 4).await;
+    let m = metrics(&s).await;
+    let retained = metric(&m, "plexus_history_bytes");
+    assert!(retained <= BUDGET, "{retained} bytes retained");
+    // The budget is used, not emptied: eviction stops at three quarters of it.
+    assert!(retained >= BUDGET / 2, "{retained} bytes retained");
+    let grown = rss_kib(s.pid()).saturating_sub(before);
+    assert!(
+        grown <= bound,
+        "pushes: RSS grew by {grown} KiB with {} KiB of history; at most {bound} KiB",
+        retained / 1024
+    );
+    // Then 48 more through the HTTP API, into other topics.
+    broadcast_over_http(&s, "api", 24, 48, 1_000_000).await;
+    let retained = metric(&metrics(&s).await, "plexus_history_bytes");
+    assert!((BUDGET / 2..=BUDGET).contains(&retained), "{retained}");
+    let grown = rss_kib(s.pid()).saturating_sub(before);
+    assert!(
+        grown <= bound,
+        "API: RSS grew by {grown} KiB with {} KiB of history; at most {bound} KiB",
+        retained / 1024
+    );
+    // What is retained is the latest: the last message published is there.
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = s
+        .http(
+            "GET",
+            "/api/channels/hist:api23/history?since=0",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let last = json(&body)["messages"]
+        .as_array()
+        .and_then(|a| a.last())
+        .map(|m| m["payload"]["n"].clone());
+    assert_eq!(last, Some(serde_json::json!(47)));
+}
+
+/// The figures of BENCHMARKS.md ("History memory vs budget"): `BUDGET_MIB`, `TOPICS`,
+/// `MESSAGES`, `SIZE` (bytes) and `SENDERS` say what is pushed over WebSocket, then the same
+/// again through the HTTP API; `MALLOC_*` and `GLIBC_TUNABLES` are passed to the server
+/// (`GLIBC_TUNABLES=` keeps glibc's moving threshold, as before src/allocator.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, run by hand"]
+async fn figures() {
+    let var = |k: &str, default: usize| std::env::var(k).map_or(default, |v| v.parse().unwrap());
+    let budget = var("BUDGET_MIB", 64) as u64 * MIB;
+    let (topics, messages) = (var("TOPICS", 120), var("MESSAGES", 240));
+    let (size, senders) = (var("SIZE", 1_000_000), var("SENDERS", 4));
     let malloc: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("MALLOC_") || k.starts_with("GLIBC_"))
+        .filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES")
         .collect();
     let env: Vec<(&str, &str)> = malloc.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let s = Server::start_with(Some(&config(budget)), &env).await;
-    // warm-up
-    push_over_websocket(&s, "warm", 2, 2, 1000, 1).await;
-    broadcast_over_http(&s, "warm", 2, 2, 1000).await;
-    let before = rss_kib(s.pid());
-    let t = std::time::Instant::now();
-    push_over_websocket(&s, "ws", topics, messages, size, 4).await;
-    eprintln!("ws took {:?}, server cpu {} ticks", t.elapsed(), cpu(s.pid()));
-    let after_ws = rss_kib(s.pid());
-    let m = metrics(&s).await;
-    eprintln!(
-        "budget {} MiB: ws grew {} KiB, history {} B",
-        budget / MIB,
-        after_ws - before,
-        metric(&m, "plexus_history_bytes")
-    );
-    if std::env::var("API").is_err() {
-        return;
-    }
-    let t = std::time::Instant::now();
+    let before = warmed_up_rss(&s).await;
+    let history = |m: String| metric(&m, "plexus_history_bytes") / 1024;
+    push_over_websocket(&s, "ws", topics, messages, size, senders).await;
+    let grown = rss_kib(s.pid()) - before;
+    let kept = history(metrics(&s).await);
+    println!("budget {} MiB, {messages} x {size} B into {topics} topics", budget / MIB);
+    println!("WebSocket: RSS +{grown} KiB, history {kept} KiB");
     broadcast_over_http(&s, "api", topics, messages, size).await;
-    eprintln!("api took {:?}", t.elapsed());
-    let after_api = rss_kib(s.pid());
-    let m = metrics(&s).await;
-    eprintln!(
-        "api: grew {} KiB total, history {} B",
-        after_api - before,
-        metric(&m, "plexus_history_bytes")
-    );
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    eprintln!("after 6s: grew {} KiB", rss_kib(s.pid()) - before);
+    let grown = rss_kib(s.pid()) - before;
+    let kept = history(metrics(&s).await);
+    println!("then API:  RSS +{grown} KiB, history {kept} KiB");
 }
