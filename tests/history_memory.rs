@@ -244,6 +244,7 @@ async fn big_messages_into_many_topics_grow_rss_by_at_most_the_budget_and_a_quar
     // The budget is used, not emptied: eviction stops at three quarters of it.
     assert!(retained >= BUDGET / 2, "{retained} bytes retained");
     let grown = rss_kib(s.pid()).saturating_sub(before);
+    println!("pushes: RSS +{grown} KiB, history {} KiB", retained / 1024);
     assert!(
         grown <= bound,
         "pushes: RSS grew by {grown} KiB with {} KiB of history; at most {bound} KiB",
@@ -254,6 +255,7 @@ async fn big_messages_into_many_topics_grow_rss_by_at_most_the_budget_and_a_quar
     let retained = metric(&metrics(&s).await, "plexus_history_bytes");
     assert!((BUDGET / 2..=BUDGET).contains(&retained), "{retained}");
     let grown = rss_kib(s.pid()).saturating_sub(before);
+    println!("API: RSS +{grown} KiB, history {} KiB", retained / 1024);
     assert!(
         grown <= bound,
         "API: RSS grew by {grown} KiB with {} KiB of history; at most {bound} KiB",
