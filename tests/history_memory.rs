@@ -63,7 +63,6 @@ async fn connections(s: &Server, n: u64) {
     panic!("still not {n} connections: {}", metrics(s).await);
 }
 
-
 /// A WebSocket client written by hand: its frames are masked with the key 0 (the payload goes
 /// out as it is), so that pushing hundreds of megabytes from a debug build takes seconds.
 struct RawSocket {
@@ -94,7 +93,11 @@ impl RawSocket {
                 break i + 4;
             }
         };
-        assert!(read.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&read));
+        assert!(
+            read.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&read)
+        );
         read.drain(..end);
         RawSocket { tcp, read }
     }
@@ -193,7 +196,13 @@ async fn push_over_websocket(
     connections(s, 0).await;
 }
 
-async fn broadcast_over_http(s: &Server, prefix: &str, topics: usize, messages: usize, size: usize) {
+async fn broadcast_over_http(
+    s: &Server,
+    prefix: &str,
+    topics: usize,
+    messages: usize,
+    size: usize,
+) {
     let auth = format!("Bearer {API_KEY}");
     for m in 0..messages {
         let body = format!(
@@ -221,7 +230,8 @@ async fn warmed_up_rss(s: &Server) -> u64 {
     push_over_websocket(s, "warm", 2, 4, 1000, 1).await;
     let mut ws = RawSocket::connect(s, "warm").await;
     ws.request(1, "plain:warm", "phx_join", "{}").await;
-    ws.request(2, "plain:warm", "blob", &blob(1_000_000, 0)).await;
+    ws.request(2, "plain:warm", "blob", &blob(1_000_000, 0))
+        .await;
     drop(ws);
     connections(s, 0).await;
     broadcast_over_http(s, "warm", 2, 4, 1000).await;
@@ -294,14 +304,20 @@ async fn figures() {
     let malloc: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES")
         .collect();
-    let env: Vec<(&str, &str)> = malloc.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = malloc
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let s = Server::start_with(Some(&config(budget)), &env).await;
     let before = warmed_up_rss(&s).await;
     let history = |m: String| metric(&m, "plexus_history_bytes") / 1024;
     push_over_websocket(&s, "ws", topics, messages, size, senders).await;
     let grown = rss_kib(s.pid()) - before;
     let kept = history(metrics(&s).await);
-    println!("budget {} MiB, {messages} x {size} B into {topics} topics", budget / MIB);
+    println!(
+        "budget {} MiB, {messages} x {size} B into {topics} topics",
+        budget / MIB
+    );
     println!("WebSocket: RSS +{grown} KiB, history {kept} KiB");
     broadcast_over_http(&s, "api", topics, messages, size).await;
     let grown = rss_kib(s.pid()) - before;
