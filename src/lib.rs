@@ -7,6 +7,7 @@
 //! [`state::AppState`]; the API key is checked in [`api_key`].
 
 pub mod admin;
+pub mod allocator;
 pub mod api_key;
 pub mod app;
 pub mod cli;

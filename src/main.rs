@@ -9,6 +9,7 @@ use plexus::{config, server};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    plexus::allocator::configure();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
