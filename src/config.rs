@@ -97,6 +97,7 @@ struct FileRedis {
     prefix: Option<String>,
     node_timeout_secs: Option<u64>,
     tls_ca_file: Option<PathBuf>,
+    cluster_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +227,8 @@ pub struct Env {
     pub tls_key: Option<String>,
     pub broker: Option<String>,
     pub redis_url: Option<String>,
+    /// `PLEXUS_CLUSTER_SECRET`: signs node-to-node messages (`redis.cluster_secret`).
+    pub cluster_secret: Option<String>,
     /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
     pub supabase: Option<String>,
     /// The hook and webhook variables that are set ([`crate::hook_config::ENV_VARS`]).
@@ -246,6 +249,7 @@ impl Env {
             tls_key: get("PLEXUS_TLS_KEY"),
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
+            cluster_secret: get("PLEXUS_CLUSTER_SECRET"),
             supabase: get("PLEXUS_SUPABASE"),
             hooks: crate::hook_config::ENV_VARS
                 .iter()
@@ -835,7 +839,53 @@ fn resolve_redis(
         node_timeout,
         tls_ca,
         history_idle: RedisConfig::default().history_idle,
+        // Set by `resolve` (it needs the API key).
+        cluster_secret: String::new(),
     })
+}
+
+/// What the dev profile signs node-to-node messages with when it has neither a cluster secret
+/// nor an API key of its own (both made up per node, so no two nodes would share them).
+const DEV_CLUSTER_SECRET: &str = "plexus dev cluster secret (not secret)";
+
+/// The secret node-to-node messages are signed with (`PLEXUS_CLUSTER_SECRET` over
+/// `redis.cluster_secret`): at least 16 characters in prod. Unset, it is the API key, which
+/// every node of a cluster shares anyway (the broker derives its key from it, never using it
+/// as is); in dev without an API key, a well-known one, with a warning.
+fn resolve_cluster_secret(
+    profile: Profile,
+    env: &Env,
+    r: Option<&FileRedis>,
+    secrets: &Secrets,
+    warnings: &mut Vec<String>,
+) -> Result<String, ConfigError> {
+    let given = env
+        .cluster_secret
+        .clone()
+        .or_else(|| r.and_then(|r| r.cluster_secret.clone()));
+    match given {
+        Some(s) if s.is_empty() => Err(ConfigError::Invalid {
+            field: "redis.cluster_secret",
+            message: "must not be empty (leave it out to derive it from the API key)".into(),
+        }),
+        Some(s) if profile == Profile::Prod && s.len() < 16 => Err(ConfigError::Invalid {
+            field: "redis.cluster_secret",
+            message: "must be at least 16 characters in the prod profile".into(),
+        }),
+        Some(s) => Ok(s),
+        None if !secrets.api_key_generated && !secrets.api_key.is_empty() => {
+            Ok(secrets.api_key.clone())
+        }
+        None => {
+            warnings.push(
+                "dev profile with Redis and neither redis.cluster_secret nor an API key: \
+                 node-to-node messages are signed with a well-known dev secret \
+                 (set PLEXUS_CLUSTER_SECRET or PLEXUS_API_KEY on every node)"
+                    .to_owned(),
+            );
+            Ok(DEV_CLUSTER_SECRET.to_owned())
+        }
+    }
 }
 
 /// Resolves the configuration, one section at a time, each from flag (`listen`, `profile`),
@@ -942,6 +992,8 @@ fn resolve(
     if let Some(r) = redis.as_mut() {
         // History keys in Redis expire too (after their TTL, else after this idle time).
         r.history_idle = limits.history.idle;
+        r.cluster_secret =
+            resolve_cluster_secret(profile, env, file.redis.as_ref(), &secrets, &mut warnings)?;
     }
     Ok(Config {
         profile,
@@ -1272,6 +1324,50 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn cluster_secret_is_given_or_the_api_key_and_never_short_in_prod() {
+        let redis = |section: &str| format!("{PROD}broker = \"redis\"\n[redis]\n{section}");
+        // Unset: the API key, which every node of a cluster shares.
+        let c = parse_str(&redis(""), &Env::default(), None, None).unwrap();
+        assert_eq!(c.redis.unwrap().cluster_secret, "api-key-0123456789");
+        // Given: the file's, the environment's over it.
+        let text = redis("cluster_secret = \"file-cluster-secret-0123\"\n");
+        let c = parse_str(&text, &Env::default(), None, None).unwrap();
+        assert_eq!(c.redis.unwrap().cluster_secret, "file-cluster-secret-0123");
+        let env = Env {
+            cluster_secret: Some("env-cluster-secret-0123".into()),
+            ..Env::default()
+        };
+        let c = parse_str(&text, &env, None, None).unwrap();
+        assert_eq!(c.redis.unwrap().cluster_secret, "env-cluster-secret-0123");
+        // Short in prod, or empty: refused with the key's name.
+        let e = parse_str(
+            &redis("cluster_secret = \"short\"\n"),
+            &Env::default(),
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("redis.cluster_secret") && e.contains("16"),
+            "{e}"
+        );
+        let e = parse_str(
+            &redis("cluster_secret = \"\"\n"),
+            &Env::default(),
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("redis.cluster_secret"), "{e}");
+        // Dev without an API key of its own: a well-known secret, and a warning.
+        let c = parse_str("broker = \"redis\"\n", &Env::default(), None, Some("dev")).unwrap();
+        assert_eq!(c.redis.unwrap().cluster_secret, DEV_CLUSTER_SECRET);
+        assert!(c.warnings.iter().any(|w| w.contains("cluster_secret")));
     }
 
     #[test]
