@@ -288,6 +288,13 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
+/// Runs `task` on the current runtime, if there is one (cleanup may run in a `Drop` outside it).
+fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(task);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::CounterKey;
@@ -303,12 +310,5 @@ mod tests {
         };
         assert_ne!(key("a:b", "c"), key("a", "b:c"));
         assert_eq!(key("a:b", "c"), "join:3:a:b:c");
-    }
-}
-
-/// Runs `task` on the current runtime, if there is one (cleanup may run in a `Drop` outside it).
-fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(task);
     }
 }

@@ -60,6 +60,9 @@ pub const SESSION_PREFIX: &str = "plp.";
 /// Forwarded polls one client address may have in flight per connection it may hold
 /// (`max_connections_per_ip`): one waiting poll per session, and its successor for a moment.
 pub const FORWARDED_PER_CONNECTION: usize = 2;
+/// How long a forwarding node waits for the owner to say whether it holds a session (the
+/// poll is still in the gate meanwhile); no answer: `{"status": 410}`.
+pub const HELD_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Session {
     socket: tokio::sync::Mutex<Option<Socket>>,
@@ -193,15 +196,15 @@ impl LongPoll {
 
     /// Asks the node holding a session to answer a poll or POST of it.
     async fn forward(&self, node: &str, request: &Forwarded<'_>) -> Option<Answer> {
+        let timeout = match request {
+            Forwarded::Held { .. } => HELD_TIMEOUT,
+            _ => self.window + Duration::from_secs(5),
+        };
         let request = serde_json::to_vec(request).ok()?;
         let answer = self
             .node
             .broker()
-            .call_node(
-                node,
-                Bytes::from(request),
-                self.window + Duration::from_secs(5),
-            )
+            .call_node(node, Bytes::from(request), timeout)
             .await
             .inspect_err(|e| tracing::debug!(node, error = %e, "longpoll request not forwarded"))
             .ok()?;
