@@ -66,7 +66,12 @@ fn spawn_poll(
 ) -> tokio::task::JoinHandle<()> {
     let (path, ip) = (poll_path(token), ip.to_owned());
     tokio::spawn(async move {
-        let answer = http_raw(port, "GET", &path, &[("X-Forwarded-For", &ip)], "").await;
+        let headers: &[(&str, &str)] = if ip.is_empty() {
+            &[]
+        } else {
+            &[("X-Forwarded-For", &ip)]
+        };
+        let answer = http_raw(port, "GET", &path, headers, "").await;
         let _ = done.send(answer);
     })
 }
@@ -200,4 +205,65 @@ async fn one_address_cannot_take_every_forwarded_poll() {
     for h in held {
         h.abort();
     }
+}
+
+#[tokio::test]
+async fn a_forwarded_poll_leaves_the_gate_only_once_its_session_is_held() {
+    let redis = Redis::start();
+    let cfg = "profile = \"dev\"\nbroker = \"redis\"\n\
+               [limits]\nlongpoll_window_secs = 30\nmax_pending_connections_per_ip = 2\n";
+    let a = Server::start_with(Some(cfg), &[("PLEXUS_REDIS_URL", &redis.url())]).await;
+    // A "node" that listens on its channel and never answers: made-up session tokens naming
+    // it are forwarded there.
+    let mut mute = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SUBSCRIBE", "plexus:n:mute"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = mute.stdout.take().unwrap();
+    let subscribed = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(out).lines();
+        // "subscribe", the channel, 1.
+        for _ in 0..3 {
+            lines.next();
+        }
+        lines
+    });
+    let _lines = subscribed.join().unwrap();
+
+    // Two polls of made-up sessions of that node: they stay in the gate (2 per address) while
+    // A waits to hear whether the session exists.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..2 {
+        spawn_poll(a.port, &format!("plp.mute.x{i}"), "", tx.clone());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third connection from the same address is closed at accept (before the fix, the two
+    // had left the gate and this one was forwarded and held too).
+    let third = http_raw(a.port, "GET", &poll_path("plp.mute.x2"), &[], "").await;
+    match third {
+        // Closed (EOF or reset) at once; "timeout": held 5 s like a forwarded poll.
+        Err(e) => assert!(
+            !e.to_string().contains("timeout"),
+            "the third poll was not refused at accept: {e}"
+        ),
+        Ok((st, _, body)) => panic!("the third poll was let in: {st} {body}"),
+    }
+    // The two answer 410 once the owner failed to say it holds them (2 s).
+    for _ in 0..2 {
+        let (st, _, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("answered");
+        assert_eq!(
+            (st, json(&body)["status"].as_i64()),
+            (200, Some(410)),
+            "{body}"
+        );
+    }
+    let _ = mute.kill();
+    let _ = mute.wait();
 }
