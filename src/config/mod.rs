@@ -24,7 +24,7 @@ use plexus_core::auth::Verifier;
 use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
-use redis::{resolve_broker, FileRedis};
+use redis::{resolve_broker, resolve_cluster_secret, FileRedis};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,6 +185,8 @@ pub struct Env {
     pub tls_key: Option<String>,
     pub broker: Option<String>,
     pub redis_url: Option<String>,
+    /// `PLEXUS_CLUSTER_SECRET`: signs node-to-node messages (`redis.cluster_secret`).
+    pub cluster_secret: Option<String>,
     /// `PLEXUS_SUPABASE`: `true`/`1` or `false`/`0`.
     pub supabase: Option<String>,
     /// `PLEXUS_SUPABASE_ANON_ROLE`: the role of anonymous tokens (`off`: none are accepted).
@@ -208,6 +210,7 @@ impl Env {
             tls_key: get("PLEXUS_TLS_KEY"),
             broker: get("PLEXUS_BROKER"),
             redis_url: get("PLEXUS_REDIS_URL"),
+            cluster_secret: get("PLEXUS_CLUSTER_SECRET"),
             supabase: get("PLEXUS_SUPABASE"),
             supabase_anon_role: get("PLEXUS_SUPABASE_ANON_ROLE"),
             hooks: hooks::ENV_VARS
@@ -442,6 +445,8 @@ fn resolve(
     if let Some(r) = redis.as_mut() {
         // History keys in Redis expire too (after their TTL, else after this idle time).
         r.history_idle = limits.history.idle;
+        r.cluster_secret =
+            resolve_cluster_secret(profile, env, file.redis.as_ref(), &secrets, &mut warnings)?;
     }
     Ok(Config {
         profile,

@@ -274,6 +274,53 @@ fn section_errors_name_their_field() {
 }
 
 #[test]
+fn cluster_secret_is_given_or_the_api_key_and_never_short_in_prod() {
+    let redis = |section: &str| format!("{PROD}broker = \"redis\"\n[redis]\n{section}");
+    // Unset: the API key, which every node of a cluster shares.
+    let c = parse_str(&redis(""), &Env::default(), None, None).unwrap();
+    assert_eq!(c.redis.unwrap().cluster_secret, "api-key-0123456789");
+    // Given: the file's, the environment's over it.
+    let text = redis("cluster_secret = \"file-cluster-secret-0123\"\n");
+    let c = parse_str(&text, &Env::default(), None, None).unwrap();
+    assert_eq!(c.redis.unwrap().cluster_secret, "file-cluster-secret-0123");
+    let env = Env {
+        cluster_secret: Some("env-cluster-secret-0123".into()),
+        ..Env::default()
+    };
+    let c = parse_str(&text, &env, None, None).unwrap();
+    assert_eq!(c.redis.unwrap().cluster_secret, "env-cluster-secret-0123");
+    // Short in prod, or empty: refused with the key's name.
+    let e = parse_str(
+        &redis("cluster_secret = \"short\"\n"),
+        &Env::default(),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("redis.cluster_secret") && e.contains("16"),
+        "{e}"
+    );
+    let e = parse_str(
+        &redis("cluster_secret = \"\"\n"),
+        &Env::default(),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("redis.cluster_secret"), "{e}");
+    // Dev without an API key of its own: a well-known secret, and a warning.
+    let c = parse_str("broker = \"redis\"\n", &Env::default(), None, Some("dev")).unwrap();
+    assert_eq!(
+        c.redis.unwrap().cluster_secret,
+        super::redis::DEV_CLUSTER_SECRET
+    );
+    assert!(c.warnings.iter().any(|w| w.contains("cluster_secret")));
+}
+
+#[test]
 fn flag_beats_env_beats_file_beats_default_for_listen_and_profile() {
     let c = load(None, &Env::default(), None, None).unwrap();
     assert_eq!(c.listen.port(), 4000);

@@ -106,9 +106,10 @@ async fn poll_inner(
     if let Some(session) = tokens.iter().find(|t| t.starts_with(SESSION_PREFIX)) {
         // A session held here, or by another node (the poll is forwarded there).
         if lp.exists(session) || lp.remote_node(session).is_some() {
-            // A poll of an admitted session: it leaves the gate while it waits.
-            slot.release();
-            return match lp.poll(session).await {
+            // A poll of an admitted session leaves the gate while it waits, once the node
+            // that holds the session said so.
+            let ip = state.node.admission().client_ip(peer, headers);
+            return match lp.poll(session, ip, || slot.release()).await {
                 PollResult::Messages(messages, next) => body(
                     StatusCode::OK,
                     serde_json::json!({"status": 200, "token": next, "messages": messages}),
@@ -118,6 +119,15 @@ async fn poll_inner(
                     serde_json::json!({"status": 204, "token": session}),
                 ),
                 PollResult::Gone => body(StatusCode::OK, serde_json::json!({"status": 410})),
+                // phoenix.js reads the body's status only: 204, it polls again.
+                PollResult::Busy => body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    serde_json::json!({
+                        "status": 204,
+                        "token": session,
+                        "error": "too many polls forwarded to other nodes from this address",
+                    }),
+                ),
             };
         }
     }

@@ -32,7 +32,9 @@ pub enum CounterKey {
     UserConnections(Arc<str>),
     /// Live connections from one client address.
     AddressConnections(IpAddr),
-    /// Joins of one user to one topic (a channel rule's `max_per_user`).
+    /// Joins of one user to one topic (a channel rule's `max_per_user`). Both are the
+    /// client's to choose (a topic, a token's `sub`): the key is unambiguous whatever they
+    /// contain (`join:<topic length>:<topic>:<sub>`).
     UserJoins { topic: Arc<str>, sub: Arc<str> },
     /// Subscribers of one topic (`GET /api/channels`).
     Subscribers(Arc<str>),
@@ -48,7 +50,11 @@ impl fmt::Display for CounterKey {
         match self {
             CounterKey::UserConnections(sub) => write!(f, "conn:user:{sub}"),
             CounterKey::AddressConnections(ip) => write!(f, "conn:ip:{ip}"),
-            CounterKey::UserJoins { topic, sub } => write!(f, "join:{topic}:{sub}"),
+            // The topic's length first: topic `a:b` with sub `c` and topic `a` with sub `b:c`
+            // are two counters, not one.
+            CounterKey::UserJoins { topic, sub } => {
+                write!(f, "join:{}:{topic}:{sub}", topic.len())
+            }
             CounterKey::Subscribers(topic) => write!(f, "{}{topic}", Self::SUBSCRIBERS_PREFIX),
         }
     }
@@ -286,5 +292,23 @@ pub trait Broker: Send + Sync + 'static {
 fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CounterKey;
+
+    #[test]
+    fn join_counter_keys_do_not_collide_on_colons() {
+        let key = |topic: &str, sub: &str| {
+            CounterKey::UserJoins {
+                topic: topic.into(),
+                sub: sub.into(),
+            }
+            .to_string()
+        };
+        assert_ne!(key("a:b", "c"), key("a", "b:c"));
+        assert_eq!(key("a:b", "c"), "join:3:a:b:c");
     }
 }

@@ -20,13 +20,21 @@
 //!   it carried were gone while the session lived on. The kept batch is at most one drain of
 //!   the outbox (bounded like the outbox).
 //!
+//! * **One poll waits per session:** a new poll of a session makes the one already waiting
+//!   answer at once (`204`, as Phoenix's LongPoll server does), so a client that polls many
+//!   times at once holds at most one poll (two for a moment), never one per request.
+//!
 //! Each session owns a [`Socket`], so channel semantics and every rule are the core's.
 //!
 //! **No sticky routing needed:** a session token names the node that holds the session
 //! (`plp.<node>.<random>`). A poll or POST that reaches another node of the cluster is
 //! forwarded to that node over the broker ([`Broker::call_node`](crate::broker::Broker)) and
 //! its answer relayed, as Phoenix routes LongPoll requests over PubSub; so LongPoll works
-//! behind a round-robin balancer.
+//! behind a round-robin balancer. The forwarding node first asks the owner whether it holds
+//! the session (the caller's gate slot is released only then: a made-up token does not leave
+//! the gate), and forwards at most [`FORWARDED_PER_CONNECTION`] × `max_connections_per_ip`
+//! polls per client address at once (past that: [`PollResult::Busy`]), so that one address
+//! cannot fill the table of calls to other nodes that every user's forwarded polls share.
 
 use crate::admission::Permit;
 use crate::auth::Identity;
@@ -39,7 +47,8 @@ use base64::Engine;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -48,6 +57,12 @@ use tokio::time::Instant;
 pub const MAX_POST_LINES: usize = 100;
 /// Prefix of session tokens (tells them apart from user tokens in the same `token` parameter).
 pub const SESSION_PREFIX: &str = "plp.";
+/// Forwarded polls one client address may have in flight per connection it may hold
+/// (`max_connections_per_ip`): one waiting poll per session, and its successor for a moment.
+pub const FORWARDED_PER_CONNECTION: usize = 2;
+/// How long a forwarding node waits for the owner to say whether it holds a session (the
+/// poll is still in the gate meanwhile); no answer: `{"status": 410}`.
+pub const HELD_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Session {
     socket: tokio::sync::Mutex<Option<Socket>>,
@@ -60,6 +75,10 @@ struct Session {
     delivery: Mutex<Delivery>,
     /// Wakes the other polls of the session when one of them took a batch.
     delivered: tokio::sync::Notify,
+    /// The number of the session's newest poll: an older one still waiting answers at once.
+    newest_poll: AtomicU64,
+    /// Wakes the waiting polls when a newer one arrives.
+    superseded: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -92,6 +111,8 @@ pub struct LongPoll {
     node: Arc<Node>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     window: Duration,
+    /// Polls this node forwards to other nodes now, per client address.
+    forwarded: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// The answer to a poll.
@@ -101,6 +122,8 @@ pub enum PollResult {
     Messages(Vec<String>, String),
     NoContent,
     Gone,
+    /// Not forwarded: the client's address has too many polls forwarded to other nodes.
+    Busy,
 }
 
 /// The answer to a POST.
@@ -120,6 +143,7 @@ impl LongPoll {
             node,
             sessions: Mutex::new(HashMap::new()),
             window,
+            forwarded: Arc::new(Mutex::new(HashMap::new())),
         });
         let weak = Arc::downgrade(&lp);
         tokio::spawn(reap(weak.clone(), window));
@@ -148,6 +172,8 @@ impl LongPoll {
             polls: AtomicUsize::new(0),
             delivery: Mutex::new(Delivery::default()),
             delivered: tokio::sync::Notify::new(),
+            newest_poll: AtomicU64::new(0),
+            superseded: tokio::sync::Notify::new(),
         });
         self.sessions.lock().insert(token.clone(), session);
         Ok(token)
@@ -170,26 +196,50 @@ impl LongPoll {
 
     /// Asks the node holding a session to answer a poll or POST of it.
     async fn forward(&self, node: &str, request: &Forwarded<'_>) -> Option<Answer> {
+        let timeout = match request {
+            Forwarded::Held { .. } => HELD_TIMEOUT,
+            _ => self.window + Duration::from_secs(5),
+        };
         let request = serde_json::to_vec(request).ok()?;
         let answer = self
             .node
             .broker()
-            .call_node(
-                node,
-                Bytes::from(request),
-                self.window + Duration::from_secs(5),
-            )
+            .call_node(node, Bytes::from(request), timeout)
             .await
             .inspect_err(|e| tracing::debug!(node, error = %e, "longpoll request not forwarded"))
             .ok()?;
         serde_json::from_slice(&answer).ok()
     }
 
+    /// Takes one of `ip`'s places for a forwarded poll (`None`: it has none left).
+    fn forward_place(&self, ip: IpAddr) -> Option<ForwardPlace> {
+        let cap = self.node.admission().config().max_connections_per_ip as usize;
+        let mut forwarded = self.forwarded.lock();
+        let n = forwarded.entry(ip).or_insert(0);
+        if cap > 0 && *n >= cap.saturating_mul(FORWARDED_PER_CONNECTION) {
+            return None;
+        }
+        *n += 1;
+        Some(ForwardPlace {
+            table: self.forwarded.clone(),
+            ip,
+        })
+    }
+
     /// Waits up to the window for messages of session `token` (held here, or forwarded to
-    /// the node that holds it).
-    pub async fn poll(&self, token: &str) -> PollResult {
+    /// the node that holds it), polled from client address `ip`. `held` is called once the
+    /// session is known to be held (here, or by the node that answered for it): the caller
+    /// releases its gate slot then.
+    pub async fn poll(&self, token: &str, ip: IpAddr, held: impl FnOnce()) -> PollResult {
         if !self.exists(token) {
             if let Some(node) = self.remote_node(token) {
+                let Some(_place) = self.forward_place(ip) else {
+                    return PollResult::Busy;
+                };
+                match self.forward(node, &Forwarded::Held { token }).await {
+                    Some(Answer::Held(true)) => held(),
+                    _ => return PollResult::Gone,
+                }
                 // A draining node ends the polls it forwards at once (204: the client polls
                 // again, through a node that stays), so that it can stop without cutting them.
                 let request = Forwarded::Poll { token };
@@ -202,6 +252,7 @@ impl LongPoll {
                 };
             }
         }
+        held();
         self.poll_here(token).await
     }
 
@@ -216,8 +267,18 @@ impl LongPoll {
         // A guard, not a plain decrement at the end: when the client goes away hyper drops
         // this future mid-wait, and the session must still count as not polling.
         let _polling = PollGuard::new(session.clone());
+        // This poll is the session's newest: one still waiting answers now.
+        let me = session.newest_poll.fetch_add(1, Ordering::AcqRel) + 1;
+        session.superseded.notify_waiters();
         let deadline = Instant::now() + self.window;
         loop {
+            // Registered before looking, so that a newer poll arriving meanwhile wakes this one.
+            let superseded = session.superseded.notified();
+            tokio::pin!(superseded);
+            superseded.as_mut().enable();
+            if session.newest_poll.load(Ordering::Acquire) != me {
+                return PollResult::NoContent;
+            }
             // Registered before looking, so that a batch taken meanwhile by another poll of
             // this session (one its client gave up on) wakes this one.
             let delivered = session.delivered.notified();
@@ -261,6 +322,7 @@ impl LongPoll {
             tokio::select! {
                 _ = session.outbox.changed() => {}
                 _ = &mut delivered => {}
+                _ = &mut superseded => {}
                 _ = tokio::time::sleep_until(deadline) => return PollResult::NoContent,
             }
         }
@@ -323,6 +385,24 @@ impl LongPoll {
                 }
             });
             let _ = closing.await;
+        }
+    }
+}
+
+/// One of a client address's places for a forwarded poll, given back when dropped.
+struct ForwardPlace {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for ForwardPlace {
+    fn drop(&mut self) {
+        let mut table = self.table.lock();
+        if let Some(n) = table.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&self.ip);
+            }
         }
     }
 }
@@ -441,6 +521,10 @@ fn new_token(node: &str) -> String {
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Forwarded<'a> {
+    /// Whether the session is held there (answered at once).
+    Held {
+        token: &'a str,
+    },
     Poll {
         token: &'a str,
     },
@@ -453,6 +537,7 @@ enum Forwarded<'a> {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Answer {
+    Held(bool),
     Poll(PollResult),
     Post(PostResult),
 }
@@ -463,6 +548,7 @@ impl RequestHandler for LongPoll {
     /// forwarded request is never forwarded again).
     async fn handle_request(&self, request: Bytes) -> Bytes {
         let answer = match serde_json::from_slice::<Forwarded>(&request) {
+            Ok(Forwarded::Held { token }) => Answer::Held(self.exists(token)),
             Ok(Forwarded::Poll { token }) => Answer::Poll(self.poll_here(token).await),
             Ok(Forwarded::Post { token, body }) => {
                 match base64::engine::general_purpose::STANDARD.decode(body) {

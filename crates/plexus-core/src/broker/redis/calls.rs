@@ -1,8 +1,11 @@
 //! Node to node: requests another node answers (LongPoll polls and POSTs of the sessions it
-//! holds), over Redis pub/sub. Each node subscribes to `<prefix>:n:<node>`; a call publishes
-//! `Q <id> <from>\n<request>` there and waits for `R <id>\n<answer>` on its own channel.
-//! Both directions are bounded ([`MAX_NODE_REQUESTS`]).
+//! holds, the admin console's requests), over Redis pub/sub. Each node subscribes to
+//! `<prefix>:n:<node>`; a call publishes a signed `Q` message there and waits for the signed
+//! `R` answer on its own channel, from the node it called (see [`signing`](super::signing):
+//! unsigned, wrongly signed, stale and replayed messages are refused). Both directions are
+//! bounded ([`MAX_NODE_REQUESTS`]).
 
+use super::signing::{Kind, Refused};
 use super::{err, RedisBroker};
 use crate::broker::BrokerError;
 use bytes::Bytes;
@@ -20,25 +23,26 @@ impl RedisBroker {
         self.key(&["n", node])
     }
 
-    /// A message on this node's channel: `Q <id> <from>\n<request>` or `R <id>\n<answer>`.
-    pub(super) async fn on_node_message(&self, data: &[u8]) {
-        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
-            return;
+    /// A message on this node's channel: a signed call or the answer to one of this node's.
+    pub(super) async fn on_node_message(&self, channel: &str, data: &[u8]) {
+        let opened = match self.signer.open(channel, data) {
+            Ok(m) => m,
+            Err(why) => return self.refused(channel, why),
         };
-        let header = String::from_utf8_lossy(&data[..nl]).into_owned();
-        let body = Bytes::copy_from_slice(&data[nl + 1..]);
-        let mut parts = header.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("R"), Some(id), None) => {
-                let waiter = id
-                    .parse::<u64>()
-                    .ok()
-                    .and_then(|id| self.pending.lock().remove(&id));
-                if let Some(w) = waiter {
-                    let _ = w.send(body);
+        match opened.kind {
+            Kind::Reply => {
+                let mut pending = self.pending.lock();
+                // Only the node that was called answers a call.
+                if pending
+                    .get(&opened.id)
+                    .is_some_and(|(node, _)| node == opened.from)
+                {
+                    if let Some((_, w)) = pending.remove(&opened.id) {
+                        let _ = w.send(Bytes::copy_from_slice(opened.body));
+                    }
                 }
             }
-            (Some("Q"), Some(id), Some(from)) => {
+            Kind::Call => {
                 let Some(handler) = self.requests.get().and_then(Weak::upgrade) else {
                     return;
                 };
@@ -47,18 +51,35 @@ impl RedisBroker {
                     self.failed("node request", &"too many requests from other nodes");
                     return;
                 };
-                let reply_to = self.node_channel(from);
-                let header = format!("R {id}\n");
+                // The answer goes to the caller's channel only (the signed sender).
+                let reply_to = self.node_channel(opened.from);
+                let id = opened.id;
+                let body = Bytes::copy_from_slice(opened.body);
                 let mut conn = self.conn.clone();
+                let signer = self.signer.clone();
+                let me = self.node_id.clone();
                 tokio::spawn(async move {
                     let answer = handler.handle_request(body).await;
                     drop(permit);
-                    let mut msg = header.into_bytes();
-                    msg.extend_from_slice(&answer);
+                    let msg = signer.seal(&reply_to, Kind::Reply, &me, id, &answer);
                     let _ = conn.publish::<_, _, ()>(reply_to, msg).await;
                 });
             }
-            _ => {}
+            Kind::Disconnect => self.refused(channel, Refused::Malformed),
+        }
+    }
+
+    /// Drops a message that failed its checks: counted, logged once per burst.
+    pub(super) fn refused(&self, channel: &str, why: Refused) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(100) {
+            tracing::warn!(
+                channel,
+                reason = %why,
+                refused = n + 1,
+                "refused a node-to-node message (a node with another cluster secret, or \
+                 someone else writing to Redis)"
+            );
         }
     }
 
@@ -76,12 +97,14 @@ impl RedisBroker {
             if pending.len() >= MAX_NODE_REQUESTS {
                 return Err(err("too many calls to other nodes in flight"));
             }
-            pending.insert(id, tx);
+            pending.insert(id, (node.to_owned(), tx));
         }
-        let mut msg = format!("Q {id} {}\n", self.node_id).into_bytes();
-        msg.extend_from_slice(&request);
+        let channel = self.node_channel(node);
+        let msg = self
+            .signer
+            .seal(&channel, Kind::Call, &self.node_id, id, &request);
         let mut c = self.conn.clone();
-        let delivered: Result<i64, _> = c.publish(self.node_channel(node), msg).await;
+        let delivered: Result<i64, _> = c.publish(channel, msg).await;
         let answer = match delivered {
             Ok(0) => Err(err(format!("node {node} is gone"))),
             Ok(_) => tokio::time::timeout(timeout, rx)

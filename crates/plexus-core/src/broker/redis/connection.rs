@@ -2,6 +2,7 @@
 //! this node's presence and counters, notice lost histories), the heartbeat loop (this node's
 //! liveness, reaping dead nodes), and the messages the subscription delivers.
 
+use super::signing::{Kind, Refused};
 use super::RedisBroker;
 use crate::broker::BrokerEvent;
 use crate::protocol::Frame;
@@ -237,7 +238,7 @@ impl RedisBroker {
             return self.on_control(data).await;
         }
         if channel == self.node_channel(&self.node_id) {
-            return self.on_node_message(data).await;
+            return self.on_node_message(channel, data).await;
         }
         let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
             return;
@@ -276,18 +277,19 @@ impl RedisBroker {
         }
     }
 
+    /// A signed message on the control channel: a user's disconnect, asked by another node.
     pub(super) async fn on_control(&self, data: &[u8]) {
-        let text = String::from_utf8_lossy(data);
-        let mut parts = text.splitn(3, ' ');
-        if let (Some("disconnect"), Some(origin), Some(sub)) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            if origin != self.node_id {
-                self.report(BrokerEvent::DisconnectUser {
-                    sub: sub.to_owned(),
-                })
-                .await;
-            }
+        let channel = self.control_channel();
+        let opened = match self.signer.open(&channel, data) {
+            Ok(m) => m,
+            Err(why) => return self.refused(&channel, why),
+        };
+        if opened.kind != Kind::Disconnect {
+            return self.refused(&channel, Refused::Malformed);
+        }
+        if opened.from != self.node_id {
+            let sub = String::from_utf8_lossy(opened.body).into_owned();
+            self.report(BrokerEvent::DisconnectUser { sub }).await;
         }
     }
 }

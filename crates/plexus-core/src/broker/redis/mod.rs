@@ -15,8 +15,10 @@
 //! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
 //!   reap a dead node's presence (broadcasting the leaves) and counters.
 //! * **Node to node**: each node also subscribes to `<prefix>:n:<node>`, where the others send
-//!   it requests (`Q <id> <from>`, a LongPoll poll or POST of a session it holds) and it sends
-//!   their answers (`R <id>`): LongPoll needs no sticky routing.
+//!   it requests (a LongPoll poll or POST of a session it holds, the admin console's figures
+//!   and drain) and it sends their answers: LongPoll needs no sticky routing. These messages,
+//!   and the user disconnects on `<prefix>:ctl`, are signed with the cluster secret
+//!   ([`signing`]): writing to Redis is not enough to command a node.
 //! * **Outages**: local traffic goes on; everything else fails fast while the subscription is
 //!   down (nothing waits on a dead connection, nothing is acknowledged that the cluster will not
 //!   deliver); the subscription reconnects with backoff, re-subscribes, and re-announces this
@@ -25,13 +27,14 @@
 //!
 //! This file holds the broker and its [`Broker`] operations; [`connection`] keeps it connected
 //! (subscription and heartbeat loops, re-announcing, lost histories), [`calls`] carries the
-//! node-to-node requests, [`registry`] keeps the subscriber totals and connection registry
+//! node-to-node requests, [`signing`] signs and checks them, [`registry`] keeps the subscriber totals and connection registry
 //! that make webhooks exact across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;
 mod registry;
 mod scripts;
+mod signing;
 
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
@@ -50,13 +53,14 @@ use redis::aio::{ConnectionManager, PubSubSink};
 use redis::AsyncCommands;
 use scripts::{CLAIM, PUBLISH_HISTORY};
 use serde_json::Value;
+use signing::{Kind, Signer};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// Cluster settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]`.
     pub url: String,
@@ -69,6 +73,22 @@ pub struct RedisConfig {
     /// A topic's history keys expire this long after its last publish when its rule sets no
     /// TTL (`limits.history_idle_secs`): nothing in Redis lives forever.
     pub history_idle: Duration,
+    /// What node-to-node messages are signed with (`redis.cluster_secret`, else the API key):
+    /// the same on every node of the cluster. Never empty ([`RedisBroker::connect`] refuses).
+    pub cluster_secret: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("node_timeout", &self.node_timeout)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<pem>"))
+            .field("history_idle", &self.history_idle)
+            .field("cluster_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -79,6 +99,7 @@ impl Default for RedisConfig {
             node_timeout: Duration::from_secs(20),
             tls_ca: None,
             history_idle: Duration::from_secs(3600),
+            cluster_secret: String::new(),
         }
     }
 }
@@ -95,8 +116,8 @@ pub struct RedisBroker {
     healthy: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
     requests: OnceLock<Weak<dyn RequestHandler>>,
-    /// Calls to other nodes waiting for their answer, by request id.
-    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Bytes>>>,
+    /// Calls to other nodes waiting for their answer, by request id, with the node called.
+    pending: Mutex<HashMap<u64, (String, tokio::sync::oneshot::Sender<Bytes>)>>,
     next_request: AtomicU64,
     /// Requests from other nodes being answered (bounded).
     serving: Arc<tokio::sync::Semaphore>,
@@ -112,6 +133,10 @@ pub struct RedisBroker {
     registry_ops: OnceLock<tokio::sync::mpsc::Sender<registry::RegistryOp>>,
     /// An op was not written (queue full, or Redis refused it): the registry is rewritten whole.
     registry_dirty: AtomicBool,
+    /// Signs and checks node-to-node and control messages.
+    signer: Arc<Signer>,
+    /// Messages refused by the signer (logged once per burst).
+    refused: AtomicU64,
     publish_history: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
@@ -125,6 +150,12 @@ impl RedisBroker {
     /// Connects (failing clearly if Redis is unreachable at start) and starts the subscription
     /// and heartbeat tasks.
     pub async fn connect(hub: Arc<Hub>, cfg: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+        if cfg.cluster_secret.is_empty() {
+            return Err(err(
+                "no cluster secret: node-to-node messages cannot be signed (redis.cluster_secret)",
+            ));
+        }
+        let signer = Arc::new(Signer::new(cfg.cluster_secret.as_bytes()));
         let client = match &cfg.tls_ca {
             Some(ca) => redis::Client::build_with_tls(
                 cfg.url.as_str(),
@@ -184,6 +215,8 @@ impl RedisBroker {
             next_request: AtomicU64::new(1),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_NODE_REQUESTS)),
             epochs: Mutex::new(HashMap::new()),
+            signer,
+            refused: AtomicU64::new(0),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
@@ -665,13 +698,17 @@ impl Broker for RedisBroker {
     }
 
     async fn disconnect_remote(&self, sub: &str) -> Result<(), BrokerError> {
+        let channel = self.control_channel();
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let msg = self.signer.seal(
+            &channel,
+            Kind::Disconnect,
+            &self.node_id,
+            id,
+            sub.as_bytes(),
+        );
         let mut c = self.conn.clone();
-        c.publish::<_, _, ()>(
-            self.control_channel(),
-            format!("disconnect {} {sub}", self.node_id),
-        )
-        .await
-        .map_err(err)
+        c.publish::<_, _, ()>(channel, msg).await.map_err(err)
     }
 
     fn healthy(&self) -> bool {
