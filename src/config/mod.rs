@@ -12,6 +12,7 @@ mod auth;
 mod error;
 pub mod hooks;
 mod limits;
+mod pusher;
 mod redis;
 mod tls;
 
@@ -24,6 +25,7 @@ use plexus_core::auth::Verifier;
 use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
+use pusher::{resolve_pusher, FilePusher};
 use redis::{resolve_broker, resolve_cluster_secret, FileRedis};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -94,6 +96,8 @@ struct FileConfig {
     #[serde(default)]
     supabase: FileSupabase,
     #[serde(default)]
+    pusher: FilePusher,
+    #[serde(default)]
     channels: Vec<ChannelRule>,
     #[serde(default)]
     hooks: hooks::FileHooks,
@@ -159,6 +163,8 @@ pub struct Config {
     /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
     /// the `apikey` parameter as a token source.
     pub supabase: bool,
+    /// Pusher's clients and HTTP API are served for this app (`[pusher]`); `None`: off.
+    pub pusher: Option<plexus_core::pusher::PusherApp>,
     /// Application hooks and webhooks (`[hooks]`, `[webhooks]`); `None`: none configured.
     pub hooks: Option<hooks::HookSettings>,
     /// Settings that are valid but probably not what was meant: logged at start and printed
@@ -191,6 +197,10 @@ pub struct Env {
     pub supabase: Option<String>,
     /// `PLEXUS_SUPABASE_ANON_ROLE`: the role of anonymous tokens (`off`: none are accepted).
     pub supabase_anon_role: Option<String>,
+    /// `PLEXUS_PUSHER_APP_ID`, `PLEXUS_PUSHER_KEY`, `PLEXUS_PUSHER_SECRET`.
+    pub pusher_app_id: Option<String>,
+    pub pusher_key: Option<String>,
+    pub pusher_secret: Option<String>,
     /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -213,6 +223,9 @@ impl Env {
             cluster_secret: get("PLEXUS_CLUSTER_SECRET"),
             supabase: get("PLEXUS_SUPABASE"),
             supabase_anon_role: get("PLEXUS_SUPABASE_ANON_ROLE"),
+            pusher_app_id: get("PLEXUS_PUSHER_APP_ID"),
+            pusher_key: get("PLEXUS_PUSHER_KEY"),
+            pusher_secret: get("PLEXUS_PUSHER_SECRET"),
             hooks: hooks::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
@@ -408,6 +421,7 @@ fn resolve(
             })
         }
     };
+    let pusher = resolve_pusher(profile, env, &file.pusher)?;
     let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
     let demo = env_bool("PLEXUS_DEMO", env.demo.as_deref())?
         .or(file.demo)
@@ -485,6 +499,7 @@ fn resolve(
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
         supabase,
+        pusher,
         hooks,
         warnings,
         source: path.map(Path::to_path_buf),

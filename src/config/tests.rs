@@ -348,3 +348,32 @@ fn missing_files_and_tokens_are_typed() {
     assert!(e.to_string().contains("--secret"), "{e}");
     assert_eq!(token_secret(None, Some("s")).unwrap(), "s");
 }
+
+#[test]
+fn pusher_needs_app_id_key_and_secret_together() {
+    let c = parse_str(PROD, &Env::default(), None, None).unwrap();
+    assert!(c.pusher.is_none());
+    let env = Env {
+        pusher_app_id: Some("1".into()),
+        pusher_key: Some("app-key".into()),
+        pusher_secret: Some("app-secret-0123456789".into()),
+        ..Env::default()
+    };
+    let c = parse_str(PROD, &env, None, None).unwrap();
+    let app = c.pusher.unwrap();
+    assert_eq!((app.app_id.as_str(), app.key.as_str()), ("1", "app-key"));
+    assert!(!format!("{app:?}").contains("app-secret"));
+    let partial = Env {
+        pusher_secret: None,
+        ..env.clone()
+    };
+    let e = parse_str(PROD, &partial, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PLEXUS_PUSHER_SECRET"), "{e}");
+    let file = format!("{PROD}[pusher]\napp_id = \"1\"\nkey = \"k\"\nsecret = \"short\"\n");
+    let e = parse_str(&file, &Env::default(), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pusher.secret") && e.contains("16"), "{e}");
+}

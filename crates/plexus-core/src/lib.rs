@@ -54,6 +54,7 @@ pub mod policy;
 pub mod presence;
 pub mod protocol;
 pub mod publication;
+pub mod pusher;
 pub mod quota;
 pub mod ratelimit;
 pub mod socket;

@@ -1,0 +1,62 @@
+//! The `[pusher]` section (`PLEXUS_PUSHER_APP_ID`, `PLEXUS_PUSHER_KEY`, `PLEXUS_PUSHER_SECRET`):
+//! serve Pusher's clients and HTTP API for one app (docs/pusher.md). All three or none.
+
+use super::{ConfigError, Env, Profile};
+use plexus_core::pusher::PusherApp;
+use serde::Deserialize;
+
+/// `[pusher]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FilePusher {
+    pub(super) app_id: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) secret: Option<String>,
+}
+
+/// Pusher mode: on when the app id, key and secret are given (environment over file), off
+/// when none is; refused when only some are, or when a prod secret is under 16 characters.
+pub(super) fn resolve_pusher(
+    profile: Profile,
+    env: &Env,
+    file: &FilePusher,
+) -> Result<Option<PusherApp>, ConfigError> {
+    let pick = |e: &Option<String>, f: &Option<String>| e.clone().or_else(|| f.clone());
+    let app_id = pick(&env.pusher_app_id, &file.app_id);
+    let key = pick(&env.pusher_key, &file.key);
+    let secret = pick(&env.pusher_secret, &file.secret);
+    match (app_id, key, secret) {
+        (None, None, None) => Ok(None),
+        (Some(app_id), Some(key), Some(secret)) => {
+            for (field, value) in [
+                ("pusher.app_id", &app_id),
+                ("pusher.key", &key),
+                ("pusher.secret", &secret),
+            ] {
+                if value.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        message: "must not be empty".into(),
+                    });
+                }
+            }
+            if profile == Profile::Prod && secret.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    field: "pusher.secret",
+                    message: "must be at least 16 characters in the prod profile".into(),
+                });
+            }
+            Ok(Some(PusherApp {
+                app_id,
+                key,
+                secret,
+            }))
+        }
+        _ => Err(ConfigError::Invalid {
+            field: "pusher",
+            message: "give app_id, key and secret together (PLEXUS_PUSHER_APP_ID, \
+                      PLEXUS_PUSHER_KEY, PLEXUS_PUSHER_SECRET)"
+                .into(),
+        }),
+    }
+}
