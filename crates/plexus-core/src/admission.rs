@@ -244,15 +244,14 @@ impl Admission {
         if !self.is_trusted(peer_ip) {
             return peer_ip;
         }
+        // Split the raw bytes, then read each entry: a proxy appends the address it saw to
+        // the line the client sent, so bytes the client wrote that are not text must make
+        // only the client's own entries unreadable, never the proxy's.
         let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .flat_map(|v| match v.to_str() {
-                Ok(v) => v.split(',').collect::<Vec<_>>(),
-                // Not text: unreadable as a whole.
-                Err(_) => vec![""],
-            })
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|entry| std::str::from_utf8(entry).unwrap_or("").trim())
             .collect();
         for entry in entries.into_iter().rev() {
             let Some(ip) = forwarded_address(entry) else {
@@ -454,6 +453,28 @@ mod tests {
             a.client_ip("10.0.0.1:5000".parse().unwrap(), &HeaderMap::new()),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn forwarded_for_bytes_that_are_not_text_spoil_only_their_own_entry() {
+        let a = Admission::new(AdmissionConfig {
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            ..AdmissionConfig::default()
+        });
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff, 6.6.6.6").unwrap(),
+        );
+        // The proxy's entry (rightmost) is read; the client's unreadable one is never reached.
+        assert_eq!(a.client_ip(peer, &h), "6.6.6.6".parse::<IpAddr>().unwrap());
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"6.6.6.6, \xff").unwrap(),
+        );
+        // An unreadable entry on the right: nothing left of it can be trusted; the peer.
+        assert_eq!(a.client_ip(peer, &h), peer.ip());
     }
 
     #[test]
