@@ -190,3 +190,15 @@ export async function balancer(backends, { sticky = false } = {}) {
   await once(server, "listening");
   return { port: server.address().port, close: () => server.close() };
 }
+
+/** The Pusher app of the Pusher-mode tests: pass `pusherEnv()` to `Server.start`. */
+export const PUSHER_APP = { appId: "4242", key: "compat-pusher-key", secret: "compat-pusher-secret-0123456789" };
+
+/** The `PLEXUS_PUSHER_*` environment turning Pusher mode on with `PUSHER_APP` (or `app`). */
+export function pusherEnv(app = PUSHER_APP) {
+  return {
+    PLEXUS_PUSHER_APP_ID: app.appId,
+    PLEXUS_PUSHER_KEY: app.key,
+    PLEXUS_PUSHER_SECRET: app.secret,
+  };
+}
