@@ -117,7 +117,12 @@ async fn signature_refusals_are_401_and_another_app_404() {
     }
     // Unsigned.
     let (st, resp) = s.http("POST", EVENTS, &[], &body).await.unwrap();
-    assert_error(st, &json(&resp), 401, "missing query parameter auth_signature");
+    assert_error(
+        st,
+        &json(&resp),
+        401,
+        "missing query parameter auth_signature",
+    );
     // A body other than the signed one.
     let query = sign(&app(), "POST", EVENTS, &[], body.as_bytes(), now());
     let tampered = event(&one("news-y"), "{}");
@@ -127,7 +132,14 @@ async fn signature_refusals_are_401_and_another_app_404() {
         .unwrap();
     assert_error(st, &json(&resp), 401, "body_md5");
     // Signed for another path.
-    let query = sign(&app(), "POST", "/apps/77/batch_events", &[], body.as_bytes(), now());
+    let query = sign(
+        &app(),
+        "POST",
+        "/apps/77/batch_events",
+        &[],
+        body.as_bytes(),
+        now(),
+    );
     let (st, resp) = s
         .http("POST", &format!("{EVENTS}?{query}"), &[], &body)
         .await
@@ -166,13 +178,22 @@ async fn pusher_limits_on_events() {
     let body = json!({ "name": name, "channel": "news-a", "data": "{}" }).to_string();
     let (st, b) = post(&s, EVENTS, &body).await;
     assert_error(st, &b, 400, "event name");
-    for reserved in ["pusher:subscribe", "pusher_internal:member_added", "phx_reply"] {
+    for reserved in [
+        "pusher:subscribe",
+        "pusher_internal:member_added",
+        "phx_reply",
+    ] {
         let body = json!({ "name": reserved, "channel": "news-a", "data": "{}" }).to_string();
         let (st, b) = post(&s, EVENTS, &body).await;
         assert_eq!(st, 400, "{reserved}: {b}");
     }
     // Data: 10 KiB.
-    let (st, b) = post(&s, EVENTS, &event(&one("news-a"), &"x".repeat(10 * 1024 + 1))).await;
+    let (st, b) = post(
+        &s,
+        EVENTS,
+        &event(&one("news-a"), &"x".repeat(10 * 1024 + 1)),
+    )
+    .await;
     assert_error(st, &b, 413, "more than 10240");
     // Shape: data must be a string; channel or channels; socket_id digits.digits.
     let body = json!({ "name": "e", "channel": "news-a", "data": {"a": 1} }).to_string();
@@ -181,8 +202,8 @@ async fn pusher_limits_on_events() {
     let body = json!({ "name": "e", "data": "{}" }).to_string();
     let (st, b) = post(&s, EVENTS, &body).await;
     assert_error(st, &b, 400, "\"channel\" or \"channels\"");
-    let body = json!({ "name": "e", "channel": "news-a", "data": "{}", "socket_id": "abc" })
-        .to_string();
+    let body =
+        json!({ "name": "e", "channel": "news-a", "data": "{}", "socket_id": "abc" }).to_string();
     let (st, b) = post(&s, EVENTS, &body).await;
     assert_error(st, &b, 400, "invalid socket_id");
     let (st, b) = post(&s, EVENTS, "not json").await;
@@ -207,9 +228,27 @@ async fn pusher_limits_on_events() {
     )
     .await;
     assert_error(st, &b, 400, "presence");
-    let (st, b) = send_as(&s, &app(), "GET", "/apps/77/channels/news-a/users", &[], "", now()).await;
+    let (st, b) = send_as(
+        &s,
+        &app(),
+        "GET",
+        "/apps/77/channels/news-a/users",
+        &[],
+        "",
+        now(),
+    )
+    .await;
     assert_error(st, &b, 400, "presence");
-    let (st, b) = send_as(&s, &app(), "GET", "/apps/77/channels/bad:name", &[], "", now()).await;
+    let (st, b) = send_as(
+        &s,
+        &app(),
+        "GET",
+        "/apps/77/channels/bad:name",
+        &[],
+        "",
+        now(),
+    )
+    .await;
     assert_error(st, &b, 400, "invalid channel name");
 }
 
@@ -228,4 +267,26 @@ async fn without_pusher_mode_there_is_no_pusher_api() {
     let s = Server::start_with(Some(RULES), &[]).await;
     let (st, b) = post(&s, EVENTS, &event(&one("news-a"), "{}")).await;
     assert_error(st, &b, 404, "no such endpoint");
+}
+
+#[tokio::test]
+async fn wrong_signatures_are_throttled_like_wrong_api_keys() {
+    let s = start().await;
+    let body = event(&one("news-x"), "{}");
+    let forged = PusherApp {
+        secret: "not-the-secret-0123456789".into(),
+        ..app()
+    };
+    // Stale requests are refused before any secret is compared: they do not count.
+    for _ in 0..12 {
+        let (st, b) = send_as(&s, &forged, "POST", EVENTS, &[], &body, now() - 3600).await;
+        assert_error(st, &b, 401, "auth_timestamp");
+    }
+    for _ in 0..10 {
+        let (st, b) = send_as(&s, &forged, "POST", EVENTS, &[], &body, now()).await;
+        assert_error(st, &b, 401, "invalid auth_signature");
+    }
+    // The address is out of attempts: even a good signature waits.
+    let (st, b) = post(&s, EVENTS, &body).await;
+    assert_error(st, &b, 429, "too many wrong signatures");
 }

@@ -11,14 +11,14 @@
 
 use super::{json_error, read_body};
 use crate::state::AppState;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use plexus_core::protocol::Payload;
-use plexus_core::pusher::api_auth::{self, Params};
+use plexus_core::pusher::api_auth::{self, ApiAuthError, Params};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -41,33 +41,68 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
         )
 }
 
-/// Checks the app id (404) and the request's signature (401); returns the other query
-/// parameters and the body.
-async fn signed(
-    state: &AppState,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    body: Body,
-) -> Result<(Params, Bytes), Response> {
-    let Some(app) = state.config.pusher.as_ref() else {
-        return Err(json_error(StatusCode::NOT_FOUND, "Pusher mode is off"));
-    };
-    if app_id != app.app_id {
-        return Err(json_error(
-            StatusCode::NOT_FOUND,
-            format!("no such app: {app_id}"),
-        ));
-    }
-    let body = read_body(state, body).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let query = uri.query().unwrap_or("");
-    match api_auth::verify(app, method.as_str(), uri.path(), query, &body, now) {
-        Ok(params) => Ok((params, body)),
-        Err(e) => Err(json_error(StatusCode::UNAUTHORIZED, e.to_string())),
+/// A request signed for this app: its other query parameters and its body. As an extractor
+/// it answers 404 for another app id (or with Pusher mode off), 401 for a wrong, missing or
+/// stale signature, and 429 for an address out of attempts: a wrong key or signature counts
+/// like a wrong API key ([`crate::api_key::ApiGuard`]).
+struct Signed {
+    params: Params,
+    body: Bytes,
+}
+
+impl axum::extract::FromRequest<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let Some(app) = state.config.pusher.as_ref() else {
+            return Err(json_error(StatusCode::NOT_FOUND, "Pusher mode is off"));
+        };
+        // Paths are `/apps/{app_id}/…`.
+        let app_id = parts.uri.path().split('/').nth(2).unwrap_or("");
+        if app_id != app.app_id {
+            return Err(json_error(
+                StatusCode::NOT_FOUND,
+                format!("no such app: {}", truncate(app_id)),
+            ));
+        }
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let ip = peer.map(|p| state.node.admission().client_ip(p, &parts.headers));
+        if ip.is_some_and(|ip| state.api_guard.locked(ip)) {
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong signatures from this address: retry later",
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("6"),
+            );
+            return Err(r);
+        }
+        let body = read_body(state, body).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (method, uri) = (parts.method.as_str(), &parts.uri);
+        let query = uri.query().unwrap_or("");
+        match api_auth::verify(app, method, uri.path(), query, &body, now) {
+            Ok(params) => Ok(Signed { params, body }),
+            Err(e) => {
+                // Guesses of the key or the secret count; stale or incomplete requests, which
+                // are refused before any secret is compared, do not.
+                if matches!(e, ApiAuthError::WrongKey | ApiAuthError::Signature) {
+                    if let Some(ip) = ip {
+                        state.api_guard.failed(ip);
+                        tracing::warn!(client = %ip, "wrong Pusher API signature");
+                    }
+                }
+                Err(json_error(StatusCode::UNAUTHORIZED, e.to_string()))
+            }
+        }
     }
 }
 
@@ -80,8 +115,13 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 
 /// The attributes asked for with `info` (comma-separated).
 fn info_attributes(info: Option<&str>) -> Vec<&str> {
-    info.map(|i| i.split(',').map(str::trim).filter(|a| !a.is_empty()).collect())
-        .unwrap_or_default()
+    info.map(|i| {
+        i.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Pusher's rule for channel names, user ids: 1 to 200 characters of `[A-Za-z0-9_\-=@,.;]`.
@@ -215,7 +255,10 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Response> {
         if !valid_socket_id(socket_id) {
             return Err(json_error(
                 StatusCode::BAD_REQUEST,
-                format!("invalid socket_id {:?}: expected digits.digits", truncate(socket_id)),
+                format!(
+                    "invalid socket_id {:?}: expected digits.digits",
+                    truncate(socket_id)
+                ),
             ));
         }
     }
@@ -363,15 +406,9 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, 
 }
 
 /// `POST /apps/{app_id}/events`: answers `{}` (or the channels' `info`).
-async fn events(
-    State(state): State<AppState>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Response {
+async fn events(State(state): State<AppState>, signed: Signed) -> Response {
     let result = async {
-        let (_, body) = signed(&state, &app_id, &method, &uri, body).await?;
+        let body = signed.body;
         let e: EventBody = parse(&body, EVENT_SHAPE)?;
         let socket_id = e.socket_id.clone();
         let checked = check_event(&state, e)?;
@@ -397,15 +434,9 @@ struct BatchBody {
 /// `POST /apps/{app_id}/batch_events {"batch": [event…]}`: up to 10 events, each with one
 /// `channel`; all are checked before any is published. Answers `{}`, or
 /// `{"batch": [{attr: n}…]}` when an event asked `info`.
-async fn batch_events(
-    State(state): State<AppState>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Response {
+async fn batch_events(State(state): State<AppState>, signed: Signed) -> Response {
     let result = async {
-        let (_, body) = signed(&state, &app_id, &method, &uri, body).await?;
+        let body = signed.body;
         let shape = format!(r#"{{"batch": [{EVENT_SHAPE}]}}"#);
         let b: BatchBody = parse(&body, &shape)?;
         if b.batch.len() > MAX_BATCH_EVENTS {
@@ -454,15 +485,9 @@ async fn batch_events(
 /// `GET /apps/{app_id}/channels[?filter_by_prefix=P][&info=user_count]`: occupied channels
 /// whose names are Pusher channel names, `{"channels": {name: {}|{"user_count": n}}}`;
 /// `user_count` needs `filter_by_prefix=presence-`.
-async fn channels(
-    State(state): State<AppState>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Response {
+async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
     let result = async {
-        let (params, _) = signed(&state, &app_id, &method, &uri, body).await?;
+        let params = signed.params;
         let prefix = param(&params, "filter_by_prefix").unwrap_or("");
         let info = info_attributes(param(&params, "info"));
         for attr in &info {
@@ -506,13 +531,11 @@ async fn channels(
 /// `{"occupied": bool, …attributes}`.
 async fn channel(
     State(state): State<AppState>,
-    Path((app_id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, channel)): Path<(String, String)>,
+    signed: Signed,
 ) -> Response {
     let result = async {
-        let (params, _) = signed(&state, &app_id, &method, &uri, body).await?;
+        let params = signed.params;
         check_channel(&state, &channel)?;
         let info = info_attributes(param(&params, "info"));
         for attr in &info {
@@ -535,13 +558,10 @@ async fn channel(
 /// `{"users": [{"id": …}]}` (the keys of the topic's presence, cluster-wide).
 async fn users(
     State(state): State<AppState>,
-    Path((app_id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, channel)): Path<(String, String)>,
+    _signed: Signed,
 ) -> Response {
     let result = async {
-        signed(&state, &app_id, &method, &uri, body).await?;
         check_channel(&state, &channel)?;
         if !is_presence(&channel) {
             return Err(json_error(
@@ -564,13 +584,10 @@ async fn users(
 /// that user in the cluster (the user id is the connection's `sub`), answers `{}`.
 async fn terminate_connections(
     State(state): State<AppState>,
-    Path((app_id, user_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, user_id)): Path<(String, String)>,
+    _signed: Signed,
 ) -> Response {
     let result = async {
-        signed(&state, &app_id, &method, &uri, body).await?;
         if !valid_pusher_name(&user_id) {
             return Err(json_error(
                 StatusCode::BAD_REQUEST,

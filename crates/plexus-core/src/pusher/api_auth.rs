@@ -279,7 +279,12 @@ mod tests {
             Err(ApiAuthError::WrongKey)
         );
         // Missing pieces, garbage.
-        for name in ["auth_signature", "auth_key", "auth_version", "auth_timestamp"] {
+        for name in [
+            "auth_signature",
+            "auth_key",
+            "auth_version",
+            "auth_timestamp",
+        ] {
             let without: Vec<&str> = q
                 .split('&')
                 .filter(|p| !p.starts_with(&format!("{name}=")))
@@ -289,7 +294,10 @@ mod tests {
                 Err(ApiAuthError::Missing(name))
             );
         }
-        let no_md5: Vec<&str> = q.split('&').filter(|p| !p.starts_with("body_md5=")).collect();
+        let no_md5: Vec<&str> = q
+            .split('&')
+            .filter(|p| !p.starts_with("body_md5="))
+            .collect();
         assert_eq!(
             v("POST", "/apps/3/events", &no_md5.join("&"), body, NOW),
             Err(ApiAuthError::Missing("body_md5"))
