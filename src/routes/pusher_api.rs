@@ -106,6 +106,13 @@ impl axum::extract::FromRequest<AppState> for Signed {
     }
 }
 
+/// A refusal of a handler: its status and reason, answered as `{"error": reason}`.
+type Fail = (StatusCode, String);
+
+fn fail(status: StatusCode, reason: impl Into<String>) -> Fail {
+    (status, reason.into())
+}
+
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -138,9 +145,9 @@ fn is_presence(channel: &str) -> bool {
 }
 
 /// A channel name this API accepts: Pusher's rule and the core's topic limit.
-fn check_channel(state: &AppState, channel: &str) -> Result<(), Response> {
+fn check_channel(state: &AppState, channel: &str) -> Result<(), Fail> {
     if !valid_pusher_name(channel) {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "invalid channel name {:?}: 1 to {MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ - = @ , . ;",
@@ -150,7 +157,7 @@ fn check_channel(state: &AppState, channel: &str) -> Result<(), Response> {
     }
     let limits = state.node.limits();
     if let Err(invalid) = limits.check_topic(channel) {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "{invalid}: a channel name is at most {} bytes (limits.max_topic_bytes)",
@@ -196,19 +203,19 @@ struct Checked {
 }
 
 /// Checks an event against Pusher's limits and the core's: 400 (413 for `data`).
-fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Response> {
+fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Fail> {
     let channels = match (e.channel, e.channels) {
         (Some(c), None) => vec![c],
         (None, Some(cs)) => cs,
         _ => {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 "give either \"channel\" or \"channels\"",
             ))
         }
     };
     if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_EVENT {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "an event goes to 1 to {MAX_CHANNELS_PER_EVENT} channels, not {}",
@@ -220,20 +227,20 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Response> {
         check_channel(state, c)?;
     }
     if e.name.is_empty() || e.name.chars().count() > MAX_NAME_CHARS {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!("an event name is 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
     if e.name.starts_with("pusher:") || e.name.starts_with("pusher_internal:") {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             "event names starting with pusher: or pusher_internal: are reserved for the protocol",
         ));
     }
     let limits = state.node.limits();
     if let Err(invalid) = limits.check_event(&e.name) {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "{invalid}: an event name is at most {} bytes and does not start with phx_",
@@ -243,7 +250,7 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Response> {
     }
     let max = max_data_bytes(state);
     if e.data.len() > max {
-        return Err(json_error(
+        return Err(fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "data is {} bytes, more than {max} (Pusher's 10 KiB, or limits.max_message_bytes if smaller)",
@@ -253,7 +260,7 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Response> {
     }
     if let Some(socket_id) = &e.socket_id {
         if !valid_socket_id(socket_id) {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "invalid socket_id {:?}: expected digits.digits",
@@ -293,15 +300,15 @@ fn valid_socket_id(s: &str) -> bool {
 }
 
 /// `subscription_count` anywhere; `user_count` on presence channels only (as Pusher).
-fn check_info_attribute(attr: &str, presence: bool) -> Result<(), Response> {
+fn check_info_attribute(attr: &str, presence: bool) -> Result<(), Fail> {
     match attr {
         "subscription_count" => Ok(()),
         "user_count" if presence => Ok(()),
-        "user_count" => Err(json_error(
+        "user_count" => Err(fail(
             StatusCode::BAD_REQUEST,
             "info=user_count is only for presence- channels",
         )),
-        other => Err(json_error(
+        other => Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "unknown info attribute {:?} (subscription_count, user_count)",
@@ -313,13 +320,13 @@ fn check_info_attribute(attr: &str, presence: bool) -> Result<(), Response> {
 
 /// Pusher's `data` is a string: Phoenix clients get the JSON value it encodes, or the string
 /// itself (as a JSON string) when it is not JSON.
-fn data_payload(data: String) -> Result<Box<serde_json::value::RawValue>, Response> {
+fn data_payload(data: String) -> Result<Box<serde_json::value::RawValue>, Fail> {
     let raw = if serde_json::from_str::<serde::de::IgnoredAny>(&data).is_ok() {
         serde_json::value::RawValue::from_string(data)
     } else {
         serde_json::value::to_raw_value(&data)
     };
-    raw.map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("data not encodable: {e}")))
+    raw.map_err(|e| fail(StatusCode::BAD_REQUEST, format!("data not encodable: {e}")))
 }
 
 /// The connection to leave out for `socket_id`: none yet. Plexus's core can exclude one local
@@ -331,12 +338,12 @@ fn excluded_connection(_state: &AppState, _socket_id: Option<&str>) -> Option<pl
 }
 
 /// Publishes a checked event to each of its channels; 503 if the broker refuses.
-async fn publish(state: &AppState, e: &Checked, socket_id: Option<&str>) -> Result<(), Response> {
+async fn publish(state: &AppState, e: &Checked, socket_id: Option<&str>) -> Result<(), Fail> {
     let exclude = excluded_connection(state, socket_id);
     for channel in &e.channels {
         let payload = Payload::Json(e.payload.clone());
         if let Err(err) = state.node.publish(channel, &e.name, payload, exclude).await {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not published to {channel}: {err}"),
             ));
@@ -396,9 +403,9 @@ async fn event_answer(state: &AppState, e: &Checked) -> Map<String, Value> {
     channels
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Fail> {
     serde_json::from_slice(body).map_err(|e| {
-        json_error(
+        fail(
             StatusCode::BAD_REQUEST,
             format!("invalid body: expected {shape} ({e})"),
         )
@@ -414,7 +421,7 @@ async fn events(State(state): State<AppState>, signed: Signed) -> Response {
         let checked = check_event(&state, e)?;
         publish(&state, &checked, socket_id.as_deref()).await?;
         let channels = event_answer(&state, &checked).await;
-        Ok::<_, Response>(if channels.is_empty() {
+        Ok::<_, Fail>(if channels.is_empty() {
             json!({})
         } else {
             json!({ "channels": channels })
@@ -422,7 +429,7 @@ async fn events(State(state): State<AppState>, signed: Signed) -> Response {
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
 
@@ -440,7 +447,7 @@ async fn batch_events(State(state): State<AppState>, signed: Signed) -> Response
         let shape = format!(r#"{{"batch": [{EVENT_SHAPE}]}}"#);
         let b: BatchBody = parse(&body, &shape)?;
         if b.batch.len() > MAX_BATCH_EVENTS {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "a batch holds at most {MAX_BATCH_EVENTS} events, not {}",
@@ -451,7 +458,7 @@ async fn batch_events(State(state): State<AppState>, signed: Signed) -> Response
         let mut checked = Vec::with_capacity(b.batch.len());
         for e in b.batch {
             if e.channels.is_some() {
-                return Err(json_error(
+                return Err(fail(
                     StatusCode::BAD_REQUEST,
                     "an event of a batch has one \"channel\", not \"channels\"",
                 ));
@@ -474,11 +481,11 @@ async fn batch_events(State(state): State<AppState>, signed: Signed) -> Response
             };
             answers.push(Value::Object(attrs));
         }
-        Ok::<_, Response>(json!({ "batch": answers }))
+        Ok::<_, Fail>(json!({ "batch": answers }))
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
 
@@ -492,7 +499,7 @@ async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
         let info = info_attributes(param(&params, "info"));
         for attr in &info {
             if *attr != "user_count" {
-                return Err(json_error(
+                return Err(fail(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "unknown info attribute {:?} for the channel list (user_count)",
@@ -501,7 +508,7 @@ async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
                 ));
             }
             if !is_presence(prefix) {
-                return Err(json_error(
+                return Err(fail(
                     StatusCode::BAD_REQUEST,
                     "info=user_count needs filter_by_prefix=presence-",
                 ));
@@ -519,11 +526,11 @@ async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
             let attrs = channel_attributes(&state, &occupied, name, &info).await;
             channels.insert(name.clone(), Value::Object(attrs));
         }
-        Ok::<_, Response>(json!({ "channels": channels }))
+        Ok::<_, Fail>(json!({ "channels": channels }))
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
 
@@ -546,11 +553,11 @@ async fn channel(
         let n = occupied.get(&channel).copied().unwrap_or(0);
         answer.insert("occupied".into(), json!(n > 0));
         answer.extend(channel_attributes(&state, &occupied, &channel, &info).await);
-        Ok::<_, Response>(Value::Object(answer))
+        Ok::<_, Fail>(Value::Object(answer))
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
 
@@ -564,7 +571,7 @@ async fn users(
     let result = async {
         check_channel(&state, &channel)?;
         if !is_presence(&channel) {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 "users are only listed for presence- channels",
             ));
@@ -572,11 +579,11 @@ async fn users(
         let mut ids = presence_users(&state, &channel).await;
         ids.sort();
         let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
-        Ok::<_, Response>(json!({ "users": users }))
+        Ok::<_, Fail>(json!({ "users": users }))
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
 
@@ -589,7 +596,7 @@ async fn terminate_connections(
 ) -> Response {
     let result = async {
         if !valid_pusher_name(&user_id) {
-            return Err(json_error(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "invalid user id: 1 to {MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ - = @ , . ;"
@@ -601,7 +608,7 @@ async fn terminate_connections(
                 tracing::info!(user_id, connections = n, "terminated by Pusher's HTTP API");
                 Ok(json!({}))
             }
-            Err(e) => Err(json_error(
+            Err(e) => Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("terminated on this node only: {e}"),
             )),
@@ -609,6 +616,6 @@ async fn terminate_connections(
     };
     match result.await {
         Ok(v) => Json(v).into_response(),
-        Err(r) => r,
+        Err((status, reason)) => json_error(status, reason),
     }
 }
