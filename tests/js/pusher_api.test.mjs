@@ -9,7 +9,7 @@ import path from "node:path";
 import Pusher from "pusher";
 import { Socket, Presence } from "phoenix";
 import WebSocket from "ws";
-import { Server, PUSHER_APP, pusherEnv, token, join, until } from "./server.mjs";
+import { Server, PUSHER, PUSHER_ENV, token, join, until } from "./server.mjs";
 
 let server;
 let dir;
@@ -27,7 +27,7 @@ presence = true
 [[channels]]
 topic = "news-*"
 `);
-  server = await Server.start({ ...pusherEnv(), PLEXUS_CONFIG: config });
+  server = await Server.start({ ...PUSHER_ENV, PLEXUS_CONFIG: config });
 });
 
 after(async () => {
@@ -38,9 +38,9 @@ after(async () => {
 
 function sdk(overrides = {}) {
   return new Pusher({
-    appId: PUSHER_APP.appId,
-    key: PUSHER_APP.key,
-    secret: PUSHER_APP.secret,
+    appId: PUSHER.appId,
+    key: PUSHER.key,
+    secret: PUSHER.secret,
     host: "127.0.0.1",
     port: String(server.port),
     useTLS: false,

@@ -42,6 +42,14 @@ export function anonKey({ ttl = 3600 } = {}) {
   return `${header}.${body}.${sig}`;
 }
 
+/** Pusher mode's app (`Server.start({...PUSHER_ENV})`): id, key and secret. */
+export const PUSHER = { appId: "4242", key: "compat-pusher-key", secret: "compat-pusher-secret-0123456789" };
+export const PUSHER_ENV = {
+  PLEXUS_PUSHER_APP_ID: PUSHER.appId,
+  PLEXUS_PUSHER_KEY: PUSHER.key,
+  PLEXUS_PUSHER_SECRET: PUSHER.secret,
+};
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until `fn()` is truthy (polling), or throws after `ms`. */
@@ -189,16 +197,4 @@ export async function balancer(backends, { sticky = false } = {}) {
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   return { port: server.address().port, close: () => server.close() };
-}
-
-/** The Pusher app of the Pusher-mode tests: pass `pusherEnv()` to `Server.start`. */
-export const PUSHER_APP = { appId: "4242", key: "compat-pusher-key", secret: "compat-pusher-secret-0123456789" };
-
-/** The `PLEXUS_PUSHER_*` environment turning Pusher mode on with `PUSHER_APP` (or `app`). */
-export function pusherEnv(app = PUSHER_APP) {
-  return {
-    PLEXUS_PUSHER_APP_ID: app.appId,
-    PLEXUS_PUSHER_KEY: app.key,
-    PLEXUS_PUSHER_SECRET: app.secret,
-  };
 }
