@@ -90,6 +90,38 @@ async fn a_signed_event_reaches_a_phoenix_client() {
     assert_eq!((st, &body), (200, &json!({})));
     let m = c.recv_event("news-rust", "e").await.unwrap();
     assert_eq!(m.payload.as_json().unwrap().get(), r#"{"a":1}"#);
+    // `info` asks for the channels' counts in the answer.
+    let body = json!({
+        "name": "e", "channels": ["news-rust", "news-nobody"], "data": "2",
+        "info": "subscription_count",
+    })
+    .to_string();
+    let (st, body) = post(&s, EVENTS, &body).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({ "channels": {
+            "news-rust": { "subscription_count": 1 },
+            "news-nobody": { "subscription_count": 0 },
+        } })
+    );
+    let batch = json!({ "batch": [
+        { "name": "e", "channel": "news-rust", "data": "3", "info": "subscription_count" },
+        { "name": "e", "channel": "news-nobody", "data": "4" },
+    ] })
+    .to_string();
+    let (st, body) = post(&s, "/apps/77/batch_events", &batch).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body, json!({ "batch": [{ "subscription_count": 1 }, {}] }));
+    for expected in ["2", "3"] {
+        let m = c.recv_event("news-rust", "e").await.unwrap();
+        assert_eq!(m.payload.as_json().unwrap().get(), expected);
+    }
+    // user_count is for presence channels only.
+    let body = json!({ "name": "e", "channel": "news-rust", "data": "5", "info": "user_count" })
+        .to_string();
+    let (st, b) = post(&s, EVENTS, &body).await;
+    assert_error(st, &b, 400, "presence");
 }
 
 #[tokio::test]

@@ -110,7 +110,15 @@ test("trigger to several channels reaches each", async () => {
   const b = await joined("bob", "news-b");
   const gotA = collect(a, "tick");
   const gotB = collect(b, "tick");
-  await sdk().trigger(["news-a", "news-b", "news-nobody"], "tick", { n: 1 });
+  const res = await sdk().trigger(["news-a", "news-b", "news-nobody"], "tick", { n: 1 }, { info: "subscription_count" });
+  // `info` (passed in the SDK's params) asks for each channel's count in the answer.
+  assert.deepEqual(await res.json(), {
+    channels: {
+      "news-a": { subscription_count: 1 },
+      "news-b": { subscription_count: 1 },
+      "news-nobody": { subscription_count: 0 },
+    },
+  });
   await until(() => gotA.length === 1 && gotB.length === 1, 5000, "both ticks");
   assert.deepEqual(gotA[0], { n: 1 });
   assert.deepEqual(gotB[0], { n: 1 });
