@@ -322,3 +322,42 @@ async fn wrong_signatures_are_throttled_like_wrong_api_keys() {
     let (st, b) = post(&s, EVENTS, &body).await;
     assert_error(st, &b, 429, "too many wrong signatures");
 }
+
+#[tokio::test]
+async fn hostile_requests_get_json_errors() {
+    let s = start().await;
+    // A path segment that is not UTF-8 once decoded, signed as sent.
+    for path in ["/apps/77/channels/%FF", "/apps/77/channels/%FF/users"] {
+        let (st, b) = send_as(&s, &app(), "GET", path, &[], "", now()).await;
+        assert_error(st, &b, 400, "");
+    }
+    let (st, b) = send_as(
+        &s,
+        &app(),
+        "POST",
+        "/apps/77/users/%FF/terminate_connections",
+        &[],
+        "{}",
+        now(),
+    )
+    .await;
+    assert_error(st, &b, 400, "");
+    // A timestamp past u64, garbage and repeated parameters.
+    let body = event(&one("news-a"), "{}");
+    let q = sign(&app(), "POST", EVENTS, &[], body.as_bytes(), now());
+    for query in [
+        q.replace("auth_timestamp=", "auth_timestamp=99999999999999999999999"),
+        format!("{q}&auth_signature=00"),
+        "auth_signature=%FF%FE&auth_key=%00".to_string(),
+        format!("{}&{q}", "x=1&".repeat(500)),
+    ] {
+        let (st, resp) = s
+            .http("POST", &format!("{EVENTS}?{query}"), &[], &body)
+            .await
+            .unwrap();
+        assert_error(st, &json(&resp), 401, "");
+    }
+    // The server is still there and serves a good request.
+    let (st, b) = post(&s, EVENTS, &body).await;
+    assert_eq!(st, 200, "{b}");
+}

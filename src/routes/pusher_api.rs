@@ -12,6 +12,7 @@
 use super::{json_error, read_body};
 use crate::state::AppState;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -403,6 +404,13 @@ async fn event_answer(state: &AppState, e: &Checked) -> Map<String, Value> {
     channels
 }
 
+/// The path's segments, or 400 (e.g. not UTF-8 once decoded).
+fn path_segments(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Path<(String, String)>, Fail> {
+    path.map_err(|e| fail(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Fail> {
     serde_json::from_slice(body).map_err(|e| {
         fail(
@@ -538,10 +546,11 @@ async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
 /// `{"occupied": bool, …attributes}`.
 async fn channel(
     State(state): State<AppState>,
-    Path((_app_id, channel)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     signed: Signed,
 ) -> Response {
     let result = async {
+        let Path((_, channel)) = path_segments(path)?;
         let params = signed.params;
         check_channel(&state, &channel)?;
         let info = info_attributes(param(&params, "info"));
@@ -565,10 +574,11 @@ async fn channel(
 /// `{"users": [{"id": …}]}` (the keys of the topic's presence, cluster-wide).
 async fn users(
     State(state): State<AppState>,
-    Path((_app_id, channel)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     _signed: Signed,
 ) -> Response {
     let result = async {
+        let Path((_, channel)) = path_segments(path)?;
         check_channel(&state, &channel)?;
         if !is_presence(&channel) {
             return Err(fail(
@@ -591,10 +601,11 @@ async fn users(
 /// that user in the cluster (the user id is the connection's `sub`), answers `{}`.
 async fn terminate_connections(
     State(state): State<AppState>,
-    Path((_app_id, user_id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     _signed: Signed,
 ) -> Response {
     let result = async {
+        let Path((_, user_id)) = path_segments(path)?;
         if !valid_pusher_name(&user_id) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,

@@ -33,6 +33,8 @@ pub enum ApiAuthError {
     BodyMd5,
     #[error("invalid auth_signature")]
     Signature,
+    #[error("query parameter {0} given more than once")]
+    Duplicate(String),
 }
 
 /// The query parameters of a verified request, decoded, without the `auth_*` and `body_md5`
@@ -118,6 +120,12 @@ pub fn verify(
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
         .collect();
+    // A repeated key would make the signed string ambiguous: the SDKs never send one.
+    let mut keys: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ApiAuthError::Duplicate(w[0].chars().take(40).collect()));
+    }
     let get = |name: &'static str| {
         params
             .iter()
@@ -332,8 +340,29 @@ mod tests {
             Err(ApiAuthError::Missing("auth_signature"))
         );
         assert_eq!(
-            v("POST", "/apps/3/events", "%zz&&==&", body, NOW),
+            v("POST", "/apps/3/events", "%zz&&=&", body, NOW),
             Err(ApiAuthError::Missing("auth_signature"))
+        );
+        // Repeated keys, even of a correctly signed request, and whatever their case.
+        assert_eq!(
+            v(
+                "POST",
+                "/apps/3/events",
+                &format!("{q}&auth_signature=00"),
+                body,
+                NOW
+            ),
+            Err(ApiAuthError::Duplicate("auth_signature".into()))
+        );
+        assert_eq!(
+            v(
+                "POST",
+                "/apps/3/events",
+                &format!("{q}&AUTH_KEY=x"),
+                body,
+                NOW
+            ),
+            Err(ApiAuthError::Duplicate("auth_key".into()))
         );
     }
 }
