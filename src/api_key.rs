@@ -59,7 +59,7 @@ impl ApiGuard {
     const PER_SECOND: f64 = 1.0 / 6.0;
 
     /// Whether `ip` has used up its own attempts.
-    fn locked(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn locked(&self, ip: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
         let mut t = self.table.lock();
         t.failures
@@ -68,7 +68,7 @@ impl ApiGuard {
     }
 
     /// Counts a failure of `ip`.
-    fn failed(&self, ip: std::net::IpAddr) {
+    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
         let now = std::time::Instant::now();
         let key = address_key(ip);
         let mut t = self.table.lock();

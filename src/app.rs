@@ -7,6 +7,7 @@
 //! | `GET`, `POST /socket/longpoll` | [`longpoll`] — Phoenix LongPoll endpoint |
 //! | `GET /sse` | [`sse`] — Server-Sent Events |
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
+//! | `POST /apps/{id}/events`, `/batch_events`, `/users/{user}/terminate_connections`, `GET /apps/{id}/channels[/{channel}[/users]]` | [`pusher_api`] — Pusher's HTTP API (Pusher mode only) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
 //! | `GET /`, `GET /demo/*`, `GET /assets/*` | [`crate::demo::pages`] — the demo (setting `demo`: dev by default) |
@@ -14,7 +15,9 @@
 
 use crate::config::Profile;
 use crate::demo::pages;
-use crate::routes::{api, body_limit, dev, health, json_error, longpoll, sse, websocket};
+use crate::routes::{
+    api, body_limit, dev, health, json_error, longpoll, pusher_api, sse, websocket,
+};
 use crate::state::AppState;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -55,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
         // rewrites that to `/socket/websocket`, Plexus serves both.
         r = r.route("/realtime/v1/websocket", get(websocket::upgrade));
+    }
+    if state.config.pusher.is_some() {
+        // Pusher's HTTP API (signed with the app's secret, not the API key).
+        r = pusher_api::routes(r);
     }
     let dev = state.config.profile == Profile::Dev;
     if dev {

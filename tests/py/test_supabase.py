@@ -74,11 +74,11 @@ async def until(check, what: str, timeout: float = 5.0):
 
 
 class Plexus:
-    def __init__(self):
+    def __init__(self, config_text: str = CONFIG, extra_env: dict | None = None):
         self.dir = tempfile.TemporaryDirectory(prefix="plexus-py-")
         config = os.path.join(self.dir.name, "plexus.toml")
         with open(config, "w") as f:
-            f.write(CONFIG)
+            f.write(config_text)
         self.port = free_port()
         self.log = open(os.path.join(self.dir.name, "plexus.log"), "w+")
         env = {
@@ -87,6 +87,7 @@ class Plexus:
             "PLEXUS_LISTEN": f"127.0.0.1:{self.port}",
             "PLEXUS_JWT_SECRET": SECRET,
             "PLEXUS_API_KEY": API_KEY,
+            **(extra_env or {}),
         }
         self.proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         end = time.monotonic() + 15

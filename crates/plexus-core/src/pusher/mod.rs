@@ -3,6 +3,10 @@
 //! presence members keyed by `user_id`, client events). The wire format itself is a pure codec
 //! in [`crate::protocol`]; a Pusher channel is a Plexus topic, so rules, limits, hooks, history
 //! and metrics apply to Pusher connections as to the others (docs/pusher.md).
+//!
+//! - [`api_auth`]: the signatures of Pusher's HTTP API requests.
+
+pub mod api_auth;
 
 /// The one Pusher app this server serves (`[pusher]`, `PLEXUS_PUSHER_*`): the `app_id` of the
 /// HTTP API's paths, the `key` clients connect with (`/app/{key}`), and the `secret` that
