@@ -319,8 +319,9 @@ impl Socket {
     /// 1. the connect hook is asked with the user; a refusal (or no answer) refuses the
     ///    sign-in with its reason and the connection stays anonymous, as with any refused
     ///    token (the anon key it connected with is still good);
-    /// 2. the user's per-user connection cap takes the connection's place (refused with
-    ///    `too many connections for this user` when full; it stays anonymous);
+    /// 2. the user's per-user connection cap takes the connection's place, on this node and
+    ///    cluster-wide (refused with `too many connections for this user` when full; it stays
+    ///    anonymous);
     /// 3. the joined channels are authorised again for the user: by the rules, and by the
     ///    join hook of those whose rule has one (with the join's params). Those refused are
     ///    closed with the reason (`phx_close {"reason"}`, or Supabase's `system` notice then
@@ -340,7 +341,8 @@ impl Socket {
                 Err(_) => return refuse(crate::hooks::UNAVAILABLE.to_owned()),
             }
         }
-        if let Err(refusal) = self.permit.move_to_user(&user.sub) {
+        let broker = self.node.broker().clone();
+        if let Err(refusal) = self.permit.move_to_user(&broker, &user.sub).await {
             return refuse(refusal.reason);
         }
         tracing::info!(conn = self.id, anonymous = %self.identity.sub, sub = %user.sub, "anonymous connection signed in");
