@@ -254,8 +254,8 @@ pub fn resolve(
                         field: "webhooks.events",
                         message: format!(
                             "unknown event {name:?}: expected connect, disconnect, join, leave, \
-                             channel_occupied, channel_vacated, presence_join, presence_leave \
-                             or client_event"
+                             channel_occupied, channel_vacated, signin, presence_join, \
+                             presence_leave or client_event"
                         ),
                     })?);
                 }

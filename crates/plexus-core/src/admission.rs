@@ -10,7 +10,8 @@
 //! wrong-API-key guard of the binary alike.
 //!
 //! An admitted connection holds a [`Permit`]; dropping it releases its place in the caps. An
-//! anonymous connection that signs in moves its place to the user ([`Permit::move_to_user`]).
+//! anonymous connection that signs in moves its place to the user, node-wide and cluster-wide
+//! ([`Permit::move_to_user`]).
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, CounterKey};
@@ -151,10 +152,55 @@ impl Permit {
     }
 
     /// The connection's user changed (an anonymous connection signed in as `sub`): its place
-    /// in this node's per-user cap moves to `sub`, refused if that user's is full. (A
-    /// cluster-wide place stays under the old id until the connection ends.)
-    pub fn move_to_user(&mut self, sub: &Arc<str>) -> Result<(), Refusal> {
+    /// in the per-user cap moves to `sub`, on this node and cluster-wide (through `broker`),
+    /// refused with `too many connections for this user` if that user's is full on either
+    /// (the permit then stays as it was). If the broker is unreachable the node-wide cap
+    /// holds alone, as at connect, and the cluster-wide place stays under the old id.
+    pub async fn move_to_user(
+        &mut self,
+        broker: &Arc<dyn Broker>,
+        sub: &Arc<str>,
+    ) -> Result<(), Refusal> {
         let max = self.admission.config.max_connections_per_user;
+        let old = self.sub.clone();
+        self.move_local(sub, max)?;
+        if max == 0 {
+            return Ok(());
+        }
+        let new_key = CounterKey::UserConnections(sub.clone());
+        match broker.claim(&new_key, max).await {
+            Ok(true) => {
+                let old_key = CounterKey::UserConnections(old);
+                let claims = self
+                    .cluster
+                    .get_or_insert_with(|| Box::new((broker.clone(), Vec::new())));
+                let given_back = match claims.1.iter().position(|k| *k == old_key) {
+                    Some(i) => Some(std::mem::replace(&mut claims.1[i], new_key)),
+                    None => {
+                        claims.1.push(new_key);
+                        None
+                    }
+                };
+                if let Some(key) = given_back {
+                    claims.0.clone().release_detached(key);
+                }
+                Ok(())
+            }
+            Ok(false) => {
+                // Back to the old id: its place was this connection's a moment ago.
+                let _ = self.move_local(&old, 0);
+                Err(Refusal::new(429, "too many connections for this user"))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster limit unavailable, node-wide limit applies");
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves this node's per-user count of the permit to `sub`, refused if `sub` already has
+    /// `max` (0: no limit).
+    fn move_local(&mut self, sub: &Arc<str>, max: u32) -> Result<(), Refusal> {
         let mut c = self.admission.counts.lock();
         if max > 0 && c.per_user.get(sub).copied().unwrap_or(0) >= max {
             return Err(Refusal::new(429, "too many connections for this user"));

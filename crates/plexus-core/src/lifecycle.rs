@@ -1,5 +1,5 @@
-//! The webhook events of a node's connections and topics — `connect`, `disconnect`,
-//! `channel_occupied`, `channel_vacated` — and those a node reports for a lost node whose
+//! The webhook events of a node's connections and topics — `connect`, `signin`,
+//! `disconnect`, `channel_occupied`, `channel_vacated` — and those a node reports for a lost node whose
 //! state it reaped (`disconnect`, `channel_vacated`, `presence_leave`, marked
 //! `"reaped": true`).
 //!
@@ -32,6 +32,20 @@ impl Node {
                 json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "since": unix_ms()});
             self.broker.clone().connection_open(conn, info.to_string());
         }
+    }
+
+    /// An anonymous connection signed in: the `signin` webhook, naming the `anon:` id its
+    /// earlier events carried (`anonymous`), the user's `sub` its later events carry, and
+    /// the topics it stays joined to as the user.
+    pub(crate) fn signed_in(&self, conn: ConnId, anonymous: &str, sub: &str, topics: &[Box<str>]) {
+        self.webhook(EventKind::Signin, || {
+            json!({
+                "sub": sub,
+                "anonymous": anonymous,
+                "conn": self.public_conn_id(conn),
+                "topics": topics,
+            })
+        });
     }
 
     /// A connection ended: the `disconnect` webhook, with its close code and reason and how

@@ -9,8 +9,9 @@
 //! Phoenix semantics implemented here:
 //! * `heartbeat` on topic `phoenix` is answered without a join; `refresh_token` there replaces
 //!   the connection's token: the same user's, or — once — a user's token for an anonymous
-//!   connection (Supabase's anon key, then `setAuth` after sign-in), after which the joined
-//!   channels are authorised again; two users never swap on one connection;
+//!   connection (Supabase's anon key, then `setAuth` after sign-in), which asks the connect
+//!   hook about the user and authorises the joined channels again (rules and join hooks);
+//!   two users never swap on one connection;
 //! * `phx_join`, `phx_leave`, `presence_update` and client pushes go to the connection's
 //!   [`Channels`](crate::channel::Channels);
 //! * a message for a topic that is not joined gets `{"reason": "unmatched topic"}`.
@@ -275,7 +276,8 @@ impl Socket {
     ///
     /// The token must be the same user's (`sub`), or, on an anonymous connection, another
     /// anonymous token (it keeps its `anon:` id) or a user's: the one upgrade, anonymous to
-    /// signed in. A signed-in connection never changes user nor goes back to anonymous.
+    /// signed in ([`Socket::sign_in`]). A signed-in connection never changes user nor goes
+    /// back to anonymous.
     async fn adopt_token(&mut self, token: &str) -> Result<Option<u64>, String> {
         let mut id = match self.node.authenticate(Some(token)) {
             Ok(id) => id,
@@ -286,14 +288,7 @@ impl Socket {
         };
         match (self.identity.anonymous, id.anonymous) {
             (true, true) => id.sub = self.identity.sub.clone(),
-            (true, false) => {
-                if let Err(refusal) = self.permit.move_to_user(&id.sub) {
-                    tracing::warn!(conn = self.id, sub = %id.sub, reason = %refusal.reason, "sign-in refused");
-                    return Err(refusal.reason);
-                }
-                tracing::info!(conn = self.id, anonymous = %self.identity.sub, sub = %id.sub, "anonymous connection signed in");
-                self.node.set_user(self.id, id.sub.clone());
-            }
+            (true, false) => return self.sign_in(id).await,
             (false, false) if id.sub == self.identity.sub => {}
             (false, true) => {
                 tracing::warn!(conn = self.id, sub = %self.identity.sub, "token refresh refused: anonymous token on a signed-in connection");
@@ -315,6 +310,63 @@ impl Socket {
             addr: Some(self.addr),
         };
         for departure in self.channels.recheck(&conn) {
+            departure.finish(&self.node).await;
+        }
+        Ok(expires_at)
+    }
+
+    /// An anonymous connection signs in as `user`, as if that user connected and joined:
+    /// 1. the connect hook is asked with the user; a refusal (or no answer) refuses the
+    ///    sign-in with its reason and the connection stays anonymous, as with any refused
+    ///    token (the anon key it connected with is still good);
+    /// 2. the user's per-user connection cap takes the connection's place, on this node and
+    ///    cluster-wide (refused with `too many connections for this user` when full; it stays
+    ///    anonymous);
+    /// 3. the joined channels are authorised again for the user: by the rules, and by the
+    ///    join hook of those whose rule has one (with the join's params). Those refused are
+    ///    closed with the reason (`phx_close {"reason"}`, or Supabase's `system` notice then
+    ///    `phx_close`); the client may rejoin them if it wants. They are left as the anonymous
+    ///    identity that joined them (`leave` webhooks with the `anon:` id), then the `signin`
+    ///    webhook names both ids and the topics carried over to the user.
+    async fn sign_in(&mut self, user: Identity) -> Result<Option<u64>, String> {
+        let refuse = |reason: String| {
+            tracing::warn!(conn = self.id, anonymous = %self.identity.sub, sub = %user.sub, %reason, "sign-in refused");
+            crate::metrics::refused("signin", &reason);
+            Err(reason)
+        };
+        if let Some(hooks) = self.node.hooks() {
+            match hooks.connect(&user, self.addr).await {
+                Ok(Some(d)) if !d.allow => return refuse(d.reason),
+                Ok(_) => {}
+                Err(_) => return refuse(crate::hooks::UNAVAILABLE.to_owned()),
+            }
+        }
+        let broker = self.node.broker().clone();
+        if let Err(refusal) = self.permit.move_to_user(&broker, &user.sub).await {
+            return refuse(refusal.reason);
+        }
+        tracing::info!(conn = self.id, anonymous = %self.identity.sub, sub = %user.sub, "anonymous connection signed in");
+        self.node.set_user(self.id, user.sub.clone());
+        let expires_at = user.expires_at;
+        self.expiry = Expiry::new(expires_at, self.node.limits().expiry_grace);
+        let anonymous = std::mem::replace(&mut self.identity, user);
+        let refused = self.channels.signin_refusals(&self.conn()).await;
+        // Left by the identity that joined them.
+        let as_anonymous = Conn {
+            node: &self.node,
+            id: self.id,
+            identity: &anonymous,
+            outbox: &self.outbox,
+            addr: Some(self.addr),
+        };
+        let departures = self.channels.close_refused(&as_anonymous, refused);
+        self.node.signed_in(
+            self.id,
+            &anonymous.sub,
+            &self.identity.sub,
+            &self.channels.topics(),
+        );
+        for departure in departures {
             departure.finish(&self.node).await;
         }
         Ok(expires_at)

@@ -1,6 +1,6 @@
 //! Webhooks: what the application hears — connects, disconnects (close code, reason,
-//! duration), joins, leaves, channels occupied and vacated, presence joins and leaves, and
-//! opted-in client events — as batched, signed `POST {"events": [...]}` requests.
+//! duration), joins, leaves, channels occupied and vacated, presence joins and leaves,
+//! anonymous connections' sign-ins, and opted-in client events — as batched, signed `POST {"events": [...]}` requests.
 //!
 //! Events are queued per node in a bounded queue (`webhooks.queue_max` events and
 //! `webhooks.queue_max_bytes`; overflow is counted and logged, never unbounded memory), of
@@ -45,10 +45,12 @@ pub enum EventKind {
     PresenceJoin = 6,
     PresenceLeave = 7,
     ClientEvent = 8,
+    /// An anonymous connection signed in as a user (its later events carry the user's `sub`).
+    Signin = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Connect,
         EventKind::Disconnect,
         EventKind::Join,
@@ -58,6 +60,7 @@ impl EventKind {
         EventKind::PresenceJoin,
         EventKind::PresenceLeave,
         EventKind::ClientEvent,
+        EventKind::Signin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl EventKind {
             EventKind::PresenceJoin => "presence_join",
             EventKind::PresenceLeave => "presence_leave",
             EventKind::ClientEvent => "client_event",
+            EventKind::Signin => "signin",
         }
     }
 
@@ -84,8 +88,8 @@ impl EventKind {
 pub struct EventSet(u16);
 
 impl EventSet {
-    /// connect, disconnect, join, leave, channel_occupied, channel_vacated.
-    pub const DEFAULT: EventSet = EventSet(0b11_1111);
+    /// connect, disconnect, join, leave, channel_occupied, channel_vacated, signin.
+    pub const DEFAULT: EventSet = EventSet(0b10_0011_1111);
 
     pub fn of(kinds: &[EventKind]) -> Self {
         EventSet(kinds.iter().fold(0, |acc, k| acc | 1 << *k as u16))
@@ -681,6 +685,7 @@ mod tests {
             EventKind::Leave,
             EventKind::ChannelOccupied,
             EventKind::ChannelVacated,
+            EventKind::Signin,
         ] {
             assert!(d.contains(k), "{k:?}");
         }

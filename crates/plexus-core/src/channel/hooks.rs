@@ -1,5 +1,6 @@
 //! The application's hooks on a channel (docs/hooks.md): the join hook, asked once every
-//! local check allowed a join, and the push hook, asked once the rule allowed a push. Their
+//! local check allowed a join (and again for the joined channels when an anonymous
+//! connection signs in), and the push hook, asked once the rule allowed a push. Their
 //! refusals and failures become the client's error replies.
 
 use super::{AppMeta, Channels, Conn, JoinOutcome, JoinRequest};
@@ -23,15 +24,7 @@ impl Channels {
         let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
             return Ok(Default::default());
         };
-        let mut params = req
-            .params
-            .as_json()
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        // A Supabase join may carry the user's token: the application is not sent it.
-        if let Some(m) = params.as_object_mut() {
-            m.remove("access_token");
-        }
+        let params = hook_params(req.params);
         match hooks.join(url, &conn.caller(), req.topic, params).await {
             Ok(d) if d.allow => {
                 let mut reply = d.reply.unwrap_or_default();
@@ -44,6 +37,59 @@ impl Channels {
             Err(_) => Err(JoinOutcome::refused(crate::hooks::UNAVAILABLE, true)),
         }
     }
+}
+
+impl Channels {
+    /// After an anonymous connection's sign-in (`conn` carries the user's identity): the
+    /// joined topics the user may not stay in, with the reason — those the rules now refuse,
+    /// and those whose rule has a join hook that, asked again with the user and the join's
+    /// params (all at once), refuses (`the join hook refused the signed-in user: <reason>`) or
+    /// does not answer (`hook unavailable`).
+    pub(crate) async fn signin_refusals(&self, conn: &Conn<'_>) -> Vec<(Box<str>, String)> {
+        let mut refused = self.rule_refusals(conn);
+        let Some(hooks) = conn.node.hooks() else {
+            return refused;
+        };
+        let caller = conn.caller();
+        let asks = self.joined.iter().filter_map(|(topic, channel)| {
+            let rule = conn
+                .node
+                .policy()
+                .authorize_join(conn.identity, topic)
+                .ok()?;
+            let url = hooks.join_url(rule.join_hook.as_deref())?.to_owned();
+            let params = channel
+                .signin_params
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
+            let caller = &caller;
+            Some(async move {
+                let reason = match hooks.join(&url, caller, topic, params).await {
+                    Ok(d) if d.allow => return None,
+                    Ok(d) => format!("the join hook refused the signed-in user: {}", d.reason),
+                    Err(_) => crate::hooks::UNAVAILABLE.to_owned(),
+                };
+                Some((topic.clone(), reason))
+            })
+        });
+        let asked = futures_util::future::join_all(asks).await;
+        refused.extend(asked.into_iter().flatten());
+        refused
+    }
+}
+
+/// A join's params as the join hook is sent them: their JSON (`{}` if not JSON), without `access_token` (a Supabase join may carry the user's token: the application is
+/// not sent it).
+pub(super) fn hook_params(params: &Payload) -> serde_json::Value {
+    let mut params = params
+        .as_json()
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(m) = params.as_object_mut() {
+        m.remove("access_token");
+    }
+    params
 }
 
 /// A payload as JSON for the application (a binary payload is `null`).

@@ -31,7 +31,7 @@ use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
 use crate::webhooks::EventKind;
 use crate::ConnId;
-use hooks::{payload_value, push_hook};
+use hooks::{hook_params, payload_value, push_hook};
 use presence::{publish_presence_diff, push_presence_state, track_presence};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -154,6 +154,9 @@ pub(crate) struct Channel {
     presence_key: Option<Arc<str>>,
     /// Set on Supabase channels: what the join's `config` asked for. Boxed: most have none.
     supabase: Option<Box<JoinConfig>>,
+    /// The params the join hook was asked with, kept on an anonymous connection only: if it
+    /// signs in, the join hook is asked again with the user ([`Channels::signin_refusals`]).
+    signin_params: Option<Box<serde_json::Value>>,
 }
 
 /// The local half of a departure is done; this is the rest, involving the broker.
@@ -398,11 +401,18 @@ impl Channels {
             Ok(answer) => answer,
             Err(refused) => return refused,
         };
+        let signin_params = (conn.identity.anonymous
+            && conn
+                .node
+                .hooks()
+                .is_some_and(|h| h.join_url(rule.join_hook.as_deref()).is_some()))
+        .then(|| Box::new(hook_params(req.params)));
         if let Some(old) = self.joined.get_mut(topic) {
             // Duplicate join: close the old channel, keep the subscription, its quota and its
             // presence entry; the new join may ask to recover like any join.
             let old_ref = std::mem::replace(&mut old.join_ref, req.join_ref.map(Into::into));
             old.rule = rule.clone();
+            old.signin_params = signin_params;
             if supabase.is_some() {
                 old.supabase = supabase;
             }
@@ -429,6 +439,7 @@ impl Channels {
                 // Supabase clients track themselves (`presence` track).
                 presence_key: (rule.presence && supabase.is_none()).then(|| sub.clone()),
                 supabase,
+                signin_params,
             },
         );
         let is_supabase = self.joined.get(topic).is_some_and(|c| c.supabase.is_some());
@@ -455,13 +466,16 @@ impl Channels {
         conn.send_close(&msg.topic, join_ref.as_deref());
     }
 
-    /// After a token refresh (or an anonymous connection's sign-in): the joined channels are
-    /// authorised again by the rules; those the new identity may no longer join are departed,
-    /// telling the client why — `phx_close {"reason"}`, or on a Supabase channel Supabase's
-    /// `system` error notice, then `phx_close`.
+    /// After a token refresh: the joined channels are authorised again by the rules; those
+    /// the new identity may no longer join are departed (see [`Channels::close_refused`]).
     pub fn recheck(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
-        let refused: Vec<(Box<str>, &'static str)> = self
-            .joined
+        let refused = self.rule_refusals(conn);
+        self.close_refused(conn, refused)
+    }
+
+    /// The joined topics the rules refuse to `conn`'s identity, with the reason.
+    fn rule_refusals(&self, conn: &Conn<'_>) -> Vec<(Box<str>, String)> {
+        self.joined
             .keys()
             .filter_map(|topic| {
                 let denied = conn
@@ -469,12 +483,24 @@ impl Channels {
                     .policy()
                     .authorize_join(conn.identity, topic)
                     .err()?;
-                Some((topic.clone(), denied.0))
+                let reason = format!(
+                    "the new token may no longer join this channel: {}",
+                    denied.0
+                );
+                Some((topic.clone(), reason))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Departs the `refused` channels, telling the client why — `phx_close {"reason"}`, or on
+    /// a Supabase channel Supabase's `system` error notice, then `phx_close`.
+    pub fn close_refused(
+        &mut self,
+        conn: &Conn<'_>,
+        refused: Vec<(Box<str>, String)>,
+    ) -> Vec<Departure> {
         let mut departures = Vec::new();
-        for (topic, denied) in refused {
-            let reason = format!("the new token may no longer join this channel: {denied}");
+        for (topic, reason) in refused {
             if self.is_supabase(&topic) {
                 departures.extend(self.close_with_notice(conn, &topic, &reason));
             } else if let Some(channel) = self.joined.remove(&topic) {
@@ -486,6 +512,11 @@ impl Channels {
             }
         }
         departures
+    }
+
+    /// The joined topics.
+    pub fn topics(&self) -> Vec<Box<str>> {
+        self.joined.keys().cloned().collect()
     }
 
     /// Departs every channel (the connection ends); see [`Departure`].
