@@ -406,6 +406,7 @@ impl Socket {
         self.node.connection_closed(
             self.id,
             &self.identity,
+            self.addr,
             code,
             &reason,
             self.opened.elapsed(),

@@ -4,8 +4,13 @@
 //!
 //! Events are queued per node in a bounded queue (`webhooks.queue_max` events and
 //! `webhooks.queue_max_bytes`; overflow is counted and logged, never unbounded memory), of
-//! which one user (`sub`) may hold at most a tenth ([`SHARE_DIVISOR`]): past it that user's
-//! new events are dropped (counted) while other users' still enter. An event larger than
+//! which one user may hold at most a tenth ([`SHARE_DIVISOR`]): past it that user's new events
+//! are dropped (counted) while other users' still enter. An event is charged to the [`Cause`]
+//! its emitter names — the connection whose connect, join, leave or push it reports, including
+//! the `channel_occupied` / `channel_vacated` its join or leave caused — under its share key
+//! ([`Identity::share_key`]: the user, or the client address of an anonymous connection);
+//! this key is internal, the application does not see it. An event with no cause (one a node
+//! reports for a lost node) is charged to its `sub`, if any. An event larger than
 //! `webhooks.max_event_bytes` has its client-supplied part (`payload`, `meta`) replaced by a
 //! marker (`payload_truncated: true, payload_bytes: N`), or is dropped if still too large.
 //! One sender task sends the events in batches (at most `webhooks.batch_max` events and
@@ -22,6 +27,7 @@
 //! holding up the node's other events (those it took arrived before it). Every event has
 //! `type`, `at` (Unix ms), a unique `id` and `node`.
 
+use crate::auth::Identity;
 use crate::hooks::{sign, unix_ms, HookTransport};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -121,7 +127,22 @@ pub struct WebhooksConfig {
     pub max_batch_bytes: usize,
 }
 
-/// One user (`sub`) may hold at most `1 / SHARE_DIVISOR` of the queue's events and bytes
+/// The connection that caused an event: the event counts against its share of the queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Cause<'a> {
+    pub identity: &'a Identity,
+    /// The client's address (it keys anonymous connections).
+    pub addr: Option<std::net::IpAddr>,
+}
+
+impl Cause<'_> {
+    /// The share key the event is charged to.
+    pub fn key(&self) -> Arc<str> {
+        self.identity.share_key(self.addr)
+    }
+}
+
+/// One user (a share key) may hold at most `1 / SHARE_DIVISOR` of the queue's events and bytes
 /// (but may always queue one event when it has none queued).
 pub const SHARE_DIVISOR: usize = 10;
 
@@ -224,8 +245,13 @@ impl Webhooks {
     }
 
     /// Queues an event of `kind` (if enabled) with `fields` (an object: `sub`, `conn`,
-    /// `topic`, …); `type`, `at`, `id` and `node` are added here.
+    /// `topic`, …), charged to its `sub`; `type`, `at`, `id` and `node` are added here.
     pub fn emit(&self, kind: EventKind, fields: Value) {
+        self.emit_as(kind, None, fields);
+    }
+
+    /// [`Webhooks::emit`], the event charged to the share key `share` (else to its `sub`).
+    pub fn emit_as(&self, kind: EventKind, share: Option<Arc<str>>, fields: Value) {
         if !self.enabled(kind) {
             return;
         }
@@ -238,7 +264,12 @@ impl Webhooks {
         event.insert("at".into(), unix_ms().into());
         event.insert("id".into(), format!("{}-{seq}", self.node_id).into());
         event.insert("node".into(), (*self.node_id).into());
-        let sub: Option<Arc<str>> = event.get("sub").and_then(Value::as_str).map(Arc::from);
+        let sub: Option<Arc<str>> = share.or_else(|| {
+            event
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(|s| format!("u:{s}").into())
+        });
         let Ok(mut text) = serde_json::to_string(&event) else {
             return; // a map of JSON values always encodes
         };
@@ -337,7 +368,7 @@ impl Webhooks {
     }
 }
 
-/// One queued event: its JSON text, its kind and the user it counts against.
+/// One queued event: its JSON text, its kind and the share key it counts against.
 struct Queued {
     text: String,
     kind: EventKind,
