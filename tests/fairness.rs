@@ -391,3 +391,54 @@ async fn occupied_and_vacated_count_against_the_share_of_who_caused_them() {
     );
     assert_eq!(metric(&s, "plexus_webhook_dropped_overflow_total").await, 0);
 }
+
+/// During an outage, an event the failing-event probe takes from the queue gets a retry
+/// window of its own: Carol's connect, queued 1.2 s into the 2 s window of Bob's, used to
+/// inherit the rest of it and be dropped after one attempt just after Bob's, though the
+/// application came back well within 2 s of its first attempt.
+#[tokio::test]
+async fn events_taken_by_the_probe_get_a_retry_window_of_their_own() {
+    let up = Arc::new(AtomicBool::new(false));
+    let recv = down_until(&up).await;
+    let url = recv.url("/webhook");
+    let s = Server::start_with(
+        Some(SUPABASE),
+        &[
+            ("PLEXUS_HOOK_SECRET", HOOK_SECRET),
+            ("PLEXUS_WEBHOOK_URL", url.as_str()),
+            ("PLEXUS_WEBHOOK_EVENTS", "connect"),
+            ("PLEXUS_WEBHOOK_BATCH_MAX", "1"),
+            ("PLEXUS_WEBHOOK_BACKOFF_MAX_MS", "200"),
+            ("PLEXUS_WEBHOOK_RETRY_SECS", "2"),
+        ],
+    )
+    .await;
+    let carol_attempts = || {
+        recv.at("/webhook")
+            .iter()
+            .filter(|q| q.status != 0 && q.body["events"][0]["sub"] == "carol")
+            .count()
+    };
+    let _bob = connect(&s, &user_jwt("bob")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _carol = connect(&s, &user_jwt("carol")).await;
+    // Bob's connect is dropped at the end of its window.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&s, "plexus_webhook_dropped_expired_total").await == 0 {
+        assert!(Instant::now() < deadline, "bob's event was never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Carol's is still retried (it used to get one attempt, then be dropped).
+    let before = carol_attempts();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while carol_attempts() == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.store(true, Ordering::SeqCst);
+    let events = recv
+        .wait_events(Duration::from_secs(3), |e| types_of(e, "carol").len() == 1)
+        .await;
+    assert_eq!(types_of(&events, "carol"), ["connect"], "{events:#?}");
+    assert_eq!(types_of(&events, "bob"), Vec::<String>::new());
+    assert_eq!(metric(&s, "plexus_webhook_dropped_expired_total").await, 1);
+}

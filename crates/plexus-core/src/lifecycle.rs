@@ -101,9 +101,9 @@ impl Node {
         if !self.broker.counts_subscribers() {
             if emptied {
                 match by {
-                    Some(by) => self.webhook_by(EventKind::ChannelVacated, by, || {
-                        json!({"topic": topic})
-                    }),
+                    Some(by) => {
+                        self.webhook_by(EventKind::ChannelVacated, by, || json!({"topic": topic}))
+                    }
                     None => self.topic_vacated(topic, false),
                 }
             }

@@ -19,7 +19,8 @@
 //! its own, so that only the event(s) it refuses alone are dropped (counted, logged), never
 //! retried; a batch that fails otherwise (transport error, timeout, 408, 429, 5xx) is split
 //! the same way and retried with exponential backoff for up to `webhooks.retry_secs` from its
-//! first attempt before what is left of it is dropped (counted, logged), so events keep their
+//! first attempt (each event's window starts at its own first attempt) before what is left of
+//! it is dropped (counted, logged), so events keep their
 //! order per connection (and per node) and nothing is lost while the application is down for
 //! less than the retry window. Between the attempts of a single event that fails so, the
 //! events after it are sent: if the application takes them it is not down, and the event it
@@ -525,21 +526,23 @@ impl Sender {
 
     /// Sends one batch: a part that fails is split in halves, sent in order; a single event
     /// the application refuses (4xx) is dropped at once. A single event that fails otherwise
-    /// is retried with backoff until the batch's retry window (from its first attempt) ends;
+    /// is retried with backoff until its retry window (from its first attempt) ends;
     /// between its attempts the next events (of this batch, else from the queue) are sent: if
     /// the application takes them, it is not down but failing on this event, which is then
     /// dropped after [`FAILING_STRIKES`] such failures rather than holding up the others.
+    /// Events taken from the queue so (a probe) have a retry window of their own, from their
+    /// first attempt, not the rest of the batch's.
     async fn deliver(&self, batch: &mut Vec<Queued>, inbox: &mut Inbox) {
-        let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
-        // The parts still to send; the last one is sent next.
-        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
-        todo.push(0..batch.len());
+        // The parts still to send, each with the start of its retry window (its events' first
+        // attempt); the last one is sent next.
+        let mut todo: Vec<(Range<usize>, Instant)> = Vec::with_capacity(8);
+        todo.push((0..batch.len(), Instant::now()));
         // The event failing alone (its index) and how often the application took the events
         // after it meanwhile.
         let mut strikes: (usize, u32) = (usize::MAX, 0);
-        while let Some(part) = todo.pop() {
+        while let Some((part, since)) = todo.pop() {
             attempt += 1;
             let why = match self.attempt(&batch[part.clone()]).await {
                 Attempt::Delivered => {
@@ -554,7 +557,7 @@ impl Sender {
                     continue;
                 }
                 Attempt::Refused(why) => {
-                    self.refused(batch, part, &why, &mut todo);
+                    self.refused(batch, (part, since), &why, &mut todo);
                     continue;
                 }
                 Attempt::Failed(why) => why,
@@ -562,7 +565,7 @@ impl Sender {
             self.counters
                 .failed_attempts
                 .fetch_add(1, Ordering::Relaxed);
-            if started.elapsed() + pause > self.config.retry_for {
+            if since.elapsed() + pause > self.config.retry_for {
                 self.counters
                     .dropped_expired
                     .fetch_add(part.len() as u64, Ordering::Relaxed);
@@ -574,18 +577,19 @@ impl Sender {
                 tracing::warn!(events = part.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
             }
             if part.len() > 1 {
-                split(&mut todo, part);
+                split(&mut todo, part, since);
             } else {
-                // Down, or failing on this event only? Send the events after it.
+                // Down, or failing on this event only? Send the events after it. Events taken
+                // from the queue for this get a retry window of their own from now.
                 let probe = match todo.pop() {
                     Some(p) => Some(p),
                     None => {
                         let from = batch.len();
                         let added = inbox.fill(batch, &self.config, false).await;
-                        (added > 0).then_some(from..from + added)
+                        (added > 0).then(|| (from..from + added, Instant::now()))
                     }
                 };
-                if let Some(probe) = probe {
+                if let Some((probe, probe_since)) = probe {
                     attempt += 1;
                     match self.attempt(&batch[probe.clone()]).await {
                         Attempt::Delivered => {
@@ -607,18 +611,18 @@ impl Sender {
                             }
                         }
                         Attempt::Refused(probe_why) => {
-                            self.refused(batch, probe, &probe_why, &mut todo);
+                            self.refused(batch, (probe, probe_since), &probe_why, &mut todo);
                         }
                         Attempt::Failed(_) => {
                             // Down, it seems: the probe waits behind the event, in order.
                             self.counters
                                 .failed_attempts
                                 .fetch_add(1, Ordering::Relaxed);
-                            todo.push(probe);
+                            todo.push((probe, probe_since));
                         }
                     }
                 }
-                todo.push(part);
+                todo.push((part, since));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.config.backoff_max);
@@ -636,15 +640,15 @@ impl Sender {
     fn refused(
         &self,
         batch: &[Queued],
-        part: Range<usize>,
+        (part, since): (Range<usize>, Instant),
         why: &str,
-        todo: &mut Vec<Range<usize>>,
+        todo: &mut Vec<(Range<usize>, Instant)>,
     ) {
         self.counters
             .failed_attempts
             .fetch_add(1, Ordering::Relaxed);
         if part.len() > 1 {
-            split(todo, part);
+            split(todo, part, since);
             return;
         }
         let e = &batch[part.start];
@@ -692,10 +696,10 @@ impl Sender {
 }
 
 /// Replaces `part` (of two events or more) by its halves, the first to be sent first.
-fn split(todo: &mut Vec<Range<usize>>, part: Range<usize>) {
+fn split(todo: &mut Vec<(Range<usize>, Instant)>, part: Range<usize>, since: Instant) {
     let mid = part.start + part.len() / 2;
-    todo.push(mid..part.end);
-    todo.push(part.start..mid);
+    todo.push((mid..part.end, since));
+    todo.push((part.start..mid, since));
 }
 
 #[cfg(test)]

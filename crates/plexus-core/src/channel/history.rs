@@ -79,8 +79,14 @@ impl Channels {
             conn.outbox.hold();
         }
         if subscribe {
-            node.subscribe(topic, conn.id, conn.outbox.clone(), with_offset, conn.cause())
-                .await;
+            node.subscribe(
+                topic,
+                conn.id,
+                conn.outbox.clone(),
+                with_offset,
+                conn.cause(),
+            )
+            .await;
         } else {
             // A duplicate join keeps its subscription but may ask for offsets differently.
             node.hub()

@@ -197,16 +197,18 @@ impl Channel {
             let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
-                conn.node.webhook_by(EventKind::PresenceLeave, conn.by(), || {
-                    let mut e = conn.event(&topic);
-                    e["key"] = (**key).into();
-                    e["meta"] = meta.clone();
-                    e
-                });
+                conn.node
+                    .webhook_by(EventKind::PresenceLeave, conn.by(), || {
+                        let mut e = conn.event(&topic);
+                        e["key"] = (**key).into();
+                        e["meta"] = meta.clone();
+                        e
+                    });
             }
             Some(crate::presence::diff(None, Some((key, meta))))
         });
-        conn.node.webhook_by(EventKind::Leave, conn.by(), || conn.event(&topic));
+        conn.node
+            .webhook_by(EventKind::Leave, conn.by(), || conn.event(&topic));
         Departure {
             topic,
             emptied,
@@ -447,7 +449,8 @@ impl Channels {
         let outcome = self
             .reply_with_history(conn, req, &rule, true, is_supabase, &app_reply)
             .await;
-        conn.node.webhook_by(EventKind::Join, conn.by(), || conn.event(topic));
+        conn.node
+            .webhook_by(EventKind::Join, conn.by(), || conn.event(topic));
         if rule.presence && is_supabase {
             push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {

@@ -248,9 +248,7 @@ mod tests {
         let now = t + Duration::from_secs(6);
         assert!(!fail_as(&b2, "mallory", now));
         assert!(b2.allow("mallory", now + Duration::from_secs(4)).is_none());
-        assert!(b2
-            .allow("mallory", now + Duration::from_secs(5))
-            .is_some());
+        assert!(b2.allow("mallory", now + Duration::from_secs(5)).is_some());
     }
 
     #[test]

@@ -373,8 +373,8 @@ impl Hooks {
             Some(topic),
             body,
         )
-            .await
-            .map(|(d, _)| d)
+        .await
+        .map(|(d, _)| d)
     }
 
     fn caller_json(&self, kind: &str, caller: &Caller<'_>) -> Value {
@@ -549,7 +549,11 @@ struct UserSlot {
 }
 
 impl UserSlot {
-    fn take(map: &Arc<Mutex<HashMap<Arc<str>, usize>>>, key: &Arc<str>, max: usize) -> Option<Self> {
+    fn take(
+        map: &Arc<Mutex<HashMap<Arc<str>, usize>>>,
+        key: &Arc<str>,
+        max: usize,
+    ) -> Option<Self> {
         let mut m = map.lock();
         let n = m.entry(key.clone()).or_insert(0);
         if *n >= max {
