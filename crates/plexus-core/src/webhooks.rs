@@ -281,7 +281,7 @@ impl Webhooks {
                     text = smaller;
                     let n = self.counters.truncated.fetch_add(1, Ordering::Relaxed);
                     if n < 10 || n.is_multiple_of(1000) {
-                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), truncated = n + 1, "webhook event larger than webhooks.max_event_bytes: sent without its payload");
+                        tracing::warn!(event = kind.name(), bytes = size, share = sub.as_deref(), truncated = n + 1, "webhook event larger than webhooks.max_event_bytes: sent without its payload");
                     }
                 }
                 None => {
@@ -290,7 +290,7 @@ impl Webhooks {
                         .dropped_oversize
                         .fetch_add(1, Ordering::Relaxed);
                     if n < 10 || n.is_multiple_of(1000) {
-                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
+                        tracing::warn!(event = kind.name(), bytes = size, share = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
                     }
                     return;
                 }
@@ -312,7 +312,7 @@ impl Webhooks {
                     ),
                     Refused::Share => tracing::warn!(
                         event = kind.name(),
-                        sub = queued.sub.as_deref(),
+                        share = queued.sub.as_deref(),
                         dropped = n + 1,
                         "webhook events of one user past its share of the queue (a tenth of webhooks.queue_max / queue_max_bytes): event dropped"
                     ),
@@ -369,7 +369,8 @@ impl Webhooks {
     }
 }
 
-/// One queued event: its JSON text, its kind and the share key it counts against.
+/// One queued event: its JSON text, its kind and the share key it counts against (`sub`:
+/// `u:<sub>` or `a:<address>`, see [`Identity::share_key`]; logged as `share`).
 struct Queued {
     text: String,
     kind: EventKind,
@@ -605,7 +606,7 @@ impl Sender {
                                     .dropped_failing
                                     .fetch_add(1, Ordering::Relaxed);
                                 if n < 10 || n.is_multiple_of(100) {
-                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
+                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), share = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
                                 }
                                 continue;
                             }
@@ -657,7 +658,7 @@ impl Sender {
             .dropped_rejected
             .fetch_add(1, Ordering::Relaxed);
         if n < 10 || n.is_multiple_of(100) {
-            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
+            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), share = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
         }
     }
 
