@@ -17,7 +17,8 @@
 //! 429) is the application's refusal of that one request: the client is refused with
 //! `refused by the hook (HTTP <status>)` and the breaker does not count it. Any failure —
 //! timeout, transport error, 5xx, 408, 429, an answer of the wrong shape, cap, open circuit —
-//! is [`HookFailure`]: the client gets the error `hook unavailable`, never a hang; the breaker
+//! is [`HookFailure`]: the client gets the error `hook unavailable` (`hook unavailable (busy)`
+//! past its user's share of the calls in flight), never a hang; the breaker
 //! counts the failures of each user once. Channel rules are checked before any hook: a hook
 //! can only narrow what they allow. Join decisions may be cached briefly ([`cache`]).
 //!
