@@ -48,7 +48,7 @@ struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.admin.tails.fetch_sub(1, Ordering::Relaxed);
-        if self.node.unsubscribe_local(&self.topic, self.id) {
+        if self.node.unsubscribe_local(&self.topic, self.id, None) {
             let node = self.node.clone();
             let topic = std::mem::take(&mut self.topic);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -104,7 +104,7 @@ pub async fn stream(
         limits.outbox_max_bytes,
     ));
     let node = state.node.clone();
-    node.subscribe(&topic, id, outbox.clone(), true).await;
+    node.subscribe(&topic, id, outbox.clone(), true, None).await;
     tracing::info!(topic, "admin live tail opened");
     let sub = Subscription {
         node,

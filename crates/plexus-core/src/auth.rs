@@ -76,6 +76,21 @@ impl Identity {
         (!self.anonymous).then_some(&*self.sub)
     }
 
+    /// The key this identity's fair shares are counted under (the hook breaker's distinct
+    /// users, the per-user cap on hook calls in flight, the webhook queue's per-user share):
+    /// `u:<sub>` for a user; for an anonymous identity, whose `sub` is new on every
+    /// connection, `a:<address>` — the client address's
+    /// [`address_key`](crate::admission::address_key) (IPv4, or IPv6 /64), `a:` alone when the
+    /// address is unknown — so that opening more anonymous connections does not multiply a
+    /// client's share.
+    pub fn share_key(&self, addr: Option<std::net::IpAddr>) -> Arc<str> {
+        match (self.anonymous, addr) {
+            (false, _) => format!("u:{}", self.sub).into(),
+            (true, Some(ip)) => format!("a:{}", crate::admission::address_key(ip)).into(),
+            (true, None) => "a:".into(),
+        }
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }

@@ -6,12 +6,13 @@
 //! Occupied and vacated are cluster-wide: with a broker that counts subscribers across the
 //! cluster (Redis), the one node whose count took a topic from 0 to more (or from more to 0)
 //! reports it (a count out that matches no count in changes nothing);
-//! a node alone reports its hub's first and last subscriber.
+//! a node alone reports its hub's first and last subscriber. Each is charged to the webhook
+//! queue share of the client whose join or leave caused it ([`Cause`]).
 
 use crate::auth::Identity;
 use crate::hooks::unix_ms;
 use crate::node::Node;
-use crate::webhooks::EventKind;
+use crate::webhooks::{Cause, EventKind};
 use crate::ConnId;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -20,7 +21,11 @@ impl Node {
     /// A connection opened: the `connect` webhook, and its entry in the cluster's registry
     /// (for the `disconnect` a reaping node reports if this one dies).
     pub(crate) fn connection_opened(&self, conn: ConnId, who: &Identity, addr: std::net::IpAddr) {
-        self.webhook(EventKind::Connect, || {
+        let by = Cause {
+            identity: who,
+            addr: Some(addr),
+        };
+        self.webhook_by(EventKind::Connect, by, || {
             json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "addr": addr.to_string()})
         });
         if self
@@ -54,6 +59,7 @@ impl Node {
         &self,
         conn: ConnId,
         who: &Identity,
+        addr: std::net::IpAddr,
         code: u16,
         reason: &str,
         lasted: std::time::Duration,
@@ -64,7 +70,11 @@ impl Node {
         if webhooks.enabled(EventKind::Disconnect) {
             self.broker.clone().connection_close(conn);
         }
-        self.webhook(EventKind::Disconnect, || {
+        let by = Cause {
+            identity: who,
+            addr: Some(addr),
+        };
+        self.webhook_by(EventKind::Disconnect, by, || {
             json!({
                 "sub": &*who.sub,
                 "conn": self.public_conn_id(conn),
@@ -82,10 +92,15 @@ impl Node {
     }
 
     /// A local subscriber joined `topic` (`first`: the first on this node).
-    pub(crate) async fn count_subscriber_in(&self, topic: &str, first: bool) {
+    pub(crate) async fn count_subscriber_in(
+        &self,
+        topic: &str,
+        first: bool,
+        by: Option<Cause<'_>>,
+    ) {
         match self.broker.count_subscriber(topic, true).await {
-            Ok(Some((0, after))) if after > 0 => self.topic_occupied(topic),
-            Ok(None) if first => self.topic_occupied(topic),
+            Ok(Some((0, after))) if after > 0 => self.topic_occupied(topic, by),
+            Ok(None) if first => self.topic_occupied(topic, by),
             Ok(_) => {}
             Err(e) if self.wants_occupancy() => {
                 tracing::warn!(topic, error = %e, "subscriber count not updated: channel_occupied may be missed");
@@ -96,10 +111,15 @@ impl Node {
 
     /// A local subscriber left `topic` (`emptied`: the last on this node). Counted in the
     /// background when the broker counts cluster-wide (this runs in synchronous cleanup).
-    pub(crate) fn count_subscriber_out(&self, topic: &str, emptied: bool) {
+    pub(crate) fn count_subscriber_out(&self, topic: &str, emptied: bool, by: Option<Cause<'_>>) {
         if !self.broker.counts_subscribers() {
             if emptied {
-                self.topic_vacated(topic, false);
+                match by {
+                    Some(by) => {
+                        self.webhook_by(EventKind::ChannelVacated, by, || json!({"topic": topic}))
+                    }
+                    None => self.topic_vacated(topic, false),
+                }
             }
             return;
         }
@@ -111,12 +131,13 @@ impl Node {
             .wants_occupancy()
             .then(|| self.webhooks.clone())
             .flatten();
+        let share = webhooks.as_ref().and(by).map(|by| by.key());
         let topic: Arc<str> = topic.into();
         rt.spawn(async move {
             match broker.count_subscriber(&topic, false).await {
                 Ok(Some((before, 0))) if before > 0 => {
                     if let Some(w) = webhooks {
-                        w.emit(EventKind::ChannelVacated, json!({"topic": &*topic}));
+                        w.emit_as(EventKind::ChannelVacated, share, json!({"topic": &*topic}));
                     }
                 }
                 Ok(_) => {}
@@ -129,8 +150,12 @@ impl Node {
         });
     }
 
-    fn topic_occupied(&self, topic: &str) {
-        self.webhook(EventKind::ChannelOccupied, || json!({"topic": topic}));
+    fn topic_occupied(&self, topic: &str, by: Option<Cause<'_>>) {
+        let fields = || json!({"topic": topic});
+        match by {
+            Some(by) => self.webhook_by(EventKind::ChannelOccupied, by, fields),
+            None => self.webhook(EventKind::ChannelOccupied, fields),
+        }
     }
 
     pub(crate) fn topic_vacated(&self, topic: &str, reaped: bool) {

@@ -185,6 +185,20 @@ impl Node {
         }
     }
 
+    /// A webhook event caused by the connection `by`, charged to its share of the queue.
+    pub(crate) fn webhook_by(
+        &self,
+        kind: EventKind,
+        by: crate::webhooks::Cause<'_>,
+        fields: impl FnOnce() -> serde_json::Value,
+    ) {
+        if let Some(w) = &self.webhooks {
+            if w.enabled(kind) {
+                w.emit_as(kind, Some(by.key()), fields());
+            }
+        }
+    }
+
     /// The webhook sender, if configured.
     pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
         self.webhooks.as_ref()
@@ -270,10 +284,10 @@ impl Node {
                     }))
                 }
                 Ok(_) => {}
-                Err(_) => {
+                Err(e) => {
                     return Err(refuse(Refusal {
                         status: 503,
-                        reason: crate::hooks::UNAVAILABLE.into(),
+                        reason: e.reason.into(),
                     }))
                 }
             }
@@ -339,9 +353,9 @@ impl Node {
                 status: 403,
                 reason: d.reason,
             }),
-            Err(_) => Err(Refusal {
+            Err(e) => Err(Refusal {
                 status: 503,
-                reason: crate::hooks::UNAVAILABLE.into(),
+                reason: e.reason.into(),
             }),
         }
     }
@@ -491,18 +505,20 @@ impl Node {
     }
 
     /// Subscribes a local connection (`with_offset`: it gets history offsets in `ref`); also
-    /// used by the admin console's live tail, with ids of its own.
+    /// used by the admin console's live tail, with ids of its own. `by`: the client whose
+    /// join this is (a `channel_occupied` it causes is charged to it).
     pub async fn subscribe(
         &self,
         topic: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
         with_offset: bool,
+        by: Option<crate::webhooks::Cause<'_>>,
     ) {
         let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
-            self.count_subscriber_in(topic, first).await;
+            self.count_subscriber_in(topic, first, by).await;
         }
         if first {
             if let Err(e) = self.broker.subscribe(topic).await {
@@ -513,11 +529,17 @@ impl Node {
     }
 
     /// Removes a local subscriber without waiting: `true` if the topic has no local
-    /// subscriber left (then [`Node::unsubscribe_remote`] tells the broker).
-    pub fn unsubscribe_local(&self, topic: &str, conn: ConnId) -> bool {
+    /// subscriber left (then [`Node::unsubscribe_remote`] tells the broker). `by`: the client
+    /// whose leave this is (a `channel_vacated` it causes is charged to it).
+    pub fn unsubscribe_local(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        by: Option<crate::webhooks::Cause<'_>>,
+    ) -> bool {
         let (removed, emptied) = self.hub.unsubscribe(topic, conn);
         if removed {
-            self.count_subscriber_out(topic, emptied);
+            self.count_subscriber_out(topic, emptied, by);
         }
         emptied
     }

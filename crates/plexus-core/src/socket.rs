@@ -458,6 +458,7 @@ impl Socket {
         self.node.connection_closed(
             self.id,
             &self.identity,
+            self.addr,
             code,
             &reason,
             self.opened.elapsed(),

@@ -4,8 +4,13 @@
 //!
 //! Events are queued per node in a bounded queue (`webhooks.queue_max` events and
 //! `webhooks.queue_max_bytes`; overflow is counted and logged, never unbounded memory), of
-//! which one user (`sub`) may hold at most a tenth ([`SHARE_DIVISOR`]): past it that user's
-//! new events are dropped (counted) while other users' still enter. An event larger than
+//! which one user may hold at most a tenth ([`SHARE_DIVISOR`]): past it that user's new events
+//! are dropped (counted) while other users' still enter. An event is charged to the [`Cause`]
+//! its emitter names — the connection whose connect, join, leave or push it reports, including
+//! the `channel_occupied` / `channel_vacated` its join or leave caused — under its share key
+//! ([`Identity::share_key`]: the user, or the client address of an anonymous connection);
+//! this key is internal, the application does not see it. An event with no cause (one a node
+//! reports for a lost node) is charged to its `sub`, if any. An event larger than
 //! `webhooks.max_event_bytes` has its client-supplied part (`payload`, `meta`) replaced by a
 //! marker (`payload_truncated: true, payload_bytes: N`), or is dropped if still too large.
 //! One sender task sends the events in batches (at most `webhooks.batch_max` events and
@@ -14,7 +19,8 @@
 //! its own, so that only the event(s) it refuses alone are dropped (counted, logged), never
 //! retried; a batch that fails otherwise (transport error, timeout, 408, 429, 5xx) is split
 //! the same way and retried with exponential backoff for up to `webhooks.retry_secs` from its
-//! first attempt before what is left of it is dropped (counted, logged), so events keep their
+//! first attempt (each event's window starts at its own first attempt) before what is left of
+//! it is dropped (counted, logged), so events keep their
 //! order per connection (and per node) and nothing is lost while the application is down for
 //! less than the retry window. Between the attempts of a single event that fails so, the
 //! events after it are sent: if the application takes them it is not down, and the event it
@@ -22,6 +28,7 @@
 //! holding up the node's other events (those it took arrived before it). Every event has
 //! `type`, `at` (Unix ms), a unique `id` and `node`.
 
+use crate::auth::Identity;
 use crate::hooks::{sign, unix_ms, HookTransport};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -125,7 +132,22 @@ pub struct WebhooksConfig {
     pub max_batch_bytes: usize,
 }
 
-/// One user (`sub`) may hold at most `1 / SHARE_DIVISOR` of the queue's events and bytes
+/// The connection that caused an event: the event counts against its share of the queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Cause<'a> {
+    pub identity: &'a Identity,
+    /// The client's address (it keys anonymous connections).
+    pub addr: Option<std::net::IpAddr>,
+}
+
+impl Cause<'_> {
+    /// The share key the event is charged to.
+    pub fn key(&self) -> Arc<str> {
+        self.identity.share_key(self.addr)
+    }
+}
+
+/// One user (a share key) may hold at most `1 / SHARE_DIVISOR` of the queue's events and bytes
 /// (but may always queue one event when it has none queued).
 pub const SHARE_DIVISOR: usize = 10;
 
@@ -228,8 +250,13 @@ impl Webhooks {
     }
 
     /// Queues an event of `kind` (if enabled) with `fields` (an object: `sub`, `conn`,
-    /// `topic`, …); `type`, `at`, `id` and `node` are added here.
+    /// `topic`, …), charged to its `sub`; `type`, `at`, `id` and `node` are added here.
     pub fn emit(&self, kind: EventKind, fields: Value) {
+        self.emit_as(kind, None, fields);
+    }
+
+    /// [`Webhooks::emit`], the event charged to the share key `share` (else to its `sub`).
+    pub fn emit_as(&self, kind: EventKind, share: Option<Arc<str>>, fields: Value) {
         if !self.enabled(kind) {
             return;
         }
@@ -242,7 +269,12 @@ impl Webhooks {
         event.insert("at".into(), unix_ms().into());
         event.insert("id".into(), format!("{}-{seq}", self.node_id).into());
         event.insert("node".into(), (*self.node_id).into());
-        let sub: Option<Arc<str>> = event.get("sub").and_then(Value::as_str).map(Arc::from);
+        let sub: Option<Arc<str>> = share.or_else(|| {
+            event
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(|s| format!("u:{s}").into())
+        });
         let Ok(mut text) = serde_json::to_string(&event) else {
             return; // a map of JSON values always encodes
         };
@@ -253,7 +285,7 @@ impl Webhooks {
                     text = smaller;
                     let n = self.counters.truncated.fetch_add(1, Ordering::Relaxed);
                     if n < 10 || n.is_multiple_of(1000) {
-                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), truncated = n + 1, "webhook event larger than webhooks.max_event_bytes: sent without its payload");
+                        tracing::warn!(event = kind.name(), bytes = size, share = sub.as_deref(), truncated = n + 1, "webhook event larger than webhooks.max_event_bytes: sent without its payload");
                     }
                 }
                 None => {
@@ -262,7 +294,7 @@ impl Webhooks {
                         .dropped_oversize
                         .fetch_add(1, Ordering::Relaxed);
                     if n < 10 || n.is_multiple_of(1000) {
-                        tracing::warn!(event = kind.name(), bytes = size, sub = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
+                        tracing::warn!(event = kind.name(), bytes = size, share = sub.as_deref(), dropped = n + 1, "webhook event larger than webhooks.max_event_bytes even without its payload: dropped");
                     }
                     return;
                 }
@@ -284,7 +316,7 @@ impl Webhooks {
                     ),
                     Refused::Share => tracing::warn!(
                         event = kind.name(),
-                        sub = queued.sub.as_deref(),
+                        share = queued.sub.as_deref(),
                         dropped = n + 1,
                         "webhook events of one user past its share of the queue (a tenth of webhooks.queue_max / queue_max_bytes): event dropped"
                     ),
@@ -341,7 +373,8 @@ impl Webhooks {
     }
 }
 
-/// One queued event: its JSON text, its kind and the user it counts against.
+/// One queued event: its JSON text, its kind and the share key it counts against (`sub`:
+/// `u:<sub>` or `a:<address>`, see [`Identity::share_key`]; logged as `share`).
 struct Queued {
     text: String,
     kind: EventKind,
@@ -498,21 +531,23 @@ impl Sender {
 
     /// Sends one batch: a part that fails is split in halves, sent in order; a single event
     /// the application refuses (4xx) is dropped at once. A single event that fails otherwise
-    /// is retried with backoff until the batch's retry window (from its first attempt) ends;
+    /// is retried with backoff until its retry window (from its first attempt) ends;
     /// between its attempts the next events (of this batch, else from the queue) are sent: if
     /// the application takes them, it is not down but failing on this event, which is then
     /// dropped after [`FAILING_STRIKES`] such failures rather than holding up the others.
+    /// Events taken from the queue so (a probe) have a retry window of their own, from their
+    /// first attempt, not the rest of the batch's.
     async fn deliver(&self, batch: &mut Vec<Queued>, inbox: &mut Inbox) {
-        let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
-        // The parts still to send; the last one is sent next.
-        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
-        todo.push(0..batch.len());
+        // The parts still to send, each with the start of its retry window (its events' first
+        // attempt); the last one is sent next.
+        let mut todo: Vec<(Range<usize>, Instant)> = Vec::with_capacity(8);
+        todo.push((0..batch.len(), Instant::now()));
         // The event failing alone (its index) and how often the application took the events
         // after it meanwhile.
         let mut strikes: (usize, u32) = (usize::MAX, 0);
-        while let Some(part) = todo.pop() {
+        while let Some((part, since)) = todo.pop() {
             attempt += 1;
             let why = match self.attempt(&batch[part.clone()]).await {
                 Attempt::Delivered => {
@@ -527,7 +562,7 @@ impl Sender {
                     continue;
                 }
                 Attempt::Refused(why) => {
-                    self.refused(batch, part, &why, &mut todo);
+                    self.refused(batch, (part, since), &why, &mut todo);
                     continue;
                 }
                 Attempt::Failed(why) => why,
@@ -535,7 +570,7 @@ impl Sender {
             self.counters
                 .failed_attempts
                 .fetch_add(1, Ordering::Relaxed);
-            if started.elapsed() + pause > self.config.retry_for {
+            if since.elapsed() + pause > self.config.retry_for {
                 self.counters
                     .dropped_expired
                     .fetch_add(part.len() as u64, Ordering::Relaxed);
@@ -547,18 +582,19 @@ impl Sender {
                 tracing::warn!(events = part.len(), attempt, reason = %why, retry_in = ?pause, "webhook delivery failed, retrying");
             }
             if part.len() > 1 {
-                split(&mut todo, part);
+                split(&mut todo, part, since);
             } else {
-                // Down, or failing on this event only? Send the events after it.
+                // Down, or failing on this event only? Send the events after it. Events taken
+                // from the queue for this get a retry window of their own from now.
                 let probe = match todo.pop() {
                     Some(p) => Some(p),
                     None => {
                         let from = batch.len();
                         let added = inbox.fill(batch, &self.config, false).await;
-                        (added > 0).then_some(from..from + added)
+                        (added > 0).then(|| (from..from + added, Instant::now()))
                     }
                 };
-                if let Some(probe) = probe {
+                if let Some((probe, probe_since)) = probe {
                     attempt += 1;
                     match self.attempt(&batch[probe.clone()]).await {
                         Attempt::Delivered => {
@@ -574,24 +610,24 @@ impl Sender {
                                     .dropped_failing
                                     .fetch_add(1, Ordering::Relaxed);
                                 if n < 10 || n.is_multiple_of(100) {
-                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
+                                    tracing::warn!(event = e.kind.name(), bytes = e.text.len(), share = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event dropped: the application failed on it while it took the events after it");
                                 }
                                 continue;
                             }
                         }
                         Attempt::Refused(probe_why) => {
-                            self.refused(batch, probe, &probe_why, &mut todo);
+                            self.refused(batch, (probe, probe_since), &probe_why, &mut todo);
                         }
                         Attempt::Failed(_) => {
                             // Down, it seems: the probe waits behind the event, in order.
                             self.counters
                                 .failed_attempts
                                 .fetch_add(1, Ordering::Relaxed);
-                            todo.push(probe);
+                            todo.push((probe, probe_since));
                         }
                     }
                 }
-                todo.push(part);
+                todo.push((part, since));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.config.backoff_max);
@@ -609,15 +645,15 @@ impl Sender {
     fn refused(
         &self,
         batch: &[Queued],
-        part: Range<usize>,
+        (part, since): (Range<usize>, Instant),
         why: &str,
-        todo: &mut Vec<Range<usize>>,
+        todo: &mut Vec<(Range<usize>, Instant)>,
     ) {
         self.counters
             .failed_attempts
             .fetch_add(1, Ordering::Relaxed);
         if part.len() > 1 {
-            split(todo, part);
+            split(todo, part, since);
             return;
         }
         let e = &batch[part.start];
@@ -626,7 +662,7 @@ impl Sender {
             .dropped_rejected
             .fetch_add(1, Ordering::Relaxed);
         if n < 10 || n.is_multiple_of(100) {
-            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), sub = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
+            tracing::warn!(event = e.kind.name(), bytes = e.text.len(), share = e.sub.as_deref(), reason = %why, dropped = n + 1, "webhook event refused by the application (4xx): dropped, not retried");
         }
     }
 
@@ -665,10 +701,10 @@ impl Sender {
 }
 
 /// Replaces `part` (of two events or more) by its halves, the first to be sent first.
-fn split(todo: &mut Vec<Range<usize>>, part: Range<usize>) {
+fn split(todo: &mut Vec<(Range<usize>, Instant)>, part: Range<usize>, since: Instant) {
     let mid = part.start + part.len() / 2;
-    todo.push(mid..part.end);
-    todo.push(part.start..mid);
+    todo.push((mid..part.end, since));
+    todo.push((part.start..mid, since));
 }
 
 #[cfg(test)]

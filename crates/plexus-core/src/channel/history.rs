@@ -56,7 +56,7 @@ impl Channels {
         let topic = req.topic;
         if rule.history().is_none() {
             if subscribe {
-                node.subscribe(topic, conn.id, conn.outbox.clone(), false)
+                node.subscribe(topic, conn.id, conn.outbox.clone(), false, conn.cause())
                     .await;
             }
             let outcome = JoinOutcome::Joined(JoinReply {
@@ -79,8 +79,14 @@ impl Channels {
             conn.outbox.hold();
         }
         if subscribe {
-            node.subscribe(topic, conn.id, conn.outbox.clone(), with_offset)
-                .await;
+            node.subscribe(
+                topic,
+                conn.id,
+                conn.outbox.clone(),
+                with_offset,
+                conn.cause(),
+            )
+            .await;
         } else {
             // A duplicate join keeps its subscription but may ask for offsets differently.
             node.hub()

@@ -34,7 +34,7 @@ impl Channels {
                 Ok((reply, d.meta))
             }
             Ok(d) => Err(JoinOutcome::refused(d.reason, false)),
-            Err(_) => Err(JoinOutcome::refused(crate::hooks::UNAVAILABLE, true)),
+            Err(e) => Err(JoinOutcome::refused(e.reason, true)),
         }
     }
 }
@@ -132,7 +132,7 @@ pub(super) async fn push_hook(
     {
         Ok(d) if d.allow => d,
         Ok(d) => return Err(d.reason),
-        Err(_) => return Err(crate::hooks::UNAVAILABLE.to_owned()),
+        Err(e) => return Err(e.reason.to_owned()),
     };
     let broadcast = match d.broadcast {
         Broadcast::Replace { event: e, payload } => {

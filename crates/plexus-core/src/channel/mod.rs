@@ -56,6 +56,18 @@ impl Conn<'_> {
         }
     }
 
+    /// This connection as the cause of webhook events (charged to its share of the queue).
+    fn by(&self) -> crate::webhooks::Cause<'_> {
+        crate::webhooks::Cause {
+            identity: self.identity,
+            addr: self.addr,
+        }
+    }
+
+    fn cause(&self) -> Option<crate::webhooks::Cause<'_>> {
+        Some(self.by())
+    }
+
     /// The fields every webhook event of this connection on `topic` carries.
     fn event(&self, topic: &str) -> serde_json::Value {
         serde_json::json!({
@@ -183,21 +195,23 @@ impl Departure {
 impl Channel {
     /// Leaves the topic locally: join quota, hub subscription, presence entry.
     pub fn depart(self, conn: &Conn<'_>, topic: Box<str>) -> Departure {
-        let emptied = conn.node.unsubscribe_local(&topic, conn.id);
+        let emptied = conn.node.unsubscribe_local(&topic, conn.id, conn.cause());
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
             let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
-                conn.node.webhook(EventKind::PresenceLeave, || {
-                    let mut e = conn.event(&topic);
-                    e["key"] = (**key).into();
-                    e["meta"] = meta.clone();
-                    e
-                });
+                conn.node
+                    .webhook_by(EventKind::PresenceLeave, conn.by(), || {
+                        let mut e = conn.event(&topic);
+                        e["key"] = (**key).into();
+                        e["meta"] = meta.clone();
+                        e
+                    });
             }
             Some(crate::presence::diff(None, Some((key, meta))))
         });
-        conn.node.webhook(EventKind::Leave, || conn.event(&topic));
+        conn.node
+            .webhook_by(EventKind::Leave, conn.by(), || conn.event(&topic));
         Departure {
             topic,
             emptied,
@@ -446,7 +460,8 @@ impl Channels {
         let outcome = self
             .reply_with_history(conn, req, &rule, true, is_supabase, &app_reply)
             .await;
-        conn.node.webhook(EventKind::Join, || conn.event(topic));
+        conn.node
+            .webhook_by(EventKind::Join, conn.by(), || conn.event(topic));
         if rule.presence && is_supabase {
             push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {
@@ -590,7 +605,7 @@ impl Channels {
             Err(reason) => return conn.reply_error(&msg, &reason),
         };
         if rule.webhook_client_event(event) {
-            conn.node.webhook(EventKind::ClientEvent, || {
+            conn.node.webhook_by(EventKind::ClientEvent, conn.by(), || {
                 let mut e = conn.event(&msg.topic);
                 e["event"] = event.into();
                 e["payload"] = payload_value(&msg.payload);

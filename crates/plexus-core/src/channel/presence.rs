@@ -154,8 +154,9 @@ pub(super) async fn track_presence(
         .presence()
         .track(topic, sub, conn.id, initial)
         .await;
-    conn.node.webhook(
+    conn.node.webhook_by(
         crate::webhooks::EventKind::PresenceJoin,
+        conn.by(),
         || serde_json::json!({"sub": &**sub, "conn": conn.node.public_conn_id(conn.id), "topic": topic, "meta": &meta}),
     );
     push_presence_state(conn, topic, join_ref).await;

@@ -1,14 +1,20 @@
 //! The circuit breaker of one hook URL: after failures of calls made for `threshold` distinct
 //! users in a row (no success in between) the circuit opens and calls fail at once
-//! (`hook unavailable`) for `cooldown`; then one trial call is let through (half-open): its
-//! success closes the circuit, its failure opens it again. A reconnect storm against a failing
-//! application thus costs the application nothing.
+//! (`hook unavailable`) for `cooldown`; then it is half-open: one trial call at a time is let
+//! through. A trial's success closes the circuit. Its failure counts its user, and the circuit
+//! opens again (for `cooldown`) once trials of `threshold` distinct users failed in a row, as
+//! for opening it; until then the next call may be the trial, except one of a user whose trial
+//! already failed, which fails at once until `cooldown` has passed since the last failed
+//! trial. So one user whose requests make the application fail cannot keep the circuit open
+//! by taking every trial, while a reconnect storm against a really failing application costs
+//! it at most one call at a time.
 //!
-//! Each user (`sub`) counts once in a run of failures, however many of its calls fail: one
-//! user whose requests make the application fail (a body it refuses to parse, params it
-//! chokes on) cannot open the circuit for everyone. What counts as a failure is the caller's
-//! call (the hooks count transport errors, timeouts, 5xx, 408 and 429, not the application's
-//! other 4xx answers about one request).
+//! Each user (a share key: [`Identity::share_key`](crate::auth::Identity::share_key), one per
+//! client address for anonymous connections) counts once in a run of failures, however many of
+//! its calls fail: one user whose requests make the application fail (a body it refuses to
+//! parse, params it chokes on) cannot open the circuit for everyone. What counts as a failure
+//! is the caller's call (the hooks count transport errors, timeouts, 5xx, 408 and 429, not the
+//! application's other 4xx answers about one request).
 //!
 //! Every call holds a [`Ticket`]. A trial's ticket that is dropped without an outcome (the
 //! HTTP handler awaiting the call was cancelled because its client hung up) gives the trial
@@ -39,6 +45,11 @@ struct State {
     open_until: Option<Instant>,
     /// A trial call is in flight while half-open.
     trial: bool,
+    /// The users whose trials failed since the circuit last opened (at most `threshold`).
+    trial_failed: HashSet<u64>,
+    /// Until when the users of `trial_failed` may not be the trial (`cooldown` after the last
+    /// failed trial).
+    trial_failed_until: Option<Instant>,
     /// Bumped each time the circuit opens.
     generation: u64,
 }
@@ -56,18 +67,28 @@ pub struct Ticket {
     breaker: Arc<Breaker>,
     generation: u64,
     trial: bool,
+    /// The user of this call (its hash).
+    user: u64,
     settled: bool,
 }
 
 impl Breaker {
-    /// A ticket if a call may go out now.
-    pub fn allow(self: &Arc<Self>, now: Instant) -> Option<Ticket> {
+    /// A ticket if a call for user `user` (its share key) may go out now.
+    pub fn allow(self: &Arc<Self>, user: &str, now: Instant) -> Option<Ticket> {
+        let user = user_hash(user);
         let mut st = self.state.lock();
         let trial = match st.open_until {
             None => false,
             Some(until) if now < until => return None,
             Some(_) if st.trial => return None,
             Some(_) => {
+                if st.trial_failed_until.is_some_and(|u| now >= u) {
+                    st.trial_failed.clear();
+                    st.trial_failed_until = None;
+                }
+                if st.trial_failed.contains(&user) {
+                    return None;
+                }
                 st.trial = true;
                 true
             }
@@ -76,6 +97,7 @@ impl Breaker {
             breaker: self.clone(),
             generation: st.generation,
             trial,
+            user,
             settled: false,
         })
     }
@@ -99,27 +121,36 @@ impl Ticket {
         }
     }
 
-    /// The call made for user `sub` failed; returns `true` when this failure opened the
-    /// circuit. A user counts once in a run of failures. A failure of a call that started
-    /// before the circuit last opened counts for nothing.
-    pub fn failure(mut self, cfg: &BreakerConfig, sub: &str, now: Instant) -> bool {
+    /// The call failed; returns `true` when this failure opened the circuit (it was closed).
+    /// A user counts once in a run of failures. A failure of a call that started before the
+    /// circuit last opened counts for nothing. A failed trial opens the circuit again only
+    /// when trials of `threshold` distinct users failed in a row.
+    pub fn failure(mut self, cfg: &BreakerConfig, now: Instant) -> bool {
         self.settled = true;
         let mut st = self.breaker.state.lock();
         if st.generation != self.generation {
             return false;
         }
-        if (st.failed_users.len() as u64) < u64::from(cfg.threshold) {
-            st.failed_users.insert(user_hash(sub));
-        }
-        let reopen = self.trial && st.trial;
-        if self.trial {
+        let limit = u64::from(cfg.threshold);
+        let reopen = if self.trial {
             st.trial = false;
-        }
-        if reopen || (cfg.threshold > 0 && st.failed_users.len() as u64 >= u64::from(cfg.threshold))
-        {
+            if (st.trial_failed.len() as u64) < limit {
+                st.trial_failed.insert(self.user);
+            }
+            st.trial_failed_until = Some(now + cfg.cooldown);
+            st.trial_failed.len() as u64 >= limit
+        } else {
+            if (st.failed_users.len() as u64) < limit {
+                st.failed_users.insert(self.user);
+            }
+            cfg.threshold > 0 && st.failed_users.len() as u64 >= limit
+        };
+        if reopen {
             let was_closed = st.open_until.is_none();
             st.open_until = Some(now + cfg.cooldown);
             st.generation += 1;
+            st.trial_failed.clear();
+            st.trial_failed_until = None;
             return was_closed;
         }
         false
@@ -154,7 +185,7 @@ mod tests {
     };
 
     fn fail_as(b: &Arc<Breaker>, sub: &str, t: Instant) -> bool {
-        b.allow(t).expect("allowed").failure(&CFG, sub, t)
+        b.allow(sub, t).expect("allowed").failure(&CFG, t)
     }
 
     /// Failures of three distinct users' calls (the threshold): the third opens the circuit.
@@ -167,21 +198,57 @@ mod tests {
     }
 
     #[test]
-    fn opens_after_threshold_then_half_opens_once() {
+    fn opens_after_threshold_then_half_opens_one_trial_at_a_time() {
         let b = Arc::new(Breaker::default());
         let t = Instant::now();
         assert!(!fail_as(&b, "u1", t));
         assert!(!fail_as(&b, "u2", t));
         assert!(fail_as(&b, "u3", t), "the third user's failure opens it");
-        assert!(b.allow(t + Duration::from_secs(1)).is_none());
+        assert!(b.allow("u4", t + Duration::from_secs(1)).is_none());
         let later = t + Duration::from_secs(6);
-        let trial = b.allow(later).expect("one trial after the cooldown");
-        assert!(b.allow(later).is_none(), "only one");
-        assert!(!trial.failure(&CFG, "u1", later));
-        assert!(b.allow(later + Duration::from_secs(1)).is_none());
+        let trial = b.allow("u1", later).expect("one trial after the cooldown");
+        assert!(b.allow("u2", later).is_none(), "only one at a time");
+        trial.success();
+        assert!(b.allow("u1", later).is_some() && b.allow("u2", later).is_some());
+    }
+
+    #[test]
+    fn failed_trials_of_distinct_users_open_it_again() {
+        let b = Arc::new(Breaker::default());
+        let t = Instant::now();
+        fail(&b, t);
+        let later = t + Duration::from_secs(6);
+        assert!(!fail_as(&b, "u1", later));
+        assert!(!fail_as(&b, "u2", later));
+        assert!(!fail_as(&b, "u3", later), "it was not closed");
+        assert!(b.is_open(later), "three users' trials failed: open again");
+        assert!(b.allow("u4", later + Duration::from_secs(1)).is_none());
         let much_later = later + Duration::from_secs(6);
-        b.allow(much_later).unwrap().success();
-        assert!(b.allow(much_later).is_some() && b.allow(much_later).is_some());
+        b.allow("u4", much_later).expect("trial").success();
+        assert!(!b.is_open(much_later));
+    }
+
+    #[test]
+    fn one_user_failing_every_trial_does_not_keep_it_open() {
+        let b = Arc::new(Breaker::default());
+        let t = Instant::now();
+        fail(&b, t);
+        let mut now = t + Duration::from_secs(6);
+        assert!(!fail_as(&b, "mallory", now));
+        for _ in 0..100 {
+            now += Duration::from_millis(10);
+            assert!(b.allow("mallory", now).is_none(), "her trial failed");
+        }
+        assert!(!b.is_open(now));
+        b.allow("alice", now).expect("alice is the trial").success();
+        assert!(b.allow("alice", now).is_some() && b.allow("mallory", now).is_some());
+        // After a cooldown without another user, mallory may be the trial again.
+        let b2 = Arc::new(Breaker::default());
+        fail(&b2, t);
+        let now = t + Duration::from_secs(6);
+        assert!(!fail_as(&b2, "mallory", now));
+        assert!(b2.allow("mallory", now + Duration::from_secs(4)).is_none());
+        assert!(b2.allow("mallory", now + Duration::from_secs(5)).is_some());
     }
 
     #[test]
@@ -190,8 +257,8 @@ mod tests {
         let t = Instant::now();
         fail(&b, t);
         let later = t + Duration::from_secs(6);
-        drop(b.allow(later).expect("trial"));
-        let trial = b.allow(later).expect("the trial was given back");
+        drop(b.allow("u1", later).expect("trial"));
+        let trial = b.allow("u1", later).expect("the trial was given back");
         trial.success();
         assert!(!b.is_open(later));
     }
@@ -200,15 +267,15 @@ mod tests {
     fn outcomes_of_calls_started_before_the_circuit_opened_are_ignored() {
         let b = Arc::new(Breaker::default());
         let t = Instant::now();
-        let early_ok = b.allow(t).unwrap();
-        let early_fail = b.allow(t).unwrap();
+        let early_ok = b.allow("u8", t).unwrap();
+        let early_fail = b.allow("u9", t).unwrap();
         fail(&b, t);
         early_ok.success();
         assert!(b.is_open(t), "a late success does not close it");
         let later = t + Duration::from_secs(6);
-        let trial = b.allow(later).unwrap();
-        assert!(!early_fail.failure(&CFG, "u9", later));
-        assert!(b.allow(later).is_none(), "the trial is still out");
+        let trial = b.allow("u1", later).unwrap();
+        assert!(!early_fail.failure(&CFG, later));
+        assert!(b.allow("u2", later).is_none(), "the trial is still out");
         trial.success();
         assert!(!b.is_open(later));
     }
@@ -221,7 +288,7 @@ mod tests {
             assert!(!fail_as(&b, "mallory", t), "one user alone never opens it");
         }
         assert!(!fail_as(&b, "u2", t));
-        b.allow(t).unwrap().success();
+        b.allow("u5", t).unwrap().success();
         assert!(!fail_as(&b, "u3", t), "the success started a new run");
         assert!(!fail_as(&b, "mallory", t));
         assert!(

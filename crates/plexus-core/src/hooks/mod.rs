@@ -10,11 +10,15 @@
 //!
 //! Every call is bounded: a request larger than `max_request_bytes` is refused locally (never
 //! sent: `params too large for the hook`), a per-node cap on calls in flight (above it a call
-//! fails at once), a timeout, and a [`breaker`] per URL. A 4xx answer (other than 408 and
+//! fails at once), a per-user share of it ([`per_user_in_flight`]: above it the user's call
+//! fails at once with `hook unavailable (busy)`), a timeout, and a [`breaker`] per URL. Users
+//! are told apart by their share key ([`Identity::share_key`]): an anonymous connection counts
+//! as its client address, not as a new user. A 4xx answer (other than 408 and
 //! 429) is the application's refusal of that one request: the client is refused with
 //! `refused by the hook (HTTP <status>)` and the breaker does not count it. Any failure —
 //! timeout, transport error, 5xx, 408, 429, an answer of the wrong shape, cap, open circuit —
-//! is [`HookFailure`]: the client gets the error `hook unavailable`, never a hang; the breaker
+//! is [`HookFailure`]: the client gets the error `hook unavailable` (`hook unavailable (busy)`
+//! past its user's share of the calls in flight), never a hang; the breaker
 //! counts the failures of each user once. Channel rules are checked before any hook: a hook
 //! can only narrow what they allow. Join decisions may be cached briefly ([`cache`]).
 //!
@@ -39,6 +43,15 @@ use std::time::{Duration, Instant};
 
 /// The reason clients are given when a hook fails.
 pub const UNAVAILABLE: &str = "hook unavailable";
+
+/// The reason a call is refused when its user already has its share of the calls in flight.
+pub const BUSY: &str = "hook unavailable (busy)";
+
+/// One user's (share key's) share of `hooks.max_concurrent`: the calls it may have in flight
+/// at once, `max(4, max_concurrent / 8)`.
+pub fn per_user_in_flight(max_concurrent: usize) -> usize {
+    (max_concurrent / 8).max(4)
+}
 
 /// Largest answer body read from a hook (a larger one is a failure).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -204,9 +217,12 @@ impl HookCounters {
     }
 }
 
-/// A hook call that gave no decision; the client gets [`UNAVAILABLE`].
+/// A hook call that gave no decision; the client gets its `reason` ([`UNAVAILABLE`], or
+/// [`BUSY`] past the user's share of the calls in flight).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookFailure;
+pub struct HookFailure {
+    pub reason: &'static str,
+}
 
 /// What a join or push hook is told about the connection.
 pub struct Caller<'a> {
@@ -222,6 +238,8 @@ pub struct Hooks {
     transport: Arc<dyn HookTransport>,
     node_id: Arc<str>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Calls in flight per share key (entries removed at zero).
+    user_in_flight: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     cache: cache::JoinCache,
     pub counters: HookCounters,
@@ -241,6 +259,7 @@ impl Hooks {
             config,
             transport,
             node_id,
+            user_in_flight: Arc::new(Mutex::new(HashMap::new())),
             breakers: Mutex::new(HashMap::new()),
             counters: HookCounters::default(),
             failures_logged: AtomicU64::new(0),
@@ -285,7 +304,8 @@ impl Hooks {
         };
         let mut body = identity_json("connect", identity, &self.node_id);
         body["addr"] = addr.to_string().into();
-        self.call(HookKind::Connect, url, &identity.sub, None, body)
+        let key = identity.share_key(Some(addr));
+        self.call(HookKind::Connect, url, &identity.sub, &key, None, body)
             .await
             .map(|(d, _)| Some(d))
     }
@@ -314,8 +334,16 @@ impl Hooks {
         }
         body["topic"] = topic.into();
         body["params"] = params;
+        let who = caller.identity.share_key(caller.addr);
         let (d, answered) = self
-            .call(HookKind::Join, url, &caller.identity.sub, Some(topic), body)
+            .call(
+                HookKind::Join,
+                url,
+                &caller.identity.sub,
+                &who,
+                Some(topic),
+                body,
+            )
             .await?;
         // Only the application's own decisions are cached, not local refusals or 4xx.
         if let (Some(k), true) = (key, answered) {
@@ -337,9 +365,17 @@ impl Hooks {
         body["topic"] = topic.into();
         body["event"] = event.into();
         body["payload"] = payload;
-        self.call(HookKind::Push, url, &caller.identity.sub, Some(topic), body)
-            .await
-            .map(|(d, _)| d)
+        let who = caller.identity.share_key(caller.addr);
+        self.call(
+            HookKind::Push,
+            url,
+            &caller.identity.sub,
+            &who,
+            Some(topic),
+            body,
+        )
+        .await
+        .map(|(d, _)| d)
     }
 
     fn caller_json(&self, kind: &str, caller: &Caller<'_>) -> Value {
@@ -365,13 +401,15 @@ impl Hooks {
             .clone()
     }
 
-    /// One call: the decision, and whether the application gave it (a 2xx answer; `false`
-    /// for a local refusal of a request too large, or a 4xx answer).
+    /// One call for `sub` (counted under its share key `who`): the decision, and whether the
+    /// application gave it (a 2xx answer; `false` for a local refusal of a request too large,
+    /// or a 4xx answer).
     async fn call(
         &self,
         kind: HookKind,
         url: &str,
         sub: &str,
+        who: &Arc<str>,
         topic: Option<&str>,
         mut body: Value,
     ) -> Result<(Decision, bool), HookFailure> {
@@ -409,11 +447,27 @@ impl Hooks {
                     "hook unavailable"
                 );
             }
-            HookFailure
+            HookFailure {
+                reason: UNAVAILABLE,
+            }
+        };
+        let Some(_user_slot) = UserSlot::take(
+            &self.user_in_flight,
+            who,
+            per_user_in_flight(self.config.max_concurrent),
+        ) else {
+            self.count(kind, Outcome::Busy);
+            tracing::info!(
+                hook = kind.name(),
+                sub,
+                topic,
+                "hook call refused: this user already has its share of the calls in flight (hooks.max_concurrent / 8, at least 4)"
+            );
+            return Err(HookFailure { reason: BUSY });
         };
         // Dropped without an outcome (this future cancelled, or the call never sent), the
         // ticket gives a half-open circuit's trial back.
-        let Some(ticket) = breaker.allow(Instant::now()) else {
+        let Some(ticket) = breaker.allow(who, Instant::now()) else {
             return Err(fail(Outcome::Open, "circuit open after repeated failures"));
         };
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -478,11 +532,49 @@ impl Hooks {
                 Ok((d, true))
             }
             Err((outcome, why)) => {
-                if ticket.failure(&self.config.breaker, sub, Instant::now()) {
+                if ticket.failure(&self.config.breaker, Instant::now()) {
                     self.counters.circuit_opened.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(hook = kind.name(), url, cooldown = ?self.config.breaker.cooldown, "hook circuit opened: calls fail at once until the cooldown ends");
                 }
                 Err(fail(outcome, &why))
+            }
+        }
+    }
+}
+
+/// One call in flight of a share key: taken if the key has fewer than `max`, given back when
+/// dropped.
+struct UserSlot {
+    map: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    key: Arc<str>,
+}
+
+impl UserSlot {
+    fn take(
+        map: &Arc<Mutex<HashMap<Arc<str>, usize>>>,
+        key: &Arc<str>,
+        max: usize,
+    ) -> Option<Self> {
+        let mut m = map.lock();
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            map: map.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock();
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
             }
         }
     }
