@@ -6,6 +6,7 @@
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
 //! | `GET`, `POST /socket/longpoll` | [`longpoll`] — Phoenix LongPoll endpoint |
 //! | `GET /sse` | [`sse`] — Server-Sent Events |
+//! | `GET /app/{key}` | [`pusher_ws`] — Pusher's WebSocket endpoint (Pusher mode only) |
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
 //! | `GET /health`, `GET /metrics` | [`health`] |
@@ -14,7 +15,9 @@
 
 use crate::config::Profile;
 use crate::demo::pages;
-use crate::routes::{api, body_limit, dev, health, json_error, longpoll, sse, websocket};
+use crate::routes::{
+    api, body_limit, dev, health, json_error, longpoll, pusher_ws, sse, websocket,
+};
 use crate::state::AppState;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -55,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
         // rewrites that to `/socket/websocket`, Plexus serves both.
         r = r.route("/realtime/v1/websocket", get(websocket::upgrade));
+    }
+    if state.pusher_app.is_some() {
+        // pusher-js connects to `/app/{key}?protocol=7&client=js&version=…`.
+        r = r.route("/app/{key}", get(pusher_ws::upgrade));
     }
     let dev = state.config.profile == Profile::Dev;
     if dev {

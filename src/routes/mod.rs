@@ -5,6 +5,7 @@ pub mod api;
 pub mod dev;
 pub mod health;
 pub mod longpoll;
+pub mod pusher_ws;
 pub mod sse;
 pub mod websocket;
 

@@ -266,6 +266,9 @@ pub struct JoinRequest<'a> {
     pub reply: bool,
     /// The join params (`{"recover": {"epoch", "offset"}}` asks for missed history).
     pub params: &'a Payload,
+    /// The rule of a topic that no configured rule matches, for connections whose protocol
+    /// has its own authority (Pusher: the app's signature); `None`: such topics are refused.
+    pub unmatched: Option<&'a Arc<ChannelRule>>,
 }
 
 /// The connection's joined channels, by topic.
@@ -343,9 +346,10 @@ impl Channels {
         if let Err(invalid) = node.limits().check_topic(topic) {
             return JoinOutcome::refused(invalid.to_string(), false);
         }
-        let rule = match node.policy().authorize_join(conn.identity, topic) {
-            Ok(rule) => rule,
-            Err(denied) => {
+        let rule = match (node.policy().authorize_join(conn.identity, topic), req.unmatched) {
+            (Ok(rule), _) => rule,
+            (Err(_), Some(open)) if !node.policy().governs(conn.identity, topic) => open.clone(),
+            (Err(denied), _) => {
                 return JoinOutcome::refused(denied.0, false);
             }
         };
