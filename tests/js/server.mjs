@@ -42,6 +42,14 @@ export function anonKey({ ttl = 3600 } = {}) {
   return `${header}.${body}.${sig}`;
 }
 
+/** Pusher mode's app (`Server.start({...PUSHER_ENV})`): id, key and secret. */
+export const PUSHER = { appId: "4242", key: "compat-pusher-key", secret: "compat-pusher-secret-0123456789" };
+export const PUSHER_ENV = {
+  PLEXUS_PUSHER_APP_ID: PUSHER.appId,
+  PLEXUS_PUSHER_KEY: PUSHER.key,
+  PLEXUS_PUSHER_SECRET: PUSHER.secret,
+};
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until `fn()` is truthy (polling), or throws after `ms`. */
