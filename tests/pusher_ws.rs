@@ -20,6 +20,10 @@ const APP_SECRET: &str = "app-secret-0123456789abcdef";
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Any WebSocket this file speaks over (plain or TLS).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Io for T {}
+
 fn pusher_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("PLEXUS_PUSHER_APP_ID", APP_ID),
@@ -44,7 +48,7 @@ async fn open(s: &Server, path: &str) -> Ws {
 }
 
 /// The next frame, as JSON (panics on a close or after 5 s).
-async fn next(ws: &mut Ws) -> Value {
+async fn next<S: Io>(ws: &mut WebSocketStream<S>) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
@@ -72,13 +76,17 @@ async fn close_code(ws: &mut Ws) -> u16 {
     }
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+async fn send<S: Io>(ws: &mut WebSocketStream<S>, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
 /// Connects as pusher-js does and returns the socket and its socket_id.
 async fn connect(s: &Server) -> (Ws, String) {
-    let mut ws = open(s, &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false")).await;
+    let mut ws = open(
+        s,
+        &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"),
+    )
+    .await;
     let hello = next(&mut ws).await;
     assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
     let data = json(hello["data"].as_str().expect("data is a JSON string"));
@@ -108,7 +116,11 @@ fn succeeded(channel: &str) -> Value {
 #[tokio::test]
 async fn connection_established_and_ping_pong_as_pusher_js_reads_them() {
     let s = start(None).await;
-    let mut ws = open(&s, &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0")).await;
+    let mut ws = open(
+        &s,
+        &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0"),
+    )
+    .await;
     let hello = next(&mut ws).await;
     assert_eq!(hello["event"], "pusher:connection_established");
     assert!(hello.get("channel").is_none());
@@ -122,7 +134,10 @@ async fn connection_established_and_ping_pong_as_pusher_js_reads_them() {
     // Half the idle timeout (60 s by default).
     assert_eq!(data["activity_timeout"], 30);
     send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
-    assert_eq!(next(&mut ws).await, json!({"event": "pusher:pong", "data": {}}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"event": "pusher:pong", "data": {}})
+    );
     // Two connections never share a socket_id.
     let (_, other) = connect(&s).await;
     assert_ne!(other, id);
@@ -150,7 +165,10 @@ async fn a_wrong_key_or_protocol_is_refused_with_pusher_s_codes() {
 async fn the_endpoint_exists_only_in_pusher_mode() {
     let s = Server::start().await;
     let headers = common::ws_headers();
-    let (status, body) = s.http("GET", &format!("/app/{KEY}?protocol=7"), &headers, "").await.unwrap();
+    let (status, body) = s
+        .http("GET", &format!("/app/{KEY}?protocol=7"), &headers, "")
+        .await
+        .unwrap();
     assert_eq!(status, 404, "{body}");
     assert!(json(&body)["error"].is_string());
 }
@@ -160,7 +178,8 @@ async fn public_channels_get_api_broadcasts_with_data_as_a_string() {
     let s = start(None).await;
     let (mut ws, _) = connect(&s).await;
     assert_eq!(subscribe(&mut ws, "news", None).await, succeeded("news"));
-    s.broadcast("news", "headline", json!({"title": "hi"})).await;
+    s.broadcast("news", "headline", json!({"title": "hi"}))
+        .await;
     let got = next(&mut ws).await;
     assert_eq!(got["event"], "headline");
     assert_eq!(got["channel"], "news");
@@ -172,7 +191,11 @@ async fn public_channels_get_api_broadcasts_with_data_as_a_string() {
         json!({"event": "plain", "channel": "news", "data": "just text"})
     );
     // Unsubscribed: nothing more (the pong proves the broadcast before it was not sent).
-    send(&mut ws, json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}})).await;
+    send(
+        &mut ws,
+        json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}),
+    )
+    .await;
     s.broadcast("news", "late", json!({})).await;
     send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(next(&mut ws).await["event"], "pusher:pong");
@@ -214,7 +237,8 @@ async fn bad_frames_and_unsupported_channels_get_errors_not_crashes() {
     let (mut ws, _) = connect(&s).await;
     for bad in [
         "not json".to_owned(),
-        json!({"event": "pusher_internal:subscription_succeeded", "channel": "x", "data": "{}"}).to_string(),
+        json!({"event": "pusher_internal:subscription_succeeded", "channel": "x", "data": "{}"})
+            .to_string(),
         json!({"event": "pusher:subscribe", "data": {}}).to_string(),
         json!({"event": "hello", "channel": "x", "data": {}}).to_string(),
     ] {
@@ -234,9 +258,15 @@ async fn bad_frames_and_unsupported_channels_get_errors_not_crashes() {
     }
     // Pusher's reserved events cannot be published either (forged subscription_succeeded).
     let auth = format!("Bearer {}", common::API_KEY);
-    let body = json!({"topic": "news", "event": "pusher_internal:subscription_succeeded", "payload": {}});
+    let body =
+        json!({"topic": "news", "event": "pusher_internal:subscription_succeeded", "payload": {}});
     let (status, _) = s
-        .http("POST", "/api/broadcast", &[("Authorization", &auth)], &body.to_string())
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &auth)],
+            &body.to_string(),
+        )
         .await
         .unwrap();
     assert_eq!(status, 400);
@@ -250,9 +280,19 @@ async fn client_events_on_private_channels_reach_the_others_not_the_sender() {
     let (mut a, a_id) = connect(&s).await;
     let (mut b, b_id) = connect(&s).await;
     let ch = "private-chat";
-    assert_eq!(subscribe(&mut a, ch, Some(sign(&a_id, ch))).await, succeeded(ch));
-    assert_eq!(subscribe(&mut b, ch, Some(sign(&b_id, ch))).await, succeeded(ch));
-    send(&mut a, json!({"event": "client-typing", "channel": ch, "data": {"who": "a"}})).await;
+    assert_eq!(
+        subscribe(&mut a, ch, Some(sign(&a_id, ch))).await,
+        succeeded(ch)
+    );
+    assert_eq!(
+        subscribe(&mut b, ch, Some(sign(&b_id, ch))).await,
+        succeeded(ch)
+    );
+    send(
+        &mut a,
+        json!({"event": "client-typing", "channel": ch, "data": {"who": "a"}}),
+    )
+    .await;
     let got = next(&mut b).await;
     assert_eq!(got["event"], "client-typing");
     assert_eq!(got["channel"], ch);
@@ -263,14 +303,26 @@ async fn client_events_on_private_channels_reach_the_others_not_the_sender() {
 
     // Not on public channels, nor on channels not subscribed.
     assert_eq!(subscribe(&mut a, "lobby", None).await, succeeded("lobby"));
-    send(&mut a, json!({"event": "client-x", "channel": "lobby", "data": {}})).await;
+    send(
+        &mut a,
+        json!({"event": "client-x", "channel": "lobby", "data": {}}),
+    )
+    .await;
     assert_eq!(next(&mut a).await["event"], "pusher:error");
-    send(&mut a, json!({"event": "client-x", "channel": "private-other", "data": {}})).await;
+    send(
+        &mut a,
+        json!({"event": "client-x", "channel": "private-other", "data": {}}),
+    )
+    .await;
     assert_eq!(next(&mut a).await["event"], "pusher:error");
 
     // 10 per second: a burst of 15 gets at least one 4301 error.
     for i in 0..15 {
-        send(&mut a, json!({"event": "client-n", "channel": ch, "data": {"i": i}})).await;
+        send(
+            &mut a,
+            json!({"event": "client-n", "channel": ch, "data": {"i": i}}),
+        )
+        .await;
     }
     let mut limited = false;
     for _ in 0..15 {
@@ -290,22 +342,36 @@ async fn pusher_and_phoenix_clients_share_a_topic_both_ways() {
     let s = start(Some(config)).await;
     let ch = "private-room-1";
     let (mut ws, id) = connect(&s).await;
-    assert_eq!(subscribe(&mut ws, ch, Some(sign(&id, ch))).await, succeeded(ch));
+    assert_eq!(
+        subscribe(&mut ws, ch, Some(sign(&id, ch))).await,
+        succeeded(ch)
+    );
     let mut phx = s.client("alice").await;
     assert!(phx.join(ch, json!({})).await.unwrap().is_ok());
 
     // Phoenix → Pusher.
     let reply = phx
-        .push(ch, "msg", Payload::json(&json!({"text": "from phoenix"})).unwrap())
+        .push(
+            ch,
+            "msg",
+            Payload::json(&json!({"text": "from phoenix"})).unwrap(),
+        )
         .await
         .unwrap();
     assert!(reply.is_ok());
     let got = next(&mut ws).await;
     assert_eq!(got["event"], "msg");
-    assert_eq!(json(got["data"].as_str().unwrap()), json!({"text": "from phoenix"}));
+    assert_eq!(
+        json(got["data"].as_str().unwrap()),
+        json!({"text": "from phoenix"})
+    );
 
     // Pusher → Phoenix.
-    send(&mut ws, json!({"event": "client-msg", "channel": ch, "data": {"text": "from pusher"}})).await;
+    send(
+        &mut ws,
+        json!({"event": "client-msg", "channel": ch, "data": {"text": "from pusher"}}),
+    )
+    .await;
     let m = phx.recv_event(ch, "client-msg").await.unwrap();
     assert_eq!(common::cluster::payload(&m), json!({"text": "from pusher"}));
 }
@@ -317,10 +383,76 @@ async fn the_server_pings_a_silent_connection_then_closes_it_with_4201() {
     let mut ws = open(&s, &format!("/app/{KEY}?protocol=7")).await;
     let hello = next(&mut ws).await;
     assert_eq!(json(hello["data"].as_str().unwrap())["activity_timeout"], 1);
-    assert_eq!(next(&mut ws).await, json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"event": "pusher:ping", "data": {}})
+    );
     // Answered: pinged again later rather than closed.
     send(&mut ws, json!({"event": "pusher:pong", "data": {}})).await;
     assert_eq!(next(&mut ws).await["event"], "pusher:ping");
     // Not answered: closed as Pusher closes it.
     assert_eq!(close_code(&mut ws).await, 4201);
+}
+
+#[tokio::test]
+async fn wss_through_plexus_s_tls() {
+    let dir = std::env::temp_dir().join(format!("plexus-pusher-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), c.signing_key.serialize_pem()).unwrap();
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let s = start(Some(&config)).await;
+    let tls = plexus_client::ConnectOptions::new("wss://localhost")
+        .tls_roots_pem(c.cert.pem().as_bytes())
+        .unwrap()
+        .tls
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let name = plexus_client::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let uri = format!("wss://localhost:{}/app/{KEY}?protocol=7&client=js", s.port);
+    let (mut ws, _) = ClientBuilder::new()
+        .uri(&uri)
+        .unwrap()
+        .connect_on(stream)
+        .await
+        .unwrap();
+    let hello = next(&mut ws).await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await, succeeded("news"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn prod_profile_public_channels_are_open_to_pusher_clients_only() {
+    // Prod denies topics no rule matches to Phoenix clients; a Pusher connection's authority
+    // is the app's signature (public channels need none).
+    let config = format!(
+        "profile = \"prod\"\njwt_secret = \"{}\"\n[[channels]]\ntopic = \"private-staff\"\njoin_roles = [\"staff\"]\n",
+        common::SECRET
+    );
+    let s = start(Some(&config)).await;
+    let (mut ws, id) = connect(&s).await;
+    assert_eq!(subscribe(&mut ws, "news", None).await, succeeded("news"));
+    let mut phx = s.client("alice").await;
+    assert!(!phx.join("news", json!({})).await.unwrap().is_ok());
+    // A rule that matches governs Pusher connections too: its roles, which they do not have.
+    let err = subscribe(&mut ws, "private-staff", Some(sign(&id, "private-staff"))).await;
+    assert_eq!(err["event"], "pusher:subscription_error", "{err}");
+    assert_eq!(err["data"]["status"], 403);
 }

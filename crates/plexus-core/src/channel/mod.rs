@@ -346,7 +346,10 @@ impl Channels {
         if let Err(invalid) = node.limits().check_topic(topic) {
             return JoinOutcome::refused(invalid.to_string(), false);
         }
-        let rule = match (node.policy().authorize_join(conn.identity, topic), req.unmatched) {
+        let rule = match (
+            node.policy().authorize_join(conn.identity, topic),
+            req.unmatched,
+        ) {
             (Ok(rule), _) => rule,
             (Err(_), Some(open)) if !node.policy().governs(conn.identity, topic) => open.clone(),
             (Err(denied), _) => {

@@ -51,7 +51,7 @@ impl Client {
         let params =
             Payload::Json(serde_json::value::RawValue::from_string(params.into()).unwrap());
         let req = JoinRequest {
-        unmatched: None,
+            unmatched: None,
             topic,
             join_ref: Some(join_ref),
             msg_ref: Some(join_ref),

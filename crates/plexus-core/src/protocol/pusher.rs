@@ -115,7 +115,10 @@ struct UnsubscribeData {
 
 /// The object inside `data`: pusher-js sends an object, other clients sometimes a JSON string
 /// holding the object. Both are accepted.
-fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>, what: &str) -> Result<T, DecodeError> {
+fn data_object<T: for<'de> Deserialize<'de>>(
+    data: Option<&RawValue>,
+    what: &str,
+) -> Result<T, DecodeError> {
     let raw = data.ok_or_else(|| DecodeError(format!("{what} needs a data object")))?;
     let parsed = match serde_json::from_str::<T>(raw.get()) {
         Ok(v) => Ok(v),
@@ -291,7 +294,9 @@ mod tests {
             Ok(ClientMessage::Ping)
         );
         assert_eq!(
-            decode_client(br#"{"event":"pusher:subscribe","data":{"channel":"private-a","auth":"k:sig"}}"#),
+            decode_client(
+                br#"{"event":"pusher:subscribe","data":{"channel":"private-a","auth":"k:sig"}}"#
+            ),
             Ok(ClientMessage::Subscribe {
                 channel: "private-a".into(),
                 auth: Some("k:sig".into()),
@@ -301,10 +306,16 @@ mod tests {
         // Some clients send data as a JSON string.
         assert_eq!(
             decode_client(br#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"a\"}"}"#),
-            Ok(ClientMessage::Unsubscribe { channel: "a".into() })
+            Ok(ClientMessage::Unsubscribe {
+                channel: "a".into()
+            })
         );
         match decode_client(br#"{"event":"client-typing","channel":"private-a","data":{"x":1}}"#) {
-            Ok(ClientMessage::ClientEvent { event, channel, data }) => {
+            Ok(ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            }) => {
                 assert_eq!(event, "client-typing");
                 assert_eq!(channel, "private-a");
                 assert_eq!(data, r#"{"x":1}"#);
@@ -325,7 +336,11 @@ mod tests {
             br#"{"event":"client-x","data":{}}"#,
             br#"[1,2]"#,
         ] {
-            assert!(decode_client(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_client(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -369,7 +384,10 @@ mod tests {
         assert!(!valid_channel_name(&"a".repeat(201)));
         assert!(valid_channel_name(&"a".repeat(200)));
         assert_eq!(negotiate(Some("7")), Ok(()));
-        assert_eq!(negotiate(Some("5")).unwrap_err().0, codes::UNSUPPORTED_PROTOCOL);
+        assert_eq!(
+            negotiate(Some("5")).unwrap_err().0,
+            codes::UNSUPPORTED_PROTOCOL
+        );
         assert_eq!(negotiate(Some("x")).unwrap_err().0, codes::INVALID_VERSION);
         assert_eq!(negotiate(None).unwrap_err().0, codes::NO_PROTOCOL);
     }

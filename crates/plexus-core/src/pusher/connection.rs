@@ -73,7 +73,10 @@ impl PusherConn {
     /// Queues `pusher:connection_established`.
     pub fn established(&self, socket: &Socket, idle: Duration) {
         let timeout = Self::activity_timeout(idle).as_secs();
-        send(socket, wire::connection_established(&self.socket_id, timeout));
+        send(
+            socket,
+            wire::connection_established(&self.socket_id, timeout),
+        );
     }
 
     /// Queues the server's `pusher:ping` (the connection was silent for the activity timeout).
@@ -140,16 +143,22 @@ impl PusherConn {
             return send(socket, wire::error(None, &reason));
         }
         let refuse = |socket: &Socket, kind: &str, error: &str, status: u16| {
-            tracing::info!(conn = socket.id(), channel, error, "pusher subscription refused");
-            send(socket, wire::subscription_error(channel, kind, error, status));
+            tracing::info!(
+                conn = socket.id(),
+                channel,
+                error,
+                "pusher subscription refused"
+            );
+            send(
+                socket,
+                wire::subscription_error(channel, kind, error, status),
+            );
         };
         match ChannelKind::of(channel) {
             ChannelKind::Public => {}
             ChannelKind::Private => {
-                let signed = auth.is_some_and(|a| {
-                    self.app
-                        .verify_channel(&self.socket_id, channel, None, a)
-                });
+                let signed = auth
+                    .is_some_and(|a| self.app.verify_channel(&self.socket_id, channel, None, a));
                 if !signed {
                     return refuse(
                         socket,
@@ -186,9 +195,21 @@ impl PusherConn {
         }
     }
 
-    async fn client_event(&mut self, socket: &mut Socket, event: String, channel: String, data: String) {
+    async fn client_event(
+        &mut self,
+        socket: &mut Socket,
+        event: String,
+        channel: String,
+        data: String,
+    ) {
         let refuse = |socket: &Socket, code: Option<u16>, message: &str| {
-            tracing::debug!(conn = socket.id(), channel, event, message, "pusher client event refused");
+            tracing::debug!(
+                conn = socket.id(),
+                channel,
+                event,
+                message,
+                "pusher client event refused"
+            );
             send(socket, wire::error(code, message));
         };
         if !matches!(ChannelKind::of(&channel), ChannelKind::Private) {
@@ -254,5 +275,7 @@ fn message(topic: String, event: String, payload: Payload) -> Message {
 fn send(socket: &Socket, text: String) {
     socket
         .outbox()
-        .push(Outgoing::Raw(Box::new(Frame::Text(bytes::Bytes::from(text)))));
+        .push(Outgoing::Raw(Box::new(Frame::Text(bytes::Bytes::from(
+            text,
+        )))));
 }

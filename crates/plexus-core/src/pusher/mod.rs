@@ -36,7 +36,12 @@ impl std::fmt::Debug for PusherApp {
 impl PusherApp {
     /// `key:hex(HMAC-SHA256(secret, "socket_id:channel[:channel_data]"))`: the `auth` a
     /// subscription to a private (or presence) channel carries.
-    pub fn sign_channel(&self, socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+    pub fn sign_channel(
+        &self,
+        socket_id: &str,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> String {
         let signature = self
             .channel_mac(socket_id, channel, channel_data)
             .map(|mac| hex::encode(mac.finalize().into_bytes()))
@@ -143,14 +148,22 @@ mod tests {
         let other_key = auth.replacen("278d", "378d", 1);
         assert!(!app().verify_channel("1234.1234", "private-foobar", None, &other_key));
         assert!(!app().verify_channel("1234.1234", "private-foobar", None, "nocolon"));
-        assert!(!app().verify_channel("1234.1234", "private-foobar", None, "278d425bdf160c739803:zz"));
+        assert!(!app().verify_channel(
+            "1234.1234",
+            "private-foobar",
+            None,
+            "278d425bdf160c739803:zz"
+        ));
     }
 
     #[test]
     fn kinds_and_socket_ids() {
         assert_eq!(ChannelKind::of("a"), ChannelKind::Public);
         assert_eq!(ChannelKind::of("private-a"), ChannelKind::Private);
-        assert_eq!(ChannelKind::of("private-encrypted-a"), ChannelKind::PrivateEncrypted);
+        assert_eq!(
+            ChannelKind::of("private-encrypted-a"),
+            ChannelKind::PrivateEncrypted
+        );
         assert_eq!(ChannelKind::of("presence-a"), ChannelKind::Presence);
         let id = new_socket_id();
         let (a, b) = id.split_once('.').unwrap();

@@ -417,11 +417,7 @@ where
 }
 
 /// Writes frames: small ones coalesced into one buffer per write, large payloads directly.
-async fn write_frames<S, T: ToFrame>(
-    io: &mut S,
-    items: &[T],
-    vsn: Encoding,
-) -> std::io::Result<()>
+async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T], vsn: Encoding) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
@@ -531,7 +527,10 @@ where
                 WsEvent::Text(b) => out.push(Frame::Text(b)),
                 WsEvent::Binary(b) => out.push(Frame::Binary(b)),
                 WsEvent::Ping(p) => {
-                    if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2)).await.is_err() {
+                    if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     out.clear();
@@ -552,7 +551,10 @@ where
                 }
             }
         }
-        if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2)).await.is_err() {
+        if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2))
+            .await
+            .is_err()
+        {
             return;
         }
         if let Some((code, reason)) = violation {
