@@ -456,3 +456,42 @@ async fn prod_profile_public_channels_are_open_to_pusher_clients_only() {
     assert_eq!(err["event"], "pusher:subscription_error", "{err}");
     assert_eq!(err["data"]["status"], 403);
 }
+
+#[tokio::test]
+async fn across_two_nodes_client_events_and_api_broadcasts_reach_the_other_node() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
+    let n0 = Server::start_with(Some(config), &env).await;
+    let n1 = Server::start_with(Some(config), &env).await;
+    let ch = "private-cluster";
+    let (mut a, a_id) = connect(&n0).await;
+    let (mut b, b_id) = connect(&n1).await;
+    assert_eq!(
+        subscribe(&mut a, ch, Some(sign(&a_id, ch))).await,
+        succeeded(ch)
+    );
+    assert_eq!(
+        subscribe(&mut b, ch, Some(sign(&b_id, ch))).await,
+        succeeded(ch)
+    );
+    // A socket_id signed for on one node is refused on the other (another socket).
+    let (mut c, _) = connect(&n1).await;
+    let err = subscribe(&mut c, ch, Some(sign(&a_id, ch))).await;
+    assert_eq!(err["event"], "pusher:subscription_error");
+
+    send(
+        &mut b,
+        json!({"event": "client-hi", "channel": ch, "data": {"from": "n1"}}),
+    )
+    .await;
+    let got = next(&mut a).await;
+    assert_eq!(got["event"], "client-hi");
+    assert_eq!(json(got["data"].as_str().unwrap()), json!({"from": "n1"}));
+
+    n1.broadcast(ch, "news", json!({"n": 1})).await;
+    assert_eq!(next(&mut a).await["event"], "news");
+    assert_eq!(next(&mut b).await["event"], "news");
+}
