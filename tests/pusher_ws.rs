@@ -190,12 +190,16 @@ async fn public_channels_get_api_broadcasts_with_data_as_a_string() {
         next(&mut ws).await,
         json!({"event": "plain", "channel": "news", "data": "just text"})
     );
-    // Unsubscribed: nothing more (the pong proves the broadcast before it was not sent).
+    // Unsubscribed: nothing more. Pusher does not acknowledge an unsubscribe: the pong after
+    // it shows it was handled (frames are handled in order), the pong after the broadcast that
+    // the broadcast was not sent.
     send(
         &mut ws,
         json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}),
     )
     .await;
+    send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(next(&mut ws).await["event"], "pusher:pong");
     s.broadcast("news", "late", json!({})).await;
     send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(next(&mut ws).await["event"], "pusher:pong");

@@ -87,7 +87,6 @@ impl PusherConn {
 
     /// Handles one text frame of the client.
     pub async fn handle(&mut self, socket: &mut Socket, text: &[u8]) {
-        self.pinged = false;
         let msg = match wire::decode_client(text) {
             Ok(m) => m,
             Err(e) => {
@@ -104,14 +103,10 @@ impl PusherConn {
                 }
             }
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe {
-                channel,
-                auth,
-                channel_data,
-            } => {
+            // `channel_data` is for presence channels, not supported yet.
+            ClientMessage::Subscribe { channel, auth, .. } => {
                 if admitted(socket) {
-                    self.subscribe(socket, &channel, auth.as_deref(), channel_data.as_deref())
-                        .await;
+                    self.subscribe(socket, &channel, auth.as_deref()).await;
                 }
             }
             ClientMessage::Unsubscribe { channel } => {
@@ -127,13 +122,7 @@ impl PusherConn {
         }
     }
 
-    async fn subscribe(
-        &self,
-        socket: &mut Socket,
-        channel: &str,
-        auth: Option<&str>,
-        channel_data: Option<&str>,
-    ) {
+    async fn subscribe(&self, socket: &mut Socket, channel: &str, auth: Option<&str>) {
         if !wire::valid_channel_name(channel) {
             let reason = format!(
                 "invalid channel name: 1 to {} characters of A-Z a-z 0-9 _ - = @ , . ;",
@@ -169,7 +158,6 @@ impl PusherConn {
                 }
             }
             ChannelKind::Presence | ChannelKind::PrivateEncrypted => {
-                let _ = channel_data;
                 return refuse(
                     socket,
                     "UnsupportedChannel",
