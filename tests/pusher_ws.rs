@@ -255,7 +255,7 @@ async fn bad_frames_and_unsupported_channels_get_errors_not_crashes() {
         let err = subscribe(&mut ws, name, None).await;
         assert_eq!(err["event"], "pusher:error", "{name}: {err}");
     }
-    for name in ["presence-room", "private-encrypted-room"] {
+    for name in ["private-encrypted-room"] {
         let err = subscribe(&mut ws, name, None).await;
         assert_eq!(err["event"], "pusher:subscription_error", "{name}: {err}");
         assert_eq!(err["data"]["status"], 501);
@@ -498,4 +498,121 @@ async fn across_two_nodes_client_events_and_api_broadcasts_reach_the_other_node(
     n1.broadcast(ch, "news", json!({"n": 1})).await;
     assert_eq!(next(&mut a).await["event"], "news");
     assert_eq!(next(&mut b).await["event"], "news");
+}
+
+fn sign_presence(socket_id: &str, channel: &str, channel_data: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{socket_id}:{channel}:{channel_data}").as_bytes());
+    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Subscribes to a presence channel as `user_id` with `user_info`; returns the answer.
+async fn join_presence(ws: &mut Ws, socket_id: &str, channel: &str, member: Value) -> Value {
+    let data = member.to_string();
+    let auth = sign_presence(socket_id, channel, &data);
+    send(
+        ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}),
+    )
+    .await;
+    next(ws).await
+}
+
+/// The `presence` of a presence channel's subscription_succeeded.
+fn presence_of(frame: &Value) -> Value {
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+    json(frame["data"].as_str().unwrap())["presence"].clone()
+}
+
+#[tokio::test]
+async fn presence_channels_have_one_member_per_user_whatever_its_connections() {
+    let s = start(None).await;
+    let ch = "presence-room";
+    let (mut a, a_id) = connect(&s).await;
+    let (mut b, b_id) = connect(&s).await;
+    let (mut b2, b2_id) = connect(&s).await;
+
+    let got = join_presence(
+        &mut a,
+        &a_id,
+        ch,
+        json!({"user_id": "u1", "user_info": {"name": "A"}}),
+    )
+    .await;
+    assert_eq!(
+        presence_of(&got),
+        json!({"ids": ["u1"], "hash": {"u1": {"name": "A"}}, "count": 1})
+    );
+    // A number user_id is a string member id.
+    let got = join_presence(
+        &mut b,
+        &b_id,
+        ch,
+        json!({"user_id": 2, "user_info": {"name": "B"}}),
+    )
+    .await;
+    let presence = presence_of(&got);
+    assert_eq!(presence["count"], 2);
+    assert_eq!(presence["hash"]["2"], json!({"name": "B"}));
+    let added = next(&mut a).await;
+    assert_eq!(added["event"], "pusher_internal:member_added");
+    assert_eq!(added["channel"], ch);
+    assert_eq!(
+        json(added["data"].as_str().unwrap()),
+        json!({"user_id": "2", "user_info": {"name": "B"}})
+    );
+
+    // The same user's second connection: still two members, nobody told.
+    let got = join_presence(
+        &mut b2,
+        &b2_id,
+        ch,
+        json!({"user_id": "2", "user_info": {"name": "B"}}),
+    )
+    .await;
+    assert_eq!(presence_of(&got)["count"], 2);
+    // Its join (and the diff it published) is done once a frame after it is answered.
+    send(&mut b2, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(next(&mut b2).await["event"], "pusher:pong");
+    s.broadcast(ch, "marker", json!(1)).await;
+    assert_eq!(next(&mut a).await["event"], "marker");
+    assert_eq!(next(&mut b).await["event"], "marker");
+
+    // Its first connection leaving: still a member. The last one: member_removed.
+    send(
+        &mut b,
+        json!({"event": "pusher:unsubscribe", "data": {"channel": ch}}),
+    )
+    .await;
+    send(&mut b, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(next(&mut b).await["event"], "pusher:pong");
+    s.broadcast(ch, "marker", json!(2)).await;
+    assert_eq!(next(&mut a).await["event"], "marker");
+    drop(b2); // the connection's end departs its channels
+    let removed = next(&mut a).await;
+    assert_eq!(removed["event"], "pusher_internal:member_removed");
+    assert_eq!(
+        json(removed["data"].as_str().unwrap()),
+        json!({"user_id": "2"})
+    );
+
+    // Refused: a signature over other channel_data, no channel_data, a user_info over 1 KB.
+    let (mut c, c_id) = connect(&s).await;
+    let signed = json!({"user_id": "u3"}).to_string();
+    let auth = sign_presence(&c_id, ch, &signed);
+    let forged = json!({"user_id": "u1"}).to_string();
+    send(&mut c, json!({"event": "pusher:subscribe", "data": {"channel": ch, "auth": auth, "channel_data": forged}})).await;
+    let err = next(&mut c).await;
+    assert_eq!(err["event"], "pusher:subscription_error", "{err}");
+    assert_eq!(err["data"]["status"], 401);
+    let auth = sign_presence(&c_id, ch, "");
+    let err = subscribe(&mut c, ch, Some(auth)).await;
+    assert_eq!(err["data"]["status"], 401, "{err}");
+    let big = json!({"user_id": "u3", "user_info": {"x": "y".repeat(1100)}});
+    let err = join_presence(&mut c, &c_id, ch, big).await;
+    assert_eq!(err["event"], "pusher:subscription_error", "{err}");
+    assert_eq!(err["data"]["status"], 400);
 }

@@ -209,6 +209,7 @@ impl Socket {
                 params: &msg.payload,
                 reply: true,
                 unmatched: None,
+                member: None,
             })
             .await;
             return;

@@ -269,6 +269,17 @@ pub struct JoinRequest<'a> {
     /// The rule of a topic that no configured rule matches, for connections whose protocol
     /// has its own authority (Pusher: the app's signature); `None`: such topics are refused.
     pub unmatched: Option<&'a Arc<ChannelRule>>,
+    /// Track the connection in presence as this member, whatever the rule says (Pusher's
+    /// presence channels: the `user_id` and `user_info` the app signed); `None`: the rule
+    /// decides, keyed by `sub`.
+    pub member: Option<Member>,
+}
+
+/// A presence member chosen by the connection's protocol: its key and initial meta.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub key: Arc<str>,
+    pub meta: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The connection's joined channels, by topic.
@@ -434,7 +445,10 @@ impl Channels {
                 rule: rule.clone(),
                 _quota: quota.map(Box::new),
                 // Supabase clients track themselves (`presence` track).
-                presence_key: (rule.presence && supabase.is_none()).then(|| sub.clone()),
+                presence_key: match &req.member {
+                    Some(m) => Some(m.key.clone()),
+                    None => (rule.presence && supabase.is_none()).then(|| sub.clone()),
+                },
                 supabase,
             },
         );
@@ -443,10 +457,16 @@ impl Channels {
             .reply_with_history(conn, req, &rule, true, is_supabase, &app_reply)
             .await;
         conn.node.webhook(EventKind::Join, || conn.event(topic));
-        if rule.presence && is_supabase {
+        if let Some(member) = &req.member {
+            let mut meta = member.meta.clone();
+            meta.extend(app_meta.into_iter().flatten());
+            track_presence(conn, topic, req.join_ref, &member.key, meta).await;
+        } else if rule.presence && is_supabase {
             push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {
-            track_presence(conn, topic, req.join_ref, app_meta).await;
+            let mut meta = presence::presence_meta(conn.identity);
+            meta.extend(app_meta.into_iter().flatten());
+            track_presence(conn, topic, req.join_ref, &conn.identity.sub, meta).await;
         }
         outcome
     }

@@ -52,6 +52,7 @@ impl Client {
             Payload::Json(serde_json::value::RawValue::from_string(params.into()).unwrap());
         let req = JoinRequest {
             unmatched: None,
+            member: None,
             topic,
             join_ref: Some(join_ref),
             msg_ref: Some(join_ref),
@@ -175,6 +176,7 @@ async fn a_join_with_a_null_ref_is_still_answered() {
     let params = Payload::empty_object();
     let req = JoinRequest {
         unmatched: None,
+        member: None,
         topic: "room:1",
         join_ref: None,
         msg_ref: None,

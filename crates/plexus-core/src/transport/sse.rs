@@ -91,6 +91,7 @@ pub async fn open(
         let outcome = socket
             .join(JoinRequest {
                 unmatched: None,
+                member: None,
                 topic,
                 join_ref: None,
                 msg_ref: None,

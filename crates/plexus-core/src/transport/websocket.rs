@@ -181,6 +181,9 @@ where
                     biased;
                     _ = outbox.changed() => {
                         let close_req = outbox.drain_into(batch);
+                        if let Some(p) = pusher.as_mut() {
+                            p.translate(batch);
+                        }
                         // The write timeout reuses the connection's one timer (no extra Sleep
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
@@ -332,6 +335,9 @@ where
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(batch);
+            if let Some(p) = pusher.as_mut() {
+                p.translate(batch);
+            }
             timer.as_mut().reset(Instant::now() + write_timeout);
             Box::pin(async {
                 tokio::select! {
