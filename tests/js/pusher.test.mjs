@@ -37,8 +37,16 @@ before(async () => {
     let body = "";
     for await (const chunk of req) body += chunk;
     const form = new URLSearchParams(body);
-    const signature = sign(signWith, form.get("socket_id"), form.get("channel_name"));
+    const channel = form.get("channel_name");
     res.writeHead(200, { "content-type": "application/json" });
+    if (channel.startsWith("presence-")) {
+      // Presence: the signature covers socket_id:channel:channel_data.
+      const channelData = JSON.stringify({ user_id: form.get("user"), user_info: { name: form.get("user").toUpperCase() } });
+      const signature = sign(signWith, form.get("socket_id"), `${channel}:${channelData}`);
+      res.end(JSON.stringify({ auth: signature, channel_data: channelData }));
+      return;
+    }
+    const signature = sign(signWith, form.get("socket_id"), channel);
     res.end(JSON.stringify({ auth: signature }));
   });
   auth.listen(0, "127.0.0.1");
@@ -51,14 +59,14 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function client() {
+function client(user = "someone") {
   return new Pusher(PUSHER.key, {
     wsHost: "127.0.0.1",
     wsPort: server.port,
     forceTLS: false,
     enabledTransports: ["ws"],
     cluster: "mt1",
-    channelAuthorization: { endpoint: `http://127.0.0.1:${auth.address().port}/pusher/auth` },
+    channelAuthorization: { endpoint: `http://127.0.0.1:${auth.address().port}/pusher/auth`, params: { user } },
   });
 }
 
@@ -158,5 +166,51 @@ test("client events reach the other pusher-js clients and phoenix.js, not the se
     a.disconnect();
     b.disconnect();
     phx.disconnect();
+  }
+});
+
+test("presence channels: members by user_id, one member per user, member_added and member_removed", async () => {
+  const a = client("ann");
+  const b1 = client("bob");
+  const b2 = client("bob");
+  try {
+    await Promise.all([connected(a), connected(b1), connected(b2)]);
+    const ca = a.subscribe("presence-lobby");
+    await subscribed(ca);
+    assert.equal(ca.members.count, 1);
+    assert.equal(ca.members.me.id, "ann");
+    assert.deepEqual(ca.members.me.info, { name: "ANN" });
+
+    const added = next(ca, "pusher:member_added");
+    const cb1 = b1.subscribe("presence-lobby");
+    await subscribed(cb1);
+    assert.deepEqual(await added, { id: "bob", info: { name: "BOB" } });
+    assert.equal(ca.members.count, 2);
+    assert.equal(cb1.members.count, 2);
+    assert.deepEqual(cb1.members.get("ann").info, { name: "ANN" });
+
+    // Bob's second connection: no member_added (a's count stays 2, checked after a marker).
+    let addedAgain = false;
+    ca.bind("pusher:member_added", () => { addedAgain = true; });
+    const cb2 = b2.subscribe("presence-lobby");
+    await subscribed(cb2);
+    assert.equal(cb2.members.count, 2);
+    // A client event from Bob's second connection reaches Ann after any presence event.
+    const marker = next(ca, "client-hi");
+    cb2.trigger("client-hi", { n: 1 });
+    assert.deepEqual(await marker, { n: 1 });
+    assert.equal(addedAgain, false);
+    assert.equal(ca.members.count, 2);
+
+    // Bob's last connection leaving removes him.
+    const removed = next(ca, "pusher:member_removed");
+    b1.disconnect();
+    b2.disconnect();
+    assert.deepEqual(await removed, { id: "bob", info: { name: "BOB" } });
+    assert.equal(ca.members.count, 1);
+  } finally {
+    a.disconnect();
+    b1.disconnect();
+    b2.disconnect();
   }
 });
