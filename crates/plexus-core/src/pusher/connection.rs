@@ -6,14 +6,18 @@
 //!   that topic; `pusher:unsubscribe` a leave; a client event `client-*` a client push of that
 //!   event, so broadcasts of the HTTP API and of Phoenix clients reach Pusher subscribers and
 //!   the other way round.
-//! * Authorisation: a `private-` channel needs the app's signature of `socket_id:channel`
-//!   (checked here, before the core's join). Then the channel rules decide as for any
+//! * Authorisation: a `private-` channel needs the app's signature of `socket_id:channel`, a
+//!   `presence-` channel of `socket_id:channel:channel_data` (checked here, before the core's
+//!   join). Then the channel rules decide as for any
 //!   connection: a topic that a `[[channels]]` rule matches is governed by it (its roles, hooks,
 //!   history); a topic no rule matches is open to Pusher connections (Pusher's semantics: the
 //!   app's signature is the only authority), even where the profile denies unmatched topics to
 //!   Phoenix clients.
-//! * Not yet: `presence-` and `private-encrypted-` channels (refused with a
-//!   `pusher:subscription_error` saying so), cache channels, `pusher:signin`.
+//! * Presence: a `presence-` subscription joins as the member its `channel_data` names
+//!   (`user_id`, `user_info`), tracked in the core's presence; [`PusherConn::translate`] turns
+//!   the core's `presence_state` / `presence_diff` into Pusher's frames, one member per user.
+//! * Not yet: `private-encrypted-` channels (refused with a `pusher:subscription_error` saying
+//!   so), cache channels, `pusher:signin`, `user_id` on presence client events.
 //!
 //! Replies say nothing to a Pusher client when they succeed; errors become `pusher:error`
 //! (see [`crate::outbox::Outgoing::encode_pusher`]).

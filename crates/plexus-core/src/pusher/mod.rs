@@ -97,7 +97,7 @@ pub enum ChannelKind {
     Private,
     /// `private-encrypted-`: not supported yet.
     PrivateEncrypted,
-    /// `presence-`: not supported yet.
+    /// `presence-`: a signature over `socket_id:channel:channel_data`; members by `user_id`.
     Presence,
 }
 
