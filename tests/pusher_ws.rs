@@ -616,3 +616,47 @@ async fn presence_channels_have_one_member_per_user_whatever_its_connections() {
     assert_eq!(err["event"], "pusher:subscription_error", "{err}");
     assert_eq!(err["data"]["status"], 400);
 }
+
+#[tokio::test]
+async fn presence_members_across_two_nodes() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
+    let n0 = Server::start_with(Some(config), &env).await;
+    let n1 = Server::start_with(Some(config), &env).await;
+    let ch = "presence-cluster";
+    let (mut a, a_id) = connect(&n0).await;
+    let (mut b, b_id) = connect(&n1).await;
+    let (mut b2, b2_id) = connect(&n0).await;
+    let got = join_presence(&mut a, &a_id, ch, json!({"user_id": "ann"})).await;
+    assert_eq!(presence_of(&got)["count"], 1);
+    let got = join_presence(&mut b, &b_id, ch, json!({"user_id": "bob"})).await;
+    assert_eq!(
+        presence_of(&got)["ids"].as_array().unwrap().len(),
+        2,
+        "{got}"
+    );
+    let added = next(&mut a).await;
+    assert_eq!(added["event"], "pusher_internal:member_added");
+    assert_eq!(json(added["data"].as_str().unwrap())["user_id"], "bob");
+    // Bob again, on the other node: one member.
+    let got = join_presence(&mut b2, &b2_id, ch, json!({"user_id": "bob"})).await;
+    assert_eq!(presence_of(&got)["count"], 2);
+    send(&mut b2, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(next(&mut b2).await["event"], "pusher:pong");
+    n1.broadcast(ch, "marker", json!(1)).await;
+    assert_eq!(next(&mut a).await["event"], "marker");
+    // Both of Bob's connections gone: removed once.
+    drop(b);
+    drop(b2);
+    let removed = next(&mut a).await;
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    assert_eq!(json(removed["data"].as_str().unwrap())["user_id"], "bob");
+    n1.broadcast(ch, "marker", json!(2)).await;
+    assert_eq!(next(&mut a).await["event"], "marker");
+}
