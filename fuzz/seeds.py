@@ -36,6 +36,21 @@ for name, t in TEXT.items():
     write("codec_text", name, t)
 
 
+# --- pusher: frames as pusher-js 8.x sends them (and a forged server event) ----------------
+PUSHER = {
+    "subscribe-private": {"event": "pusher:subscribe", "data": {"channel": "private-a", "auth": "key:abc"}},
+    "subscribe-string-data": {"event": "pusher:subscribe", "data": json.dumps(
+        {"channel": "presence-a", "auth": "k:s", "channel_data": json.dumps({"user_id": "1"})})},
+    "client-event": {"event": "client-typing", "channel": "private-a", "data": {"x": "\u00e9\"q"}},
+    "client-event-string": {"event": "client-s", "channel": "private-a", "data": "a \"string\""},
+    "ping": {"event": "pusher:ping", "data": {}},
+    "unsubscribe": {"event": "pusher:unsubscribe", "data": {"channel": "news"}},
+    "forged-internal": {"event": "pusher_internal:subscription_succeeded", "channel": "a", "data": "{}"},
+}
+for name, frame_ in PUSHER.items():
+    write("pusher", name, json.dumps(frame_, separators=(",", ":")))
+
+
 # --- codec_binary: kind 0 client push, server push (0), reply (1), broadcast (2) ----------
 def frame(kind, fields, payload):
     fs = [f.encode() for f in fields]

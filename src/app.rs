@@ -6,6 +6,7 @@
 //! | `GET /socket/websocket` | [`websocket`] — Phoenix WebSocket endpoint |
 //! | `GET`, `POST /socket/longpoll` | [`longpoll`] — Phoenix LongPoll endpoint |
 //! | `GET /sse` | [`sse`] — Server-Sent Events |
+//! | `GET /app/{key}` | [`pusher_ws`] — Pusher's WebSocket endpoint (Pusher mode only) |
 //! | `POST /api/broadcast`, `GET /api/channels`, `GET /api/channels/{topic}/presence`, `GET /api/channels/{topic}/history`, `POST /api/disconnect` | [`api`] — backend API (API key) |
 //! | `POST /apps/{id}/events`, `/batch_events`, `/users/{user}/terminate_connections`, `GET /apps/{id}/channels[/{channel}[/users]]` | [`pusher_api`] — Pusher's HTTP API (Pusher mode only) |
 //! | `GET /dev/token`, `GET /dev/echo` | [`dev`] — dev profile only |
@@ -16,7 +17,7 @@
 use crate::config::Profile;
 use crate::demo::pages;
 use crate::routes::{
-    api, body_limit, dev, health, json_error, longpoll, pusher_api, sse, websocket,
+    api, body_limit, dev, health, json_error, longpoll, pusher_api, pusher_ws, sse, websocket,
 };
 use crate::state::AppState;
 use axum::http::StatusCode;
@@ -62,6 +63,10 @@ pub fn router(state: AppState) -> Router {
     if state.config.pusher.is_some() {
         // Pusher's HTTP API (signed with the app's secret, not the API key).
         r = pusher_api::routes(r);
+    }
+    if state.pusher_app.is_some() {
+        // pusher-js connects to `/app/{key}?protocol=7&client=js&version=…`.
+        r = r.route("/app/{key}", get(pusher_ws::upgrade));
     }
     let dev = state.config.profile == Profile::Dev;
     if dev {

@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
         longpoll,
         admin,
+        pusher_app: config.pusher.clone().map(Arc::new),
     };
     calls.set_state(state.clone());
     let tls = match &config.tls {

@@ -22,4 +22,6 @@ pub struct AppState {
     pub longpoll: Arc<LongPoll>,
     // (admin console)
     pub admin: Arc<crate::admin::Admin>,
+    /// Pusher mode's app (`config.pusher`), shared by every Pusher connection.
+    pub pusher_app: Option<Arc<plexus_core::pusher::PusherApp>>,
 }

@@ -6,6 +6,7 @@ pub mod dev;
 pub mod health;
 pub mod longpoll;
 pub mod pusher_api;
+pub mod pusher_ws;
 pub mod sse;
 pub mod websocket;
 

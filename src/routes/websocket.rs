@@ -153,7 +153,15 @@ pub async fn upgrade(
                     crate::transport_counts::Counted::WebSocket,
                 );
                 tracing::debug!(peer = %peer, sub = %sub, vsn = vsn.as_str(), "websocket connected");
-                websocket::serve(node, identity, permit, vsn, TokioIo::new(upgraded), &[]).await;
+                websocket::serve(
+                    node,
+                    identity,
+                    permit,
+                    websocket::Wire::Phoenix(vsn),
+                    TokioIo::new(upgraded),
+                    &[],
+                )
+                .await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),

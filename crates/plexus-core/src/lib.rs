@@ -34,8 +34,10 @@
 //! * [`ratelimit`] — the token bucket behind the rate limits.
 //! * [`supabase`] — Supabase Realtime's conventions inside the Phoenix protocol (channel
 //!   config, broadcast envelope, presence track/untrack), read and written as plain data.
-//! * [`protocol`] — the Phoenix codecs (V2 arrays and binary frames, V1 objects) and the
-//!   WebSocket framing (pure functions, no I/O, fuzzable).
+//! * [`pusher`] — Pusher's protocol semantics (channel kinds, signatures) and a Pusher
+//!   WebSocket connection's handling on top of the [`socket`]: its channels are topics.
+//! * [`protocol`] — the Phoenix codecs (V2 arrays and binary frames, V1 objects), Pusher's
+//!   protocol 7 codec and the WebSocket framing (pure functions, no I/O, fuzzable).
 
 pub mod admission;
 pub mod auth;

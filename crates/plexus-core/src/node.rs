@@ -243,6 +243,19 @@ impl Node {
         headers: &http::HeaderMap,
         token: Option<&str>,
     ) -> Result<(Identity, Permit), Refusal> {
+        self.admit_as(peer, headers, |node| node.authenticate(token))
+            .await
+    }
+
+    /// [`Node::admit`] for a connection whose identity does not come from a token: the same
+    /// checks, in the same order, with `identify` in place of the token's verification (a
+    /// Pusher connection is an anonymous `pusher:<socket_id>`).
+    pub async fn admit_as(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        identify: impl FnOnce(&Self) -> Result<Identity, AuthError>,
+    ) -> Result<(Identity, Permit), Refusal> {
         let ip = self.admission.client_ip(peer, headers);
         let refuse = |r: Refusal| {
             tracing::warn!(client = %ip, status = r.status, reason = %r.reason, "connection refused");
@@ -252,7 +265,7 @@ impl Node {
         };
         self.admission.check_rate(ip).map_err(refuse)?;
         self.admission.check_origin(headers).map_err(refuse)?;
-        let identity = self.authenticate(token).map_err(|e| refuse(e.into()))?;
+        let identity = identify(self).map_err(|e| refuse(e.into()))?;
         if self.is_draining() {
             return Err(refuse(Refusal {
                 status: 503,

@@ -57,6 +57,10 @@ pub enum Outgoing {
     Broadcast(Arc<Publication>),
     /// The same, with its history offset in `ref`: the receiver's join asked for offsets.
     BroadcastWithOffset(Arc<Publication>),
+    /// A frame already encoded in the connection's own protocol: what a protocol other than
+    /// Phoenix's says that the core has no message for (Pusher's `connection_established`,
+    /// `subscription_succeeded`, `pong`…).
+    Raw(Box<Frame>),
 }
 
 impl Outgoing {
@@ -90,15 +94,41 @@ impl Outgoing {
                     + p.payload.len()
             }
             Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p.frame.len(),
+            Outgoing::Raw(f) => f.len(),
         }
     }
 
-    /// The message's payload (a reply's `response`).
-    pub fn payload(&self) -> &Payload {
+    /// The message's payload (a reply's `response`); `None` for a raw frame.
+    pub fn payload(&self) -> Option<&Payload> {
         match self {
-            Outgoing::Reply(r) => &r.response,
-            Outgoing::Push(p) => &p.payload,
-            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => &p.payload,
+            Outgoing::Reply(r) => Some(&r.response),
+            Outgoing::Push(p) => Some(&p.payload),
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => Some(&p.payload),
+            Outgoing::Raw(_) => None,
+        }
+    }
+
+    /// The frame of this message for a Pusher connection, or `None` for what Pusher's protocol
+    /// has no frame for: broadcasts as Pusher channel events (encoded once per publication),
+    /// error replies as `pusher:error`, raw frames as they are. Successful replies and the
+    /// Phoenix pushes (`phx_close`, presence, `token_expired`) say nothing to a Pusher client.
+    pub fn encode_pusher(&self) -> Option<Frame> {
+        match self {
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p
+                .pusher_frame()
+                .inspect_err(|e| tracing::debug!(error = %e, "broadcast not encodable for Pusher"))
+                .ok(),
+            Outgoing::Raw(f) => Some((**f).clone()),
+            Outgoing::Reply(r) if r.status == "error" => {
+                let reason = r
+                    .response
+                    .as_json()
+                    .and_then(|raw| serde_json::from_str::<ErrorReason>(raw.get()).ok())
+                    .map_or_else(|| "error".to_owned(), |e| e.reason);
+                let text = crate::protocol::pusher::error(None, &reason);
+                Some(Frame::Text(bytes::Bytes::from(text)))
+            }
+            Outgoing::Reply(_) | Outgoing::Push(_) => None,
         }
     }
 
@@ -134,19 +164,20 @@ impl Outgoing {
                 p.event,
                 &p.payload,
             )),
+            (Outgoing::Raw(f), _) => Ok((**f).clone()),
         }
     }
 
     /// The frame of this message as text, for transports that carry no binary frames
     /// (LongPoll): a binary payload travels as JSON `{"binary": "<base64>"}`.
     pub fn encode_text(&self, vsn: Vsn) -> Result<Frame, EncodeError> {
-        let Payload::Binary(_) = self.payload() else {
+        let Some(binary @ Payload::Binary(_)) = self.payload() else {
             return self.encode(vsn);
         };
         if vsn == Vsn::V1 {
             return self.encode(vsn);
         }
-        let payload = Payload::Json(json_payload(self.payload()).into_owned());
+        let payload = Payload::Json(json_payload(binary).into_owned());
         match self {
             Outgoing::Reply(r) => encode_reply(
                 r.join_ref.as_deref(),
@@ -166,8 +197,15 @@ impl Outgoing {
             Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => {
                 encode_broadcast(None, &p.topic, &p.event, &payload)
             }
+            Outgoing::Raw(f) => Ok((**f).clone()),
         }
     }
+}
+
+/// The `reason` of an error reply.
+#[derive(serde::Deserialize)]
+struct ErrorReason {
+    reason: String,
 }
 
 /// The bytes of a message's refs (a client chooses them, up to a whole message's size).

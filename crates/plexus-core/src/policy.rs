@@ -393,6 +393,12 @@ impl Policy {
         Ok(rule.clone())
     }
 
+    /// Whether a rule matches `topic` for `who` (allowing or denying it).
+    pub fn governs(&self, who: &Identity, topic: &str) -> bool {
+        let topic = self.rule_name(topic);
+        self.rules.iter().any(|r| r.matches(topic, who))
+    }
+
     /// The rule governing `topic` for publishes that come from no user (the HTTP API, the
     /// server itself): `{sub}` matches any user id.
     pub fn rule_for_topic(&self, topic: &str) -> Option<&ChannelRule> {

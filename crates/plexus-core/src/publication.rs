@@ -73,6 +73,8 @@ struct Shapes {
     v2_plain: OnceLock<Frame>,
     v1_plain: OnceLock<Frame>,
     v1_offset: OnceLock<Frame>,
+    /// Pusher's `{"event", "channel", "data"}` (no offset: Pusher has none).
+    pusher: OnceLock<Frame>,
 }
 
 impl Publication {
@@ -156,6 +158,20 @@ impl Publication {
         Ok(cell.get_or_init(|| frame).clone())
     }
 
+    /// The frame Pusher connections get, encoded once per publication and shared by all of
+    /// them: `{"event", "channel", "data"}` with `data` a string (a JSON string payload as it
+    /// is, any other JSON as the string of its text); a binary payload travels as the string of
+    /// `{"binary": "<base64>"}`.
+    pub fn pusher_frame(&self) -> Result<Frame, EncodeError> {
+        if let Some(f) = self.shapes.pusher.get() {
+            return Ok(f.clone());
+        }
+        let data = crate::protocol::json_payload(&self.payload);
+        let text = crate::protocol::pusher::channel_event(&self.event, &self.topic, data.get());
+        let frame = Frame::Text(bytes::Bytes::from(text));
+        Ok(self.shapes.pusher.get_or_init(|| frame).clone())
+    }
+
     /// A publication received from another node as an encoded broadcast frame: its event and
     /// payload are decoded once here, for the whole node.
     pub fn from_frame(
@@ -228,6 +244,24 @@ mod tests {
 
     fn text(f: Frame) -> String {
         String::from_utf8(f.bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn pusher_receivers_share_one_frame_with_data_as_a_string() {
+        let payload = Payload::json(&serde_json::json!({"n": 1})).unwrap();
+        let p = Publication::new("room-a", "msg", payload, None).unwrap();
+        let a = p.pusher_frame().unwrap();
+        assert_eq!(
+            text(a.clone()),
+            r#"{"event":"msg","channel":"room-a","data":"{\"n\":1}"}"#
+        );
+        let b = p.pusher_frame().unwrap();
+        assert_eq!(a.bytes().as_ptr(), b.bytes().as_ptr());
+        let s = Publication::new("c", "e", Payload::json(&"hi").unwrap(), None).unwrap();
+        assert_eq!(
+            text(s.pusher_frame().unwrap()),
+            r#"{"event":"e","channel":"c","data":"hi"}"#
+        );
     }
 
     #[test]

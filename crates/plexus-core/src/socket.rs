@@ -51,7 +51,7 @@ pub struct Socket {
 }
 
 /// What the rate limit says of an inbound message.
-enum Admitted {
+pub enum Admitted {
     Yes,
     RateLimited,
     /// A sustained flood: the connection is being closed.
@@ -133,7 +133,7 @@ impl Socket {
     /// Counts an inbound message (decodable or not) and applies the rate limit. `false` means
     /// it was refused: the caller answers `rate limited`, unless the connection is being closed
     /// for a sustained flood.
-    fn admit_message(&mut self) -> Admitted {
+    pub fn admit_message(&mut self) -> Admitted {
         self.node
             .counters
             .messages_in
@@ -209,6 +209,8 @@ impl Socket {
                 msg_ref: msg.msg_ref.as_deref(),
                 params: &msg.payload,
                 reply: true,
+                unmatched: None,
+                member: None,
             })
             .await;
             return;

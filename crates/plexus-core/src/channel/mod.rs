@@ -283,6 +283,20 @@ pub struct JoinRequest<'a> {
     pub reply: bool,
     /// The join params (`{"recover": {"epoch", "offset"}}` asks for missed history).
     pub params: &'a Payload,
+    /// The rule of a topic that no configured rule matches, for connections whose protocol
+    /// has its own authority (Pusher: the app's signature); `None`: such topics are refused.
+    pub unmatched: Option<&'a Arc<ChannelRule>>,
+    /// Track the connection in presence as this member, whatever the rule says (Pusher's
+    /// presence channels: the `user_id` and `user_info` the app signed); `None`: the rule
+    /// decides, keyed by `sub`.
+    pub member: Option<Member>,
+}
+
+/// A presence member chosen by the connection's protocol: its key and initial meta.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub key: Arc<str>,
+    pub meta: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The connection's joined channels, by topic.
@@ -360,9 +374,13 @@ impl Channels {
         if let Err(invalid) = node.limits().check_topic(topic) {
             return JoinOutcome::refused(invalid.to_string(), false);
         }
-        let rule = match node.policy().authorize_join(conn.identity, topic) {
-            Ok(rule) => rule,
-            Err(denied) => {
+        let rule = match (
+            node.policy().authorize_join(conn.identity, topic),
+            req.unmatched,
+        ) {
+            (Ok(rule), _) => rule,
+            (Err(_), Some(open)) if !node.policy().governs(conn.identity, topic) => open.clone(),
+            (Err(denied), _) => {
                 return JoinOutcome::refused(denied.0, false);
             }
         };
@@ -451,7 +469,10 @@ impl Channels {
                 rule: rule.clone(),
                 _quota: quota.map(Box::new),
                 // Supabase clients track themselves (`presence` track).
-                presence_key: (rule.presence && supabase.is_none()).then(|| sub.clone()),
+                presence_key: match &req.member {
+                    Some(m) => Some(m.key.clone()),
+                    None => (rule.presence && supabase.is_none()).then(|| sub.clone()),
+                },
                 supabase,
                 signin_params,
             },
@@ -462,10 +483,16 @@ impl Channels {
             .await;
         conn.node
             .webhook_by(EventKind::Join, conn.by(), || conn.event(topic));
-        if rule.presence && is_supabase {
+        if let Some(member) = &req.member {
+            let mut meta = member.meta.clone();
+            meta.extend(app_meta.into_iter().flatten());
+            track_presence(conn, topic, req.join_ref, &member.key, meta).await;
+        } else if rule.presence && is_supabase {
             push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {
-            track_presence(conn, topic, req.join_ref, app_meta).await;
+            let mut meta = presence::presence_meta(conn.identity);
+            meta.extend(app_meta.into_iter().flatten());
+            track_presence(conn, topic, req.join_ref, &conn.identity.sub, meta).await;
         }
         outcome
     }

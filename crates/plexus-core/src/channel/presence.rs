@@ -134,21 +134,17 @@ pub(super) fn presence_meta(identity: &Identity) -> serde_json::Map<String, serd
     meta
 }
 
-/// Tracks the connection, sends it the topic's `presence_state`, and tells everyone.
-/// `app_meta` is what the application's join hook added (it cannot set `phx_ref*`).
+/// Tracks the connection under `sub` (its user, or the member its protocol chose) with the
+/// meta `initial` (what the application's join hook added included; it cannot set
+/// `phx_ref*`), sends it the topic's `presence_state`, and tells everyone.
 pub(super) async fn track_presence(
     conn: &Conn<'_>,
     topic: &str,
     join_ref: Option<&str>,
-    app_meta: Option<serde_json::Map<String, serde_json::Value>>,
+    sub: &Arc<str>,
+    mut initial: serde_json::Map<String, serde_json::Value>,
 ) {
-    let sub = &conn.identity.sub;
-    let mut initial = presence_meta(conn.identity);
-    for (k, v) in app_meta.into_iter().flatten() {
-        if !k.starts_with("phx_ref") {
-            initial.insert(k, v);
-        }
-    }
+    initial.retain(|k, _| !k.starts_with("phx_ref"));
     let meta = conn
         .node
         .presence()

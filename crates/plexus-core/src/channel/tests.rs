@@ -51,6 +51,8 @@ impl Client {
         let params =
             Payload::Json(serde_json::value::RawValue::from_string(params.into()).unwrap());
         let req = JoinRequest {
+            unmatched: None,
+            member: None,
             topic,
             join_ref: Some(join_ref),
             msg_ref: Some(join_ref),
@@ -173,6 +175,8 @@ async fn a_join_with_a_null_ref_is_still_answered() {
     let mut channels = Channels::default();
     let params = Payload::empty_object();
     let req = JoinRequest {
+        unmatched: None,
+        member: None,
         topic: "room:1",
         join_ref: None,
         msg_ref: None,

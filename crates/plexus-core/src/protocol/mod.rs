@@ -1,10 +1,13 @@
 //! The Phoenix Channels wire protocol: V2 (JSON arrays and binary frames, as spoken by the
 //! `phoenix` JavaScript client 1.8) and the V1 JSON objects of older clients.
 //!
+//! [`pusher`] is Pusher's protocol 7 (pusher-js), served at `/app/{key}` in Pusher mode.
+//!
 //! Pure encoding and decoding with no I/O, so it can be unit-tested and fuzzed on its own.
 //! See `docs/protocol.md` for the frame layouts; [`codec`] implements V2, [`v1`] V1.
 
 pub mod codec;
+pub mod pusher;
 pub mod v1;
 pub mod ws_frame;
 
@@ -108,8 +111,12 @@ pub mod events {
 
     /// Events the server owns: a client can never have one of them relayed to others (nor can
     /// the HTTP API publish one), whatever the channel rules say.
+    /// Pusher's `pusher:` and `pusher_internal:` events are the server's too: a Pusher client
+    /// must never receive a forged `pusher_internal:subscription_succeeded`.
     pub fn is_reserved(event: &str) -> bool {
         event.starts_with("phx_")
+            || event.starts_with("pusher:")
+            || event.starts_with("pusher_internal:")
             || matches!(
                 event,
                 PRESENCE_STATE

@@ -90,6 +90,8 @@ pub async fn open(
         let params = Payload::json(&params).unwrap_or_else(|_| Payload::empty_object());
         let outcome = socket
             .join(JoinRequest {
+                unmatched: None,
+                member: None,
                 topic,
                 join_ref: None,
                 msg_ref: None,

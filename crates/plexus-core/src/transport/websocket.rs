@@ -1,7 +1,8 @@
 //! The WebSocket transport: drives one upgraded connection.
 //!
 //! One task per connection selects over three things: inbound bytes (framed by
-//! [`FrameDecoder`], decoded as Phoenix messages and handed to the [`Socket`]), the connection's
+//! [`FrameDecoder`], decoded as Phoenix messages and handed to the [`Socket`]; on a Pusher
+//! connection, handed to its [`PusherConn`]), the connection's
 //! [`Outbox`](crate::outbox::Outbox) (drained in batches and written with one syscall where
 //! possible), and the idle timer.
 //!
@@ -19,6 +20,7 @@ use crate::protocol::ws_frame::{
     close_frame, encode_header, FrameDecoder, WsEvent, OP_BINARY, OP_PONG, OP_TEXT,
 };
 use crate::protocol::{Frame, Vsn};
+use crate::pusher::connection::PusherConn;
 use crate::socket::Socket;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -32,6 +34,21 @@ use tokio::time::Instant;
 const READ_CHUNK: usize = 8 * 1024;
 /// Small frames are coalesced into one write buffer up to this size.
 const COALESCE: usize = 64 * 1024;
+
+/// The protocol a connection speaks, chosen at the handshake.
+pub enum Wire {
+    /// Phoenix Channels, in the serializer version negotiated by `vsn`.
+    Phoenix(Vsn),
+    /// Pusher's protocol 7 (`/app/{key}`), with the connection's Pusher state.
+    Pusher(Box<PusherConn>),
+}
+
+/// How outgoing messages are encoded (the part of [`Wire`] the write path needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Phoenix(Vsn),
+    Pusher,
+}
 
 /// What ended the read side.
 enum ReadOutcome {
@@ -59,25 +76,34 @@ struct Conn<S> {
     control: Vec<u8>,
     /// What the bytes read past the handshake held, handled before the first read.
     pending_read: Option<ReadOutcome>,
+    /// Set on Pusher connections.
+    pusher: Option<Box<PusherConn>>,
 }
 
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes,
-/// speaking the protocol version `vsn` negotiated at the handshake. `pre_read` holds bytes the
+/// speaking the protocol (and version) `wire` negotiated at the handshake. `pre_read` holds bytes the
 /// HTTP layer read past the handshake (usually empty). The connection is registered and its
 /// state allocated here, before the returned future first runs.
 pub fn serve<S>(
     node: Arc<Node>,
     identity: Identity,
     permit: Permit,
-    vsn: Vsn,
+    wire: Wire,
     io: S,
     pre_read: &[u8],
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (encoding, pusher) = match wire {
+        Wire::Phoenix(vsn) => (Encoding::Phoenix(vsn), None),
+        Wire::Pusher(p) => (Encoding::Pusher, Some(p)),
+    };
     let opened = match Socket::open(node.clone(), identity, permit) {
         Ok(socket) => {
+            if let Some(p) = &pusher {
+                p.established(&socket, node.limits().idle_timeout);
+            }
             let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
             let mut events = Vec::new();
             let pending_read = (!pre_read.is_empty()).then(|| {
@@ -95,26 +121,26 @@ where
                 batch: Vec::new(),
                 control: Vec::new(),
                 pending_read,
+                pusher,
             }))
         }
         Err(_) => Err(io),
     };
     async move {
         match opened {
-            Ok(conn) => run(conn, vsn).await,
+            Ok(conn) => run(conn, encoding).await,
             Err(mut io) => {
-                let _ = Box::pin(close(
-                    &mut io,
-                    close_codes::SERVICE_RESTART,
-                    "server restarting",
-                ))
-                .await;
+                let code = match encoding {
+                    Encoding::Pusher => crate::protocol::pusher::codes::RECONNECT,
+                    Encoding::Phoenix(_) => close_codes::SERVICE_RESTART,
+                };
+                let _ = Box::pin(close(&mut io, code, "server restarting")).await;
             }
         }
     }
 }
 
-async fn run<S>(mut conn: Box<Conn<S>>, vsn: Vsn)
+async fn run<S>(mut conn: Box<Conn<S>>, vsn: Encoding)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -127,6 +153,7 @@ where
         batch,
         control,
         pending_read,
+        pusher,
     } = &mut *conn;
     let outbox = socket.outbox().clone();
     let idle = node.limits().idle_timeout;
@@ -134,7 +161,16 @@ where
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     let mut idle_deadline = Instant::now() + idle;
-    timer.as_mut().reset(socket.expiry().next(idle_deadline));
+    // Pusher connections: the server's `pusher:ping` after the activity timeout of silence,
+    // then the idle close if nothing comes back.
+    let pong_wait = idle - PusherConn::activity_timeout(idle).min(idle);
+    let wake_at = |idle_deadline: Instant, pusher: &Option<Box<PusherConn>>| match pusher {
+        Some(p) if !p.pinged => idle_deadline - pong_wait,
+        _ => idle_deadline,
+    };
+    timer
+        .as_mut()
+        .reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
     let mut closing = false;
 
     let close_with: Option<(u16, &'static str)> = 'conn: loop {
@@ -145,6 +181,9 @@ where
                     biased;
                     _ = outbox.changed() => {
                         let close_req = outbox.drain_into(batch);
+                        if let Some(p) = pusher.as_mut() {
+                            p.translate(batch);
+                        }
                         // The write timeout reuses the connection's one timer (no extra Sleep
                         // in the task): armed for the write, then back to idle/expiry.
                         timer.as_mut().reset(Instant::now() + write_timeout);
@@ -161,7 +200,7 @@ where
                             batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
                         }
                         batch.clear();
-                        timer.as_mut().reset(socket.expiry().next(idle_deadline));
+                        timer.as_mut().reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
                         if batch.capacity() > 64 {
                             *batch = Vec::new();
                         }
@@ -185,11 +224,20 @@ where
                             ExpiryStep::Warn => socket.notify_token_expired(node.limits().expiry_grace),
                             ExpiryStep::Close => break 'conn Some((close_codes::TOKEN_EXPIRED, "token expired")),
                             ExpiryStep::None if now >= idle_deadline => {
-                                break 'conn Some((close_codes::IDLE_TIMEOUT, "heartbeat timeout"))
+                                break 'conn Some(match pusher {
+                                    Some(_) => (crate::protocol::pusher::codes::PONG_NOT_RECEIVED, "pong reply not received"),
+                                    None => (close_codes::IDLE_TIMEOUT, "heartbeat timeout"),
+                                })
                             }
-                            ExpiryStep::None => {}
+                            ExpiryStep::None => {
+                                if let Some(p) = pusher.as_mut().filter(|p| !p.pinged) {
+                                    if now >= idle_deadline - pong_wait {
+                                        p.ping(socket);
+                                    }
+                                }
+                            }
                         }
-                        timer.as_mut().reset(socket.expiry().next(idle_deadline));
+                        timer.as_mut().reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
                         continue 'conn;
                     }
                 }
@@ -214,15 +262,28 @@ where
             ReadOutcome::Events => None,
         };
         idle_deadline = Instant::now() + idle;
+        if let Some(p) = pusher.as_mut() {
+            // Any frame (a WebSocket ping too) shows the connection is alive.
+            p.pinged = false;
+        }
         for event in events.drain(..) {
+            let phoenix = match (vsn, pusher.as_mut(), &event) {
+                (Encoding::Phoenix(v), _, _) => v,
+                (Encoding::Pusher, Some(p), WsEvent::Text(data) | WsEvent::Binary(data)) => {
+                    Box::pin(p.handle(socket, data)).await;
+                    continue;
+                }
+                // Control frames are the same whatever the protocol.
+                (Encoding::Pusher, _, _) => Vsn::V2,
+            };
             match event {
-                WsEvent::Text(data) => match vsn.decode_text(&data) {
+                WsEvent::Text(data) => match phoenix.decode_text(&data) {
                     Ok(m) if socket.handle_inline(&m) => {}
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
                 },
                 // V1 clients may send their JSON objects as binary frames (heartbeats too).
-                WsEvent::Binary(data) => match vsn.decode_binary(&data) {
+                WsEvent::Binary(data) => match phoenix.decode_binary(&data) {
                     Ok(m) if socket.handle_inline(&m) => {}
                     Ok(m) => Box::pin(socket.handle(m)).await,
                     Err(e) => socket.handle_decode_error(e),
@@ -268,10 +329,15 @@ where
             *events = Vec::new();
         }
         // A token refresh among the messages replaced the expiry.
-        timer.as_mut().reset(socket.expiry().next(idle_deadline));
+        timer
+            .as_mut()
+            .reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             outbox.drain_into(batch);
+            if let Some(p) = pusher.as_mut() {
+                p.translate(batch);
+            }
             timer.as_mut().reset(Instant::now() + write_timeout);
             Box::pin(async {
                 tokio::select! {
@@ -296,13 +362,13 @@ where
 /// What [`write_frames`] writes: encoded frames, or outgoing messages encoded as they are
 /// written (a broadcast's shared frame is not copied).
 trait ToFrame {
-    fn to_frame(&self, vsn: Vsn) -> Option<Frame>;
+    fn to_frame(&self, encoding: Encoding) -> Option<Frame>;
     /// About the encoded size.
     fn len_hint(&self) -> usize;
 }
 
 impl ToFrame for Frame {
-    fn to_frame(&self, _: Vsn) -> Option<Frame> {
+    fn to_frame(&self, _: Encoding) -> Option<Frame> {
         Some(self.clone())
     }
 
@@ -315,14 +381,18 @@ impl ToFrame for Outgoing {
     fn len_hint(&self) -> usize {
         match self {
             Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p.frame.len(),
-            other => 64 + other.payload().len(),
+            other => 64 + other.payload().map_or(0, |p| p.len()),
         }
     }
 
-    fn to_frame(&self, vsn: Vsn) -> Option<Frame> {
-        self.encode(vsn)
-            .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
-            .ok()
+    fn to_frame(&self, encoding: Encoding) -> Option<Frame> {
+        match encoding {
+            Encoding::Phoenix(vsn) => self
+                .encode(vsn)
+                .inspect_err(|e| tracing::debug!(error = %e, "message not encodable"))
+                .ok(),
+            Encoding::Pusher => self.encode_pusher(),
+        }
     }
 }
 
@@ -353,7 +423,7 @@ where
 }
 
 /// Writes frames: small ones coalesced into one buffer per write, large payloads directly.
-async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T], vsn: Vsn) -> std::io::Result<()>
+async fn write_frames<S, T: ToFrame>(io: &mut S, items: &[T], vsn: Encoding) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
@@ -426,6 +496,23 @@ where
     Ok(())
 }
 
+/// Refuses an upgraded connection as Pusher does: one text frame (its `pusher:error`), then a
+/// close with `code`.
+pub async fn refuse<S>(mut io: S, text: &str, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = [Frame::Text(bytes::Bytes::from(text.to_owned()))];
+    let written = tokio::time::timeout(
+        Duration::from_secs(2),
+        write_frames(&mut io, &frame, Encoding::Pusher),
+    )
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        let _ = close(&mut io, code, reason).await;
+    }
+}
+
 /// A raw WebSocket echo over the same framing code, for conformance testing (Autobahn
 /// fuzzingclient, `scripts/autobahn`). Served only by the dev profile at `/dev/echo`.
 pub async fn echo<S>(mut io: S, max_message: usize)
@@ -446,7 +533,10 @@ where
                 WsEvent::Text(b) => out.push(Frame::Text(b)),
                 WsEvent::Binary(b) => out.push(Frame::Binary(b)),
                 WsEvent::Ping(p) => {
-                    if write_frames(&mut io, &out, Vsn::V2).await.is_err() {
+                    if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     out.clear();
@@ -460,14 +550,17 @@ where
                 }
                 WsEvent::Pong => {}
                 WsEvent::Close(code, _) => {
-                    let _ = write_frames(&mut io, &out, Vsn::V2).await;
+                    let _ = write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2)).await;
                     let _ = io.write_all(&close_frame(code.unwrap_or(1000), "")).await;
                     let _ = io.shutdown().await;
                     return;
                 }
             }
         }
-        if write_frames(&mut io, &out, Vsn::V2).await.is_err() {
+        if write_frames(&mut io, &out, Encoding::Phoenix(Vsn::V2))
+            .await
+            .is_err()
+        {
             return;
         }
         if let Some((code, reason)) = violation {
