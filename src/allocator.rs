@@ -21,12 +21,13 @@
 //!
 //! Blocks under the threshold (history of messages under 128 KiB) still come from the heaps,
 //! and what evicted history and the copies of a publish free there is reused but stays in the
-//! process: 60 kB messages grew RSS by 1.1–1.3 times the budget. So [`spawn_trimmer`] calls
+//! process: 60 kB messages grew RSS by 1.1–1.4 times the budget. So [`spawn_trimmer`] calls
 //! `malloc_trim(0)` (which hands every free page of every arena back) on a blocking thread, at
 //! most once every [`TRIM_INTERVAL`] and only once the embedded broker freed at least
 //! [`trim_after`] bytes of history since the last trim; one trim of a heap holding 64 MiB of
-//! history takes about a millisecond (BENCHMARKS.md, "History memory vs budget"). Nothing
-//! runs per message: the task reads the broker's counter of bytes freed once a second.
+//! history takes about a millisecond, 10 ms at the longest with 2,000 clients connected
+//! (BENCHMARKS.md, "History memory vs budget"). Nothing runs per message: the task reads the
+//! broker's counter of bytes freed once a second.
 
 /// The threshold set: glibc's own default, made fixed.
 pub const MMAP_THRESHOLD: usize = 128 * 1024;

@@ -518,9 +518,14 @@ pub fn encode_push(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, raw.get().len(), |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => binary_frame(
             KIND_PUSH,
             &[
@@ -542,9 +547,14 @@ pub fn encode_broadcast(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(None, msg_ref, topic, event, raw.get().len(), |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            None,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => {
             binary_frame(KIND_BROADCAST, &[(topic, "topic"), (event, "event")], data)
         }
@@ -632,9 +642,14 @@ pub fn encode_client_push(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, raw.get().len(), |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => binary_frame(
             KIND_PUSH,
             &[
