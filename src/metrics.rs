@@ -102,6 +102,18 @@ fn describe() {
         "plexus_history_bytes",
         "Bytes of history retained in this node's memory (limits.history_max_bytes bounds it)."
     );
+    describe_counter!(
+        "plexus_allocator_trims_total",
+        "Times glibc's heaps were trimmed after history was freed (src/allocator.rs)."
+    );
+    describe_gauge!(
+        "plexus_allocator_trim_seconds",
+        "How long the last trim of glibc's heaps took (on a blocking thread)."
+    );
+    describe_gauge!(
+        "plexus_allocator_trim_max_seconds",
+        "How long the longest trim of glibc's heaps took since start."
+    );
     describe_gauge!(
         "plexus_broker_up",
         "1 while the broker's backend (Redis) is reachable; always 1 for the embedded broker."

@@ -67,6 +67,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Node::with_broker(node_config, hub, broker)
         }
     };
+    crate::allocator::spawn_trimmer(
+        &node,
+        crate::allocator::trim_after(config.limits.history.max_bytes),
+    );
     let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
     // (admin console) its node-to-node requests share LongPoll's handler: installed first.
     let calls = crate::admin::cluster::Dispatcher::install(&node);

@@ -64,7 +64,10 @@ impl Server {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
+        // PLEXUS_TEST_BIN: another build of the server (a before/after comparison).
+        let bin = std::env::var_os("PLEXUS_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_plexus").into());
+        let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PLEXUS_LISTEN", format!("127.0.0.1:{}", self.port))

@@ -10,6 +10,8 @@
 //! topics left with neither subscribers nor entries once nobody read or published them for a
 //! minute. Reading history creates no entry: only the topic's epoch record (so that a joiner's
 //! epoch is the one later publishes use, and an HTTP poller's stays the same).
+//! Bytes freed are counted ([`HistoryStats::freed`]): the binary gives the heap memory they
+//! held back to the system after enough of them (src/allocator.rs).
 
 use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats};
 use crate::hub::Hub;
@@ -99,6 +101,8 @@ pub struct MemoryBroker {
     histories: Mutex<HashMap<Box<str>, Arc<Mutex<TopicHistory>>>>,
     /// Bytes retained by all topics.
     bytes: AtomicUsize,
+    /// Bytes of history freed since start ([`HistoryStats::freed`]).
+    freed: AtomicU64,
 }
 
 impl MemoryBroker {
@@ -134,6 +138,7 @@ impl MemoryBroker {
             generation: AtomicU64::new(1),
             histories: Mutex::new(HashMap::new()),
             bytes: AtomicUsize::new(0),
+            freed: AtomicU64::new(0),
         }
     }
 
@@ -154,7 +159,7 @@ impl MemoryBroker {
             if unsubscribed && now.duration_since(h.last_publish) > self.budget.idle {
                 freed += h.clear();
             }
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            self.release(freed);
             if unsubscribed
                 && h.entries.is_empty()
                 && now.duration_since(h.last_touch) > FORGET_AFTER
@@ -198,8 +203,17 @@ impl MemoryBroker {
                 break;
             }
             let freed = history.lock().clear();
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            self.release(freed);
         }
+    }
+
+    /// Counts `freed` bytes of entries dropped; returns the total retained before.
+    fn release(&self, freed: usize) -> usize {
+        if freed == 0 {
+            return self.bytes.load(Ordering::Relaxed);
+        }
+        self.freed.fetch_add(freed as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed)
     }
 
     /// The topic's record (created if missing), and its lock; never one the sweep removed.
@@ -277,10 +291,7 @@ impl Broker for MemoryBroker {
         freed += h.expire(now);
         let publication = Arc::new(publication);
         self.hub.deliver(&publication);
-        let total = self
-            .bytes
-            .fetch_sub(freed, Ordering::Relaxed)
-            .saturating_sub(freed);
+        let total = self.release(freed).saturating_sub(freed);
         drop(h);
         drop(history);
         if total > self.budget.max_bytes {
@@ -293,8 +304,7 @@ impl Broker for MemoryBroker {
         let (_history, mut h) = self.locked(topic, None);
         let now = Instant::now();
         h.last_touch = now;
-        let freed = h.expire(now);
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.release(h.expire(now));
         let Some(since) = since else {
             return Ok(HistoryPage {
                 epoch: h.epoch.clone(),
@@ -340,6 +350,7 @@ impl Broker for MemoryBroker {
         Some(HistoryStats {
             topics: self.histories.lock().len(),
             bytes: self.bytes.load(Ordering::Relaxed),
+            freed: self.freed.load(Ordering::Relaxed),
         })
     }
 }

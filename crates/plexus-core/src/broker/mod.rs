@@ -127,6 +127,9 @@ pub struct HistoryPage {
 pub struct HistoryStats {
     pub topics: usize,
     pub bytes: usize,
+    /// Bytes of history freed (evicted, expired, past a topic's size) since start: the binary
+    /// trims the allocator's heaps after enough of it (src/allocator.rs).
+    pub freed: u64,
 }
 
 /// A failure of the broker's backend (network, server). Local delivery is unaffected.

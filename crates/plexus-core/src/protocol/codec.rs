@@ -419,14 +419,21 @@ pub(super) fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// A text frame `[join_ref, msg_ref, topic, event, body]`. `body_len` is what `body` writes
+/// (give or take a few bytes): the buffer is sized for the whole frame up front, so a frame
+/// neither keeps the spare capacity a growing `Vec` doubles into (`Bytes` keeps the whole
+/// allocation) nor leaves the smaller buffers it grew through behind in the heap, next to
+/// retained history (issue 19 #12).
 fn text_frame(
     join_ref: Option<&str>,
     msg_ref: Option<&str>,
     topic: &str,
     event: &str,
+    body_len: usize,
     body: impl FnOnce(&mut Vec<u8>),
 ) -> Frame {
-    let mut out = Vec::with_capacity(64 + topic.len() + event.len());
+    let refs = join_ref.map_or(0, str::len) + msg_ref.map_or(0, str::len);
+    let mut out = Vec::with_capacity(64 + refs + topic.len() + event.len() + body_len);
     out.push(b'[');
     push_opt_str(&mut out, join_ref);
     out.push(b',');
@@ -479,6 +486,7 @@ pub fn encode_reply(
             msg_ref,
             topic,
             super::events::REPLY,
+            raw.get().len() + status.len() + 24,
             // Key order as Phoenix's serializer writes it (its maps are sorted by key).
             |out| {
                 out.extend_from_slice(b"{\"response\":");
@@ -510,9 +518,14 @@ pub fn encode_push(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => binary_frame(
             KIND_PUSH,
             &[
@@ -534,9 +547,14 @@ pub fn encode_broadcast(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(None, msg_ref, topic, event, |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            None,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => {
             binary_frame(KIND_BROADCAST, &[(topic, "topic"), (event, "event")], data)
         }
@@ -607,7 +625,12 @@ pub fn encode_broadcast_with_offset(
     event: &str,
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
-    Ok(encode_broadcast_parts(topic, event, payload)?.with_offset(offset))
+    // Encoded in one go: the frame, without the tail `encode_broadcast_parts` would build and
+    // drop (a copy of the payload per history publish).
+    match payload {
+        Payload::Json(_) => encode_broadcast(Some(&offset.to_string()), topic, event, payload),
+        Payload::Binary(_) => encode_broadcast(None, topic, event, payload),
+    }
 }
 
 /// Encodes a client push (used by the Rust client): JSON text, or a kind-0 binary frame.
@@ -619,9 +642,14 @@ pub fn encode_client_push(
     payload: &Payload,
 ) -> Result<Frame, EncodeError> {
     match payload {
-        Payload::Json(raw) => Ok(text_frame(join_ref, msg_ref, topic, event, |out| {
-            out.extend_from_slice(raw.get().as_bytes())
-        })),
+        Payload::Json(raw) => Ok(text_frame(
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            raw.get().len(),
+            |out| out.extend_from_slice(raw.get().as_bytes()),
+        )),
         Payload::Binary(data) => binary_frame(
             KIND_PUSH,
             &[
