@@ -111,6 +111,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Listen(format!("cannot read the listening address: {e}")))?;
+    // Before the announcement: a SIGTERM right after it must drain, not kill (default action).
+    let stop_signals = StopSignals::install();
     announce(&config, addr, node.broker_name(), tls.is_some());
     // (demo) the live page's data, through this server's own HTTP API.
     if config.demo_feed {
@@ -154,7 +156,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         in_flight.clone(),
     ));
 
-    wait_for_signal().await;
+    stop_signals.wait().await;
     if !config.drain_notice.is_zero() {
         // Health checks see "draining" and balancers stop routing here first.
         tracing::info!(
@@ -467,24 +469,56 @@ async fn drain(node: Arc<Node>, timeout: Duration) {
     tracing::info!(remaining = node.connection_count(), "drained");
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from [`StopSignals::install`] on: a signal that
+/// arrives between the listener's announcement and the first wait is not lost (and does not
+/// kill the process by its default action).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            StopSignals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Until the first of them arrives.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
