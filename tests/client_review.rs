@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{Server, SECRET};
+use common::tokens::{anon_key, connect, supabase_user_jwt};
+use common::Server;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,20 +198,6 @@ async fn v1_messages_in_binary_frames_are_decoded_and_answered_in_text() {
     }
 }
 
-/// An HS256 JWT with exactly these claims, signed with the test secret.
-fn jwt(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
-}
-
-fn exp() -> u64 {
-    plexus_core::auth::unix_now() + 3600
-}
-
 /// Supabase channels with Supabase's roles claim (`role`) and rules by role.
 const SUPABASE: &str = r#"
 profile = "dev"
@@ -230,22 +217,6 @@ presence = true
 topic = "*"
 presence = true
 "#;
-
-/// Supabase's anon key: no `sub`, `role: anon`.
-fn anon_key() -> String {
-    jwt(json!({"iss": "supabase", "role": "anon", "exp": exp()}))
-}
-
-/// A signed-in user's JWT as Supabase issues it.
-fn user_jwt(sub: &str) -> String {
-    jwt(json!({"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": exp()}))
-}
-
-async fn connect(s: &Server, token: &str) -> plexus_client::Client {
-    plexus_client::Client::connect(plexus_client::ConnectOptions::new(s.url()).token(token))
-        .await
-        .expect("connect")
-}
 
 /// `setAuth` as realtime-js sends it on a joined channel: `access_token`, no reply on success.
 async fn set_auth(c: &mut plexus_client::Client, topic: &str, token: &str) {
@@ -284,8 +255,8 @@ async fn joined_metas(c: &mut plexus_client::Client, topic: &str, key: &str) -> 
 #[tokio::test]
 async fn supabase_presence_metas_carry_the_trackers_verified_sub() {
     let s = Server::start_with(Some(SUPABASE), &[]).await;
-    let mut alice = connect(&s, &user_jwt("alice-id")).await;
-    let mut bob = connect(&s, &user_jwt("bob-id")).await;
+    let mut alice = connect(&s, &supabase_user_jwt("alice-id")).await;
+    let mut bob = connect(&s, &supabase_user_jwt("bob-id")).await;
     let topic = "realtime:lobby";
     let keyed = json!({"config": {"presence": {"key": "alice"}}});
     assert!(alice.join(topic, keyed).await.expect("join").is_ok());
@@ -304,7 +275,7 @@ async fn supabase_presence_metas_carry_the_trackers_verified_sub() {
         "the rest is the client's: {metas:?}"
     );
     // The presence_state a later joiner gets says the same.
-    let mut carol = connect(&s, &user_jwt("carol-id")).await;
+    let mut carol = connect(&s, &supabase_user_jwt("carol-id")).await;
     assert!(carol.join(topic, json!({})).await.expect("join").is_ok());
     let state = carol
         .recv_event(topic, "presence_state")
@@ -339,7 +310,7 @@ async fn supabase_anon_key_then_set_auth_signs_in_once_and_rechecks_channels() {
         .await
         .expect("join")
         .is_ok());
-    let mut watcher = connect(&s, &user_jwt("watcher-id")).await;
+    let mut watcher = connect(&s, &supabase_user_jwt("watcher-id")).await;
     assert!(watcher.join(room, json!({})).await.expect("join").is_ok());
     // Tracked while anonymous: no user to vouch for.
     track(&mut c, room, json!({"sub": "ivy-id"})).await;
@@ -349,8 +320,8 @@ async fn supabase_anon_key_then_set_auth_signs_in_once_and_rechecks_channels() {
     );
 
     // The user signs in: setAuth(<user JWT>) on every joined channel, as realtime-js does.
-    set_auth(&mut c, room, &user_jwt("ivy-id")).await;
-    set_auth(&mut c, visitors, &user_jwt("ivy-id")).await;
+    set_auth(&mut c, room, &supabase_user_jwt("ivy-id")).await;
+    set_auth(&mut c, visitors, &supabase_user_jwt("ivy-id")).await;
     // The anon-only channels are authorised again and left: the Supabase channel with
     // Supabase's notice, then phx_close; the Phoenix one with phx_close and the reason.
     let (mut notice, mut closed, mut phoenix_close) = (None, false, None);
@@ -411,15 +382,17 @@ async fn two_users_never_swap_on_one_connection() {
             None,
             "phoenix",
             "refresh_token",
-            plexus_client::protocol::Payload::json(&json!({"token": user_jwt("first-id")}))
-                .expect("payload"),
+            plexus_client::protocol::Payload::json(
+                &json!({"token": supabase_user_jwt("first-id")}),
+            )
+            .expect("payload"),
         )
         .await
         .expect("reply");
     assert!(r.is_ok(), "the one upgrade: {:?}", r.json());
     // Then neither another user nor the anon key again.
     for (token, reason) in [
-        (user_jwt("second-id"), "same sub"),
+        (supabase_user_jwt("second-id"), "same sub"),
         (anon_key(), "anonymous"),
     ] {
         let r = c
@@ -436,7 +409,7 @@ async fn two_users_never_swap_on_one_connection() {
         assert!(!r.is_ok() && why.contains(reason), "{:?}", r.json());
     }
     // On a Supabase channel, another user's setAuth closes it with the reason.
-    set_auth(&mut c, room, &user_jwt("second-id")).await;
+    set_auth(&mut c, room, &supabase_user_jwt("second-id")).await;
     let notice = c.recv_event(room, "system").await.expect("notice");
     let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
     assert!(message.contains("same sub"), "{message}");
@@ -479,13 +452,13 @@ async fn anon_tokens_need_supabase_and_the_anon_role() {
 async fn a_sign_in_counts_in_the_users_connection_cap() {
     let capped = SUPABASE.replace("[auth]", "[limits]\nmax_connections_per_user = 1\n[auth]");
     let s = Server::start_with(Some(&capped), &[]).await;
-    let mut first = connect(&s, &user_jwt("capped-id")).await;
+    let mut first = connect(&s, &supabase_user_jwt("capped-id")).await;
     assert!(first.heartbeat().await.expect("heartbeat").is_ok());
     // Anonymous connections are not the user's: this one is admitted.
     let mut c = connect(&s, &anon_key()).await;
     let room = "realtime:capped";
     assert!(c.join(room, json!({})).await.expect("join").is_ok());
-    set_auth(&mut c, room, &user_jwt("capped-id")).await;
+    set_auth(&mut c, room, &supabase_user_jwt("capped-id")).await;
     let notice = c.recv_event(room, "system").await.expect("notice");
     let message = body(&notice)["message"].as_str().unwrap_or("").to_owned();
     assert!(message.contains("too many connections"), "{message}");
@@ -495,8 +468,10 @@ async fn a_sign_in_counts_in_the_users_connection_cap() {
             None,
             "phoenix",
             "refresh_token",
-            plexus_client::protocol::Payload::json(&json!({"token": user_jwt("other-id")}))
-                .expect("payload"),
+            plexus_client::protocol::Payload::json(
+                &json!({"token": supabase_user_jwt("other-id")}),
+            )
+            .expect("payload"),
         )
         .await
         .expect("reply");

@@ -9,7 +9,8 @@
 mod common;
 
 use common::receiver::{Answer, Receiver, HOOK_SECRET};
-use common::{Server, SECRET};
+use common::tokens::{anon_key, connect, exp, jwt};
+use common::Server;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,32 +30,8 @@ messages_per_second = 0
 topic = "room:*"
 "#;
 
-fn jwt(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
-}
-
-fn exp() -> u64 {
-    plexus_core::auth::unix_now() + 3600
-}
-
-/// Supabase's anon key: no `sub`, `role: anon`.
-fn anon_key() -> String {
-    jwt(json!({"iss": "supabase", "role": "anon", "exp": exp()}))
-}
-
 fn user_jwt(sub: &str) -> String {
     jwt(json!({"sub": sub, "role": "authenticated", "exp": exp()}))
-}
-
-async fn connect(s: &Server, token: &str) -> plexus_client::Client {
-    plexus_client::Client::connect(plexus_client::ConnectOptions::new(s.url()).token(token))
-        .await
-        .expect("connect")
 }
 
 async fn start_hooks(recv: &Receiver, extra: &[(&str, &str)]) -> Server {

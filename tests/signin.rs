@@ -10,7 +10,8 @@
 mod common;
 
 use common::receiver::{Answer, Receiver, HOOK_SECRET};
-use common::{Server, SECRET};
+use common::tokens::{anon_key, connect, supabase_user_jwt};
+use common::Server;
 use plexus_client::protocol::Payload;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -31,36 +32,6 @@ join_hook = "off"
 [[channels]]
 topic = "*"
 "#;
-
-/// An HS256 JWT with exactly these claims, signed with the test secret.
-fn jwt(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
-}
-
-fn exp() -> u64 {
-    plexus_core::auth::unix_now() + 3600
-}
-
-/// Supabase's anon key: no `sub`, `role: anon`.
-fn anon_key() -> String {
-    jwt(json!({"iss": "supabase", "role": "anon", "exp": exp()}))
-}
-
-/// A signed-in user's JWT as Supabase issues it.
-fn user_jwt(sub: &str) -> String {
-    jwt(json!({"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": exp()}))
-}
-
-async fn connect(s: &Server, token: &str) -> plexus_client::Client {
-    plexus_client::Client::connect(plexus_client::ConnectOptions::new(s.url()).token(token))
-        .await
-        .expect("connect")
-}
 
 async fn refresh(c: &mut plexus_client::Client, token: &str) -> plexus_client::Reply {
     c.request(
@@ -113,7 +84,10 @@ async fn the_connect_hook_decides_a_sign_in_and_a_refused_one_stays_anonymous() 
     let (status, _, why) = common::http_raw(
         s.port,
         "GET",
-        &format!("/socket/websocket?vsn=2.0.0&token={}", user_jwt("banned")),
+        &format!(
+            "/socket/websocket?vsn=2.0.0&token={}",
+            supabase_user_jwt("banned")
+        ),
         &common::ws_headers(),
         "",
     )
@@ -123,7 +97,7 @@ async fn the_connect_hook_decides_a_sign_in_and_a_refused_one_stays_anonymous() 
     // Signing in as banned on an anonymous connection is refused the same way.
     let mut c = connect(&s, &anon_key()).await;
     assert!(c.join("room:lobby", json!({})).await.expect("join").is_ok());
-    let r = refresh(&mut c, &user_jwt("banned")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("banned")).await;
     assert!(!r.is_ok(), "banned signed in: {:?}", r.json());
     assert_eq!(r.reason().as_deref(), Some("banned user"), "{:?}", r.json());
     assert!(
@@ -133,7 +107,7 @@ async fn the_connect_hook_decides_a_sign_in_and_a_refused_one_stays_anonymous() 
         "the connect hook was asked about the user"
     );
     // A connect hook that does not answer refuses the sign-in too.
-    let r = refresh(&mut c, &user_jwt("down")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("down")).await;
     assert_eq!(
         r.reason().as_deref(),
         Some("hook unavailable"),
@@ -146,7 +120,7 @@ async fn the_connect_hook_decides_a_sign_in_and_a_refused_one_stays_anonymous() 
         .await
         .expect("push");
     assert!(r.is_ok(), "{:?}", r.json());
-    let r = refresh(&mut c, &user_jwt("carol")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("carol")).await;
     assert!(r.is_ok(), "{:?}", r.json());
     recv.assert_all_signed();
 }
@@ -165,7 +139,7 @@ async fn a_sign_in_asks_the_join_hooks_again_and_closes_what_they_refuse() {
         let r = c.join(topic, params).await.expect("join");
         assert!(r.is_ok(), "{topic}: {:?}", r.json());
     }
-    let r = refresh(&mut c, &user_jwt("eve")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("eve")).await;
     assert!(r.is_ok(), "{:?}", r.json());
     // The channels eve's join hook refuses are closed with its reason (in any order).
     let (mut close, mut notice) = (None, None);
@@ -243,7 +217,7 @@ async fn webhooks_around_a_sign_in_match_up() {
         .await
         .expect("join")
         .is_ok());
-    let r = refresh(&mut c, &user_jwt("ivy")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("ivy")).await;
     assert!(r.is_ok(), "{:?}", r.json());
     c.close().await;
     let events = recv
@@ -333,11 +307,11 @@ async fn a_sign_in_moves_the_connection_to_the_users_cluster_wide_cap() {
     let a = Server::start_with(Some(CLUSTER), &[("PLEXUS_REDIS_URL", &url)]).await;
     let b = Server::start_with(Some(CLUSTER), &[("PLEXUS_REDIS_URL", &url)]).await;
     // full-id is connected on node a: signing in as full-id on node b is refused.
-    let mut first = connect(&a, &user_jwt("full-id")).await;
+    let mut first = connect(&a, &supabase_user_jwt("full-id")).await;
     assert!(first.heartbeat().await.expect("heartbeat").is_ok());
     let mut c = connect(&b, &anon_key()).await;
     assert!(c.join("room:x", json!({})).await.expect("join").is_ok());
-    let r = refresh(&mut c, &user_jwt("full-id")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("full-id")).await;
     assert_eq!(
         r.reason().as_deref(),
         Some("too many connections for this user"),
@@ -345,10 +319,10 @@ async fn a_sign_in_moves_the_connection_to_the_users_cluster_wide_cap() {
         r.json()
     );
     // Still anonymous: it may sign in as a user with room; then that user is full everywhere.
-    let r = refresh(&mut c, &user_jwt("free-id")).await;
+    let r = refresh(&mut c, &supabase_user_jwt("free-id")).await;
     assert!(r.is_ok(), "{:?}", r.json());
     assert_eq!(
-        handshake(&a, &user_jwt("free-id")).await,
+        handshake(&a, &supabase_user_jwt("free-id")).await,
         429,
         "the signed-in connection on node b counts in free-id's cluster-wide cap"
     );
@@ -357,7 +331,7 @@ async fn a_sign_in_moves_the_connection_to_the_users_cluster_wide_cap() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut status = 0;
     while std::time::Instant::now() < deadline {
-        status = handshake(&a, &user_jwt("free-id")).await;
+        status = handshake(&a, &supabase_user_jwt("free-id")).await;
         if status == 101 {
             break;
         }

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod hook_app;
 pub mod receiver;
+pub mod tokens;
 
 use plexus_client::{Client, ConnectOptions};
 use std::io::Read;
