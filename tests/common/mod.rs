@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod hook_app;
+pub mod pusher;
 pub mod receiver;
 pub mod tokens;
 
