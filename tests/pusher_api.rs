@@ -19,6 +19,7 @@ fn app() -> PusherApp {
         app_id: APP_ID.into(),
         key: KEY.into(),
         secret: SECRET.into(),
+        max_presence_members: 100,
     }
 }
 

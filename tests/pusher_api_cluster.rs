@@ -27,6 +27,7 @@ fn app() -> PusherApp {
         app_id: "5".into(),
         key: "cluster-key".into(),
         secret: "cluster-secret-0123456789".into(),
+        max_presence_members: 100,
     }
 }
 

@@ -201,6 +201,8 @@ pub struct Env {
     pub pusher_app_id: Option<String>,
     pub pusher_key: Option<String>,
     pub pusher_secret: Option<String>,
+    /// `PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS`: members per presence channel (0: no limit).
+    pub pusher_max_presence_members: Option<String>,
     /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -226,6 +228,7 @@ impl Env {
             pusher_app_id: get("PLEXUS_PUSHER_APP_ID"),
             pusher_key: get("PLEXUS_PUSHER_KEY"),
             pusher_secret: get("PLEXUS_PUSHER_SECRET"),
+            pusher_max_presence_members: get("PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS"),
             hooks: hooks::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))

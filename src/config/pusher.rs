@@ -1,5 +1,7 @@
 //! The `[pusher]` section (`PLEXUS_PUSHER_APP_ID`, `PLEXUS_PUSHER_KEY`, `PLEXUS_PUSHER_SECRET`):
 //! serve Pusher's clients and HTTP API for one app (docs/pusher.md). All three or none.
+//! `max_presence_members` (`PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS`, default 100 as Pusher's, 0:
+//! no limit) bounds the members of each presence channel.
 
 use super::{ConfigError, Env, Profile};
 use plexus_core::pusher::PusherApp;
@@ -12,6 +14,7 @@ pub(super) struct FilePusher {
     pub(super) app_id: Option<String>,
     pub(super) key: Option<String>,
     pub(super) secret: Option<String>,
+    pub(super) max_presence_members: Option<usize>,
 }
 
 /// Pusher mode: on when the app id, key and secret are given (environment over file), off
@@ -46,10 +49,22 @@ pub(super) fn resolve_pusher(
                     message: "must be at least 16 characters in the prod profile".into(),
                 });
             }
+            let max_presence_members = match &env.pusher_max_presence_members {
+                Some(v) => v.trim().parse::<usize>().map_err(|_| ConfigError::Invalid {
+                    field: "pusher.max_presence_members",
+                    message: format!(
+                        "PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS must be a number (0: no limit), not {v:?}"
+                    ),
+                })?,
+                None => file
+                    .max_presence_members
+                    .unwrap_or(plexus_core::pusher::DEFAULT_MAX_PRESENCE_MEMBERS),
+            };
             Ok(Some(PusherApp {
                 app_id,
                 key,
                 secret,
+                max_presence_members,
             }))
         }
         _ => Err(ConfigError::Invalid {

@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use plexus_core::protocol::pusher as wire;
 use plexus_core::protocol::Payload;
 use plexus_core::pusher::api_auth::{self, ApiAuthError, Params};
 use serde::Deserialize;
@@ -132,22 +133,14 @@ fn info_attributes(info: Option<&str>) -> Vec<&str> {
     .unwrap_or_default()
 }
 
-/// Pusher's rule for channel names, user ids: 1 to 200 characters of `[A-Za-z0-9_\-=@,.;]`.
-fn valid_pusher_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_CHARS
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
-}
-
 fn is_presence(channel: &str) -> bool {
     channel.starts_with("presence-")
 }
 
 /// A channel name this API accepts: Pusher's rule and the core's topic limit.
 fn check_channel(state: &AppState, channel: &str) -> Result<(), Fail> {
-    if !valid_pusher_name(channel) {
+    // A signed-in user's channel (`sendToUser`) is addressable too.
+    if !wire::valid_channel_name(channel) && !wire::is_server_to_user_channel(channel) {
         return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
@@ -260,7 +253,7 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Fail> {
         ));
     }
     if let Some(socket_id) = &e.socket_id {
-        if !valid_socket_id(socket_id) {
+        if !plexus_core::pusher::valid_socket_id(socket_id) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -283,21 +276,6 @@ fn check_event(state: &AppState, e: EventBody) -> Result<Checked, Fail> {
         channels,
         info,
     })
-}
-
-/// Pusher's socket ids: `digits.digits`.
-fn valid_socket_id(s: &str) -> bool {
-    match s.split_once('.') {
-        Some((a, b)) => {
-            !a.is_empty()
-                && !b.is_empty()
-                && a.len() <= 20
-                && b.len() <= 20
-                && a.bytes().all(|c| c.is_ascii_digit())
-                && b.bytes().all(|c| c.is_ascii_digit())
-        }
-        None => false,
-    }
 }
 
 /// `subscription_count` anywhere; `user_count` on presence channels only (as Pusher).
@@ -330,20 +308,20 @@ fn data_payload(data: String) -> Result<Box<serde_json::value::RawValue>, Fail> 
     raw.map_err(|e| fail(StatusCode::BAD_REQUEST, format!("data not encodable: {e}")))
 }
 
-/// The connection to leave out for `socket_id`: none yet. Plexus's core can exclude one local
-/// connection from a broadcast ([`plexus_core::Node::publish`]'s `exclude`), but Pusher
-/// socket ids only exist once Pusher's WebSocket transport does; until then no connection has
-/// one, so nothing is excluded (docs/pusher.md).
-fn excluded_connection(_state: &AppState, _socket_id: Option<&str>) -> Option<plexus_core::ConnId> {
-    None
-}
-
 /// Publishes a checked event to each of its channels; 503 if the broker refuses.
 async fn publish(state: &AppState, e: &Checked, socket_id: Option<&str>) -> Result<(), Fail> {
-    let exclude = excluded_connection(state, socket_id);
+    // The connection with that socket_id, on whichever node, does not receive it.
+    let sender = plexus_core::publication::Sender {
+        presence_key: None,
+        exclude_socket: socket_id.map(Into::into),
+    };
     for channel in &e.channels {
         let payload = Payload::Json(e.payload.clone());
-        if let Err(err) = state.node.publish(channel, &e.name, payload, exclude).await {
+        let published = state
+            .node
+            .publish_from(channel, &e.name, payload, None, sender.clone())
+            .await;
+        if let Err(err) = published {
             return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not published to {channel}: {err}"),
@@ -525,7 +503,9 @@ async fn channels(State(state): State<AppState>, signed: Signed) -> Response {
         let occupied = occupancy(&state).await;
         let mut names: Vec<&String> = occupied
             .iter()
-            .filter(|(name, n)| **n > 0 && name.starts_with(prefix) && valid_pusher_name(name))
+            .filter(|(name, n)| {
+                **n > 0 && name.starts_with(prefix) && wire::valid_channel_name(name)
+            })
             .map(|(name, _)| name)
             .collect();
         names.sort();
@@ -606,7 +586,7 @@ async fn terminate_connections(
 ) -> Response {
     let result = async {
         let Path((_, user_id)) = path_segments(path)?;
-        if !valid_pusher_name(&user_id) {
+        if !wire::valid_channel_name(&user_id) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!(

@@ -2,19 +2,20 @@
 //! routed only in Pusher mode (`[pusher]`, `PLEXUS_PUSHER_*`).
 //!
 //! The connection is admitted like `/socket/websocket`'s (client address, connect rate,
-//! `Origin`, draining, per-address caps, the connect hook; refusals are the same JSON HTTP
-//! answers) as an anonymous identity `pusher:<socket_id>`: Pusher clients carry no token.
+//! `Origin`, draining, per-address caps, the connect hook) as an anonymous identity `pusher:<socket_id>`: Pusher clients carry no token.
 //! Then the WebSocket is upgraded and served by the core's WebSocket transport speaking
 //! Pusher's protocol. As Pusher does, a wrong app key or protocol version is told after the
 //! upgrade: `pusher:error` with the code, then a close with that code (4001 unknown key;
-//! 4007 unsupported protocol version; 4006 an unreadable one; 4008 none).
+//! 4007 unsupported protocol version; 4006 an unreadable one; 4008 none), and so are refused
+//! admissions (see [`close_code`]: 4100, 4200, 4009), at most [`MAX_REFUSING`] at once.
 
 use super::json_error;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper_util::rt::TokioIo;
+use plexus_core::admission::Refusal;
 use plexus_core::auth::Identity;
 use plexus_core::protocol::pusher::{self as wire, codes};
 use plexus_core::pusher::connection::PusherConn;
@@ -22,6 +23,8 @@ use plexus_core::pusher::new_socket_id;
 use plexus_core::transport::websocket::{self, Wire};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -48,14 +51,7 @@ pub async fn upgrade(
     if let Some((code, reason)) = refusal {
         tracing::info!(peer = %peer, code, reason, "pusher connection refused");
         plexus_core::metrics::refused("connect", &reason);
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let frame = wire::error(Some(code), &reason);
-                websocket::refuse(TokioIo::new(upgraded), &frame, code, &reason).await;
-            }
-        });
-        return super::websocket::switching_protocols(&ws_key, false);
+        return refuse_after_upgrade(req, &ws_key, code, reason, StatusCode::BAD_REQUEST);
     }
     let socket_id = new_socket_id();
     let node = state.node.clone();
@@ -66,7 +62,13 @@ pub async fn upgrade(
     };
     let (identity, permit) = match node.admit_as(peer, req.headers(), identify).await {
         Ok(admitted) => admitted,
-        Err(refusal) => return super::Refused(refusal).into_response(),
+        Err(refusal) => {
+            // Told as Pusher tells it (pusher-js acts on the close code); counted and logged
+            // by the admission.
+            let status = super::Refused::status(&refusal);
+            let code = close_code(&refusal, node.is_draining());
+            return refuse_after_upgrade(req, &ws_key, code, refusal.reason, status);
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let pusher = Box::new(PusherConn::new(app, socket_id));
@@ -87,4 +89,50 @@ pub async fn upgrade(
         }
     });
     super::websocket::switching_protocols(&ws_key, false)
+}
+
+/// The Pusher close code of an admission refusal: 4200 (reconnect now, to another node) while
+/// the node drains; 4100 (over capacity: reconnect after a back-off) for limits (429) and an
+/// unavailable connect hook (503); 4009 (unauthorized: pusher-js stops reconnecting) when the
+/// `Origin` or the connect hook refuses (403).
+fn close_code(refusal: &Refusal, draining: bool) -> u16 {
+    match refusal.status {
+        503 if draining => codes::RECONNECT,
+        429 | 503 => codes::OVER_CAPACITY,
+        _ => codes::UNAUTHORIZED,
+    }
+}
+
+/// Refused connections being told so after their upgrade, at most this many at once: past it
+/// they get the HTTP status instead (a refusal costs the server no more than that while a
+/// flood lasts). Each is held at most [`REFUSAL_TIMEOUT`].
+const MAX_REFUSING: usize = 1024;
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(3);
+static REFUSING: Semaphore = Semaphore::const_new(MAX_REFUSING);
+
+/// Upgrades, then sends `pusher:error {code, message}` and closes with `code`, as Pusher
+/// refuses a connection; with [`MAX_REFUSING`] refusals under way, answers `status` with a
+/// JSON body instead.
+fn refuse_after_upgrade(
+    mut req: Request,
+    ws_key: &[u8],
+    code: u16,
+    reason: String,
+    status: StatusCode,
+) -> Response {
+    let Ok(permit) = REFUSING.try_acquire() else {
+        return json_error(status, reason);
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let refused = async {
+            if let Ok(upgraded) = on_upgrade.await {
+                let frame = wire::error(Some(code), &reason);
+                websocket::refuse(TokioIo::new(upgraded), &frame, code, &reason).await;
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refused).await;
+    });
+    super::websocket::switching_protocols(ws_key, false)
 }

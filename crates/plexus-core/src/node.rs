@@ -15,7 +15,7 @@ use crate::outbox::Outbox;
 use crate::policy::Policy;
 use crate::presence::Presence;
 use crate::protocol::{events, EncodeError, Payload};
-use crate::publication::Publication;
+use crate::publication::{Publication, Sender};
 use crate::quota::JoinCounter;
 use crate::webhooks::{EventKind, Webhooks, WebhooksConfig};
 use crate::ConnId;
@@ -480,7 +480,21 @@ impl Node {
         payload: Payload,
         exclude: Option<ConnId>,
     ) -> Result<Option<u64>, PublishError> {
-        let mut publication = Publication::new(topic, event, payload, exclude)?;
+        self.publish_from(topic, event, payload, exclude, Sender::default())
+            .await
+    }
+
+    /// [`Node::publish`] with what receivers may be told about the sender, or must exclude,
+    /// on every node (see [`Sender`]).
+    pub async fn publish_from(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude: Option<ConnId>,
+        sender: Sender,
+    ) -> Result<Option<u64>, PublishError> {
+        let mut publication = Publication::new(topic, event, payload, exclude)?.with_sender(sender);
         if let Some(opts) = self.policy.history_for(topic) {
             publication = publication.with_history(opts);
         }

@@ -41,12 +41,33 @@ pub struct Publication {
     shapes: Shapes,
     /// A local connection that must not receive it (the sender of a client push).
     pub exclude: Option<ConnId>,
+    /// Who sent it and who must not get it, beyond [`Publication::exclude`] (see [`Sender`]);
+    /// boxed: most publications have none.
+    pub sender: Option<Box<Sender>>,
     /// Set for topics with history: the broker assigns `offset` and re-encodes the frame.
     pub history: Option<HistoryOpts>,
     /// Position in the topic's history, assigned by the broker.
     pub offset: Option<u64>,
     /// For the publish→write latency metric.
     first_write: FirstWrite,
+}
+
+/// What some protocols tell receivers about a publication's sender, carried to every node
+/// (the Redis broker puts it in its envelope's header): Pusher's `user_id` on presence
+/// channels' client events, and the `socket_id` a Pusher API publish excludes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The sending connection's presence key on the topic (a Pusher member's `user_id`).
+    pub presence_key: Option<Arc<str>>,
+    /// The Pusher connection (by `socket_id`, on any node) that must not receive it.
+    pub exclude_socket: Option<Arc<str>>,
+}
+
+impl Sender {
+    /// `None` when it says nothing (nothing to carry).
+    pub fn boxed(self) -> Option<Box<Sender>> {
+        (self != Sender::default()).then(|| Box::new(self))
+    }
 }
 
 /// When a publication was made on this node (published here, received from the broker or
@@ -106,6 +127,7 @@ impl Publication {
             frame,
             shapes: Shapes::default(),
             exclude,
+            sender: None,
             history: None,
             offset,
             first_write: FirstWrite {
@@ -167,7 +189,18 @@ impl Publication {
             return Ok(f.clone());
         }
         let data = crate::protocol::json_payload(&self.payload);
-        let text = crate::protocol::pusher::channel_event(&self.event, &self.topic, data.get());
+        // Pusher tells a presence channel's receivers which member sent a client event.
+        let user_id = self
+            .sender
+            .as_ref()
+            .and_then(|s| s.presence_key.as_deref())
+            .filter(|_| self.topic.starts_with("presence-"));
+        let text = crate::protocol::pusher::channel_event_from(
+            &self.event,
+            &self.topic,
+            data.get(),
+            user_id,
+        );
         let frame = Frame::Text(bytes::Bytes::from(text));
         Ok(self.shapes.pusher.get_or_init(|| frame).clone())
     }
@@ -200,6 +233,20 @@ impl Publication {
         Ok(Self::from_parts(
             topic, &event, payload, frame, offset, exclude,
         ))
+    }
+
+    /// With what [`Sender`] says (nothing when it says nothing).
+    pub fn with_sender(mut self, sender: Sender) -> Self {
+        self.sender = sender.boxed();
+        self
+    }
+
+    /// Whether it must not reach the Pusher connection `socket_id`.
+    pub fn excludes_socket(&self, socket_id: &str) -> bool {
+        self.sender
+            .as_ref()
+            .and_then(|s| s.exclude_socket.as_deref())
+            .is_some_and(|s| s == socket_id)
     }
 
     /// A publication that goes into the topic's history.

@@ -112,6 +112,11 @@ impl Socket {
         &self.identity
     }
 
+    /// The node the connection is on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// When the connection's token runs out (replaced by a refresh).
     pub fn expiry(&self) -> &Expiry {
         &self.expiry
@@ -315,6 +320,15 @@ impl Socket {
             departure.finish(&self.node).await;
         }
         Ok(expires_at)
+    }
+
+    /// An anonymous connection signs in as `user`, whose proof its protocol checked (Pusher's
+    /// `pusher:signin`), as [`Socket::sign_in`] says; refused when it is signed in already.
+    pub async fn sign_in_as(&mut self, user: Identity) -> Result<(), String> {
+        if !self.identity.anonymous {
+            return Err("already signed in".to_owned());
+        }
+        self.sign_in(user).await.map(|_| ())
     }
 
     /// An anonymous connection signs in as `user`, as if that user connected and joined:

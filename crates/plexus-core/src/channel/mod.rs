@@ -656,7 +656,16 @@ impl Channels {
                 return conn.reply(j, m, &topic, "ok", response);
             }
         };
-        let (status, response) = match conn.node.publish(&topic, &event, payload, exclude).await {
+        // Receivers may be told which member sent it (Pusher's `user_id` on presence channels).
+        let sender = crate::publication::Sender {
+            presence_key: channel.presence_key.clone(),
+            exclude_socket: None,
+        };
+        let published = conn
+            .node
+            .publish_from(&topic, &event, payload, exclude, sender)
+            .await;
+        let (status, response) = match published {
             Ok(_) if !ack => return,
             Ok(_) => ("ok", json_payload(&app_reply.unwrap_or_default())),
             Err(e) => {

@@ -80,6 +80,11 @@ pub enum ClientMessage {
     Unsubscribe {
         channel: String,
     },
+    /// User authentication: `auth` signs `socket_id::user::user_data`.
+    Signin {
+        auth: String,
+        user_data: String,
+    },
     /// `client-*` on a channel: `data` is the JSON text as sent (any JSON value; `null` when
     /// absent).
     ClientEvent {
@@ -106,6 +111,12 @@ struct SubscribeData {
     auth: Option<String>,
     #[serde(default)]
     channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SigninData {
+    auth: String,
+    user_data: String,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +163,13 @@ pub fn decode_client(text: &[u8]) -> Result<ClientMessage, DecodeError> {
             let d: UnsubscribeData = data_object(frame.data.as_deref(), "pusher:unsubscribe")?;
             Ok(ClientMessage::Unsubscribe { channel: d.channel })
         }
+        "pusher:signin" => {
+            let d: SigninData = data_object(frame.data.as_deref(), "pusher:signin")?;
+            Ok(ClientMessage::Signin {
+                auth: d.auth,
+                user_data: d.user_data,
+            })
+        }
         e if e.starts_with(CLIENT_EVENT_PREFIX) => {
             let channel = frame
                 .channel
@@ -166,7 +184,7 @@ pub fn decode_client(text: &[u8]) -> Result<ClientMessage, DecodeError> {
             })
         }
         e => Err(DecodeError(format!(
-            "unsupported event {:?}: clients send pusher:subscribe, pusher:unsubscribe, pusher:ping, pusher:pong or client-* events",
+            "unsupported event {:?}: clients send pusher:subscribe, pusher:unsubscribe, pusher:signin, pusher:ping, pusher:pong or client-* events",
             e.chars().take(64).collect::<String>()
         ))),
     }
@@ -210,6 +228,31 @@ pub fn error(code: Option<u16>, message: &str) -> String {
     frame("pusher:error", None, &inner)
 }
 
+/// `pusher:signin_success` with data `{"user_data": "<the signed user_data>"}`.
+pub fn signin_success(user_data: &str) -> String {
+    let inner = serde_json::json!({ "user_data": user_data }).to_string();
+    frame("pusher:signin_success", None, &inner)
+}
+
+/// The channel a signed-in user's connections subscribe to (pusher-js does it after
+/// `pusher:signin_success`): events sent to the user (`sendToUser`) arrive on it.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
+/// The server-to-user channel of `user_id`, if it is one Pusher allows (a valid channel name
+/// after the prefix).
+pub fn server_to_user_channel(user_id: &str) -> Option<String> {
+    let name = format!("{SERVER_TO_USER_PREFIX}{user_id}");
+    (name.len() <= MAX_CHANNEL_NAME && valid_channel_name(user_id)).then_some(name)
+}
+
+/// Whether `name` is a server-to-user channel (`#server-to-user-<user id>`).
+pub fn is_server_to_user_channel(name: &str) -> bool {
+    name.len() <= MAX_CHANNEL_NAME
+        && name
+            .strip_prefix(SERVER_TO_USER_PREFIX)
+            .is_some_and(valid_channel_name)
+}
+
 /// `pusher:ping` (data `{}`).
 pub fn ping() -> String {
     frame("pusher:ping", None, "{}")
@@ -240,12 +283,30 @@ pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -
 /// An event on a channel, `data` as Pusher delivers it: a JSON string stays as it is, any other
 /// JSON value is sent as the string of its JSON text. `data_json` must be valid JSON.
 pub fn channel_event(event: &str, channel: &str, data_json: &str) -> String {
+    channel_event_from(event, channel, data_json, None)
+}
+
+/// [`channel_event`] with the sender's `user_id` (client events on presence channels:
+/// pusher-js hands it to the handler as `metadata.user_id`).
+pub fn channel_event_from(
+    event: &str,
+    channel: &str,
+    data_json: &str,
+    user_id: Option<&str>,
+) -> String {
     let data = if data_json.trim_start().starts_with('"') {
         data_json.trim().to_owned()
     } else {
         data_string(data_json)
     };
-    frame(event, Some(channel), &data)
+    let mut out = frame(event, Some(channel), &data);
+    if let Some(id) = user_id {
+        out.pop(); // the closing brace
+        out.push_str(",\"user_id\":");
+        out.push_str(&data_string(id));
+        out.push('}');
+    }
+    out
 }
 
 /// Whether `name` is a valid Pusher channel name: 1 to 200 characters of
@@ -322,6 +383,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            decode_client(
+                br#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"7\"}"}}"#
+            ),
+            Ok(ClientMessage::Signin {
+                auth: "k:s".into(),
+                user_data: r#"{"id":"7"}"#.into()
+            })
+        );
+        assert!(decode_client(br#"{"event":"pusher:signin","data":{"auth":"k:s"}}"#).is_err());
+    }
+
+    #[test]
+    fn server_frames_for_users() {
+        assert_eq!(
+            channel_event_from("client-a", "presence-x", "{}", Some("u\"1")),
+            r#"{"event":"client-a","channel":"presence-x","data":"{}","user_id":"u\"1"}"#
+        );
+        assert_eq!(
+            signin_success(r#"{"id":"7"}"#),
+            r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"7\"}"}}"#
+        );
+        assert_eq!(
+            server_to_user_channel("u-1").as_deref(),
+            Some("#server-to-user-u-1")
+        );
+        assert_eq!(server_to_user_channel("a b"), None);
+        assert_eq!(server_to_user_channel(&"a".repeat(190)), None);
     }
 
     #[test]

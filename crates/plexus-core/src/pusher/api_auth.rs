@@ -175,6 +175,7 @@ mod tests {
             app_id: "3".into(),
             key: "278d425bdf160c739803".into(),
             secret: "7ad3773142a6692b25b8".into(),
+            max_presence_members: 100,
         }
     }
 

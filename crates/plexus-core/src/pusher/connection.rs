@@ -16,13 +16,16 @@
 //! * Presence: a `presence-` subscription joins as the member its `channel_data` names
 //!   (`user_id`, `user_info`), tracked in the core's presence; [`PusherConn::translate`] turns
 //!   the core's `presence_state` / `presence_diff` into Pusher's frames, one member per user.
-//! * Not yet: `private-encrypted-` channels (refused with a `pusher:subscription_error` saying
-//!   so), cache channels, `pusher:signin`, `user_id` on presence client events.
+//! * `private-encrypted-` channels are authorised as private ones and relayed as they are (the
+//!   app encrypts, its clients decrypt: the server never sees the plaintext); no client events.
+//! * Client events on presence channels reach Pusher receivers with the sender's `user_id`
+//!   ([`crate::publication::Sender`]).
 //!
 //! Replies say nothing to a Pusher client when they succeed; errors become `pusher:error`
 //! (see [`crate::outbox::Outgoing::encode_pusher`]).
 
 use super::{ChannelKind, PusherApp};
+use crate::auth::Identity;
 use crate::channel::JoinOutcome;
 use crate::channel::{JoinRequest, Member};
 use crate::outbox::Outgoing;
@@ -40,6 +43,8 @@ use std::time::{Duration, Instant};
 pub const CLIENT_EVENTS_PER_SECOND: f64 = 10.0;
 /// The largest `user_info` of a presence member (its JSON text), as Pusher's.
 pub const MAX_USER_INFO_BYTES: usize = 1024;
+/// The largest `user_data` of a `pusher:signin` (its JSON text).
+pub const MAX_USER_DATA_BYTES: usize = 4096;
 
 /// A presence channel's members as this connection was told them: `user_id` → the presence
 /// refs (one per connection of that user, cluster-wide). A user is a member while it has one.
@@ -134,12 +139,67 @@ impl PusherConn {
                 let leave = message(channel, events::LEAVE.to_owned(), Payload::empty_object());
                 Box::pin(socket.handle(leave)).await;
             }
+            ClientMessage::Signin { auth, user_data } => {
+                if admitted(socket) {
+                    self.signin(socket, &auth, &user_data).await;
+                }
+            }
             ClientMessage::ClientEvent {
                 event,
                 channel,
                 data,
             } => self.client_event(socket, event, channel, data).await,
         }
+    }
+
+    /// `pusher:signin`: `auth` must be the app's signature of `socket_id::user::user_data`,
+    /// `user_data` a JSON object with an `id` (a string of 1 to 128 bytes). The connection
+    /// then is that user's (the core's sign-in: the connect hook is asked, the per-user cap
+    /// applies, `terminate_connections` of the user reaches it on any node) and is answered
+    /// `pusher:signin_success`; else `pusher:error` with code 4009 and the reason, and the
+    /// connection stays as it was.
+    async fn signin(&mut self, socket: &mut Socket, auth: &str, user_data: &str) {
+        let refuse = |socket: &Socket, reason: &str| {
+            tracing::info!(conn = socket.id(), reason, "pusher signin refused");
+            send(socket, wire::error(Some(wire::codes::UNAUTHORIZED), reason));
+        };
+        if user_data.len() > MAX_USER_DATA_BYTES {
+            return refuse(socket, "user_data too large (4096 bytes at most)");
+        }
+        if !self.app.verify_user(&self.socket_id, user_data, auth) {
+            return refuse(
+                socket,
+                "invalid signature: auth must be key:hex(HMAC-SHA256(secret, \"socket_id::user::user_data\"))",
+            );
+        }
+        let id = match serde_json::from_str::<Value>(user_data) {
+            Ok(Value::Object(data)) => match data.get("id") {
+                Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
+                _ => return refuse(socket, "user_data needs an id (a string of 1 to 128 bytes)"),
+            },
+            _ => return refuse(socket, "user_data must be a JSON object with an id"),
+        };
+        match socket.sign_in_as(Identity::new(&id)).await {
+            Ok(()) => send(socket, wire::signin_success(user_data)),
+            Err(reason) => refuse(socket, &reason),
+        }
+    }
+
+    /// A signed-in user's `#server-to-user-<id>` channel (pusher-js subscribes to it after
+    /// `pusher:signin_success`): only that user's connections may subscribe.
+    async fn subscribe_user_channel(&mut self, socket: &mut Socket, channel: &str, user: &str) {
+        if socket.identity().user() != Some(user) || !wire::is_server_to_user_channel(channel) {
+            return send(
+                socket,
+                wire::subscription_error(
+                    channel,
+                    "AuthError",
+                    "a #server-to-user- channel is only for that user, signed in with pusher:signin",
+                    403,
+                ),
+            );
+        }
+        self.join(socket, channel, None).await;
     }
 
     async fn subscribe(
@@ -149,6 +209,9 @@ impl PusherConn {
         auth: Option<&str>,
         channel_data: Option<&str>,
     ) {
+        if let Some(user) = channel.strip_prefix(wire::SERVER_TO_USER_PREFIX) {
+            return self.subscribe_user_channel(socket, channel, user).await;
+        }
         if !wire::valid_channel_name(channel) {
             let reason = format!(
                 "invalid channel name: 1 to {} characters of A-Z a-z 0-9 _ - = @ , . ;",
@@ -193,8 +256,19 @@ impl PusherConn {
                     Ok(m) => member = Some(m),
                     Err(reason) => return refuse(socket, "AuthError", reason, 400),
                 }
+                if let Some(m) = &member {
+                    if !self.room_for(socket, channel, &m.key).await {
+                        let reason = format!(
+                            "the channel has its maximum of {} members (pusher.max_presence_members)",
+                            self.app.max_presence_members
+                        );
+                        return refuse(socket, "LimitReached", &reason, wire::codes::OVER_CAPACITY);
+                    }
+                }
             }
-            ChannelKind::Private => {
+            // An encrypted channel is authorised as a private one; its events are relayed as
+            // they are (the server never has the key: the app gives it to the client).
+            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
                 let signed = auth
                     .is_some_and(|a| self.app.verify_channel(&self.socket_id, channel, None, a));
                 if !signed {
@@ -206,15 +280,30 @@ impl PusherConn {
                     );
                 }
             }
-            ChannelKind::PrivateEncrypted => {
-                return refuse(
-                    socket,
-                    "UnsupportedChannel",
-                    "private-encrypted- channels are not supported by Plexus yet",
-                    501,
-                );
-            }
         }
+        self.join(socket, channel, member).await;
+    }
+
+    /// Whether the presence `channel` has room for member `user_id`: it is a member already
+    /// (another connection of the same user), or the channel has fewer members than
+    /// `pusher.max_presence_members` (cluster-wide, as the core's presence knows them;
+    /// subscriptions at the same moment on several nodes may pass it by a few).
+    async fn room_for(&self, socket: &Socket, channel: &str, user_id: &str) -> bool {
+        let max = self.app.max_presence_members;
+        if max == 0 {
+            return true;
+        }
+        match socket.node().presence().state(channel).await {
+            Value::Object(members) => members.contains_key(user_id) || members.len() < max,
+            _ => true,
+        }
+    }
+
+    /// The core's join of `channel` (open unless a `[[channels]]` rule matches it), as
+    /// `member` on presence channels; answered `subscription_succeeded` (a presence
+    /// channel's comes with its members, see [`PusherConn::translate`]) or
+    /// `pusher:subscription_error`.
+    async fn join(&mut self, socket: &mut Socket, channel: &str, member: Option<Member>) {
         let params = Payload::empty_object();
         let outcome = socket
             .join(JoinRequest {
@@ -231,7 +320,18 @@ impl PusherConn {
             // A presence channel's subscription_succeeded is its `presence_state` (translated).
             JoinOutcome::Joined(_) if member.is_some() => {}
             JoinOutcome::Joined(_) => send(socket, wire::subscription_succeeded(channel)),
-            JoinOutcome::Refused { reason, .. } => refuse(socket, "AuthError", &reason, 403),
+            JoinOutcome::Refused { reason, .. } => {
+                tracing::info!(
+                    conn = socket.id(),
+                    channel,
+                    reason,
+                    "pusher subscription refused"
+                );
+                send(
+                    socket,
+                    wire::subscription_error(channel, "AuthError", &reason, 403),
+                );
+            }
         }
     }
 
@@ -252,16 +352,15 @@ impl PusherConn {
             );
             send(socket, wire::error(code, message));
         };
-        if !matches!(
-            ChannelKind::of(&channel),
-            ChannelKind::Private | ChannelKind::Presence
-        ) {
+        let kind = ChannelKind::of(&channel);
+        if !matches!(kind, ChannelKind::Private | ChannelKind::Presence) {
             if admitted(socket) {
-                refuse(
-                    socket,
-                    None,
-                    "client events are only allowed on private and presence channels",
-                );
+                let message = if kind == ChannelKind::PrivateEncrypted {
+                    "client events are not allowed on private-encrypted channels"
+                } else {
+                    "client events are only allowed on private and presence channels"
+                };
+                refuse(socket, None, message);
             }
             return;
         }
@@ -319,8 +418,18 @@ impl PusherConn {
     /// `pusher_internal:member_added` when a user's first connection joins and
     /// `member_removed` after its last one left (one member per user, whatever its
     /// connections). Presence messages of other channels (a rule with `presence = true`) say
-    /// nothing to a Pusher client. Costs nothing when the batch has no presence message.
+    /// nothing to a Pusher client. Broadcasts that exclude this connection's `socket_id` (an
+    /// HTTP API publish with `socket_id`) are dropped. Costs nothing when the batch has
+    /// neither.
     pub fn translate(&mut self, batch: &mut Vec<Outgoing>) {
+        // A publication of Pusher's HTTP API with this connection's `socket_id` skips it.
+        let excluded = |item: &Outgoing| {
+            item.publication()
+                .is_some_and(|p| p.excludes_socket(&self.socket_id))
+        };
+        if batch.iter().any(excluded) {
+            batch.retain(|item| !excluded(item));
+        }
         if !batch.iter().any(is_presence) {
             return;
         }

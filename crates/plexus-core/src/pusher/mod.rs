@@ -23,7 +23,12 @@ pub struct PusherApp {
     pub app_id: String,
     pub key: String,
     pub secret: String,
+    /// The most members (users) a presence channel may have; 0: no limit.
+    pub max_presence_members: usize,
 }
+
+/// Pusher's own member limit per presence channel.
+pub const DEFAULT_MAX_PRESENCE_MEMBERS: usize = 100;
 
 impl std::fmt::Debug for PusherApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,6 +36,7 @@ impl std::fmt::Debug for PusherApp {
             .field("app_id", &self.app_id)
             .field("key", &self.key)
             .field("secret", &"<hidden>")
+            .field("max_presence_members", &self.max_presence_members)
             .finish()
     }
 }
@@ -89,6 +95,38 @@ impl PusherApp {
                 .channel_mac(socket_id, channel, channel_data)
                 .is_some_and(|mac| mac.verify_slice(&signature).is_ok())
     }
+
+    /// `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`: the `auth` of a
+    /// `pusher:signin`.
+    pub fn sign_user(&self, socket_id: &str, user_data: &str) -> String {
+        let signature = self
+            .user_mac(socket_id, user_data)
+            .map(|mac| hex::encode(mac.finalize().into_bytes()))
+            .unwrap_or_default();
+        format!("{}:{}", self.key, signature)
+    }
+
+    /// Whether `auth` is this app's signature of `socket_id::user::user_data` (constant time).
+    pub fn verify_user(&self, socket_id: &str, user_data: &str, auth: &str) -> bool {
+        let Some((key, signature)) = auth.split_once(':') else {
+            return false;
+        };
+        let Ok(signature) = hex::decode(signature) else {
+            return false;
+        };
+        key == self.key
+            && self
+                .user_mac(socket_id, user_data)
+                .is_some_and(|mac| mac.verify_slice(&signature).is_ok())
+    }
+
+    fn user_mac(&self, socket_id: &str, user_data: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).ok()?;
+        mac.update(socket_id.as_bytes());
+        mac.update(b"::user::");
+        mac.update(user_data.as_bytes());
+        Some(mac)
+    }
 }
 
 /// What a channel name's prefix makes it, as Pusher defines channel kinds.
@@ -97,7 +135,7 @@ pub enum ChannelKind {
     Public,
     /// `private-`: a signature over `socket_id:channel` is needed to subscribe.
     Private,
-    /// `private-encrypted-`: not supported yet.
+    /// `private-encrypted-`: signed as a private channel, relayed opaquely, no client events.
     PrivateEncrypted,
     /// `presence-`: a signature over `socket_id:channel:channel_data`; members by `user_id`.
     Presence,
@@ -119,6 +157,15 @@ impl ChannelKind {
 
 /// A new socket id: `<digits>.<digits>`, as Pusher's (two random 32-bit numbers: unguessable
 /// enough that one connection cannot replay a signature made for another).
+/// Whether `s` is a Pusher socket id: `<digits>.<digits>`, each part 1 to 20 digits.
+pub fn valid_socket_id(s: &str) -> bool {
+    s.split_once('.').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|p| (1..=20).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit()))
+    })
+}
+
 pub fn new_socket_id() -> String {
     format!("{}.{}", rand::random::<u32>(), rand::random::<u32>())
 }
@@ -132,6 +179,7 @@ mod tests {
             app_id: "1".into(),
             key: "278d425bdf160c739803".into(),
             secret: "7ad3773142a6692b25b8".into(),
+            max_presence_members: 100,
         }
     }
 
@@ -170,5 +218,18 @@ mod tests {
         let id = new_socket_id();
         let (a, b) = id.split_once('.').unwrap();
         assert!(a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+        assert!(valid_socket_id(&id));
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1.2.3",
+            "a.1",
+            "1 .2",
+            "123456789012345678901.1",
+        ] {
+            assert!(!valid_socket_id(bad), "{bad}");
+        }
     }
 }

@@ -271,6 +271,7 @@ impl RedisBroker {
         let exclude = if own { exclude } else { None };
         match Publication::from_frame(topic, frame, offset, exclude) {
             Ok(p) => {
+                let p = p.with_sender(super::envelope::parse_sender(parts));
                 self.hub.deliver(&Arc::new(p));
             }
             Err(e) => self.failed("decoding a publication", &e),

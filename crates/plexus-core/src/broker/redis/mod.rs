@@ -32,6 +32,7 @@
 
 mod calls;
 mod connection;
+mod envelope;
 mod registry;
 mod scripts;
 mod signing;
@@ -48,6 +49,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use calls::MAX_NODE_REQUESTS;
 use connection::{heartbeat_loop, subscription_loop};
+use envelope::sender_header;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 use redis::AsyncCommands;
@@ -353,7 +355,8 @@ impl Broker for RedisBroker {
             };
             self.check_up()
                 .map_err(|e| err(format!("delivered on this node only: {e}")))?;
-            let mut envelope = format!("P1 {origin} - {kind}\n").into_bytes();
+            let extras = sender_header(&publication);
+            let mut envelope = format!("P1 {origin} - {kind}{extras}\n").into_bytes();
             envelope.extend_from_slice(publication.frame.bytes());
             let mut c = self.conn.clone();
             let started = std::time::Instant::now();
@@ -399,6 +402,7 @@ impl Broker for RedisBroker {
             .arg(&origin)
             .arg(epoch)
             .arg(now_ms)
+            .arg(sender_header(&publication))
             .invoke_async(&mut c)
             .await;
         crate::metrics::redis_round_trip("publish_history", started.elapsed());

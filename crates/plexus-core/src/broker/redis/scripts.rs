@@ -7,7 +7,8 @@
 /// the stream is capped by count (MAXLEN) and every key expires (the rule's TTL, else the
 /// history idle time) after the last publish.
 /// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
-/// header (node id and exclude), new epoch, now ms.
+/// header (node id and exclude), new epoch, now ms, the header's sender fields (see
+/// `sender_header`; empty or starting with a space).
 pub(super) const PUBLISH_HISTORY: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[3])
@@ -22,7 +23,7 @@ local ttl = tonumber(ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
-redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. '\n' .. frame)
+redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. '\n' .. frame)
 return {offset, epoch}
 "#;
 
