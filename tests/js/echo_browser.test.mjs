@@ -239,6 +239,7 @@ test("Echo.join(): here lists both users, joining fires on the other page, leavi
       .here((members) => { window.record("here")(members); resolve(); })
       .joining(window.record("joining"))
       .leaving(window.record("leaving"))
+      .listenForWhisper("typing", window.record("typing"))
       .error((e) => window.record("error")(e));
   }));
   const byId = (members) => [...members].sort((a, b) => a.id - b.id);
@@ -254,6 +255,10 @@ test("Echo.join(): here lists both users, joining fires on the other page, leavi
     assert.deepEqual((await logOf(ann, 2))[1], ["joining", { id: 2, name: "Ben" }]);
     // Ben's page used the `authorizer` option: the app still saw his session and the CSRF token.
     assert.ok(authRequests.some((r) => r.channel === "presence-room.1" && r.session === "ben-session" && r.csrf === CSRF));
+
+    // Whispers work on presence channels too.
+    await ann.evaluate(() => window.Echo.join("room.1").whisper("typing", { name: "Ann" }));
+    assert.deepEqual((await logOf(ben, 2))[1], ["typing", { name: "Ann" }]);
 
     await ben.close();
     assert.deepEqual((await logOf(ann, 3))[2], ["leaving", { id: 2, name: "Ben" }]);
@@ -286,5 +291,28 @@ test("whisper on a private channel reaches the other page's listenForWhisper, no
   } finally {
     await ann.close();
     await ben.close();
+  }
+});
+
+// Laravel's `broadcast(new OrderCreated)->toOthers()`: Echo's interceptors send the page's
+// socket id as `X-Socket-ID`, Laravel passes it to the SDK's trigger as `socket_id`, and Pusher
+// leaves that connection out. Plexus validates `socket_id` but excludes nobody yet
+// (docs/pusher.md, `excluded_connection` in src/routes/pusher_api.rs): a todo until it does.
+test("toOthers(): an event triggered with the page's socket_id does not reach that page", { todo: "socket_id excludes nobody yet" }, async () => {
+  const sender = await openPage("ann-session");
+  const other = await openPage("ben-session");
+  try {
+    const listen = (p) => p.evaluate(() => new Promise((resolve) => {
+      window.Echo.channel("orders-others").listen(".created", window.record("created")).subscribed(resolve);
+    }));
+    await Promise.all([listen(sender), listen(other)]);
+    const socketId = await sender.evaluate(() => window.Echo.socketId());
+    await sdk.trigger("orders-others", "created", { id: 1 }, { socket_id: socketId });
+    await sdk.trigger("orders-others", "created", { id: 2 });
+    assert.deepEqual(await logOf(other, 2), [["created", { id: 1 }], ["created", { id: 2 }]]);
+    assert.deepEqual(await logOf(sender, 1), [["created", { id: 2 }]]);
+  } finally {
+    await sender.close();
+    await other.close();
   }
 });
