@@ -36,6 +36,7 @@ function channelPolicy(user, channel) {
   if (channel === "private-chat.1") return true; // both users are in chat 1
   if (channel === "private-chat.forged") return true; // signed with the wrong secret below
   if (channel === "private-chat.2") return false; // nobody here: Laravel answers 403
+  if (channel === `private-App.Models.User.${user.id}`) return true; // notifications
   if (channel === "presence-room.1") return { id: user.id, name: user.name };
   return false;
 }
@@ -67,9 +68,21 @@ async function broadcastingAuth(req, res) {
   return answer(200, signer.authorizeChannel(socketId, channel));
 }
 
-/** The Laravel page: csrf meta tag, pusher-js and Echo as scripts, `window.Echo` as Laravel's bootstrap/echo.js makes it. */
-function page(authMode) {
-  const options = {
+/**
+ * The Laravel page: csrf meta tag, pusher-js and Echo as scripts, `window.Echo` as Laravel's
+ * resources/js/echo.js makes it for the `pusher` broadcaster, or for `reverb` (what
+ * `php artisan install:broadcasting` writes for Reverb: no cluster, ws and wss).
+ */
+function page(authMode, broadcaster) {
+  const options = broadcaster === "reverb" ? {
+    broadcaster: "reverb",
+    key: PUSHER.key,
+    wsHost: "127.0.0.1",
+    wsPort: server.port,
+    wssPort: server.port,
+    forceTLS: false,
+    enabledTransports: ["ws", "wss"],
+  } : {
     broadcaster: "pusher",
     key: PUSHER.key,
     cluster: "mt1",
@@ -120,7 +133,7 @@ before(async () => {
     }
     if (req.method === "GET" && url.pathname === "/") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      return res.end(page(url.searchParams.get("auth")));
+      return res.end(page(url.searchParams.get("auth"), url.searchParams.get("broadcaster")));
     }
     res.writeHead(404).end();
   });
@@ -142,14 +155,14 @@ after(async () => {
 const appUrl = () => `http://127.0.0.1:${app.address().port}`;
 
 /** A logged-in user's page (own browser context: own cookies, own socket), Echo connected. */
-async function openPage(session, { auth = "endpoint" } = {}) {
+async function openPage(session, { auth = "endpoint", broadcaster = "pusher" } = {}) {
   const ctx = await browser.newContext();
   await ctx.addCookies([{ name: "laravel_session", value: session, url: appUrl() }]);
   const p = await ctx.newPage();
   p.sockets = [];
   p.on("websocket", (ws) => p.sockets.push(ws.url()));
   p.on("pageerror", (e) => console.error(`page error (${session}):`, e));
-  await p.goto(`${appUrl()}/?auth=${auth}`);
+  await p.goto(`${appUrl()}/?auth=${auth}&broadcaster=${broadcaster}`);
   await p.waitForFunction(() => window.Echo.connectionStatus() === "connected", null, { timeout: 10000 });
   p.close = async () => ctx.close();
   return p;
@@ -167,9 +180,11 @@ test("Echo.channel().listen: dotted and App\\Events\\ names, from the pusher SDK
     assert.equal(p.sockets.length, 1);
     assert.match(p.sockets[0], new RegExp(`^ws://127\\.0\\.0\\.1:${server.port}/app/${PUSHER.key}\\?protocol=7&client=js&version=8\\.6\\.0`));
     await p.evaluate(() => new Promise((resolve) => {
+      window.all = [];
       window.Echo.channel("orders")
         .listen(".created", window.record("created")) // broadcastAs(): 'created'
         .listen("OrderShipped", window.record("shipped")) // App\Events\OrderShipped
+        .listenToAll((event, data) => window.all.push([event, data.id ?? data.wrong]))
         .subscribed(resolve);
     }));
     // Echo prefixes names without a leading dot: a bare `OrderShipped` is not its event, nor
@@ -187,6 +202,10 @@ test("Echo.channel().listen: dotted and App\\Events\\ names, from the pusher SDK
       ["shipped", { id: 8, via: "sdk" }],
       ["created", { id: 9, via: "api" }],
       ["shipped", { id: 10, via: "api" }],
+    ]);
+    // listenToAll() strips Echo's namespace and marks the others with a dot.
+    assert.deepEqual(await p.evaluate(() => window.all), [
+      [".OrderShipped", 1], ["created", 2], [".created", 7], ["OrderShipped", 8], [".created", 9], ["OrderShipped", 10],
     ]);
   } finally {
     await p.close();
@@ -207,6 +226,18 @@ test("Echo.private().listen: Laravel's auth endpoint signs private-chat.1; its 4
     assert.deepEqual(authRequests, [{ channel: "private-chat.1", socketId, csrf: CSRF, session: "ann-session" }]);
     await sdk.trigger("private-chat.1", "App\\Events\\MessageSent", { body: "hi" });
     assert.deepEqual(await logOf(p, 1), [["message", { body: "hi" }]]);
+
+    // Laravel's broadcast notifications: the user's private channel, Echo's notification().
+    await p.evaluate(() => new Promise((resolve, reject) => {
+      window.Echo.private("App.Models.User.1")
+        .notification(window.record("notification"))
+        .subscribed(resolve)
+        .error((e) => reject(new Error(JSON.stringify(e))));
+    }));
+    const notification = { id: "9f1c", type: "App\\Notifications\\InvoicePaid", amount: 42 };
+    await sdk.trigger("private-App.Models.User.1", "Illuminate\\Notifications\\Events\\BroadcastNotificationCreated", notification);
+    assert.deepEqual((await logOf(p, 2))[1], ["notification", notification]);
+    await p.evaluate(() => { window.log = [window.log[0]]; });
 
     // Laravel's channel callback says no: the app answers 403, Echo's error() gets it.
     const refused = await p.evaluate(() => new Promise((resolve) => {
@@ -233,7 +264,7 @@ test("Echo.private().listen: Laravel's auth endpoint signs private-chat.1; its 4
   }
 });
 
-test("Echo.join(): here lists both users, joining fires on the other page, leaving when a page closes", async () => {
+test("Echo.join(): here lists both users, joining fires on the other page, leaving on Echo.leave() and when a page closes", async () => {
   const join = (p) => p.evaluate(() => new Promise((resolve) => {
     window.Echo.join("room.1")
       .here((members) => { window.record("here")(members); resolve(); })
@@ -260,9 +291,18 @@ test("Echo.join(): here lists both users, joining fires on the other page, leavi
     await ann.evaluate(() => window.Echo.join("room.1").whisper("typing", { name: "Ann" }));
     assert.deepEqual((await logOf(ben, 2))[1], ["typing", { name: "Ann" }]);
 
-    await ben.close();
+    // Echo.leave() (a component unmounting) unsubscribes: Ben leaves, then comes back.
+    await ben.evaluate(() => window.Echo.leave("room.1"));
     assert.deepEqual((await logOf(ann, 3))[2], ["leaving", { id: 2, name: "Ben" }]);
-    assert.equal(await ann.evaluate(() => window.log.length), 3);
+    await join(ben);
+    assert.deepEqual(byId((await logOf(ben, 3))[2][1]), [{ id: 1, name: "Ann" }, { id: 2, name: "Ben" }]);
+    assert.deepEqual((await logOf(ann, 4))[3], ["joining", { id: 2, name: "Ben" }]);
+
+    // Closing the page (the socket) removes him too.
+    await ben.close();
+    assert.deepEqual((await logOf(ann, 5))[4], ["leaving", { id: 2, name: "Ben" }]);
+    await sleep(100);
+    assert.equal(await ann.evaluate(() => window.log.length), 5);
   } finally {
     await ann.close();
     await ben.close();
@@ -291,6 +331,23 @@ test("whisper on a private channel reaches the other page's listenForWhisper, no
   } finally {
     await ann.close();
     await ben.close();
+  }
+});
+
+test("broadcaster 'reverb' (Laravel Reverb's Echo options, no cluster) works against Plexus unchanged", async () => {
+  const p = await openPage("ann-session", { broadcaster: "reverb" });
+  try {
+    assert.match(p.sockets[0], new RegExp(`^ws://127\\.0\\.0\\.1:${server.port}/app/${PUSHER.key}\\?protocol=7&`));
+    await p.evaluate(() => new Promise((resolve, reject) => {
+      window.Echo.private("chat.1")
+        .listen(".message.sent", window.record("message"))
+        .subscribed(resolve)
+        .error((e) => reject(new Error(JSON.stringify(e))));
+    }));
+    await sdk.trigger("private-chat.1", "message.sent", { body: "via reverb options" });
+    assert.deepEqual(await logOf(p, 1), [["message", { body: "via reverb options" }]]);
+  } finally {
+    await p.close();
   }
 });
 
