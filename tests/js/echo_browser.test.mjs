@@ -4,9 +4,11 @@
 // tag, the scripts straight from node_modules) and Laravel's `/broadcasting/auth`, which signs
 // with the `pusher` npm SDK's `authorizeChannel` as Laravel's Pusher broadcaster does. The
 // backend publishes with the same SDK's `trigger` and with Plexus's `POST /api/broadcast`.
-// Covered: `channel().listen` (Echo's `App\Events\` namespace and dotted `broadcastAs` names),
-// `private().listen` (signed; a 403 from the app and a forged signature refused), presence
-// `join().here/joining/leaving` across two pages, `whisper`/`listenForWhisper`.
+// Covered: `channel().listen` (Echo's `App\Events\` namespace and dotted `broadcastAs` names,
+// `listenToAll`), `private().listen` (signed; a 403 from the app and a forged signature
+// refused; `notification()`), presence `join().here/joining/leaving` across two pages and
+// `Echo.leave()`, `whisper`/`listenForWhisper`, the `reverb` broadcaster's options. Laravel's
+// `toOthers()` is a todo: Plexus's HTTP API does not exclude a `socket_id` yet (docs/pusher.md).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
@@ -46,9 +48,15 @@ async function broadcastingAuth(req, res) {
   let body = "";
   for await (const chunk of req) body += chunk;
   // pusher-js's default transport posts a form; an `authorizer` with fetch may post JSON.
-  const form = (req.headers["content-type"] || "").includes("json")
-    ? new Map(Object.entries(JSON.parse(body)))
-    : new URLSearchParams(body);
+  let form;
+  try {
+    form = (req.headers["content-type"] || "").includes("json")
+      ? new Map(Object.entries(JSON.parse(body)))
+      : new URLSearchParams(body);
+  } catch {
+    res.writeHead(400).end();
+    return;
+  }
   const socketId = form.get("socket_id");
   const channel = form.get("channel_name");
   const session = /laravel_session=([^;]+)/.exec(req.headers.cookie || "")?.[1];
