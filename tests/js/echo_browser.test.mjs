@@ -7,8 +7,8 @@
 // Covered: `channel().listen` (Echo's `App\Events\` namespace and dotted `broadcastAs` names,
 // `listenToAll`), `private().listen` (signed; a 403 from the app and a forged signature
 // refused; `notification()`), presence `join().here/joining/leaving` across two pages and
-// `Echo.leave()`, `whisper`/`listenForWhisper`, the `reverb` broadcaster's options. Laravel's
-// `toOthers()` is a todo: Plexus's HTTP API does not exclude a `socket_id` yet (docs/pusher.md).
+// `Echo.leave()`, `whisper`/`listenForWhisper`, the `reverb` broadcaster's options, and
+// Laravel's `toOthers()` (the API's `socket_id` exclusion).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
@@ -361,9 +361,8 @@ test("broadcaster 'reverb' (Laravel Reverb's Echo options, no cluster) works aga
 
 // Laravel's `broadcast(new OrderCreated)->toOthers()`: Echo's interceptors send the page's
 // socket id as `X-Socket-ID`, Laravel passes it to the SDK's trigger as `socket_id`, and Pusher
-// leaves that connection out. Plexus validates `socket_id` but excludes nobody yet
-// (docs/pusher.md, `excluded_connection` in src/routes/pusher_api.rs): a todo until it does.
-test("toOthers(): an event triggered with the page's socket_id does not reach that page", { todo: "socket_id excludes nobody yet" }, async () => {
+// leaves that connection out, as Plexus does (on whichever node it is).
+test("toOthers(): an event triggered with the page's socket_id does not reach that page", async () => {
   const sender = await openPage("ann-session");
   const other = await openPage("ben-session");
   try {
