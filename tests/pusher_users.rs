@@ -2,7 +2,7 @@
 //! (the user's `#server-to-user-` channel, `sendToUser`, `terminate_connections` on every
 //! node), `user_id` on presence channels' client events, the HTTP API's `socket_id`
 //! exclusion on every node, the member limit of presence channels, `private-encrypted-`
-//! channels, and refused admissions told with Pusher's close codes.
+//! channels, and refused admissions and server closes told with Pusher's close codes.
 //! (tests/js/pusher_users.test.mjs drives the same with pusher-js and the `pusher` SDK.)
 
 mod common;
@@ -168,8 +168,14 @@ async fn signin_makes_the_connection_the_user_s_on_every_node() {
     )
     .await;
     assert_eq!((status, resp), (200, json!({})));
-    assert_eq!(close_code(&mut a).await, 1001);
-    assert_eq!(close_code(&mut b).await, 1001);
+    // Told as Pusher tells it: `pusher:error` 4009, then a close with 4009 (pusher-js does not
+    // reconnect).
+    for ws in [&mut a, &mut b] {
+        let err = next(ws).await;
+        assert_eq!(err["event"], "pusher:error", "{err}");
+        assert_eq!(err["data"]["code"], 4009);
+        assert_eq!(close_code(ws).await, 4009);
+    }
     // bob is still connected.
     send(&mut other, json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(next(&mut other).await["event"], "pusher:pong");

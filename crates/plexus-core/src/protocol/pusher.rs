@@ -53,6 +53,21 @@ pub mod codes {
     pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
 }
 
+/// The close code a Pusher client is given for one of Plexus's (`close_codes`, which
+/// docs/protocol.md lists), so that pusher-js acts as Pusher intends: 4009 (unauthorized: it
+/// stops reconnecting) when the app disconnected the user (1001, `terminate_connections`);
+/// 4100 (reconnect after a back-off) for a slow consumer (1013), a flood (1008) or an oversized
+/// message (1009); 4200 (reconnect now, to another node) for a drain (1012), an internal error
+/// (1011) or an expired token (4001). Other codes (Pusher's own, the WebSocket protocol's) stay.
+pub fn close_code(plexus: u16) -> u16 {
+    match plexus {
+        1001 => codes::UNAUTHORIZED,
+        1008 | 1009 | 1013 => codes::OVER_CAPACITY,
+        1011 | 1012 | 4001 => codes::RECONNECT,
+        other => other,
+    }
+}
+
 /// The protocol versions this server speaks (`?protocol=`).
 pub const PROTOCOL_VERSION: u32 = 7;
 
@@ -393,6 +408,15 @@ mod tests {
             })
         );
         assert!(decode_client(br#"{"event":"pusher:signin","data":{"auth":"k:s"}}"#).is_err());
+    }
+
+    #[test]
+    fn plexus_close_codes_become_pusher_s() {
+        assert_eq!(close_code(1001), 4009);
+        assert_eq!(close_code(1013), 4100);
+        assert_eq!(close_code(1012), 4200);
+        assert_eq!(close_code(4201), 4201);
+        assert_eq!(close_code(1002), 1002);
     }
 
     #[test]

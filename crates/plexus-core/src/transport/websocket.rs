@@ -353,7 +353,25 @@ where
     // task of every idle connection.
     if let Some((code, reason)) = close_with {
         socket.set_close_info(code, reason);
-        let _ = Box::pin(close(io, code, reason)).await;
+        let _ = Box::pin(async {
+            // A Pusher client is told why (`pusher:error`) and gets Pusher's close code.
+            let code = match pusher {
+                Some(_) => {
+                    let code = crate::protocol::pusher::close_code(code);
+                    let text = crate::protocol::pusher::error(Some(code), reason);
+                    let frame = [Frame::Text(bytes::Bytes::from(text))];
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        write_frames(&mut *io, &frame, vsn),
+                    )
+                    .await;
+                    code
+                }
+                None => code,
+            };
+            close(io, code, reason).await
+        })
+        .await;
     }
     let Conn { socket, .. } = *conn;
     Box::pin(socket.close()).await;
