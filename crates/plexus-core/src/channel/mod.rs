@@ -374,6 +374,16 @@ impl Channels {
         if let Err(invalid) = node.limits().check_topic(topic) {
             return JoinOutcome::refused(invalid.to_string(), false);
         }
+        // A user's server-to-user topic (Pusher's `sendToUser`) is that signed-in user's alone,
+        // whatever the protocol and the rules.
+        if let Some(owner) = topic.strip_prefix(crate::protocol::pusher::SERVER_TO_USER_PREFIX) {
+            if conn.identity.user() != Some(owner) {
+                return JoinOutcome::refused(
+                    "a #server-to-user- topic is only for that user, signed in".to_owned(),
+                    false,
+                );
+            }
+        }
         let rule = match (
             node.policy().authorize_join(conn.identity, topic),
             req.unmatched,
