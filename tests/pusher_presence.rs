@@ -141,3 +141,36 @@ async fn presence_members_across_two_nodes() {
     n1.broadcast(ch, "marker", json!(2)).await;
     assert_eq!(next(&mut a).await["event"], "marker");
 }
+
+#[tokio::test]
+async fn a_killed_node_s_members_are_removed_on_the_other() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
+    let n0 = Server::start_with(Some(config), &env).await;
+    let mut n1 = Server::start_with(Some(config), &env).await;
+    let ch = "presence-crash";
+    let (mut a, a_id) = connect(&n0).await;
+    let (mut b, b_id) = connect(&n1).await;
+    join_presence(&mut a, &a_id, ch, json!({"user_id": "ann"})).await;
+    let got = join_presence(&mut b, &b_id, ch, json!({"user_id": "bob"})).await;
+    assert_eq!(presence_of(&got)["count"], 2);
+    assert_eq!(next(&mut a).await["event"], "pusher_internal:member_added");
+    // kill -9: no leave is ever sent by node 1; node 0 notices it is gone (2 s heartbeat
+    // timeout) and removes its members.
+    n1.kill9();
+    let removed = tokio::time::timeout(std::time::Duration::from_secs(15), next(&mut a))
+        .await
+        .expect("member_removed after the node's timeout");
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    assert_eq!(json(removed["data"].as_str().unwrap())["user_id"], "bob");
+    // The channel has one member for a newcomer.
+    let (mut c, c_id) = connect(&n0).await;
+    let got = join_presence(&mut c, &c_id, ch, json!({"user_id": "cat"})).await;
+    assert_eq!(presence_of(&got)["count"], 2, "{got}");
+}
