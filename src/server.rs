@@ -82,6 +82,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         node.clone(),
         longpoll.clone(),
     ));
+    // Pusher mode: `pusher_internal:subscription_count`, told once a second at most.
+    let pusher_counts = config.pusher.as_ref().map(|_| {
+        let counts = plexus_core::pusher::subscription_count::SubscriptionCounts::new();
+        tokio::spawn(counts.clone().run(Arc::downgrade(&node)));
+        counts
+    });
     let state = AppState {
         gate: gate.clone(),
         api_guard: Default::default(),
@@ -91,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         longpoll,
         admin,
         pusher_app: config.pusher.clone().map(Arc::new),
+        pusher_counts,
     };
     calls.set_state(state.clone());
     let tls = match &config.tls {

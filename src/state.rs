@@ -24,4 +24,6 @@ pub struct AppState {
     pub admin: Arc<crate::admin::Admin>,
     /// Pusher mode's app (`config.pusher`), shared by every Pusher connection.
     pub pusher_app: Option<Arc<plexus_core::pusher::PusherApp>>,
+    /// Pusher mode: the subscriptions told their channel's subscriber count.
+    pub pusher_counts: Option<Arc<plexus_core::pusher::subscription_count::SubscriptionCounts>>,
 }

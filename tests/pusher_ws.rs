@@ -397,3 +397,55 @@ async fn across_two_nodes_client_events_and_api_broadcasts_reach_the_other_node(
     assert_eq!(next(&mut a).await["event"], "news");
     assert_eq!(next(&mut b).await["event"], "news");
 }
+
+/// The next `pusher_internal:subscription_count` on `ws` (other frames are skipped).
+async fn count_of(ws: &mut Ws) -> u64 {
+    loop {
+        let f = next_frame(ws).await;
+        if f["event"] == "pusher_internal:subscription_count" {
+            return json(f["data"].as_str().expect("data is a JSON string"))["subscription_count"]
+                .as_u64()
+                .expect("a count");
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscribers_are_told_the_channel_s_cluster_wide_count() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let config =
+        "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n[[channels]]\ntopic = \"news\"\n";
+    let n0 = Server::start_with(Some(config), &env).await;
+    let n1 = Server::start_with(Some(config), &env).await;
+    let (mut a, a_id) = connect(&n0).await;
+    assert_eq!(subscribe(&mut a, "news", None).await, succeeded("news"));
+    assert_eq!(count_of(&mut a).await, 1);
+    // Two more on the other node (one a Phoenix client: every protocol counts), coalesced.
+    let (mut b, _) = connect(&n1).await;
+    assert_eq!(subscribe(&mut b, "news", None).await, succeeded("news"));
+    let mut phx = n1.client("carol").await;
+    assert!(phx.join("news", json!({})).await.unwrap().is_ok());
+    let mut seen = count_of(&mut a).await;
+    if seen == 2 {
+        seen = count_of(&mut a).await;
+    }
+    assert_eq!(seen, 3);
+    assert_eq!(count_of(&mut b).await, 3);
+    // One leaves: the others hear 2. Presence channels get members, not counts.
+    drop(phx);
+    assert_eq!(count_of(&mut b).await, 2);
+    let got = join_presence(&mut a, &a_id, "presence-x", json!({"user_id": "u"})).await;
+    assert_eq!(presence_of(&got)["count"], 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    n0.broadcast("news", "marker", json!(1)).await;
+    loop {
+        let f = next(&mut a).await;
+        assert_ne!(f["channel"], "presence-x", "{f}");
+        if f["event"] == "marker" {
+            break;
+        }
+    }
+}

@@ -71,7 +71,8 @@ pub async fn upgrade(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let pusher = Box::new(PusherConn::new(app, socket_id));
+    let counts = state.pusher_counts.clone().unwrap_or_default();
+    let pusher = Box::new(PusherConn::new(app, socket_id, counts));
     let admitted = Box::new((node, identity, permit, pusher));
     tokio::spawn(async move {
         match on_upgrade.await {

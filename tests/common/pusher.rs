@@ -43,8 +43,20 @@ pub async fn open(s: &Server, path: &str) -> Ws {
     ws
 }
 
-/// The next frame, as JSON (panics on a close or after 5 s).
+/// The next frame, as JSON, other than a `pusher_internal:subscription_count` (which comes
+/// once a second at most, whenever a channel's count changed: see [`next_frame`]). Panics on
+/// a close or after 5 s.
 pub async fn next<S: Io>(ws: &mut WebSocketStream<S>) -> Value {
+    loop {
+        let f = next_frame(ws).await;
+        if f["event"] != "pusher_internal:subscription_count" {
+            return f;
+        }
+    }
+}
+
+/// The next frame, as JSON, whatever it is (panics on a close or after 5 s).
+pub async fn next_frame<S: Io>(ws: &mut WebSocketStream<S>) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await

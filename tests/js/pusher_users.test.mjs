@@ -209,3 +209,24 @@ test(`presence channels hold ${MAX_MEMBERS} members: the next user is refused wi
     for (const p of [...users, late, again]) p.disconnect();
   }
 });
+
+test("subscription counts: pusher-js's channel.subscriptionCount follows the channel's subscribers", async () => {
+  const a = client("ann");
+  const b = client("bob");
+  try {
+    await Promise.all([connected(a), connected(b)]);
+    const ca = a.subscribe("count-me");
+    await subscribed(ca);
+    const counts = [];
+    ca.bind("pusher:subscription_count", (d) => counts.push(d.subscription_count));
+    await subscribed(b.subscribe("count-me"));
+    for (let i = 0; i < 100 && !counts.includes(2); i++) await sleep(50);
+    assert.equal(ca.subscriptionCount, 2, JSON.stringify(counts));
+    b.unsubscribe("count-me");
+    for (let i = 0; i < 100 && counts.at(-1) !== 1; i++) await sleep(50);
+    assert.equal(ca.subscriptionCount, 1, JSON.stringify(counts));
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});

@@ -432,6 +432,18 @@ impl Node {
         }
     }
 
+    /// The subscriber counts of `topics`, cluster-wide when the broker knows them (else this
+    /// node's).
+    pub async fn subscriber_counts(&self, topics: &[&str]) -> Vec<usize> {
+        match self.broker.subscriber_counts(topics).await {
+            Ok(Some(counts)) if counts.len() == topics.len() => counts,
+            _ => topics
+                .iter()
+                .map(|t| self.hub.subscriber_count(t))
+                .collect(),
+        }
+    }
+
     /// Disconnects user `sub` on this node and asks the other nodes to do the same.
     pub async fn disconnect_user_everywhere(&self, sub: &str) -> Result<usize, BrokerError> {
         let n = self.disconnect_user(sub);

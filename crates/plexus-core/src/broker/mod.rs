@@ -275,6 +275,12 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The cluster-wide subscriber counts of `topics` (in their order; 0 for a topic nobody
+    /// subscribes to), or `None` when this node's hub is complete.
+    async fn subscriber_counts(&self, _topics: &[&str]) -> Result<Option<Vec<usize>>, BrokerError> {
+        Ok(None)
+    }
+
     /// Asks every other node to disconnect user `sub` (this node does its own).
     async fn disconnect_remote(&self, _sub: &str) -> Result<(), BrokerError> {
         Ok(())

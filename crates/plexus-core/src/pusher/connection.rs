@@ -24,6 +24,7 @@
 //! Replies say nothing to a Pusher client when they succeed; errors become `pusher:error`
 //! (see [`crate::outbox::Outgoing::encode_pusher`]).
 
+use super::subscription_count::{self, SubscriptionCounts};
 use super::{ChannelKind, PusherApp};
 use crate::auth::Identity;
 use crate::channel::JoinOutcome;
@@ -34,6 +35,7 @@ use crate::protocol::pusher::{self as wire, ClientMessage};
 use crate::protocol::{events, Frame, Message, Payload};
 use crate::ratelimit::TokenBucket;
 use crate::socket::{Admitted, Socket};
+use crate::ConnId;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -61,10 +63,30 @@ pub struct PusherConn {
     pub pinged: bool,
     /// The presence channels subscribed, with their members (see [`PusherConn::translate`]).
     presence: HashMap<Box<str>, Members>,
+    /// Where the other channels' subscriptions hear their subscriber count, and the channels
+    /// registered there (given back when the connection ends).
+    counts: Arc<SubscriptionCounts>,
+    counted: Option<Box<Counted>>,
+}
+
+/// The connection's channels registered in [`SubscriptionCounts`].
+struct Counted {
+    conn: ConnId,
+    channels: HashSet<Box<str>>,
+}
+
+impl Drop for PusherConn {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counted {
+            for channel in &c.channels {
+                self.counts.remove(channel, c.conn);
+            }
+        }
+    }
 }
 
 impl PusherConn {
-    pub fn new(app: Arc<PusherApp>, socket_id: String) -> Self {
+    pub fn new(app: Arc<PusherApp>, socket_id: String, counts: Arc<SubscriptionCounts>) -> Self {
         PusherConn {
             app,
             socket_id: socket_id.into(),
@@ -76,6 +98,8 @@ impl PusherConn {
             ),
             pinged: false,
             presence: HashMap::new(),
+            counts,
+            counted: None,
         }
     }
 
@@ -135,6 +159,11 @@ impl PusherConn {
             }
             ClientMessage::Unsubscribe { channel } => {
                 self.presence.remove(channel.as_str());
+                if let Some(c) = &mut self.counted {
+                    if c.channels.remove(channel.as_str()) {
+                        self.counts.remove(&channel, c.conn);
+                    }
+                }
                 // Counted by the socket; leaving a channel not subscribed is fine, as in Pusher.
                 let leave = message(channel, events::LEAVE.to_owned(), Payload::empty_object());
                 Box::pin(socket.handle(leave)).await;
@@ -319,7 +348,20 @@ impl PusherConn {
         match outcome {
             // A presence channel's subscription_succeeded is its `presence_state` (translated).
             JoinOutcome::Joined(_) if member.is_some() => {}
-            JoinOutcome::Joined(_) => send(socket, wire::subscription_succeeded(channel)),
+            JoinOutcome::Joined(_) => {
+                send(socket, wire::subscription_succeeded(channel));
+                if subscription_count::counted(channel) {
+                    let c = self.counted.get_or_insert_with(|| {
+                        Box::new(Counted {
+                            conn: socket.id(),
+                            channels: HashSet::new(),
+                        })
+                    });
+                    if c.channels.insert(channel.into()) {
+                        self.counts.add(channel, c.conn, socket.outbox());
+                    }
+                }
+            }
             JoinOutcome::Refused { reason, .. } => {
                 tracing::info!(
                     conn = socket.id(),

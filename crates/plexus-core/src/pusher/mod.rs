@@ -11,6 +11,7 @@
 
 pub mod api_auth;
 pub mod connection;
+pub mod subscription_count;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -701,6 +701,22 @@ impl Broker for RedisBroker {
         Ok(Some(out))
     }
 
+    async fn subscriber_counts(&self, topics: &[&str]) -> Result<Option<Vec<usize>>, BrokerError> {
+        self.check_up()?;
+        let mut pipe = redis::pipe();
+        for topic in topics {
+            pipe.hvals(self.key(&["cnt", &CounterKey::Subscribers((*topic).into()).to_string()]));
+        }
+        let mut c = self.conn.clone();
+        let shares: Vec<Vec<i64>> = pipe.query_async(&mut c).await.map_err(err)?;
+        Ok(Some(
+            shares
+                .iter()
+                .map(|v| v.iter().sum::<i64>().max(0) as usize)
+                .collect(),
+        ))
+    }
+
     async fn disconnect_remote(&self, sub: &str) -> Result<(), BrokerError> {
         let channel = self.control_channel();
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
