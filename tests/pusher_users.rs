@@ -73,7 +73,10 @@ async fn trigger(s: &Server, channel: &str, name: &str, data: &str, socket_id: O
 async fn silent(ws: &mut Ws, ms: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
     while let Ok(f) = tokio::time::timeout_at(deadline, next_frame(ws)).await {
-        assert_eq!(f["event"], "pusher_internal:subscription_count", "unexpected: {f}");
+        assert_eq!(
+            f["event"], "pusher_internal:subscription_count",
+            "unexpected: {f}"
+        );
     }
 }
 
