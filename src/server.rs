@@ -15,7 +15,7 @@ use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::broker::redis::RedisBroker;
 use plexus_core::hub::Hub;
-use plexus_core::node::{HookSetup, NodeConfig};
+use plexus_core::node::{HookSetup, NodeConfig, PusherSetup};
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use std::net::SocketAddr;
@@ -51,6 +51,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 hooks: h.hooks.clone(),
                 webhooks: h.webhooks.clone(),
                 transport: Arc::new(HookClient::new().map_err(StartError::Listen)?),
+            }),
+            None => None,
+        },
+        pusher: match &config.pusher {
+            Some(app) => Some(PusherSetup {
+                app: app.clone(),
+                webhooks: match &config.pusher_webhooks {
+                    Some(w) => Some((
+                        w.clone(),
+                        Arc::new(HookClient::new().map_err(StartError::Listen)?) as _,
+                    )),
+                    None => None,
+                },
             }),
             None => None,
         },
