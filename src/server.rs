@@ -186,12 +186,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = serving.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     let webhooks = node.webhooks().cloned();
+    let pusher_webhooks = node.pusher_webhooks().cloned();
     drain(node, config.drain_timeout).await;
     while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(w) = webhooks {
-        // The last disconnects reach the application (within the drain timeout).
+    for w in webhooks.iter().chain(pusher_webhooks.iter()) {
+        // The last disconnects (and vacated channels) reach the application (within the drain
+        // timeout).
         w.flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
     }

@@ -163,7 +163,10 @@ async fn every_pusher_event_with_pusher_s_fields_on_one_node() {
         "pusher_internal:subscription_succeeded"
     );
     // A cache channel with nothing cached.
-    assert_eq!(subscribe(&mut b, "cache-x", None).await, succeeded("cache-x"));
+    assert_eq!(
+        subscribe(&mut b, "cache-x", None).await,
+        succeeded("cache-x")
+    );
     // A Phoenix client on a topic that is no Pusher channel name: not reported.
     let mut phx = s.client("phx-user").await;
     assert!(phx.join("room:1", json!({})).await.unwrap().is_ok());
@@ -183,15 +186,16 @@ async fn every_pusher_event_with_pusher_s_fields_on_one_node() {
     assert_eq!(count(&events, "channel_occupied", "news"), 1, "{events:#?}");
     assert_eq!(count(&events, "channel_vacated", "news"), 1);
     assert_eq!(count(&events, "channel_occupied", ch), 1);
-    assert_eq!(count(&events, "channel_vacated", ch), 0, "bob is still there");
+    assert_eq!(
+        count(&events, "channel_vacated", ch),
+        0,
+        "bob is still there"
+    );
     assert_eq!(members(&events, "member_added", ch, "ann"), 1);
     assert_eq!(members(&events, "member_added", ch, "7"), 1);
     assert_eq!(members(&events, "member_removed", ch, "ann"), 1);
     assert_eq!(members(&events, "member_removed", ch, "7"), 0);
-    let wave = events
-        .iter()
-        .find(|e| e["name"] == "client_event")
-        .unwrap();
+    let wave = events.iter().find(|e| e["name"] == "client_event").unwrap();
     assert_eq!(
         wave,
         &json!({"name": "client_event", "channel": ch, "event": "client-wave",
@@ -225,7 +229,9 @@ async fn every_pusher_event_with_pusher_s_fields_on_one_node() {
     )
     .await;
     let events = recv
-        .wait(Duration::from_secs(5), |e| count(e, "client_event", pch) >= 1)
+        .wait(Duration::from_secs(5), |e| {
+            count(e, "client_event", pch) >= 1
+        })
         .await;
     let note = events
         .iter()
@@ -236,6 +242,15 @@ async fn every_pusher_event_with_pusher_s_fields_on_one_node() {
         &json!({"name": "client_event", "channel": pch, "event": "client-note",
                 "data": "text", "socket_id": c_id})
     );
+    // The sink's figures, beside Plexus's own (off here).
+    let (status, metrics) = s.http("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(status, 200);
+    let delivered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("plexus_pusher_webhook_delivered_total "))
+        .expect("plexus_pusher_webhook_delivered_total");
+    assert!(delivered.parse::<u64>().unwrap() >= events.len() as u64);
+    assert!(!metrics.contains("\nplexus_webhook_delivered_total"));
 }
 
 #[tokio::test]
