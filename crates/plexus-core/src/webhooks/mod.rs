@@ -27,6 +27,11 @@
 //! fails on is dropped after [`sender::FAILING_STRIKES`] such rounds (counted, logged) instead of
 //! holding up the node's other events (those it took arrived before it). Every event has
 //! `type`, `at` (Unix ms), a unique `id` and `node`.
+//!
+//! A node may have a second sink in Pusher's format ([`Format::Pusher`], see
+//! [`crate::pusher::webhooks`]): another [`Webhooks`] with its own queue of the same bounds,
+//! fed the Pusher channels' events; only the envelope, the events' fields and the signature
+//! differ.
 
 use crate::auth::Identity;
 use crate::hooks::{sign, unix_ms, HookTransport};
