@@ -15,7 +15,7 @@ use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::broker::redis::RedisBroker;
 use plexus_core::hub::Hub;
-use plexus_core::node::{HookSetup, NodeConfig};
+use plexus_core::node::{HookSetup, NodeConfig, PusherSetup};
 use plexus_core::transport::longpoll::LongPoll;
 use plexus_core::Node;
 use std::net::SocketAddr;
@@ -51,6 +51,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 hooks: h.hooks.clone(),
                 webhooks: h.webhooks.clone(),
                 transport: Arc::new(HookClient::new().map_err(StartError::Listen)?),
+            }),
+            None => None,
+        },
+        pusher: match &config.pusher {
+            Some(app) => Some(PusherSetup {
+                app: app.clone(),
+                webhooks: match &config.pusher_webhooks {
+                    Some(w) => Some((
+                        w.clone(),
+                        Arc::new(HookClient::new().map_err(StartError::Listen)?) as _,
+                    )),
+                    None => None,
+                },
             }),
             None => None,
         },
@@ -180,12 +193,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = serving.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     let webhooks = node.webhooks().cloned();
+    let pusher_webhooks = node.pusher_webhooks().cloned();
     drain(node, config.drain_timeout).await;
     while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(w) = webhooks {
-        // The last disconnects reach the application (within the drain timeout).
+    for w in webhooks.iter().chain(pusher_webhooks.iter()) {
+        // The last disconnects (and vacated channels) reach the application (within the drain
+        // timeout).
         w.flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
     }

@@ -255,75 +255,13 @@ pub fn resolve(
                         message: format!(
                             "unknown event {name:?}: expected connect, disconnect, join, leave, \
                              channel_occupied, channel_vacated, signin, presence_join, \
-                             presence_leave or client_event"
+                             presence_leave, client_event or cache_miss"
                         ),
                     })?);
                 }
                 c.events = EventSet::of(&kinds);
             }
-            c.queue_max = src.number(
-                "PLEXUS_WEBHOOK_QUEUE_MAX",
-                "webhooks.queue_max",
-                w.queue_max,
-                10_000,
-                (1, 10_000_000),
-            )? as usize;
-            c.queue_max_bytes = src.number(
-                "PLEXUS_WEBHOOK_QUEUE_MAX_BYTES",
-                "webhooks.queue_max_bytes",
-                w.queue_max_bytes,
-                16 << 20,
-                (1024, 1 << 34),
-            )? as usize;
-            c.batch_max = src.number(
-                "PLEXUS_WEBHOOK_BATCH_MAX",
-                "webhooks.batch_max",
-                w.batch_max,
-                100,
-                (1, 10_000),
-            )? as usize;
-            c.batch_wait = ms(src.number(
-                "PLEXUS_WEBHOOK_BATCH_WAIT_MS",
-                "webhooks.batch_wait_ms",
-                w.batch_wait_ms,
-                50,
-                (0, 60_000),
-            )?);
-            c.timeout = ms(src.number(
-                "PLEXUS_WEBHOOK_TIMEOUT_MS",
-                "webhooks.timeout_ms",
-                w.timeout_ms,
-                5000,
-                (1, 300_000),
-            )?);
-            c.retry_for = secs(src.number(
-                "PLEXUS_WEBHOOK_RETRY_SECS",
-                "webhooks.retry_secs",
-                w.retry_secs,
-                120,
-                (0, 86_400),
-            )?);
-            c.backoff_max = ms(src.number(
-                "PLEXUS_WEBHOOK_BACKOFF_MAX_MS",
-                "webhooks.backoff_max_ms",
-                w.backoff_max_ms,
-                5000,
-                (100, 600_000),
-            )?);
-            c.max_event_bytes = src.number(
-                "PLEXUS_WEBHOOK_MAX_EVENT_BYTES",
-                "webhooks.max_event_bytes",
-                w.max_event_bytes,
-                64 << 10,
-                (1024, 64 << 20),
-            )? as usize;
-            c.max_batch_bytes = src.number(
-                "PLEXUS_WEBHOOK_MAX_BATCH_BYTES",
-                "webhooks.max_batch_bytes",
-                w.max_batch_bytes,
-                1 << 20,
-                (1024, 1 << 30),
-            )? as usize;
+            tune(&src, w, &mut c)?;
             Some(c)
         }
     };
@@ -331,6 +269,113 @@ pub fn resolve(
         hooks: cfg,
         webhooks,
     }))
+}
+
+/// The `[webhooks]` numbers (queue, batches, timeouts, retries, sizes) applied to `c`: they
+/// tune Plexus's webhook sink and Pusher's alike (each has its own queue of those bounds).
+fn tune(src: &Source<'_>, w: &FileWebhooks, c: &mut WebhooksConfig) -> Result<(), ConfigError> {
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    c.queue_max = src.number(
+        "PLEXUS_WEBHOOK_QUEUE_MAX",
+        "webhooks.queue_max",
+        w.queue_max,
+        10_000,
+        (1, 10_000_000),
+    )? as usize;
+    c.queue_max_bytes = src.number(
+        "PLEXUS_WEBHOOK_QUEUE_MAX_BYTES",
+        "webhooks.queue_max_bytes",
+        w.queue_max_bytes,
+        16 << 20,
+        (1024, 1 << 34),
+    )? as usize;
+    c.batch_max = src.number(
+        "PLEXUS_WEBHOOK_BATCH_MAX",
+        "webhooks.batch_max",
+        w.batch_max,
+        100,
+        (1, 10_000),
+    )? as usize;
+    c.batch_wait = ms(src.number(
+        "PLEXUS_WEBHOOK_BATCH_WAIT_MS",
+        "webhooks.batch_wait_ms",
+        w.batch_wait_ms,
+        50,
+        (0, 60_000),
+    )?);
+    c.timeout = ms(src.number(
+        "PLEXUS_WEBHOOK_TIMEOUT_MS",
+        "webhooks.timeout_ms",
+        w.timeout_ms,
+        5000,
+        (1, 300_000),
+    )?);
+    c.retry_for = secs(src.number(
+        "PLEXUS_WEBHOOK_RETRY_SECS",
+        "webhooks.retry_secs",
+        w.retry_secs,
+        120,
+        (0, 86_400),
+    )?);
+    c.backoff_max = ms(src.number(
+        "PLEXUS_WEBHOOK_BACKOFF_MAX_MS",
+        "webhooks.backoff_max_ms",
+        w.backoff_max_ms,
+        5000,
+        (100, 600_000),
+    )?);
+    c.max_event_bytes = src.number(
+        "PLEXUS_WEBHOOK_MAX_EVENT_BYTES",
+        "webhooks.max_event_bytes",
+        w.max_event_bytes,
+        64 << 10,
+        (1024, 64 << 20),
+    )? as usize;
+    c.max_batch_bytes = src.number(
+        "PLEXUS_WEBHOOK_MAX_BATCH_BYTES",
+        "webhooks.max_batch_bytes",
+        w.max_batch_bytes,
+        1 << 20,
+        (1024, 1 << 30),
+    )? as usize;
+    Ok(())
+}
+
+/// Pusher-format webhooks (`[pusher] webhook_url`, `webhook_events`; docs/pusher.md):
+/// `url` and `events` already picked (environment over file); every Pusher event unless
+/// `events` names some. Tuned by `[webhooks]`' numbers.
+pub fn resolve_pusher_webhooks(
+    env: &[(String, String)],
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    webhooks: &FileWebhooks,
+) -> Result<Option<WebhooksConfig>, ConfigError> {
+    let Some(url) = check_url("pusher.webhook_url", url)? else {
+        return Ok(None);
+    };
+    let src = Source { env };
+    let mut c = WebhooksConfig::new(url);
+    c.events = plexus_core::pusher::webhooks::all_events();
+    if let Some(names) = events {
+        let mut kinds = Vec::new();
+        for name in &names {
+            kinds.push(
+                plexus_core::pusher::webhooks::parse_event(name).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        field: "pusher.webhook_events",
+                        message: format!(
+                            "unknown event {name:?}: expected channel_occupied, channel_vacated, \
+                             member_added, member_removed, client_event or cache_miss"
+                        ),
+                    }
+                })?,
+            );
+        }
+        c.events = EventSet::of(&kinds);
+    }
+    tune(&src, webhooks, &mut c)?;
+    Ok(Some(c))
 }
 
 #[cfg(test)]

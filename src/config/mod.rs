@@ -25,7 +25,7 @@ use plexus_core::auth::Verifier;
 use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
-use pusher::{resolve_pusher, FilePusher};
+use pusher::{resolve_pusher, resolve_pusher_webhooks, FilePusher};
 use redis::{resolve_broker, resolve_cluster_secret, FileRedis};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -165,6 +165,8 @@ pub struct Config {
     pub supabase: bool,
     /// Pusher's clients and HTTP API are served for this app (`[pusher]`); `None`: off.
     pub pusher: Option<plexus_core::pusher::PusherApp>,
+    /// Pusher-format webhooks (`[pusher] webhook_url`); `None`: off.
+    pub pusher_webhooks: Option<plexus_core::webhooks::WebhooksConfig>,
     /// Application hooks and webhooks (`[hooks]`, `[webhooks]`); `None`: none configured.
     pub hooks: Option<hooks::HookSettings>,
     /// Settings that are valid but probably not what was meant: logged at start and printed
@@ -203,6 +205,9 @@ pub struct Env {
     pub pusher_secret: Option<String>,
     /// `PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS`: members per presence channel (0: no limit).
     pub pusher_max_presence_members: Option<String>,
+    /// `PLEXUS_PUSHER_WEBHOOK_URL`, `PLEXUS_PUSHER_WEBHOOK_EVENTS` (comma-separated).
+    pub pusher_webhook_url: Option<String>,
+    pub pusher_webhook_events: Option<String>,
     /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -229,6 +234,8 @@ impl Env {
             pusher_key: get("PLEXUS_PUSHER_KEY"),
             pusher_secret: get("PLEXUS_PUSHER_SECRET"),
             pusher_max_presence_members: get("PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS"),
+            pusher_webhook_url: get("PLEXUS_PUSHER_WEBHOOK_URL"),
+            pusher_webhook_events: get("PLEXUS_PUSHER_WEBHOOK_EVENTS"),
             hooks: hooks::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
@@ -425,6 +432,8 @@ fn resolve(
         }
     };
     let pusher = resolve_pusher(profile, env, &file.pusher)?;
+    let pusher_webhooks =
+        resolve_pusher_webhooks(env, &file.pusher, &file.webhooks, pusher.as_ref())?;
     let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
     let demo = env_bool("PLEXUS_DEMO", env.demo.as_deref())?
         .or(file.demo)
@@ -503,6 +512,7 @@ fn resolve(
         redis,
         supabase,
         pusher,
+        pusher_webhooks,
         hooks,
         warnings,
         source: path.map(Path::to_path_buf),

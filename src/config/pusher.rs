@@ -2,6 +2,8 @@
 //! serve Pusher's clients and HTTP API for one app (docs/pusher.md). All three or none.
 //! `max_presence_members` (`PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS`, default 100 as Pusher's, 0:
 //! no limit) bounds the members of each presence channel.
+//! `webhook_url` (`PLEXUS_PUSHER_WEBHOOK_URL`) and `webhook_events`
+//! (`PLEXUS_PUSHER_WEBHOOK_EVENTS`, comma-separated) turn on Pusher-format webhooks.
 
 use super::{ConfigError, Env, Profile};
 use plexus_core::pusher::PusherApp;
@@ -15,6 +17,8 @@ pub(super) struct FilePusher {
     pub(super) key: Option<String>,
     pub(super) secret: Option<String>,
     pub(super) max_presence_members: Option<usize>,
+    pub(super) webhook_url: Option<String>,
+    pub(super) webhook_events: Option<Vec<String>>,
 }
 
 /// Pusher mode: on when the app id, key and secret are given (environment over file), off
@@ -74,4 +78,36 @@ pub(super) fn resolve_pusher(
                 .into(),
         }),
     }
+}
+
+/// Pusher-format webhooks: on when `webhook_url` is given (environment over file), which
+/// needs Pusher mode (`app`); see [`super::hooks::resolve_pusher_webhooks`].
+pub(super) fn resolve_pusher_webhooks(
+    env: &Env,
+    file: &FilePusher,
+    webhooks: &super::hooks::FileWebhooks,
+    app: Option<&PusherApp>,
+) -> Result<Option<plexus_core::webhooks::WebhooksConfig>, ConfigError> {
+    let url = env
+        .pusher_webhook_url
+        .clone()
+        .or_else(|| file.webhook_url.clone());
+    if url.is_some() && app.is_none() {
+        return Err(ConfigError::Invalid {
+            field: "pusher.webhook_url",
+            message: "Pusher-format webhooks need Pusher mode: set pusher.app_id, key and \
+                      secret too (PLEXUS_PUSHER_APP_ID, PLEXUS_PUSHER_KEY, PLEXUS_PUSHER_SECRET)"
+                .into(),
+        });
+    }
+    let events = match &env.pusher_webhook_events {
+        Some(list) => Some(
+            list.split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+        ),
+        None => file.webhook_events.clone(),
+    };
+    super::hooks::resolve_pusher_webhooks(&env.hooks, url, events, webhooks)
 }

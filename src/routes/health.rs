@@ -71,7 +71,15 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
         }
         let _ = writeln!(out, "# HELP plexus_hook_circuit_opened_total Times a hook URL's circuit breaker opened.\n# TYPE plexus_hook_circuit_opened_total counter\nplexus_hook_circuit_opened_total {}", c.circuit_opened.load(Ordering::Relaxed));
     }
-    if let Some(w) = node.webhooks() {
+    // Plexus's webhooks, then Pusher's (the same figures, `plexus_pusher_webhook_*`).
+    let sinks = [
+        ("plexus_webhook", node.webhooks()),
+        ("plexus_pusher_webhook", node.pusher_webhooks()),
+    ];
+    for (prefix, w) in sinks {
+        let Some(w) = w else {
+            continue;
+        };
         let c = &w.counters;
         let figures = [
             ("plexus_webhook_events_total", "counter", "Webhook events queued.", &c.emitted),
@@ -88,6 +96,7 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
             ("plexus_webhook_pending", "gauge", "Webhook events waiting to be delivered.", &c.pending),
         ];
         for (name, kind, help, value) in figures {
+            let name = name.replacen("plexus_webhook", prefix, 1);
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",

@@ -7,7 +7,8 @@
 //! cluster (Redis), the one node whose count took a topic from 0 to more (or from more to 0)
 //! reports it (a count out that matches no count in changes nothing);
 //! a node alone reports its hub's first and last subscriber. Each is charged to the webhook
-//! queue share of the client whose join or leave caused it ([`Cause`]).
+//! queue share of the client whose join or leave caused it ([`Cause`]). Both go to the
+//! Pusher-format sink too when the topic is a Pusher channel ([`crate::pusher::webhooks`]).
 
 use crate::auth::Identity;
 use crate::hooks::unix_ms;
@@ -88,7 +89,7 @@ impl Node {
     fn wants_occupancy(&self) -> bool {
         self.webhooks.as_ref().is_some_and(|w| {
             w.enabled(EventKind::ChannelOccupied) || w.enabled(EventKind::ChannelVacated)
-        })
+        }) || self.pusher_wants_occupancy()
     }
 
     /// A local subscriber joined `topic` (`first`: the first on this node).
@@ -116,7 +117,8 @@ impl Node {
             if emptied {
                 match by {
                     Some(by) => {
-                        self.webhook_by(EventKind::ChannelVacated, by, || json!({"topic": topic}))
+                        self.webhook_by(EventKind::ChannelVacated, by, || json!({"topic": topic}));
+                        self.pusher_webhook(EventKind::ChannelVacated, topic, Some(by), |_| {});
                     }
                     None => self.topic_vacated(topic, false),
                 }
@@ -127,22 +129,34 @@ impl Node {
             return;
         };
         let broker = self.broker.clone();
-        let webhooks = self
-            .wants_occupancy()
-            .then(|| self.webhooks.clone())
-            .flatten();
-        let share = webhooks.as_ref().and(by).map(|by| by.key());
+        let wanted = self.wants_occupancy();
+        let webhooks = wanted.then(|| self.webhooks.clone()).flatten();
+        let pusher = wanted.then(|| self.pusher_webhooks.clone()).flatten();
+        let share = wanted.then_some(by).flatten().map(|by| by.key());
         let topic: Arc<str> = topic.into();
         rt.spawn(async move {
             match broker.count_subscriber(&topic, false).await {
                 Ok(Some((before, 0))) if before > 0 => {
                     if let Some(w) = webhooks {
-                        w.emit_as(EventKind::ChannelVacated, share, json!({"topic": &*topic}));
+                        w.emit_as(
+                            EventKind::ChannelVacated,
+                            share.clone(),
+                            json!({"topic": &*topic}),
+                        );
+                    }
+                    if let Some(w) = pusher {
+                        crate::pusher::webhooks::emit(
+                            &w,
+                            EventKind::ChannelVacated,
+                            &topic,
+                            share,
+                            |_| {},
+                        );
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if webhooks.is_some() {
+                    if wanted {
                         tracing::warn!(topic = %topic, error = %e, "subscriber count not updated: channel_vacated may be missed");
                     }
                 }
@@ -156,9 +170,11 @@ impl Node {
             Some(by) => self.webhook_by(EventKind::ChannelOccupied, by, fields),
             None => self.webhook(EventKind::ChannelOccupied, fields),
         }
+        self.pusher_webhook(EventKind::ChannelOccupied, topic, by, |_| {});
     }
 
     pub(crate) fn topic_vacated(&self, topic: &str, reaped: bool) {
+        self.pusher_webhook(EventKind::ChannelVacated, topic, None, |_| {});
         self.webhook(EventKind::ChannelVacated, || {
             let mut e = json!({"topic": topic});
             if reaped {

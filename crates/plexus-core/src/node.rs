@@ -31,6 +31,16 @@ pub struct NodeConfig {
     pub admission: AdmissionConfig,
     /// Application hooks and webhooks (docs/hooks.md); `None`: none.
     pub hooks: Option<HookSetup>,
+    /// Pusher mode (docs/pusher.md); `None`: off.
+    pub pusher: Option<PusherSetup>,
+}
+
+/// What a node does for Pusher mode: cache channels keep their last event
+/// ([`crate::pusher::cache`]), and Pusher-format webhooks go to `webhooks`' URL when set
+/// ([`crate::pusher::webhooks`]), signed with the app's key and secret.
+pub struct PusherSetup {
+    pub app: crate::pusher::PusherApp,
+    pub webhooks: Option<(WebhooksConfig, Arc<dyn HookTransport>)>,
 }
 
 /// What a node needs for application hooks and webhooks.
@@ -98,6 +108,12 @@ pub struct Node {
     joins: Arc<JoinCounter>,
     hooks: Option<Arc<Hooks>>,
     pub(crate) webhooks: Option<Arc<Webhooks>>,
+    /// Pusher mode is on: cache channels keep their last event.
+    pusher_mode: bool,
+    /// The Pusher-format webhook sink ([`crate::pusher::webhooks`]).
+    pub(crate) pusher_webhooks: Option<Arc<Webhooks>>,
+    /// Presence members counted for that sink on a node alone.
+    pub(crate) members: crate::pusher::webhooks::LocalMembers,
     /// This node's id as hooks and webhooks give it (the broker's, or made up for a node
     /// alone).
     node_id: Arc<str>,
@@ -141,9 +157,18 @@ impl Node {
             }
             None => (None, None),
         };
+        let pusher_mode = config.pusher.is_some();
+        let pusher_webhooks = config.pusher.and_then(|p| {
+            let (mut w, transport) = p.webhooks?;
+            w.format = crate::webhooks::Format::Pusher { key: p.app.key };
+            Some(Webhooks::start(w, p.app.secret, transport, node_id.clone()))
+        });
         let node = Arc::new(Node {
             hooks,
             webhooks,
+            pusher_mode,
+            pusher_webhooks,
+            members: Default::default(),
             node_id,
             hub,
             joins: JoinCounter::new(broker.clone()),
@@ -507,10 +532,19 @@ impl Node {
         sender: Sender,
     ) -> Result<Option<u64>, PublishError> {
         let mut publication = Publication::new(topic, event, payload, exclude)?.with_sender(sender);
-        if let Some(opts) = self.policy.history_for(topic) {
+        if let Some(opts) = self.history_for(topic) {
             publication = publication.with_history(opts);
         }
         self.send(publication).await
+    }
+
+    /// What `topic` keeps as history: its rule's, else a Pusher cache channel's last event
+    /// (in Pusher mode).
+    fn history_for(&self, topic: &str) -> Option<crate::publication::HistoryOpts> {
+        self.policy.history_for(topic).or_else(|| {
+            (self.pusher_mode && crate::pusher::cache::is_cache_channel(topic))
+                .then(crate::pusher::cache::history_opts)
+        })
     }
 
     /// Publishes a server-generated event (presence diffs) that never enters history.
@@ -634,6 +668,7 @@ impl BrokerEventHandler for Node {
                 self.connections_reaped(&node, &conns)
             }
             BrokerEvent::TopicVacated { topic } => self.topic_vacated(&topic, true),
+            BrokerEvent::MemberVacated { topic, member } => self.member_reaped(&topic, &member),
             BrokerEvent::HistoryReset { topic, epoch } => {
                 // Each node tells its own subscribers (every node notices by itself).
                 let notice = serde_json::json!({ "epoch": epoch, "offset": 0 });

@@ -48,6 +48,9 @@ pub struct Socket {
     /// client's close frame).
     close_info: Option<(u16, String)>,
     permit: Permit,
+    /// A Pusher connection's `socket_id` (its `client_event` webhooks name it, whoever it
+    /// signs in as).
+    pusher_socket: Option<Arc<str>>,
 }
 
 /// What the rate limit says of an inbound message.
@@ -91,6 +94,7 @@ impl Socket {
             opened: std::time::Instant::now(),
             close_info: None,
             permit,
+            pusher_socket: None,
         })
     }
 
@@ -101,6 +105,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         }
     }
 
@@ -128,6 +133,19 @@ impl Socket {
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// Marks this connection as Pusher's connection `socket_id`.
+    pub fn set_pusher_socket(&mut self, socket_id: &str) {
+        self.pusher_socket = Some(socket_id.into());
+    }
+
+    /// This connection as the cause of webhook events (charged to its share of the queue).
+    pub fn webhook_cause(&self) -> crate::webhooks::Cause<'_> {
+        crate::webhooks::Cause {
+            identity: &self.identity,
+            addr: Some(self.addr),
+        }
     }
 
     /// Joined channels.
@@ -237,6 +255,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         match event {
             events::LEAVE => self.channels.leave(&conn, &msg).await,
@@ -257,6 +276,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         self.channels.join(&conn, req).await
     }
@@ -315,6 +335,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         for departure in self.channels.recheck(&conn) {
             departure.finish(&self.node).await;
@@ -374,6 +395,7 @@ impl Socket {
             identity: &anonymous,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         let departures = self.channels.close_refused(&as_anonymous, refused);
         self.node.signed_in(
@@ -417,6 +439,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         if let Some(departure) = self.channels.close_with_notice(&conn, &msg.topic, &reason) {
             departure.finish(&self.node).await;
@@ -464,6 +487,7 @@ impl Socket {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: Some(self.addr),
+            pusher_socket: self.pusher_socket.as_deref(),
         };
         let departures = self.channels.depart_all(&conn);
         let (code, reason) = match (self.close_info.take(), self.outbox.close_reason()) {

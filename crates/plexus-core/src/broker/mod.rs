@@ -38,11 +38,26 @@ pub enum CounterKey {
     UserJoins { topic: Arc<str>, sub: Arc<str> },
     /// Subscribers of one topic (`GET /api/channels`).
     Subscribers(Arc<str>),
+    /// Connections of one presence member (a Pusher `user_id`) on one topic: Pusher's
+    /// `member_added` / `member_removed` webhooks (`memb:<topic length>:<topic>:<member>`).
+    Members { topic: Arc<str>, member: Arc<str> },
 }
 
 impl CounterKey {
     /// How [`CounterKey::Subscribers`] keys begin, to list them.
     pub const SUBSCRIBERS_PREFIX: &'static str = "chan:";
+    /// How [`CounterKey::Members`] keys begin.
+    pub const MEMBERS_PREFIX: &'static str = "memb:";
+
+    /// The topic and member of a [`CounterKey::Members`] key without its prefix
+    /// (`<topic length>:<topic>:<member>`).
+    pub fn parse_members(rest: &str) -> Option<(&str, &str)> {
+        let (len, rest) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let topic = rest.get(..len)?;
+        let member = rest.get(len..)?.strip_prefix(':')?;
+        Some((topic, member))
+    }
 }
 
 impl fmt::Display for CounterKey {
@@ -56,6 +71,14 @@ impl fmt::Display for CounterKey {
                 write!(f, "join:{}:{topic}:{sub}", topic.len())
             }
             CounterKey::Subscribers(topic) => write!(f, "{}{topic}", Self::SUBSCRIBERS_PREFIX),
+            CounterKey::Members { topic, member } => {
+                write!(
+                    f,
+                    "{}{}:{topic}:{member}",
+                    Self::MEMBERS_PREFIX,
+                    topic.len()
+                )
+            }
         }
     }
 }
@@ -82,6 +105,9 @@ pub enum BrokerEvent {
     /// A lost node held the last subscribers of `topic` in the cluster: removing them
     /// vacated it (this node alone saw that transition).
     TopicVacated { topic: String },
+    /// A lost node held the last connections of presence member `member` on `topic` in the
+    /// cluster (Pusher's `member_removed`; this node alone saw that transition).
+    MemberVacated { topic: String, member: String },
     /// After an outage, the history of `topic` (a topic with local subscribers) is not the one
     /// it was: Redis lost it. `epoch` is the new one; offsets start again from 0.
     HistoryReset { topic: String, epoch: String },
@@ -261,6 +287,18 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// [`Broker::count_subscriber`] for the connections of presence member `member` on
+    /// `topic` ([`CounterKey::Members`]): exactly one node sees a member's count go from 0 to
+    /// more and from more to 0. `None`: not counted (a node alone counts its own).
+    async fn count_member(
+        &self,
+        _topic: &str,
+        _member: &str,
+        _joined: bool,
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
+        Ok(None)
+    }
+
     /// Records a live local connection in the cluster (`info`: JSON of what its `disconnect`
     /// webhook needs), so that the node that reaps this one after it dies can report its
     /// disconnects. In the background; a broker without cluster state records nothing.
@@ -319,5 +357,22 @@ mod tests {
         };
         assert_ne!(key("a:b", "c"), key("a", "b:c"));
         assert_eq!(key("a:b", "c"), "join:3:a:b:c");
+    }
+
+    #[test]
+    fn member_keys_parse_back() {
+        let key = CounterKey::Members {
+            topic: "presence-a:b".into(),
+            member: "c:d".into(),
+        }
+        .to_string();
+        assert_eq!(key, "memb:12:presence-a:b:c:d");
+        let rest = key.strip_prefix(CounterKey::MEMBERS_PREFIX).unwrap();
+        assert_eq!(
+            CounterKey::parse_members(rest),
+            Some(("presence-a:b", "c:d"))
+        );
+        assert_eq!(CounterKey::parse_members("99:x:y"), None);
+        assert_eq!(CounterKey::parse_members("x"), None);
     }
 }

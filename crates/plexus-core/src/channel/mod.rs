@@ -45,6 +45,8 @@ pub(crate) struct Conn<'a> {
     pub outbox: &'a Arc<Outbox>,
     /// The client's address (for the application's hooks).
     pub addr: Option<std::net::IpAddr>,
+    /// A Pusher connection's `socket_id` (its `client_event` webhooks name it).
+    pub pusher_socket: Option<&'a str>,
 }
 
 impl Conn<'_> {
@@ -200,6 +202,7 @@ impl Channel {
             let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
+                conn.node.member_out(&topic, key, conn.cause());
                 conn.node
                     .webhook_by(EventKind::PresenceLeave, conn.by(), || {
                         let mut e = conn.event(&topic);
@@ -649,6 +652,14 @@ impl Channels {
                 e
             });
         }
+        conn.node.pusher_client_event(
+            conn.by(),
+            conn.pusher_socket,
+            &msg.topic,
+            event,
+            &msg.payload,
+            channel.presence_key.as_deref(),
+        );
         let Message {
             join_ref,
             msg_ref,

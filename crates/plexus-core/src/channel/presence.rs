@@ -155,6 +155,8 @@ pub(super) async fn track_presence(
         conn.by(),
         || serde_json::json!({"sub": &**sub, "conn": conn.node.public_conn_id(conn.id), "topic": topic, "meta": &meta}),
     );
+    // Pusher's member_added, once per user cluster-wide (crate::pusher::webhooks).
+    conn.node.member_in(topic, sub, conn.by()).await;
     push_presence_state(conn, topic, join_ref).await;
     let diff = crate::presence::diff(Some((sub, meta)), None);
     publish_presence_diff(conn.node, topic, diff).await;

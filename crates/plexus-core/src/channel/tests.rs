@@ -14,6 +14,7 @@ fn node(rules: Vec<ChannelRule>) -> Arc<Node> {
         limits: Default::default(),
         admission: Default::default(),
         hooks: None,
+        pusher: None,
     };
     Node::new(config, |hub| MemoryBroker::new(hub))
 }
@@ -47,6 +48,7 @@ impl Client {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: None,
+            pusher_socket: None,
         };
         let params =
             Payload::Json(serde_json::value::RawValue::from_string(params.into()).unwrap());
@@ -69,6 +71,7 @@ impl Client {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: None,
+            pusher_socket: None,
         };
         let msg = Message {
             join_ref: Some("1".into()),
@@ -87,6 +90,7 @@ impl Client {
             identity: &self.identity,
             outbox: &self.outbox,
             addr: None,
+            pusher_socket: None,
         };
         for d in self.channels.depart_all(&conn) {
             d.finish(&self.node).await;
@@ -171,6 +175,7 @@ async fn a_join_with_a_null_ref_is_still_answered() {
         identity: &c.identity,
         outbox: &c.outbox,
         addr: None,
+        pusher_socket: None,
     };
     let mut channels = Channels::default();
     let params = Payload::empty_object();

@@ -295,6 +295,15 @@ pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -
     frame("pusher:subscription_error", Some(channel), &inner)
 }
 
+/// `pusher:cache_miss` on a cache channel that has no last event: `{"event", "channel"}`, no
+/// data (pusher-js emits it on the channel).
+pub fn cache_miss(channel: &str) -> String {
+    format!(
+        "{{\"event\":\"pusher:cache_miss\",\"channel\":{}}}",
+        data_string(channel)
+    )
+}
+
 /// An event on a channel, `data` as Pusher delivers it: a JSON string stays as it is, any other
 /// JSON value is sent as the string of its JSON text. `data_json` must be valid JSON.
 pub fn channel_event(event: &str, channel: &str, data_json: &str) -> String {

@@ -20,6 +20,8 @@
 //!   app encrypts, its clients decrypt: the server never sees the plaintext); no client events.
 //! * Client events on presence channels reach Pusher receivers with the sender's `user_id`
 //!   ([`crate::publication::Sender`]).
+//! * Cache channels get their last event or `pusher:cache_miss` after subscribing
+//!   ([`super::cache`]).
 //!
 //! Replies say nothing to a Pusher client when they succeed; errors become `pusher:error`
 //! (see [`crate::outbox::Outgoing::encode_pusher`]).
@@ -334,6 +336,7 @@ impl PusherConn {
     /// `pusher:subscription_error`.
     async fn join(&mut self, socket: &mut Socket, channel: &str, member: Option<Member>) {
         let params = Payload::empty_object();
+        super::cache::before_subscribe(socket, channel);
         let outcome = socket
             .join(JoinRequest {
                 topic: channel,
@@ -345,6 +348,7 @@ impl PusherConn {
                 member: member.clone(),
             })
             .await;
+        let joined = matches!(outcome, JoinOutcome::Joined(_));
         match outcome {
             // A presence channel's subscription_succeeded is its `presence_state` (translated).
             JoinOutcome::Joined(_) if member.is_some() => {}
@@ -375,6 +379,8 @@ impl PusherConn {
                 );
             }
         }
+        // Cache channels: the last event, or `pusher:cache_miss` (see [`super::cache`]).
+        super::cache::after_subscribe(socket, channel, joined).await;
     }
 
     async fn client_event(

@@ -7,11 +7,15 @@
 //! Here: channel kinds by prefix ([`ChannelKind`]), the channel authorisation signature
 //! ([`PusherApp::verify_channel`], constant-time), and socket ids. The WebSocket connection's
 //! Pusher handling (subscribe, unsubscribe, client events) is in [`connection`]; the signatures
-//! of Pusher's HTTP API requests are in [`api_auth`].
+//! of Pusher's HTTP API requests are in [`api_auth`]; cache channels in [`cache`];
+//! `pusher_internal:subscription_count` in [`subscription_count`];
+//! Pusher-format webhooks in [`webhooks`].
 
 pub mod api_auth;
+pub mod cache;
 pub mod connection;
 pub mod subscription_count;
+pub mod webhooks;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -156,6 +160,13 @@ impl ChannelKind {
     }
 }
 
+impl ChannelKind {
+    /// `presence-` (members by `user_id`).
+    pub fn is_presence(self) -> bool {
+        self == ChannelKind::Presence
+    }
+}
+
 /// A new socket id: `<digits>.<digits>`, as Pusher's (two random 32-bit numbers: unguessable
 /// enough that one connection cannot replay a signature made for another).
 /// Whether `s` is a Pusher socket id: `<digits>.<digits>`, each part 1 to 20 digits.
@@ -216,6 +227,8 @@ mod tests {
             ChannelKind::PrivateEncrypted
         );
         assert_eq!(ChannelKind::of("presence-a"), ChannelKind::Presence);
+        assert!(ChannelKind::of("presence-cache-a").is_presence());
+        assert_eq!(ChannelKind::of("private-cache-a"), ChannelKind::Private);
         let id = new_socket_id();
         let (a, b) = id.split_once('.').unwrap();
         assert!(a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());

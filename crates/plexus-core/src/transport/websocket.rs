@@ -100,8 +100,9 @@ where
         Wire::Pusher(p) => (Encoding::Pusher, Some(p)),
     };
     let opened = match Socket::open(node.clone(), identity, permit) {
-        Ok(socket) => {
+        Ok(mut socket) => {
             if let Some(p) = &pusher {
+                socket.set_pusher_socket(p.socket_id());
                 p.established(&socket, node.limits().idle_timeout);
             }
             let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);

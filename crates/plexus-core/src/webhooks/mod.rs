@@ -27,6 +27,11 @@
 //! fails on is dropped after [`sender::FAILING_STRIKES`] such rounds (counted, logged) instead of
 //! holding up the node's other events (those it took arrived before it). Every event has
 //! `type`, `at` (Unix ms), a unique `id` and `node`.
+//!
+//! A node may have a second sink in Pusher's format ([`Format::Pusher`], see
+//! [`crate::pusher::webhooks`]): another [`Webhooks`] with its own queue of the same bounds,
+//! fed the Pusher channels' events; only the envelope, the events' fields and the signature
+//! differ.
 
 use crate::auth::Identity;
 use crate::hooks::{sign, unix_ms, HookTransport};
@@ -57,10 +62,12 @@ pub enum EventKind {
     ClientEvent = 8,
     /// An anonymous connection signed in as a user (its later events carry the user's `sub`).
     Signin = 9,
+    /// A subscriber of a Pusher cache channel found no last event (`pusher:cache_miss`).
+    CacheMiss = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Connect,
         EventKind::Disconnect,
         EventKind::Join,
@@ -71,6 +78,7 @@ impl EventKind {
         EventKind::PresenceLeave,
         EventKind::ClientEvent,
         EventKind::Signin,
+        EventKind::CacheMiss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +93,7 @@ impl EventKind {
             EventKind::PresenceLeave => "presence_leave",
             EventKind::ClientEvent => "client_event",
             EventKind::Signin => "signin",
+            EventKind::CacheMiss => "cache_miss",
         }
     }
 
@@ -110,10 +119,38 @@ impl EventSet {
     }
 }
 
+/// How a sink's requests look. Both formats share the queue, its bounds and shares, the
+/// batching, the splits and the retries: only the body's envelope, the events' fields and the
+/// signature differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Plexus's: `{"events": [...]}`, each event with `type`, `at`, `id` and `node` added here,
+    /// signed with the hook secret ([`sign`]).
+    Plexus,
+    /// Pusher's (docs/pusher.md): `{"time_ms": <unix ms>, "events": [...]}`, each event as its
+    /// emitter built it (`name`, `channel`, …), with `X-Pusher-Key: <key>` and
+    /// `X-Pusher-Signature: hex(HMAC-SHA256(app secret, body))`. An event larger than
+    /// `max_event_bytes` is dropped (Pusher's receivers know no truncation marker).
+    Pusher { key: String },
+}
+
+impl Format {
+    /// The most bytes of a request body that are not events: `{"events":[` and `]}` (plus
+    /// `"time_ms":<13 digits>,` for Pusher's).
+    fn overhead(&self) -> usize {
+        match self {
+            Format::Plexus => BATCH_OVERHEAD,
+            Format::Pusher { .. } => BATCH_OVERHEAD + 30,
+        }
+    }
+}
+
 /// Webhook settings.
 #[derive(Clone, Debug)]
 pub struct WebhooksConfig {
     pub url: String,
+    /// The requests' format ([`Format::Plexus`] unless set).
+    pub format: Format,
     pub events: EventSet,
     pub queue_max: usize,
     pub queue_max_bytes: usize,
@@ -162,6 +199,7 @@ impl WebhooksConfig {
     pub fn new(url: String) -> Self {
         WebhooksConfig {
             url,
+            format: Format::Plexus,
             events: EventSet::DEFAULT,
             queue_max: 10_000,
             queue_max_bytes: 16 * 1024 * 1024,
@@ -267,11 +305,13 @@ impl Webhooks {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        event.insert("type".into(), kind.name().into());
-        event.insert("at".into(), unix_ms().into());
-        event.insert("id".into(), format!("{}-{seq}", self.node_id).into());
-        event.insert("node".into(), (*self.node_id).into());
+        if self.config.format == Format::Plexus {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            event.insert("type".into(), kind.name().into());
+            event.insert("at".into(), unix_ms().into());
+            event.insert("id".into(), format!("{}-{seq}", self.node_id).into());
+            event.insert("node".into(), (*self.node_id).into());
+        }
         let sub: Option<Arc<str>> = share.or_else(|| {
             event
                 .get("sub")
@@ -283,7 +323,11 @@ impl Webhooks {
         };
         if text.len() > self.config.max_event_bytes {
             let size = text.len();
-            match shrink(&mut event, self.config.max_event_bytes) {
+            let shrunk = match self.config.format {
+                Format::Plexus => shrink(&mut event, self.config.max_event_bytes),
+                Format::Pusher { .. } => None,
+            };
+            match shrunk {
                 Some(smaller) => {
                     text = smaller;
                     let n = self.counters.truncated.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +510,7 @@ impl Inbox {
                 Err(_) => return 0,
             },
         };
-        let mut size = BATCH_OVERHEAD + first.text.len();
+        let mut size = config.format.overhead() + first.text.len();
         batch.push(first);
         let mut added = 1;
         let deadline = tokio::time::Instant::now() + config.batch_wait;
@@ -514,6 +558,7 @@ mod tests {
         }
         assert!(!d.contains(EventKind::PresenceJoin));
         assert!(!d.contains(EventKind::ClientEvent));
+        assert!(!d.contains(EventKind::CacheMiss));
         assert!(EventSet::of(&[EventKind::ClientEvent]).contains(EventKind::ClientEvent));
         for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.name()), Some(k));

@@ -179,12 +179,19 @@ impl Sender {
         }
     }
 
-    /// One signed request with `events`.
+    /// One signed request with `events`, in the sink's [`Format`].
     async fn attempt(&self, events: &[Queued]) -> Attempt {
         let mut body = String::with_capacity(
-            events.iter().map(|e| e.text.len() + 1).sum::<usize>() + BATCH_OVERHEAD,
+            events.iter().map(|e| e.text.len() + 1).sum::<usize>() + self.config.format.overhead(),
         );
-        body.push_str("{\"events\":[");
+        match &self.config.format {
+            Format::Plexus => body.push_str("{\"events\":["),
+            Format::Pusher { .. } => {
+                body.push_str("{\"time_ms\":");
+                body.push_str(&unix_ms().to_string());
+                body.push_str(",\"events\":[");
+            }
+        }
         for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 body.push(',');
@@ -193,8 +200,20 @@ impl Sender {
         }
         body.push_str("]}");
         let body = Bytes::from(body);
-        let mut headers = sign::headers(self.secret.as_bytes(), &body);
-        headers.push(("x-plexus-hook", "webhook".to_owned()));
+        let headers = match &self.config.format {
+            Format::Plexus => {
+                let mut headers = sign::headers(self.secret.as_bytes(), &body);
+                headers.push(("x-plexus-hook", "webhook".to_owned()));
+                headers
+            }
+            Format::Pusher { key } => vec![
+                ("x-pusher-key", key.clone()),
+                (
+                    "x-pusher-signature",
+                    pusher_signature(self.secret.as_bytes(), &body),
+                ),
+            ],
+        };
         let sent = tokio::time::timeout(
             self.config.timeout,
             self.transport
@@ -218,4 +237,27 @@ fn split(todo: &mut Vec<(Range<usize>, Instant)>, part: Range<usize>, since: Ins
     let mid = part.start + part.len() / 2;
     todo.push((mid..part.end, since));
     todo.push((part.start..mid, since));
+}
+
+/// `hex(HMAC-SHA256(secret, body))`: Pusher's webhook signature (`X-Pusher-Signature`).
+fn pusher_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length: `new_from_slice` cannot fail for it.
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pusher_signature_matches_a_reference_hmac() {
+        // Python: hmac.new(b"secret", b'{"time_ms":1,"events":[]}', hashlib.sha256).hexdigest()
+        assert_eq!(
+            super::pusher_signature(b"secret", br#"{"time_ms":1,"events":[]}"#),
+            "7f7f57446968d787e73e1325b85147edc7991af069e8fffdc6a4e6fcc288693c"
+        );
+    }
 }

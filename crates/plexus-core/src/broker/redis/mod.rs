@@ -665,7 +665,21 @@ impl Broker for RedisBroker {
         topic: &str,
         joined: bool,
     ) -> Result<Option<(u64, u64)>, BrokerError> {
-        self.count_subscriber_now(topic, joined).await
+        self.count_subscriber_now(&CounterKey::Subscribers(topic.into()), joined)
+            .await
+    }
+
+    async fn count_member(
+        &self,
+        topic: &str,
+        member: &str,
+        joined: bool,
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
+        let key = CounterKey::Members {
+            topic: topic.into(),
+            member: member.into(),
+        };
+        self.count_subscriber_now(&key, joined).await
     }
 
     fn connection_open(self: Arc<Self>, conn: ConnId, info: String) {

@@ -1,5 +1,6 @@
 //! What makes webhooks exact across the cluster: each topic's subscriber count with its
-//! total (one node sees a topic occupied, one sees it vacated), and each node's registry of
+//! total (one node sees a topic occupied, one sees it vacated), each presence member's
+//! (Pusher's member_added / member_removed, the same way), and each node's registry of
 //! live connections (`<prefix>:nconn:<node>`), which the node that reaps a dead node takes in
 //! one step, to report that node's disconnects exactly once.
 
@@ -12,12 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl RedisBroker {
+    /// Counts one local subscriber of `key` (a [`CounterKey::Subscribers`] or
+    /// [`CounterKey::Members`]) in or out; returns the cluster's total (before, after).
     pub(super) async fn count_subscriber_now(
         &self,
-        topic: &str,
+        key: &CounterKey,
         joined: bool,
     ) -> Result<Option<(u64, u64)>, BrokerError> {
-        let counter = self.key(&["cnt", &CounterKey::Subscribers(topic.into()).to_string()]);
+        let counter = self.key(&["cnt", &key.to_string()]);
         {
             // The local share, re-announced after an outage.
             let mut claims = self.claims.lock();
@@ -136,6 +139,7 @@ impl RedisBroker {
             .await;
         }
         let subscribers = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
+        let members = self.key(&["cnt", CounterKey::MEMBERS_PREFIX]);
         for counter in counters {
             let (had, total): (i64, i64) = redis::Script::new(REAP_COUNTER)
                 .key(counter)
@@ -146,6 +150,17 @@ impl RedisBroker {
                 if had > 0 && total <= 0 {
                     self.report(BrokerEvent::TopicVacated {
                         topic: topic.to_owned(),
+                    })
+                    .await;
+                }
+            } else if let Some(member) = counter
+                .strip_prefix(&members)
+                .and_then(CounterKey::parse_members)
+            {
+                if had > 0 && total <= 0 {
+                    self.report(BrokerEvent::MemberVacated {
+                        topic: member.0.to_owned(),
+                        member: member.1.to_owned(),
                     })
                     .await;
                 }
