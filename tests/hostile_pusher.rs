@@ -117,7 +117,7 @@ async fn server_events_and_user_ids_cannot_be_forged() {
 
 #[tokio::test]
 async fn names_floods_and_oversized_input_get_pusher_s_errors() {
-    let config = "profile = \"dev\"\n[limits]\nmax_message_bytes = 4096\n";
+    let config = "profile = \"dev\"\n[limits]\nmax_message_bytes = 16384\n";
     let s = start(Some(config)).await;
     let (mut ws, id) = connect(&s).await;
     // Channel names: too long, outside Pusher's alphabet, a server-to-user name of no one.
@@ -158,13 +158,22 @@ async fn names_floods_and_oversized_input_get_pusher_s_errors() {
         let err = next(&mut ws).await;
         assert_eq!(err["data"]["code"], 4301, "{err}");
     }
+    // Client event data over Pusher's 10 KB is refused; the connection stays.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the rate limit refills
+    let big = json!({"event": "client-x", "channel": ch, "data": "y".repeat(11_000)});
+    send(&mut ws, big).await;
+    let err = next(&mut ws).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert!(err["data"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("too large")));
     // A user_info over 1 KB is refused.
     let big = json!({"user_id": "u", "user_info": "x".repeat(1100)});
     let err = join_presence(&mut ws, &id, "presence-big", big).await;
     assert_eq!(err["data"]["status"], 400, "{err}");
     // A frame over max_message_bytes closes the connection with Pusher's code 4100 (back off).
     use futures_util::SinkExt;
-    ws.send(Message::text("x".repeat(5000))).await.unwrap();
+    ws.send(Message::text("x".repeat(20_000))).await.unwrap();
     let err = next(&mut ws).await;
     assert_eq!(err["event"], "pusher:error", "{err}");
     assert_eq!(close_code(&mut ws).await, 4100);

@@ -28,7 +28,6 @@ use serde_json::{json, Map, Value};
 const MAX_NAME_CHARS: usize = 200;
 const MAX_CHANNELS_PER_EVENT: usize = 100;
 const MAX_BATCH_EVENTS: usize = 10;
-const PUSHER_MAX_DATA_BYTES: usize = 10 * 1024;
 
 /// Adds Pusher's HTTP API to `r` (the caller mounts it only in Pusher mode).
 pub fn routes(r: Router<AppState>) -> Router<AppState> {
@@ -168,7 +167,7 @@ fn truncate(s: &str) -> String {
 
 /// The largest `data` accepted: Pusher's 10 KiB, or `limits.max_message_bytes` if smaller.
 fn max_data_bytes(state: &AppState) -> usize {
-    PUSHER_MAX_DATA_BYTES.min(state.node.limits().max_message_bytes)
+    plexus_core::pusher::MAX_DATA_BYTES.min(state.node.limits().max_message_bytes)
 }
 
 /// One event of `POST /events` or of a batch.

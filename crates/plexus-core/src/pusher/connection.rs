@@ -428,6 +428,11 @@ impl PusherConn {
             }
             return;
         }
+        let max = super::MAX_DATA_BYTES.min(socket.node().limits().max_message_bytes);
+        if data.len() > max {
+            let message = format!("client event data too large ({max} bytes at most)");
+            return refuse(socket, None, &message);
+        }
         let payload = match serde_json::value::RawValue::from_string(data) {
             Ok(raw) => Payload::Json(raw),
             Err(_) => return refuse(socket, None, "invalid data"),

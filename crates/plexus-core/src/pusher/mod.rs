@@ -32,6 +32,10 @@ pub struct PusherApp {
     pub max_presence_members: usize,
 }
 
+/// Pusher's limit on an event's `data` (HTTP API events and client events), lowered by
+/// `limits.max_message_bytes` when that is smaller.
+pub const MAX_DATA_BYTES: usize = 10 * 1024;
+
 /// Pusher's own member limit per presence channel.
 pub const DEFAULT_MAX_PRESENCE_MEMBERS: usize = 100;
 
