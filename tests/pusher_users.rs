@@ -261,6 +261,18 @@ async fn an_api_event_with_a_socket_id_skips_that_connection_on_every_node() {
     for ws in [&mut a, &mut b, &mut c] {
         assert_eq!(next(ws).await["data"], "3");
     }
+    // The same on a cache channel, whose events go through the broker's history (the
+    // exclusion travels in the history publish's envelope too).
+    for ws in [&mut a, &mut b] {
+        let got = subscribe(ws, "cache-orders", None).await;
+        assert_eq!(got, succeeded("cache-orders"));
+        assert_eq!(next(ws).await["event"], "pusher:cache_miss");
+    }
+    trigger(&nodes[0], "cache-orders", "created", "4", Some(&b_id)).await;
+    assert_eq!(next(&mut a).await["data"], "4");
+    trigger(&nodes[1], "cache-orders", "created", "5", None).await;
+    assert_eq!(next(&mut b).await["data"], "5", "b was left out of 4");
+    assert_eq!(next(&mut a).await["data"], "5");
     // A socket_id that is not one is refused.
     let body = json!({"name": "x", "channel": "orders", "data": "1", "socket_id": "1.2 x=3"});
     let (status, resp) = api(&nodes[0], "POST", &format!("/apps/{APP_ID}/events"), &body).await;
