@@ -6,7 +6,8 @@
 //!
 //! Here: channel kinds by prefix ([`ChannelKind`]), the channel authorisation signature
 //! ([`PusherApp::verify_channel`], constant-time), and socket ids. The WebSocket connection's
-//! Pusher handling (subscribe, unsubscribe, client events) is in [`connection`]; the signatures
+//! Pusher handling (subscribe, unsubscribe, sign-in, client events) is in [`connection`], its
+//! presence channels' members in [`presence`]; the signatures
 //! of Pusher's HTTP API requests are in [`api_auth`]; cache channels in [`cache`];
 //! `pusher_internal:subscription_count` in [`subscription_count`];
 //! Pusher-format webhooks in [`webhooks`].
@@ -14,6 +15,7 @@
 pub mod api_auth;
 pub mod cache;
 pub mod connection;
+pub mod presence;
 pub mod subscription_count;
 pub mod webhooks;
 
