@@ -25,24 +25,27 @@
 //!   node's presence and counters (Redis may have restarted empty). History topics refuse
 //!   publishes while Redis is down rather than deliver messages that recovery could never replay.
 //!
-//! This file holds the broker and its [`Broker`] operations; [`connection`] keeps it connected
-//! (subscription and heartbeat loops, re-announcing, lost histories), [`calls`] carries the
-//! node-to-node requests, [`signing`] signs and checks them, [`registry`] keeps the subscriber totals and connection registry
-//! that make webhooks exact across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
+//! This file holds the broker and its [`Broker`] operations; [`history`] and [`presence`] the
+//! Redis side of those two, [`envelope`] the header of a publication on a topic's channel,
+//! [`connection`] keeps it connected (subscription and heartbeat loops, re-announcing, lost
+//! histories), [`calls`] carries the node-to-node requests, [`signing`] signs and checks them,
+//! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
+//! across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;
 mod envelope;
+mod history;
+mod presence;
 mod registry;
 mod scripts;
 mod signing;
 
 use super::{
-    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
-    RequestHandler,
+    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryPage, RequestHandler,
 };
 use crate::hub::Hub;
-use crate::protocol::{encode_broadcast_parts, Frame};
+use crate::protocol::Frame;
 use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
@@ -368,139 +371,12 @@ impl Broker for RedisBroker {
             }
             return Ok(None);
         };
-        // History: the script assigns the offset and publishes; every node (this one too)
-        // delivers from its subscription, in offset order.
-        self.check_up()
-            .map_err(|e| err(format!("history unavailable, not published: {e}")))?;
-        // The script puts the offset between the two parts of the frame.
-        let parts =
-            encode_broadcast_parts(&publication.topic, &publication.event, &publication.payload)
-                .map_err(err)?;
-        let kind = if parts.binary { "b" } else { "t" };
-        let epoch = {
-            use rand::Rng;
-            format!("{:08x}", rand::rng().random::<u32>())
-        };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let topic = &publication.topic;
-        let mut c = self.conn.clone();
-        let started = std::time::Instant::now();
-        let result: Result<(u64, String), _> = self
-            .publish_history
-            .key(self.key(&["off", topic]))
-            .key(self.key(&["hist", topic]))
-            .key(self.key(&["epoch", topic]))
-            .arg(parts.head.as_ref())
-            .arg(parts.tail.as_ref())
-            .arg(kind)
-            .arg(opts.size.max(1))
-            .arg(opts.ttl.unwrap_or(self.cfg.history_idle).as_millis().max(1) as u64)
-            .arg(&channel)
-            .arg(&origin)
-            .arg(epoch)
-            .arg(now_ms)
-            .arg(sender_header(&publication))
-            .invoke_async(&mut c)
-            .await;
-        crate::metrics::redis_round_trip("publish_history", started.elapsed());
-        match result {
-            Ok((offset, epoch)) => {
-                self.remember_epoch(topic, epoch);
-                Ok(Some(offset))
-            }
-            Err(e) => {
-                self.failed("history publish", &e);
-                Err(err(format!("history unavailable, not published: {e}")))
-            }
-        }
+        self.publish_with_history(publication, opts, &origin, &channel)
+            .await
     }
 
     async fn history(&self, topic: &str, since: Option<u64>) -> Result<HistoryPage, BrokerError> {
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        let (top, epoch): (Option<u64>, Option<String>) = redis::pipe()
-            .get(self.key(&["off", topic]))
-            .get(self.key(&["epoch", topic]))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| {
-                self.failed("history read", &e);
-                err(e)
-            })?;
-        let top = top.unwrap_or(0);
-        let epoch = match epoch {
-            Some(e) => e,
-            // No history yet (or it expired / Redis lost it): settle an epoch now, so that
-            // offsets handed out from here on are tied to it.
-            None => self.settle_epoch(&mut c, topic).await.map_err(err)?,
-        };
-        self.remember_epoch(topic, epoch.clone());
-        let Some(since) = since else {
-            return Ok(HistoryPage {
-                epoch,
-                top,
-                complete: true,
-                items: Vec::new(),
-            });
-        };
-        if since >= top {
-            // Nothing after `since` (also guards the range below against overflow).
-            return Ok(HistoryPage {
-                epoch,
-                top,
-                complete: true,
-                items: Vec::new(),
-            });
-        }
-        // Up to `top` only: a publish landing between the GET above and this read is not in
-        // the page; it reaches the reader live (held aside during a recovering join), so a
-        // replay that also carried it would deliver it twice.
-        let reply: redis::streams::StreamRangeReply = c
-            .xrange(
-                self.key(&["hist", topic]),
-                format!("{}-0", since + 1),
-                format!("{top}-0"),
-            )
-            .await
-            .map_err(|e| {
-                self.failed("history read", &e);
-                err(e)
-            })?;
-        let mut items = Vec::new();
-        for entry in reply.ids {
-            let offset: u64 = entry
-                .id
-                .split('-')
-                .next()
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(0);
-            let get = |k: &str| -> Vec<u8> { entry.get::<Vec<u8>>(k).unwrap_or_default() };
-            let frame_bytes = Bytes::from(get("f"));
-            let frame = if get("k") == b"b" {
-                Frame::Binary(frame_bytes)
-            } else {
-                Frame::Text(frame_bytes)
-            };
-            // Stored once, as the frame: event and payload are decoded for the reader.
-            match Publication::from_frame(topic, frame, Some(offset), None) {
-                Ok(p) => items.push(HistoryItem {
-                    offset,
-                    publication: Arc::new(p),
-                }),
-                Err(e) => self.failed("decoding a history entry", &e),
-            }
-        }
-        let first = items.first().map_or(top + 1, |i| i.offset);
-        let complete = since.saturating_add(1) >= first;
-        Ok(HistoryPage {
-            epoch,
-            top,
-            complete,
-            items,
-        })
+        self.read_history(topic, since).await
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
@@ -538,77 +414,15 @@ impl Broker for RedisBroker {
         meta: &Value,
         sub: Option<&str>,
     ) -> Result<(), BrokerError> {
-        // The reaper of this node reports `presence_leave`s from `s`/`c`; a Supabase client's
-        // own `track` (`sb`) is broadcast as a leave but never reported.
-        let value = match sub {
-            Some(sub) => serde_json::json!({
-                "k": key, "m": meta, "s": sub, "c": format!("{}-{conn}", self.node_id)
-            }),
-            None => serde_json::json!({"k": key, "m": meta, "sb": true}),
-        }
-        .to_string();
-        self.presences
-            .lock()
-            .insert((topic.to_owned(), conn), value.clone());
-        // Re-announced from the local copy when Redis is back.
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .hset(
-                self.key(&["pres", topic]),
-                format!("{}:{conn}", self.node_id),
-                value,
-            )
-            .ignore()
-            .sadd(self.key(&["npres", &self.node_id]), topic)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(|e| {
-                self.failed("presence", &e);
-                err(e)
-            })
+        self.set_presence(topic, conn, key, meta, sub).await
     }
 
     async fn presence_remove(&self, topic: &str, conn: ConnId) -> Result<(), BrokerError> {
-        self.presences.lock().remove(&(topic.to_owned(), conn));
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        c.hdel::<_, _, ()>(
-            self.key(&["pres", topic]),
-            format!("{}:{conn}", self.node_id),
-        )
-        .await
-        .map_err(|e| {
-            self.failed("presence", &e);
-            err(e)
-        })
+        self.remove_presence(topic, conn).await
     }
 
     async fn presence_state(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        let entries: HashMap<String, String> =
-            c.hgetall(self.key(&["pres", topic])).await.map_err(|e| {
-                self.failed("presence", &e);
-                err(e)
-            })?;
-        let mut state = serde_json::Map::new();
-        for value in entries.values() {
-            let Ok(v) = serde_json::from_str::<Value>(value) else {
-                continue;
-            };
-            let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
-                continue;
-            };
-            let entry = state
-                .entry(key.to_owned())
-                .or_insert_with(|| serde_json::json!({"metas": []}));
-            if let Some(list) = entry["metas"].as_array_mut() {
-                list.push(meta.clone());
-            }
-        }
-        Ok(Some(Value::Object(state)))
+        self.read_presence(topic).await
     }
 
     async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {

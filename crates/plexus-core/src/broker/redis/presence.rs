@@ -1,0 +1,99 @@
+//! Presence in Redis: a hash per topic (`<prefix>:pres:<topic>`), one field per connection
+//! (`<node>:<conn>` → `{"k": key, "m": meta, "s": sub, "c": "<node>-<conn>"}`), and per node
+//! the set of topics where it has presence (`npres:<node>`), so that the node that reaps a
+//! dead one removes its entries and reports their leaves. A local copy is kept and announced
+//! again when Redis comes back.
+
+use super::{err, RedisBroker};
+use crate::broker::BrokerError;
+use crate::ConnId;
+use redis::AsyncCommands;
+use serde_json::Value;
+use std::collections::HashMap;
+
+impl RedisBroker {
+    pub(super) async fn set_presence(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        key: &str,
+        meta: &Value,
+        sub: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        // The reaper of this node reports `presence_leave`s from `s`/`c`; a Supabase client's
+        // own `track` (`sb`) is broadcast as a leave but never reported.
+        let value = match sub {
+            Some(sub) => serde_json::json!({
+                "k": key, "m": meta, "s": sub, "c": format!("{}-{conn}", self.node_id)
+            }),
+            None => serde_json::json!({"k": key, "m": meta, "sb": true}),
+        }
+        .to_string();
+        self.presences
+            .lock()
+            .insert((topic.to_owned(), conn), value.clone());
+        // Re-announced from the local copy when Redis is back.
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .hset(
+                self.key(&["pres", topic]),
+                format!("{}:{conn}", self.node_id),
+                value,
+            )
+            .ignore()
+            .sadd(self.key(&["npres", &self.node_id]), topic)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("presence", &e);
+                err(e)
+            })
+    }
+
+    pub(super) async fn remove_presence(
+        &self,
+        topic: &str,
+        conn: ConnId,
+    ) -> Result<(), BrokerError> {
+        self.presences.lock().remove(&(topic.to_owned(), conn));
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        c.hdel::<_, _, ()>(
+            self.key(&["pres", topic]),
+            format!("{}:{conn}", self.node_id),
+        )
+        .await
+        .map_err(|e| {
+            self.failed("presence", &e);
+            err(e)
+        })
+    }
+
+    pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        let entries: HashMap<String, String> =
+            c.hgetall(self.key(&["pres", topic])).await.map_err(|e| {
+                self.failed("presence", &e);
+                err(e)
+            })?;
+        let mut state = serde_json::Map::new();
+        for value in entries.values() {
+            let Ok(v) = serde_json::from_str::<Value>(value) else {
+                continue;
+            };
+            let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
+                continue;
+            };
+            let entry = state
+                .entry(key.to_owned())
+                .or_insert_with(|| serde_json::json!({"metas": []}));
+            if let Some(list) = entry["metas"].as_array_mut() {
+                list.push(meta.clone());
+            }
+        }
+        Ok(Some(Value::Object(state)))
+    }
+}
