@@ -1,11 +1,16 @@
 //! A Plexus node: hub, broker, authentication, policy, limits and the registry of live
 //! connections, in one object that transports and the HTTP API share.
 //!
+//! What a connection or an anonymous read must pass to be let in (address, rate, `Origin`,
+//! token, caps, hooks) is in [`admit`].
+//!
 //! The node hears its broker's cluster events (a disconnect asked by another node, the
 //! presence of a dead node reaped) as the broker's [`BrokerEventHandler`].
 
-use crate::admission::{Admission, AdmissionConfig, Permit, Refusal};
-use crate::auth::{AuthError, Identity, Verifier};
+mod admit;
+
+use crate::admission::{Admission, AdmissionConfig};
+use crate::auth::{Identity, Verifier};
 use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerEventHandler, HistoryPage};
 use crate::connections::Connections;
 use crate::hooks::{HookTransport, Hooks, HooksConfig};
@@ -257,153 +262,6 @@ impl Node {
     /// Per-user join counts (`max_per_user`).
     pub fn joins(&self) -> &Arc<JoinCounter> {
         &self.joins
-    }
-
-    /// Every connect-time check, for any transport: client address (trusted proxies), attempt
-    /// rate, `Origin`, token, draining, per-address and per-user caps (node-wide, then
-    /// cluster-wide through the broker; if the broker is unreachable the node-wide caps hold).
-    pub async fn admit(
-        &self,
-        peer: std::net::SocketAddr,
-        headers: &http::HeaderMap,
-        token: Option<&str>,
-    ) -> Result<(Identity, Permit), Refusal> {
-        self.admit_as(peer, headers, |node| node.authenticate(token))
-            .await
-    }
-
-    /// [`Node::admit`] for a connection whose identity does not come from a token: the same
-    /// checks, in the same order, with `identify` in place of the token's verification (a
-    /// Pusher connection is an anonymous `pusher:<socket_id>`).
-    pub async fn admit_as(
-        &self,
-        peer: std::net::SocketAddr,
-        headers: &http::HeaderMap,
-        identify: impl FnOnce(&Self) -> Result<Identity, AuthError>,
-    ) -> Result<(Identity, Permit), Refusal> {
-        let ip = self.admission.client_ip(peer, headers);
-        let refuse = |r: Refusal| {
-            tracing::warn!(client = %ip, status = r.status, reason = %r.reason, "connection refused");
-            self.counters.count_refusal(r.status);
-            crate::metrics::refused("connect", &r.reason);
-            r
-        };
-        self.admission.check_rate(ip).map_err(refuse)?;
-        self.admission.check_origin(headers).map_err(refuse)?;
-        let identity = identify(self).map_err(|e| refuse(e.into()))?;
-        if self.is_draining() {
-            return Err(refuse(Refusal {
-                status: 503,
-                reason: "server draining, reconnect to another node".into(),
-            }));
-        }
-        let mut permit = self.admission.acquire(ip, &identity).inspect_err(|r| {
-            tracing::warn!(client = %ip, sub = %identity.sub, status = r.status, reason = %r.reason, "connection refused");
-            self.counters.count_refusal(r.status);
-            crate::metrics::refused("connect", &r.reason);
-        })?;
-        if let Err(e) = self
-            .admission
-            .claim_cluster(&self.broker, &mut permit, ip, &identity)
-            .await
-        {
-            if let Some(r) = e {
-                return Err(refuse(r));
-            }
-            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(hooks) = &self.hooks {
-            // Last: only a connection every local check admits costs the application a call.
-            match hooks.connect(&identity, ip).await {
-                Ok(Some(d)) if !d.allow => {
-                    return Err(refuse(Refusal {
-                        status: 403,
-                        reason: d.reason,
-                    }))
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(refuse(Refusal {
-                        status: 503,
-                        reason: e.reason.into(),
-                    }))
-                }
-            }
-        }
-        Ok((identity, permit))
-    }
-
-    /// Checks for a read without a connection (HTTP history polling, SSE topics): client
-    /// address rate, `Origin`, token, and the join rule of `topic`.
-    pub fn authorize_read(
-        &self,
-        peer: std::net::SocketAddr,
-        headers: &http::HeaderMap,
-        token: Option<&str>,
-        topic: &str,
-    ) -> Result<Identity, Refusal> {
-        let ip = self.admission.client_ip(peer, headers);
-        let refuse = |r: Refusal| {
-            tracing::warn!(client = %ip, topic, status = r.status, reason = %r.reason, "read refused");
-            r
-        };
-        self.admission.check_rate(ip).map_err(refuse)?;
-        self.admission.check_origin(headers).map_err(refuse)?;
-        let identity = self.authenticate(token).map_err(|e| refuse(e.into()))?;
-        self.policy.authorize_join(&identity, topic).map_err(|d| {
-            refuse(Refusal {
-                status: 403,
-                reason: format!("{}: {topic}", d.0),
-            })
-        })?;
-        Ok(identity)
-    }
-
-    /// After [`Node::authorize_read`] allowed a read: the join hook of `topic`'s rule, if it
-    /// has one (asked like a join without a connection: no `conn`, params
-    /// `{"history": true}`), so that HTTP history polling cannot read what a join would be
-    /// refused.
-    pub async fn read_hook(
-        &self,
-        identity: &Identity,
-        peer: std::net::SocketAddr,
-        headers: &http::HeaderMap,
-        topic: &str,
-    ) -> Result<(), Refusal> {
-        let Some(hooks) = &self.hooks else {
-            return Ok(());
-        };
-        let Ok(rule) = self.policy.authorize_join(identity, topic) else {
-            return Ok(()); // authorize_read allowed it: cannot happen
-        };
-        let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
-            return Ok(());
-        };
-        let caller = crate::hooks::Caller {
-            identity,
-            conn: None,
-            addr: Some(self.admission.client_ip(peer, headers)),
-        };
-        let params = serde_json::json!({ "history": true });
-        match hooks.join(url, &caller, topic, params).await {
-            Ok(d) if d.allow => Ok(()),
-            Ok(d) => Err(Refusal {
-                status: 403,
-                reason: d.reason,
-            }),
-            Err(e) => Err(Refusal {
-                status: 503,
-                reason: e.reason.into(),
-            }),
-        }
-    }
-
-    /// Verifies a connect token.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
-        match token {
-            None => Err(AuthError::MissingToken),
-            Some(t) => self.verifier.verify(t),
-        }
     }
 
     /// Registers a new connection; `None` while the node is draining.
