@@ -1,0 +1,102 @@
+//! Review of Pusher mode (issue 20): defects found by the review, each a failing test on the
+//! code it was written against. Raw frames as pusher-js sends them (tests/common/pusher.rs).
+
+mod common;
+
+use common::pusher::*;
+use common::Server;
+use hmac::{Hmac, Mac};
+use plexus_core::pusher::api_auth::sign as sign_request;
+use plexus_core::pusher::PusherApp;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::time::Duration;
+
+fn app() -> PusherApp {
+    PusherApp {
+        app_id: APP_ID.into(),
+        key: KEY.into(),
+        secret: APP_SECRET.into(),
+        max_presence_members: 100,
+    }
+}
+
+fn sign_user(socket_id: &str, user_data: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
+    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn signin(ws: &mut Ws, socket_id: &str, user_data: &str) -> Value {
+    let auth = sign_user(socket_id, user_data);
+    send(
+        ws,
+        json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+    )
+    .await;
+    next(ws).await
+}
+
+async fn api(s: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let query = sign_request(&app(), method, path, &[], body.as_bytes(), now);
+    let (status, resp) = s
+        .http(method, &format!("{path}?{query}"), &[], &body)
+        .await
+        .unwrap();
+    (status, common::json(&resp))
+}
+
+async fn trigger(s: &Server, channel: &str, name: &str, data: &str) {
+    let body = json!({"name": name, "channel": channel, "data": data});
+    let (status, resp) = api(s, "POST", &format!("/apps/{APP_ID}/events"), &body).await;
+    assert_eq!(status, 200, "{resp}");
+}
+
+/// The next frame that is not a subscription count, or `None` after `ms`.
+async fn next_within(ws: &mut Ws, ms: u64) -> Option<Value> {
+    tokio::time::timeout(Duration::from_millis(ms), next(ws))
+        .await
+        .ok()
+}
+
+/// pusher-js subscribes its channels as soon as the connection is established, and signs in
+/// when its user authentication endpoint has answered (`pusher.signin()`, Echo's
+/// `connector.signin()`): subscriptions made before `pusher:signin` must survive it. They do
+/// not: the sign-in recheck (`Channels::signin_refusals` → `rule_refusals`) asks
+/// `Policy::authorize_join` without the Pusher open rule, so every Pusher channel no
+/// `[[channels]]` rule matches is departed, silently for the Pusher client.
+#[tokio::test]
+async fn channels_subscribed_before_signin_keep_their_events() {
+    let s = start(None).await;
+    let (mut ws, socket_id) = connect(&s).await;
+    assert_eq!(subscribe(&mut ws, "orders", None).await, succeeded("orders"));
+    let private = "private-orders";
+    assert_eq!(
+        subscribe(&mut ws, private, Some(sign(&socket_id, private))).await,
+        succeeded(private)
+    );
+    let ok = signin(&mut ws, &socket_id, &json!({"id": "ann"}).to_string()).await;
+    assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+    // Whatever the server said about the channels (nothing a Pusher client understands).
+    while let Some(f) = next_within(&mut ws, 300).await {
+        eprintln!("after signin: {f}");
+    }
+    for channel in ["orders", private] {
+        trigger(&s, channel, "shipped", "{\"n\":1}").await;
+        let got = next_within(&mut ws, 2000).await;
+        assert_eq!(
+            got.as_ref().map(|f| (&f["event"], &f["channel"])),
+            Some((&json!("shipped"), &json!(channel))),
+            "an event on {channel}, subscribed before pusher:signin, is lost: {got:?}"
+        );
+    }
+}
