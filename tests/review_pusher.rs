@@ -100,3 +100,28 @@ async fn channels_subscribed_before_signin_keep_their_events() {
         );
     }
 }
+
+/// `pusher:signin` accepts any `id` of 1 to 128 bytes, but `terminate_connections` and the
+/// user's `#server-to-user-` channel (pusher-js subscribes to it after the sign-in;
+/// `sendToUser` publishes there) accept only ids of Pusher's channel alphabet: a user signed
+/// in as `ann smith` (or `user:1`, `a+b@x.io`) is signed in, yet the app can neither reach nor
+/// terminate it. (The `pusher` SDK's `terminateUserConnections` accepts any non-empty string.)
+#[tokio::test]
+async fn every_user_id_signin_accepts_can_be_terminated() {
+    let s = start(None).await;
+    for id in ["ann smith", "user:1", "a+b@x.io"] {
+        let (mut ws, socket_id) = connect(&s).await;
+        let ok = signin(&mut ws, &socket_id, &json!({ "id": id }).to_string()).await;
+        assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+        // What pusher-js does next: its user's channel.
+        let channel = format!("#server-to-user-{id}");
+        let got = subscribe(&mut ws, &channel, None).await;
+        assert_eq!(got, succeeded(&channel), "signed in as {id:?}: {got}");
+        let path = format!(
+            "/apps/{APP_ID}/users/{}/terminate_connections",
+            id.replace(' ', "%20").replace('+', "%2B")
+        );
+        let (status, resp) = api(&s, "POST", &path, &json!({})).await;
+        assert_eq!(status, 200, "signed in as {id:?}, not terminable: {resp}");
+    }
+}
