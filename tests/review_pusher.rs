@@ -125,3 +125,47 @@ async fn every_user_id_signin_accepts_can_be_terminated() {
         assert_eq!(status, 200, "signed in as {id:?}, not terminable: {resp}");
     }
 }
+
+/// A channel the server departs on its own (here: a rule that refuses the signed-in user, as
+/// the sign-in recheck applies it) is not given back by the Pusher side: the connection stays
+/// registered in `SubscriptionCounts` (and its presence map), so it goes on hearing
+/// `pusher_internal:subscription_count` for a channel it is no longer in, until it closes.
+#[tokio::test]
+async fn a_channel_the_server_departed_is_no_longer_counted_to_the_connection() {
+    let config = r#"
+[[channels]]
+topic = "lobby-{sub}"
+deny = true
+"#;
+    let s = start(Some(config)).await;
+    let (mut ann, ann_id) = connect(&s).await;
+    // Anonymous, `lobby-ann` matches no rule: open.
+    assert_eq!(
+        subscribe(&mut ann, "lobby-ann", None).await,
+        succeeded("lobby-ann")
+    );
+    // Told its count (1) at the next tick.
+    let count = tokio::time::timeout(Duration::from_secs(3), next_frame(&mut ann))
+        .await
+        .expect("a count");
+    assert_eq!(count["event"], "pusher_internal:subscription_count", "{count}");
+    // Signed in as ann, the rule refuses ann `lobby-ann`: the server departs it.
+    let ok = signin(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
+    assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+    trigger(&s, "lobby-ann", "hello", "{}").await;
+    assert_eq!(next_within(&mut ann, 500).await, None, "departed: no events");
+    // Two other connections subscribe: the channel's count changes (to 2, the others).
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let (mut other, _) = connect(&s).await;
+        assert_eq!(
+            subscribe(&mut other, "lobby-ann", None).await,
+            succeeded("lobby-ann")
+        );
+        others.push(other);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(f) = tokio::time::timeout_at(deadline, next_frame(&mut ann)).await {
+        panic!("ann left lobby-ann server-side, yet hears: {f}");
+    }
+}
