@@ -169,3 +169,57 @@ deny = true
         panic!("ann left lobby-ann server-side, yet hears: {f}");
     }
 }
+
+/// The keys of Redis whose names contain `part` (redis-cli, as an operator would look).
+fn redis_keys(redis: &common::Redis, part: &str) -> Vec<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan", "--pattern"])
+        .arg(format!("*{part}*"))
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An anonymous client subscribing to public `cache-<anything>` channels makes each
+/// subscription's history read settle an epoch key in Redis (`settle_epoch`, kept
+/// `limits.history_idle_secs`, an hour), which outlives the subscription and the connection:
+/// Redis memory grows with the number of names a client invents (256 connections × 50
+/// subscribes/s per address, each key kept an hour), where the same churn on public channels
+/// that are not cache channels leaves nothing behind.
+#[tokio::test]
+async fn subscribing_to_invented_cache_channels_leaves_nothing_in_redis() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", url.as_str()));
+    let s = Server::start_with(Some("profile = \"dev\"\nbroker = \"redis\"\n"), &env).await;
+    let (mut ws, _) = connect(&s).await;
+    for prefix in ["plain-x", "cache-x"] {
+        for i in 0..40 {
+            let channel = format!("{prefix}{i}");
+            let got = subscribe(&mut ws, &channel, None).await;
+            assert_eq!(got, succeeded(&channel));
+            if prefix.starts_with("cache-") {
+                assert_eq!(next(&mut ws).await["event"], "pusher:cache_miss");
+            }
+            send(
+                &mut ws,
+                json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}),
+            )
+            .await;
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(redis_keys(&redis, "plain-x"), Vec::<String>::new());
+    let left = redis_keys(&redis, "cache-x");
+    assert!(
+        left.is_empty(),
+        "{} keys outlive the client's subscriptions, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
+}
