@@ -78,7 +78,10 @@ async fn next_within(ws: &mut Ws, ms: u64) -> Option<Value> {
 async fn channels_subscribed_before_signin_keep_their_events() {
     let s = start(None).await;
     let (mut ws, socket_id) = connect(&s).await;
-    assert_eq!(subscribe(&mut ws, "orders", None).await, succeeded("orders"));
+    assert_eq!(
+        subscribe(&mut ws, "orders", None).await,
+        succeeded("orders")
+    );
     let private = "private-orders";
     assert_eq!(
         subscribe(&mut ws, private, Some(sign(&socket_id, private))).await,
@@ -148,12 +151,19 @@ deny = true
     let count = tokio::time::timeout(Duration::from_secs(3), next_frame(&mut ann))
         .await
         .expect("a count");
-    assert_eq!(count["event"], "pusher_internal:subscription_count", "{count}");
+    assert_eq!(
+        count["event"], "pusher_internal:subscription_count",
+        "{count}"
+    );
     // Signed in as ann, the rule refuses ann `lobby-ann`: the server departs it.
     let ok = signin(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
     assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
     trigger(&s, "lobby-ann", "hello", "{}").await;
-    assert_eq!(next_within(&mut ann, 500).await, None, "departed: no events");
+    assert_eq!(
+        next_within(&mut ann, 500).await,
+        None,
+        "departed: no events"
+    );
     // Two other connections subscribe: the channel's count changes (to 2, the others).
     let mut others = Vec::new();
     for _ in 0..2 {
@@ -222,4 +232,55 @@ async fn subscribing_to_invented_cache_channels_leaves_nothing_in_redis() {
         left.len(),
         left.first()
     );
+}
+
+/// Calls of a Redis command so far (`INFO commandstats`).
+fn redis_calls(redis: &common::Redis, command: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `pusher_internal:subscription_count` (always on) reads the cluster-wide count of every
+/// channel with a local Pusher subscriber every second (`SubscriptionCounts::tick`: one HVALS
+/// per channel), whether anything changed or not: idle subscriptions cost Redis work forever,
+/// in proportion to the channels subscribed (an Echo app's per-user private channels: one per
+/// connection; one address may hold 256 connections × 100 channels). Nothing changes here
+/// for 5 s; the counts are read 5 times anyway.
+#[tokio::test]
+async fn idle_subscriptions_cost_redis_nothing() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", url.as_str()));
+    let s = Server::start_with(Some("profile = \"dev\"\nbroker = \"redis\"\n"), &env).await;
+    let (mut ws, _) = connect(&s).await;
+    for i in 0..100 {
+        let channel = format!("idle-{i}");
+        assert_eq!(
+            subscribe(&mut ws, &channel, None).await,
+            succeeded(&channel)
+        );
+        if i % 40 == 39 {
+            tokio::time::sleep(Duration::from_secs(1)).await; // the message rate limit
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the counts are told once
+    let before = redis_calls(&redis, "hvals");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = redis_calls(&redis, "hvals") - before;
+    eprintln!("HVALS in 5 idle seconds, 100 channels, 1 connection: {during}");
+    assert!(
+        during < 100,
+        "{during} HVALS in 5 s with nothing changing (100 idle channels)"
+    );
+    drop(ws);
 }
