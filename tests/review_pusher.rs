@@ -175,7 +175,7 @@ deny = true
         others.push(other);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
-    while let Ok(f) = tokio::time::timeout_at(deadline, next_frame(&mut ann)).await {
+    if let Ok(f) = tokio::time::timeout_at(deadline, next_frame(&mut ann)).await {
         panic!("ann left lobby-ann server-side, yet hears: {f}");
     }
 }
@@ -283,4 +283,38 @@ async fn idle_subscriptions_cost_redis_nothing() {
         "{during} HVALS in 5 s with nothing changing (100 idle channels)"
     );
     drop(ws);
+}
+
+/// A cache channel's last event is the application's "initial state" (docs/pusher.md: the
+/// HTTP API's trigger; its `cache_miss` webhook asks the application to fill it). On
+/// `private-cache-`/`presence-cache-` channels any subscriber's client event goes into the
+/// same history of one and replaces it: one subscriber's `client-*` frame wipes the state the
+/// server set, new subscribers get the client's event instead (with no `user_id`) and no
+/// `pusher:cache_miss`, so nothing tells the application to set it again.
+#[tokio::test]
+async fn a_client_event_does_not_replace_the_server_s_cached_state() {
+    let s = start(None).await;
+    let ch = "private-cache-scores";
+    let (mut a, a_id) = connect(&s).await;
+    let first = subscribe(&mut a, ch, Some(sign(&a_id, ch))).await;
+    assert_eq!(first, succeeded(ch));
+    assert_eq!(next(&mut a).await["event"], "pusher:cache_miss");
+    trigger(&s, ch, "score", "{\"home\":1}").await;
+    assert_eq!(next(&mut a).await["event"], "score");
+    send(
+        &mut a,
+        json!({"event": "client-typing", "channel": ch, "data": {"x": 1}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut b, b_id) = connect(&s).await;
+    assert_eq!(
+        subscribe(&mut b, ch, Some(sign(&b_id, ch))).await,
+        succeeded(ch)
+    );
+    let cached = next(&mut b).await;
+    assert_eq!(
+        cached["event"], "score",
+        "the server's cached state was replaced by a client's event: {cached}"
+    );
 }
