@@ -318,3 +318,58 @@ async fn a_client_event_does_not_replace_the_server_s_cached_state() {
         "the server's cached state was replaced by a client's event: {cached}"
     );
 }
+
+/// Members of the Redis sets whose key names contain `part`, and that contain `member`.
+fn redis_set_members(redis: &common::Redis, part: &str, member: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for key in redis_keys(redis, part) {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "SMEMBERS", &key])
+            .output()
+            .expect("redis-cli");
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|m| m.contains(member))
+                .map(str::to_owned),
+        );
+    }
+    found
+}
+
+/// Every topic a node ever counted a subscriber of stays in its counter index
+/// (`ncnt:<node>`: `COUNT_SUBSCRIBER` adds, nothing removes at 0 but a Redis reconnect), for
+/// the node's life. A core behaviour that Pusher mode makes reachable by anonymous clients:
+/// public channels of any name are open, so a client that subscribes to and leaves invented
+/// names (50/s per connection) grows that set without bound; presence channels' `memb:`
+/// counters, one per (channel, user_id), join it too.
+#[tokio::test]
+async fn channels_a_client_left_are_not_remembered_in_redis() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", url.as_str()));
+    let s = Server::start_with(Some("profile = \"dev\"\nbroker = \"redis\"\n"), &env).await;
+    let (mut ws, _) = connect(&s).await;
+    for i in 0..40 {
+        let channel = format!("invented-{i}");
+        assert_eq!(
+            subscribe(&mut ws, &channel, None).await,
+            succeeded(&channel)
+        );
+        send(
+            &mut ws,
+            json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}),
+        )
+        .await;
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left = redis_set_members(&redis, "ncnt", "invented-");
+    assert!(
+        left.is_empty(),
+        "{} channels nobody is in are still indexed, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
+}
