@@ -398,10 +398,19 @@ async fn across_two_nodes_client_events_and_api_broadcasts_reach_the_other_node(
     assert_eq!(next(&mut b).await["event"], "news");
 }
 
-/// The next `pusher_internal:subscription_count` on `ws` (other frames are skipped).
+/// The next `pusher_internal:subscription_count` on `ws` (other frames are skipped), within
+/// 15 s (a change made on another node is told within `POLL_EVERY`, 10 s).
 async fn count_of(ws: &mut Ws) -> u64 {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let f = next_frame(ws).await;
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a subscription count within 15 s")
+            .expect("open")
+            .expect("a frame");
+        let Some(text) = m.as_text() else { continue };
+        let f = json(text);
         if f["event"] == "pusher_internal:subscription_count" {
             return json(f["data"].as_str().expect("data is a JSON string"))["subscription_count"]
                 .as_u64()

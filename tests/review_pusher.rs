@@ -155,8 +155,13 @@ deny = true
         count["event"], "pusher_internal:subscription_count",
         "{count}"
     );
-    // Signed in as ann, the rule refuses ann `lobby-ann`: the server departs it.
-    let ok = signin(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
+    // Signed in as ann, the rule refuses ann `lobby-ann`: the server departs it, and tells
+    // the client as a refused subscription.
+    let closed = signin(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
+    assert_eq!(closed["event"], "pusher:subscription_error", "{closed}");
+    assert_eq!(closed["channel"], "lobby-ann");
+    assert_eq!(closed["data"]["status"], 403);
+    let ok = next(&mut ann).await;
     assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
     trigger(&s, "lobby-ann", "hello", "{}").await;
     assert_eq!(

@@ -204,12 +204,10 @@ async fn terminate_connections(
 ) -> Response {
     let result = async {
         let Path((_, user_id)) = path_segments(path)?;
-        if !wire::valid_channel_name(&user_id) {
+        if !wire::valid_user_id(&user_id) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "invalid user id: 1 to {MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ - = @ , . ;"
-                ),
+                "invalid user id: 1 to 128 bytes, no control characters",
             ));
         }
         match state.node.disconnect_user_everywhere(&user_id).await {

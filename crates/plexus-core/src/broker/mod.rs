@@ -313,6 +313,18 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The last retained publication of `topic`, if any, read without creating anything for
+    /// the topic (a cache channel's last event: a name nobody published on must leave no
+    /// state behind).
+    async fn last(&self, topic: &str) -> Result<Option<HistoryItem>, BrokerError> {
+        let page = self.history(topic, None).await?;
+        if page.top == 0 {
+            return Ok(None);
+        }
+        let page = self.history(topic, Some(page.top - 1)).await?;
+        Ok(page.items.into_iter().last())
+    }
+
     /// The cluster-wide subscriber counts of `topics` (in their order; 0 for a topic nobody
     /// subscribes to), or `None` when this node's hub is complete.
     async fn subscriber_counts(&self, _topics: &[&str]) -> Result<Option<Vec<usize>>, BrokerError> {

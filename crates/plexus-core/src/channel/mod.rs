@@ -172,6 +172,9 @@ pub(crate) struct Channel {
     /// The params the join hook was asked with, kept on an anonymous connection only: if it
     /// signs in, the join hook is asked again with the user ([`Channels::signin_refusals`]).
     signin_params: Option<Box<serde_json::Value>>,
+    /// Joined under the protocol's rule for topics no `[[channels]]` rule matches (Pusher's
+    /// open channels, [`JoinRequest::unmatched`]): kept as long as no rule matches it.
+    unmatched: bool,
 }
 
 /// The local half of a departure is done; this is the rest, involving the broker.
@@ -388,12 +391,16 @@ impl Channels {
                 );
             }
         }
+        let mut unmatched = false;
         let rule = match (
             node.policy().authorize_join(conn.identity, topic),
             req.unmatched,
         ) {
             (Ok(rule), _) => rule,
-            (Err(_), Some(open)) if !node.policy().governs(conn.identity, topic) => open.clone(),
+            (Err(_), Some(open)) if !node.policy().governs(conn.identity, topic) => {
+                unmatched = true;
+                open.clone()
+            }
             (Err(denied), _) => {
                 return JoinOutcome::refused(denied.0, false);
             }
@@ -489,6 +496,7 @@ impl Channels {
                 },
                 supabase,
                 signin_params,
+                unmatched,
             },
         );
         let is_supabase = self.joined.get(topic).is_some_and(|c| c.supabase.is_some());
@@ -532,8 +540,12 @@ impl Channels {
     /// The joined topics the rules refuse to `conn`'s identity, with the reason.
     fn rule_refusals(&self, conn: &Conn<'_>) -> Vec<(Box<str>, String)> {
         self.joined
-            .keys()
-            .filter_map(|topic| {
+            .iter()
+            .filter(|(topic, channel)| {
+                // Still no rule for it: the protocol's own rule still holds.
+                !(channel.unmatched && !conn.node.policy().governs(conn.identity, topic))
+            })
+            .filter_map(|(topic, _)| {
                 let denied = conn
                     .node
                     .policy()

@@ -114,7 +114,7 @@ impl Channels {
         };
         let published = conn
             .node
-            .publish_from(&topic, &event, payload, exclude, sender)
+            .publish_client(&topic, &event, payload, exclude, sender)
             .await;
         let (status, response) = match published {
             Ok(_) if !ack => return,

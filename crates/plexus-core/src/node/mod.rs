@@ -389,18 +389,47 @@ impl Node {
         exclude: Option<ConnId>,
         sender: Sender,
     ) -> Result<Option<u64>, PublishError> {
+        let history = self.history_for(topic, false);
+        self.publish_with(topic, event, payload, exclude, sender, history)
+            .await
+    }
+
+    /// A client's push: [`Node::publish_from`], except that it never becomes a Pusher cache
+    /// channel's last event (the cache holds what the server published, as Pusher's).
+    pub async fn publish_client(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude: Option<ConnId>,
+        sender: Sender,
+    ) -> Result<Option<u64>, PublishError> {
+        let history = self.history_for(topic, true);
+        self.publish_with(topic, event, payload, exclude, sender, history)
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude: Option<ConnId>,
+        sender: Sender,
+        history: Option<crate::publication::HistoryOpts>,
+    ) -> Result<Option<u64>, PublishError> {
         let mut publication = Publication::new(topic, event, payload, exclude)?.with_sender(sender);
-        if let Some(opts) = self.history_for(topic) {
+        if let Some(opts) = history {
             publication = publication.with_history(opts);
         }
         self.send(publication).await
     }
 
-    /// What `topic` keeps as history: its rule's, else a Pusher cache channel's last event
-    /// (in Pusher mode).
-    fn history_for(&self, topic: &str) -> Option<crate::publication::HistoryOpts> {
+    /// What `topic` keeps as history: its rule's, else (in Pusher mode, for what the server
+    /// publishes, not clients' pushes) a Pusher cache channel's last event.
+    fn history_for(&self, topic: &str, client: bool) -> Option<crate::publication::HistoryOpts> {
         self.policy.history_for(topic).or_else(|| {
-            (self.pusher_mode && crate::pusher::cache::is_cache_channel(topic))
+            (self.pusher_mode && !client && crate::pusher::cache::is_cache_channel(topic))
                 .then(crate::pusher::cache::history_opts)
         })
     }

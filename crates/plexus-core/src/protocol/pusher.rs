@@ -253,19 +253,22 @@ pub fn signin_success(user_data: &str) -> String {
 /// `pusher:signin_success`): events sent to the user (`sendToUser`) arrive on it.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
-/// The server-to-user channel of `user_id`, if it is one Pusher allows (a valid channel name
-/// after the prefix).
+/// A user id Plexus accepts from `pusher:signin`, in `#server-to-user-<id>` and in
+/// `terminate_connections`: 1 to 128 bytes without control characters (the `pusher` SDKs
+/// accept any non-empty string).
+pub fn valid_user_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
+/// The server-to-user channel of `user_id`, if it is a valid user id.
 pub fn server_to_user_channel(user_id: &str) -> Option<String> {
-    let name = format!("{SERVER_TO_USER_PREFIX}{user_id}");
-    (name.len() <= MAX_CHANNEL_NAME && valid_channel_name(user_id)).then_some(name)
+    valid_user_id(user_id).then(|| format!("{SERVER_TO_USER_PREFIX}{user_id}"))
 }
 
 /// Whether `name` is a server-to-user channel (`#server-to-user-<user id>`).
 pub fn is_server_to_user_channel(name: &str) -> bool {
-    name.len() <= MAX_CHANNEL_NAME
-        && name
-            .strip_prefix(SERVER_TO_USER_PREFIX)
-            .is_some_and(valid_channel_name)
+    name.strip_prefix(SERVER_TO_USER_PREFIX)
+        .is_some_and(valid_user_id)
 }
 
 /// `pusher:ping` (data `{}`).
@@ -442,8 +445,13 @@ mod tests {
             server_to_user_channel("u-1").as_deref(),
             Some("#server-to-user-u-1")
         );
-        assert_eq!(server_to_user_channel("a b"), None);
-        assert_eq!(server_to_user_channel(&"a".repeat(190)), None);
+        assert_eq!(
+            server_to_user_channel("ann smith").as_deref(),
+            Some("#server-to-user-ann smith")
+        );
+        assert_eq!(server_to_user_channel("a\nb"), None);
+        assert_eq!(server_to_user_channel(""), None);
+        assert_eq!(server_to_user_channel(&"a".repeat(129)), None);
     }
 
     #[test]

@@ -63,14 +63,9 @@ pub async fn after_subscribe(socket: &Socket, channel: &str, joined: bool) {
         return;
     }
     let node = socket.node();
-    // The last retained publication: the history after its top's predecessor.
-    let last = match node.history(channel, None).await {
-        Ok(page) if page.top > 0 => node
-            .history(channel, Some(page.top - 1))
-            .await
-            .ok()
-            .and_then(|p| p.items.into_iter().last()),
-        Ok(_) => None,
+    // The last retained publication (read without creating anything for the name).
+    let last = match node.broker().last(channel).await {
+        Ok(item) => item,
         Err(e) => {
             tracing::warn!(conn = socket.id(), channel, error = %e, "cache channel: history unavailable, answered cache_miss");
             None

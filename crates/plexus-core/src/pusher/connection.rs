@@ -63,21 +63,21 @@ pub struct PusherConn {
     pub pinged: bool,
     /// The presence channels subscribed, with their members (see [`PusherConn::translate`]).
     pub(super) presence: HashMap<Box<str>, Members>,
-    /// Where the other channels' subscriptions hear their subscriber count, and the channels
-    /// registered there (given back when the connection ends).
+    /// Where the other channels' subscriptions hear their subscriber count.
     counts: Arc<SubscriptionCounts>,
-    counted: Option<Box<Counted>>,
+    /// The channels subscribed (given back to `counts` when they end).
+    pub(super) subscribed: Option<Box<Subscribed>>,
 }
 
-/// The connection's channels registered in [`SubscriptionCounts`].
-struct Counted {
+/// The connection's subscribed channels.
+pub(super) struct Subscribed {
     conn: ConnId,
     channels: HashSet<Box<str>>,
 }
 
 impl Drop for PusherConn {
     fn drop(&mut self) {
-        if let Some(c) = &self.counted {
+        if let Some(c) = &self.subscribed {
             for channel in &c.channels {
                 self.counts.remove(channel, c.conn);
             }
@@ -99,7 +99,7 @@ impl PusherConn {
             pinged: false,
             presence: HashMap::new(),
             counts,
-            counted: None,
+            subscribed: None,
         }
     }
 
@@ -127,6 +127,21 @@ impl PusherConn {
     pub fn ping(&mut self, socket: &Socket) {
         self.pinged = true;
         send(socket, wire::ping());
+    }
+
+    /// The subscription of `channel` ended (the client unsubscribed, or the server closed it):
+    /// its members and its place in the subscription counts are given back. Whether it was
+    /// subscribed.
+    pub(super) fn forget(&mut self, channel: &str) -> bool {
+        self.presence.remove(channel);
+        let Some(c) = &mut self.subscribed else {
+            return false;
+        };
+        let was = c.channels.remove(channel);
+        if was {
+            self.counts.remove(channel, c.conn);
+        }
+        was
     }
 
     /// Handles one text frame of the client.
@@ -158,12 +173,7 @@ impl PusherConn {
                 }
             }
             ClientMessage::Unsubscribe { channel } => {
-                self.presence.remove(channel.as_str());
-                if let Some(c) = &mut self.counted {
-                    if c.channels.remove(channel.as_str()) {
-                        self.counts.remove(&channel, c.conn);
-                    }
-                }
+                self.forget(&channel);
                 // Counted by the socket; leaving a channel not subscribed is fine, as in Pusher.
                 let leave = message(channel, events::LEAVE.to_owned(), Payload::empty_object());
                 Box::pin(socket.handle(leave)).await;
@@ -201,13 +211,17 @@ impl PusherConn {
                 "invalid signature: auth must be key:hex(HMAC-SHA256(secret, \"socket_id::user::user_data\"))",
             );
         }
-        let id = match serde_json::from_str::<Value>(user_data) {
-            Ok(Value::Object(data)) => match data.get("id") {
-                Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
-                _ => return refuse(socket, "user_data needs an id (a string of 1 to 128 bytes)"),
-            },
-            _ => return refuse(socket, "user_data must be a JSON object with an id"),
-        };
+        let id =
+            match serde_json::from_str::<Value>(user_data) {
+                Ok(Value::Object(data)) => match data.get("id") {
+                    Some(Value::String(id)) if wire::valid_user_id(id) => id.clone(),
+                    _ => return refuse(
+                        socket,
+                        "user_data needs an id (a string of 1 to 128 bytes, no control characters)",
+                    ),
+                },
+                _ => return refuse(socket, "user_data must be a JSON object with an id"),
+            };
         match socket.sign_in_as(Identity::new(&id)).await {
             Ok(()) => send(socket, wire::signin_success(user_data)),
             Err(reason) => refuse(socket, &reason),
@@ -349,19 +363,18 @@ impl PusherConn {
         let joined = matches!(outcome, JoinOutcome::Joined(_));
         match outcome {
             // A presence channel's subscription_succeeded is its `presence_state` (translated).
-            JoinOutcome::Joined(_) if member.is_some() => {}
             JoinOutcome::Joined(_) => {
-                send(socket, wire::subscription_succeeded(channel));
-                if subscription_count::counted(channel) {
-                    let c = self.counted.get_or_insert_with(|| {
-                        Box::new(Counted {
-                            conn: socket.id(),
-                            channels: HashSet::new(),
-                        })
-                    });
-                    if c.channels.insert(channel.into()) {
-                        self.counts.add(channel, c.conn, socket.outbox());
-                    }
+                if member.is_none() {
+                    send(socket, wire::subscription_succeeded(channel));
+                }
+                let c = self.subscribed.get_or_insert_with(|| {
+                    Box::new(Subscribed {
+                        conn: socket.id(),
+                        channels: HashSet::new(),
+                    })
+                });
+                if c.channels.insert(channel.into()) && subscription_count::counted(channel) {
+                    self.counts.add(channel, c.conn, socket.outbox());
                 }
             }
             JoinOutcome::Refused { reason, .. } => {

@@ -57,11 +57,29 @@ impl PusherConn {
         if batch.iter().any(excluded) {
             batch.retain(|item| !excluded(item));
         }
-        if !batch.iter().any(is_presence) {
+        if !batch.iter().any(|i| is_presence(i) || is_server_close(i)) {
             return;
         }
         for item in std::mem::take(batch) {
             match &item {
+                // The server closed a subscription (a rule or hook refused it after a token
+                // or sign-in change): its state is given back and the client is told, as a
+                // refused subscription.
+                Outgoing::Push(p) if is_server_close(&item) => {
+                    if self.forget(&p.topic) {
+                        let reason = payload_object(&p.payload)
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("closed by the server")
+                            .to_owned();
+                        batch.push(raw(wire::subscription_error(
+                            &p.topic,
+                            "AuthError",
+                            &reason,
+                            403,
+                        )));
+                    }
+                }
                 Outgoing::Push(p) if p.event == events::PRESENCE_STATE => {
                     if let Some(f) = self.presence_state(&p.topic, &p.payload) {
                         batch.push(raw(f));
@@ -152,6 +170,13 @@ impl PusherConn {
         }
         out
     }
+}
+
+/// A `phx_close` with a reason: the server closed the channel (a duplicate join's or a
+/// leave's `phx_close` has none).
+fn is_server_close(item: &Outgoing) -> bool {
+    matches!(item, Outgoing::Push(p) if p.event == events::CLOSE
+        && p.payload.as_json().is_some_and(|raw| raw.get().contains("\"reason\"")))
 }
 
 fn is_presence(item: &Outgoing) -> bool {

@@ -3,13 +3,16 @@
 //! `pusher:subscription_count` event). Pusher makes it a per-app switch; here it is always on,
 //! for public and private channels (not presence ones, which have their members, as Pusher).
 //!
-//! Coalesced, not per join: [`SubscriptionCounts::run`] looks every [`EVERY`] at the channels
-//! that have Pusher subscribers on this node, reads their cluster-wide subscriber counts (one
-//! pipelined Redis round trip on a cluster; any protocol's subscribers count), and sends
+//! Coalesced, not per join: every [`EVERY`], [`SubscriptionCounts::run`] reads the
+//! cluster-wide subscriber counts (one pipelined Redis round trip on a cluster; any protocol's
+//! subscribers count) of the channels where a Pusher connection of this node subscribed or
+//! left since the last tick, and of the others once every [`POLL_EVERY`] (a change made on
+//! another node, or by a Phoenix client, is told within that), and sends
 //! `{"subscription_count": n}` to this node's Pusher subscribers of the channels whose count
 //! changed since it last told them — and to subscribers who joined since, even if it did not.
-//! A join storm on a channel of N subscribers thus costs at most N frames per tick, not N per
-//! join; the frame is encoded once per channel and tick and shared by its receivers.
+//! Idle channels cost one read per [`POLL_EVERY`]; a join storm on a channel of N subscribers
+//! costs at most N frames per tick, not N per join; the frame is encoded once per channel and
+//! tick and shared by its receivers.
 //!
 //! The registry holds, per channel, each local Pusher subscriber's id and a weak reference to
 //! its outbox (no strong reference: a closed connection frees its outbox whatever happens
@@ -22,10 +25,12 @@ use crate::{ConnId, Node};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often counts are looked at and told.
 pub const EVERY: Duration = Duration::from_secs(1);
+/// How often a channel without a local change has its count read again.
+pub const POLL_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Channel {
@@ -33,6 +38,10 @@ struct Channel {
     subscribers: Vec<Subscriber>,
     /// The count last sent to this channel's subscribers.
     sent: Option<usize>,
+    /// A local Pusher subscriber came or went since the count was last read.
+    dirty: bool,
+    /// When the count was last read.
+    read: Option<Instant>,
 }
 
 struct Subscriber {
@@ -63,6 +72,7 @@ impl SubscriptionCounts {
         let mut channels = self.channels.lock();
         let c = channels.entry(channel.into()).or_default();
         c.subscribers.retain(|s| s.conn != conn);
+        c.dirty = true;
         c.subscribers.push(Subscriber {
             conn,
             outbox: Arc::downgrade(outbox),
@@ -75,6 +85,7 @@ impl SubscriptionCounts {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get_mut(channel) {
             c.subscribers.retain(|s| s.conn != conn);
+            c.dirty = true;
             if c.subscribers.is_empty() {
                 channels.remove(channel);
             }
@@ -99,10 +110,18 @@ impl SubscriptionCounts {
         }
     }
 
-    /// One round: reads the counts of the registered channels and tells those that changed
-    /// (or whose subscribers were not told yet).
+    /// One round: reads the counts of the channels that are due (a local change, or
+    /// [`POLL_EVERY`] since the last read) and tells those that changed (or whose subscribers
+    /// were not told yet).
     pub async fn tick(&self, node: &Node) {
-        let topics: Vec<Box<str>> = self.channels.lock().keys().cloned().collect();
+        let now = Instant::now();
+        let topics: Vec<Box<str>> = self
+            .channels
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.dirty || c.read.is_none_or(|t| now >= t + POLL_EVERY))
+            .map(|(topic, _)| topic.clone())
+            .collect();
         if topics.is_empty() {
             return;
         }
@@ -113,6 +132,8 @@ impl SubscriptionCounts {
             let Some(c) = channels.get_mut(topic) else {
                 continue;
             };
+            c.dirty = false;
+            c.read = Some(now);
             c.subscribers.retain(|s| s.outbox.strong_count() > 0);
             let changed = c.sent != Some(n);
             if !changed && c.subscribers.iter().all(|s| s.told) {

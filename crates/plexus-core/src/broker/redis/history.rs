@@ -129,6 +129,39 @@ impl RedisBroker {
                 self.failed("history read", &e);
                 err(e)
             })?;
+        let items = self.decode_entries(topic, reply);
+        let first = items.first().map_or(top + 1, |i| i.offset);
+        let complete = since.saturating_add(1) >= first;
+        Ok(HistoryPage {
+            epoch,
+            top,
+            complete,
+            items,
+        })
+    }
+
+    /// The last retained entry of `topic`, read without creating anything (no epoch is
+    /// settled: a name nobody published on leaves no key behind).
+    pub(super) async fn read_last(&self, topic: &str) -> Result<Option<HistoryItem>, BrokerError> {
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = c
+            .xrevrange_count(self.key(&["hist", topic]), "+", "-", 1)
+            .await
+            .map_err(|e| {
+                self.failed("history read", &e);
+                err(e)
+            })?;
+        Ok(self.decode_entries(topic, reply).pop())
+    }
+
+    /// Stream entries as publications (stored once, as the frame: event and payload are
+    /// decoded for the reader).
+    fn decode_entries(
+        &self,
+        topic: &str,
+        reply: redis::streams::StreamRangeReply,
+    ) -> Vec<HistoryItem> {
         let mut items = Vec::new();
         for entry in reply.ids {
             let offset: u64 = entry
@@ -144,7 +177,6 @@ impl RedisBroker {
             } else {
                 Frame::Text(frame_bytes)
             };
-            // Stored once, as the frame: event and payload are decoded for the reader.
             match Publication::from_frame(topic, frame, Some(offset), None) {
                 Ok(p) => items.push(HistoryItem {
                     offset,
@@ -153,13 +185,6 @@ impl RedisBroker {
                 Err(e) => self.failed("decoding a history entry", &e),
             }
         }
-        let first = items.first().map_or(top + 1, |i| i.offset);
-        let complete = since.saturating_add(1) >= first;
-        Ok(HistoryPage {
-            epoch,
-            top,
-            complete,
-            items,
-        })
+        items
     }
 }

@@ -42,7 +42,8 @@ mod scripts;
 mod signing;
 
 use super::{
-    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryPage, RequestHandler,
+    Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
+    RequestHandler,
 };
 use crate::hub::Hub;
 use crate::protocol::Frame;
@@ -56,7 +57,7 @@ use envelope::sender_header;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 use redis::AsyncCommands;
-use scripts::{CLAIM, PUBLISH_HISTORY};
+use scripts::{CLAIM, PUBLISH_HISTORY, RELEASE};
 use serde_json::Value;
 use signing::{Kind, Signer};
 use std::collections::{HashMap, HashSet};
@@ -406,6 +407,10 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn last(&self, topic: &str) -> Result<Option<HistoryItem>, BrokerError> {
+        self.read_last(topic).await
+    }
+
     async fn presence_set(
         &self,
         topic: &str,
@@ -460,14 +465,16 @@ impl Broker for RedisBroker {
         }
         self.check_up()?;
         let mut c = self.conn.clone();
-        let left: i64 = c.hincr(&counter, &self.node_id, -1).await.map_err(|e| {
-            self.failed("limit release", &e);
-            err(e)
-        })?;
-        if left <= 0 {
-            let _: () = c.hdel(&counter, &self.node_id).await.map_err(err)?;
-        }
-        Ok(())
+        redis::Script::new(RELEASE)
+            .key(&counter)
+            .key(self.key(&["ncnt", &self.node_id]))
+            .arg(&self.node_id)
+            .invoke_async::<()>(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("limit release", &e);
+                err(e)
+            })
     }
 
     fn counts_subscribers(&self) -> bool {

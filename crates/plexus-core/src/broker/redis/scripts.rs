@@ -39,10 +39,23 @@ redis.call('SADD', KEYS[2], KEYS[1])
 return 1
 "#;
 
+/// Gives back one unit of a counter this node took ([`CLAIM`]); a share that reaches 0 leaves
+/// the hash and the node's counter set, in the same step (a claim cannot slip in between).
+/// KEYS: counter hash, this node's counter set. ARGV: node.
+pub(super) const RELEASE: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], KEYS[1])
+end
+return n
+"#;
+
 /// Counts a node's subscriber of a topic in or out and returns the topic's total {before,
 /// after}, in one step (exactly one caller sees 0 -> more and more -> 0). A count out when
-/// the node's share is already 0 (lost with Redis, or reaped) changes nothing. KEYS: counter,
-/// the node's counter set. ARGV: node id, +1 or -1.
+/// the node's share is already 0 (lost with Redis, or reaped) changes nothing. The node's
+/// counter set lists the counters where it has a share (an emptied one leaves it). KEYS:
+/// counter, the node's counter set. ARGV: node id, +1 or -1.
 pub(super) const COUNT_SUBSCRIBER: &str = r#"
 local before = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do before = before + tonumber(v) end
@@ -52,6 +65,7 @@ if delta < 0 and mine <= 0 then return {before, before} end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], KEYS[1])
 else
   redis.call('SADD', KEYS[2], KEYS[1])
 end
