@@ -543,7 +543,7 @@ impl Channels {
             .iter()
             .filter(|(topic, channel)| {
                 // Still no rule for it: the protocol's own rule still holds.
-                !(channel.unmatched && !conn.node.policy().governs(conn.identity, topic))
+                !channel.unmatched || conn.node.policy().governs(conn.identity, topic)
             })
             .filter_map(|(topic, _)| {
                 let denied = conn
