@@ -1,5 +1,6 @@
-//! Review of Pusher mode (issue 20): defects found by the review, each a failing test on the
-//! code it was written against. Raw frames as pusher-js sends them (tests/common/pusher.rs).
+//! Pusher mode's defects found by review (issue 20), each kept as a test that failed on the
+//! code it was written against and passes since its fix. Raw frames as pusher-js sends them
+//! (tests/common/pusher.rs).
 
 mod common;
 
@@ -70,10 +71,9 @@ async fn next_within(ws: &mut Ws, ms: u64) -> Option<Value> {
 
 /// pusher-js subscribes its channels as soon as the connection is established, and signs in
 /// when its user authentication endpoint has answered (`pusher.signin()`, Echo's
-/// `connector.signin()`): subscriptions made before `pusher:signin` must survive it. They do
-/// not: the sign-in recheck (`Channels::signin_refusals` → `rule_refusals`) asks
-/// `Policy::authorize_join` without the Pusher open rule, so every Pusher channel no
-/// `[[channels]]` rule matches is departed, silently for the Pusher client.
+/// `connector.signin()`): subscriptions made before `pusher:signin` must survive it. (They
+/// did not: the sign-in recheck asked the rules without the Pusher open rule, and departed
+/// every channel no `[[channels]]` rule matches, silently for the Pusher client.)
 #[tokio::test]
 async fn channels_subscribed_before_signin_keep_their_events() {
     let s = start(None).await;
@@ -104,11 +104,10 @@ async fn channels_subscribed_before_signin_keep_their_events() {
     }
 }
 
-/// `pusher:signin` accepts any `id` of 1 to 128 bytes, but `terminate_connections` and the
-/// user's `#server-to-user-` channel (pusher-js subscribes to it after the sign-in;
-/// `sendToUser` publishes there) accept only ids of Pusher's channel alphabet: a user signed
-/// in as `ann smith` (or `user:1`, `a+b@x.io`) is signed in, yet the app can neither reach nor
-/// terminate it. (The `pusher` SDK's `terminateUserConnections` accepts any non-empty string.)
+/// Every id `pusher:signin` accepts can be reached (`#server-to-user-<id>`, which pusher-js
+/// subscribes to after the sign-in and `sendToUser` publishes to) and terminated (the
+/// `pusher` SDK's `terminateUserConnections` accepts any non-empty string). (They once used
+/// different rules: `ann smith` signed in, but could be neither reached nor terminated.)
 #[tokio::test]
 async fn every_user_id_signin_accepts_can_be_terminated() {
     let s = start(None).await;
@@ -130,9 +129,9 @@ async fn every_user_id_signin_accepts_can_be_terminated() {
 }
 
 /// A channel the server departs on its own (here: a rule that refuses the signed-in user, as
-/// the sign-in recheck applies it) is not given back by the Pusher side: the connection stays
-/// registered in `SubscriptionCounts` (and its presence map), so it goes on hearing
-/// `pusher_internal:subscription_count` for a channel it is no longer in, until it closes.
+/// the sign-in recheck applies it) is told to the client as a refused subscription and given
+/// back by the Pusher side: no more `pusher_internal:subscription_count` for it. (It used to
+/// stay registered in `SubscriptionCounts` until the connection closed.)
 #[tokio::test]
 async fn a_channel_the_server_departed_is_no_longer_counted_to_the_connection() {
     let config = r#"
@@ -198,12 +197,9 @@ fn redis_keys(redis: &common::Redis, part: &str) -> Vec<String> {
         .collect()
 }
 
-/// An anonymous client subscribing to public `cache-<anything>` channels makes each
-/// subscription's history read settle an epoch key in Redis (`settle_epoch`, kept
-/// `limits.history_idle_secs`, an hour), which outlives the subscription and the connection:
-/// Redis memory grows with the number of names a client invents (256 connections × 50
-/// subscribes/s per address, each key kept an hour), where the same churn on public channels
-/// that are not cache channels leaves nothing behind.
+/// An anonymous client subscribing to public `cache-<anything>` channels leaves nothing in
+/// Redis for names nobody published on. (Each subscription's history read used to settle an
+/// epoch key kept an hour: Redis memory grew with the names a client invented.)
 #[tokio::test]
 async fn subscribing_to_invented_cache_channels_leaves_nothing_in_redis() {
     let redis = common::Redis::start();
@@ -254,12 +250,9 @@ fn redis_calls(redis: &common::Redis, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `pusher_internal:subscription_count` (always on) reads the cluster-wide count of every
-/// channel with a local Pusher subscriber every second (`SubscriptionCounts::tick`: one HVALS
-/// per channel), whether anything changed or not: idle subscriptions cost Redis work forever,
-/// in proportion to the channels subscribed (an Echo app's per-user private channels: one per
-/// connection; one address may hold 256 connections × 100 channels). Nothing changes here
-/// for 5 s; the counts are read 5 times anyway.
+/// `pusher_internal:subscription_count` (always on) costs idle subscriptions little Redis
+/// work: a channel's count is read after a local change, else once per `POLL_EVERY` (10 s).
+/// (It was read every second for every channel: 500 HVALS in 5 idle seconds here.)
 #[tokio::test]
 async fn idle_subscriptions_cost_redis_nothing() {
     let redis = common::Redis::start();
@@ -292,10 +285,9 @@ async fn idle_subscriptions_cost_redis_nothing() {
 
 /// A cache channel's last event is the application's "initial state" (docs/pusher.md: the
 /// HTTP API's trigger; its `cache_miss` webhook asks the application to fill it). On
-/// `private-cache-`/`presence-cache-` channels any subscriber's client event goes into the
-/// same history of one and replaces it: one subscriber's `client-*` frame wipes the state the
-/// server set, new subscribers get the client's event instead (with no `user_id`) and no
-/// `pusher:cache_miss`, so nothing tells the application to set it again.
+/// `private-cache-`/`presence-cache-` channels a subscriber's client event must not replace
+/// it. (It did: new subscribers got the client's event instead, with no `user_id`, and no
+/// `pusher:cache_miss` asked the application to set it again.)
 #[tokio::test]
 async fn a_client_event_does_not_replace_the_server_s_cached_state() {
     let s = start(None).await;
@@ -342,12 +334,9 @@ fn redis_set_members(redis: &common::Redis, part: &str, member: &str) -> Vec<Str
     found
 }
 
-/// Every topic a node ever counted a subscriber of stays in its counter index
-/// (`ncnt:<node>`: `COUNT_SUBSCRIBER` adds, nothing removes at 0 but a Redis reconnect), for
-/// the node's life. A core behaviour that Pusher mode makes reachable by anonymous clients:
-/// public channels of any name are open, so a client that subscribes to and leaves invented
-/// names (50/s per connection) grows that set without bound; presence channels' `memb:`
-/// counters, one per (channel, user_id), join it too.
+/// A topic a node no longer counts a subscriber of leaves its counter index (`ncnt:<node>`).
+/// (It stayed for the node's life: with Pusher's open public channels, an anonymous client
+/// subscribing to and leaving invented names grew that set without bound.)
 #[tokio::test]
 async fn channels_a_client_left_are_not_remembered_in_redis() {
     let redis = common::Redis::start();
