@@ -41,6 +41,15 @@ pub const CLIENT_EVENTS_PER_SECOND: f64 = 10.0;
 /// The largest `user_info` of a presence member (its JSON text), as Pusher's.
 pub const MAX_USER_INFO_BYTES: usize = 1024;
 
+/// The rule of channels no `[[channels]]` rule matches, one for the process: a copy per
+/// connection cost every Pusher connection ~570 bytes (the rule and its strings), 15 % more
+/// idle memory than a Phoenix connection (BENCHMARKS.md, "Pusher mode vs Sockudo").
+fn open_rule() -> Arc<ChannelRule> {
+    static OPEN: std::sync::LazyLock<Arc<ChannelRule>> =
+        std::sync::LazyLock::new(|| Arc::new(ChannelRule::open("*")));
+    OPEN.clone()
+}
+
 /// A presence channel's members as this connection was told them: `user_id` → the presence
 /// refs (one per connection of that user, cluster-wide). A user is a member while it has one.
 type Members = HashMap<Box<str>, HashSet<String>>;
@@ -63,7 +72,7 @@ impl PusherConn {
         PusherConn {
             app,
             socket_id: socket_id.into(),
-            open_rule: Arc::new(ChannelRule::open("*")),
+            open_rule: open_rule(),
             client_events: TokenBucket::new(
                 CLIENT_EVENTS_PER_SECOND,
                 CLIENT_EVENTS_PER_SECOND as u32,
@@ -483,4 +492,21 @@ fn send(socket: &Socket, text: String) {
         .push(Outgoing::Raw(Box::new(Frame::Text(bytes::Bytes::from(
             text,
         )))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_shares_the_one_open_rule() {
+        let app = Arc::new(PusherApp {
+            app_id: "1".into(),
+            key: "k".into(),
+            secret: "s".into(),
+        });
+        let a = PusherConn::new(app.clone(), "1.1".into());
+        let b = PusherConn::new(app, "2.2".into());
+        assert!(Arc::ptr_eq(&a.open_rule, &b.open_rule));
+    }
 }
