@@ -476,9 +476,10 @@ struct Figure {
     higher_is_better: bool,
     /// The Pusher mode must be at least (higher is better) or at most this times Sockudo's.
     vs_sockudo: Option<f64>,
-    phoenix: Option<f64>,
-    pusher: Option<f64>,
-    sockudo: Option<f64>,
+    /// `None`: not measured; `Some(None)`: measured without a value (no step sustained).
+    phoenix: Option<Option<f64>>,
+    pusher: Option<Option<f64>>,
+    sockudo: Option<Option<f64>>,
 }
 
 /// The last result of `target` in `scenario` that `pick` accepts, and the value it gives.
@@ -528,9 +529,9 @@ fn pusher_targets(results: &[Value]) -> Option<String> {
             name,
             higher_is_better,
             vs_sockudo,
-            phoenix: phoenix.flatten(),
-            pusher: pusher.flatten(),
-            sockudo: sockudo.flatten(),
+            phoenix,
+            pusher,
+            sockudo,
         })
     };
     let mut subs: Vec<u64> = results
@@ -598,48 +599,62 @@ fn pusher_targets(results: &[Value]) -> Option<String> {
     let _ = writeln!(md, "| figure | {PHOENIX} (Phoenix) | {PUSHER} | {SOCKUDO} | Pusher mode ÷ Sockudo | Pusher mode ÷ Phoenix mode (target: within 10 %) |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    // Per figure: met (Some(true)), missed (Some(false)) or undecided (None: neither server
+    // sustained even the first step).
     let (mut vs_sockudo, mut vs_phoenix) = (Vec::new(), Vec::new());
     for g in &figures {
-        let cell = |v: Option<f64>| match v {
-            Some(x) => num(Some(x)),
-            None if g.higher_is_better => "none sustained".into(),
-            None => "–".into(),
+        let cell = |v: Option<Option<f64>>| match v {
+            Some(Some(x)) => num(Some(x)),
+            Some(None) if g.higher_is_better => "none sustained".into(),
+            Some(None) => "–".into(),
+            None => "not measured".into(),
         };
-        let sockudo = match (g.vs_sockudo, g.pusher, g.sockudo) {
-            (None, Some(p), Some(s)) if s > 0.0 => format!("{:.2}×", p / s),
-            (None, ..) => "–".into(),
-            (Some(t), Some(p), Some(s)) if s > 0.0 => {
-                let r = p / s;
-                let ok = if g.higher_is_better { r >= t } else { r <= t };
+        // `ours` against `theirs` with the target ratio `t` (≥ t when higher is better).
+        let judge = |ours: Option<Option<f64>>,
+                     theirs: Option<Option<f64>>,
+                     t: f64,
+                     them: &str,
+                     show_target: bool|
+         -> (String, Option<bool>) {
+            let sign = if g.higher_is_better { "≥" } else { "≤" };
+            match (ours, theirs) {
+                (Some(Some(a)), Some(Some(b))) if b > 0.0 => {
+                    let r = a / b;
+                    let ok = if g.higher_is_better { r >= t } else { r <= t };
+                    let target = if show_target {
+                        format!(" (target {sign} {t}×)")
+                    } else {
+                        String::new()
+                    };
+                    (format!("{r:.2}×{target}: {}", verdict(ok)), Some(ok))
+                }
+                (Some(Some(_)), Some(None)) if g.higher_is_better => {
+                    (format!("{them} sustained no step: met"), Some(true))
+                }
+                (Some(None), Some(Some(_))) if g.higher_is_better => (
+                    "Pusher mode sustained no step: **not met**".into(),
+                    Some(false),
+                ),
+                (Some(None), Some(None)) if g.higher_is_better => {
+                    ("neither sustained the first step: undecided".into(), None)
+                }
+                _ => ("not measured: **not met**".into(), Some(false)),
+            }
+        };
+        let sockudo = match g.vs_sockudo {
+            None => match (g.pusher, g.sockudo) {
+                (Some(Some(p)), Some(Some(s))) if s > 0.0 => format!("{:.2}×", p / s),
+                _ => "–".into(),
+            },
+            Some(t) => {
+                let (text, ok) = judge(g.pusher, g.sockudo, t, SOCKUDO, true);
                 vs_sockudo.push((g.name.clone(), ok));
-                let sign = if g.higher_is_better { "≥" } else { "≤" };
-                format!("{r:.2}× (target {sign} {t}×): {}", verdict(ok))
-            }
-            (Some(_), Some(_), None) if g.higher_is_better => {
-                vs_sockudo.push((g.name.clone(), true));
-                "Sockudo sustained no step: met".into()
-            }
-            (Some(_), ..) => {
-                vs_sockudo.push((g.name.clone(), false));
-                "not measured: **not met**".into()
+                text
             }
         };
-        let phoenix = match (g.pusher, g.phoenix) {
-            (Some(p), Some(x)) if x > 0.0 => {
-                let r = p / x;
-                let ok = if g.higher_is_better {
-                    r >= 0.9
-                } else {
-                    r <= 1.1
-                };
-                vs_phoenix.push((g.name.clone(), ok));
-                format!("{r:.2}×: {}", verdict(ok))
-            }
-            _ => {
-                vs_phoenix.push((g.name.clone(), false));
-                "not measured: **not met**".into()
-            }
-        };
+        let limit = if g.higher_is_better { 0.9 } else { 1.1 };
+        let (phoenix, ok) = judge(g.pusher, g.phoenix, limit, "Phoenix mode", false);
+        vs_phoenix.push((g.name.clone(), ok));
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {sockudo} | {phoenix} |",
@@ -649,36 +664,44 @@ fn pusher_targets(results: &[Value]) -> Option<String> {
             cell(g.sockudo)
         );
     }
-    let missed = |v: &[(String, bool)]| -> String {
-        let bad: Vec<&str> = v
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if v.is_empty() {
-            "not measured".into()
-        } else if bad.is_empty() {
-            "met".into()
+    let summary = |v: &[(String, Option<bool>)]| -> String {
+        let of = |want: Option<bool>| -> Vec<&str> {
+            v.iter()
+                .filter(|(_, ok)| *ok == want)
+                .map(|(n, _)| n.as_str())
+                .collect()
+        };
+        let (missed, undecided) = (of(Some(false)), of(None));
+        let mut out = if v.is_empty() {
+            "not measured".to_owned()
+        } else if !missed.is_empty() {
+            format!("**not met** ({})", missed.join("; "))
+        } else if undecided.len() == v.len() {
+            "undecided".to_owned()
         } else {
-            format!("**not met** ({})", bad.join("; "))
+            "met".to_owned()
+        };
+        if !undecided.is_empty() {
+            let _ = write!(
+                out,
+                " [undecided, neither sustained the first step: {}]",
+                undecided.join("; ")
+            );
         }
+        out
     };
-    let fan: Vec<_> = vs_sockudo
-        .iter()
-        .filter(|(n, _)| n.contains("fan-out"))
-        .cloned()
-        .collect();
-    let mem: Vec<_> = vs_sockudo
-        .iter()
-        .filter(|(n, _)| n.contains("memory"))
-        .cloned()
-        .collect();
+    let pick = |v: &[(String, Option<bool>)], what: &str| -> Vec<(String, Option<bool>)> {
+        v.iter()
+            .filter(|(n, _)| n.contains(what))
+            .cloned()
+            .collect()
+    };
     let _ = writeln!(
         md,
         "\nHighest sustained fan-out ≥ 3× Sockudo's: {}. Idle memory per subscribed connection ≤ 1/10 of Sockudo's: {}. Pusher mode within 10 % of Phoenix mode on each figure: {}.\n",
-        missed(&fan),
-        missed(&mem),
-        missed(&vs_phoenix)
+        summary(&pick(&vs_sockudo, "fan-out")),
+        summary(&pick(&vs_sockudo, "memory")),
+        summary(&vs_phoenix)
     );
     Some(md)
 }
@@ -775,6 +798,19 @@ mod tests {
         results.push(idle(SOCKUDO, 20000));
         let md = pusher_targets(&results).unwrap_or_default();
         assert!(md.contains("0.20× (target ≤ 0.1×): **not met**"), "{md}");
+        // Neither the Pusher mode nor Sockudo sustained a step: undecided, not met nor missed.
+        results.push(sat(PHOENIX, 5000, r#"{"delivered_per_s":300000}"#));
+        results.push(sat(PUSHER, 5000, "null"));
+        results.push(sat(SOCKUDO, 5000, "null"));
+        let md = pusher_targets(&results).unwrap_or_default();
+        assert!(
+            md.contains("| none sustained | none sustained | neither sustained the first step: undecided | Pusher mode sustained no step: **not met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Highest sustained fan-out ≥ 3× Sockudo's: met [undecided, neither sustained the first step: highest sustained fan-out, 5,000 subscribers (deliveries/s)]."),
+            "{md}"
+        );
         // Without Sockudo in the results there is no such table.
         results.retain(|r| r["target"] != SOCKUDO);
         assert!(pusher_targets(&results).is_none());
