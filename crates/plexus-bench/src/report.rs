@@ -491,9 +491,9 @@ fn last_of(
 ) -> Option<Option<f64>> {
     results
         .iter()
+        .rev()
         .filter(|r| r["target"] == target && r["scenario"] == scenario && r["error"].is_null())
-        .filter_map(pick)
-        .last()
+        .find_map(pick)
 }
 
 /// A fixed-load result's step (the one step, whether or not it passed).
