@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     match decode_client_binary(&input) {
         Ok(m) if data[0] == 3 => {
             assert_eq!(m.event, "broadcast");
-            let raw = m.payload.as_json().expect("a user broadcast decodes to JSON");
+            let raw = m
+                .payload
+                .as_json()
+                .expect("a user broadcast decodes to JSON");
             // The user payload stays raw (like a text frame's, it may hold numbers a Value
             // cannot represent); the envelope around it is well formed.
             #[derive(serde::Deserialize)]

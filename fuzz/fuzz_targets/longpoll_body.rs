@@ -59,8 +59,8 @@ fn check(body: &[u8], max_lines: usize, max_bytes: usize, vsn: Vsn) {
         Ok(decoded) => {
             assert_eq!(decoded.len(), lines.len(), "one result per non-blank line");
             for (line, d) in lines.iter().zip(decoded) {
-                let alone =
-                    parse_body(line, max_lines, max_bytes, vsn).expect("a line of an accepted body");
+                let alone = parse_body(line, max_lines, max_bytes, vsn)
+                    .expect("a line of an accepted body");
                 assert_eq!(alone.len(), 1);
                 assert_eq!(seen(&alone[0]), seen(d), "a line decodes differently alone");
             }

@@ -32,14 +32,35 @@ fuzz_target!(|data: &[u8]| {
             let _ = pusher::valid_channel_name(&channel);
             let ok = parse(&pusher::subscription_succeeded(&channel));
             assert_eq!(ok["channel"], Value::String(channel.clone()));
-            let err = parse(&pusher::subscription_error(&channel, "AuthError", "no", 401));
+            let err = parse(&pusher::subscription_error(
+                &channel,
+                "AuthError",
+                "no",
+                401,
+            ));
             assert_eq!(err["channel"], Value::String(channel));
+        }
+        ClientMessage::Signin { auth: _, user_data } => {
+            // The signed user_data is echoed back as it is, whatever it holds.
+            let ok = parse(&pusher::signin_success(&user_data));
+            assert_eq!(ok["data"]["user_data"], Value::String(user_data.clone()));
+            if let Some(channel) = pusher::server_to_user_channel(&user_data) {
+                assert!(pusher::is_server_to_user_channel(&channel));
+            }
         }
         ClientMessage::ClientEvent {
             event,
             channel,
             data,
         } => {
+            // A presence client event's frame carries the sender's user_id.
+            let with_user = parse(&pusher::channel_event_from(
+                &event,
+                &channel,
+                &data,
+                Some(&channel),
+            ));
+            assert_eq!(with_user["user_id"], Value::String(channel.clone()));
             assert!(event.starts_with(pusher::CLIENT_EVENT_PREFIX));
             let sent: Value = serde_json::from_str(&data).expect("client event data is JSON");
             let frame = parse(&pusher::channel_event(&event, &channel, &data));

@@ -1,7 +1,9 @@
 //! The load generator end to end against a real Plexus server process: worker processes
 //! subscribe over Phoenix V2 with a JWT each, the coordinator publishes through the HTTP API,
-//! every delivery is counted and timed, and `report` turns the result into a table. Needs the
-//! server binary (`cargo build --bin plexus`, which `scripts/test` runs first).
+//! every delivery is counted and timed, and `report` turns the result into a table. The Pusher
+//! adapter (the one that drives Sockudo) against Plexus in Pusher mode, publishing through
+//! Pusher's signed HTTP API. Needs the server binary (`cargo build --bin plexus`, which
+//! `scripts/test` runs first).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "load-test-secret-0123456789abcdef";
 const KEY: &str = "load-test-key";
+/// The Pusher app of the Pusher-mode server.
+const PUSHER_APP: [&str; 3] = ["load-app", "load-pusher-key", "load-pusher-secret"];
 
 struct Server {
     child: Child,
@@ -40,6 +44,10 @@ fn plexus_bin() -> PathBuf {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(env: &[(&str, &str)]) -> Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -58,6 +66,7 @@ fn start() -> Server {
         .env("PLEXUS_JWT_SECRET", SECRET)
         .env("PLEXUS_API_KEY", KEY)
         .env("PLEXUS_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -71,35 +80,48 @@ fn start() -> Server {
 }
 
 fn load(s: &Server, secret: &str, extra: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = s.dir.join("results.jsonl");
     let url = format!(
         "ws://127.0.0.1:{}/socket/websocket?vsn=2.0.0&token={{token}}",
         s.port
     );
-    let mut args = vec![
-        "load".to_owned(),
-        "--target".into(),
-        "Plexus".into(),
-        "--proto".into(),
-        "phoenix".into(),
-        "--url".into(),
-        url,
-        "--secret".into(),
-        secret.into(),
-        "--api-key".into(),
-        KEY.into(),
-        "--publish-url".into(),
-        format!("http://127.0.0.1:{}", s.port),
-        "--pid".into(),
-        s.child.id().to_string(),
-        "--topic".into(),
-        "room:load".into(),
-        "--sources".into(),
-        "127.0.0.2,127.0.0.3".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
+    let mut args: Vec<String> = [
+        "--target",
+        "Plexus",
+        "--proto",
+        "phoenix",
+        "--url",
+        &url,
+        "--secret",
+        secret,
+        "--api-key",
+        KEY,
+        "--topic",
+        "room:load",
+    ]
+    .map(String::from)
+    .into();
     args.extend(extra.iter().map(|a| a.to_string()));
+    run_load(s, args)
+}
+
+/// `plexus-bench load` with `args` and the server's address, pid and a results file.
+fn run_load(s: &Server, mut args: Vec<String>) -> (bool, Vec<serde_json::Value>, String) {
+    let out = s.dir.join("results.jsonl");
+    let _ = std::fs::remove_file(&out);
+    args.splice(
+        0..0,
+        [
+            "load".to_owned(),
+            "--publish-url".into(),
+            format!("http://127.0.0.1:{}", s.port),
+            "--pid".into(),
+            s.child.id().to_string(),
+            "--sources".into(),
+            "127.0.0.2,127.0.0.3".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ],
+    );
     let run = Command::new(env!("CARGO_BIN_EXE_plexus-bench"))
         .args(&args)
         .output()
@@ -206,4 +228,120 @@ fn refused_subscribers_fail_the_run_with_the_reason() {
         "{:?}",
         lines[0]
     );
+}
+
+/// The arguments `scripts/bench-compare` gives the Pusher adapter (Sockudo and Plexus's Pusher
+/// mode alike), with `secret` signing the publishes.
+fn pusher_args(s: &Server, secret: &str, extra: &[&str]) -> Vec<String> {
+    let [app, key, _] = PUSHER_APP;
+    let url = format!(
+        "ws://127.0.0.1:{}/app/{key}?protocol=7&client=plexus-bench&version=1",
+        s.port
+    );
+    let mut args: Vec<String> = [
+        "--target",
+        "Plexus (Pusher mode)",
+        "--proto",
+        "pusher",
+        "--url",
+        &url,
+        "--publish",
+        "pusher",
+        "--pusher-app",
+        app,
+        "--pusher-key",
+        key,
+        "--pusher-secret",
+        secret,
+        "--topic",
+        "bench",
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+#[test]
+fn the_pusher_adapter_drives_plexus_in_pusher_mode() {
+    let [app, key, secret] = PUSHER_APP;
+    let s = start_with(&[
+        ("PLEXUS_PUSHER_APP_ID", app),
+        ("PLEXUS_PUSHER_KEY", key),
+        ("PLEXUS_PUSHER_SECRET", secret),
+    ]);
+    let fixed = [
+        "--scenario",
+        "fixed",
+        "--subs",
+        "40",
+        "--rate",
+        "20",
+        "--secs",
+        "1",
+        "--procs",
+        "2",
+    ];
+    // Subscribed over /app/{key}, published with Pusher's signed POST /apps/{id}/events.
+    let (ok, lines, stderr) = run_load(&s, pusher_args(&s, secret, &fixed));
+    assert!(ok, "plexus-bench failed: {stderr}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(r["connect"]["ready"], 40, "{r}");
+    assert_eq!(r["proto"], "pusher", "{r}");
+    let step = &r["best"];
+    assert_eq!(step["publish_failed"], 0, "{r}");
+    assert_eq!(step["expected"], 800, "{r}");
+    assert_eq!(
+        step["received"], 800,
+        "every subscriber got every message: {r}"
+    );
+    assert!(
+        step["lat_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0),
+        "{r}"
+    );
+
+    // The report's Pusher section: its own markers and charts, the main tables left alone.
+    let md = s.dir.join("BENCH.md");
+    std::fs::write(
+        &md,
+        "<!-- bench-compare:start -->\nmain\n<!-- bench-compare:end -->\n\
+         <!-- bench-compare:pusher:start -->\nold\n<!-- bench-compare:pusher:end -->\n",
+    )
+    .expect("md");
+    let svg = s.dir.join("svg");
+    let report = Command::new(env!("CARGO_BIN_EXE_plexus-bench"))
+        .args(["report", "--section", "pusher", "--input"])
+        .arg(s.dir.join("results.jsonl"))
+        .arg("--markdown")
+        .arg(&md)
+        .arg("--svg-dir")
+        .arg(&svg)
+        .output()
+        .expect("report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let text = std::fs::read_to_string(&md).expect("md");
+    assert!(text.contains("\nmain\n") && !text.contains("old"), "{text}");
+    assert!(
+        text.contains("| Plexus (Pusher mode) | 40 × 20 | ")
+            && text.contains("docs/bench/pusher-efficiency.svg"),
+        "{text}"
+    );
+    assert!(svg.join("pusher-efficiency.svg").exists());
+
+    // Publishes signed with another secret are refused (401) and counted as failures.
+    let (_, lines, stderr) = run_load(&s, pusher_args(&s, "not-the-app-secret", &fixed));
+    let step = &lines.first().expect("a result line")["steps"][0];
+    assert_eq!(step["publish_failed"], 20, "{stderr} {step}");
+    assert!(
+        step["publish_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("HTTP 401")),
+        "{step}"
+    );
+    assert_eq!(step["received"], 0, "{step}");
 }

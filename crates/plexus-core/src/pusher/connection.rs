@@ -52,6 +52,15 @@ pub const MAX_USER_INFO_BYTES: usize = 1024;
 /// The largest `user_data` of a `pusher:signin` (its JSON text).
 pub const MAX_USER_DATA_BYTES: usize = 4096;
 
+/// The rule of channels no `[[channels]]` rule matches, one for the process: a copy per
+/// connection cost every Pusher connection ~570 bytes (the rule and its strings), 15 % more
+/// idle memory than a Phoenix connection (BENCHMARKS.md, "Pusher mode vs Sockudo").
+fn open_rule() -> Arc<ChannelRule> {
+    static OPEN: std::sync::LazyLock<Arc<ChannelRule>> =
+        std::sync::LazyLock::new(|| Arc::new(ChannelRule::open("*")));
+    OPEN.clone()
+}
+
 /// A Pusher connection's state beside its [`Socket`].
 pub struct PusherConn {
     app: Arc<PusherApp>,
@@ -90,7 +99,7 @@ impl PusherConn {
         PusherConn {
             app,
             socket_id: socket_id.into(),
-            open_rule: Arc::new(ChannelRule::open("*")),
+            open_rule: open_rule(),
             client_events: TokenBucket::new(
                 CLIENT_EVENTS_PER_SECOND,
                 CLIENT_EVENTS_PER_SECOND as u32,
@@ -484,4 +493,23 @@ fn send(socket: &Socket, text: String) {
         .push(Outgoing::Raw(Box::new(Frame::Text(bytes::Bytes::from(
             text,
         )))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_shares_the_one_open_rule() {
+        let app = Arc::new(PusherApp {
+            app_id: "1".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            max_presence_members: 100,
+        });
+        let counts = SubscriptionCounts::new();
+        let a = PusherConn::new(app.clone(), "1.1".into(), counts.clone());
+        let b = PusherConn::new(app, "2.2".into(), counts);
+        assert!(Arc::ptr_eq(&a.open_rule, &b.open_rule));
+    }
 }

@@ -382,8 +382,8 @@ where
 /// written (a broadcast's shared frame is not copied).
 trait ToFrame {
     fn to_frame(&self, encoding: Encoding) -> Option<Frame>;
-    /// About the encoded size.
-    fn len_hint(&self) -> usize;
+    /// About the encoded size in `encoding`.
+    fn len_hint(&self, encoding: Encoding) -> usize;
 }
 
 impl ToFrame for Frame {
@@ -391,14 +391,21 @@ impl ToFrame for Frame {
         Some(self.clone())
     }
 
-    fn len_hint(&self) -> usize {
+    fn len_hint(&self, _: Encoding) -> usize {
         self.len()
     }
 }
 
 impl ToFrame for Outgoing {
-    fn len_hint(&self) -> usize {
+    fn len_hint(&self, encoding: Encoding) -> usize {
         match self {
+            // A Pusher frame is longer than the Phoenix one (its data is a JSON string): sized
+            // by the Phoenix frame, the write buffer was reallocated on every write.
+            Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p)
+                if encoding == Encoding::Pusher =>
+            {
+                p.pusher_frame().map_or(p.frame.len(), |f| f.len())
+            }
             Outgoing::Broadcast(p) | Outgoing::BroadcastWithOffset(p) => p.frame.len(),
             other => 64 + other.payload().map_or(0, |p| p.len()),
         }
@@ -468,7 +475,7 @@ where
             buf.clear();
         }
         if buf.capacity() == 0 {
-            buf.reserve(COALESCE.min(total_len(items)));
+            buf.reserve(COALESCE.min(total_len(items, vsn)));
         }
         buf.extend_from_slice(&h[..n]);
         buf.extend_from_slice(payload);
@@ -480,8 +487,8 @@ where
 }
 
 /// About the bytes `items` take on the wire (for the write buffer's first reservation).
-fn total_len<T: ToFrame>(items: &[T]) -> usize {
-    items.iter().map(|i| i.len_hint() + 10).sum()
+fn total_len<T: ToFrame>(items: &[T], encoding: Encoding) -> usize {
+    items.iter().map(|i| i.len_hint(encoding) + 10).sum()
 }
 
 /// Sends a close frame, half-closes, then reads and discards what the peer still sends
@@ -585,6 +592,32 @@ where
         if let Some((code, reason)) = violation {
             let _ = close(&mut io, code, reason).await;
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Payload;
+    use crate::publication::Publication;
+
+    #[test]
+    fn the_write_buffer_is_sized_for_the_frames_of_the_connection_s_protocol() {
+        // A Pusher frame carries the payload as a JSON string: every quote escaped, longer
+        // than the Phoenix frame the hint once used.
+        let payload = Payload::json(&serde_json::json!({"a": "b", "c": "d", "e": "f"}))
+            .expect("a JSON payload");
+        let p = Publication::new("bench", "m", payload, None).expect("a publication");
+        let items = [Outgoing::Broadcast(Arc::new(p))];
+        for encoding in [Encoding::Pusher, Encoding::Phoenix(Vsn::V2)] {
+            let frame = items[0].to_frame(encoding).expect("a frame");
+            assert!(
+                total_len(&items, encoding) >= frame.len() + 2,
+                "{encoding:?}: hint {} for a frame of {}",
+                total_len(&items, encoding),
+                frame.len()
+            );
         }
     }
 }
