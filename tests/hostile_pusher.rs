@@ -6,16 +6,8 @@ mod common;
 
 use common::pusher::*;
 use common::Server;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 use tokio_websockets::Message;
-
-fn sign_user(socket_id: &str, user_data: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
-    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
-}
 
 async fn still_serving(s: &Server) {
     let (mut ws, _) = connect(s).await;

@@ -6,61 +6,8 @@ mod common;
 
 use common::pusher::*;
 use common::Server;
-use hmac::{Hmac, Mac};
-use plexus_core::pusher::api_auth::sign as sign_request;
-use plexus_core::pusher::PusherApp;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use std::time::Duration;
-
-fn app() -> PusherApp {
-    PusherApp {
-        app_id: APP_ID.into(),
-        key: KEY.into(),
-        secret: APP_SECRET.into(),
-        max_presence_members: 100,
-    }
-}
-
-fn sign_user(socket_id: &str, user_data: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
-    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-async fn signin(ws: &mut Ws, socket_id: &str, user_data: &str) -> Value {
-    let auth = sign_user(socket_id, user_data);
-    send(
-        ws,
-        json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
-    )
-    .await;
-    next(ws).await
-}
-
-async fn api(s: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let query = sign_request(&app(), method, path, &[], body.as_bytes(), now);
-    let (status, resp) = s
-        .http(method, &format!("{path}?{query}"), &[], &body)
-        .await
-        .unwrap();
-    (status, common::json(&resp))
-}
-
-async fn trigger(s: &Server, channel: &str, name: &str, data: &str) {
-    let body = json!({"name": name, "channel": channel, "data": data});
-    let (status, resp) = api(s, "POST", &format!("/apps/{APP_ID}/events"), &body).await;
-    assert_eq!(status, 200, "{resp}");
-}
 
 /// The next frame that is not a subscription count, or `None` after `ms`.
 async fn next_within(ws: &mut Ws, ms: u64) -> Option<Value> {
@@ -87,14 +34,14 @@ async fn channels_subscribed_before_signin_keep_their_events() {
         subscribe(&mut ws, private, Some(sign(&socket_id, private))).await,
         succeeded(private)
     );
-    let ok = signin(&mut ws, &socket_id, &json!({"id": "ann"}).to_string()).await;
+    let ok = signin_as(&mut ws, &socket_id, &json!({"id": "ann"}).to_string()).await;
     assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
     // Whatever the server said about the channels (nothing a Pusher client understands).
     while let Some(f) = next_within(&mut ws, 300).await {
         eprintln!("after signin: {f}");
     }
     for channel in ["orders", private] {
-        trigger(&s, channel, "shipped", "{\"n\":1}").await;
+        trigger(&s, channel, "shipped", "{\"n\":1}", None).await;
         let got = next_within(&mut ws, 2000).await;
         assert_eq!(
             got.as_ref().map(|f| (&f["event"], &f["channel"])),
@@ -113,7 +60,7 @@ async fn every_user_id_signin_accepts_can_be_terminated() {
     let s = start(None).await;
     for id in ["ann smith", "user:1", "a+b@x.io"] {
         let (mut ws, socket_id) = connect(&s).await;
-        let ok = signin(&mut ws, &socket_id, &json!({ "id": id }).to_string()).await;
+        let ok = signin_as(&mut ws, &socket_id, &json!({ "id": id }).to_string()).await;
         assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
         // What pusher-js does next: its user's channel.
         let channel = format!("#server-to-user-{id}");
@@ -156,13 +103,13 @@ deny = true
     );
     // Signed in as ann, the rule refuses ann `lobby-ann`: the server departs it, and tells
     // the client as a refused subscription.
-    let closed = signin(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
+    let closed = signin_as(&mut ann, &ann_id, &json!({"id": "ann"}).to_string()).await;
     assert_eq!(closed["event"], "pusher:subscription_error", "{closed}");
     assert_eq!(closed["channel"], "lobby-ann");
     assert_eq!(closed["data"]["status"], 403);
     let ok = next(&mut ann).await;
     assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
-    trigger(&s, "lobby-ann", "hello", "{}").await;
+    trigger(&s, "lobby-ann", "hello", "{}", None).await;
     assert_eq!(
         next_within(&mut ann, 500).await,
         None,
@@ -296,7 +243,7 @@ async fn a_client_event_does_not_replace_the_server_s_cached_state() {
     let first = subscribe(&mut a, ch, Some(sign(&a_id, ch))).await;
     assert_eq!(first, succeeded(ch));
     assert_eq!(next(&mut a).await["event"], "pusher:cache_miss");
-    trigger(&s, ch, "score", "{\"home\":1}").await;
+    trigger(&s, ch, "score", "{\"home\":1}", None).await;
     assert_eq!(next(&mut a).await["event"], "score");
     send(
         &mut a,

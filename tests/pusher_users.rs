@@ -8,66 +8,9 @@
 mod common;
 
 use common::pusher::*;
-use common::{json, Redis, Server};
-use hmac::{Hmac, Mac};
-use plexus_core::pusher::api_auth::sign as sign_request;
-use plexus_core::pusher::PusherApp;
-use serde_json::{json, Value};
-use sha2::Sha256;
+use common::{Redis, Server};
+use serde_json::json;
 use std::time::Duration;
-
-fn app() -> PusherApp {
-    PusherApp {
-        app_id: APP_ID.into(),
-        key: KEY.into(),
-        secret: APP_SECRET.into(),
-        max_presence_members: 100,
-    }
-}
-
-/// `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`.
-fn sign_user(socket_id: &str, user_data: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
-    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-async fn signin(ws: &mut Ws, auth: &str, user_data: &str) -> Value {
-    send(
-        ws,
-        json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
-    )
-    .await;
-    next(ws).await
-}
-
-/// A request to Pusher's HTTP API, signed as the SDKs sign it.
-async fn api(s: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let query = sign_request(&app(), method, path, &[], body.as_bytes(), now);
-    let (status, resp) = s
-        .http(method, &format!("{path}?{query}"), &[], &body)
-        .await
-        .unwrap();
-    (status, json(&resp))
-}
-
-async fn trigger(s: &Server, channel: &str, name: &str, data: &str, socket_id: Option<&str>) {
-    let mut body = json!({"name": name, "channel": channel, "data": data});
-    if let Some(id) = socket_id {
-        body["socket_id"] = id.into();
-    }
-    let (status, resp) = api(s, "POST", &format!("/apps/{APP_ID}/events"), &body).await;
-    assert_eq!(status, 200, "{resp}");
-}
 
 /// Nothing but subscription counts arrives on `ws` within `ms`.
 async fn silent(ws: &mut Ws, ms: u64) {

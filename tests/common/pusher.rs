@@ -147,3 +147,65 @@ pub fn presence_of(frame: &Value) -> Value {
     );
     json(frame["data"].as_str().unwrap())["presence"].clone()
 }
+
+/// The app as Pusher's server SDKs know it (signing HTTP API requests).
+pub fn app() -> plexus_core::pusher::PusherApp {
+    plexus_core::pusher::PusherApp {
+        app_id: APP_ID.into(),
+        key: KEY.into(),
+        secret: APP_SECRET.into(),
+        max_presence_members: 100,
+    }
+}
+
+/// `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`: a `pusher:signin`'s `auth`.
+pub fn sign_user(socket_id: &str, user_data: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
+    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends `pusher:signin` with `auth` and `user_data`; returns the answer.
+pub async fn signin(ws: &mut Ws, auth: &str, user_data: &str) -> Value {
+    send(
+        ws,
+        json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+    )
+    .await;
+    next(ws).await
+}
+
+/// `pusher:signin` as the user of `user_data`, signed for `socket_id`; returns the answer.
+pub async fn signin_as(ws: &mut Ws, socket_id: &str, user_data: &str) -> Value {
+    signin(ws, &sign_user(socket_id, user_data), user_data).await
+}
+
+/// A request to Pusher's HTTP API, signed as the SDKs sign it (`body` null: none).
+pub async fn api(s: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let query =
+        plexus_core::pusher::api_auth::sign(&app(), method, path, &[], body.as_bytes(), now);
+    let (status, resp) = s
+        .http(method, &format!("{path}?{query}"), &[], &body)
+        .await
+        .unwrap();
+    (status, json(&resp))
+}
+
+/// Publishes `name` with `data` on `channel` through the HTTP API (leaving out `socket_id`).
+pub async fn trigger(s: &Server, channel: &str, name: &str, data: &str, socket_id: Option<&str>) {
+    let mut body = json!({"name": name, "channel": channel, "data": data});
+    if let Some(id) = socket_id {
+        body["socket_id"] = id.into();
+    }
+    let (status, resp) = api(s, "POST", &format!("/apps/{APP_ID}/events"), &body).await;
+    assert_eq!(status, 200, "{resp}");
+}
