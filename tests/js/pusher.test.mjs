@@ -15,6 +15,7 @@ import Pusher from "pusher-js";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 import { Server, PUSHER, PUSHER_ENV, token, join, push } from "./server.mjs";
+import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
 
 let server;
 let auth; // the application's auth endpoint
@@ -59,29 +60,12 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function client(user = "someone") {
-  return new Pusher(PUSHER.key, {
-    wsHost: "127.0.0.1",
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    cluster: "mt1",
-    channelAuthorization: { endpoint: `http://127.0.0.1:${auth.address().port}/pusher/auth`, params: { user } },
-  });
-}
-
-const connected = (p) => new Promise((resolve, reject) => {
-  p.connection.bind("connected", () => resolve(p.connection.socket_id));
-  p.connection.bind("failed", () => reject(new Error("pusher-js failed to connect")));
-});
-const subscribed = (channel) => new Promise((resolve, reject) => {
-  channel.bind("pusher:subscription_succeeded", resolve);
-  channel.bind("pusher:subscription_error", (e) => reject(Object.assign(new Error("subscription_error"), { data: e })));
-});
 const next = (channel, event) => new Promise((resolve) => {
   const handler = (data) => { channel.unbind(event, handler); resolve(data); };
   channel.bind(event, handler);
 });
+
+const client = (user = "someone") => pusherClient(server.port, `http://127.0.0.1:${auth.address().port}`, user);
 
 test("pusher-js connects and a public channel receives API broadcasts", async () => {
   const p = client();

@@ -4,9 +4,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { once } from "node:events";
-import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { Server, PUSHER, PUSHER_ENV } from "./server.mjs";
+import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
 
 let server;
 let auth; // the application: channel authorisation and user authentication
@@ -45,20 +45,6 @@ after(async () => {
   await server?.stop();
 });
 
-function client(user) {
-  const base = `http://127.0.0.1:${auth.address().port}`;
-  return new Pusher(PUSHER.key, {
-    wsHost: "127.0.0.1", wsPort: server.port, forceTLS: false, enabledTransports: ["ws"], cluster: "mt1",
-    channelAuthorization: { endpoint: `${base}/pusher/auth`, params: { user } },
-    userAuthentication: { endpoint: `${base}/pusher/user-auth`, params: { user } },
-  });
-}
-
-const subscribed = (channel) => new Promise((resolve, reject) => {
-  if (channel.subscribed) return resolve();
-  channel.bind("pusher:subscription_succeeded", resolve);
-  channel.bind("pusher:subscription_error", (e) => reject(Object.assign(new Error("subscription_error"), { data: e })));
-});
 const within = (ms, promise, what) => Promise.race([
   promise,
   new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms)),
@@ -69,6 +55,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // sends its subscriptions on `connected` and the signin after the user-auth round trip, so
 // the channels are subscribed first; on main the sign-in departs them server-side and
 // pusher-js, told nothing, waits for events that never come.
+const client = (user) => pusherClient(server.port, `http://127.0.0.1:${auth.address().port}`, user);
+
 test("channels subscribed before pusher.signin() still get events after it", async () => {
   const ann = client("ann");
   try {

@@ -9,9 +9,9 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { once } from "node:events";
 import { randomBytes } from "node:crypto";
-import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { Server, PUSHER, PUSHER_ENV } from "./server.mjs";
+import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
 
 // pusher-js's node WebSocket (faye-websocket) arms a 30 s close timer when pusher-js closes a
 // socket the server has already closed (after 4009); unref'd, it does not hold the test process.
@@ -63,25 +63,6 @@ after(async () => {
   await server?.stop();
 });
 
-function client(user) {
-  const base = `http://127.0.0.1:${auth.address().port}`;
-  return new Pusher(PUSHER.key, {
-    wsHost: "127.0.0.1", wsPort: server.port, forceTLS: false, enabledTransports: ["ws"], cluster: "mt1",
-    channelAuthorization: { endpoint: `${base}/pusher/auth`, params: { user } },
-    userAuthentication: { endpoint: `${base}/pusher/user-auth`, params: { user } },
-  });
-}
-
-const connected = (p) => new Promise((resolve, reject) => {
-  if (p.connection.state === "connected") return resolve(p.connection.socket_id);
-  p.connection.bind("connected", () => resolve(p.connection.socket_id));
-  p.connection.bind("failed", () => reject(new Error("pusher-js failed to connect")));
-});
-const subscribed = (channel) => new Promise((resolve, reject) => {
-  if (channel.subscribed) return resolve();
-  channel.bind("pusher:subscription_succeeded", resolve);
-  channel.bind("pusher:subscription_error", (e) => reject(Object.assign(new Error("subscription_error"), { data: e })));
-});
 const next = (emitter, event) => new Promise((resolve) => {
   const handler = (data, metadata) => { emitter.unbind(event, handler); resolve({ data, metadata }); };
   emitter.bind(event, handler);
@@ -96,6 +77,8 @@ async function signedIn(p) {
   assert.ok(p.user.user_data, "signed in");
   await subscribed(p.user.serverToUserChannel);
 }
+
+const client = (user) => pusherClient(server.port, `http://127.0.0.1:${auth.address().port}`, user);
 
 test("signin: sendToUser reaches every connection of the user; terminateUserConnections closes them with 4009", async () => {
   const ann1 = client("ann");

@@ -9,9 +9,9 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { once } from "node:events";
-import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { Server, PUSHER, PUSHER_ENV, until, sleep } from "./server.mjs";
+import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
 
 let server;
 let auth; // the application's auth endpoint
@@ -64,25 +64,6 @@ after(async () => {
   await server?.stop();
 });
 
-function client(user = "someone") {
-  return new Pusher(PUSHER.key, {
-    wsHost: "127.0.0.1",
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    cluster: "mt1",
-    channelAuthorization: { endpoint: `http://127.0.0.1:${auth.address().port}/pusher/auth`, params: { user } },
-  });
-}
-
-const connected = (p) => new Promise((resolve, reject) => {
-  p.connection.bind("connected", () => resolve(p.connection.socket_id));
-  p.connection.bind("failed", () => reject(new Error("pusher-js failed to connect")));
-});
-const subscribed = (channel) => new Promise((resolve, reject) => {
-  channel.bind("pusher:subscription_succeeded", resolve);
-  channel.bind("pusher:subscription_error", (e) => reject(Object.assign(new Error("subscription_error"), { data: e })));
-});
 const next = (channel, event) => new Promise((resolve) => {
   const handler = (data) => { channel.unbind(event, handler); resolve(data); };
   channel.bind(event, handler);
@@ -102,6 +83,8 @@ function events() {
 const count = (name, channel, extra = {}) =>
   events().filter((e) => e.name === name && e.channel === channel &&
     Object.entries(extra).every(([k, v]) => e[k] === v)).length;
+
+const client = (user = "someone") => pusherClient(server.port, `http://127.0.0.1:${auth.address().port}`, user);
 
 test("the SDK verifies Plexus's webhooks, and refuses them with another secret", { timeout: 20_000 }, async () => {
   const p = client();
