@@ -2,11 +2,9 @@
 // found by the review, each a test that fails on the code it was written against.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { once } from "node:events";
 import PusherServer from "pusher";
 import { Server, PUSHER, PUSHER_ENV } from "./server.mjs";
-import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
+import { pusherClient, connected, subscribed, authServer } from "./pusher_client.mjs";
 
 let server;
 let auth; // the application: channel authorisation and user authentication
@@ -18,26 +16,7 @@ before(async () => {
     appId: PUSHER.appId, key: PUSHER.key, secret: PUSHER.secret,
     host: "127.0.0.1", port: String(server.port), useTLS: false,
   });
-  auth = createServer(async (req, res) => {
-    let body = "";
-    for await (const chunk of req) body += chunk;
-    const form = new URLSearchParams(body);
-    const socketId = form.get("socket_id");
-    const user = form.get("user");
-    let answer;
-    if (req.url === "/pusher/user-auth") {
-      answer = sdk.authenticateUser(socketId, { id: user });
-    } else {
-      const channel = form.get("channel_name");
-      answer = channel.startsWith("presence-")
-        ? sdk.authorizeChannel(socketId, channel, { user_id: user, user_info: { name: user } })
-        : sdk.authorizeChannel(socketId, channel);
-    }
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify(answer));
-  });
-  auth.listen(0, "127.0.0.1");
-  await once(auth, "listening");
+  auth = await authServer(sdk);
 });
 
 after(async () => {

@@ -6,12 +6,10 @@
 // `socket_id` (the connection is left out), and the member limit of presence channels.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { once } from "node:events";
 import { randomBytes } from "node:crypto";
 import PusherServer from "pusher";
 import { Server, PUSHER, PUSHER_ENV } from "./server.mjs";
-import { pusherClient, connected, subscribed } from "./pusher_client.mjs";
+import { pusherClient, connected, subscribed, authServer } from "./pusher_client.mjs";
 
 // pusher-js's node WebSocket (faye-websocket) arms a 30 s close timer when pusher-js closes a
 // socket the server has already closed (after 4009); unref'd, it does not hold the test process.
@@ -34,28 +32,7 @@ before(async () => {
     host: "127.0.0.1", port: String(server.port), useTLS: false,
     encryptionMasterKeyBase64: randomBytes(32).toString("base64"),
   });
-  // pusher-js POSTs a form: socket_id and channel_name (channels) or socket_id (sign-in),
-  // plus the params given below (`user`).
-  auth = createServer(async (req, res) => {
-    let body = "";
-    for await (const chunk of req) body += chunk;
-    const form = new URLSearchParams(body);
-    const socketId = form.get("socket_id");
-    const user = form.get("user");
-    let answer;
-    if (req.url === "/pusher/user-auth") {
-      answer = sdk.authenticateUser(socketId, { id: user, user_info: { name: user.toUpperCase() } });
-    } else {
-      const channel = form.get("channel_name");
-      answer = channel.startsWith("presence-")
-        ? sdk.authorizeChannel(socketId, channel, { user_id: user, user_info: { name: user } })
-        : sdk.authorizeChannel(socketId, channel);
-    }
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify(answer));
-  });
-  auth.listen(0, "127.0.0.1");
-  await once(auth, "listening");
+  auth = await authServer(sdk);
 });
 
 after(async () => {
