@@ -6,8 +6,8 @@
 
 mod common;
 
+use common::json;
 use common::pusher::*;
-use common::{json, Server};
 use serde_json::json;
 use std::time::Duration;
 
@@ -112,12 +112,7 @@ async fn private_and_presence_cache_channels_need_their_signatures() {
 #[tokio::test]
 async fn the_last_event_is_found_from_every_node() {
     let redis = common::Redis::start();
-    let url = redis.url();
-    let mut env = pusher_env();
-    env.push(("PLEXUS_REDIS_URL", &url));
-    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
-    let n0 = Server::start_with(Some(config), &env).await;
-    let n1 = Server::start_with(Some(config), &env).await;
+    let (n0, n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "cache-cluster";
     let (mut a, _) = connect(&n1).await;
     assert_eq!(subscribe(&mut a, ch, None).await, succeeded(ch));

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::json;
 use common::pusher::*;
-use common::{json, Server};
 use serde_json::json;
 
 #[tokio::test]
@@ -101,12 +101,7 @@ async fn presence_channels_have_one_member_per_user_whatever_its_connections() {
 #[tokio::test]
 async fn presence_members_across_two_nodes() {
     let redis = common::Redis::start();
-    let url = redis.url();
-    let mut env = pusher_env();
-    env.push(("PLEXUS_REDIS_URL", &url));
-    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
-    let n0 = Server::start_with(Some(config), &env).await;
-    let n1 = Server::start_with(Some(config), &env).await;
+    let (n0, n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "presence-cluster";
     let (mut a, a_id) = connect(&n0).await;
     let (mut b, b_id) = connect(&n1).await;
@@ -145,12 +140,7 @@ async fn presence_members_across_two_nodes() {
 #[tokio::test]
 async fn a_killed_node_s_members_are_removed_on_the_other() {
     let redis = common::Redis::start();
-    let url = redis.url();
-    let mut env = pusher_env();
-    env.push(("PLEXUS_REDIS_URL", &url));
-    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
-    let n0 = Server::start_with(Some(config), &env).await;
-    let mut n1 = Server::start_with(Some(config), &env).await;
+    let (n0, mut n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "presence-crash";
     let (mut a, a_id) = connect(&n0).await;
     let (mut b, b_id) = connect(&n1).await;

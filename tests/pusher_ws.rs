@@ -362,12 +362,7 @@ async fn prod_profile_public_channels_are_open_to_pusher_clients_only() {
 #[tokio::test]
 async fn across_two_nodes_client_events_and_api_broadcasts_reach_the_other_node() {
     let redis = common::Redis::start();
-    let url = redis.url();
-    let mut env = pusher_env();
-    env.push(("PLEXUS_REDIS_URL", &url));
-    let config = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
-    let n0 = Server::start_with(Some(config), &env).await;
-    let n1 = Server::start_with(Some(config), &env).await;
+    let (n0, n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "private-cluster";
     let (mut a, a_id) = connect(&n0).await;
     let (mut b, b_id) = connect(&n1).await;
@@ -422,13 +417,8 @@ async fn count_of(ws: &mut Ws) -> u64 {
 #[tokio::test]
 async fn subscribers_are_told_the_channel_s_cluster_wide_count() {
     let redis = common::Redis::start();
-    let url = redis.url();
-    let mut env = pusher_env();
-    env.push(("PLEXUS_REDIS_URL", &url));
-    let config =
-        "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n[[channels]]\ntopic = \"news\"\n";
-    let n0 = Server::start_with(Some(config), &env).await;
-    let n1 = Server::start_with(Some(config), &env).await;
+    let config = format!("{CLUSTER_CONFIG}[[channels]]\ntopic = \"news\"\n");
+    let (n0, n1) = pusher_cluster(&redis, &config).await;
     let (mut a, a_id) = connect(&n0).await;
     assert_eq!(subscribe(&mut a, "news", None).await, succeeded("news"));
     assert_eq!(count_of(&mut a).await, 1);

@@ -209,3 +209,17 @@ pub async fn trigger(s: &Server, channel: &str, name: &str, data: &str, socket_i
     let (status, resp) = api(s, "POST", &format!("/apps/{APP_ID}/events"), &body).await;
     assert_eq!(status, 200, "{resp}");
 }
+
+/// The configuration of a Pusher cluster node: Redis, a lost node noticed after 2 s.
+pub const CLUSTER_CONFIG: &str = "broker = \"redis\"\n[redis]\nnode_timeout_secs = 2\n";
+
+/// Two Plexus nodes in Pusher mode sharing `redis`, with `config` (e.g. [`CLUSTER_CONFIG`]
+/// plus rules).
+pub async fn pusher_cluster(redis: &super::Redis, config: &str) -> (Server, Server) {
+    let url = redis.url();
+    let mut env = pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let n0 = Server::start_with(Some(config), &env).await;
+    let n1 = Server::start_with(Some(config), &env).await;
+    (n0, n1)
+}
