@@ -153,11 +153,17 @@ async fn recovering_joins_racing_publishes_get_each_message_once() {
                     continue;
                 }
                 let offset: u64 = m.msg_ref.as_deref().unwrap().parse().unwrap();
-                assert_eq!(
-                    offset,
-                    last + 1,
-                    "round {round}: after {last} came {offset}"
-                );
+                if offset != last + 1 {
+                    // Rare under load (see the issue 20 note): the reading node's log says
+                    // what its Redis subscription and the join did.
+                    let log = nodes[1].log();
+                    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    panic!(
+                        "round {round}: after {last} came {offset}\nreading node's log:\n{}",
+                        tail.join("\n")
+                    );
+                }
                 last = offset;
                 received += 1;
             }
