@@ -27,7 +27,7 @@ topic = "plain:*"
 "#;
 
 pub async fn cluster(redis: &Redis, n: usize) -> Vec<Server> {
-    let url = redis.url();
+    let url = std::env::var("PLEXUS_TEST_REDIS_URL").unwrap_or_else(|_| redis.url());
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &url)]).await);

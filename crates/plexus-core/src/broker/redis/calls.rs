@@ -9,7 +9,6 @@ use super::signing::{Kind, Refused};
 use super::{err, RedisBroker};
 use crate::broker::BrokerError;
 use bytes::Bytes;
-use redis::AsyncCommands;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
@@ -20,7 +19,7 @@ pub(super) const MAX_NODE_REQUESTS: usize = 10_000;
 impl RedisBroker {
     /// The channel where node `node` receives requests from the others, and their answers.
     pub(super) fn node_channel(&self, node: &str) -> String {
-        self.key(&["n", node])
+        self.node_key("n", node)
     }
 
     /// A message on this node's channel: a signed call or the answer to one of this node's.
@@ -56,13 +55,19 @@ impl RedisBroker {
                 let id = opened.id;
                 let body = Bytes::copy_from_slice(opened.body);
                 let mut conn = self.conn.clone();
+                let cluster = self.conn.is_cluster();
                 let signer = self.signer.clone();
                 let me = self.node_id.clone();
                 tokio::spawn(async move {
                     let answer = handler.handle_request(body).await;
                     drop(permit);
                     let msg = signer.seal(&reply_to, Kind::Reply, &me, id, &answer);
-                    let _ = conn.publish::<_, _, ()>(reply_to, msg).await;
+                    let cmd = if cluster { "SPUBLISH" } else { "PUBLISH" };
+                    let _ = redis::cmd(cmd)
+                        .arg(&reply_to)
+                        .arg(msg)
+                        .query_async::<()>(&mut conn)
+                        .await;
                 });
             }
             Kind::Disconnect => self.refused(channel, Refused::Malformed),
@@ -104,7 +109,7 @@ impl RedisBroker {
             .signer
             .seal(&channel, Kind::Call, &self.node_id, id, &request);
         let mut c = self.conn.clone();
-        let delivered: Result<i64, _> = c.publish(channel, msg).await;
+        let delivered: Result<i64, _> = self.publish_cmd(&channel, &msg).query_async(&mut c).await;
         let answer = match delivered {
             Ok(0) => Err(err(format!("node {node} is gone"))),
             Ok(_) => tokio::time::timeout(timeout, rx)

@@ -10,7 +10,6 @@ use crate::publication::Publication;
 use crate::ConnId;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -23,7 +22,7 @@ impl RedisBroker {
     /// like the history would (nothing a read creates lives forever).
     pub(super) async fn settle_epoch(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut impl redis::aio::ConnectionLike,
         topic: &str,
     ) -> redis::RedisResult<String> {
         let fresh = {
@@ -31,7 +30,7 @@ impl RedisBroker {
             format!("{:08x}", rand::rng().random::<u32>())
         };
         let current: Option<String> = redis::cmd("SET")
-            .arg(self.key(&["epoch", topic]))
+            .arg(self.topic_key("epoch", topic))
             .arg(&fresh)
             .arg("NX")
             .arg("GET")
@@ -76,20 +75,17 @@ impl RedisBroker {
 
     /// Refreshes this node's heartbeat.
     pub(super) async fn heartbeat(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
         let ttl = self.cfg.node_timeout.as_millis() as u64;
         let started = std::time::Instant::now();
-        let done = redis::pipe()
-            .cmd("SET")
-            .arg(self.key(&["alive", &self.node_id]))
+        let mut alive = redis::cmd("SET");
+        alive
+            .arg(self.node_key("alive", &self.node_id))
             .arg(1)
             .arg("PX")
-            .arg(ttl)
-            .ignore()
-            .sadd(self.key(&["nodes"]), &self.node_id)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await;
+            .arg(ttl);
+        let mut member = redis::cmd("SADD");
+        member.arg(self.key(&["nodes"])).arg(&self.node_id);
+        let done = self.conn.run_all(vec![alive, member]).await.map(|_| ());
         crate::metrics::redis_round_trip("heartbeat", started.elapsed());
         done
     }
@@ -108,57 +104,62 @@ impl RedisBroker {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
+        let cmd = |name: &str| redis::cmd(name);
         for ((topic, conn), value) in &presences {
-            pipe.hset(
-                self.key(&["pres", topic]),
-                format!("{}:{conn}", self.node_id),
-                value,
-            )
-            .ignore();
-            pipe.sadd(self.key(&["npres", &self.node_id]), topic)
-                .ignore();
+            let mut c = cmd("HSET");
+            c.arg(self.topic_key("pres", topic))
+                .arg(format!("{}:{conn}", self.node_id))
+                .arg(value);
+            cmds.push(c);
+            let mut c = cmd("SADD");
+            c.arg(self.node_key("npres", &self.node_id)).arg(topic);
+            cmds.push(c);
         }
         for (key, n) in &claims {
             if *n > 0 {
-                pipe.hset(key, &self.node_id, *n).ignore();
-                pipe.sadd(self.key(&["ncnt", &self.node_id]), key).ignore();
+                let mut c = cmd("HSET");
+                c.arg(key).arg(&self.node_id).arg(*n);
+                cmds.push(c);
+                let mut c = cmd("SADD");
+                c.arg(self.node_key("ncnt", &self.node_id)).arg(key);
+                cmds.push(c);
             }
         }
-        let mut queued = !presences.is_empty() || claims.iter().any(|(_, n)| *n > 0);
         let mut c = self.conn.clone();
         // What this node had in Redis before the outage but let go of during it (releases and
         // presence leaves that could not be sent): removed, so that no stale count locks a
         // user out and no ghost stays in presence.
         let (counters, topics): (Vec<String>, Vec<String>) = redis::pipe()
-            .smembers(self.key(&["ncnt", &self.node_id]))
-            .smembers(self.key(&["npres", &self.node_id]))
+            .smembers(self.node_key("ncnt", &self.node_id))
+            .smembers(self.node_key("npres", &self.node_id))
             .query_async(&mut c)
             .await?;
         for key in counters {
             if !claims.iter().any(|(k, n)| *k == key && *n > 0) {
-                queued = true;
-                pipe.hdel(&key, &self.node_id).ignore();
-                pipe.srem(self.key(&["ncnt", &self.node_id]), &key).ignore();
+                let mut h = cmd("HDEL");
+                h.arg(&key).arg(&self.node_id);
+                cmds.push(h);
+                let mut r = cmd("SREM");
+                r.arg(self.node_key("ncnt", &self.node_id)).arg(&key);
+                cmds.push(r);
             }
         }
         let mine = format!("{}:", self.node_id);
         for topic in topics {
-            let fields: Vec<String> = c.hkeys(self.key(&["pres", &topic])).await?;
+            let fields: Vec<String> = c.hkeys(self.topic_key("pres", &topic)).await?;
             for field in fields.iter().filter(|f| f.starts_with(&mine)) {
                 let conn: Option<ConnId> = field[mine.len()..].parse().ok();
                 let live = conn
                     .is_some_and(|id| presences.iter().any(|((t, c), _)| *t == topic && *c == id));
                 if !live {
-                    queued = true;
-                    pipe.hdel(self.key(&["pres", &topic]), field).ignore();
+                    let mut h = cmd("HDEL");
+                    h.arg(self.topic_key("pres", &topic)).arg(field);
+                    cmds.push(h);
                 }
             }
         }
-        if !queued {
-            return Ok(());
-        }
-        pipe.query_async::<()>(&mut c).await
+        self.conn.run_all(cmds).await.map(|_| ())
     }
 
     /// Removes the presences and counters of nodes whose heartbeat expired, and tells the
@@ -167,12 +168,12 @@ impl RedisBroker {
         let mut c = self.conn.clone();
         let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await?;
         for node in nodes.into_iter().filter(|n| *n != self.node_id) {
-            let alive: bool = c.exists(self.key(&["alive", &node])).await?;
+            let alive: bool = c.exists(self.node_key("alive", &node)).await?;
             if alive {
                 continue;
             }
             let lock: Option<String> = redis::cmd("SET")
-                .arg(self.key(&["reap", &node]))
+                .arg(self.node_key("reap", &node))
                 .arg(&self.node_id)
                 .arg("NX")
                 .arg("PX")
@@ -183,10 +184,10 @@ impl RedisBroker {
                 continue; // another node is on it
             }
             tracing::info!(node = %node, "a node's heartbeat expired: removing its presence");
-            let topics: Vec<String> = c.smembers(self.key(&["npres", &node])).await?;
+            let topics: Vec<String> = c.smembers(self.node_key("npres", &node)).await?;
             let prefix = format!("{node}:");
             for topic in topics {
-                let hash = self.key(&["pres", &topic]);
+                let hash = self.topic_key("pres", &topic);
                 let entries: HashMap<String, String> = c.hgetall(&hash).await?;
                 let mut leaves = serde_json::Map::new();
                 let mut reported = Vec::new();
@@ -217,17 +218,16 @@ impl RedisBroker {
                     .await;
                 }
             }
-            let counters: Vec<String> = c.smembers(self.key(&["ncnt", &node])).await?;
+            let counters: Vec<String> = c.smembers(self.node_key("ncnt", &node)).await?;
             self.reap_registry(&node, &counters).await?;
             let _: () = redis::pipe()
-                .del(self.key(&["npres", &node]))
+                .del(self.node_key("npres", &node))
                 .ignore()
-                .del(self.key(&["ncnt", &node]))
-                .ignore()
-                .srem(self.key(&["nodes"]), &node)
+                .del(self.node_key("ncnt", &node))
                 .ignore()
                 .query_async(&mut c)
                 .await?;
+            let _: () = c.srem(self.key(&["nodes"]), &node).await?;
             self.report(BrokerEvent::NodeLost { node }).await;
         }
         Ok(())
@@ -240,9 +240,10 @@ impl RedisBroker {
         if channel == self.node_channel(&self.node_id) {
             return self.on_node_message(channel, data).await;
         }
-        let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.cfg.prefix)) else {
+        let Some(topic) = self.channel_topic(channel) else {
             return;
         };
+        let topic = topic.as_str();
         let Some(nl) = data.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -299,8 +300,7 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(b) = broker.upgrade() else { return };
-        let pubsub =
-            tokio::time::timeout(Duration::from_secs(2), b.client.get_async_pubsub()).await;
+        let pubsub = tokio::time::timeout(Duration::from_secs(2), b.open_pubsub()).await;
         let pubsub = match pubsub {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -376,6 +376,166 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
     }
 }
 
+impl RedisBroker {
+    /// The subscription connection of one server, or of the primary Sentinel names now. When
+    /// that primary moved (a failover), the command connection moves to it first.
+    async fn open_pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let client = match self.target.direct_client().await {
+            Some(c) => c?,
+            None => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a cluster has no single subscription connection",
+                )))
+            }
+        };
+        if self.target.primary_moved(&client) {
+            let m = super::link::manager(&client).await?;
+            self.conn.replace(m);
+            tracing::warn!(
+                primary = %client.get_connection_info().addr(),
+                "Sentinel named a new Redis primary: following it"
+            );
+        }
+        client.get_async_pubsub().await
+    }
+
+    /// A cluster shard connection was lost: once the broker is up again, this node's
+    /// presences, counters and registry are written again (a promoted replica may have missed
+    /// the last of them). One such task at a time.
+    fn shard_lost(self: &Arc<Self>) {
+        if self.reannouncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Give the cluster time to promote a replica and the heartbeat to see it.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for _ in 0..120 {
+                let Some(b) = weak.upgrade() else { return };
+                if b.heartbeat().await.is_ok() {
+                    let done = b.reannounce().await;
+                    b.reannouncing.store(false, Ordering::Release);
+                    match done {
+                        Ok(()) => b.clone().rewrite_registry(),
+                        Err(e) => b.failed("re-announce", &e),
+                    }
+                    return;
+                }
+                drop(b);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if let Some(b) = weak.upgrade() {
+                b.reannouncing.store(false, Ordering::Release);
+            }
+        });
+    }
+}
+
+/// A cluster's subscription: the node's own channels are subscribed (retried until they
+/// are), then the sharded messages arrive as RESP3 pushes on the cluster connection, which the
+/// redis crate re-subscribes after a slot moves, a failover or a reconnect. A channel the
+/// server unsubscribes by itself (`-SUNSUBSCRIBE`: its slot migrated) is subscribed again,
+/// where the slot now lives.
+pub(super) async fn cluster_subscription_loop(
+    broker: Weak<RedisBroker>,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let super::Conn::Cluster(cc) = &b.conn else {
+            return;
+        };
+        let mut cc = cc.clone();
+        let own = [b.control_channel(), b.node_channel(&b.node_id)];
+        let mut result = Ok(());
+        for ch in &own {
+            result = cc.ssubscribe(ch).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                b.healthy.store(true, Ordering::Release);
+                tracing::info!(node = %b.node_id, "redis cluster subscription up");
+                break;
+            }
+            Err(e) => {
+                b.failed("subscribe", &e);
+                drop(b);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    while let Some(push) = pushes.recv().await {
+        let Some(b) = broker.upgrade() else { return };
+        let channel = push
+            .data
+            .first()
+            .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
+            .map(|c| String::from_utf8_lossy(&c).into_owned());
+        match push.kind {
+            redis::PushKind::SMessage => {
+                let payload = push
+                    .data
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok());
+                if let (Some(channel), Some(payload)) = (channel, payload) {
+                    b.on_message(&channel, &payload).await;
+                }
+            }
+            redis::PushKind::SUnsubscribe => {
+                if let Some(channel) = channel {
+                    b.server_unsubscribed(channel);
+                }
+            }
+            redis::PushKind::Disconnection => {
+                crate::metrics::redis_reconnected();
+                b.shard_lost();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl RedisBroker {
+    /// The server dropped a sharded subscription this node did not give up (its slot
+    /// migrated): subscribed again, after the crate has learnt where the slot went.
+    fn server_unsubscribed(self: &Arc<Self>, channel: String) {
+        let wanted = channel == self.control_channel()
+            || channel == self.node_channel(&self.node_id)
+            || self
+                .topics
+                .lock()
+                .iter()
+                .any(|t| self.topic_channel(t) == channel);
+        if !wanted {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for attempt in 0..20u32 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10) + 1)))
+                    .await;
+                let Some(b) = weak.upgrade() else { return };
+                let super::Conn::Cluster(cc) = &b.conn else {
+                    return;
+                };
+                match cc.clone().ssubscribe(&channel).await {
+                    Ok(()) => {
+                        tracing::info!(channel, "a migrated slot's subscription followed it");
+                        return;
+                    }
+                    Err(e) => b.failed("re-subscribe after a slot migration", &e),
+                }
+            }
+        });
+    }
+}
+
 pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
     let tick = {
         let Some(b) = broker.upgrade() else { return };
@@ -384,7 +544,13 @@ pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
     loop {
         tokio::time::sleep(tick).await;
         let Some(b) = broker.upgrade() else { return };
-        if let Err(e) = b.heartbeat().await {
+        let beat = b.heartbeat().await;
+        if b.conn.is_cluster() {
+            // No single subscription connection to watch: the heartbeat says whether the
+            // cluster answers.
+            b.healthy.store(beat.is_ok(), Ordering::Release);
+        }
+        if let Err(e) = beat {
             b.failed("heartbeat", &e);
             continue;
         }

@@ -45,9 +45,9 @@ impl RedisBroker {
         let started = std::time::Instant::now();
         let result: Result<(u64, String), _> = self
             .publish_history
-            .key(self.key(&["off", topic]))
-            .key(self.key(&["hist", topic]))
-            .key(self.key(&["epoch", topic]))
+            .key(self.topic_key("off", topic))
+            .key(self.topic_key("hist", topic))
+            .key(self.topic_key("epoch", topic))
             .arg(parts.head.as_ref())
             .arg(parts.tail.as_ref())
             .arg(kind)
@@ -58,6 +58,11 @@ impl RedisBroker {
             .arg(epoch)
             .arg(now_ms)
             .arg(sender_header(&publication))
+            .arg(if self.conn.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
             .invoke_async(&mut c)
             .await;
         crate::metrics::redis_round_trip("publish_history", started.elapsed());
@@ -82,8 +87,8 @@ impl RedisBroker {
         self.check_up()?;
         let mut c = self.conn.clone();
         let (top, epoch): (Option<u64>, Option<String>) = redis::pipe()
-            .get(self.key(&["off", topic]))
-            .get(self.key(&["epoch", topic]))
+            .get(self.topic_key("off", topic))
+            .get(self.topic_key("epoch", topic))
             .query_async(&mut c)
             .await
             .map_err(|e| {
@@ -120,7 +125,7 @@ impl RedisBroker {
         // replay that also carried it would deliver it twice.
         let reply: redis::streams::StreamRangeReply = c
             .xrange(
-                self.key(&["hist", topic]),
+                self.topic_key("hist", topic),
                 format!("{}-0", since + 1),
                 format!("{top}-0"),
             )
@@ -146,7 +151,7 @@ impl RedisBroker {
         self.check_up()?;
         let mut c = self.conn.clone();
         let reply: redis::streams::StreamRangeReply = c
-            .xrevrange_count(self.key(&["hist", topic]), "+", "-", 1)
+            .xrevrange_count(self.topic_key("hist", topic), "+", "-", 1)
             .await
             .map_err(|e| {
                 self.failed("history read", &e);

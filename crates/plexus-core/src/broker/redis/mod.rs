@@ -36,6 +36,7 @@ mod calls;
 mod connection;
 mod envelope;
 mod history;
+mod link;
 mod presence;
 mod registry;
 mod scripts;
@@ -52,10 +53,11 @@ use crate::ConnId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use calls::MAX_NODE_REQUESTS;
-use connection::{heartbeat_loop, subscription_loop};
+use connection::{cluster_subscription_loop, heartbeat_loop, subscription_loop};
 use envelope::sender_header;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, PubSubSink};
+use link::{Conn, Target};
+use redis::aio::PubSubSink;
 use redis::AsyncCommands;
 use scripts::{CLAIM, PUBLISH_HISTORY, RELEASE};
 use serde_json::Value;
@@ -68,7 +70,9 @@ use std::time::Duration;
 /// Cluster settings.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]`.
+    /// `redis://[:password@]host:port[/db]` (one Redis),
+    /// `redis+sentinel://h1:p1,h2:p2,h3:p3/<master-name>` (Sentinel) or
+    /// `redis+cluster://h1:p1,h2:p2,h3:p3` (Redis Cluster); see [`link`].
     pub url: String,
     /// Key and channel prefix, so that several clusters can share one Redis.
     pub prefix: String,
@@ -114,12 +118,16 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     cfg: RedisConfig,
     node_id: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where Redis is (one server, Sentinel's primary, or a cluster).
+    target: Target,
+    conn: Conn,
+    /// The subscription's sink (one server or Sentinel; a cluster subscribes through `conn`).
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     /// Topics this node is subscribed to (re-subscribed after a reconnect).
     topics: Mutex<HashSet<String>>,
     healthy: AtomicBool,
+    /// A re-announce after a lost cluster shard is pending (one at a time).
+    reannouncing: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
     requests: OnceLock<Weak<dyn RequestHandler>>,
     /// Calls to other nodes waiting for their answer, by request id, with the node called.
@@ -162,39 +170,24 @@ impl RedisBroker {
             ));
         }
         let signer = Arc::new(Signer::new(cfg.cluster_secret.as_bytes()));
-        let client = match &cfg.tls_ca {
-            Some(ca) => redis::Client::build_with_tls(
-                cfg.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => redis::Client::open(cfg.url.as_str()),
-        }
-        .map_err(|e| err(format!("invalid Redis settings: {e}")))?;
-        let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(mgr_cfg),
-        )
-        .await
-        .map_err(|_| {
-            err(format!(
-                "cannot connect to Redis at {}: timed out",
-                redact(&cfg.url)
-            ))
-        })?
-        .map_err(|e| {
-            err(format!(
-                "cannot connect to Redis at {}: {e}",
-                redact(&cfg.url)
-            ))
-        })?;
+        // A cluster delivers its sharded messages here (RESP3 pushes).
+        let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+        let target = Target::open(&cfg.url, cfg.tls_ca.as_deref(), push_tx)
+            .map_err(|e| err(format!("invalid Redis settings: {e}")))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), target.connect())
+            .await
+            .map_err(|_| {
+                err(format!(
+                    "cannot connect to Redis at {}: timed out",
+                    redact(&cfg.url)
+                ))
+            })?
+            .map_err(|e| {
+                err(format!(
+                    "cannot connect to Redis at {}: {e}",
+                    redact(&cfg.url)
+                ))
+            })?;
         let node_id = {
             use rand::Rng;
             let mut b = [0u8; 6];
@@ -205,11 +198,12 @@ impl RedisBroker {
             hub,
             cfg,
             node_id,
-            client,
+            target,
             conn,
             sink: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashSet::new()),
             healthy: AtomicBool::new(false),
+            reannouncing: AtomicBool::new(false),
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
@@ -231,8 +225,15 @@ impl RedisBroker {
             .heartbeat()
             .await
             .map_err(|e| err(format!("Redis heartbeat failed: {e}")))?;
-        tokio::spawn(subscription_loop(Arc::downgrade(&broker)));
+        broker.start_registry_writer();
+        if broker.conn.is_cluster() {
+            tokio::spawn(cluster_subscription_loop(Arc::downgrade(&broker), push_rx));
+        } else {
+            drop(push_rx);
+            tokio::spawn(subscription_loop(Arc::downgrade(&broker)));
+        }
         tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
+        tracing::info!(mode = broker.target.mode(), "redis broker connected");
         // Wait briefly for the subscription, so that the node starts fully connected.
         for _ in 0..50 {
             if broker.healthy.load(Ordering::Acquire) {
@@ -263,8 +264,57 @@ impl RedisBroker {
         k
     }
 
+    /// A key (or sharded channel) of `topic`: `<prefix>:<kind>:{<topic>}`. Every key of a topic
+    /// carries the topic as its hash tag, so that in a Redis Cluster a topic lives on one shard
+    /// and its scripts stay atomic (see [`tag`]).
+    pub(super) fn topic_key(&self, kind: &str, topic: &str) -> String {
+        format!("{}:{kind}:{{{}}}", self.cfg.prefix, tag(topic))
+    }
+
+    /// A key (or channel) of a node: `<prefix>:<kind>:{<node>}` (one slot for all of a node's).
+    pub(super) fn node_key(&self, kind: &str, node: &str) -> String {
+        format!("{}:{kind}:{{{node}}}", self.cfg.prefix)
+    }
+
+    /// The key of a cluster counter: `<prefix>:cnt:{<tag>}<counter>`, tagged with the topic for
+    /// a topic's counters (subscribers, members), else with the counter itself.
+    pub(super) fn counter_key(&self, key: &CounterKey) -> String {
+        let name = key.to_string();
+        let tag = match key {
+            CounterKey::Subscribers(t) | CounterKey::Members { topic: t, .. } => tag(t),
+            _ => tag(&name),
+        };
+        format!("{}:cnt:{{{tag}}}{name}", self.cfg.prefix)
+    }
+
+    /// The counter named in a key of [`Self::counter_key`] (`None` for any other key).
+    pub(super) fn counter_name<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let rest = key.strip_prefix(&self.cfg.prefix)?.strip_prefix(":cnt:{")?;
+        rest.split_once('}').map(|(_, name)| name)
+    }
+
     fn topic_channel(&self, topic: &str) -> String {
-        self.key(&["t", topic])
+        self.topic_key("t", topic)
+    }
+
+    /// The topic of a channel of [`Self::topic_channel`].
+    pub(super) fn channel_topic(&self, channel: &str) -> Option<String> {
+        let tag = channel
+            .strip_prefix(&self.cfg.prefix)?
+            .strip_prefix(":t:{")?
+            .strip_suffix('}')?;
+        untag(tag)
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` in a cluster (sharded pub/sub).
+    pub(super) fn publish_cmd(&self, channel: &str, message: &[u8]) -> redis::Cmd {
+        let mut c = redis::cmd(if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        c.arg(channel).arg(message);
+        c
     }
 
     fn control_channel(&self) -> String {
@@ -290,6 +340,27 @@ impl RedisBroker {
         if n.is_multiple_of(100) {
             tracing::warn!(error = %e, failures = n + 1, "redis {what} failed");
         }
+    }
+}
+
+/// A topic as a Redis hash tag: the topic itself, unless it holds a `}` (which would end the
+/// tag early), starts with `~` or is empty: then `~` and its bytes in hex.
+/// `CLUSTER KEYSLOT <prefix>:t:{<tag>}` names the slot of the topic.
+pub(super) fn tag(topic: &str) -> std::borrow::Cow<'_, str> {
+    if topic.is_empty() || topic.contains('}') || topic.starts_with('~') {
+        std::borrow::Cow::Owned(format!("~{}", hex::encode(topic.as_bytes())))
+    } else {
+        std::borrow::Cow::Borrowed(topic)
+    }
+}
+
+/// The topic a [`tag`] stands for.
+pub(super) fn untag(tag: &str) -> Option<String> {
+    match tag.strip_prefix('~') {
+        Some(h) => hex::decode(h)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(tag.to_owned()),
     }
 }
 
@@ -321,7 +392,7 @@ impl Broker for RedisBroker {
         let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await.map_err(err)?;
         let mut alive = Vec::with_capacity(nodes.len());
         for node in nodes {
-            if node == self.node_id || c.exists(self.key(&["alive", &node])).await.map_err(err)? {
+            if node == self.node_id || c.exists(self.node_key("alive", &node)).await.map_err(err)? {
                 alive.push(node);
             }
         }
@@ -364,7 +435,10 @@ impl Broker for RedisBroker {
             envelope.extend_from_slice(publication.frame.bytes());
             let mut c = self.conn.clone();
             let started = std::time::Instant::now();
-            let published = c.publish::<_, _, ()>(&channel, envelope).await;
+            let published = self
+                .publish_cmd(&channel, &envelope)
+                .query_async::<()>(&mut c)
+                .await;
             crate::metrics::redis_round_trip("publish", started.elapsed());
             if let Err(e) = published {
                 self.failed("publish", &e);
@@ -382,6 +456,17 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().insert(topic.to_owned());
+        if let Conn::Cluster(cc) = &self.conn {
+            // Re-subscribed by the redis crate after a slot moves or a shard fails over.
+            return cc
+                .clone()
+                .ssubscribe(self.topic_channel(topic))
+                .await
+                .map_err(|e| {
+                    self.failed("subscribe", &e);
+                    err(e)
+                });
+        }
         let mut sink = self.sink.lock().await;
         match sink.as_mut() {
             Some(s) => s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
@@ -398,6 +483,13 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().remove(topic);
         self.epochs.lock().remove(topic);
+        if let Conn::Cluster(cc) = &self.conn {
+            return cc
+                .clone()
+                .sunsubscribe(self.topic_channel(topic))
+                .await
+                .map_err(err);
+        }
         let mut sink = self.sink.lock().await;
         if let Some(s) = sink.as_mut() {
             s.unsubscribe(self.topic_channel(topic))
@@ -431,13 +523,12 @@ impl Broker for RedisBroker {
     }
 
     async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {
-        let counter = self.key(&["cnt", &key.to_string()]);
+        let counter = self.counter_key(key);
         self.check_up()?;
         let mut c = self.conn.clone();
         let taken: i64 = self
             .claim_script
             .key(&counter)
-            .key(self.key(&["ncnt", &self.node_id]))
             .arg(&self.node_id)
             .arg(limit)
             .invoke_async(&mut c)
@@ -447,13 +538,14 @@ impl Broker for RedisBroker {
                 err(e)
             })?;
         if taken == 1 {
-            *self.claims.lock().entry(counter).or_insert(0) += 1;
+            *self.claims.lock().entry(counter.clone()).or_insert(0) += 1;
+            self.queue_registry_op(registry::RegistryOp::Index(counter));
         }
         Ok(taken == 1)
     }
 
     async fn release(&self, key: &CounterKey) -> Result<(), BrokerError> {
-        let counter = self.key(&["cnt", &key.to_string()]);
+        let counter = self.counter_key(key);
         {
             let mut claims = self.claims.lock();
             if let Some(n) = claims.get_mut(&counter) {
@@ -465,16 +557,17 @@ impl Broker for RedisBroker {
         }
         self.check_up()?;
         let mut c = self.conn.clone();
-        redis::Script::new(RELEASE)
+        let released = redis::Script::new(RELEASE)
             .key(&counter)
-            .key(self.key(&["ncnt", &self.node_id]))
             .arg(&self.node_id)
             .invoke_async::<()>(&mut c)
             .await
             .map_err(|e| {
                 self.failed("limit release", &e);
                 err(e)
-            })
+            });
+        self.queue_registry_op(registry::RegistryOp::Index(counter));
+        released
     }
 
     fn counts_subscribers(&self) -> bool {
@@ -514,22 +607,24 @@ impl Broker for RedisBroker {
     async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
         self.check_up()?;
         let mut c = self.conn.clone();
-        let prefix = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
-        let pattern = format!("{prefix}*");
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = c.scan_match(&pattern).await.map_err(err)?;
-            let mut keys = Vec::new();
-            while let Some(k) = iter.next_item().await {
-                keys.push(k.map_err(err)?);
-            }
-            keys
-        };
+        let pattern = format!(
+            "{}:cnt:{{*}}{}*",
+            self.cfg.prefix,
+            CounterKey::SUBSCRIBERS_PREFIX
+        );
+        let keys = self.conn.scan_match(&pattern).await.map_err(err)?;
         let mut out = Vec::new();
         for k in keys {
+            let Some(topic) = self
+                .counter_name(&k)
+                .and_then(|n| n.strip_prefix(CounterKey::SUBSCRIBERS_PREFIX))
+            else {
+                continue;
+            };
             let vals: Vec<i64> = c.hvals(&k).await.map_err(err)?;
             let n: i64 = vals.iter().sum();
             if n > 0 {
-                out.push((k.trim_start_matches(&prefix).to_owned(), n as usize));
+                out.push((topic.to_owned(), n as usize));
             }
         }
         out.sort();
@@ -538,12 +633,19 @@ impl Broker for RedisBroker {
 
     async fn subscriber_counts(&self, topics: &[&str]) -> Result<Option<Vec<usize>>, BrokerError> {
         self.check_up()?;
-        let mut pipe = redis::pipe();
-        for topic in topics {
-            pipe.hvals(self.key(&["cnt", &CounterKey::Subscribers((*topic).into()).to_string()]));
-        }
-        let mut c = self.conn.clone();
-        let shares: Vec<Vec<i64>> = pipe.query_async(&mut c).await.map_err(err)?;
+        let cmds = topics
+            .iter()
+            .map(|topic| {
+                let mut c = redis::cmd("HVALS");
+                c.arg(self.counter_key(&CounterKey::Subscribers((*topic).into())));
+                c
+            })
+            .collect();
+        let replies = self.conn.run_all(cmds).await.map_err(err)?;
+        let shares: Vec<Vec<i64>> = replies
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).unwrap_or_default())
+            .collect();
         Ok(Some(
             shares
                 .iter()
@@ -563,7 +665,10 @@ impl Broker for RedisBroker {
             sub.as_bytes(),
         );
         let mut c = self.conn.clone();
-        c.publish::<_, _, ()>(channel, msg).await.map_err(err)
+        self.publish_cmd(&channel, &msg)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err)
     }
 
     fn healthy(&self) -> bool {

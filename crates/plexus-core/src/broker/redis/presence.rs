@@ -1,6 +1,6 @@
-//! Presence in Redis: a hash per topic (`<prefix>:pres:<topic>`), one field per connection
+//! Presence in Redis: a hash per topic (`<prefix>:pres:{<topic>}`), one field per connection
 //! (`<node>:<conn>` → `{"k": key, "m": meta, "s": sub, "c": "<node>-<conn>"}`), and per node
-//! the set of topics where it has presence (`npres:<node>`), so that the node that reaps a
+//! the set of topics where it has presence (`npres:{<node>}`), so that the node that reaps a
 //! dead one removes its entries and reports their leaves. A local copy is kept and announced
 //! again when Redis comes back.
 
@@ -34,18 +34,16 @@ impl RedisBroker {
             .insert((topic.to_owned(), conn), value.clone());
         // Re-announced from the local copy when Redis is back.
         self.check_up()?;
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .hset(
-                self.key(&["pres", topic]),
-                format!("{}:{conn}", self.node_id),
-                value,
-            )
-            .ignore()
-            .sadd(self.key(&["npres", &self.node_id]), topic)
-            .ignore()
-            .query_async::<()>(&mut c)
+        let mut set = redis::cmd("HSET");
+        set.arg(self.topic_key("pres", topic))
+            .arg(format!("{}:{conn}", self.node_id))
+            .arg(value);
+        let mut index = redis::cmd("SADD");
+        index.arg(self.node_key("npres", &self.node_id)).arg(topic);
+        self.conn
+            .run_all(vec![set, index])
             .await
+            .map(|_| ())
             .map_err(|e| {
                 self.failed("presence", &e);
                 err(e)
@@ -61,7 +59,7 @@ impl RedisBroker {
         self.check_up()?;
         let mut c = self.conn.clone();
         c.hdel::<_, _, ()>(
-            self.key(&["pres", topic]),
+            self.topic_key("pres", topic),
             format!("{}:{conn}", self.node_id),
         )
         .await
@@ -75,7 +73,7 @@ impl RedisBroker {
         self.check_up()?;
         let mut c = self.conn.clone();
         let entries: HashMap<String, String> =
-            c.hgetall(self.key(&["pres", topic])).await.map_err(|e| {
+            c.hgetall(self.topic_key("pres", topic)).await.map_err(|e| {
                 self.failed("presence", &e);
                 err(e)
             })?;

@@ -20,7 +20,7 @@ impl RedisBroker {
         key: &CounterKey,
         joined: bool,
     ) -> Result<Option<(u64, u64)>, BrokerError> {
-        let counter = self.key(&["cnt", &key.to_string()]);
+        let counter = self.counter_key(key);
         {
             // The local share, re-announced after an outage.
             let mut claims = self.claims.lock();
@@ -34,7 +34,6 @@ impl RedisBroker {
         let mut c = self.conn.clone();
         let (before, after): (i64, i64) = redis::Script::new(COUNT_SUBSCRIBER)
             .key(&counter)
-            .key(self.key(&["ncnt", &self.node_id]))
             .arg(&self.node_id)
             .arg(if joined { 1 } else { -1 })
             .invoke_async(&mut c)
@@ -43,17 +42,20 @@ impl RedisBroker {
                 self.failed("subscriber count", &e);
                 err(e)
             })?;
+        self.queue_registry_op(RegistryOp::Index(counter));
         Ok(Some((before.max(0) as u64, after.max(0) as u64)))
     }
 
     fn connections_key(&self, node: &str) -> String {
-        self.key(&["nconn", node])
+        self.node_key("nconn", node)
     }
 
     /// Queues a registry op for the writer task (started on first use). A full queue drops
     /// the op and marks the registry for a whole rewrite instead.
-    fn queue_registry_op(self: Arc<Self>, op: RegistryOp) {
-        let tx = self.registry_writer();
+    pub(super) fn queue_registry_op(&self, op: RegistryOp) {
+        let Some(tx) = self.registry_ops.get() else {
+            return;
+        };
         if tx.try_send(op).is_err() {
             self.registry_dirty.store(true, Ordering::Release);
             // Wakes the writer if its queue emptied meanwhile (a failure here means it is full,
@@ -81,16 +83,16 @@ impl RedisBroker {
     /// before, so that no older op lands after the rewrite).
     pub(super) fn rewrite_registry(self: Arc<Self>) {
         self.registry_dirty.store(true, Ordering::Release);
-        let _ = self.registry_writer().try_send(RegistryOp::Rewrite);
+        self.queue_registry_op(RegistryOp::Rewrite);
     }
 
-    /// The writer task's queue (the task starts on first use).
-    fn registry_writer(self: &Arc<Self>) -> &tokio::sync::mpsc::Sender<RegistryOp> {
+    /// Starts the writer task (once, when the broker is made).
+    pub(super) fn start_registry_writer(self: &Arc<Self>) {
         self.registry_ops.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::channel(REGISTRY_QUEUE_MAX);
             tokio::spawn(write_registry(Arc::downgrade(self), rx));
             tx
-        })
+        });
     }
 
     /// This node's registry in Redis becomes exactly its live connections, in one step. Only
@@ -138,23 +140,24 @@ impl RedisBroker {
             })
             .await;
         }
-        let subscribers = self.key(&["cnt", CounterKey::SUBSCRIBERS_PREFIX]);
-        let members = self.key(&["cnt", CounterKey::MEMBERS_PREFIX]);
         for counter in counters {
+            let Some(name) = self.counter_name(counter) else {
+                continue;
+            };
             let (had, total): (i64, i64) = redis::Script::new(REAP_COUNTER)
                 .key(counter)
                 .arg(node)
                 .invoke_async(&mut c)
                 .await?;
-            if let Some(topic) = counter.strip_prefix(&subscribers) {
+            if let Some(topic) = name.strip_prefix(CounterKey::SUBSCRIBERS_PREFIX) {
                 if had > 0 && total <= 0 {
                     self.report(BrokerEvent::TopicVacated {
                         topic: topic.to_owned(),
                     })
                     .await;
                 }
-            } else if let Some(member) = counter
-                .strip_prefix(&members)
+            } else if let Some(member) = name
+                .strip_prefix(CounterKey::MEMBERS_PREFIX)
                 .and_then(CounterKey::parse_members)
             {
                 if had > 0 && total <= 0 {
@@ -178,6 +181,10 @@ pub(super) const REGISTRY_QUEUE_MAX: usize = 4096;
 pub(super) enum RegistryOp {
     Set(ConnId, String),
     Del(ConnId),
+    /// A counter whose local share changed: it is in this node's counter set (`ncnt`) exactly
+    /// while the share is above 0. Written here, in order, rather than in the counting script,
+    /// because in a Redis Cluster the set and the counters live in different slots.
+    Index(String),
     /// Nothing to write itself: wakes the writer to rewrite a registry marked dirty.
     Rewrite,
 }
@@ -199,6 +206,15 @@ async fn write_registry(
         let r: redis::RedisResult<()> = match op {
             RegistryOp::Set(conn, info) => c.hset(&key, conn.to_string(), info).await,
             RegistryOp::Del(conn) => c.hdel(&key, conn.to_string()).await,
+            RegistryOp::Index(counter) => {
+                let held = b.claims.lock().get(&counter).is_some_and(|n| *n > 0);
+                let set = b.node_key("ncnt", &b.node_id);
+                if held {
+                    c.sadd(&set, &counter).await
+                } else {
+                    c.srem(&set, &counter).await
+                }
+            }
             RegistryOp::Rewrite => Ok(()),
         };
         if let Err(e) = r {

@@ -8,7 +8,8 @@
 /// history idle time) after the last publish.
 /// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
 /// header (node id and exclude), new epoch, now ms, the header's sender fields (see
-/// `sender_header`; empty or starting with a space).
+/// `sender_header`; empty or starting with a space), the publish command (`PUBLISH`, or
+/// `SPUBLISH` in a Redis Cluster).
 pub(super) const PUBLISH_HISTORY: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[3])
@@ -23,39 +24,37 @@ local ttl = tonumber(ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
-redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. '\n' .. frame)
+redis.call(ARGV[11], ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. '\n' .. frame)
 return {offset, epoch}
 "#;
 
 /// Takes one unit of a counter if the cluster total stays within the limit (0: no limit).
-/// KEYS: counter hash, this node's counter index. ARGV: node, limit.
+/// KEYS: counter hash. ARGV: node, limit. (The node's counter set is kept by the registry
+/// writer, since in a Redis Cluster it lives in another slot.)
 pub(super) const CLAIM: &str = r#"
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
 local limit = tonumber(ARGV[2])
 if limit > 0 and total >= limit then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('SADD', KEYS[2], KEYS[1])
 return 1
 "#;
 
 /// Gives back one unit of a counter this node took ([`CLAIM`]); a share that reaches 0 leaves
-/// the hash and the node's counter set, in the same step (a claim cannot slip in between).
-/// KEYS: counter hash, this node's counter set. ARGV: node.
+/// the hash in the same step (a claim cannot slip in between).
+/// KEYS: counter hash. ARGV: node.
 pub(super) const RELEASE: &str = r#"
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('SREM', KEYS[2], KEYS[1])
 end
 return n
 "#;
 
 /// Counts a node's subscriber of a topic in or out and returns the topic's total {before,
 /// after}, in one step (exactly one caller sees 0 -> more and more -> 0). A count out when
-/// the node's share is already 0 (lost with Redis, or reaped) changes nothing. The node's
-/// counter set lists the counters where it has a share (an emptied one leaves it). KEYS:
-/// counter, the node's counter set. ARGV: node id, +1 or -1.
+/// the node's share is already 0 (lost with Redis, or reaped) changes nothing. KEYS: counter.
+/// ARGV: node id, +1 or -1. (The node's counter set is kept by the registry writer.)
 pub(super) const COUNT_SUBSCRIBER: &str = r#"
 local before = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do before = before + tonumber(v) end
@@ -65,9 +64,6 @@ if delta < 0 and mine <= 0 then return {before, before} end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('SREM', KEYS[2], KEYS[1])
-else
-  redis.call('SADD', KEYS[2], KEYS[1])
 end
 return {before, before - mine + math.max(n, 0)}
 "#;
