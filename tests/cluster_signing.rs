@@ -71,7 +71,7 @@ async fn forged_node_calls_and_disconnects_are_refused_signed_ones_work() {
 
     // Someone with access to Redis listens where a forged call's answer would go.
     let mut spy = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "SUBSCRIBE", "plexus:n:spy"])
+        .args(["-p", &redis.port.to_string(), "SUBSCRIBE", "plexus:n:{spy}"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -93,7 +93,7 @@ async fn forged_node_calls_and_disconnects_are_refused_signed_ones_work() {
     // old unsigned format, and the new one signed with a wrong secret), and a disconnect of
     // alice on the control channel.
     for id in &ids {
-        let channel = format!("plexus:n:{id}");
+        let channel = format!("plexus:n:{{{id}}}");
         redis_cli(
             &redis,
             &["PUBLISH", &channel, "Q 8 nobody\nplexus-admin:drain"],

@@ -274,7 +274,7 @@ async fn registry_exact_under_churn_and_reaped_disconnects_survive_a_redis_error
         .and_then(|e| e["node"].as_str())
         .expect("the connect of kept0")
         .to_owned();
-    let registry = format!("plexus:nconn:{node}");
+    let registry = format!("plexus:nconn:{{{node}}}");
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while redis_cli(&redis, &["HLEN", &registry]) != "2" && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -285,10 +285,14 @@ async fn registry_exact_under_churn_and_reaped_disconnects_survive_a_redis_error
         "only the live connections"
     );
     // A counter of the doomed node that Redis will refuse to reap (a string, not a hash).
-    redis_cli(&redis, &["SET", "plexus:cnt:broken", "x"]);
+    redis_cli(&redis, &["SET", "plexus:cnt:{broken}broken", "x"]);
     redis_cli(
         &redis,
-        &["SADD", &format!("plexus:ncnt:{node}"), "plexus:cnt:broken"],
+        &[
+            "SADD",
+            &format!("plexus:ncnt:{{{node}}}"),
+            "plexus:cnt:{broken}broken",
+        ],
     );
     doomed.kill9();
     let events = recv
