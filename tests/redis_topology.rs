@@ -204,4 +204,14 @@ async fn sentinel_promotes_the_replica_of_a_killed_primary() {
     assert_eq!(new, replica, "{}", s.sentinel_logs());
     assert_eq!(call(new, &["GET", "k"]).unwrap().text(), "before");
     call(new, &["SET", "k", "after"]).unwrap();
+
+    let t = Instant::now();
+    s.restart(primary, new).await;
+    println!(
+        "the old primary came back as a replica in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(role(primary).unwrap(), "slave");
+    assert_eq!(call(new, &["WAIT", "1", "2000"]).unwrap().int(), Some(1));
+    assert_eq!(call(primary, &["GET", "k"]).unwrap().text(), "after");
 }

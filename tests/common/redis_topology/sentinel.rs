@@ -115,6 +115,42 @@ impl RedisSentinel {
         port
     }
 
+    /// Starts a killed data node again on its port as a replica of `primary` (as an operator
+    /// would: the sentinels only reconfigure a returning old primary after their 10 s INFO
+    /// period) and waits until its link is up.
+    pub async fn restart(&mut self, port: u16, primary: u16) {
+        let node = match self.data.iter_mut().find(|d| d.port == port) {
+            Some(d) => d,
+            None => panic!("no data node on port {port}"),
+        };
+        assert!(!node.alive(), "data node {port} is running");
+        if let Some(i) = node.args.iter().position(|a| a == "--replicaof") {
+            node.args.drain(i..i + 3);
+        }
+        node.args
+            .extend(["--replicaof", "127.0.0.1", &primary.to_string()].map(String::from));
+        if let Err(log) = node.spawn() {
+            panic!("data node {port} did not restart:\n{log}");
+        }
+        poll(
+            &format!("{port} replicating {primary}"),
+            Duration::from_secs(30),
+            || {
+                let repl = info(port, "replication")?;
+                let field = |k: &str| repl.get(k).map(String::as_str).unwrap_or("");
+                if field("role") == "slave"
+                    && field("master_port") == primary.to_string()
+                    && field("master_link_status") == "up"
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{repl:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Waits until a sentinel reports a primary other than `old_port` that answers `ROLE` as
     /// master; returns its port.
     pub async fn wait_failover(&self, old_port: u16, timeout: Duration) -> u16 {
