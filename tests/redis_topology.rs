@@ -87,6 +87,7 @@ async fn killed_primary_is_replaced_by_its_replica() {
 
     let t = Instant::now();
     c.kill9(old);
+    assert_eq!(c.owner_of_slot(slot), None, "no owner until the promotion");
     let new = c.wait_promoted(slot, Duration::from_secs(15)).await;
     println!(
         "cluster failover (kill -9 to promoted, state ok) took {:?}",

@@ -158,12 +158,13 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no cluster node answers"))
     }
 
-    /// Ports of the current primaries that own slots and are not failed, sorted.
+    /// Ports of the current primaries that own slots, run and are not flagged failed, sorted.
     pub fn primaries(&self) -> Vec<u16> {
+        let live = self.live_ports();
         let mut ports: Vec<u16> = self
             .view()
             .into_iter()
-            .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
+            .filter(|n| n.primary && !n.failed && !n.slots.is_empty() && live.contains(&n.port))
             .map(|n| n.port)
             .collect();
         ports.sort_unstable();
@@ -180,19 +181,21 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("CLUSTER KEYSLOT {key} failed"))
     }
 
-    /// The port of the live primary that owns `slot` now.
+    /// The port of the primary that owns `slot` now; `None` while its owner is dead and not
+    /// yet replaced.
     pub fn owner_of_slot(&self, slot: u16) -> Option<u16> {
         self.view()
             .into_iter()
             .find(|n| n.primary && !n.failed && n.owns(slot))
             .map(|n| n.port)
+            .filter(|p| self.live_ports().contains(p))
     }
 
     /// The port of the primary that owns `key`'s slot now.
     pub fn primary_for_key(&self, key: &str) -> u16 {
         let slot = self.slot_for_key(key);
         self.owner_of_slot(slot)
-            .unwrap_or_else(|| panic!("no live primary owns slot {slot}"))
+            .unwrap_or_else(|| panic!("no live primary owns slot {slot}: {:?}", self.view()))
     }
 
     /// The port of a live, not failed replica of the primary on `port`.
