@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod hook_app;
 pub mod pusher;
 pub mod receiver;
+pub mod redis_topology;
 pub mod tokens;
 
 use plexus_client::{Client, ConnectOptions};
