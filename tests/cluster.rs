@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn broadcasts_cross_nodes_from_clients_and_the_api() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 3).await;
     let mut on_a = nodes[0].client("alice").await;
     let mut also_b = nodes[1].client("bea").await;
@@ -59,7 +59,7 @@ async fn broadcasts_cross_nodes_from_clients_and_the_api() {
 
 #[tokio::test]
 async fn presence_and_limits_are_cluster_wide() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 3).await;
     let mut alice = nodes[0].client("alice").await;
     alice.join("room:p", json!({})).await.unwrap();
@@ -117,7 +117,7 @@ async fn presence_and_limits_are_cluster_wide() {
 
 #[tokio::test]
 async fn a_killed_node_leaves_no_ghosts() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let mut nodes = cluster(&redis, 2).await;
     let mut ghost = nodes[0].client("ghost").await;
     ghost.join("room:k", json!({})).await.unwrap();
@@ -294,7 +294,7 @@ async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_a
 
 #[tokio::test]
 async fn api_disconnect_reaches_every_node() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 2).await;
     let mut on_a = nodes[0].client("dora").await;
     let mut on_b = nodes[1].client("dora").await;

@@ -56,7 +56,7 @@ async fn joined_clients_are_told_when_redis_lost_their_topic_s_history() {
 
 #[tokio::test]
 async fn recovery_on_another_node_gets_every_missed_message_once() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 3).await;
     let mut reader = nodes[0].client("reader").await;
     let reply = reader
@@ -107,7 +107,7 @@ async fn recovery_on_another_node_gets_every_missed_message_once() {
 #[tokio::test]
 async fn recovering_joins_racing_publishes_get_each_message_once() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 2).await;
     let topic = "room:race";
     let mut first = nodes[1].client("reader").await;

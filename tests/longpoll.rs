@@ -171,7 +171,7 @@ async fn refusals_use_the_statuses_phoenix_js_longpoll_knows() {
 /// the client's next poll, with the token it still holds, gets that batch.
 #[tokio::test]
 async fn a_batch_whose_answer_was_lost_is_answered_again() {
-    let redis = common::Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let cfg = "profile = \"dev\"\nbroker = \"redis\"\n[limits]\nlongpoll_window_secs = 5\n\
                [[channels]]\ntopic = \"lp:*\"\n";
     let url = redis.url();

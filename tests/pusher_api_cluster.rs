@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{json, Redis, Server};
+use common::{json, Server};
 use plexus_core::pusher::api_auth::sign;
 use plexus_core::pusher::PusherApp;
 use serde_json::json;
@@ -31,7 +31,7 @@ fn app() -> PusherApp {
     }
 }
 
-async fn nodes(redis: &Redis) -> Vec<Server> {
+async fn nodes(redis: &impl common::RedisUrl) -> Vec<Server> {
     let url = redis.url();
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -67,7 +67,7 @@ async fn signed(
 
 #[tokio::test]
 async fn events_queries_and_terminate_across_nodes() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = nodes(&redis).await;
     let mut on_b = nodes[1].client("bob").await;
     let mut also_b = nodes[1].client("carol").await;

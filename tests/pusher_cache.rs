@@ -111,7 +111,7 @@ async fn private_and_presence_cache_channels_need_their_signatures() {
 
 #[tokio::test]
 async fn the_last_event_is_found_from_every_node() {
-    let redis = common::Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let (n0, n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "cache-cluster";
     let (mut a, _) = connect(&n1).await;

@@ -100,7 +100,7 @@ async fn presence_channels_have_one_member_per_user_whatever_its_connections() {
 
 #[tokio::test]
 async fn presence_members_across_two_nodes() {
-    let redis = common::Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let (n0, n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "presence-cluster";
     let (mut a, a_id) = connect(&n0).await;
@@ -139,7 +139,7 @@ async fn presence_members_across_two_nodes() {
 
 #[tokio::test]
 async fn a_killed_node_s_members_are_removed_on_the_other() {
-    let redis = common::Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let (n0, mut n1) = pusher_cluster(&redis, CLUSTER_CONFIG).await;
     let ch = "presence-crash";
     let (mut a, a_id) = connect(&n0).await;

@@ -8,7 +8,7 @@
 mod common;
 
 use common::pusher::*;
-use common::{Redis, Server};
+use common::Server;
 use serde_json::json;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ async fn silent(ws: &mut Ws, ms: u64) {
     }
 }
 
-async fn cluster(redis: &Redis, extra: &[(&str, &str)]) -> Vec<Server> {
+async fn cluster(redis: &impl common::RedisUrl, extra: &[(&str, &str)]) -> Vec<Server> {
     let url = redis.url();
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -44,7 +44,7 @@ node_timeout_secs = 2
 
 #[tokio::test]
 async fn signin_makes_the_connection_the_user_s_on_every_node() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, &[]).await;
     let (mut a, a_id) = connect(&nodes[0]).await;
     let (mut b, b_id) = connect(&nodes[1]).await;
@@ -129,7 +129,7 @@ async fn signin_makes_the_connection_the_user_s_on_every_node() {
 
 #[tokio::test]
 async fn presence_client_events_carry_the_sender_s_user_id_on_every_node() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, &[]).await;
     let ch = "presence-chat";
     let (mut a, a_id) = connect(&nodes[0]).await;
@@ -184,7 +184,7 @@ async fn presence_client_events_carry_the_sender_s_user_id_on_every_node() {
 
 #[tokio::test]
 async fn an_api_event_with_a_socket_id_skips_that_connection_on_every_node() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, &[]).await;
     let (mut a, a_id) = connect(&nodes[0]).await;
     let (mut b, b_id) = connect(&nodes[1]).await;

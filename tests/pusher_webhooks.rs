@@ -288,7 +288,7 @@ async fn subscribe_past_presence(ws: &mut Ws, channel: &str) -> Value {
 
 #[tokio::test]
 async fn once_per_cluster_and_a_lost_node_s_members_removed() {
-    let redis = common::Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let url = redis.url();
     let recv = Receiver::start().await;
     let env = env(&recv, &[("PLEXUS_REDIS_URL", url.as_str())]);

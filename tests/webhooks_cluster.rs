@@ -25,7 +25,7 @@ topic = "*"
 presence = true
 "#;
 
-async fn cluster(redis: &Redis, recv: &Receiver) -> Vec<Server> {
+async fn cluster(redis: &impl common::RedisUrl, recv: &Receiver) -> Vec<Server> {
     let url = redis.url();
     let hook = recv.url("/webhook");
     let env = [
@@ -61,7 +61,7 @@ fn count(events: &[Value], kind: &str, topic: &str) -> usize {
 
 #[tokio::test]
 async fn occupied_and_vacated_once_per_cluster_and_disconnects_once_even_after_kill_9() {
-    let redis = Redis::start();
+    let redis = common::SuiteRedis::start().await;
     let recv = Receiver::start(|_, _| Answer::Json(json!({}))).await;
     let mut nodes = cluster(&redis, &recv).await;
     let mut clients = Vec::new();

@@ -2,7 +2,7 @@
 //! `cluster_history.rs`): one configuration, the nodes started on one `redis-server`, and
 //! small helpers to read broadcasts and publish through a node's API.
 
-use super::{Redis, Server};
+use super::{RedisUrl, Server};
 use plexus_client::protocol::Message;
 use serde_json::Value;
 
@@ -26,8 +26,8 @@ max_per_user = 1
 topic = "plain:*"
 "#;
 
-pub async fn cluster(redis: &Redis, n: usize) -> Vec<Server> {
-    let url = std::env::var("PLEXUS_TEST_REDIS_URL").unwrap_or_else(|_| redis.url());
+pub async fn cluster(redis: &impl RedisUrl, n: usize) -> Vec<Server> {
+    let url = redis.url();
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &url)]).await);

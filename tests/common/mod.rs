@@ -373,3 +373,53 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// What a cluster suite needs of its Redis: where it is.
+pub trait RedisUrl {
+    fn url(&self) -> String;
+}
+
+impl RedisUrl for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+}
+
+/// The Redis a mode-agnostic cluster test runs on: one `redis-server`, or, with
+/// `PLEXUS_TEST_REDIS_MODE=cluster` / `sentinel`, a Redis Cluster (3 primaries + 3 replicas) or
+/// a Sentinel setup (1 primary, 1 replica, 3 sentinels) of its own. `scripts/test` runs the
+/// cluster suites once per mode.
+pub enum SuiteRedis {
+    Single(Redis),
+    Cluster(redis_topology::RedisCluster),
+    Sentinel(redis_topology::RedisSentinel),
+}
+
+impl SuiteRedis {
+    pub async fn start() -> SuiteRedis {
+        match std::env::var("PLEXUS_TEST_REDIS_MODE").as_deref() {
+            Ok("cluster") => SuiteRedis::Cluster(redis_topology::RedisCluster::start().await),
+            Ok("sentinel") => {
+                SuiteRedis::Sentinel(redis_topology::RedisSentinel::start("plexus").await)
+            }
+            Ok("") | Ok("single") | Err(_) => SuiteRedis::Single(Redis::start()),
+            Ok(other) => panic!("PLEXUS_TEST_REDIS_MODE={other}: single, cluster or sentinel"),
+        }
+    }
+}
+
+impl RedisUrl for SuiteRedis {
+    fn url(&self) -> String {
+        SuiteRedis::url(self)
+    }
+}
+
+impl SuiteRedis {
+    pub fn url(&self) -> String {
+        match self {
+            SuiteRedis::Single(r) => r.url(),
+            SuiteRedis::Cluster(c) => c.url(),
+            SuiteRedis::Sentinel(s) => s.url(),
+        }
+    }
+}

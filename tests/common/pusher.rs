@@ -215,7 +215,7 @@ pub const CLUSTER_CONFIG: &str = "broker = \"redis\"\n[redis]\nnode_timeout_secs
 
 /// Two Plexus nodes in Pusher mode sharing `redis`, with `config` (e.g. [`CLUSTER_CONFIG`]
 /// plus rules).
-pub async fn pusher_cluster(redis: &super::Redis, config: &str) -> (Server, Server) {
+pub async fn pusher_cluster(redis: &impl super::RedisUrl, config: &str) -> (Server, Server) {
     let url = redis.url();
     let mut env = pusher_env();
     env.push(("PLEXUS_REDIS_URL", &url));

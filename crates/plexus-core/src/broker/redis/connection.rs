@@ -414,6 +414,10 @@ impl RedisBroker {
             for _ in 0..120 {
                 let Some(b) = weak.upgrade() else { return };
                 if b.heartbeat().await.is_ok() {
+                    // Subscribing again routes each channel by its slot: a connection still
+                    // pointed at a dead primary fails, which makes the crate learn the new
+                    // topology and move every tracked subscription to its new owner.
+                    b.resubscribe_all().await;
                     let done = b.reannounce().await;
                     b.reannouncing.store(false, Ordering::Release);
                     match done {
@@ -502,6 +506,44 @@ pub(super) async fn cluster_subscription_loop(
 }
 
 impl RedisBroker {
+    /// Subscribes every channel of this node again (cluster mode; subscribing twice is
+    /// harmless), a few at a time, retrying those that fail for up to a few seconds.
+    async fn resubscribe_all(&self) {
+        let super::Conn::Cluster(cc) = &self.conn else {
+            return;
+        };
+        let mut channels: Vec<String> = self
+            .topics
+            .lock()
+            .iter()
+            .map(|t| self.topic_channel(t))
+            .collect();
+        channels.push(self.control_channel());
+        channels.push(self.node_channel(&self.node_id));
+        for _ in 0..10 {
+            let results = futures_util::stream::iter(channels.iter().cloned())
+                .map(|ch| {
+                    let mut cc = cc.clone();
+                    async move {
+                        let r = cc.ssubscribe(&ch).await;
+                        (ch, r)
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await;
+            channels = results
+                .into_iter()
+                .filter_map(|(ch, r)| r.err().map(|_| ch))
+                .collect();
+            if channels.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.failed("re-subscribe after a failover", &"some channels could not be subscribed");
+    }
+
     /// The server dropped a sharded subscription this node did not give up (its slot
     /// migrated): subscribed again, after the crate has learnt where the slot went.
     fn server_unsubscribed(self: &Arc<Self>, channel: String) {

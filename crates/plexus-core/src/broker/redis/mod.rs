@@ -234,8 +234,8 @@ impl RedisBroker {
         }
         tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
         tracing::info!(mode = broker.target.mode(), "redis broker connected");
-        // Wait briefly for the subscription, so that the node starts fully connected.
-        for _ in 0..50 {
+        // Wait (up to 5 s) for the subscription, so that the node starts fully connected.
+        for _ in 0..250 {
             if broker.healthy.load(Ordering::Acquire) {
                 break;
             }
