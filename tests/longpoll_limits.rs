@@ -216,7 +216,12 @@ async fn a_forwarded_poll_leaves_the_gate_only_once_its_session_is_held() {
     // A "node" that listens on its channel and never answers: made-up session tokens naming
     // it are forwarded there.
     let mut mute = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "SUBSCRIBE", "plexus:n:{mute}"])
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "SUBSCRIBE",
+            "plexus:n:{mute}",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -169,10 +169,9 @@ async fn publisher(
             )
             .await;
             let (acked, offset) = match r {
-                Ok(Ok((200, resp))) => (
-                    Some(Instant::now()),
-                    common::json(&resp)["offset"].as_u64(),
-                ),
+                Ok(Ok((200, resp))) => {
+                    (Some(Instant::now()), common::json(&resp)["offset"].as_u64())
+                }
                 _ => (None, None),
             };
             out.push(Publish {
@@ -224,7 +223,11 @@ fn check_standard(
         }
         for (topic, ns) in &got {
             let unique: HashSet<&u64> = ns.iter().collect();
-            assert_eq!(unique.len(), ns.len(), "{name}: duplicates on {topic}: {ns:?}");
+            assert_eq!(
+                unique.len(),
+                ns.len(),
+                "{name}: duplicates on {topic}: {ns:?}"
+            );
         }
         let mut missed_told = 0;
         for p in published {
@@ -385,7 +388,11 @@ where
             );
         }
         let unique: HashSet<&u64> = got.iter().collect();
-        assert_eq!(unique.len(), got.len(), "duplicates after recovery: {got:?}");
+        assert_eq!(
+            unique.len(),
+            got.len(),
+            "duplicates after recovery: {got:?}"
+        );
     }
     eprintln!("the reconnecting client was answered recovered: {recovered}");
 }

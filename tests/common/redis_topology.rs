@@ -332,3 +332,15 @@ async fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Resul
         }
     }
 }
+
+impl super::RedisUrl for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+}
+
+impl super::RedisUrl for RedisSentinel {
+    fn url(&self) -> String {
+        RedisSentinel::url(self)
+    }
+}

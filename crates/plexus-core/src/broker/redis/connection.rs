@@ -541,7 +541,10 @@ impl RedisBroker {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        self.failed("re-subscribe after a failover", &"some channels could not be subscribed");
+        self.failed(
+            "re-subscribe after a failover",
+            &"some channels could not be subscribed",
+        );
     }
 
     /// The server dropped a sharded subscription this node did not give up (its slot

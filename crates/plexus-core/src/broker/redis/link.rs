@@ -108,7 +108,10 @@ fn parse_rest(rest: &str, sentinel: bool) -> Result<MultiUrl, String> {
     }
     let name = if sentinel {
         if path.is_empty() || path.contains('/') {
-            return Err("the path must be the master's name: redis+sentinel://h1:p1,h2:p2/<master-name>".into());
+            return Err(
+                "the path must be the master's name: redis+sentinel://h1:p1,h2:p2/<master-name>"
+                    .into(),
+            );
         }
         Some(decode(path))
     } else {
@@ -341,7 +344,10 @@ impl Conn {
                     let mut c = cc.clone();
                     async move { cmd.query_async::<Value>(&mut c).await }
                 });
-                futures_util::future::join_all(futs).await.into_iter().collect()
+                futures_util::future::join_all(futs)
+                    .await
+                    .into_iter()
+                    .collect()
             }
         }
     }
@@ -450,7 +456,9 @@ mod tests {
 
     #[test]
     fn cluster_and_sentinel_urls_parse() {
-        let (s, u) = parse_multi("redis+cluster://h1:7000,h2:7001,h3").unwrap().unwrap();
+        let (s, u) = parse_multi("redis+cluster://h1:7000,h2:7001,h3")
+            .unwrap()
+            .unwrap();
         assert!(!s);
         assert_eq!(
             u.hosts,

@@ -55,8 +55,8 @@ use bytes::Bytes;
 use calls::MAX_NODE_REQUESTS;
 use connection::{cluster_subscription_loop, heartbeat_loop, subscription_loop};
 use envelope::sender_header;
-use parking_lot::Mutex;
 use link::{Conn, Target};
+use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use redis::AsyncCommands;
 use scripts::{CLAIM, PUBLISH_HISTORY, RELEASE};
@@ -357,9 +357,7 @@ pub(super) fn tag(topic: &str) -> std::borrow::Cow<'_, str> {
 /// The topic a [`tag`] stands for.
 pub(super) fn untag(tag: &str) -> Option<String> {
     match tag.strip_prefix('~') {
-        Some(h) => hex::decode(h)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok()),
+        Some(h) => hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok()),
         None => Some(tag.to_owned()),
     }
 }

@@ -72,8 +72,10 @@ impl RedisBroker {
     pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
         self.check_up()?;
         let mut c = self.conn.clone();
-        let entries: HashMap<String, String> =
-            c.hgetall(self.topic_key("pres", topic)).await.map_err(|e| {
+        let entries: HashMap<String, String> = c
+            .hgetall(self.topic_key("pres", topic))
+            .await
+            .map_err(|e| {
                 self.failed("presence", &e);
                 err(e)
             })?;
