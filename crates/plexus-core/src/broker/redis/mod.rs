@@ -8,8 +8,10 @@
 //!   appends to a stream (`XADD` with the offset as entry id, `MAXLEN`), refreshes the TTL and
 //!   publishes — atomically, so every node sees a topic's offsets in order. Those publications
 //!   reach every node (the publishing one too) through its subscription, which keeps per-topic
-//!   order identical everywhere. The epoch lives in Redis; if Redis loses the data, a new epoch
-//!   tells clients that their offsets are void.
+//!   order identical everywhere. The epoch lives in Redis with the replication id of the
+//!   instance that wrote it; if Redis loses the data, or another instance (a promoted replica)
+//!   now holds it, a new epoch tells clients that their offsets are void. Each node delivers a
+//!   topic's offsets once and in order, replaying gaps from the stream ([`gaps`]).
 //! * **Presence**: one hash per topic, field `<node>:<conn>`; diffs travel as broadcasts.
 //! * **Limits**: counters are hashes with one field per node, checked and taken in one script.
 //! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
@@ -30,11 +32,13 @@
 //! [`connection`] keeps it connected (subscription and heartbeat loops, re-announcing, lost
 //! histories), [`calls`] carries the node-to-node requests, [`signing`] signs and checks them,
 //! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
-//! across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
+//! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
+//! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect), [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;
 mod envelope;
+mod gaps;
 mod history;
 mod presence;
 mod registry;
@@ -57,7 +61,7 @@ use envelope::sender_header;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 use redis::AsyncCommands;
-use scripts::{CLAIM, PUBLISH_HISTORY, RELEASE};
+use scripts::{CLAIM, PUBLISH_HISTORY, READ_HISTORY, RELEASE};
 use serde_json::Value;
 use signing::{Kind, Signer};
 use std::collections::{HashMap, HashSet};
@@ -127,9 +131,10 @@ pub struct RedisBroker {
     next_request: AtomicU64,
     /// Requests from other nodes being answered (bounded).
     serving: Arc<tokio::sync::Semaphore>,
-    /// The history epoch last seen for each subscribed topic with history, to notice after an
-    /// outage that Redis lost it (one entry per subscribed topic at most).
-    epochs: Mutex<HashMap<String, String>>,
+    /// Where this node's delivery of each subscribed history topic stands (epoch, last offset
+    /// delivered): duplicates are dropped, gaps replayed from the stream, a new epoch reported
+    /// (see [`gaps`]). One entry per subscribed topic at most.
+    cursors: Mutex<HashMap<String, gaps::Cursor>>,
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
@@ -144,6 +149,7 @@ pub struct RedisBroker {
     /// Messages refused by the signer (logged once per burst).
     refused: AtomicU64,
     publish_history: redis::Script,
+    read_history_script: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
 }
@@ -220,10 +226,11 @@ impl RedisBroker {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_NODE_REQUESTS)),
-            epochs: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
             signer,
             refused: AtomicU64::new(0),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
+            read_history_script: redis::Script::new(READ_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
         });
@@ -261,6 +268,12 @@ impl RedisBroker {
             k.push_str(p);
         }
         k
+    }
+
+    /// The key of one of `topic`'s per-topic values (`kind`: `hist`, `off`, `epoch`, `rid`, …).
+    /// Every key of one topic is built here, so that they can share a hash tag.
+    fn topic_key(&self, kind: &str, topic: &str) -> String {
+        self.key(&[kind, topic])
     }
 
     fn topic_channel(&self, topic: &str) -> String {
@@ -397,7 +410,7 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().remove(topic);
-        self.epochs.lock().remove(topic);
+        self.cursors.lock().remove(topic);
         let mut sink = self.sink.lock().await;
         if let Some(s) = sink.as_mut() {
             s.unsubscribe(self.topic_channel(topic))
