@@ -340,3 +340,56 @@ async fn a_promoted_replica_s_history_starts_a_new_epoch() {
     ];
     assert_eq!(got, expected);
 }
+
+/// The live path, with the faults made by hand in Redis (the shapes a lost or repeated
+/// `PUBLISH` takes, e.g. with sharded pub/sub while a slot moves): a publication repeated on
+/// the topic's channel is dropped, and one whose `PUBLISH` never came (written to the history
+/// only) is read from the stream and delivered, in order, when the next offset arrives.
+#[tokio::test]
+async fn a_node_drops_a_repeated_publication_and_fills_a_live_gap_from_the_stream() {
+    let redis = Redis::start();
+    let nodes = nodes(&redis.url(), 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let topic = "room:live";
+    let mut c = b.client("b").await;
+    let reply = c.join(topic, json!({"recover": null})).await.unwrap();
+    let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=2 {
+        a.broadcast(topic, "msg", json!({ "n": n })).await;
+    }
+    assert_eq!(
+        drain(&mut c, Duration::from_millis(300)).await,
+        msgs(1..=2, 0)
+    );
+    // Found by name, whatever their exact form (prefix, hash tag).
+    let keys = redis_cli(redis.port, &["--scan", "--pattern", "*room:live*"]);
+    let key = |kind: &str| {
+        keys.lines()
+            .find(|k| k.contains(&format!(":{kind}:")))
+            .unwrap_or_else(|| panic!("no {kind} key in {keys}"))
+            .to_owned()
+    };
+    let channel = redis_cli(redis.port, &["PUBSUB", "CHANNELS", "*room:live*"]);
+    let frame = |o: u64| format!(r#"[null,"{o}","{topic}","msg",{{"n":{o}}}]"#);
+
+    // Offset 2 again, as another node would have published it (B alone is subscribed).
+    let repeated = format!("P1 feedbeef0000 2 t e={epoch}\n{}", frame(2));
+    assert_eq!(
+        redis_cli(redis.port, &["PUBLISH", &channel, &repeated]),
+        "1"
+    );
+    // Offset 3 in the history, its publication lost.
+    let hidden = "local o = redis.call('INCR', KEYS[1]) \
+        redis.call('XADD', KEYS[2], o .. '-0', 'f', ARGV[1], 'k', 't', 't', '0') return o";
+    let three = redis_cli(
+        redis.port,
+        &["EVAL", hidden, "2", &key("off"), &key("hist"), &frame(3)],
+    );
+    assert_eq!(three, "3");
+    let r = a.broadcast(topic, "msg", json!({"n": 4})).await;
+    assert_eq!(r["offset"], 4, "{r}");
+    assert_eq!(
+        drain(&mut c, Duration::from_millis(500)).await,
+        msgs(3..=4, 0)
+    );
+}
