@@ -74,23 +74,29 @@ impl RedisBroker {
         offset: u64,
         publication: Arc<Publication>,
     ) {
-        let cursor = self.cursors.lock().get(topic).cloned();
+        // The common cases under one lock, without copying the cursor.
+        let cursor = {
+            let mut cursors = self.cursors.lock();
+            match cursors.get_mut(topic) {
+                Some(c) if c.epoch == epoch && offset <= c.last => return, // a duplicate
+                Some(c) if c.epoch == epoch && offset == c.last + 1 => {
+                    c.last = offset;
+                    None
+                }
+                Some(c) => Some(c.clone()),
+                None => {
+                    drop(cursors);
+                    // First publication since this node subscribed (no history read started
+                    // the cursor).
+                    self.set_cursor(topic, epoch, offset);
+                    None
+                }
+            }
+        };
         let Some(cursor) = cursor else {
-            // First publication since this node subscribed (no history read started it).
-            self.set_cursor(topic, epoch, offset);
             self.hub.deliver(&publication);
             return;
         };
-        if cursor.epoch == epoch {
-            if offset <= cursor.last {
-                return; // a duplicate
-            }
-            if offset == cursor.last + 1 {
-                self.set_cursor(topic, epoch, offset);
-                self.hub.deliver(&publication);
-                return;
-            }
-        }
         // A gap, or another epoch: what Redis holds now decides.
         let state = self
             .read_state(topic, Some(cursor.last), Some(&cursor.epoch))
