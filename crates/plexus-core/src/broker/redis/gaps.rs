@@ -79,7 +79,7 @@ impl RedisBroker {
             let mut cursors = self.cursors.lock();
             match cursors.get_mut(topic) {
                 Some(c) if c.epoch == epoch && offset <= c.last => return, // a duplicate
-                Some(c) if c.epoch == epoch && offset == c.last + 1 => {
+                Some(c) if c.epoch == epoch && offset == c.last.saturating_add(1) => {
                     c.last = offset;
                     None
                 }
@@ -107,7 +107,7 @@ impl RedisBroker {
                 // Cannot replay: the subscribers are told what they lost, then delivery goes on.
                 self.failed("history gap read", &e);
                 tracing::warn!(topic, "history gap not replayed: subscribers are told");
-                self.reset(topic, epoch, offset - 1).await;
+                self.reset(topic, epoch, offset.saturating_sub(1)).await;
                 self.set_cursor(topic, epoch, offset);
                 self.hub.deliver(&publication);
                 return;
@@ -123,7 +123,7 @@ impl RedisBroker {
         // The publication belongs to the current epoch: replay up to it, then deliver it.
         // Otherwise it is stale (its epoch was replaced): replay what the current one holds.
         let live = current == epoch;
-        let until = if live { offset - 1 } else { top };
+        let until = if live { offset.saturating_sub(1) } else { top };
         let last = self.replay(topic, &current, start, until, items).await;
         if live {
             self.set_cursor(topic, epoch, offset);
@@ -189,7 +189,7 @@ impl RedisBroker {
             .into_iter()
             .filter(|i| i.offset > start && i.offset <= until)
         {
-            if item.offset > last + 1 {
+            if item.offset > last.saturating_add(1) {
                 tracing::warn!(
                     topic,
                     from = last + 1,

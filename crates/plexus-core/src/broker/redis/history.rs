@@ -122,7 +122,7 @@ impl RedisBroker {
                 items: Vec::new(),
             });
         };
-        let first = items.first().map_or(top + 1, |i| i.offset);
+        let first = items.first().map_or(top.saturating_add(1), |i| i.offset);
         let complete = since >= top || since.saturating_add(1) >= first;
         Ok(HistoryPage {
             epoch,
