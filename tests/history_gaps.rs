@@ -393,3 +393,69 @@ async fn a_node_drops_a_repeated_publication_and_fills_a_live_gap_from_the_strea
         msgs(3..=4, 0)
     );
 }
+
+/// A subscriber too slow for Redis's output buffer limit is disconnected by Redis, and the
+/// publication that overflowed it is lost for it: the node catches up from the stream. The
+/// replay is delivered as the live publication would have been: a client's push does not come
+/// back to its sender (`echo` is off by default), while the other client gets it once.
+#[tokio::test]
+async fn a_publication_lost_to_the_output_buffer_limit_is_replayed_as_it_was_sent() {
+    let redis = Redis::start();
+    let nodes = nodes(&redis.url(), 2).await;
+    let b = &nodes[1];
+    let topic = "room:big";
+    let mut sender = b.client("sender").await;
+    let mut receiver = b.client("receiver").await;
+    for c in [&mut sender, &mut receiver] {
+        c.join(topic, json!({"recover": null})).await.unwrap();
+    }
+    sender
+        .push_json(topic, "msg", &json!({"n": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&mut receiver, Duration::from_millis(300)).await,
+        msgs(1..=1, 0)
+    );
+    // 40 kB to a subscriber whose output buffer may hold 8 kB: Redis drops B's subscription.
+    let limit = redis_cli(
+        redis.port,
+        &[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 8kb 0 0",
+        ],
+    );
+    assert_eq!(limit, "OK");
+    let pad = "x".repeat(40_000);
+    let reply = sender
+        .push_json(topic, "msg", &json!({"n": 2, "pad": pad}))
+        .await
+        .unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    let got = receiver
+        .recv_event_timeout(topic, "msg", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the lost publication, replayed");
+    assert_eq!(got.msg_ref.as_deref(), Some("2"));
+    assert_eq!(payload(&got)["pad"].as_str().map(str::len), Some(40_000));
+    let log = b.log();
+    assert_eq!(
+        log.matches("history caught up").count(),
+        1,
+        "not delivered by the catch-up:\n{log}"
+    );
+    sender
+        .push_json(topic, "msg", &json!({"n": 3}))
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&mut receiver, Duration::from_millis(500)).await,
+        msgs(3..=3, 0)
+    );
+    // The sender got none of its own pushes, replayed or live.
+    let own = drain(&mut sender, Duration::from_millis(100)).await;
+    assert_eq!(own, vec![], "{own:?}");
+}

@@ -7,10 +7,12 @@
 //! (Redis restarted empty, TTL, a promoted replica that missed writes) is told instead of
 //! silently missing messages.
 
+use super::envelope::parse_sender;
 use super::{err, sender_header, RedisBroker};
 use crate::broker::{BrokerError, HistoryItem, HistoryPage};
 use crate::protocol::{encode_broadcast_parts, Frame};
 use crate::publication::{HistoryOpts, Publication};
+use crate::ConnId;
 use bytes::Bytes;
 use redis::AsyncCommands;
 use std::sync::Arc;
@@ -38,6 +40,14 @@ impl RedisBroker {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let topic = &publication.topic;
+        let sender = sender_header(&publication);
+        // What a replay needs to deliver the entry as the live publication was: the excluded
+        // connection and the sender fields (most entries have neither, and store nothing).
+        let as_sent = if origin.contains('/') || !sender.is_empty() {
+            format!("{origin}{sender}")
+        } else {
+            String::new()
+        };
         let mut c = self.conn.clone();
         let started = std::time::Instant::now();
         let result: Result<(u64, String), _> = self
@@ -55,7 +65,8 @@ impl RedisBroker {
             .arg(origin)
             .arg(new_epoch())
             .arg(now_ms)
-            .arg(sender_header(&publication))
+            .arg(sender)
+            .arg(as_sent)
             .invoke_async(&mut c)
             .await;
         crate::metrics::redis_round_trip("publish_history", started.elapsed());
@@ -169,10 +180,18 @@ impl RedisBroker {
             } else {
                 Frame::Text(frame_bytes)
             };
-            match Publication::from_frame(topic, frame, Some(offset), None) {
+            // As sent: `<origin>[ <sender fields>]` (see `PUBLISH_HISTORY`); the excluded
+            // connection is this node's only if the origin is.
+            let header = String::from_utf8(get("h")).unwrap_or_default();
+            let mut fields = header.split(' ').filter(|f| !f.is_empty());
+            let exclude = fields.next().and_then(|origin| {
+                let (node, conn) = origin.split_once('/')?;
+                (node == self.node_id).then(|| conn.parse::<ConnId>().ok())?
+            });
+            match Publication::from_frame(topic, frame, Some(offset), exclude) {
                 Ok(p) => items.push(HistoryItem {
                     offset,
-                    publication: Arc::new(p),
+                    publication: Arc::new(p.with_sender(parse_sender(fields))),
                 }),
                 Err(e) => self.failed("decoding a history entry", &e),
             }

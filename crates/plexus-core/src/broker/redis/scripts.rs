@@ -20,9 +20,12 @@ macro_rules! replid_line {
 /// written by another Redis instance (stored replid differs: a promoted replica may lack the
 /// last acknowledged writes, and would hand their offsets out again), starts a new epoch with
 /// a fresh stream and offset counter. The epoch rides in the header (`e=`).
+/// An entry keeps, besides the frame (`f`), its kind (`k`) and time (`t`), the header's origin
+/// and sender fields (`h`, only when there is an excluded connection or a sender field), so that
+/// a replay delivers it as the live publication was.
 /// KEYS: offset, stream, epoch, replid. ARGV: frame head, frame tail, kind, maxlen, ttl ms,
 /// channel, header (node id and exclude), new epoch, now ms, the header's sender fields (see
-/// `sender_header`; empty or starting with a space).
+/// `sender_header`; empty or starting with a space), the `h` field (empty: none).
 pub(super) const PUBLISH_HISTORY: &str = concat!(
     replid_line!(),
     r#"
@@ -38,7 +41,12 @@ if stored ~= rid then redis.call('SET', KEYS[4], rid) end
 local offset = redis.call('INCR', KEYS[1])
 local frame = ARGV[1]
 if ARGV[3] == 't' then frame = ARGV[1] .. offset .. ARGV[2] end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame, 'k', ARGV[3], 't', ARGV[9])
+local entry = {'XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame, 'k', ARGV[3], 't', ARGV[9]}
+if ARGV[11] ~= '' then
+  entry[#entry + 1] = 'h'
+  entry[#entry + 1] = ARGV[11]
+end
+redis.call(unpack(entry))
 local ttl = tonumber(ARGV[5])
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. ' e=' .. epoch .. '\n' .. frame)
