@@ -1,6 +1,7 @@
 //! Staying connected: the subscription loop (reconnect with backoff, re-subscribe, re-announce
-//! this node's presence and counters, catch up on history topics, see [`super::gaps`]), the heartbeat loop (this node's
-//! liveness, reaping dead nodes), and the messages the subscription delivers.
+//! this node's presence and counters, catch up on history topics, see [`super::gaps`]), the
+//! heartbeat loop (this node's liveness, reaping dead nodes), and the messages the
+//! subscription delivers.
 
 use super::signing::{Kind, Refused};
 use super::RedisBroker;

@@ -1,11 +1,12 @@
 //! A topic's history in Redis: a stream capped by count (`<prefix>:hist:<topic>`), its offset
 //! counter (`off`), epoch (`epoch`) and the replication id of the Redis instance that wrote
-//! them (`rid`), all expiring after the rule's TTL (or `history_idle`) since the last publish. A publish appends, assigns the offset and fans out
-//! in one Lua script ([`super::scripts::PUBLISH_HISTORY`]), so every node delivers it from its
-//! subscription in offset order; a read (a script too, [`super::scripts::READ_HISTORY`])
-//! returns the entries after an offset with the epoch, so that a client whose history was lost
-//! (Redis restarted empty, TTL, a promoted replica that missed writes) is told instead of
-//! silently missing messages.
+//! them (`rid`), all expiring after the rule's TTL (or `history_idle`) since the last publish.
+//! A publish appends, assigns the offset and fans out in one Lua script
+//! ([`super::scripts::PUBLISH_HISTORY`]), so every node delivers it from its subscription in
+//! offset order; a read (a script too, [`super::scripts::READ_HISTORY`]) returns the entries
+//! after an offset with the epoch, so that a client whose history was lost (Redis restarted
+//! empty, TTL, a promoted replica that missed writes) is told instead of silently missing
+//! messages.
 
 use super::envelope::parse_sender;
 use super::{err, sender_header, RedisBroker};

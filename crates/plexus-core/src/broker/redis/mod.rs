@@ -33,7 +33,8 @@
 //! histories), [`calls`] carries the node-to-node requests, [`signing`] signs and checks them,
 //! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
 //! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
-//! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect), [`scripts`] holds the Lua scripts of its atomic operations.
+//! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect),
+//! [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;

@@ -41,7 +41,8 @@ if stored ~= rid then redis.call('SET', KEYS[4], rid) end
 local offset = redis.call('INCR', KEYS[1])
 local frame = ARGV[1]
 if ARGV[3] == 't' then frame = ARGV[1] .. offset .. ARGV[2] end
-local entry = {'XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame, 'k', ARGV[3], 't', ARGV[9]}
+local entry = {'XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0',
+  'f', frame, 'k', ARGV[3], 't', ARGV[9]}
 if ARGV[11] ~= '' then
   entry[#entry + 1] = 'h'
   entry[#entry + 1] = ARGV[11]
@@ -49,7 +50,8 @@ end
 redis.call(unpack(entry))
 local ttl = tonumber(ARGV[5])
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
-redis.call('PUBLISH', ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. ' e=' .. epoch .. '\n' .. frame)
+local header = 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. ' e=' .. epoch
+redis.call('PUBLISH', ARGV[6], header .. '\n' .. frame)
 return {offset, epoch}
 "#
 );
