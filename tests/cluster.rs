@@ -221,12 +221,10 @@ async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_a
         c.join("room:out", json!({"recover": null})).await.unwrap();
     }
     let mut acked = Vec::new();
-    let mut before_outage = 0;
     let mut slowest = Duration::ZERO;
     let mut n = 0;
     for phase in 0..3 {
         if phase == 1 {
-            before_outage = acked.len();
             redis.stop();
         } else if phase == 2 {
             redis.restart();
@@ -253,35 +251,16 @@ async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_a
         "a push reply took {slowest:?}: the broker must fail fast while Redis is down"
     );
     assert!(acked.len() > 20, "{acked:?}");
-    // Every acknowledged message reaches the other node's client, once, in order — or, when
-    // Redis came back empty and node B resubscribed after A had published to the new history,
-    // B's client is told (`history_reset`) to reload what it missed.
+    // Every acknowledged message reaches the other node's client, once, in order: when Redis
+    // came back empty, B's client is told (`history_reset`), and what A published to the new
+    // history before B resubscribed is replayed to it (tests/history_gaps.rs pins that race).
     let mut got = Vec::new();
-    let mut reset = false;
     while let Some(m) = b.recv_timeout(Duration::from_secs(3)).await.unwrap() {
-        match m.event.as_str() {
-            "msg" => got.push(payload(&m)["n"].as_u64().unwrap()),
-            "history_reset" => reset = true,
-            _ => {}
+        if m.event == "msg" {
+            got.push(payload(&m)["n"].as_u64().unwrap());
         }
     }
-    if reset {
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "doubled or out of order: {got:?}"
-        );
-        assert!(
-            got.iter().all(|n| acked.contains(n)),
-            "{got:?} vs {acked:?}"
-        );
-        assert_eq!(
-            &got[..before_outage],
-            &acked[..before_outage],
-            "lost before the outage"
-        );
-    } else {
-        assert_eq!(got, acked, "acknowledged but not delivered (or doubled)");
-    }
+    assert_eq!(got, acked, "acknowledged but not delivered (or doubled)");
     // The pushing client was never closed as a flood.
     assert!(a.heartbeat().await.unwrap().is_ok());
     // One log line per failure burst, not one per message (about 200 pushes failed).

@@ -108,9 +108,15 @@ pub enum BrokerEvent {
     /// A lost node held the last connections of presence member `member` on `topic` in the
     /// cluster (Pusher's `member_removed`; this node alone saw that transition).
     MemberVacated { topic: String, member: String },
-    /// After an outage, the history of `topic` (a topic with local subscribers) is not the one
-    /// it was: Redis lost it. `epoch` is the new one; offsets start again from 0.
-    HistoryReset { topic: String, epoch: String },
+    /// The history of `topic` (a topic with local subscribers) is not the one its subscribers
+    /// followed: Redis lost it or another instance holds it now (`epoch` is the new one, `offset`
+    /// 0), or offsets up to `offset` of `epoch` can no longer be replayed (trimmed, expired).
+    /// Either way the subscribers reload, and delivery continues after `offset`.
+    HistoryReset {
+        topic: String,
+        epoch: String,
+        offset: u64,
+    },
 }
 
 /// Receives the [`BrokerEvent`]s of a broker (the node implements it).

@@ -556,9 +556,13 @@ impl BrokerEventHandler for Node {
             }
             BrokerEvent::TopicVacated { topic } => self.topic_vacated(&topic, true),
             BrokerEvent::MemberVacated { topic, member } => self.member_reaped(&topic, &member),
-            BrokerEvent::HistoryReset { topic, epoch } => {
+            BrokerEvent::HistoryReset {
+                topic,
+                epoch,
+                offset,
+            } => {
                 // Each node tells its own subscribers (every node notices by itself).
-                let notice = serde_json::json!({ "epoch": epoch, "offset": 0 });
+                let notice = serde_json::json!({ "epoch": epoch, "offset": offset });
                 let publication = Payload::json(&notice)
                     .map_err(PublishError::from)
                     .and_then(|p| Ok(Publication::new(&topic, events::HISTORY_RESET, p, None)?));

@@ -1,6 +1,7 @@
 //! Staying connected: the subscription loop (reconnect with backoff, re-subscribe, re-announce
-//! this node's presence and counters, notice lost histories), the heartbeat loop (this node's
-//! liveness, reaping dead nodes), and the messages the subscription delivers.
+//! this node's presence and counters, catch up on history topics, see [`super::gaps`]), the
+//! heartbeat loop (this node's liveness, reaping dead nodes), and the messages the
+//! subscription delivers.
 
 use super::signing::{Kind, Refused};
 use super::RedisBroker;
@@ -18,61 +19,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 impl RedisBroker {
-    /// The epoch of `topic`'s history, made now if there is none. Only the epoch: it expires
-    /// like the history would (nothing a read creates lives forever).
-    pub(super) async fn settle_epoch(
-        &self,
-        c: &mut impl redis::aio::ConnectionLike,
-        topic: &str,
-    ) -> redis::RedisResult<String> {
-        let fresh = {
-            use rand::Rng;
-            format!("{:08x}", rand::rng().random::<u32>())
-        };
-        let current: Option<String> = redis::cmd("SET")
-            .arg(self.topic_key("epoch", topic))
-            .arg(&fresh)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(self.cfg.history_idle.as_millis().max(1) as u64)
-            .query_async(c)
-            .await?;
-        Ok(current.unwrap_or(fresh))
-    }
-
-    /// Notes the epoch of a subscribed topic's history.
-    pub(super) fn remember_epoch(&self, topic: &str, epoch: String) {
-        if self.topics.lock().contains(topic) {
-            self.epochs.lock().insert(topic.to_owned(), epoch);
-        }
-    }
-
-    /// After a reconnect: the subscribed topics whose history Redis no longer has (or has
-    /// under another epoch) get a new epoch, and the node is told, to tell their clients.
-    pub(super) async fn check_epochs(&self) -> redis::RedisResult<()> {
-        let known: Vec<(String, String)> = self
-            .epochs
-            .lock()
-            .iter()
-            .map(|(t, e)| (t.clone(), e.clone()))
-            .collect();
-        let mut c = self.conn.clone();
-        for (topic, old) in known {
-            let epoch = self.settle_epoch(&mut c, &topic).await?;
-            if epoch != old {
-                self.epochs.lock().insert(topic.clone(), epoch.clone());
-                tracing::warn!(
-                    topic,
-                    "history lost during the Redis outage: clients are told (history_reset)"
-                );
-                self.report(BrokerEvent::HistoryReset { topic, epoch })
-                    .await;
-            }
-        }
-        Ok(())
-    }
-
     /// Refreshes this node's heartbeat.
     pub(super) async fn heartbeat(&self) -> redis::RedisResult<()> {
         let ttl = self.cfg.node_timeout.as_millis() as u64;
@@ -270,10 +216,20 @@ impl RedisBroker {
             Frame::Text(body)
         };
         let exclude = if own { exclude } else { None };
+        let fields: Vec<&str> = parts.collect();
         match Publication::from_frame(topic, frame, offset, exclude) {
             Ok(p) => {
-                let p = p.with_sender(super::envelope::parse_sender(parts));
-                self.hub.deliver(&Arc::new(p));
+                let p =
+                    Arc::new(p.with_sender(super::envelope::parse_sender(fields.iter().copied())));
+                match (offset, super::envelope::parse_epoch(fields.into_iter())) {
+                    // History: once and in order on this node, gaps replayed (see `gaps`).
+                    (Some(offset), Some(epoch)) => {
+                        self.deliver_history(topic, epoch, offset, p).await
+                    }
+                    _ => {
+                        self.hub.deliver(&p);
+                    }
+                }
             }
             Err(e) => self.failed("decoding a publication", &e),
         }
@@ -352,9 +308,7 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
         }
         b.clone().rewrite_registry();
         if was_down {
-            if let Err(e) = b.check_epochs().await {
-                b.failed("history epoch check", &e);
-            }
+            b.catch_up_after_reconnect().await;
         }
         if was_down {
             tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
@@ -489,6 +443,14 @@ pub(super) async fn cluster_subscription_loop(
                     .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok());
                 if let (Some(channel), Some(payload)) = (channel, payload) {
                     b.on_message(&channel, &payload).await;
+                }
+            }
+            redis::PushKind::SSubscribe => {
+                // A (re-)subscription confirmed, e.g. on a promoted replica or where a slot
+                // moved: what the topic's history got meanwhile is delivered now (here, in
+                // the subscription task, which alone moves the delivery cursors).
+                if let Some(topic) = channel.and_then(|c| b.channel_topic(&c)) {
+                    b.catch_up(&topic).await;
                 }
             }
             redis::PushKind::SUnsubscribe => {

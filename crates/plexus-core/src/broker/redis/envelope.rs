@@ -1,5 +1,5 @@
 //! The header line of a publication on a topic's Redis channel, before its frame:
-//! `P1 <origin> <offset|-> <kind>[ u=<hex>][ x=<socket_id>]\n<frame>`.
+//! `P1 <origin> <offset|-> <kind>[ u=<hex>][ x=<socket_id>][ e=<epoch>]\n<frame>`.
 //!
 //! `origin` is the publishing node (`node` or `node/conn` when a local connection is
 //! excluded), `offset` the history offset (`-` without history), `kind` `t` or `b` (text or
@@ -49,6 +49,11 @@ pub(super) fn parse_sender<'a>(fields: impl Iterator<Item = &'a str>) -> Sender 
     sender
 }
 
+/// The history epoch among the header fields after `kind` (`e=`), if any.
+pub(super) fn parse_epoch<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fields.find_map(|f| f.strip_prefix("e=").filter(|e| !e.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +86,17 @@ mod tests {
             parse_sender(["x=1.2 3", "u=zz"].into_iter()),
             Sender::default()
         );
+    }
+
+    #[test]
+    fn the_epoch_field_is_found_among_the_others() {
+        assert_eq!(
+            parse_epoch(["u=61", "e=0a1b2c3d", "z=1"].into_iter()),
+            Some("0a1b2c3d")
+        );
+        assert_eq!(parse_epoch(["u=61", "e="].into_iter()), None);
+        assert_eq!(parse_epoch(std::iter::empty()), None);
+        // Written after the sender fields, it does not disturb them.
+        assert_eq!(parse_sender(["e=0a1b2c3d"].into_iter()), Sender::default());
     }
 }

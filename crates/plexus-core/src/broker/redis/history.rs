@@ -1,15 +1,19 @@
 //! A topic's history in Redis: a stream capped by count (`<prefix>:hist:<topic>`), its offset
-//! counter (`off`) and epoch (`epoch`), all expiring after the rule's TTL (or
-//! `history_idle`) since the last publish. A publish appends, assigns the offset and fans out
-//! in one Lua script ([`super::scripts::PUBLISH_HISTORY`]), so every node delivers it from its
-//! subscription in offset order; a read returns the entries after an offset with the epoch, so
-//! that a client whose history was lost (Redis restarted empty, TTL) is told instead of
-//! silently missing messages.
+//! counter (`off`), epoch (`epoch`) and the replication id of the Redis instance that wrote
+//! them (`rid`), all expiring after the rule's TTL (or `history_idle`) since the last publish.
+//! A publish appends, assigns the offset and fans out in one Lua script
+//! ([`super::scripts::PUBLISH_HISTORY`]), so every node delivers it from its subscription in
+//! offset order; a read (a script too, [`super::scripts::READ_HISTORY`]) returns the entries
+//! after an offset with the epoch, so that a client whose history was lost (Redis restarted
+//! empty, TTL, a promoted replica that missed writes) is told instead of silently missing
+//! messages.
 
+use super::envelope::parse_sender;
 use super::{err, sender_header, RedisBroker};
 use crate::broker::{BrokerError, HistoryItem, HistoryPage};
 use crate::protocol::{encode_broadcast_parts, Frame};
 use crate::publication::{HistoryOpts, Publication};
+use crate::ConnId;
 use bytes::Bytes;
 use redis::AsyncCommands;
 use std::sync::Arc;
@@ -32,15 +36,19 @@ impl RedisBroker {
             encode_broadcast_parts(&publication.topic, &publication.event, &publication.payload)
                 .map_err(err)?;
         let kind = if parts.binary { "b" } else { "t" };
-        let epoch = {
-            use rand::Rng;
-            format!("{:08x}", rand::rng().random::<u32>())
-        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let topic = &publication.topic;
+        let sender = sender_header(&publication);
+        // What a replay needs to deliver the entry as the live publication was: the excluded
+        // connection and the sender fields (most entries have neither, and store nothing).
+        let as_sent = if origin.contains('/') || !sender.is_empty() {
+            format!("{origin}{sender}")
+        } else {
+            String::new()
+        };
         let mut c = self.conn.clone();
         let started = std::time::Instant::now();
         let result: Result<(u64, String), _> = self
@@ -48,6 +56,7 @@ impl RedisBroker {
             .key(self.topic_key("off", topic))
             .key(self.topic_key("hist", topic))
             .key(self.topic_key("epoch", topic))
+            .key(self.topic_key("rid", topic))
             .arg(parts.head.as_ref())
             .arg(parts.tail.as_ref())
             .arg(kind)
@@ -55,9 +64,10 @@ impl RedisBroker {
             .arg(opts.ttl.unwrap_or(self.cfg.history_idle).as_millis().max(1) as u64)
             .arg(channel)
             .arg(origin)
-            .arg(epoch)
+            .arg(new_epoch())
             .arg(now_ms)
-            .arg(sender_header(&publication))
+            .arg(sender)
+            .arg(as_sent)
             .arg(if self.conn.is_cluster() {
                 "SPUBLISH"
             } else {
@@ -67,15 +77,41 @@ impl RedisBroker {
             .await;
         crate::metrics::redis_round_trip("publish_history", started.elapsed());
         match result {
-            Ok((offset, epoch)) => {
-                self.remember_epoch(topic, epoch);
-                Ok(Some(offset))
-            }
+            // This node's delivery follows the epoch from its subscription (see `gaps`).
+            Ok((offset, _epoch)) => Ok(Some(offset)),
             Err(e) => {
                 self.failed("history publish", &e);
                 Err(err(format!("history unavailable, not published: {e}")))
             }
         }
+    }
+
+    /// `topic`'s history as Redis holds it now, in one script ([`super::scripts::READ_HISTORY`]):
+    /// the epoch (a new one if there was none, or if another Redis instance wrote the history),
+    /// the top offset, and the entries after `after` up to the top (none for `None`; from the
+    /// start when `expect` names another epoch than the current one).
+    pub(super) async fn read_state(
+        &self,
+        topic: &str,
+        after: Option<u64>,
+        expect: Option<&str>,
+    ) -> redis::RedisResult<(String, u64, Vec<HistoryItem>)> {
+        let mut c = self.conn.clone();
+        let started = std::time::Instant::now();
+        let (epoch, top, reply): (String, u64, redis::streams::StreamRangeReply) = self
+            .read_history_script
+            .key(self.topic_key("off", topic))
+            .key(self.topic_key("hist", topic))
+            .key(self.topic_key("epoch", topic))
+            .key(self.topic_key("rid", topic))
+            .arg(new_epoch())
+            .arg(self.cfg.history_idle.as_millis().max(1) as u64)
+            .arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(expect.unwrap_or_default())
+            .invoke_async(&mut c)
+            .await?;
+        crate::metrics::redis_round_trip("read_history", started.elapsed());
+        Ok((epoch, top, self.decode_entries(topic, reply)))
     }
 
     /// The entries of `topic` after `since`, with the epoch.
@@ -85,24 +121,16 @@ impl RedisBroker {
         since: Option<u64>,
     ) -> Result<HistoryPage, BrokerError> {
         self.check_up()?;
-        let mut c = self.conn.clone();
-        let (top, epoch): (Option<u64>, Option<String>) = redis::pipe()
-            .get(self.topic_key("off", topic))
-            .get(self.topic_key("epoch", topic))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| {
-                self.failed("history read", &e);
-                err(e)
-            })?;
-        let top = top.unwrap_or(0);
-        let epoch = match epoch {
-            Some(e) => e,
-            // No history yet (or it expired / Redis lost it): settle an epoch now, so that
-            // offsets handed out from here on are tied to it.
-            None => self.settle_epoch(&mut c, topic).await.map_err(err)?,
-        };
-        self.remember_epoch(topic, epoch.clone());
+        // Up to `top` only, read in the same step: a publish landing after it is not in the
+        // page; it reaches the reader live (held aside during a recovering join), so a replay
+        // that also carried it would deliver it twice.
+        let (epoch, top, items) = self.read_state(topic, since, None).await.map_err(|e| {
+            self.failed("history read", &e);
+            err(e)
+        })?;
+        // This node subscribed before reading (a join does): what comes after `top` reaches it
+        // live, so its delivery of the topic starts there if it had not started yet.
+        self.start_cursor(topic, &epoch, top);
         let Some(since) = since else {
             return Ok(HistoryPage {
                 epoch,
@@ -111,32 +139,8 @@ impl RedisBroker {
                 items: Vec::new(),
             });
         };
-        if since >= top {
-            // Nothing after `since` (also guards the range below against overflow).
-            return Ok(HistoryPage {
-                epoch,
-                top,
-                complete: true,
-                items: Vec::new(),
-            });
-        }
-        // Up to `top` only: a publish landing between the GET above and this read is not in
-        // the page; it reaches the reader live (held aside during a recovering join), so a
-        // replay that also carried it would deliver it twice.
-        let reply: redis::streams::StreamRangeReply = c
-            .xrange(
-                self.topic_key("hist", topic),
-                format!("{}-0", since + 1),
-                format!("{top}-0"),
-            )
-            .await
-            .map_err(|e| {
-                self.failed("history read", &e);
-                err(e)
-            })?;
-        let items = self.decode_entries(topic, reply);
-        let first = items.first().map_or(top + 1, |i| i.offset);
-        let complete = since.saturating_add(1) >= first;
+        let first = items.first().map_or(top.saturating_add(1), |i| i.offset);
+        let complete = since >= top || since.saturating_add(1) >= first;
         Ok(HistoryPage {
             epoch,
             top,
@@ -182,14 +186,28 @@ impl RedisBroker {
             } else {
                 Frame::Text(frame_bytes)
             };
-            match Publication::from_frame(topic, frame, Some(offset), None) {
+            // As sent: `<origin>[ <sender fields>]` (see `PUBLISH_HISTORY`); the excluded
+            // connection is this node's only if the origin is.
+            let header = String::from_utf8(get("h")).unwrap_or_default();
+            let mut fields = header.split(' ').filter(|f| !f.is_empty());
+            let exclude = fields.next().and_then(|origin| {
+                let (node, conn) = origin.split_once('/')?;
+                (node == self.node_id).then(|| conn.parse::<ConnId>().ok())?
+            });
+            match Publication::from_frame(topic, frame, Some(offset), exclude) {
                 Ok(p) => items.push(HistoryItem {
                     offset,
-                    publication: Arc::new(p),
+                    publication: Arc::new(p.with_sender(parse_sender(fields))),
                 }),
                 Err(e) => self.failed("decoding a history entry", &e),
             }
         }
         items
     }
+}
+
+/// A fresh random epoch, used when a topic's history starts (again).
+fn new_epoch() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
 }

@@ -8,8 +8,10 @@
 //!   appends to a stream (`XADD` with the offset as entry id, `MAXLEN`), refreshes the TTL and
 //!   publishes — atomically, so every node sees a topic's offsets in order. Those publications
 //!   reach every node (the publishing one too) through its subscription, which keeps per-topic
-//!   order identical everywhere. The epoch lives in Redis; if Redis loses the data, a new epoch
-//!   tells clients that their offsets are void.
+//!   order identical everywhere. The epoch lives in Redis with the replication id of the
+//!   instance that wrote it; if Redis loses the data, or another instance (a promoted replica)
+//!   now holds it, a new epoch tells clients that their offsets are void. Each node delivers a
+//!   topic's offsets once and in order, replaying gaps from the stream ([`gaps`]).
 //! * **Presence**: one hash per topic, field `<node>:<conn>`; diffs travel as broadcasts.
 //! * **Limits**: counters are hashes with one field per node, checked and taken in one script.
 //! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
@@ -30,11 +32,14 @@
 //! [`connection`] keeps it connected (subscription and heartbeat loops, re-announcing, lost
 //! histories), [`calls`] carries the node-to-node requests, [`signing`] signs and checks them,
 //! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
-//! across the cluster, [`scripts`] holds the Lua scripts of its atomic operations.
+//! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
+//! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect),
+//! [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
 mod connection;
 mod envelope;
+mod gaps;
 mod history;
 mod link;
 mod presence;
@@ -59,7 +64,7 @@ use link::{Conn, Target};
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use redis::AsyncCommands;
-use scripts::{CLAIM, PUBLISH_HISTORY, RELEASE};
+use scripts::{CLAIM, PUBLISH_HISTORY, READ_HISTORY, RELEASE};
 use serde_json::Value;
 use signing::{Kind, Signer};
 use std::collections::{HashMap, HashSet};
@@ -135,9 +140,10 @@ pub struct RedisBroker {
     next_request: AtomicU64,
     /// Requests from other nodes being answered (bounded).
     serving: Arc<tokio::sync::Semaphore>,
-    /// The history epoch last seen for each subscribed topic with history, to notice after an
-    /// outage that Redis lost it (one entry per subscribed topic at most).
-    epochs: Mutex<HashMap<String, String>>,
+    /// Where this node's delivery of each subscribed history topic stands (epoch, last offset
+    /// delivered): duplicates are dropped, gaps replayed from the stream, a new epoch reported
+    /// (see [`gaps`]). One entry per subscribed topic at most.
+    cursors: Mutex<HashMap<String, gaps::Cursor>>,
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
@@ -152,6 +158,7 @@ pub struct RedisBroker {
     /// Messages refused by the signer (logged once per burst).
     refused: AtomicU64,
     publish_history: redis::Script,
+    read_history_script: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
 }
@@ -214,10 +221,11 @@ impl RedisBroker {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_NODE_REQUESTS)),
-            epochs: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
             signer,
             refused: AtomicU64::new(0),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
+            read_history_script: redis::Script::new(READ_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
         });
@@ -480,7 +488,7 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().remove(topic);
-        self.epochs.lock().remove(topic);
+        self.cursors.lock().remove(topic);
         if let Conn::Cluster(cc) = &self.conn {
             return cc
                 .clone()

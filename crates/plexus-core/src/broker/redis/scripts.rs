@@ -1,32 +1,98 @@
 //! The Lua scripts that make the broker's multi-key Redis operations atomic: a history
-//! publish (offset, stream, epoch, fan-out in one step), a cluster counter claim, a topic's
+//! publish (offset, stream, epoch, fan-out in one step) and read (epoch checked against the
+//! Redis instance's replication id), a cluster counter claim, a topic's
 //! subscriber count with its total, and the reaping of a lost node's counters and
 //! connections.
 
+/// The Lua lines that read the `master_replid` of the Redis instance running the script: it
+/// changes when a replica is promoted and when Redis restarts (without its data, or from an
+/// RDB snapshot that lacks the last writes), so a topic whose stored replid differs was written
+/// by another instance, which may have acknowledged writes this one never got (replication is
+/// asynchronous). Where `INFO` is refused (an ACL without it, a renamed command) the replid is
+/// empty and the check is off, rather than every history publish failing.
+macro_rules! replid_line {
+    () => {
+        "local ok, info = pcall(redis.call, 'INFO', 'replication')\n\
+         local rid = ok and string.match(info, 'master_replid:(%x+)') or ''\n"
+    };
+}
+
 /// Appends to history and publishes, atomically. The message is stored once, as its frame;
 /// the stream is capped by count (MAXLEN) and every key expires (the rule's TTL, else the
-/// history idle time) after the last publish.
-/// KEYS: offset, stream, epoch. ARGV: frame head, frame tail, kind, maxlen, ttl ms, channel,
-/// header (node id and exclude), new epoch, now ms, the header's sender fields (see
-/// `sender_header`; empty or starting with a space), the publish command (`PUBLISH`, or
-/// `SPUBLISH` in a Redis Cluster).
-pub(super) const PUBLISH_HISTORY: &str = r#"
-local offset = redis.call('INCR', KEYS[1])
+/// history idle time) after the last publish. A topic without an epoch, or whose history was
+/// written by another Redis instance (stored replid differs: a promoted replica may lack the
+/// last acknowledged writes, and would hand their offsets out again), starts a new epoch with
+/// a fresh stream and offset counter. The epoch rides in the header (`e=`).
+/// An entry keeps, besides the frame (`f`), its kind (`k`) and time (`t`), the header's origin
+/// and sender fields (`h`, only when there is an excluded connection or a sender field), so that
+/// a replay delivers it as the live publication was.
+/// KEYS: offset, stream, epoch, replid. ARGV: frame head, frame tail, kind, maxlen, ttl ms,
+/// channel, header (node id and exclude), new epoch, now ms, the header's sender fields (see
+/// `sender_header`; empty or starting with a space), the `h` field (empty: none), the publish
+/// command (`PUBLISH`, or `SPUBLISH` in a Redis Cluster).
+pub(super) const PUBLISH_HISTORY: &str = concat!(
+    replid_line!(),
+    r#"
 local epoch = redis.call('GET', KEYS[3])
+local stored = redis.call('GET', KEYS[4])
+if epoch and stored and stored ~= rid then epoch = false end
 if not epoch then
   epoch = ARGV[8]
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('SET', KEYS[3], epoch)
 end
+if stored ~= rid then redis.call('SET', KEYS[4], rid) end
+local offset = redis.call('INCR', KEYS[1])
 local frame = ARGV[1]
 if ARGV[3] == 't' then frame = ARGV[1] .. offset .. ARGV[2] end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame, 'k', ARGV[3], 't', ARGV[9])
+local entry = {'XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0',
+  'f', frame, 'k', ARGV[3], 't', ARGV[9]}
+if ARGV[11] ~= '' then
+  entry[#entry + 1] = 'h'
+  entry[#entry + 1] = ARGV[11]
+end
+redis.call(unpack(entry))
 local ttl = tonumber(ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
-redis.call(ARGV[11], ARGV[6], 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. '\n' .. frame)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+local header = 'P1 ' .. ARGV[7] .. ' ' .. offset .. ' ' .. ARGV[3] .. ARGV[10] .. ' e=' .. epoch
+redis.call(ARGV[12], ARGV[6], header .. '\n' .. frame)
 return {offset, epoch}
-"#;
+"#
+);
+
+/// Reads a topic's history: {epoch, top, entries after `after` up to top}, atomically. A
+/// topic without an epoch gets one (only the epoch and replid keys, expiring after the idle
+/// time: nothing a read creates lives forever); one written by another Redis instance (see
+/// [`PUBLISH_HISTORY`]) starts a new epoch, its stream and counter dropped, so that a reader
+/// never takes a promoted replica's shorter history for the one it recovers from. A stored
+/// replid missing (history written before replids were stored) is adopted.
+/// KEYS: offset, stream, epoch, replid. ARGV: new epoch, idle ms, after ('' for no entries),
+/// expected epoch ('' for any: when the epoch is another one, entries are read from the
+/// start).
+pub(super) const READ_HISTORY: &str = concat!(
+    replid_line!(),
+    r#"
+local epoch = redis.call('GET', KEYS[3])
+local stored = redis.call('GET', KEYS[4])
+if epoch and stored and stored ~= rid then epoch = false end
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], epoch, 'PX', ARGV[2])
+  redis.call('SET', KEYS[4], rid, 'PX', ARGV[2])
+elseif not stored then
+  local ttl = redis.call('PTTL', KEYS[3])
+  if ttl <= 0 then ttl = ARGV[2] end
+  redis.call('SET', KEYS[4], rid, 'PX', ttl)
+end
+local top = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[3] == '' then return {epoch, top, {}} end
+local after = tonumber(ARGV[3])
+if ARGV[4] ~= '' and ARGV[4] ~= epoch then after = 0 end
+if after >= top then return {epoch, top, {}} end
+return {epoch, top, redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', top .. '-0')}
+"#
+);
 
 /// Takes one unit of a counter if the cluster total stays within the limit (0: no limit).
 /// KEYS: counter hash. ARGV: node, limit. (The node's counter set is kept by the registry
