@@ -266,8 +266,14 @@ fn check_standard(
 
 /// The scenario: clients on every node, a publisher, `disrupt` in the middle, a client that
 /// recovers on another node afterwards; then the standard. `disrupt` returns when Redis
-/// serves the topics again (the promotion, or the end of the move).
-async fn scenario<F, Fut>(url: &str, history_topic: &str, plain_topic: &str, disrupt: F)
+/// serves the topics again (the promotion, or the end of the move). Returns the nodes, still
+/// running.
+async fn scenario<F, Fut>(
+    url: &str,
+    history_topic: &str,
+    plain_topic: &str,
+    disrupt: F,
+) -> Vec<Server>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Instant>,
@@ -395,6 +401,7 @@ where
         );
     }
     eprintln!("the reconnecting client was answered recovered: {recovered}");
+    nodes
 }
 
 /// The name in `prefix` + a number whose channel lives in the same slot owner as `topic`'s.
@@ -440,7 +447,7 @@ async fn a_slot_moved_under_traffic_loses_nothing_silently() {
         .find(|p| *p != from)
         .unwrap();
     let plain_slot = cluster.slot_for_key(&format!("plexus:t:{{{plain}}}"));
-    scenario(&url, history, &plain, || async {
+    let _nodes = scenario(&url, history, &plain, || async {
         cluster.move_slot(slot, to).await;
         if plain_slot != slot {
             cluster.move_slot(plain_slot, to).await;

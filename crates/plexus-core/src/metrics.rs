@@ -29,6 +29,8 @@ pub const REDIS_ROUND_TRIP: &str = "plexus_redis_round_trip_seconds";
 pub const HOOK: &str = "plexus_hook_call_seconds";
 /// Times the Redis subscription connection was lost and reconnected.
 pub const REDIS_RECONNECTS: &str = "plexus_redis_reconnects_total";
+/// Plain broadcasts acknowledged although a subscribed node did not confirm it got them.
+pub const REDIS_UNCONFIRMED: &str = "plexus_redis_unconfirmed_total";
 
 static PUBLISH_TO_WRITE_H: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!(PUBLISH_TO_WRITE));
@@ -40,6 +42,8 @@ static SLOW_CONSUMER_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(SLOW_CONSUMER_CLOSES));
 static REDIS_RECONNECTS_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_RECONNECTS));
+static REDIS_UNCONFIRMED_C: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(REDIS_UNCONFIRMED));
 
 /// Describes the core's metrics to the installed recorder (`# HELP` lines).
 pub fn describe() {
@@ -86,9 +90,14 @@ pub fn describe() {
         REDIS_RECONNECTS,
         "Times the Redis subscription connection was lost and re-established."
     );
+    describe_counter!(
+        REDIS_UNCONFIRMED,
+        "Plain broadcasts acknowledged after a subscribed node did not confirm them within 5 s (a node gone or cut off)."
+    );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
+    REDIS_UNCONFIRMED_C.increment(0);
 }
 
 /// A publication was written to a client for the first time, `since` its creation.
@@ -129,6 +138,10 @@ pub fn hook_call(hook: &'static str, took: Duration) {
 
 pub fn redis_reconnected() {
     REDIS_RECONNECTS_C.increment(1);
+}
+
+pub fn redis_unconfirmed() {
+    REDIS_UNCONFIRMED_C.increment(1);
 }
 
 /// A refusal's reason as one of a fixed set of label values (reasons may carry names and

@@ -91,6 +91,7 @@ impl RedisBroker {
                 cmds.push(r);
             }
         }
+        cmds.extend(self.subscription_registry_commands().await?);
         let mine = format!("{}:", self.node_id);
         for topic in topics {
             let fields: Vec<String> = c.hkeys(self.topic_key("pres", &topic)).await?;
@@ -164,6 +165,7 @@ impl RedisBroker {
                     .await;
                 }
             }
+            self.reap_subscriptions(&node).await?;
             let counters: Vec<String> = c.smembers(self.node_key("ncnt", &node)).await?;
             self.reap_registry(&node, &counters).await?;
             let _: () = redis::pipe()
@@ -217,6 +219,15 @@ impl RedisBroker {
         };
         let exclude = if own { exclude } else { None };
         let fields: Vec<&str> = parts.collect();
+        if offset.is_none() {
+            // A plain publication may come more than once (sent again until every subscribed
+            // node had it, see `confirm`): the first copy only.
+            if let Some(seq) = super::envelope::parse_seq(fields.iter().copied()) {
+                if !self.seen.lock().first(origin_node, seq) {
+                    return;
+                }
+            }
+        }
         match Publication::from_frame(topic, frame, offset, exclude) {
             Ok(p) => {
                 let p =

@@ -1,11 +1,13 @@
 //! The header line of a publication on a topic's Redis channel, before its frame:
-//! `P1 <origin> <offset|-> <kind>[ u=<hex>][ x=<socket_id>][ e=<epoch>]\n<frame>`.
+//! `P1 <origin> <offset|-> <kind>[ u=<hex>][ x=<socket_id>][ e=<epoch>][ i=<seq>]\n<frame>`.
 //!
 //! `origin` is the publishing node (`node` or `node/conn` when a local connection is
 //! excluded), `offset` the history offset (`-` without history), `kind` `t` or `b` (text or
 //! binary frame). The optional fields carry the publication's [`Sender`]: `u=` the sender's
 //! presence key, hex-encoded (any bytes), `x=` a Pusher `socket_id` to exclude (digits and a
-//! dot). Nodes that do not know a field ignore it, so the format grows without breaking a
+//! dot). `e=` is a history publication's epoch; `i=` a plain publication's number among its
+//! origin's, the same when it is sent again ([`super::confirm`]), so that receivers drop the
+//! copies. Nodes that do not know a field ignore it, so the format grows without breaking a
 //! rolling upgrade.
 
 use crate::publication::{Publication, Sender};
@@ -52,6 +54,11 @@ pub(super) fn parse_sender<'a>(fields: impl Iterator<Item = &'a str>) -> Sender 
 /// The history epoch among the header fields after `kind` (`e=`), if any.
 pub(super) fn parse_epoch<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     fields.find_map(|f| f.strip_prefix("e=").filter(|e| !e.is_empty()))
+}
+
+/// A plain publication's number (`i=`), if any.
+pub(super) fn parse_seq<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<u64> {
+    fields.find_map(|f| f.strip_prefix("i=").and_then(|n| n.parse().ok()))
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@
 //! [`scripts`] holds the Lua scripts of its atomic operations.
 
 mod calls;
+mod confirm;
 mod connection;
 mod envelope;
 mod gaps;
@@ -158,6 +159,14 @@ pub struct RedisBroker {
     /// Messages refused by the signer (logged once per burst).
     refused: AtomicU64,
     publish_history: redis::Script,
+    /// The plain broadcast script ([`confirm`]).
+    publish_plain_script: redis::Script,
+    /// The number of this node's next plain publication (`i=`, see [`confirm`]).
+    next_seq: AtomicU64,
+    /// The plain publications received lately, by origin, to drop copies sent again.
+    seen: Mutex<confirm::Seen>,
+    /// Topics whose last broadcast waited in vain for a node: (reached, registered, when).
+    shortfalls: Mutex<HashMap<String, (i64, i64, std::time::Instant)>>,
     read_history_script: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
@@ -225,6 +234,10 @@ impl RedisBroker {
             signer,
             refused: AtomicU64::new(0),
             publish_history: redis::Script::new(PUBLISH_HISTORY),
+            publish_plain_script: RedisBroker::plain_script(),
+            next_seq: AtomicU64::new(1),
+            seen: Mutex::new(confirm::Seen::default()),
+            shortfalls: Mutex::new(HashMap::new()),
             read_history_script: redis::Script::new(READ_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
@@ -316,11 +329,7 @@ impl RedisBroker {
 
     /// `PUBLISH`, or `SPUBLISH` in a cluster (sharded pub/sub).
     pub(super) fn publish_cmd(&self, channel: &str, message: &[u8]) -> redis::Cmd {
-        let mut c = redis::cmd(if self.conn.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        });
+        let mut c = redis::cmd(self.publish_command());
         c.arg(channel).arg(message);
         c
     }
@@ -437,19 +446,12 @@ impl Broker for RedisBroker {
             self.check_up()
                 .map_err(|e| err(format!("delivered on this node only: {e}")))?;
             let extras = sender_header(&publication);
-            let mut envelope = format!("P1 {origin} - {kind}{extras}\n").into_bytes();
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let mut envelope = format!("P1 {origin} - {kind}{extras} i={seq}\n").into_bytes();
             envelope.extend_from_slice(publication.frame.bytes());
-            let mut c = self.conn.clone();
-            let started = std::time::Instant::now();
-            let published = self
-                .publish_cmd(&channel, &envelope)
-                .query_async::<()>(&mut c)
-                .await;
-            crate::metrics::redis_round_trip("publish", started.elapsed());
-            if let Err(e) = published {
-                self.failed("publish", &e);
-                return Err(err(format!("delivered on this node only: {e}")));
-            }
+            self.publish_plain(&publication.topic, &channel, &envelope)
+                .await
+                .map_err(|e| err(format!("delivered on this node only: {e}")))?;
             return Ok(None);
         };
         self.publish_with_history(publication, opts, &origin, &channel)
@@ -464,21 +466,27 @@ impl Broker for RedisBroker {
         self.topics.lock().insert(topic.to_owned());
         if let Conn::Cluster(cc) = &self.conn {
             // Re-subscribed by the redis crate after a slot moves or a shard fails over.
-            return cc
-                .clone()
+            cc.clone()
                 .ssubscribe(self.topic_channel(topic))
                 .await
                 .map_err(|e| {
                     self.failed("subscribe", &e);
                     err(e)
-                });
+                })?;
+            self.register_subscription(topic).await;
+            return Ok(());
         }
         let mut sink = self.sink.lock().await;
         match sink.as_mut() {
-            Some(s) => s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
-                self.failed("subscribe", &e);
-                err(e)
-            }),
+            Some(s) => {
+                s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
+                    self.failed("subscribe", &e);
+                    err(e)
+                })?;
+                drop(sink);
+                self.register_subscription(topic).await;
+                Ok(())
+            }
             // Not connected: the subscription loop subscribes it when Redis is back.
             None => Err(err(
                 "redis unavailable: subscribed locally, remote messages resume on reconnect",
@@ -489,6 +497,7 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.topics.lock().remove(topic);
         self.cursors.lock().remove(topic);
+        self.unregister_subscription(topic).await;
         if let Conn::Cluster(cc) = &self.conn {
             return cc
                 .clone()

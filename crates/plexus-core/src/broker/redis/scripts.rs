@@ -161,3 +161,11 @@ local entries = redis.call('HVALS', KEYS[1])
 redis.call('DEL', KEYS[1])
 return entries
 "#;
+
+/// A plain broadcast: publishes (`PUBLISH`, or `SPUBLISH` in a cluster) and counts the nodes
+/// that registered a subscription of the topic, in one step; returns {receivers, registered}
+/// (see `confirm`). KEYS: the topic's subscription registry. ARGV: command, channel, message.
+pub(super) const PUBLISH_PLAIN: &str = r#"
+local n = redis.call(ARGV[1], ARGV[2], ARGV[3])
+return {n, redis.call('HLEN', KEYS[1])}
+"#;
