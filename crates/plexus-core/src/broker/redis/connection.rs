@@ -131,6 +131,8 @@ impl RedisBroker {
                 continue; // another node is on it
             }
             tracing::info!(node = %node, "a node's heartbeat expired: removing its presence");
+            // First its subscription records: the leaves broadcast below must not wait for it.
+            self.reap_subscriptions(&node).await?;
             let topics: Vec<String> = c.smembers(self.node_key("npres", &node)).await?;
             let prefix = format!("{node}:");
             for topic in topics {
@@ -165,7 +167,6 @@ impl RedisBroker {
                     .await;
                 }
             }
-            self.reap_subscriptions(&node).await?;
             let counters: Vec<String> = c.smembers(self.node_key("ncnt", &node)).await?;
             self.reap_registry(&node, &counters).await?;
             let _: () = redis::pipe()
