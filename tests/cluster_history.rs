@@ -109,7 +109,7 @@ async fn recovering_joins_racing_publishes_get_each_message_once() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let redis = common::SuiteRedis::start().await;
     let nodes = cluster(&redis, 2).await;
-    let topic = "room:race";
+    let topic = "race:x";
     let mut first = nodes[1].client("reader").await;
     let reply = first.join(topic, json!({"recover": null})).await.unwrap();
     let epoch = reply.json()["epoch"].as_str().unwrap().to_owned();

@@ -7,7 +7,8 @@ use plexus_client::protocol::Message;
 use serde_json::Value;
 
 /// The cluster suites' configuration: `room:*` with presence and history, `limited:*` with
-/// one join per user, `plain:*` without either.
+/// one join per user, `plain:*` without either, `race:*` with a long history (publishers
+/// racing readers must not outrun it on a loaded machine).
 pub const CONFIG: &str = r#"
 profile = "dev"
 broker = "redis"
@@ -24,6 +25,9 @@ topic = "limited:*"
 max_per_user = 1
 [[channels]]
 topic = "plain:*"
+[[channels]]
+topic = "race:*"
+history_size = 100000
 "#;
 
 pub async fn cluster(redis: &impl RedisUrl, n: usize) -> Vec<Server> {
