@@ -196,7 +196,9 @@ impl RedisBroker {
 
     /// The commands that make the registry exactly this node's subscriptions again (after an
     /// outage or a failover: Redis may have lost some, and kept some this node gave up).
-    pub(super) async fn subscription_registry_commands(&self) -> redis::RedisResult<Vec<redis::Cmd>> {
+    pub(super) async fn subscription_registry_commands(
+        &self,
+    ) -> redis::RedisResult<Vec<redis::Cmd>> {
         let topics: Vec<String> = self.topics.lock().iter().cloned().collect();
         let mut c = self.conn.clone();
         let recorded: Vec<String> = redis::cmd("SMEMBERS")
