@@ -30,6 +30,10 @@ pub const HOOK: &str = "plexus_hook_call_seconds";
 /// Times the Redis subscription connection was lost and reconnected.
 pub const REDIS_RECONNECTS: &str = "plexus_redis_reconnects_total";
 
+/// Times this node closed its clients because it was cut off from Redis long enough to be
+/// reaped by the others (`node/partition.rs`).
+pub const CUT_OFF_CLOSES: &str = "plexus_cut_off_closes_total";
+
 static PUBLISH_TO_WRITE_H: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!(PUBLISH_TO_WRITE));
 static FANOUT_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(FANOUT));
@@ -40,6 +44,7 @@ static SLOW_CONSUMER_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(SLOW_CONSUMER_CLOSES));
 static REDIS_RECONNECTS_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_RECONNECTS));
+static CUT_OFF_CLOSES_C: LazyLock<Counter> = LazyLock::new(|| metrics::counter!(CUT_OFF_CLOSES));
 
 /// Describes the core's metrics to the installed recorder (`# HELP` lines).
 pub fn describe() {
@@ -86,9 +91,14 @@ pub fn describe() {
         REDIS_RECONNECTS,
         "Times the Redis subscription connection was lost and re-established."
     );
+    describe_counter!(
+        CUT_OFF_CLOSES,
+        "Times this node closed all its clients (1012 / Pusher 4200) because its Redis heartbeat failed for 3/4 of node_timeout, before the other nodes could reap it."
+    );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
+    CUT_OFF_CLOSES_C.increment(0);
 }
 
 /// A publication was written to a client for the first time, `since` its creation.
@@ -129,6 +139,11 @@ pub fn hook_call(hook: &'static str, took: Duration) {
 
 pub fn redis_reconnected() {
     REDIS_RECONNECTS_C.increment(1);
+}
+
+/// This node closed its clients, cut off from Redis.
+pub fn cut_off_closed() {
+    CUT_OFF_CLOSES_C.increment(1);
 }
 
 /// A refusal's reason as one of a fixed set of label values (reasons may carry names and

@@ -34,7 +34,8 @@
 //! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
 //! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
 //! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect),
-//! [`scripts`] holds the Lua scripts of its atomic operations.
+//! [`scripts`] holds the Lua scripts of its atomic operations, [`liveness`] records this node's
+//! last successful heartbeat and writes its state again when it finds it was reaped.
 
 mod calls;
 mod connection;
@@ -42,6 +43,7 @@ mod envelope;
 mod gaps;
 mod history;
 mod link;
+mod liveness;
 mod presence;
 mod registry;
 mod scripts;
@@ -161,7 +163,13 @@ pub struct RedisBroker {
     read_history_script: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
+    /// When the last successful heartbeat started ([`liveness`]).
+    last_beat: liveness::LastBeat,
 }
+
+/// How long a subscribe or unsubscribe on the subscription connection may wait for Redis
+/// (the commands' response timeout).
+const SINK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError(e.to_string())
@@ -228,6 +236,7 @@ impl RedisBroker {
             read_history_script: redis::Script::new(READ_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
+            last_beat: Default::default(),
         });
         broker
             .heartbeat()
@@ -334,7 +343,7 @@ impl RedisBroker {
     /// the cluster will not deliver. The subscription loop reconnects and re-subscribes
     /// before the broker counts as up again.
     fn check_up(&self) -> Result<(), BrokerError> {
-        if self.healthy.load(Ordering::Acquire) {
+        if self.healthy.load(Ordering::Acquire) && !self.cut_off() {
             Ok(())
         } else {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -475,10 +484,18 @@ impl Broker for RedisBroker {
         }
         let mut sink = self.sink.lock().await;
         match sink.as_mut() {
-            Some(s) => s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
-                self.failed("subscribe", &e);
-                err(e)
-            }),
+            // Bounded like every command: a silent link must not hold the sink (see `liveness`).
+            Some(s) => {
+                match tokio::time::timeout(SINK_TIMEOUT, s.subscribe(self.topic_channel(topic)))
+                    .await
+                {
+                    Ok(done) => done.map_err(|e| {
+                        self.failed("subscribe", &e);
+                        err(e)
+                    }),
+                    Err(_) => Err(err("redis did not confirm the subscription in time")),
+                }
+            }
             // Not connected: the subscription loop subscribes it when Redis is back.
             None => Err(err(
                 "redis unavailable: subscribed locally, remote messages resume on reconnect",
@@ -498,8 +515,9 @@ impl Broker for RedisBroker {
         }
         let mut sink = self.sink.lock().await;
         if let Some(s) = sink.as_mut() {
-            s.unsubscribe(self.topic_channel(topic))
+            tokio::time::timeout(SINK_TIMEOUT, s.unsubscribe(self.topic_channel(topic)))
                 .await
+                .map_err(|_| err("redis did not confirm the unsubscription in time"))?
                 .map_err(err)?;
         }
         Ok(())
@@ -678,6 +696,10 @@ impl Broker for RedisBroker {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.healthy.load(Ordering::Acquire) && !self.cut_off()
+    }
+
+    fn liveness(&self) -> Option<super::Liveness> {
+        self.liveness_now()
     }
 }
