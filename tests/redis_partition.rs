@@ -328,3 +328,51 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
     );
     drop(proxy);
 }
+
+/// The other transports of a cut-off node: a Pusher connection is told 4200 (reconnect now),
+/// a LongPoll session ends (its next poll answers 410).
+#[tokio::test]
+async fn pusher_and_longpoll_clients_of_a_cut_off_node_are_told_too() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let url = proxy.url();
+    let mut env = common::pusher::pusher_env();
+    env.push(("PLEXUS_REDIS_URL", &url));
+    let a = Server::start_with(Some(CONFIG), &env).await;
+    let (mut ws, _) = common::pusher::connect(&a).await;
+    let session = a.longpoll_session("poller").await;
+    let poll = format!("/socket/longpoll?vsn=2.0.0&token={session}");
+    let beat = r#"[null,"1","phoenix","heartbeat",{}]"#;
+    let (_, body) = a.http("POST", &poll, &[], beat).await.unwrap();
+    assert_eq!(common::json(&body)["status"], 200, "{body}");
+
+    proxy.cut();
+    let cut = Instant::now();
+    assert_eq!(common::pusher::close_code(&mut ws).await, 4200);
+    let closed = cut.elapsed();
+    assert!(
+        closed < Duration::from_secs(2),
+        "closed {closed:?} after the cut: node_timeout is 2 s"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, body) = a.http("POST", &poll, &[], beat).await.unwrap();
+        if common::json(&body)["status"] == 410 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LongPoll session lives on: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A Pusher client that connects during the cut is served and stays.
+    let (mut again, _) = common::pusher::connect(&a).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::pusher::send(&mut again, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(
+        common::pusher::next(&mut again).await["event"],
+        "pusher:pong"
+    );
+    proxy.heal();
+}
