@@ -268,7 +268,7 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
 
     // While cut off, A says so (the subscription alone looks fine: a silent link breaks no
     // connection).
-    assert_eq!(broker_up(&a).await, false);
+    assert!(!broker_up(&a).await, "A still says its broker is up");
     proxy.heal();
     let healed = Instant::now();
     // A is back in the cluster once its health says so (what a balancer's check sees).
@@ -375,4 +375,84 @@ async fn pusher_and_longpoll_clients_of_a_cut_off_node_are_told_too() {
         "pusher:pong"
     );
     proxy.heal();
+}
+
+/// Every node cut off at once (a total Redis outage, as far as the nodes can tell): each
+/// closes its clients once, the clients that reconnect meanwhile stay, and when the links
+/// return the cluster is whole (presence and cross-node delivery).
+#[tokio::test]
+async fn when_every_node_is_cut_off_clients_reconnect_once_and_no_more() {
+    let redis = Redis::start();
+    let (pa, pb) = (
+        Proxy::start(redis.port).await,
+        Proxy::start(redis.port).await,
+    );
+    let a = Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &pa.url())]).await;
+    let b = Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &pb.url())]).await;
+    let mut first = [a.client("ann").await, b.client("bo").await];
+    for c in first.iter_mut() {
+        assert!(c.join("room:t", json!({})).await.unwrap().is_ok());
+    }
+    pa.cut();
+    pb.cut();
+    for c in first.iter_mut() {
+        let (code, reason) = c.wait_close().await.unwrap();
+        assert_eq!(code, Some(1012), "{reason}");
+    }
+    // Reconnected during the outage, to either node: served, and not closed again.
+    let mut ann = a.client("ann").await;
+    let mut bo = b.client("bo").await;
+    for c in [&mut ann, &mut bo] {
+        assert!(c.join("room:t", json!({})).await.unwrap().is_ok());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for c in [&mut ann, &mut bo] {
+        assert!(c.heartbeat().await.unwrap().is_ok());
+    }
+    pa.heal();
+    pb.heal();
+    let healed = Instant::now();
+    while !(broker_up(&a).await && broker_up(&b).await) {
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "not reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both nodes' clients of the outage are in the cluster's presence, and cross-node
+    // delivery works again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presence_keys(&a, "room:t").await != ["ann", "bo"] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            presence_keys(&a, "room:t").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = bo.push_json("room:t", "msg", &json!({"from": "bo"})).await;
+        if let Some(m) = ann
+            .recv_event_timeout("room:t", "msg", Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            assert_eq!(payload(&m)["from"], "bo");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cross-node delivery after the outage"
+        );
+    }
+    // The outage closed each node's clients once (the log line, once per node).
+    for n in [&a, &b] {
+        assert_eq!(
+            n.log().matches("closing its clients").count(),
+            1,
+            "{}",
+            n.log()
+        );
+    }
 }
