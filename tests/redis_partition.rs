@@ -244,6 +244,13 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
         }
     };
     assert!(closed < reaped_at, "closed after the reaped disconnect");
+    println!(
+        "after the cut: alice closed at {:?}, B's client saw her leave at {:?}, the reaped \
+         disconnect arrived at {:?}",
+        closed - cut,
+        left - cut,
+        reaped_at - cut
+    );
     // A's own `disconnect` of alice says why (webhooks do not go through Redis).
     let own = arrivals.lock().iter().any(|(_, e)| {
         e["type"] == "disconnect" && e["sub"] == "alice" && e["code"] == 1012 && e["reaped"] != true
