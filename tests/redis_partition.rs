@@ -183,7 +183,7 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
     let redis = Redis::start();
     let proxy = Proxy::start(redis.port).await;
     let (recv, arrivals) = receiver().await;
-    let a = node(&proxy.url(), &recv).await;
+    let mut a = node(&proxy.url(), &recv).await;
     let b = node(&redis.url(), &recv).await;
 
     let mut alice = a.client("alice").await;
@@ -319,6 +319,16 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its counters too: B counts A's two subscribers of room:p again.
+    let auth = format!("Bearer {API_KEY}");
+    let (_, body) = b
+        .http("GET", "/api/channels", &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::json(&body)["channels"],
+        json!([{"topic": "room:p", "subscribers": 3}])
+    );
     // Carol's later leave reaches B's client (A is in the cluster again).
     carol.close().await;
     assert!(
@@ -333,6 +343,23 @@ async fn a_node_cut_off_from_redis_closes_its_clients_before_it_is_reaped_and_re
         .is_some(),
         "carol's leave did not reach B"
     );
+    // And its connection registry: if A dies now, B reports the disconnect of alice's new
+    // connection (made after the link returned) as reaped. (Not before the first reaping's
+    // 10 s lock on A has expired: about 8 s from here.)
+    let killed = Instant::now();
+    a.kill9();
+    let deadline = Instant::now() + Duration::from_secs(14);
+    loop {
+        let reported = arrivals.lock().iter().any(|(t, e)| {
+            *t > killed && e["type"] == "disconnect" && e["reaped"] == true && e["sub"] == "alice"
+        });
+        if reported {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", arrivals.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(alice);
     drop(proxy);
 }
 
