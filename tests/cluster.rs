@@ -214,7 +214,14 @@ async fn redis_outage_keeps_local_traffic_and_cross_node_delivery_resumes() {
 #[tokio::test]
 async fn during_a_redis_outage_pushes_fail_fast_and_every_acknowledged_message_arrives() {
     let mut redis = Redis::start();
-    let nodes = cluster(&redis, 2).await;
+    // An outage shorter than 3/4 of node_timeout: the nodes keep their clients (past it they
+    // close them once, tests/redis_partition.rs).
+    let config = common::cluster::CONFIG.replace("node_timeout_secs = 2", "node_timeout_secs = 20");
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &url)]).await);
+    }
     let mut a = nodes[0].client("a").await;
     let mut b = nodes[1].client("b").await;
     for c in [&mut a, &mut b] {

@@ -124,8 +124,15 @@ impl Connections {
     /// Refuses new connections from now on and asks every live one to close.
     pub fn drain(&self, code: u16, reason: &'static str) {
         self.stop_admitting();
-        for entry in self.live.lock().values() {
+        self.close_all(code, reason);
+    }
+
+    /// Asks every live connection to close (new ones are still admitted); returns how many.
+    pub fn close_all(&self, code: u16, reason: &'static str) -> usize {
+        let live = self.live.lock();
+        for entry in live.values() {
             entry.outbox.close(code, reason);
         }
+        live.len()
     }
 }

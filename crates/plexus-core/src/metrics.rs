@@ -32,6 +32,10 @@ pub const REDIS_RECONNECTS: &str = "plexus_redis_reconnects_total";
 /// Plain broadcasts acknowledged although a subscribed node did not confirm it got them.
 pub const REDIS_UNCONFIRMED: &str = "plexus_redis_unconfirmed_total";
 
+/// Times this node closed its clients because it was cut off from Redis long enough to be
+/// reaped by the others (`node/partition.rs`).
+pub const CUT_OFF_CLOSES: &str = "plexus_cut_off_closes_total";
+
 static PUBLISH_TO_WRITE_H: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!(PUBLISH_TO_WRITE));
 static FANOUT_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(FANOUT));
@@ -44,6 +48,7 @@ static REDIS_RECONNECTS_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_RECONNECTS));
 static REDIS_UNCONFIRMED_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_UNCONFIRMED));
+static CUT_OFF_CLOSES_C: LazyLock<Counter> = LazyLock::new(|| metrics::counter!(CUT_OFF_CLOSES));
 
 /// Describes the core's metrics to the installed recorder (`# HELP` lines).
 pub fn describe() {
@@ -94,10 +99,15 @@ pub fn describe() {
         REDIS_UNCONFIRMED,
         "Plain broadcasts acknowledged after a subscribed node did not confirm them within 5 s (a node gone or cut off)."
     );
+    describe_counter!(
+        CUT_OFF_CLOSES,
+        "Times this node closed all its clients (1012 / Pusher 4200) because its Redis heartbeat failed for 3/4 of node_timeout, before the other nodes could reap it."
+    );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
     REDIS_UNCONFIRMED_C.increment(0);
+    CUT_OFF_CLOSES_C.increment(0);
 }
 
 /// A publication was written to a client for the first time, `since` its creation.
@@ -142,6 +152,11 @@ pub fn redis_reconnected() {
 
 pub fn redis_unconfirmed() {
     REDIS_UNCONFIRMED_C.increment(1);
+}
+
+/// This node closed its clients, cut off from Redis.
+pub fn cut_off_closed() {
+    CUT_OFF_CLOSES_C.increment(1);
 }
 
 /// A refusal's reason as one of a fixed set of label values (reasons may carry names and

@@ -164,6 +164,16 @@ pub struct HistoryStats {
     pub freed: u64,
 }
 
+/// How long the cluster still counts this node as alive: `confirmed` is when its last
+/// successful heartbeat started, and other nodes may reap it (its presence leaves, its
+/// counters go, its disconnects are reported) once `timeout` has passed since then without
+/// another one. See `Node`'s partition guard (`node/partition.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    pub confirmed: std::time::Instant,
+    pub timeout: std::time::Duration,
+}
+
 /// A failure of the broker's backend (network, server). Local delivery is unaffected.
 #[derive(Debug, thiserror::Error)]
 #[error("broker error: {0}")]
@@ -344,6 +354,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The history this node retains in memory (`None`: kept elsewhere, e.g. in Redis).
     fn history_stats(&self) -> Option<HistoryStats> {
+        None
+    }
+
+    /// This node's liveness in the cluster (see [`Liveness`]); `None`: nobody can reap it (a
+    /// node alone).
+    fn liveness(&self) -> Option<Liveness> {
         None
     }
 

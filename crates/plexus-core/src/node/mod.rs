@@ -5,9 +5,13 @@
 //! token, caps, hooks) is in [`admit`].
 //!
 //! The node hears its broker's cluster events (a disconnect asked by another node, the
-//! presence of a dead node reaped) as the broker's [`BrokerEventHandler`].
+//! presence of a dead node reaped) as the broker's [`BrokerEventHandler`], and closes its
+//! clients before the cluster may reap it while it is cut off from Redis ([`partition`]).
 
 mod admit;
+mod partition;
+
+pub use partition::{CUT_OFF_AFTER, CUT_OFF_REASON};
 
 use crate::admission::{Admission, AdmissionConfig};
 use crate::auth::{Identity, Verifier};
@@ -188,6 +192,7 @@ impl Node {
         });
         let handler: Weak<dyn BrokerEventHandler> = Arc::downgrade(&node) as _;
         node.broker.set_event_handler(handler);
+        partition::guard(&node);
         node
     }
 

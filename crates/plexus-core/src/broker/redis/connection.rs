@@ -19,8 +19,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 impl RedisBroker {
-    /// Refreshes this node's heartbeat.
-    pub(super) async fn heartbeat(&self) -> redis::RedisResult<()> {
+    /// Refreshes this node's heartbeat (see [`super::liveness`] for what a success records).
+    pub(super) async fn heartbeat(self: &Arc<Self>) -> redis::RedisResult<()> {
         let ttl = self.cfg.node_timeout.as_millis() as u64;
         let started = std::time::Instant::now();
         let mut alive = redis::cmd("SET");
@@ -31,9 +31,9 @@ impl RedisBroker {
             .arg(ttl);
         let mut member = redis::cmd("SADD");
         member.arg(self.key(&["nodes"])).arg(&self.node_id);
-        let done = self.conn.run_all(vec![alive, member]).await.map(|_| ());
+        let done = self.conn.run_all(vec![alive, member]).await;
         crate::metrics::redis_round_trip("heartbeat", started.elapsed());
-        done
+        done.map(|replies| self.heartbeat_confirmed(started, &replies))
     }
 
     /// Writes this node's presences and counters again (after Redis lost them, or a blip).
@@ -326,8 +326,21 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
             tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
         }
         backoff = Duration::from_millis(100);
+        let up_since = std::time::Instant::now();
         drop(b);
-        while let Some(msg) = stream.next().await {
+        // A silent link breaks no connection: the heartbeat tells when Redis stopped answering
+        // (see `liveness`), and then this subscription is dropped and made again.
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                _ = check.tick() => match broker.upgrade() {
+                    Some(b) if b.subscription_stale(up_since) => None,
+                    Some(_) => continue,
+                    None => return,
+                },
+            };
+            let Some(msg) = msg else { break };
             let Some(b) = broker.upgrade() else { return };
             let channel: String = msg.get_channel_name().to_owned();
             b.on_message(&channel, msg.get_payload_bytes()).await;

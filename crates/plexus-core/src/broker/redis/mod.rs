@@ -34,7 +34,8 @@
 //! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
 //! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
 //! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect),
-//! [`scripts`] holds the Lua scripts of its atomic operations.
+//! [`scripts`] holds the Lua scripts of its atomic operations, [`liveness`] records this node's
+//! last successful heartbeat and writes its state again when it finds it was reaped.
 
 mod calls;
 mod confirm;
@@ -43,6 +44,7 @@ mod envelope;
 mod gaps;
 mod history;
 mod link;
+mod liveness;
 mod presence;
 mod registry;
 mod scripts;
@@ -170,7 +172,13 @@ pub struct RedisBroker {
     read_history_script: redis::Script,
     claim_script: redis::Script,
     pub errors: AtomicU64,
+    /// When the last successful heartbeat started ([`liveness`]).
+    last_beat: liveness::LastBeat,
 }
+
+/// How long a subscribe or unsubscribe on the subscription connection may wait for Redis
+/// (the commands' response timeout).
+const SINK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError(e.to_string())
@@ -241,6 +249,7 @@ impl RedisBroker {
             read_history_script: redis::Script::new(READ_HISTORY),
             claim_script: redis::Script::new(CLAIM),
             errors: AtomicU64::new(0),
+            last_beat: Default::default(),
         });
         broker
             .heartbeat()
@@ -343,7 +352,7 @@ impl RedisBroker {
     /// the cluster will not deliver. The subscription loop reconnects and re-subscribes
     /// before the broker counts as up again.
     fn check_up(&self) -> Result<(), BrokerError> {
-        if self.healthy.load(Ordering::Acquire) {
+        if self.healthy.load(Ordering::Acquire) && !self.cut_off() {
             Ok(())
         } else {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -478,11 +487,17 @@ impl Broker for RedisBroker {
         }
         let mut sink = self.sink.lock().await;
         match sink.as_mut() {
+            // Bounded like every command: a silent link must not hold the sink (see `liveness`).
             Some(s) => {
-                s.subscribe(self.topic_channel(topic)).await.map_err(|e| {
-                    self.failed("subscribe", &e);
-                    err(e)
-                })?;
+                match tokio::time::timeout(SINK_TIMEOUT, s.subscribe(self.topic_channel(topic)))
+                    .await
+                {
+                    Ok(done) => done.map_err(|e| {
+                        self.failed("subscribe", &e);
+                        err(e)
+                    })?,
+                    Err(_) => return Err(err("redis did not confirm the subscription in time")),
+                }
                 drop(sink);
                 self.register_subscription(topic).await;
                 Ok(())
@@ -507,8 +522,9 @@ impl Broker for RedisBroker {
         }
         let mut sink = self.sink.lock().await;
         if let Some(s) = sink.as_mut() {
-            s.unsubscribe(self.topic_channel(topic))
+            tokio::time::timeout(SINK_TIMEOUT, s.unsubscribe(self.topic_channel(topic)))
                 .await
+                .map_err(|_| err("redis did not confirm the unsubscription in time"))?
                 .map_err(err)?;
         }
         Ok(())
@@ -687,6 +703,10 @@ impl Broker for RedisBroker {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.healthy.load(Ordering::Acquire) && !self.cut_off()
+    }
+
+    fn liveness(&self) -> Option<super::Liveness> {
+        self.liveness_now()
     }
 }
