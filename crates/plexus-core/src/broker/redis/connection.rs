@@ -487,6 +487,10 @@ impl RedisBroker {
                 .map(|ch| {
                     let mut cc = cc.clone();
                     async move {
+                        // Given up meanwhile (its last client left): not subscribed again.
+                        if !self.wants_channel(&ch) {
+                            return (ch, Ok(()));
+                        }
                         let r = cc.ssubscribe(&ch).await;
                         (ch, r)
                     }
@@ -509,17 +513,20 @@ impl RedisBroker {
         );
     }
 
+    /// Whether this node wants `channel` subscribed now: its own channels, and the channel of
+    /// every topic it is subscribed to.
+    fn wants_channel(&self, channel: &str) -> bool {
+        channel == self.control_channel()
+            || channel == self.node_channel(&self.node_id)
+            || self
+                .channel_topic(channel)
+                .is_some_and(|t| self.topics.lock().contains(&t))
+    }
+
     /// The server dropped a sharded subscription this node did not give up (its slot
     /// migrated): subscribed again, after the crate has learnt where the slot went.
     fn server_unsubscribed(self: &Arc<Self>, channel: String) {
-        let wanted = channel == self.control_channel()
-            || channel == self.node_channel(&self.node_id)
-            || self
-                .topics
-                .lock()
-                .iter()
-                .any(|t| self.topic_channel(t) == channel);
-        if !wanted {
+        if !self.wants_channel(&channel) {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -531,6 +538,10 @@ impl RedisBroker {
                 let super::Conn::Cluster(cc) = &b.conn else {
                     return;
                 };
+                // Its last client may have left during the wait: then it stays unsubscribed.
+                if !b.wants_channel(&channel) {
+                    return;
+                }
                 match cc.clone().ssubscribe(&channel).await {
                     Ok(()) => {
                         tracing::info!(channel, "a migrated slot's subscription followed it");

@@ -215,7 +215,11 @@ impl Target {
         let nodes: Vec<String> = u
             .hosts
             .iter()
-            .map(|(h, p)| format!("{scheme}://{h}:{p}"))
+            // An IPv6 literal goes back into brackets (`redis://[::1]:7000`).
+            .map(|(h, p)| match h.contains(':') {
+                true => format!("{scheme}://[{h}]:{p}"),
+                false => format!("{scheme}://{h}:{p}"),
+            })
             .collect();
         let mut b = ClusterClientBuilder::new(nodes)
             .use_protocol(redis::ProtocolVersion::RESP3)

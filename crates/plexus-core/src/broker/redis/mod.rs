@@ -181,6 +181,14 @@ impl RedisBroker {
         let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
         let target = Target::open(&cfg.url, cfg.tls_ca.as_deref(), push_tx)
             .map_err(|e| err(format!("invalid Redis settings: {e}")))?;
+        if matches!(target, Target::Cluster(_)) && cfg.prefix.contains('{') {
+            // The hash tag would start in the prefix: a topic's keys in different slots.
+            return Err(err(format!(
+                "invalid Redis settings: redis.prefix `{}` holds a `{{`, which in a Redis \
+                 Cluster would spread one topic's keys over several slots",
+                cfg.prefix
+            )));
+        }
         let conn = tokio::time::timeout(Duration::from_secs(5), target.connect())
             .await
             .map_err(|_| {
