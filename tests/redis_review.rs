@@ -165,3 +165,77 @@ async fn no_resubscribe_after_leave_during_slot_migration() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(shard_subscribers(to, &ch), 1);
 }
+
+/// The pid of the `redis-server` on `port` (`INFO server`).
+fn redis_pid(port: u16) -> String {
+    common::redis_topology::info(port, "server").unwrap()["process_id"].clone()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// `POST /api/broadcast`; the HTTP status.
+async fn try_broadcast(s: &Server, topic: &str, n: u64) -> u16 {
+    let auth = format!("Bearer {}", common::API_KEY);
+    let req = json!({"topic": topic, "event": "msg", "payload": {"n": n}});
+    match s
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &auth)],
+            &req.to_string(),
+        )
+        .await
+    {
+        Ok((st, _)) => st,
+        Err(_) => 0,
+    }
+}
+
+/// Sentinel mode, the primary freezes instead of dying (a paused VM, a host cut off: no
+/// connection is reset). The sentinels promote the replica; the node must follow within
+/// seconds (the contract: publishing resumes within 10 s of the promotion). It used to notice
+/// a failover only when its subscription connection broke, which a frozen primary never does:
+/// every publish then failed on the old primary for as long as it stayed frozen.
+#[tokio::test]
+async fn sentinel_follows_a_failover_away_from_a_frozen_primary() {
+    let s = common::redis_topology::RedisSentinel::start("plexus").await;
+    let node = Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &s.url())]).await;
+    let mut a = node.client("frozen").await;
+    let topic = "room:frozen";
+    assert!(a.join(topic, json!({})).await.unwrap().is_ok());
+    assert_eq!(try_broadcast(&node, topic, 0).await, 200);
+    let old = s.primary_port();
+    let pid = redis_pid(old);
+    signal(&pid, "-STOP");
+    let new = s.wait_failover(old, Duration::from_secs(20)).await;
+    let promoted = Instant::now();
+    let mut ok = false;
+    let mut n = 1;
+    while promoted.elapsed() < Duration::from_secs(10) {
+        if try_broadcast(&node, topic, n).await == 200 {
+            ok = true;
+            break;
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&pid, "-CONT");
+    assert!(
+        ok,
+        "no publish succeeded within 10 s of {new}'s promotion (old primary {old} frozen):\n{}",
+        node.log()
+    );
+    // The client gets it (through the new primary's subscription).
+    loop {
+        let m = a.recv_event(topic, "msg").await.unwrap();
+        if common::cluster::payload(&m)["n"] == json!(n) {
+            break;
+        }
+    }
+}

@@ -279,7 +279,16 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
             b.topics.lock().iter().map(|t| b.topic_channel(t)).collect();
         channels.push(b.control_channel());
         channels.push(b.node_channel(&b.node_id));
-        if let Err(e) = sink.subscribe(&channels).await {
+        // A server that accepts connections but does not answer (frozen) must not hold the
+        // loop.
+        let subscribed = tokio::time::timeout(Duration::from_secs(2), sink.subscribe(&channels))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
+        if let Err(e) = subscribed {
             b.failed("subscribe", &e);
             drop(b);
             tokio::time::sleep(backoff).await;
@@ -314,8 +323,16 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
             tracing::info!(node = %b.node_id, topics = channels.len() - 1, "redis subscription up");
         }
         backoff = Duration::from_millis(100);
+        let reconnect = b.reconnect.clone();
         drop(b);
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                // The heartbeat failed: this connection may lead to a frozen server, or to one
+                // that is no longer the primary.
+                _ = reconnect.notified() => None,
+            };
+            let Some(msg) = msg else { break };
             let Some(b) = broker.upgrade() else { return };
             let channel: String = msg.get_channel_name().to_owned();
             b.on_message(&channel, msg.get_payload_bytes()).await;
@@ -570,6 +587,12 @@ pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
         }
         if let Err(e) = beat {
             b.failed("heartbeat", &e);
+            if !b.conn.is_cluster() {
+                // Nothing is acknowledged meanwhile; the subscription connects again (to the
+                // primary Sentinel names now) and marks the broker up once it is.
+                b.healthy.store(false, Ordering::Release);
+                b.reconnect.notify_waiters();
+            }
             continue;
         }
         if let Err(e) = b.reap_dead_nodes().await {

@@ -131,6 +131,10 @@ pub struct RedisBroker {
     /// Topics this node is subscribed to (re-subscribed after a reconnect).
     topics: Mutex<HashSet<String>>,
     healthy: AtomicBool,
+    /// Wakes the subscription loop (one server or Sentinel) to drop its connection and connect
+    /// again: the heartbeat failed, so the server may be frozen or no longer the primary,
+    /// which a connection that is not reset never shows.
+    reconnect: Arc<tokio::sync::Notify>,
     /// A re-announce after a lost cluster shard is pending (one at a time).
     reannouncing: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
@@ -218,6 +222,7 @@ impl RedisBroker {
             sink: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashSet::new()),
             healthy: AtomicBool::new(false),
+            reconnect: Arc::new(tokio::sync::Notify::new()),
             reannouncing: AtomicBool::new(false),
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
