@@ -239,3 +239,138 @@ async fn sentinel_follows_a_failover_away_from_a_frozen_primary() {
         }
     }
 }
+
+/// A node with `CONFIG` at `url`, without the per-address connect and message rates (the
+/// test's clients all come from 127.0.0.1).
+async fn node_on(url: &str) -> Server {
+    let config = CONFIG.replace(
+        "[limits]\n",
+        "[limits]\nconnect_rate_per_ip = 0\nmessages_per_second = 0\n",
+    );
+    assert!(config.contains("connect_rate_per_ip = 0"));
+    Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", url)]).await
+}
+
+/// The members of a node's counter set (`<prefix>:ncnt:{<node>}`) on one Redis, with the
+/// node's id: there is one node here.
+fn counter_set(port: u16) -> (String, Vec<String>) {
+    let keys = call(port, &["KEYS", "plexus:ncnt:*"]).unwrap();
+    let key = keys.items().first().map(|k| k.text()).unwrap_or_default();
+    let node = key
+        .trim_start_matches("plexus:ncnt:{")
+        .trim_end_matches('}')
+        .to_owned();
+    let members = call(port, &["SMEMBERS", &key]).unwrap();
+    (node, members.items().iter().map(|m| m.text()).collect())
+}
+
+/// A burst of joins (many users joining many topics at once, Redis a round trip of 2 ms away)
+/// fills the registry writer's queue (4096 ops): the ops it drops are made good by a whole
+/// rewrite of the connection registry, but the counter set (`ncnt`), kept by `Index` ops of
+/// that same queue, is not rewritten. A counter missing from it is not reaped when the node
+/// dies: its share stays in Redis for ever (a per-user join limit refuses that user, a topic
+/// stays occupied and `channel_vacated` never comes).
+#[tokio::test]
+async fn counter_set_complete_after_a_join_burst() {
+    let redis = common::Redis::start();
+    // One writer op per round trip, while the joins run concurrently.
+    let proxy = delay_proxy(redis.port, Duration::from_millis(1)).await;
+    let node = node_on(&format!("redis://127.0.0.1:{proxy}")).await;
+    // `limited:*` has a per-user join limit: one counter per (topic, user).
+    let (clients, per_client) = (100usize, 50usize);
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut c = node.client(&format!("burst{i}")).await;
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_client {
+                let r = c.join(&format!("limited:s{j}"), json!({})).await.unwrap();
+                assert!(r.is_ok(), "{r:?}");
+            }
+            c
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    // Every share this node holds in Redis is in its counter set (once the writer drained).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let missing = loop {
+        let (node_id, set) = counter_set(redis.port);
+        let counters = call(redis.port, &["KEYS", "plexus:cnt:*"]).unwrap();
+        let keys: Vec<String> = counters.items().iter().map(|k| k.text()).collect();
+        let cmds: Vec<Vec<&str>> = keys
+            .iter()
+            .map(|k| vec!["HGET", k.as_str(), node_id.as_str()])
+            .collect();
+        let cmds: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+        let shares = common::redis_topology::pipeline(redis.port, &cmds).unwrap();
+        let held: Vec<String> = keys
+            .iter()
+            .zip(shares)
+            .filter(|(_, v)| v.as_ref().ok().and_then(|v| v.int()).unwrap_or(0) > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert!(held.len() >= clients * per_client, "{} shares", held.len());
+        let missing: Vec<String> = held.into_iter().filter(|k| !set.contains(k)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "{} counters this node holds are not in its counter set (never reaped), e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+    drop(kept);
+}
+
+/// A TCP proxy to `127.0.0.1:upstream` that delays every chunk by `delay` each way (order
+/// kept, throughput not limited); returns its port. Runs until the test ends.
+async fn delay_proxy(upstream: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0
+                    || tx
+                        .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if to.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            pipe(cr, sw, delay);
+            pipe(sr, cw, delay);
+        }
+    });
+    port
+}
