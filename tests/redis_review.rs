@@ -417,3 +417,26 @@ async fn presence_index_shrinks_when_presence_leaves() {
         "topics without any presence of this node stay in its presence index"
     );
 }
+
+/// A cluster password holding a `?` (or `#`), written into the URL as is: the query was cut
+/// off before the credentials were split from the hosts, so the node refused to start with
+/// "invalid port in `:<start of the password>`", writing part of the password to its log.
+/// The credentials end at the last `@`; only what follows the hosts is a query.
+#[tokio::test]
+async fn cluster_password_with_a_question_mark() {
+    let c = RedisCluster::start().await;
+    let password = "hunter2?and#more";
+    for p in c.ports() {
+        call(p, &["CONFIG", "SET", "masterauth", password]).unwrap();
+        call(p, &["CONFIG", "SET", "requirepass", password]).unwrap();
+    }
+    let seeds: Vec<String> = c.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let url = format!("redis+cluster://:{password}@{}", seeds.join(","));
+    let (status, log) = run_until_exit(CONFIG, &url).await;
+    assert!(
+        !log.contains("hunter2"),
+        "the password is in the log:\n{log}"
+    );
+    assert_eq!(status, None, "the node must run:\n{log}");
+    assert!(log.contains("redis cluster subscription up"), "{log}");
+}
