@@ -440,3 +440,70 @@ async fn cluster_password_with_a_question_mark() {
     assert_eq!(status, None, "the node must run:\n{log}");
     assert!(log.contains("redis cluster subscription up"), "{log}");
 }
+
+/// The re-announce after a reconnect writes this node's counter shares from a snapshot
+/// (`HSET <counter> <node> <n>`), several round trips after taking it, while joins and leaves
+/// go on: a count in or out whose local change comes after the snapshot and whose script
+/// lands before the `HSET` is undone. The counters then disagree with the subscribers until
+/// the next reconnect: a leave undone keeps a topic occupied (no `channel_vacated`) or a
+/// per-user limit full; a join undone reports a topic vacated while joined, or lets one more
+/// join through a limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: reannounce (connection.rs) HSETs counter shares from a snapshot taken \
+            before its SMEMBERS/HKEYS round trips; count_subscriber_now, claim and release \
+            (mod.rs, registry.rs) change the local share and run their script concurrently, so \
+            one landing between snapshot and HSET is overwritten. Needs the re-announce \
+            serialized with the count ops (e.g. an async RwLock: ops read, re-announce write, \
+            held from snapshot to HSET) - not a small local change"]
+async fn counters_exact_after_reconnects_under_churn() {
+    let redis = common::Redis::start();
+    let node = node_on(&redis.url()).await;
+    let topics = 4usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut c = node.client(&format!("churn{i}")).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut k = 0usize;
+            let topic = |k: usize| format!("plain:churn{}", k % topics);
+            assert!(c.join(&topic(k), json!({})).await.unwrap().is_ok());
+            while !stop.load(Ordering::Relaxed) {
+                // Leave one, join the next: always one topic joined.
+                let _ = c.leave(&topic(k)).await.unwrap();
+                k += 1;
+                let r = c.join(&topic(k), json!({})).await.unwrap();
+                assert!(r.is_ok(), "{r:?}");
+            }
+            (c, topic(k))
+        }));
+    }
+    // Reconnects (each one re-announces) while the clients churn.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = call(redis.port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut joined: std::collections::HashMap<String, i64> = Default::default();
+    let mut kept = Vec::new();
+    for t in tasks {
+        let (c, topic) = t.await.unwrap();
+        *joined.entry(topic).or_default() += 1;
+        kept.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut wrong = Vec::new();
+    for k in 0..topics {
+        let topic = format!("plain:churn{k}");
+        let key = format!("plexus:cnt:{{{topic}}}chan:{topic}");
+        let vals = call(redis.port, &["HVALS", &key]).unwrap();
+        let n: i64 = vals.items().iter().filter_map(|v| v.int()).sum();
+        let want = joined.get(&topic).copied().unwrap_or(0);
+        if n != want {
+            wrong.push(format!("{topic}: Redis counts {n}, {want} joined"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:?}");
+    drop(kept);
+}

@@ -485,7 +485,9 @@ mod tests {
         assert!(parse_multi("redis+sentinel://a:1").unwrap().is_err());
         assert!(parse_multi("redis+cluster://").unwrap().is_err());
         assert!(parse_multi("redis+cluster://h:x").unwrap().is_err());
-        let (_, u) = parse_multi("redis+cluster://:a?b#c@h:1?x=1").unwrap().unwrap();
+        let (_, u) = parse_multi("redis+cluster://:a?b#c@h:1?x=1")
+            .unwrap()
+            .unwrap();
         assert_eq!(u.password.as_deref(), Some("a?b#c"));
         assert_eq!(u.hosts, vec![("h".into(), 1)]);
         let (_, u) = parse_multi("redis+cluster://[::1]:7000").unwrap().unwrap();
