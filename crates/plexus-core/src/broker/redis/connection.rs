@@ -291,7 +291,16 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
             b.topics.lock().iter().map(|t| b.topic_channel(t)).collect();
         channels.push(b.control_channel());
         channels.push(b.node_channel(&b.node_id));
-        if let Err(e) = sink.subscribe(&channels).await {
+        // A server that accepts connections but does not answer (frozen) must not hold the
+        // loop.
+        let subscribed = tokio::time::timeout(Duration::from_secs(2), sink.subscribe(&channels))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
+        if let Err(e) = subscribed {
             b.failed("subscribe", &e);
             drop(b);
             tokio::time::sleep(backoff).await;
@@ -327,6 +336,7 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
         }
         backoff = Duration::from_millis(100);
         let up_since = std::time::Instant::now();
+        let reconnect = b.reconnect.clone();
         drop(b);
         // A silent link breaks no connection: the heartbeat tells when Redis stopped answering
         // (see `liveness`), and then this subscription is dropped and made again.
@@ -334,6 +344,9 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
         loop {
             let msg = tokio::select! {
                 msg = stream.next() => msg,
+                // The heartbeat failed: this connection may lead to a frozen server, or to one
+                // that is no longer the primary.
+                _ = reconnect.notified() => None,
                 _ = check.tick() => match broker.upgrade() {
                     Some(b) if b.subscription_stale(up_since) => None,
                     Some(_) => continue,
@@ -512,6 +525,10 @@ impl RedisBroker {
                 .map(|ch| {
                     let mut cc = cc.clone();
                     async move {
+                        // Given up meanwhile (its last client left): not subscribed again.
+                        if !self.wants_channel(&ch) {
+                            return (ch, Ok(()));
+                        }
                         let r = cc.ssubscribe(&ch).await;
                         (ch, r)
                     }
@@ -534,17 +551,20 @@ impl RedisBroker {
         );
     }
 
+    /// Whether this node wants `channel` subscribed now: its own channels, and the channel of
+    /// every topic it is subscribed to.
+    fn wants_channel(&self, channel: &str) -> bool {
+        channel == self.control_channel()
+            || channel == self.node_channel(&self.node_id)
+            || self
+                .channel_topic(channel)
+                .is_some_and(|t| self.topics.lock().contains(&t))
+    }
+
     /// The server dropped a sharded subscription this node did not give up (its slot
     /// migrated): subscribed again, after the crate has learnt where the slot went.
     fn server_unsubscribed(self: &Arc<Self>, channel: String) {
-        let wanted = channel == self.control_channel()
-            || channel == self.node_channel(&self.node_id)
-            || self
-                .topics
-                .lock()
-                .iter()
-                .any(|t| self.topic_channel(t) == channel);
-        if !wanted {
+        if !self.wants_channel(&channel) {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -556,6 +576,10 @@ impl RedisBroker {
                 let super::Conn::Cluster(cc) = &b.conn else {
                     return;
                 };
+                // Its last client may have left during the wait: then it stays unsubscribed.
+                if !b.wants_channel(&channel) {
+                    return;
+                }
                 match cc.clone().ssubscribe(&channel).await {
                     Ok(()) => {
                         tracing::info!(channel, "a migrated slot's subscription followed it");
@@ -584,6 +608,12 @@ pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
         }
         if let Err(e) = beat {
             b.failed("heartbeat", &e);
+            if !b.conn.is_cluster() {
+                // Nothing is acknowledged meanwhile; the subscription connects again (to the
+                // primary Sentinel names now) and marks the broker up once it is.
+                b.healthy.store(false, Ordering::Release);
+                b.reconnect.notify_waiters();
+            }
             continue;
         }
         if let Err(e) = b.reap_dead_nodes().await {

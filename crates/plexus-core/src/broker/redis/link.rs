@@ -68,11 +68,13 @@ pub(super) fn parse_multi(url: &str) -> Option<Result<(bool, MultiUrl), String>>
 }
 
 fn parse_rest(rest: &str, sentinel: bool) -> Result<MultiUrl, String> {
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    // The credentials end at the last `@` (a password may hold `?`, `#` or `/`); a query or
+    // fragment can only follow the hosts.
     let (auth, rest) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
     };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let (username, password) = match auth {
         None => (None, None),
         Some(a) => match a.split_once(':') {
@@ -215,7 +217,11 @@ impl Target {
         let nodes: Vec<String> = u
             .hosts
             .iter()
-            .map(|(h, p)| format!("{scheme}://{h}:{p}"))
+            // An IPv6 literal goes back into brackets (`redis://[::1]:7000`).
+            .map(|(h, p)| match h.contains(':') {
+                true => format!("{scheme}://[{h}]:{p}"),
+                false => format!("{scheme}://{h}:{p}"),
+            })
             .collect();
         let mut b = ClusterClientBuilder::new(nodes)
             .use_protocol(redis::ProtocolVersion::RESP3)
@@ -479,5 +485,12 @@ mod tests {
         assert!(parse_multi("redis+sentinel://a:1").unwrap().is_err());
         assert!(parse_multi("redis+cluster://").unwrap().is_err());
         assert!(parse_multi("redis+cluster://h:x").unwrap().is_err());
+        let (_, u) = parse_multi("redis+cluster://:a?b#c@h:1?x=1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.password.as_deref(), Some("a?b#c"));
+        assert_eq!(u.hosts, vec![("h".into(), 1)]);
+        let (_, u) = parse_multi("redis+cluster://[::1]:7000").unwrap().unwrap();
+        assert_eq!(u.hosts, vec![("::1".into(), 7000)]);
     }
 }

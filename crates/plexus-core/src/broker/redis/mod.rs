@@ -134,6 +134,10 @@ pub struct RedisBroker {
     /// Topics this node is subscribed to (re-subscribed after a reconnect).
     topics: Mutex<HashSet<String>>,
     healthy: AtomicBool,
+    /// Wakes the subscription loop (one server or Sentinel) to drop its connection and connect
+    /// again: the heartbeat failed, so the server may be frozen or no longer the primary,
+    /// which a connection that is not reset never shows.
+    reconnect: Arc<tokio::sync::Notify>,
     /// A re-announce after a lost cluster shard is pending (one at a time).
     reannouncing: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
@@ -198,6 +202,14 @@ impl RedisBroker {
         let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
         let target = Target::open(&cfg.url, cfg.tls_ca.as_deref(), push_tx)
             .map_err(|e| err(format!("invalid Redis settings: {e}")))?;
+        if matches!(target, Target::Cluster(_)) && cfg.prefix.contains('{') {
+            // The hash tag would start in the prefix: a topic's keys in different slots.
+            return Err(err(format!(
+                "invalid Redis settings: redis.prefix `{}` holds a `{{`, which in a Redis \
+                 Cluster would spread one topic's keys over several slots",
+                cfg.prefix
+            )));
+        }
         let conn = tokio::time::timeout(Duration::from_secs(5), target.connect())
             .await
             .map_err(|_| {
@@ -227,6 +239,7 @@ impl RedisBroker {
             sink: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashSet::new()),
             healthy: AtomicBool::new(false),
+            reconnect: Arc::new(tokio::sync::Notify::new()),
             reannouncing: AtomicBool::new(false),
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),

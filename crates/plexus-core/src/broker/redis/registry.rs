@@ -112,11 +112,40 @@ impl RedisBroker {
             script.arg(conn.to_string()).arg(info);
         }
         let mut c = self.conn.clone();
-        let r = script.invoke_async::<i64>(&mut c).await;
+        let r = script.invoke_async::<i64>(&mut c).await.map(|_| ());
+        // The counter set is kept by ops of the same queue: rewritten too.
+        let r = match r {
+            Ok(()) => self.reindex_counters().await,
+            Err(e) => Err(e),
+        };
         if r.is_err() {
             self.registry_dirty.store(true, Ordering::Release);
         }
-        r.map(|_| ())
+        r
+    }
+
+    /// This node's counter set (`ncnt`) becomes the counters it holds a share of (what its
+    /// `Index` ops would have made it, had none been dropped). Only the writer task calls this.
+    async fn reindex_counters(&self) -> redis::RedisResult<()> {
+        let held: std::collections::HashSet<String> = self
+            .claims
+            .lock()
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let set = self.node_key("ncnt", &self.node_id);
+        let mut c = self.conn.clone();
+        let listed: Vec<String> = c.smembers(&set).await?;
+        let stale: Vec<&String> = listed.iter().filter(|k| !held.contains(*k)).collect();
+        for chunk in stale.chunks(1000) {
+            c.srem::<_, _, ()>(&set, chunk).await?;
+        }
+        let held: Vec<String> = held.into_iter().collect();
+        for chunk in held.chunks(1000) {
+            c.sadd::<_, _, ()>(&set, chunk).await?;
+        }
+        Ok(())
     }
 
     /// Reaping `node`: takes its connection registry (reported as
