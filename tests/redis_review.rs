@@ -1,7 +1,6 @@
 //! Review of the Redis Cluster / Sentinel broker: each test here reproduces one defect found
 //! in review, with real `redis-server` processes and real `plexus` nodes (see
-//! `tests/common/redis_topology`). A test still marked `#[ignore = "defect: ..."]` documents a
-//! defect that is not fixed yet.
+//! `tests/common/redis_topology`).
 
 mod common;
 
@@ -207,7 +206,11 @@ async fn try_broadcast(s: &Server, topic: &str, n: u64) -> u16 {
 #[tokio::test]
 async fn sentinel_follows_a_failover_away_from_a_frozen_primary() {
     let s = common::redis_topology::RedisSentinel::start("plexus").await;
-    let node = Server::start_with(Some(CONFIG), &[("PLEXUS_REDIS_URL", &s.url())]).await;
+    // A node timeout longer than the failover: the node must follow the new primary, not
+    // close its clients as cut off (which it would after 3/4 of a 2 s timeout).
+    let config = CONFIG.replace("node_timeout_secs = 2", "node_timeout_secs = 20");
+    assert!(config.contains("node_timeout_secs = 20"));
+    let node = Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &s.url())]).await;
     let mut a = node.client("frozen").await;
     let topic = "room:frozen";
     assert!(a.join(topic, json!({})).await.unwrap().is_ok());
@@ -382,10 +385,6 @@ async fn delay_proxy(upstream: u16, delay: Arc<AtomicU64>) -> u16 {
 /// per match) keeps every one of them for its whole life, and each re-announce and the reap
 /// of the node walk them all, one `HKEYS`/`HGETALL` per topic ever seen.
 #[tokio::test]
-#[ignore = "defect: npres:{node} never shrinks (presence.rs remove_presence HDELs the field but \
-            never SREMs the topic; reannounce only HDELs stale fields). Not a small local fix: \
-            it needs a per-topic count of this node's presences (the SREM must not race a new \
-            presence_set of the same topic, or the reaper misses it)"]
 async fn presence_index_shrinks_when_presence_leaves() {
     let redis = common::Redis::start();
     let node = node_on(&redis.url()).await;
@@ -449,12 +448,6 @@ async fn cluster_password_with_a_question_mark() {
 /// per-user limit full; a join undone reports a topic vacated while joined, or lets one more
 /// join through a limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: reannounce (connection.rs) HSETs counter shares from a snapshot taken \
-            before its SMEMBERS/HKEYS round trips; count_subscriber_now, claim and release \
-            (mod.rs, registry.rs) change the local share and run their script concurrently, so \
-            one landing between snapshot and HSET is overwritten. Needs the re-announce \
-            serialized with the count ops (e.g. an async RwLock: ops read, re-announce write, \
-            held from snapshot to HSET) - not a small local change"]
 async fn counters_exact_after_reconnects_under_churn() {
     let redis = common::Redis::start();
     let node = node_on(&redis.url()).await;
@@ -522,11 +515,6 @@ fn node_ids(c: &RedisCluster) -> Vec<String> {
 /// `disconnect` webhooks for its live connections, its counters dropped), a race with its
 /// next heartbeat. No node here is dead: none may be reaped.
 #[tokio::test]
-#[ignore = "defect: reap_dead_nodes (connection.rs) reaps on one missing alive key; a failover \
-            of the shard holding it (longer than the TTL left, e.g. node_timeout 2 s against \
-            cluster-node-timeout 2 s) makes a live node look dead. Needs e.g. the reaper to \
-            see the key missing twice, a node_timeout past the failover time, or the node's \
-            own liveness written on more than one shard"]
 async fn a_shard_failover_does_not_reap_live_nodes() {
     let mut c = RedisCluster::start().await;
     let nodes = common::cluster::cluster(&c, 2).await;

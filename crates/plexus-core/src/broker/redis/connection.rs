@@ -38,6 +38,23 @@ impl RedisBroker {
 
     /// Writes this node's presences and counters again (after Redis lost them, or a blip).
     pub(super) async fn reannounce(&self) -> redis::RedisResult<()> {
+        // First what Redis holds of this node (several round trips, counts go on meanwhile)...
+        let mut c = self.conn.clone();
+        let (counters, topics): (Vec<String>, Vec<String>) = redis::pipe()
+            .smembers(self.node_key("ncnt", &self.node_id))
+            .smembers(self.node_key("npres", &self.node_id))
+            .query_async(&mut c)
+            .await?;
+        let mut fields = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let f: Vec<String> = c.hkeys(self.topic_key("pres", &topic)).await?;
+            fields.push((topic, f));
+        }
+        let mut cmds = self.subscription_registry_commands().await?;
+        // ...then, with counts and presence changes held off until it is written, this node's
+        // own state as it is now: a change made between the snapshot and the write would be
+        // undone by it.
+        let _gate = self.gate.write().await;
         let presences: Vec<((String, ConnId), String)> = self
             .presences
             .lock()
@@ -50,17 +67,19 @@ impl RedisBroker {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let mut cmds = Vec::new();
         let cmd = |name: &str| redis::cmd(name);
+        let mut present = std::collections::HashSet::new();
         for ((topic, conn), value) in &presences {
             let mut c = cmd("HSET");
             c.arg(self.topic_key("pres", topic))
                 .arg(format!("{}:{conn}", self.node_id))
                 .arg(value);
             cmds.push(c);
-            let mut c = cmd("SADD");
-            c.arg(self.node_key("npres", &self.node_id)).arg(topic);
-            cmds.push(c);
+            if present.insert(topic.as_str()) {
+                let mut c = cmd("SADD");
+                c.arg(self.node_key("npres", &self.node_id)).arg(topic);
+                cmds.push(c);
+            }
         }
         for (key, n) in &claims {
             if *n > 0 {
@@ -72,15 +91,9 @@ impl RedisBroker {
                 cmds.push(c);
             }
         }
-        let mut c = self.conn.clone();
         // What this node had in Redis before the outage but let go of during it (releases and
         // presence leaves that could not be sent): removed, so that no stale count locks a
         // user out and no ghost stays in presence.
-        let (counters, topics): (Vec<String>, Vec<String>) = redis::pipe()
-            .smembers(self.node_key("ncnt", &self.node_id))
-            .smembers(self.node_key("npres", &self.node_id))
-            .query_async(&mut c)
-            .await?;
         for key in counters {
             if !claims.iter().any(|(k, n)| *k == key && *n > 0) {
                 let mut h = cmd("HDEL");
@@ -91,19 +104,22 @@ impl RedisBroker {
                 cmds.push(r);
             }
         }
-        cmds.extend(self.subscription_registry_commands().await?);
         let mine = format!("{}:", self.node_id);
-        for topic in topics {
-            let fields: Vec<String> = c.hkeys(self.topic_key("pres", &topic)).await?;
+        for (topic, fields) in &fields {
             for field in fields.iter().filter(|f| f.starts_with(&mine)) {
                 let conn: Option<ConnId> = field[mine.len()..].parse().ok();
                 let live = conn
-                    .is_some_and(|id| presences.iter().any(|((t, c), _)| *t == topic && *c == id));
+                    .is_some_and(|id| presences.iter().any(|((t, c), _)| t == topic && *c == id));
                 if !live {
                     let mut h = cmd("HDEL");
-                    h.arg(self.topic_key("pres", &topic)).arg(field);
+                    h.arg(self.topic_key("pres", topic)).arg(field);
                     cmds.push(h);
                 }
+            }
+            if !present.contains(topic.as_str()) {
+                let mut r = cmd("SREM");
+                r.arg(self.node_key("npres", &self.node_id)).arg(topic);
+                cmds.push(r);
             }
         }
         self.conn.run_all(cmds).await.map(|_| ())
@@ -114,11 +130,25 @@ impl RedisBroker {
     pub(super) async fn reap_dead_nodes(&self) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let nodes: Vec<String> = c.smembers(self.key(&["nodes"])).await?;
+        // A node is reaped when its heartbeat key is missing twice, half a `node_timeout`
+        // apart: a key lost with a failing shard (a promoted replica that never got it, or got
+        // it with little TTL left) is written again by the live node's next heartbeat.
+        self.suspects.lock().retain(|n, _| nodes.contains(n));
         for node in nodes.into_iter().filter(|n| *n != self.node_id) {
             let alive: bool = c.exists(self.node_key("alive", &node)).await?;
             if alive {
+                self.suspects.lock().remove(&node);
                 continue;
             }
+            let since = *self
+                .suspects
+                .lock()
+                .entry(node.clone())
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() < self.cfg.node_timeout / 2 {
+                continue;
+            }
+            self.suspects.lock().remove(&node);
             let lock: Option<String> = redis::cmd("SET")
                 .arg(self.node_key("reap", &node))
                 .arg(&self.node_id)

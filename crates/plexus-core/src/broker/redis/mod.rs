@@ -138,6 +138,12 @@ pub struct RedisBroker {
     /// again: the heartbeat failed, so the server may be frozen or no longer the primary,
     /// which a connection that is not reset never shows.
     reconnect: Arc<tokio::sync::Notify>,
+    /// Held (read) by each count and presence change from its local step to its Redis write,
+    /// and (write) by a re-announce from its snapshot to its write, which would otherwise undo
+    /// a change landing in between.
+    gate: tokio::sync::RwLock<()>,
+    /// Nodes whose heartbeat key was found missing, and since when (see `reap_dead_nodes`).
+    suspects: Mutex<HashMap<String, std::time::Instant>>,
     /// A re-announce after a lost cluster shard is pending (one at a time).
     reannouncing: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
@@ -241,6 +247,8 @@ impl RedisBroker {
             healthy: AtomicBool::new(false),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             reannouncing: AtomicBool::new(false),
+            suspects: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
@@ -569,6 +577,7 @@ impl Broker for RedisBroker {
     async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {
         let counter = self.counter_key(key);
         self.check_up()?;
+        let _gate = self.gate.read().await;
         let mut c = self.conn.clone();
         let taken: i64 = self
             .claim_script
@@ -590,6 +599,7 @@ impl Broker for RedisBroker {
 
     async fn release(&self, key: &CounterKey) -> Result<(), BrokerError> {
         let counter = self.counter_key(key);
+        let _gate = self.gate.read().await;
         {
             let mut claims = self.claims.lock();
             if let Some(n) = claims.get_mut(&counter) {

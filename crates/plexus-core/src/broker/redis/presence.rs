@@ -4,6 +4,7 @@
 //! dead one removes its entries and reports their leaves. A local copy is kept and announced
 //! again when Redis comes back.
 
+use super::registry::RegistryOp;
 use super::{err, RedisBroker};
 use crate::broker::BrokerError;
 use crate::ConnId;
@@ -29,25 +30,27 @@ impl RedisBroker {
             None => serde_json::json!({"k": key, "m": meta, "sb": true}),
         }
         .to_string();
+        let _gate = self.gate.read().await;
         self.presences
             .lock()
             .insert((topic.to_owned(), conn), value.clone());
         // Re-announced from the local copy when Redis is back.
         self.check_up()?;
-        let mut set = redis::cmd("HSET");
-        set.arg(self.topic_key("pres", topic))
-            .arg(format!("{}:{conn}", self.node_id))
-            .arg(value);
-        let mut index = redis::cmd("SADD");
-        index.arg(self.node_key("npres", &self.node_id)).arg(topic);
-        self.conn
-            .run_all(vec![set, index])
+        let mut c = self.conn.clone();
+        let written = c
+            .hset::<_, _, _, ()>(
+                self.topic_key("pres", topic),
+                format!("{}:{conn}", self.node_id),
+                value,
+            )
             .await
-            .map(|_| ())
             .map_err(|e| {
                 self.failed("presence", &e);
                 err(e)
-            })
+            });
+        // The node's presence set, in order with the removals (see `RegistryOp`).
+        self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
+        written
     }
 
     pub(super) async fn remove_presence(
@@ -55,18 +58,22 @@ impl RedisBroker {
         topic: &str,
         conn: ConnId,
     ) -> Result<(), BrokerError> {
+        let _gate = self.gate.read().await;
         self.presences.lock().remove(&(topic.to_owned(), conn));
         self.check_up()?;
         let mut c = self.conn.clone();
-        c.hdel::<_, _, ()>(
-            self.topic_key("pres", topic),
-            format!("{}:{conn}", self.node_id),
-        )
-        .await
-        .map_err(|e| {
-            self.failed("presence", &e);
-            err(e)
-        })
+        let removed = c
+            .hdel::<_, _, ()>(
+                self.topic_key("pres", topic),
+                format!("{}:{conn}", self.node_id),
+            )
+            .await
+            .map_err(|e| {
+                self.failed("presence", &e);
+                err(e)
+            });
+        self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
+        removed
     }
 
     pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {

@@ -21,6 +21,7 @@ impl RedisBroker {
         joined: bool,
     ) -> Result<Option<(u64, u64)>, BrokerError> {
         let counter = self.counter_key(key);
+        let _gate = self.gate.read().await;
         {
             // The local share, re-announced after an outage.
             let mut claims = self.claims.lock();
@@ -134,7 +135,24 @@ impl RedisBroker {
             .filter(|(_, n)| **n > 0)
             .map(|(k, _)| k.clone())
             .collect();
-        let set = self.node_key("ncnt", &self.node_id);
+        self.reindex("ncnt", held).await?;
+        // The presence set too (its ops go through the same queue).
+        let present: std::collections::HashSet<String> = self
+            .presences
+            .lock()
+            .keys()
+            .map(|(t, _)| t.clone())
+            .collect();
+        self.reindex("npres", present).await
+    }
+
+    /// Makes the node's set `kind` exactly `held`.
+    async fn reindex(
+        &self,
+        kind: &str,
+        held: std::collections::HashSet<String>,
+    ) -> redis::RedisResult<()> {
+        let set = self.node_key(kind, &self.node_id);
         let mut c = self.conn.clone();
         let listed: Vec<String> = c.smembers(&set).await?;
         let stale: Vec<&String> = listed.iter().filter(|k| !held.contains(*k)).collect();
@@ -210,6 +228,9 @@ pub(super) const REGISTRY_QUEUE_MAX: usize = 4096;
 pub(super) enum RegistryOp {
     Set(ConnId, String),
     Del(ConnId),
+    /// A topic where this node's presences changed: it is in this node's presence set
+    /// (`npres`) exactly while the node has a presence there (same reasons as `Index`).
+    PresenceIndex(String),
     /// A counter whose local share changed: it is in this node's counter set (`ncnt`) exactly
     /// while the share is above 0. Written here, in order, rather than in the counting script,
     /// because in a Redis Cluster the set and the counters live in different slots.
@@ -242,6 +263,15 @@ async fn write_registry(
                     c.sadd(&set, &counter).await
                 } else {
                     c.srem(&set, &counter).await
+                }
+            }
+            RegistryOp::PresenceIndex(topic) => {
+                let held = b.presences.lock().keys().any(|(t, _)| *t == topic);
+                let set = b.node_key("npres", &b.node_id);
+                if held {
+                    c.sadd(&set, &topic).await
+                } else {
+                    c.srem(&set, &topic).await
                 }
             }
             RegistryOp::Rewrite => Ok(()),
