@@ -25,6 +25,7 @@ use tokio_websockets::{ClientBuilder, Message};
 pub struct Spec {
     pub proto: Proto,
     /// `ws://` or `wss://` URL; `{topic}`, `{token}` and `{i}` are filled in per subscriber.
+    /// Several URLs separated by whitespace spread the subscribers over them.
     pub url: String,
     /// Subscribers `from..to` of the whole run.
     pub from: usize,
@@ -98,8 +99,13 @@ async fn subscribe(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Ws, String> {
     let topic = topic_of(&spec.topic, spec.topics, i);
-    let url = spec
-        .url
+    // Several URLs (whitespace separated, e.g. one per node of a cluster): subscriber i uses
+    // URL (i / topics) mod count, so every topic gets subscribers on every URL.
+    let urls: Vec<&str> = spec.url.split_whitespace().collect();
+    let url = urls
+        .get((i / spec.topics.max(1)) % urls.len().max(1))
+        .copied()
+        .unwrap_or_default()
         .replace("{topic}", &topic)
         .replace("{i}", &i.to_string())
         .replace("{token}", token.as_deref().unwrap_or(""));
