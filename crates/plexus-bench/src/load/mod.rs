@@ -46,7 +46,9 @@ pub struct Opts {
     pub scenario: Scenario,
     #[arg(long, value_enum)]
     pub proto: Proto,
-    /// Subscriber URL; `{topic}`, `{token}`, `{i}` are filled in per subscriber.
+    /// Subscriber URL; `{topic}`, `{token}`, `{i}` are filled in per subscriber. Several URLs
+    /// separated by whitespace (nodes of a cluster): subscriber i uses URL (i / topics) mod
+    /// their count, so each topic has subscribers behind every URL.
     #[arg(long)]
     pub url: String,
     /// Base URL of the server's HTTP publish API (http://127.0.0.1:PORT).

@@ -25,6 +25,7 @@ use tokio_websockets::{ClientBuilder, Message};
 pub struct Spec {
     pub proto: Proto,
     /// `ws://` or `wss://` URL; `{topic}`, `{token}` and `{i}` are filled in per subscriber.
+    /// Several URLs separated by whitespace spread the subscribers over them.
     pub url: String,
     /// Subscribers `from..to` of the whole run.
     pub from: usize,
@@ -48,6 +49,16 @@ pub fn topic_of(base: &str, topics: usize, i: usize) -> String {
     } else {
         format!("{base}_{}", i % topics)
     }
+}
+
+/// Subscriber i's URL among several separated by whitespace (e.g. one per node of a cluster):
+/// URL (i / topics) mod count, so that every topic has subscribers behind every URL (subscriber
+/// i joins topic i mod topics).
+pub fn url_of(urls: &str, topics: usize, i: usize) -> &str {
+    let n = urls.split_whitespace().count().max(1);
+    urls.split_whitespace()
+        .nth((i / topics.max(1)) % n)
+        .unwrap_or_default()
 }
 
 pub fn now_us() -> u64 {
@@ -98,8 +109,7 @@ async fn subscribe(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Ws, String> {
     let topic = topic_of(&spec.topic, spec.topics, i);
-    let url = spec
-        .url
+    let url = url_of(&spec.url, spec.topics, i)
         .replace("{topic}", &topic)
         .replace("{i}", &i.to_string())
         .replace("{token}", token.as_deref().unwrap_or(""));
@@ -291,4 +301,25 @@ pub async fn run(spec: Spec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{topic_of, url_of};
+    use std::collections::HashSet;
+
+    #[test]
+    fn several_urls_give_every_topic_subscribers_behind_each() {
+        let urls = "ws://a/s ws://b/s";
+        let mut seen = HashSet::new();
+        for i in 0..40 {
+            seen.insert((topic_of("t", 10, i), url_of(urls, 10, i)));
+        }
+        // 10 topics x 2 URLs, each pair used.
+        assert_eq!(seen.len(), 20);
+        assert_eq!(url_of(urls, 10, 9), "ws://a/s");
+        assert_eq!(url_of(urls, 10, 10), "ws://b/s");
+        assert_eq!(url_of("ws://one", 1, 7), "ws://one");
+        assert_eq!(url_of("", 1, 7), "");
+    }
 }
