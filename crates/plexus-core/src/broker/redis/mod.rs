@@ -1,9 +1,11 @@
 //! The Redis broker: many Plexus nodes behind a load balancer, one system.
 //!
 //! * **Fan-out**: each node subscribes once per topic with local subscribers
-//!   (`<prefix>:t:<topic>`), never once per client, and fans out locally. A publication is one
-//!   `PUBLISH`. On topics without history the publishing node delivers to its own subscribers
-//!   first, without waiting for Redis.
+//!   (`<prefix>:t:{<topic>}`), never once per client, and fans out locally. A publication is
+//!   one `PUBLISH` (`SPUBLISH` in a Redis Cluster), in a script that also counts the subscribed
+//!   nodes, so that a node re-subscribing after a failover still gets it ([`confirm`]). On
+//!   topics without history the publishing node delivers to its own subscribers first, without
+//!   waiting for Redis.
 //! * **History**: one Lua script assigns the next offset (`INCR`), encodes it into the frame,
 //!   appends to a stream (`XADD` with the offset as entry id, `MAXLEN`), refreshes the TTL and
 //!   publishes — atomically, so every node sees a topic's offsets in order. Those publications
@@ -14,9 +16,9 @@
 //!   topic's offsets once and in order, replaying gaps from the stream ([`gaps`]).
 //! * **Presence**: one hash per topic, field `<node>:<conn>`; diffs travel as broadcasts.
 //! * **Limits**: counters are hashes with one field per node, checked and taken in one script.
-//! * **Node failure**: every node refreshes `<prefix>:alive:<node>` (TTL `node_timeout`). Nodes
-//!   reap a dead node's presence (broadcasting the leaves) and counters.
-//! * **Node to node**: each node also subscribes to `<prefix>:n:<node>`, where the others send
+//! * **Node failure**: every node refreshes `<prefix>:alive:{<node>}` (TTL `node_timeout`).
+//!   Nodes reap a dead node's presence (broadcasting the leaves) and counters ([`reaper`]).
+//! * **Node to node**: each node also subscribes to `<prefix>:n:{<node>}`, where the others send
 //!   it requests (a LongPoll poll or POST of a session it holds, the admin console's figures
 //!   and drain) and it sends their answers: LongPoll needs no sticky routing. These messages,
 //!   and the user disconnects on `<prefix>:ctl`, are signed with the cluster secret
@@ -27,27 +29,35 @@
 //!   node's presence and counters (Redis may have restarted empty). History topics refuse
 //!   publishes while Redis is down rather than deliver messages that recovery could never replay.
 //!
-//! This file holds the broker and its [`Broker`] operations; [`history`] and [`presence`] the
-//! Redis side of those two, [`envelope`] the header of a publication on a topic's channel,
-//! [`connection`] keeps it connected (subscription and heartbeat loops, re-announcing, lost
-//! histories), [`calls`] carries the node-to-node requests, [`signing`] signs and checks them,
-//! [`registry`] keeps the subscriber totals and connection registry that make webhooks exact
-//! across the cluster, [`gaps`] delivers each history topic's offsets exactly once and in
-//! order on this node (duplicates dropped, gaps replayed, catch-up after a reconnect),
-//! [`scripts`] holds the Lua scripts of its atomic operations, [`liveness`] records this node's
-//! last successful heartbeat and writes its state again when it finds it was reaped.
+//! This file holds the broker and its [`Broker`] operations. Beside it: [`link`] the three
+//! ways to reach Redis (one server, Sentinel, a Redis Cluster) behind one connection type,
+//! [`config`] the settings, [`keys`] every key and channel name (hash-tagged per topic and per
+//! node), [`history`] and [`presence`] the Redis side of those two, [`gaps`] each history
+//! topic's offsets delivered exactly once and in order on this node (duplicates dropped, gaps
+//! replayed, catch-up after a reconnect), [`confirm`] plain broadcasts confirmed on every
+//! subscribed node, [`envelope`] the header of a publication on a topic's channel,
+//! [`connection`] the subscription of one Redis or Sentinel and the heartbeat, [`shards`] a
+//! cluster's sharded subscription, [`reaper`] dead nodes reaped, [`liveness`] this node's last
+//! successful heartbeat (and its state written again after a reap), [`registry`] the
+//! subscriber totals, counters and connection registry that make limits and webhooks exact
+//! across the cluster, [`calls`] the node-to-node requests, [`signing`] signs and checks them,
+//! [`scripts`] the Lua scripts of the atomic operations.
 
 mod calls;
+mod config;
 mod confirm;
 mod connection;
 mod envelope;
 mod gaps;
 mod history;
+mod keys;
 mod link;
 mod liveness;
 mod presence;
+mod reaper;
 mod registry;
 mod scripts;
+mod shards;
 mod signing;
 
 use super::{
@@ -61,66 +71,22 @@ use crate::ConnId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use calls::MAX_NODE_REQUESTS;
-use connection::{cluster_subscription_loop, heartbeat_loop, subscription_loop};
+use config::redact;
+pub use config::RedisConfig;
+use connection::{heartbeat_loop, subscription_loop};
 use envelope::sender_header;
 use link::{Conn, Target};
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use redis::AsyncCommands;
-use scripts::{CLAIM, PUBLISH_HISTORY, READ_HISTORY, RELEASE};
+use scripts::{CLAIM, PUBLISH_HISTORY, READ_HISTORY};
 use serde_json::Value;
+use shards::cluster_subscription_loop;
 use signing::{Kind, Signer};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-
-/// Cluster settings.
-#[derive(Clone)]
-pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` (one Redis),
-    /// `redis+sentinel://h1:p1,h2:p2,h3:p3/<master-name>` (Sentinel) or
-    /// `redis+cluster://h1:p1,h2:p2,h3:p3` (Redis Cluster); see [`link`].
-    pub url: String,
-    /// Key and channel prefix, so that several clusters can share one Redis.
-    pub prefix: String,
-    /// A node that stops refreshing its heartbeat for this long is dead: its presence leaves.
-    pub node_timeout: Duration,
-    /// For `rediss://` URLs: the CA certificate (PEM) to trust instead of the system roots.
-    pub tls_ca: Option<Vec<u8>>,
-    /// A topic's history keys expire this long after its last publish when its rule sets no
-    /// TTL (`limits.history_idle_secs`): nothing in Redis lives forever.
-    pub history_idle: Duration,
-    /// What node-to-node messages are signed with (`redis.cluster_secret`, else the API key):
-    /// the same on every node of the cluster. Never empty ([`RedisBroker::connect`] refuses).
-    pub cluster_secret: String,
-}
-
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
-            .field("prefix", &self.prefix)
-            .field("node_timeout", &self.node_timeout)
-            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<pem>"))
-            .field("history_idle", &self.history_idle)
-            .field("cluster_secret", &"<redacted>")
-            .finish()
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            prefix: "plexus".into(),
-            node_timeout: Duration::from_secs(20),
-            tls_ca: None,
-            history_idle: Duration::from_secs(3600),
-            cluster_secret: String::new(),
-        }
-    }
-}
 
 pub struct RedisBroker {
     hub: Arc<Hub>,
@@ -306,68 +272,6 @@ impl RedisBroker {
         }
     }
 
-    fn key(&self, parts: &[&str]) -> String {
-        let mut k = self.cfg.prefix.clone();
-        for p in parts {
-            k.push(':');
-            k.push_str(p);
-        }
-        k
-    }
-
-    /// A key (or sharded channel) of `topic`: `<prefix>:<kind>:{<topic>}`. Every key of a topic
-    /// carries the topic as its hash tag, so that in a Redis Cluster a topic lives on one shard
-    /// and its scripts stay atomic (see [`tag`]).
-    pub(super) fn topic_key(&self, kind: &str, topic: &str) -> String {
-        format!("{}:{kind}:{{{}}}", self.cfg.prefix, tag(topic))
-    }
-
-    /// A key (or channel) of a node: `<prefix>:<kind>:{<node>}` (one slot for all of a node's).
-    pub(super) fn node_key(&self, kind: &str, node: &str) -> String {
-        format!("{}:{kind}:{{{node}}}", self.cfg.prefix)
-    }
-
-    /// The key of a cluster counter: `<prefix>:cnt:{<tag>}<counter>`, tagged with the topic for
-    /// a topic's counters (subscribers, members), else with the counter itself.
-    pub(super) fn counter_key(&self, key: &CounterKey) -> String {
-        let name = key.to_string();
-        let tag = match key {
-            CounterKey::Subscribers(t) | CounterKey::Members { topic: t, .. } => tag(t),
-            _ => tag(&name),
-        };
-        format!("{}:cnt:{{{tag}}}{name}", self.cfg.prefix)
-    }
-
-    /// The counter named in a key of [`Self::counter_key`] (`None` for any other key).
-    pub(super) fn counter_name<'a>(&self, key: &'a str) -> Option<&'a str> {
-        let rest = key.strip_prefix(&self.cfg.prefix)?.strip_prefix(":cnt:{")?;
-        rest.split_once('}').map(|(_, name)| name)
-    }
-
-    fn topic_channel(&self, topic: &str) -> String {
-        self.topic_key("t", topic)
-    }
-
-    /// The topic of a channel of [`Self::topic_channel`].
-    pub(super) fn channel_topic(&self, channel: &str) -> Option<String> {
-        let tag = channel
-            .strip_prefix(&self.cfg.prefix)?
-            .strip_prefix(":t:{")?
-            .strip_suffix('}')?;
-        untag(tag)
-    }
-
-    /// `PUBLISH`, or `SPUBLISH` in a cluster (sharded pub/sub).
-    pub(super) fn publish_cmd(&self, channel: &str, message: &[u8]) -> redis::Cmd {
-        let mut c = redis::cmd(self.publish_command());
-        c.arg(channel).arg(message);
-        c
-    }
-
-    fn control_channel(&self) -> String {
-        self.key(&["ctl"])
-    }
-
     /// Fails fast while Redis is unreachable (the subscription is down): nothing waits on a
     /// dead connection, nothing is queued to be sent later, and nothing is acknowledged that
     /// the cluster will not deliver. The subscription loop reconnects and re-subscribes
@@ -387,33 +291,6 @@ impl RedisBroker {
         if n.is_multiple_of(100) {
             tracing::warn!(error = %e, failures = n + 1, "redis {what} failed");
         }
-    }
-}
-
-/// A topic as a Redis hash tag: the topic itself, unless it holds a `}` (which would end the
-/// tag early), starts with `~` or is empty: then `~` and its bytes in hex.
-/// `CLUSTER KEYSLOT <prefix>:t:{<tag>}` names the slot of the topic.
-pub(super) fn tag(topic: &str) -> std::borrow::Cow<'_, str> {
-    if topic.is_empty() || topic.contains('}') || topic.starts_with('~') {
-        std::borrow::Cow::Owned(format!("~{}", hex::encode(topic.as_bytes())))
-    } else {
-        std::borrow::Cow::Borrowed(topic)
-    }
-}
-
-/// The topic a [`tag`] stands for.
-pub(super) fn untag(tag: &str) -> Option<String> {
-    match tag.strip_prefix('~') {
-        Some(h) => hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok()),
-        None => Some(tag.to_owned()),
-    }
-}
-
-/// Redacts a password in a Redis URL for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
     }
 }
 
@@ -575,53 +452,11 @@ impl Broker for RedisBroker {
     }
 
     async fn claim(&self, key: &CounterKey, limit: u32) -> Result<bool, BrokerError> {
-        let counter = self.counter_key(key);
-        self.check_up()?;
-        let _gate = self.gate.read().await;
-        let mut c = self.conn.clone();
-        let taken: i64 = self
-            .claim_script
-            .key(&counter)
-            .arg(&self.node_id)
-            .arg(limit)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| {
-                self.failed("limit claim", &e);
-                err(e)
-            })?;
-        if taken == 1 {
-            *self.claims.lock().entry(counter.clone()).or_insert(0) += 1;
-            self.queue_registry_op(registry::RegistryOp::Index(counter));
-        }
-        Ok(taken == 1)
+        self.claim_now(key, limit).await
     }
 
     async fn release(&self, key: &CounterKey) -> Result<(), BrokerError> {
-        let counter = self.counter_key(key);
-        let _gate = self.gate.read().await;
-        {
-            let mut claims = self.claims.lock();
-            if let Some(n) = claims.get_mut(&counter) {
-                *n -= 1;
-                if *n <= 0 {
-                    claims.remove(&counter);
-                }
-            }
-        }
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        let released = redis::Script::new(RELEASE)
-            .key(&counter)
-            .arg(&self.node_id)
-            .invoke_async::<()>(&mut c)
-            .await
-            .map_err(|e| {
-                self.failed("limit release", &e);
-                err(e)
-            });
-        self.queue_registry_op(registry::RegistryOp::Index(counter));
-        released
+        self.release_now(key).await
     }
 
     fn counts_subscribers(&self) -> bool {
@@ -659,53 +494,11 @@ impl Broker for RedisBroker {
     }
 
     async fn channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        let pattern = format!(
-            "{}:cnt:{{*}}{}*",
-            self.cfg.prefix,
-            CounterKey::SUBSCRIBERS_PREFIX
-        );
-        let keys = self.conn.scan_match(&pattern).await.map_err(err)?;
-        let mut out = Vec::new();
-        for k in keys {
-            let Some(topic) = self
-                .counter_name(&k)
-                .and_then(|n| n.strip_prefix(CounterKey::SUBSCRIBERS_PREFIX))
-            else {
-                continue;
-            };
-            let vals: Vec<i64> = c.hvals(&k).await.map_err(err)?;
-            let n: i64 = vals.iter().sum();
-            if n > 0 {
-                out.push((topic.to_owned(), n as usize));
-            }
-        }
-        out.sort();
-        Ok(Some(out))
+        self.read_channels().await
     }
 
     async fn subscriber_counts(&self, topics: &[&str]) -> Result<Option<Vec<usize>>, BrokerError> {
-        self.check_up()?;
-        let cmds = topics
-            .iter()
-            .map(|topic| {
-                let mut c = redis::cmd("HVALS");
-                c.arg(self.counter_key(&CounterKey::Subscribers((*topic).into())));
-                c
-            })
-            .collect();
-        let replies = self.conn.run_all(cmds).await.map_err(err)?;
-        let shares: Vec<Vec<i64>> = replies
-            .into_iter()
-            .map(|v| redis::from_redis_value(v).unwrap_or_default())
-            .collect();
-        Ok(Some(
-            shares
-                .iter()
-                .map(|v| v.iter().sum::<i64>().max(0) as usize)
-                .collect(),
-        ))
+        self.read_subscriber_counts(topics).await
     }
 
     async fn disconnect_remote(&self, sub: &str) -> Result<(), BrokerError> {

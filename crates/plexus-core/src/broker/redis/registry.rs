@@ -4,7 +4,9 @@
 //! live connections (`<prefix>:nconn:<node>`), which the node that reaps a dead node takes in
 //! one step, to report that node's disconnects exactly once.
 
-use super::scripts::{COUNT_SUBSCRIBER, REAP_COUNTER, REPLACE_CONNECTIONS, TAKE_CONNECTIONS};
+use super::scripts::{
+    COUNT_SUBSCRIBER, REAP_COUNTER, RELEASE, REPLACE_CONNECTIONS, TAKE_CONNECTIONS,
+};
 use super::{err, RedisBroker};
 use crate::broker::{BrokerError, BrokerEvent, CounterKey};
 use crate::ConnId;
@@ -217,6 +219,119 @@ impl RedisBroker {
             }
         }
         Ok(())
+    }
+}
+
+impl RedisBroker {
+    /// Takes one unit of counter `key` if the cluster total stays within `limit`.
+    pub(super) async fn claim_now(
+        &self,
+        key: &CounterKey,
+        limit: u32,
+    ) -> Result<bool, BrokerError> {
+        let counter = self.counter_key(key);
+        self.check_up()?;
+        let _gate = self.gate.read().await;
+        let mut c = self.conn.clone();
+        let taken: i64 = self
+            .claim_script
+            .key(&counter)
+            .arg(&self.node_id)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("limit claim", &e);
+                err(e)
+            })?;
+        if taken == 1 {
+            *self.claims.lock().entry(counter.clone()).or_insert(0) += 1;
+            self.queue_registry_op(RegistryOp::Index(counter));
+        }
+        Ok(taken == 1)
+    }
+
+    /// Gives back one unit of counter `key` that this node took.
+    pub(super) async fn release_now(&self, key: &CounterKey) -> Result<(), BrokerError> {
+        let counter = self.counter_key(key);
+        let _gate = self.gate.read().await;
+        {
+            let mut claims = self.claims.lock();
+            if let Some(n) = claims.get_mut(&counter) {
+                *n -= 1;
+                if *n <= 0 {
+                    claims.remove(&counter);
+                }
+            }
+        }
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        let released = redis::Script::new(RELEASE)
+            .key(&counter)
+            .arg(&self.node_id)
+            .invoke_async::<()>(&mut c)
+            .await
+            .map_err(|e| {
+                self.failed("limit release", &e);
+                err(e)
+            });
+        self.queue_registry_op(RegistryOp::Index(counter));
+        released
+    }
+
+    /// The topics with subscribers anywhere in the cluster, with their totals.
+    pub(super) async fn read_channels(&self) -> Result<Option<Vec<(String, usize)>>, BrokerError> {
+        self.check_up()?;
+        let mut c = self.conn.clone();
+        let pattern = format!(
+            "{}:cnt:{{*}}{}*",
+            self.cfg.prefix,
+            CounterKey::SUBSCRIBERS_PREFIX
+        );
+        let keys = self.conn.scan_match(&pattern).await.map_err(err)?;
+        let mut out = Vec::new();
+        for k in keys {
+            let Some(topic) = self
+                .counter_name(&k)
+                .and_then(|n| n.strip_prefix(CounterKey::SUBSCRIBERS_PREFIX))
+            else {
+                continue;
+            };
+            let vals: Vec<i64> = c.hvals(&k).await.map_err(err)?;
+            let n: i64 = vals.iter().sum();
+            if n > 0 {
+                out.push((topic.to_owned(), n as usize));
+            }
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
+    /// The cluster's subscriber totals of `topics`.
+    pub(super) async fn read_subscriber_counts(
+        &self,
+        topics: &[&str],
+    ) -> Result<Option<Vec<usize>>, BrokerError> {
+        self.check_up()?;
+        let cmds = topics
+            .iter()
+            .map(|topic| {
+                let mut c = redis::cmd("HVALS");
+                c.arg(self.counter_key(&CounterKey::Subscribers((*topic).into())));
+                c
+            })
+            .collect();
+        let replies = self.conn.run_all(cmds).await.map_err(err)?;
+        let shares: Vec<Vec<i64>> = replies
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).unwrap_or_default())
+            .collect();
+        Ok(Some(
+            shares
+                .iter()
+                .map(|v| v.iter().sum::<i64>().max(0) as usize)
+                .collect(),
+        ))
     }
 }
 
