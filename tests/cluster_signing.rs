@@ -5,7 +5,7 @@
 mod common;
 
 use common::cluster::cluster;
-use common::{json, Redis, Server, API_KEY};
+use common::{json, Redis, Server};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,16 +31,6 @@ fn node_ids(redis: &Redis) -> Vec<String> {
 }
 
 /// An admin console session on `s` (dev profile: the API key signs in).
-async fn admin(s: &Server) -> String {
-    let body = serde_json::json!({ "secret": API_KEY }).to_string();
-    let (st, resp) = s
-        .http("POST", "/admin/api/session", &[], &body)
-        .await
-        .unwrap();
-    assert_eq!(st, 200, "{resp}");
-    format!("Bearer {}", json(&resp)["token"].as_str().unwrap())
-}
-
 async fn health(s: &Server) -> (u16, String) {
     s.http("GET", "/health", &[], "").await.unwrap()
 }
@@ -66,8 +56,8 @@ async fn forged_node_calls_and_disconnects_are_refused_signed_ones_work() {
     let mut alice_a = nodes[0].client("alice").await;
     let mut alice_b = nodes[1].client("alice").await;
     let mut bob_a = nodes[0].client("bob").await;
-    let console_a = admin(&nodes[0]).await;
-    let console_b = admin(&nodes[1]).await;
+    let console_a = nodes[0].admin_session().await;
+    let console_b = nodes[1].admin_session().await;
 
     // Someone with access to Redis listens where a forged call's answer would go.
     let mut spy = Command::new("redis-cli")

@@ -113,21 +113,11 @@ async fn a_broadcast_is_one_spublish() {
     drop((a, b));
 }
 
-async fn admin(s: &Server) -> String {
-    let body = json!({ "secret": API_KEY }).to_string();
-    let (st, resp) = s
-        .http("POST", "/admin/api/session", &[], &body)
-        .await
-        .unwrap();
-    assert_eq!(st, 200, "{resp}");
-    format!("Bearer {}", json(&resp)["token"].as_str().unwrap())
-}
-
 /// Every node's console lists every node with its figures (node-to-node calls over sharded
 /// channels), and `/health` and `plexus_broker_up` say the broker is up.
 async fn cluster_view_and_broker_up(nodes: &[Server]) {
     for s in nodes {
-        let console = admin(s).await;
+        let console = s.admin_session().await;
         let (st, resp) = s
             .http(
                 "GET",

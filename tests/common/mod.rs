@@ -227,6 +227,21 @@ impl Server {
         session
     }
 
+    /// Signs in to the admin console with the API key (`POST /admin/api/session`); returns the
+    /// `Authorization` header value of the session.
+    pub async fn admin_session(&self) -> String {
+        let body = serde_json::json!({ "secret": API_KEY }).to_string();
+        let (st, resp) = self
+            .http("POST", "/admin/api/session", &[], &body)
+            .await
+            .expect("the server answers");
+        assert_eq!(st, 200, "{resp}");
+        format!(
+            "Bearer {}",
+            json(&resp)["token"].as_str().unwrap_or_default()
+        )
+    }
+
     /// A raw HTTP/1.1 request; returns (status, body).
     pub async fn http(
         &self,

@@ -17,6 +17,23 @@ macro_rules! replid_line {
     };
 }
 
+/// The Lua lines shared by the history scripts (KEYS: offset, stream, epoch, replid): `epoch`
+/// is the topic's, or `false` when there is none or another instance wrote it (then the offset
+/// counter and stream are dropped and `epoch` becomes the new one, `ARGV[$new]`), and `stored`
+/// the replid stored with it.
+macro_rules! epoch_lines {
+    ($new:literal) => {
+        concat!(
+            "local epoch = redis.call('GET', KEYS[3])\n\
+             local stored = redis.call('GET', KEYS[4])\n\
+             if epoch and stored and stored ~= rid then epoch = false end\n\
+             if not epoch then\n  epoch = ARGV[",
+            $new,
+            "]\n  redis.call('DEL', KEYS[1], KEYS[2])\n"
+        )
+    };
+}
+
 /// Appends to history and publishes, atomically. The message is stored once, as its frame;
 /// the stream is capped by count (MAXLEN) and every key expires (the rule's TTL, else the
 /// history idle time) after the last publish. A topic without an epoch, or whose history was
@@ -32,13 +49,8 @@ macro_rules! replid_line {
 /// command (`PUBLISH`, or `SPUBLISH` in a Redis Cluster).
 pub(super) const PUBLISH_HISTORY: &str = concat!(
     replid_line!(),
+    epoch_lines!(8),
     r#"
-local epoch = redis.call('GET', KEYS[3])
-local stored = redis.call('GET', KEYS[4])
-if epoch and stored and stored ~= rid then epoch = false end
-if not epoch then
-  epoch = ARGV[8]
-  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('SET', KEYS[3], epoch)
 end
 if stored ~= rid then redis.call('SET', KEYS[4], rid) end
@@ -71,13 +83,8 @@ return {offset, epoch}
 /// start).
 pub(super) const READ_HISTORY: &str = concat!(
     replid_line!(),
+    epoch_lines!(1),
     r#"
-local epoch = redis.call('GET', KEYS[3])
-local stored = redis.call('GET', KEYS[4])
-if epoch and stored and stored ~= rid then epoch = false end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[2])
   redis.call('SET', KEYS[4], rid, 'PX', ARGV[2])
 elseif not stored then
