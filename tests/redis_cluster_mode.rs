@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::cluster;
 use common::redis_topology::{call, RedisCluster, RedisSentinel};
-use common::{json, Server, API_KEY};
+use common::{json, Server};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -190,16 +190,7 @@ async fn a_bad_cluster_or_sentinel_url_is_a_clear_startup_error() {
         ("redis+cluster://127.0.0.1:notaport", "invalid port"),
     ] {
         // PLEXUS_REDIS_URL alone selects the Redis broker.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "PLEXUS_LISTEN",
-                format!("127.0.0.1:{}", common::free_port()),
-            )
-            .env("PLEXUS_JWT_SECRET", common::SECRET)
-            .env("PLEXUS_API_KEY", API_KEY)
-            .env("PLEXUS_REDIS_URL", url)
+        let out = common::plexus_command(&[("PLEXUS_REDIS_URL", url)])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{url} started");

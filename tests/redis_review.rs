@@ -43,21 +43,14 @@ async fn run_until_exit(config: &str, url: &str) -> (Option<bool>, String) {
     let cfg = dir.join(format!("{tag}.toml"));
     std::fs::write(&cfg, config).unwrap();
     let log = dir.join(format!("{tag}.log"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "PLEXUS_LISTEN",
-            format!("127.0.0.1:{}", common::free_port()),
-        )
-        .env("PLEXUS_JWT_SECRET", common::SECRET)
-        .env("PLEXUS_API_KEY", common::API_KEY)
-        .env("PLEXUS_CONFIG", &cfg)
-        .env("PLEXUS_REDIS_URL", url)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = common::plexus_command(&[
+        ("PLEXUS_CONFIG", cfg.to_str().unwrap()),
+        ("PLEXUS_REDIS_URL", url),
+    ])
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -180,24 +173,6 @@ fn signal(pid: &str, sig: &str) {
     assert!(st.success(), "kill {sig} {pid}");
 }
 
-/// `POST /api/broadcast`; the HTTP status.
-async fn try_broadcast(s: &Server, topic: &str, n: u64) -> u16 {
-    let auth = format!("Bearer {}", common::API_KEY);
-    let req = json!({"topic": topic, "event": "msg", "payload": {"n": n}});
-    match s
-        .http(
-            "POST",
-            "/api/broadcast",
-            &[("Authorization", &auth)],
-            &req.to_string(),
-        )
-        .await
-    {
-        Ok((st, _)) => st,
-        Err(_) => 0,
-    }
-}
-
 /// Sentinel mode, the primary freezes instead of dying (a paused VM, a host cut off: no
 /// connection is reset). The sentinels promote the replica; the node must follow within
 /// seconds (the contract: publishing resumes within 10 s of the promotion). It used to notice
@@ -214,7 +189,7 @@ async fn sentinel_follows_a_failover_away_from_a_frozen_primary() {
     let mut a = node.client("frozen").await;
     let topic = "room:frozen";
     assert!(a.join(topic, json!({})).await.unwrap().is_ok());
-    assert_eq!(try_broadcast(&node, topic, 0).await, 200);
+    assert_eq!(node.try_broadcast(topic, 0).await, 200);
     let old = s.primary_port();
     let pid = redis_pid(old);
     signal(&pid, "-STOP");
@@ -223,7 +198,7 @@ async fn sentinel_follows_a_failover_away_from_a_frozen_primary() {
     let mut ok = false;
     let mut n = 1;
     while promoted.elapsed() < Duration::from_secs(10) {
-        if try_broadcast(&node, topic, n).await == 200 {
+        if node.try_broadcast(topic, n).await == 200 {
             ok = true;
             break;
         }

@@ -208,6 +208,24 @@ impl Server {
         json(&resp)
     }
 
+    /// `POST /api/broadcast` of `{"n": n}` as event `msg`; the status (0: no answer).
+    pub async fn try_broadcast(&self, topic: &str, n: u64) -> u16 {
+        let auth = format!("Bearer {API_KEY}");
+        let req = serde_json::json!({"topic": topic, "event": "msg", "payload": {"n": n}});
+        match self
+            .http(
+                "POST",
+                "/api/broadcast",
+                &[("Authorization", &auth)],
+                &req.to_string(),
+            )
+            .await
+        {
+            Ok((st, _)) => st,
+            Err(_) => 0,
+        }
+    }
+
     /// Opens a LongPoll session for `sub` (`GET /socket/longpoll` with its token): asserts the
     /// 200 answer and returns the session token.
     pub async fn longpoll_session(&self, sub: &str) -> String {
@@ -328,6 +346,21 @@ pub fn ws_headers() -> Vec<(&'static str, &'static str)> {
 
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The `plexus` binary with the test secrets, a free port and `env`, not started (for a test
+/// that runs it to its exit, e.g. a refused configuration).
+pub fn plexus_command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PLEXUS_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("PLEXUS_JWT_SECRET", SECRET)
+        .env("PLEXUS_API_KEY", API_KEY);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// A private `redis-server` on a free port, stopped on drop; `stop`/`start` simulate outages.
