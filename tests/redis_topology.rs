@@ -94,7 +94,20 @@ async fn killed_primary_is_replaced_by_its_replica() {
         t.elapsed()
     );
     assert_eq!(new, replica);
-    assert_eq!(call(new, &["GET", key]).unwrap().text(), "before");
+    // The promoted replica serves the acknowledged write (on a loaded machine it may answer a
+    // moment after the cluster agrees on it).
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut got = String::new();
+    while Instant::now() < until {
+        got = call(new, &["GET", key])
+            .map(|r| r.text())
+            .unwrap_or_default();
+        if got == "before" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, "before", "{}", info_text(new));
     let primaries = c.primaries();
     assert_eq!(primaries.len(), 3, "{:?}", c.view());
     assert!(!primaries.contains(&old));
@@ -215,4 +228,13 @@ async fn sentinel_promotes_the_replica_of_a_killed_primary() {
     assert_eq!(role(primary).unwrap(), "slave");
     assert_eq!(call(new, &["WAIT", "1", "2000"]).unwrap().int(), Some(1));
     assert_eq!(call(primary, &["GET", "k"]).unwrap().text(), "after");
+}
+
+/// The replication and persistence sections of `port`'s INFO, for a failure message.
+fn info_text(port: u16) -> String {
+    ["replication", "persistence", "keyspace"]
+        .iter()
+        .map(|s| format!("{:?}", common::redis_topology::info(port, s)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
