@@ -194,6 +194,8 @@ impl RedisBroker {
         let channel = self.control_channel();
         let opened = match self.signer.open(&channel, data) {
             Ok(m) => m,
+            // A disconnect sent again until every node had it (`disconnect_remote`).
+            Err(Refused::Replayed) => return,
             Err(why) => return self.refused(&channel, why),
         };
         if opened.kind != Kind::Disconnect {

@@ -511,11 +511,23 @@ impl Broker for RedisBroker {
             id,
             sub.as_bytes(),
         );
-        let mut c = self.conn.clone();
-        self.publish_cmd(&channel, &msg)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(err)
+        // Sent again (the same signed message: a node that had it drops the copy as a replay)
+        // until every registered node's subscription got it, for at most `CONFIRM_WITHIN`,
+        // like a plain broadcast: a node re-subscribing after a blip must not keep the user.
+        let started = std::time::Instant::now();
+        loop {
+            let mut c = self.conn.clone();
+            let got: i64 = self
+                .publish_cmd(&channel, &msg)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            let want: i64 = c.scard(self.key(&["nodes"])).await.unwrap_or(0);
+            if got >= want || started.elapsed() >= confirm::CONFIRM_WITHIN {
+                return Ok(());
+            }
+            tokio::time::sleep(confirm::RESEND_EVERY).await;
+        }
     }
 
     fn healthy(&self) -> bool {
