@@ -371,12 +371,18 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
-        r.restart();
-        r
+        // Another test may take the free port between its pick and the bind: then the
+        // redis-server here exits, and the port answers for someone else's. Picked again.
+        for _ in 0..5 {
+            let mut r = Redis {
+                port: free_port(),
+                child: None,
+            };
+            if r.try_restart() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries");
     }
 
     pub fn url(&self) -> String {
@@ -385,6 +391,15 @@ impl Redis {
 
     /// Starts (again) on the same port, empty.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_restart(),
+            "port {} was taken by another process while this redis-server was down",
+            self.port
+        );
+    }
+
+    /// Starts on `self.port`; false when the port turned out to be another process's.
+    fn try_restart(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -400,9 +415,22 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test installs it)");
+        let pid = child.id().to_string();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return false; // could not bind
+                }
+            }
+            // Ours only if the process answering is the one started here.
+            if let Ok(info) = redis_topology::info(self.port, "server") {
+                if info.get("process_id") == Some(&pid) {
+                    return true;
+                }
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
