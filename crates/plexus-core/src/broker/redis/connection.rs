@@ -361,8 +361,17 @@ pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
             }
             continue;
         }
-        if let Err(e) = b.reap_dead_nodes().await {
-            b.failed("reaping dead nodes", &e);
+        // Reaping reports leaves, which the node broadcasts (a broadcast may wait for
+        // confirmations): it runs beside the heartbeat, never delaying it, one at a time.
+        if !b.reaping.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(&b);
+            tokio::spawn(async move {
+                let Some(b) = weak.upgrade() else { return };
+                if let Err(e) = b.reap_dead_nodes().await {
+                    b.failed("reaping dead nodes", &e);
+                }
+                b.reaping.store(false, Ordering::Release);
+            });
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct RedisBroker {
     gate: tokio::sync::RwLock<()>,
     /// Nodes whose heartbeat key was found missing, and since when (see `reap_dead_nodes`).
     suspects: Mutex<HashMap<String, std::time::Instant>>,
+    /// A reaping of dead nodes is running (one at a time, beside the heartbeat).
+    reaping: AtomicBool,
     /// A re-announce after a lost cluster shard is pending (one at a time).
     reannouncing: AtomicBool,
     events: OnceLock<Weak<dyn BrokerEventHandler>>,
@@ -213,6 +215,7 @@ impl RedisBroker {
             healthy: AtomicBool::new(false),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             reannouncing: AtomicBool::new(false),
+            reaping: AtomicBool::new(false),
             suspects: Mutex::new(HashMap::new()),
             gate: tokio::sync::RwLock::new(()),
             events: OnceLock::new(),
