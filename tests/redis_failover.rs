@@ -16,7 +16,7 @@
 mod common;
 
 use common::redis_topology::{RedisCluster, RedisSentinel};
-use common::{Server, API_KEY};
+use common::Server;
 use plexus_client::Client;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -154,7 +154,6 @@ async fn publisher(
     topics: &[&str],
     stop: &std::sync::atomic::AtomicBool,
 ) -> Vec<Publish> {
-    let auth = format!("Bearer {API_KEY}");
     let mut out = Vec::new();
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -162,10 +161,9 @@ async fn publisher(
         let tick = Instant::now();
         for (i, topic) in topics.iter().enumerate() {
             let node = &nodes[(n as usize + i) % 2];
-            let body = json!({"topic": topic, "event": "msg", "payload": {"n": n}}).to_string();
             let r = tokio::time::timeout(
                 Duration::from_secs(5),
-                node.http("POST", "/api/broadcast", &[("Authorization", &auth)], &body),
+                node.post_broadcast(topic, "msg", json!({ "n": n })),
             )
             .await;
             let (acked, offset) = match r {

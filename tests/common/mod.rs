@@ -193,15 +193,8 @@ impl Server {
         event: &str,
         payload: serde_json::Value,
     ) -> serde_json::Value {
-        let auth = format!("Bearer {API_KEY}");
-        let req = serde_json::json!({"topic": topic, "event": event, "payload": payload});
         let (st, resp) = self
-            .http(
-                "POST",
-                "/api/broadcast",
-                &[("Authorization", &auth)],
-                &req.to_string(),
-            )
+            .post_broadcast(topic, event, payload)
             .await
             .expect("the API answers");
         assert_eq!(st, 200, "{resp}");
@@ -210,20 +203,31 @@ impl Server {
 
     /// `POST /api/broadcast` of `{"n": n}` as event `msg`; the status (0: no answer).
     pub async fn try_broadcast(&self, topic: &str, n: u64) -> u16 {
-        let auth = format!("Bearer {API_KEY}");
-        let req = serde_json::json!({"topic": topic, "event": "msg", "payload": {"n": n}});
         match self
-            .http(
-                "POST",
-                "/api/broadcast",
-                &[("Authorization", &auth)],
-                &req.to_string(),
-            )
+            .post_broadcast(topic, "msg", serde_json::json!({ "n": n }))
             .await
         {
             Ok((st, _)) => st,
             Err(_) => 0,
         }
+    }
+
+    /// `POST /api/broadcast` with the API key, whatever the answer: (status, body).
+    pub async fn post_broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: serde_json::Value,
+    ) -> std::io::Result<(u16, String)> {
+        let auth = format!("Bearer {API_KEY}");
+        let req = serde_json::json!({"topic": topic, "event": event, "payload": payload});
+        self.http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &auth)],
+            &req.to_string(),
+        )
+        .await
     }
 
     /// Opens a LongPoll session for `sub` (`GET /socket/longpoll` with its token): asserts the
