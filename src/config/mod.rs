@@ -184,6 +184,8 @@ pub struct Env {
     pub profile: Option<String>,
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
+    /// `PLEXUS_ROLES_CLAIM`: the roles claim path (replaces `auth.roles_claim`).
+    pub roles_claim: Option<String>,
     pub admin_secret: Option<String>,
     /// `PLEXUS_DEMO`: `true`/`1` or `false`/`0`.
     pub demo: Option<String>,
@@ -220,6 +222,7 @@ impl Env {
             profile: get("PLEXUS_PROFILE"),
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
+            roles_claim: get("PLEXUS_ROLES_CLAIM"),
             admin_secret: get("PLEXUS_ADMIN_SECRET"),
             demo: get("PLEXUS_DEMO"),
             demo_feed: get("PLEXUS_DEMO_FEED"),
@@ -417,6 +420,9 @@ fn resolve(
     let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
     let profile = resolve_profile(flag_profile, env, &file, text.is_some())?;
     let listen = resolve_listen(flag_listen, env, &file, profile)?;
+    if let Some(path) = &env.roles_claim {
+        file.auth.roles_claim = Some(path.clone());
+    }
     let secrets = resolve_secrets(profile, env, &file)?;
     let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
     let admission = resolve_admission(&file, profile)?;

@@ -434,3 +434,54 @@ fn pusher_webhooks_need_pusher_mode_and_know_pusher_s_event_names() {
         .to_string();
     assert!(e.contains("Pusher mode"), "{e}");
 }
+
+#[test]
+fn roles_claim_path_from_file_or_environment() {
+    let token = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123"),
+        )
+        .unwrap()
+    };
+    let exp = plexus_core::auth::unix_now() + 60;
+    let base = Env {
+        jwt_secret: Some("0123456789abcdef0123".into()),
+        ..Env::default()
+    };
+    let c = parse_str(
+        "[auth]\nroles_claim = \"realm_access.roles\"\n",
+        &base,
+        None,
+        Some("dev"),
+    )
+    .unwrap();
+    let id = c
+        .verifier
+        .verify(&token(serde_json::json!({
+            "sub": "a", "exp": exp, "realm_access": {"roles": ["admin"]}
+        })))
+        .unwrap();
+    assert_eq!(id.roles, ["admin"]);
+    let env = Env {
+        roles_claim: Some("https://example.com/roles".into()),
+        ..base.clone()
+    };
+    let c = parse_str(
+        "[auth]\nroles_claim = \"realm_access.roles\"\n",
+        &env,
+        None,
+        Some("dev"),
+    )
+    .unwrap();
+    let id = c
+        .verifier
+        .verify(&token(serde_json::json!({
+            "sub": "a", "exp": exp, "https://example.com/roles": "editor"
+        })))
+        .unwrap();
+    assert_eq!(id.roles, ["editor"]);
+    let e = parse_str("[auth]\nroles_claim = \"a..b\"\n", &base, None, Some("dev")).unwrap_err();
+    assert!(e.to_string().contains("empty claim name"), "{e}");
+}

@@ -9,8 +9,8 @@
 //! verify by construction.
 //!
 //! Checked: signature, `exp` (required), `nbf`, and `iss` / `aud` when configured, with a
-//! clock-skew leeway. Every refusal is an [`AuthError`] whose text names the reason and never
-//! contains the token.
+//! clock-skew leeway. Roles are read at a configurable claim path ([`claim_path`]). Every
+//! refusal is an [`AuthError`] whose text names the reason and never contains the token.
 //!
 //! A token needs a `sub`, except an *anonymous* one: with [`VerifyOptions::anon_role`] set
 //! (Supabase channels on), a verified token whose `role` (Supabase's claim) or roles name that
@@ -28,6 +28,10 @@ use serde_json::{Map, Value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod claim_path;
+
+pub use claim_path::ClaimPath;
 
 /// Who a connection belongs to, as established by its token.
 #[derive(Clone, Debug)]
@@ -267,7 +271,8 @@ pub struct VerifyOptions {
     pub issuer: Option<String>,
     /// Required `aud` (one of), if any.
     pub audience: Option<String>,
-    /// Claim holding the roles (array of strings, or one string).
+    /// Where the roles are in the claims (array of strings, or one string): a path, see
+    /// [`ClaimPath`] (`roles`, `realm_access.roles`, `https://example.com/roles`).
     pub roles_claim: String,
     /// The role of anonymous tokens (Supabase's `anon`): a token whose `role` claim or roles
     /// name it is accepted without `sub` as an anonymous identity. `None`: every token needs a
@@ -291,6 +296,7 @@ impl Default for VerifyOptions {
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    roles_path: ClaimPath,
     options: VerifyOptions,
 }
 
@@ -323,7 +329,13 @@ impl Verifier {
         if keys.is_empty() {
             return Err(KeyError("no verification key configured".into()));
         }
-        Ok(Verifier { keys, options })
+        let roles_path = ClaimPath::parse(&options.roles_claim)
+            .map_err(|e| KeyError(format!("roles claim path {e}")))?;
+        Ok(Verifier {
+            keys,
+            roles_path,
+            options,
+        })
     }
 
     /// An HS256 verifier for one shared secret with default options.
@@ -334,6 +346,7 @@ impl Verifier {
                 algorithm: Algorithm::HS256,
                 key: DecodingKey::from_secret(secret),
             }],
+            roles_path: ClaimPath::claim("roles"),
             options: VerifyOptions::default(),
         }
     }
@@ -437,7 +450,7 @@ impl Verifier {
     }
 
     fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
-        let roles: Vec<String> = match c.get(&self.options.roles_claim) {
+        let roles: Vec<String> = match self.roles_path.get(&c) {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(|r| r.as_str().map(str::to_owned))
