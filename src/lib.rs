@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod gate;
 pub mod hook_client;
+pub mod jwks_client;
 pub mod metrics;
 pub mod routes;
 pub mod server;

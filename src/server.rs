@@ -35,14 +35,52 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Listen(String),
+    #[error("{0}")]
+    Keys(String),
+}
+
+/// The configured verifier with the keys of `auth.jwks_urls`, fetched now and refreshed from
+/// here on. Without any key to verify with — every URL failed and no other key is configured
+/// (a secret the dev profile made up does not count) — the server does not start.
+async fn verifier_with_jwks_urls(
+    config: &Config,
+) -> Result<plexus_core::auth::Verifier, StartError> {
+    let mut verifier = config.verifier.clone();
+    if config.jwks_urls.is_empty() {
+        return Ok(verifier);
+    }
+    let fetcher = Arc::new(crate::jwks_client::JwksClient::new().map_err(StartError::Keys)?);
+    let (remote, failures) =
+        plexus_core::auth::RemoteKeys::start(config.jwks_urls.clone(), fetcher).await;
+    let fetched = remote.key_count();
+    verifier.set_remote_keys(remote);
+    let generated = usize::from(config.jwt_secret_generated);
+    if fetched == 0 && verifier.keys().len() <= generated {
+        let why: Vec<String> = failures
+            .iter()
+            .map(|(url, e)| format!("{url}: {e}"))
+            .collect();
+        return Err(StartError::Keys(format!(
+            "no key to verify tokens with: no JWKS URL gave a usable key ({}) and no other key is configured (jwt_secret, [[auth.keys]], auth.jwks_files)",
+            why.join("; ")
+        )));
+    }
+    tracing::info!(
+        urls = config.jwks_urls.len(),
+        keys = fetched,
+        failed = failures.len(),
+        "JWKS URLs fetched"
+    );
+    Ok(verifier)
 }
 
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Before anything records a metric (the core resolves its handles once).
     crate::metrics::install();
+    let verifier = verifier_with_jwks_urls(&config).await?;
     let config = Arc::new(config);
     let node_config = NodeConfig {
-        verifier: config.verifier.clone(),
+        verifier,
         policy: config.policy.clone(),
         limits: config.limits.clone(),
         admission: config.admission.clone(),

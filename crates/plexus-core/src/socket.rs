@@ -306,7 +306,7 @@ impl Socket {
     /// signed in ([`Socket::sign_in`]). A signed-in connection never changes user nor goes
     /// back to anonymous.
     async fn adopt_token(&mut self, token: &str) -> Result<Option<u64>, String> {
-        let mut id = match self.node.authenticate(Some(token)) {
+        let mut id = match self.node.authenticate(Some(token)).await {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(conn = self.id, sub = %self.identity.sub, reason = %e, "token refresh refused");
