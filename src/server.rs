@@ -204,7 +204,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         // reconnecting to other nodes claim them) but not past the drain's deadline (less a
         // second to send them), then sent.
         grace
-            .flush(deadline.checked_sub(Duration::from_secs(1)).unwrap_or(deadline))
+            .flush(
+                deadline
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(deadline),
+            )
             .await;
     }
     for w in webhooks.iter().chain(pusher_webhooks.iter()) {

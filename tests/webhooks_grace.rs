@@ -169,7 +169,10 @@ async fn after_the_grace_the_disconnect_then_the_connect_arrive_as_without_one()
         })
         .await;
     // Not before the grace.
-    assert!(held_at.elapsed() >= Duration::from_millis(700), "{events:#?}");
+    assert!(
+        held_at.elapsed() >= Duration::from_millis(700),
+        "{events:#?}"
+    );
     let _again = s.client("alice").await;
     let events = recv
         .wait_events(Duration::from_secs(5), |e| {
@@ -216,7 +219,10 @@ async fn a_user_who_reconnects_without_rejoining_gets_the_presence_leave_and_a_v
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = recv.events();
     let alice_events = types_of(&events, "alice");
-    assert!(alice_events.contains(&"reconnect".to_owned()), "{events:#?}");
+    assert!(
+        alice_events.contains(&"reconnect".to_owned()),
+        "{events:#?}"
+    );
     assert!(!alice_events.contains(&"disconnect".to_owned()));
     assert_eq!(
         alice_events.iter().filter(|e| *e == "connect").count(),
@@ -404,7 +410,10 @@ presence = true
         );
         assert_eq!(reconnect["conn"], find(&events, "alice", "join", 1)["conn"]);
         assert_eq!(reconnect["node"], find(&events, "alice", "join", 1)["node"]);
-        assert_ne!(reconnect["node"], find(&events, "alice", "connect", 0)["node"]);
+        assert_ne!(
+            reconnect["node"],
+            find(&events, "alice", "connect", 0)["node"]
+        );
         assert_eq!(topic_events(&events, "room:1"), ["channel_occupied"]);
         // bob did not come back: his presence leave and disconnect, once; room:2 has carol.
         assert_eq!(

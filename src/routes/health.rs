@@ -81,7 +81,10 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
             ("plexus_webhook_grace_held", "gauge", "Webhook events held for the reconnect grace now.", g.held() as u64),
         ];
         for (name, kind, help, value) in figures {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
     }
     // Plexus's webhooks, then Pusher's (the same figures, `plexus_pusher_webhook_*`).

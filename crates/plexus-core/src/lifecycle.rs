@@ -11,9 +11,9 @@
 //! Pusher-format sink too when the topic is a Pusher channel ([`crate::pusher::webhooks`]).
 
 use crate::auth::Identity;
+use crate::broker::HoldKey;
 use crate::hooks::unix_ms;
 use crate::node::Node;
-use crate::broker::HoldKey;
 use crate::webhooks::grace::{Emit, Grace, Held, HoldGroup};
 use crate::webhooks::{Cause, EventKind};
 use crate::ConnId;
@@ -183,18 +183,24 @@ impl Node {
     ) {
         let grace = self
             .grace
-            .clone()
-            .filter(|_| held && self.wants_occupancy());
-        let vacated = |grace: Arc<Grace>, topic: Arc<str>, share: Option<Arc<str>>, conn: String| {
-            let mut group = HoldGroup::default();
-            group.events.push(Held {
-                key: HoldKey::Vacated(topic.clone()),
-                value: conn,
-                emit: Emit::Vacated { topic, share },
-            });
-            grace.hold(group);
+            .as_ref()
+            .filter(|_| held && self.wants_occupancy())
+            .cloned();
+        let vacated =
+            |grace: Arc<Grace>, topic: Arc<str>, share: Option<Arc<str>>, conn: String| {
+                let mut group = HoldGroup::default();
+                group.events.push(Held {
+                    key: HoldKey::Vacated(topic.clone()),
+                    value: conn,
+                    emit: Emit::Vacated { topic, share },
+                });
+                grace.hold(group);
+            };
+        // The user whose leave it was (what a claim of the vacancy gets; unused).
+        let conn = match (&grace, by) {
+            (Some(_), Some(b)) => b.identity.sub.to_string(),
+            _ => String::new(),
         };
-        let conn = by.map(|b| b.identity.sub.to_string()).unwrap_or_default();
         if !self.broker.counts_subscribers() {
             if emptied {
                 match (by, grace) {

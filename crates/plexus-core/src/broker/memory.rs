@@ -13,9 +13,7 @@
 //! Bytes freed are counted ([`HistoryStats::freed`]): the binary gives the heap memory they
 //! held back to the system after enough of them (src/allocator.rs).
 
-use super::{
-    Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats, HoldKey,
-};
+use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats, HoldKey};
 use crate::hub::Hub;
 use crate::limits::HistoryBudget;
 use crate::protocol::Frame;

@@ -24,13 +24,13 @@ mod presence;
 mod push;
 
 use crate::auth::Identity;
+use crate::broker::HoldKey;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
 use crate::protocol::{events, Message, Payload};
 use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
-use crate::broker::HoldKey;
 use crate::webhooks::grace::{Emit, Held, HoldGroup};
 use crate::webhooks::EventKind;
 use crate::ConnId;

@@ -65,8 +65,8 @@ pub(crate) enum Emit {
     },
 }
 
-/// One held event: its record's key and value (what a claim gets: the public id of the
-/// connection whose teardown caused it), and how it is sent.
+/// One held event: its record's key and value (what a claim gets: for a `disconnect`, the
+/// public id of the connection that ended, which `reconnect` names), and how it is sent.
 pub(crate) struct Held {
     pub key: HoldKey,
     pub value: String,
@@ -170,7 +170,10 @@ impl Grace {
             if fits {
                 self.held_now.fetch_sub(n, Ordering::AcqRel);
             } else {
-                let over = self.counters.over_cap.fetch_add(n as u64, Ordering::Relaxed);
+                let over = self
+                    .counters
+                    .over_cap
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 if over.is_multiple_of(1000) {
                     tracing::warn!(
                         held = self.held(),
