@@ -432,6 +432,50 @@ mod tests {
     }
 
     #[test]
+    fn the_reconnect_grace_is_off_by_default_and_bounded() {
+        let base = [
+            ("PLEXUS_WEBHOOK_URL", "http://127.0.0.1:9/w"),
+            ("PLEXUS_HOOK_SECRET", "0123456789abcdef"),
+        ];
+        let w = |extra: &[(&str, &str)], file: FileWebhooks| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            resolve(&env(&pairs), &FileHooks::default(), &file, false)
+                .map(|s| s.and_then(|s| s.webhooks))
+        };
+        let d = w(&[], FileWebhooks::default()).unwrap().unwrap();
+        assert_eq!(d.disconnect_grace, Duration::ZERO);
+        assert_eq!(
+            d.disconnect_grace_max,
+            plexus_core::webhooks::grace::DEFAULT_MAX_HELD
+        );
+        assert!(!d.events.contains(EventKind::Reconnect));
+        let file = FileWebhooks {
+            disconnect_grace_ms: Some(2000),
+            events: Some(vec!["disconnect".into(), "reconnect".into()]),
+            ..Default::default()
+        };
+        let f = w(&[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX", "5")], file)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.disconnect_grace, Duration::from_millis(2000));
+        assert_eq!(f.disconnect_grace_max, 5);
+        assert!(f.events.contains(EventKind::Reconnect));
+        let e = w(
+            &[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS", "600001")],
+            FileWebhooks::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS"));
+        let e = w(
+            &[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX", "0")],
+            FileWebhooks::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX"));
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let no_secret = env(&[("PLEXUS_JOIN_HOOK_URL", "http://a/join")]);
         let e = resolve(
