@@ -463,4 +463,42 @@ presence = true
         );
         drop(b);
     }
+
+    #[tokio::test]
+    async fn a_disconnect_claimed_by_a_reconnect_is_not_reported_again_when_its_node_dies() {
+        let redis = SuiteRedis::start().await;
+        let recv = Receiver::start(ok).await;
+        let mut a = node(&redis, &recv, "30000").await;
+        let b = node(&redis, &recv, "30000").await;
+        let alice = a.client("alice").await;
+        // bob stays on a: the reaper reports his disconnect, which tells that it ran.
+        let _bob = a.client("bob").await;
+        recv.wait_events(Duration::from_secs(5), |e| {
+            e.iter().filter(|e| e["type"] == "connect").count() == 2
+        })
+        .await;
+        alice.close().await;
+        wait_held(&a, 1).await;
+        let _again = b.client("alice").await;
+        recv.wait_events(Duration::from_secs(5), |e| {
+            e.iter().any(|e| e["type"] == "reconnect")
+        })
+        .await;
+        a.kill9();
+        let events = recv
+            .wait_events(Duration::from_secs(15), |e| {
+                e.iter()
+                    .any(|e| e["type"] == "disconnect" && e["sub"] == "bob")
+            })
+            .await;
+        assert_eq!(find(&events, "bob", "disconnect", 0)["reaped"], true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = recv.events();
+        assert_eq!(
+            types_of(&events, "alice"),
+            ["connect", "reconnect"],
+            "{events:#?}"
+        );
+        drop(b);
+    }
 }

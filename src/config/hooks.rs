@@ -472,7 +472,9 @@ mod tests {
             FileWebhooks::default(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX"));
+        assert!(e
+            .to_string()
+            .contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX"));
     }
 
     #[test]

@@ -52,6 +52,9 @@ impl Node {
         let who = who.clone();
         Some(tokio::spawn(async move {
             let previous = grace.claim(&HoldKey::Disconnect(who.sub.clone())).await;
+            if let Some(p) = &previous {
+                node.broker.hold_claimed_connection(p).await;
+            }
             node.connected(conn, &who, addr, previous);
         }))
     }

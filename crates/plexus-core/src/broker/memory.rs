@@ -527,4 +527,28 @@ mod tests {
         let again = b.history("t", None).await.unwrap().epoch;
         assert_ne!(again, first);
     }
+
+    #[tokio::test]
+    async fn a_hold_is_claimed_or_released_exactly_once_oldest_first() {
+        let b = broker(HistoryBudget::default());
+        let key = HoldKey::Disconnect("alice".into());
+        let ttl = Duration::from_secs(1);
+        b.hold_put(&key, "n/1", "n-1", ttl).await.unwrap();
+        b.hold_put(&key, "n/2", "n-2", ttl).await.unwrap();
+        // The first connect pairs with the oldest disconnect; its holder then finds it gone.
+        assert_eq!(b.hold_take(&key).await.unwrap().as_deref(), Some("n-1"));
+        assert!(!b.hold_release(&key, "n/1").await.unwrap());
+        // The other was not claimed: its holder sends it, and nothing is left to claim.
+        assert!(b.hold_release(&key, "n/2").await.unwrap());
+        assert_eq!(b.hold_take(&key).await.unwrap(), None);
+        assert!(b.holds.lock().is_empty());
+        // Keys do not mix.
+        let other = HoldKey::PresenceLeave {
+            topic: "room:1".into(),
+            member: "alice".into(),
+        };
+        b.hold_put(&other, "n/3", "n-3", ttl).await.unwrap();
+        assert_eq!(b.hold_take(&key).await.unwrap(), None);
+        assert_eq!(b.hold_take(&other).await.unwrap().as_deref(), Some("n-3"));
+    }
 }

@@ -323,6 +323,13 @@ pub trait Broker: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// A connect claimed the held `disconnect` of connection `public_conn` (`<node>-<n>`),
+    /// which its node still keeps in its registry until the hold ends: removed from that
+    /// registry now, so that if that node dies before then, the node that reaps it does not
+    /// report the `disconnect` the reconnect replaced. Best effort; a broker without a
+    /// registry does nothing.
+    async fn hold_claimed_connection(&self, _public_conn: &str) {}
+
     /// Whether [`Broker::count_subscriber`] keeps a cluster-wide count (else this node's hub
     /// is the whole truth about who subscribes where).
     fn counts_subscribers(&self) -> bool {

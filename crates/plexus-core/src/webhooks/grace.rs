@@ -20,8 +20,9 @@
 //! dropped. A broker that cannot record a hold (Redis down) has its event sent at the end of
 //! the grace as if unclaimed; a release that fails sends the event too (a duplicate rather
 //! than a loss). A held `disconnect` keeps its connection in the node's registry of live
-//! connections until it is resolved, so that if the node dies meanwhile the node that reaps
-//! it still reports the disconnect (`reaped: true`). A draining node keeps its holds until
+//! connections until it is resolved (or claimed: the claimer removes it), so that if the node
+//! dies meanwhile the node that reaps it still reports the disconnect (`reaped: true`); a held
+//! `presence_leave` or `channel_vacated` is lost then (documented). A draining node keeps its holds until
 //! their grace ends or the drain's deadline comes, whichever is first ([`Grace::flush`]), so
 //! that clients reconnecting to other nodes are paired.
 

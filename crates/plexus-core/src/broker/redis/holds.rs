@@ -5,7 +5,9 @@
 //! `{<topic>}v`), so that each key lives on one shard of a Redis Cluster. Claiming
 //! ([`HOLD_TAKE`]) and releasing (`HDEL`) are single atomic steps on the same field: exactly
 //! one of them wins. The hash expires a while after its last hold ([`HOLD_KEEP`] beyond the
-//! hold's own time), so that the holds of a node that died do not stay.
+//! hold's own time), so that the holds of a node that died do not stay. A claimed
+//! `disconnect`'s connection leaves its node's registry at once (the reaper must not report
+//! it if that node dies within the grace).
 
 use super::keys::tag;
 use super::{err, RedisBroker};
@@ -96,5 +98,20 @@ impl RedisBroker {
             err(e)
         })?;
         Ok(removed > 0)
+    }
+
+    /// See [`crate::broker::Broker::hold_claimed_connection`]: `HDEL` of the entry in its
+    /// node's registry (a node's own connection stays: that node is alive and resolves it).
+    pub(super) async fn forget_claimed_connection(&self, public_conn: &str) {
+        let Some((node, conn)) = public_conn.rsplit_once('-') else {
+            return;
+        };
+        if node == self.node_id || self.check_up().is_err() {
+            return;
+        }
+        let mut c = self.conn.clone();
+        if let Err(e) = c.hdel::<_, _, i64>(self.connections_key(node), conn).await {
+            self.failed("registry update", &e);
+        }
     }
 }

@@ -477,6 +477,10 @@ impl Broker for RedisBroker {
         self.hold_take_now(key).await
     }
 
+    async fn hold_claimed_connection(&self, public_conn: &str) {
+        self.forget_claimed_connection(public_conn).await;
+    }
+
     async fn hold_release(&self, key: &HoldKey, id: &str) -> Result<bool, BrokerError> {
         self.hold_release_now(key, id).await
     }
