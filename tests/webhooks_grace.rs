@@ -81,10 +81,13 @@ async fn metric(s: &Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
-/// Waits until the node holds `n` events (its teardowns were processed).
+/// Waits until the node holds `n` events (its teardowns were processed) and recorded them
+/// (a reconnect can claim them).
 async fn wait_held(s: &Server, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(s, "plexus_webhook_grace_held").await < n {
+    while metric(s, "plexus_webhook_grace_held").await < n
+        || metric(s, "plexus_webhook_grace_recorded_total").await < n
+    {
         assert!(Instant::now() < deadline, "never held {n} events");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -75,6 +75,7 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
         let c = &g.counters;
         let figures = [
             ("plexus_webhook_grace_held_total", "counter", "Webhook events held for the reconnect grace (webhooks.disconnect_grace_ms).", c.held.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_recorded_total", "counter", "Held webhook events recorded in the broker (claimable by a reconnect on any node).", c.recorded.load(Ordering::Relaxed)),
             ("plexus_webhook_grace_sent_total", "counter", "Held webhook events sent at the end of the grace (no reconnect claimed them).", c.sent.load(Ordering::Relaxed)),
             ("plexus_webhook_grace_suppressed_total", "counter", "Pairs of webhook events suppressed by the reconnect grace (disconnect+connect, presence_leave+presence_join, channel_vacated+channel_occupied), counted by the node whose event claimed the held one.", c.suppressed.load(Ordering::Relaxed)),
             ("plexus_webhook_grace_over_cap_total", "counter", "Webhook events sent at once because webhooks.disconnect_grace_max events were held already.", c.over_cap.load(Ordering::Relaxed)),

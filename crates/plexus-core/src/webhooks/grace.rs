@@ -46,6 +46,9 @@ pub const DEFAULT_MAX_HELD: usize = 10_000;
 pub struct GraceCounters {
     /// Events held.
     pub held: AtomicU64,
+    /// Held events whose record the broker took (only those can be claimed: a connect that
+    /// comes before its record is written is not paired).
+    pub recorded: AtomicU64,
     /// Held events sent at the end of the grace (nothing claimed them).
     pub sent: AtomicU64,
     /// Pairs suppressed (counted by the node whose connect, presence join or occupied claimed a
@@ -213,13 +216,19 @@ impl Grace {
             registry: group.registry,
         });
         self.wake.notify_one();
-        let broker = self.broker.clone();
-        let grace = self.grace;
+        let me = self.clone();
         tokio::spawn(async move {
-            let mut ok = Vec::with_capacity(records.len());
-            for (key, id, value) in &records {
-                ok.push(broker.hold_put(key, id, value, grace).await.is_ok());
-            }
+            // One round trip for all (each key may live on another shard).
+            let puts = records
+                .iter()
+                .map(|(key, id, value)| me.broker.hold_put(key, id, value, me.grace));
+            let ok: Vec<bool> = futures_util::future::join_all(puts)
+                .await
+                .into_iter()
+                .map(|r| r.is_ok())
+                .collect();
+            let n = ok.iter().filter(|ok| **ok).count();
+            me.counters.recorded.fetch_add(n as u64, Ordering::Relaxed);
             let _ = tx.send(ok);
         });
     }
