@@ -232,9 +232,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     let webhooks = node.webhooks().cloned();
     let pusher_webhooks = node.pusher_webhooks().cloned();
+    let grace = node.webhook_grace().cloned();
     drain(node, config.drain_timeout).await;
     while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(grace) = grace {
+        // Disconnects held for the reconnect grace: kept until their grace ends (clients
+        // reconnecting to other nodes claim them) but not past the drain's deadline (less a
+        // second to send them), then sent.
+        grace
+            .flush(
+                deadline
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(deadline),
+            )
+            .await;
     }
     for w in webhooks.iter().chain(pusher_webhooks.iter()) {
         // The last disconnects (and vacated channels) reach the application (within the drain
