@@ -213,7 +213,7 @@ async fn one_run(opts: &Opts, nodes: usize, interval_ms: u64) -> Result<RunResul
     std::fs::write(
         &config,
         format!(
-            "profile = \"dev\"\njwt_secret = \"{SECRET}\"\n{}\n[limits]\nmax_connections_per_ip = 0\nconnect_rate_per_ip = 0.0\nmax_pending_connections_per_ip = 0\nidle_timeout_secs = 3600\noutbox_max_frames = 10000000\noutbox_max_bytes = 1073741824\n[[channels]]\ntopic = \"presence:*\"\npresence = true\n",
+            "profile = \"dev\"\njwt_secret = \"{SECRET}\"\n{}\n[limits]\nmax_connections_per_ip = 0\nconnect_rate_per_ip = 0.0\nmax_pending_connections_per_ip = 0\nidle_timeout_secs = 3600\nwrite_timeout_secs = 600\noutbox_max_frames = 10000000\noutbox_max_bytes = 1073741824\n[[channels]]\ntopic = \"presence:*\"\npresence = true\n",
             if redis_url.is_some() { "broker = \"redis\"" } else { "" }
         ),
     )
@@ -229,7 +229,13 @@ async fn one_run(opts: &Opts, nodes: usize, interval_ms: u64) -> Result<RunResul
             .env("PLEXUS_PRESENCE_DIFF_INTERVAL_MS", interval_ms.to_string())
             .env("PLEXUS_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(
+                std::fs::File::create(
+                    std::env::temp_dir().join(format!("plexus-presence-bench-{port}.log")),
+                )
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            );
         if let Some(url) = &redis_url {
             cmd.env("PLEXUS_REDIS_URL", url);
         }
@@ -299,8 +305,21 @@ async fn one_run(opts: &Opts, nodes: usize, interval_ms: u64) -> Result<RunResul
             exact += 1;
         }
     }
+    let mut failed = 0;
     for t in tasks {
-        t.abort();
+        if t.is_finished() {
+            if let Ok(Err(e)) = t.await {
+                if failed == 0 {
+                    eprintln!("  a member failed: {e}");
+                }
+                failed += 1;
+            }
+        } else {
+            t.abort();
+        }
+    }
+    if failed > 0 {
+        eprintln!("  {failed} members failed");
     }
     let _ = std::fs::remove_file(&config);
     drop(procs);
