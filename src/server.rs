@@ -106,7 +106,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             None => None,
         },
     };
-    let hub = Arc::new(Hub::new());
+    let hub = Hub::with_presence_diff_interval(config.presence_diff_interval);
     let node = match &config.redis {
         None => {
             let broker = MemoryBroker::with_budget(hub.clone(), config.limits.history);

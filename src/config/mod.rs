@@ -12,6 +12,7 @@ mod auth;
 mod error;
 pub mod hooks;
 mod limits;
+mod presence;
 mod pusher;
 mod redis;
 mod tls;
@@ -98,6 +99,8 @@ struct FileConfig {
     #[serde(default)]
     pusher: FilePusher,
     #[serde(default)]
+    presence: presence::FilePresence,
+    #[serde(default)]
     channels: Vec<ChannelRule>,
     #[serde(default)]
     hooks: hooks::FileHooks,
@@ -172,6 +175,9 @@ pub struct Config {
     pub pusher_webhooks: Option<plexus_core::webhooks::WebhooksConfig>,
     /// Application hooks and webhooks (`[hooks]`, `[webhooks]`); `None`: none configured.
     pub hooks: Option<hooks::HookSettings>,
+    /// `presence.diff_interval_ms`: presence diffs are merged per topic over this long
+    /// (zero: each is sent at once).
+    pub presence_diff_interval: Duration,
     /// Settings that are valid but probably not what was meant: logged at start and printed
     /// by `plexus check`.
     pub warnings: Vec<String>,
@@ -215,6 +221,8 @@ pub struct Env {
     /// `PLEXUS_PUSHER_WEBHOOK_URL`, `PLEXUS_PUSHER_WEBHOOK_EVENTS` (comma-separated).
     pub pusher_webhook_url: Option<String>,
     pub pusher_webhook_events: Option<String>,
+    /// `PLEXUS_PRESENCE_DIFF_INTERVAL_MS`: `presence.diff_interval_ms`.
+    pub presence_diff_interval_ms: Option<String>,
     /// The hook and webhook variables that are set ([`hooks::ENV_VARS`]).
     pub hooks: Vec<(String, String)>,
 }
@@ -245,6 +253,7 @@ impl Env {
             pusher_max_presence_members: get("PLEXUS_PUSHER_MAX_PRESENCE_MEMBERS"),
             pusher_webhook_url: get("PLEXUS_PUSHER_WEBHOOK_URL"),
             pusher_webhook_events: get("PLEXUS_PUSHER_WEBHOOK_EVENTS"),
+            presence_diff_interval_ms: get("PLEXUS_PRESENCE_DIFF_INTERVAL_MS"),
             hooks: hooks::ENV_VARS
                 .iter()
                 .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
@@ -448,6 +457,8 @@ fn resolve(
     let pusher_webhooks =
         resolve_pusher_webhooks(env, &file.pusher, &file.webhooks, pusher.as_ref())?;
     let admin_secret = resolve_admin_secret(profile, env, &file, &secrets.api_key)?;
+    let presence_diff_interval =
+        presence::resolve_diff_interval(env.presence_diff_interval_ms.as_deref(), &file.presence)?;
     let demo = env_bool("PLEXUS_DEMO", env.demo.as_deref())?
         .or(file.demo)
         .unwrap_or(profile == Profile::Dev);
@@ -528,6 +539,7 @@ fn resolve(
         pusher,
         pusher_webhooks,
         hooks,
+        presence_diff_interval,
         warnings,
         source: path.map(Path::to_path_buf),
     })

@@ -8,9 +8,11 @@
 //! * `load` — the side-by-side load generator (`load/`): worker processes hold the subscribers,
 //!   protocol adapters drive Plexus and its peers alike; `scripts/bench-compare` runs it.
 //! * `report` — turns `load` results into BENCHMARKS.md's table and the SVG charts.
+//! * `presence` — presence at scale, with merged presence diffs and without (`presence.rs`).
 
 mod http;
 mod load;
+mod presence;
 mod report;
 mod soak;
 
@@ -64,6 +66,8 @@ enum Cmd {
     /// Soak: bounded churn over WebSocket, LongPoll and SSE; RSS, fds and connections must
     /// return to their post-warm-up baseline.
     Soak(soak::Opts),
+    /// Presence at scale: many users join one presence topic, some leave; merged diffs or not.
+    Presence(presence::Opts),
     /// Side-by-side load generator: one scenario against one server.
     Load(load::Opts),
     /// A worker process of `load` (started by it; JSON spec as the argument).
@@ -141,6 +145,12 @@ async fn main() {
         }
         Cmd::Report(opts) => {
             if let Err(e) = report::run(opts) {
+                eprintln!("plexus-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::Presence(opts) => {
+            if let Err(e) = presence::run(opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }

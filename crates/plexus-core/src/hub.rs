@@ -3,14 +3,18 @@
 //! A broadcast arrives here already encoded (see [`Publication`]); the hub hands the same
 //! `Arc<Publication>` to every local subscriber's [`Outbox`]. Topics are spread over shards so that
 //! joins on different topics do not contend; a fan-out takes one shard read lock per message.
+//! Presence diffs may wait a moment to leave merged ([`crate::presence_diffs`]).
 
 use crate::outbox::Outbox;
+use crate::presence_diffs::{DiffCoalescer, Flush};
+use crate::protocol::events;
 use crate::publication::Publication;
 use crate::ConnId;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 const SHARDS: usize = 64;
 
@@ -22,6 +26,8 @@ type Shard = RwLock<HashMap<Arc<str>, Subscribers>>;
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// `None`: every presence diff is delivered at once (`presence.diff_interval_ms = 0`).
+    presence_diffs: Option<DiffCoalescer>,
 }
 
 impl Default for Hub {
@@ -35,7 +41,25 @@ impl Hub {
         Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            presence_diffs: None,
         }
+    }
+
+    /// A hub whose presence diffs are merged over `interval` per topic (zero: none are, as
+    /// [`Hub::new`]).
+    pub fn with_presence_diff_interval(interval: Duration) -> Arc<Self> {
+        if interval.is_zero() {
+            return Arc::new(Self::new());
+        }
+        Arc::new_cyclic(|hub| Hub {
+            presence_diffs: Some(DiffCoalescer::new(interval, hub.clone())),
+            ..Self::new()
+        })
+    }
+
+    /// The presence diff coalescer, when diffs are merged.
+    pub fn presence_diffs(&self) -> Option<&DiffCoalescer> {
+        self.presence_diffs.as_ref()
     }
 
     fn shard(&self, topic: &str) -> &Shard {
@@ -86,7 +110,21 @@ impl Hub {
 
     /// Hands the publication's frame to every local subscriber of its topic.
     /// Returns how many received it.
+    /// A presence diff, when diffs are merged, waits for its topic's next flush instead
+    /// (and 0 is returned).
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        if let Some(coalescer) = &self.presence_diffs {
+            if &*publication.event == events::PRESENCE_DIFF && publication.history.is_none() {
+                // Not a diff it can merge (Err): delivered as it came.
+                if let Ok(flush) = coalescer.add(publication) {
+                    publication.not_timed();
+                    if let Some(f) = flush {
+                        self.deliver_flush(f);
+                    }
+                    return 0;
+                }
+            }
+        }
         let started = std::time::Instant::now();
         let n = self.deliver_untimed(publication);
         crate::metrics::fanout(started.elapsed(), n);
@@ -108,6 +146,49 @@ impl Hub {
             }
             if outbox.push_publication(publication, *with_offset) {
                 n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivers a merged presence diff: the young members' version to them, the other one
+    /// to everyone else.
+    pub(crate) fn deliver_flush(&self, flush: Flush) -> usize {
+        let started = std::time::Instant::now();
+        let Some(topic) = flush
+            .others
+            .as_ref()
+            .or(flush.for_young.as_ref().map(|(p, _)| p))
+            .map(|p| p.topic.clone())
+        else {
+            return 0;
+        };
+        let shard = self.shard(&topic).read();
+        let Some(subs) = shard.get(&*topic) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (id, (outbox, with_offset)) in subs {
+            let publication = match &flush.for_young {
+                Some((p, young)) if young.contains(id) => p,
+                _ => match &flush.others {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            if outbox.push_publication(publication, *with_offset) {
+                n += 1;
+            }
+        }
+        drop(shard);
+        crate::metrics::fanout(started.elapsed(), n);
+        for p in flush
+            .others
+            .iter()
+            .chain(flush.for_young.iter().map(|(p, _)| p))
+        {
+            if n == 0 {
+                p.not_timed();
             }
         }
         n

@@ -54,6 +54,7 @@ pub mod node;
 pub mod outbox;
 pub mod policy;
 pub mod presence;
+pub mod presence_diffs;
 pub mod protocol;
 pub mod publication;
 pub mod pusher;

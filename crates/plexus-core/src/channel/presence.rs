@@ -176,6 +176,11 @@ pub(super) async fn track_presence(
 }
 
 pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+    // Before the read: merged diffs flushed from now on may hold leaves of metas this state
+    // has (crate::presence_diffs).
+    if let Some(diffs) = conn.node.hub().presence_diffs() {
+        diffs.state_read(topic, conn.id);
+    }
     let state = conn.node.presence().state(topic).await;
     conn.push(
         join_ref,
