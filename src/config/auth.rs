@@ -173,7 +173,8 @@ pub(super) fn build_verifier(
 }
 
 /// `auth.jwks_urls` (`PLEXUS_JWKS_URL`, comma-separated, over the file): `https://`, or
-/// `http://` to a loopback host only (`localhost`, `127.0.0.0/8`, `::1`).
+/// `http://` to a loopback host only (`localhost`, `127.0.0.0/8`, `::1`). Spaces around items and
+/// empty items are ignored; a `PLEXUS_JWKS_URL` that names no URL at all is an error.
 pub(super) fn resolve_jwks_urls(env: Option<&str>, auth: &mut FileAuth) -> Result<(), ConfigError> {
     let field = match env {
         Some(list) => {
@@ -183,6 +184,13 @@ pub(super) fn resolve_jwks_urls(env: Option<&str>, auth: &mut FileAuth) -> Resul
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned)
                 .collect();
+            if auth.jwks_urls.is_empty() {
+                // Else a stray comma would silently drop the file's URLs.
+                return Err(ConfigError::Invalid {
+                    field: "PLEXUS_JWKS_URL",
+                    message: format!("{list:?} names no URL (unset it for none)"),
+                });
+            }
             "PLEXUS_JWKS_URL"
         }
         None => "auth.jwks_urls",

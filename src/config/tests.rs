@@ -506,6 +506,32 @@ fn jwks_urls_are_https_or_loopback_http_and_enough_for_prod() {
     };
     let e = parse_str("", &env, None, Some("dev")).unwrap_err();
     assert!(e.to_string().contains("PLEXUS_JWKS_URL"), "{e}");
+    // Set but naming no URL (a stray comma, spaces): an error, not a silent "no JWKS URL"
+    // that would drop the file's `auth.jwks_urls`.
+    for blank in [",", " , ", " "] {
+        let env = Env {
+            jwks_urls: Some(blank.into()),
+            ..Env::default()
+        };
+        let e = parse_str(
+            "[auth]\njwks_urls = [\"https://idp.example.com/jwks\"]\n",
+            &env,
+            None,
+            Some("dev"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PLEXUS_JWKS_URL"), "{blank:?}: {e}");
+    }
+    // Spaces around items and empty items between them are fine.
+    let env = Env {
+        jwks_urls: Some(" https://a.example/jwks ,, https://b.example/jwks ".into()),
+        ..Env::default()
+    };
+    let c = parse_str("", &env, None, Some("dev")).unwrap();
+    assert_eq!(
+        c.jwks_urls,
+        ["https://a.example/jwks", "https://b.example/jwks"]
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@
 //! The HTTP GET itself is the binary's ([`JwksFetcher`]), so the core has no HTTP client.
 
 use super::VerifyKey;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -68,8 +69,18 @@ struct Source {
     started: AtomicU64,
     /// The last fetch failed (the outage is logged once).
     failing: AtomicBool,
-    /// When an unknown kid last caused a fetch; held during that fetch.
-    last_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The last fetch an unknown kid caused (never held across an await).
+    kid_refetch: parking_lot::Mutex<KidRefetch>,
+}
+
+/// The fetch of a source that an unknown `kid` caused last.
+#[derive(Default)]
+struct KidRefetch {
+    /// When it started.
+    at: Option<Instant>,
+    /// Its end, for the tokens that arrive while it runs. The fetch runs in a task of its own,
+    /// so that a connect that goes away (its request future dropped) does not cancel it.
+    done: Option<Shared<BoxFuture<'static, ()>>>,
 }
 
 /// The keys of every configured JWKS URL (see the module doc).
@@ -94,7 +105,7 @@ impl RemoteKeys {
                     keys: RwLock::new((0, Arc::from(Vec::new()))),
                     started: AtomicU64::new(0),
                     failing: AtomicBool::new(false),
-                    last_kid_refetch: tokio::sync::Mutex::new(None),
+                    kid_refetch: parking_lot::Mutex::new(KidRefetch::default()),
                 })
                 .collect(),
             fetcher,
@@ -154,18 +165,32 @@ impl RemoteKeys {
     /// Fetches every URL again for a token whose `kid` no key has, unless an unknown kid
     /// already did so less than [`UNKNOWN_KID_REFETCH_INTERVAL`] ago for that URL. A caller
     /// that finds such a fetch running waits for it; returns when the keys are as fresh as
-    /// this allows (at most [`FETCH_TIMEOUT`] later).
-    pub async fn refetch_for_unknown_kid(&self) {
-        futures_util::future::join_all((0..self.sources.len()).map(|i| async move {
-            let src = &self.sources[i];
-            let mut last = src.last_kid_refetch.lock().await;
-            if last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFETCH_INTERVAL) {
-                return;
-            }
-            *last = Some(Instant::now());
-            let _ = self.fetch(i).await;
-        }))
-        .await;
+    /// this allows (at most [`FETCH_TIMEOUT`] later). The fetch runs in a task of its own: a
+    /// caller that goes away (a client that disconnects) does not cancel it.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>) {
+        let running: Vec<_> = (0..self.sources.len())
+            .filter_map(|i| {
+                let mut refetch = self.sources[i].kid_refetch.lock();
+                if refetch
+                    .at
+                    .is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFETCH_INTERVAL)
+                {
+                    // Wait for that fetch if it still runs (a finished one returns at once).
+                    return refetch.done.clone();
+                }
+                let remote = self.clone();
+                let fetch = tokio::spawn(async move {
+                    let _ = remote.fetch(i).await;
+                });
+                let done = fetch.map(|_| ()).boxed().shared();
+                *refetch = KidRefetch {
+                    at: Some(Instant::now()),
+                    done: Some(done.clone()),
+                };
+                Some(done)
+            })
+            .collect();
+        futures_util::future::join_all(running).await;
     }
 
     /// Fetches source `i` and, if its answer has usable keys, replaces its set. Returns the
@@ -364,6 +389,44 @@ mod tests {
             Err(AuthError::UnknownKid)
         );
         assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A connect that triggered the refetch and went away (its request future dropped, as
+    /// when the client disconnects) must not cancel the fetch: else one such connect every
+    /// 30 s keeps the provider's new key out until the scheduled refresh (up to a day).
+    #[tokio::test]
+    async fn a_refetch_outlives_the_connect_that_caused_it() {
+        let full: Value =
+            serde_json::from_slice(&std::fs::read(format!("{KEYS}jwks.json")).unwrap()).unwrap();
+        let ed_only = serde_json::json!({"keys": [full["keys"][1]]});
+        let fake = Arc::new(Fake {
+            body: parking_lot::Mutex::new(serde_json::to_vec(&ed_only).unwrap()),
+            calls: Default::default(),
+        });
+        let (remote, _) =
+            RemoteKeys::start(vec!["https://idp.example/jwks".into()], fake.clone()).await;
+        *fake.body.lock() = serde_json::to_vec(&full).unwrap();
+        // The connect goes away 10 ms into the 50 ms fetch.
+        let gone =
+            tokio::time::timeout(Duration::from_millis(10), remote.refetch_for_unknown_kid()).await;
+        assert!(gone.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+        assert!(remote.has_kid("rsa-2026-11"), "the fetch was cancelled");
+        // A token of the new kid arriving during a refetch another connect started (and
+        // left) waits for that fetch instead of being refused.
+        *fake.body.lock() = serde_json::to_vec(&ed_only).unwrap();
+        let (remote, _) =
+            RemoteKeys::start(vec!["https://idp.example/jwks".into()], fake.clone()).await;
+        *fake.body.lock() = serde_json::to_vec(&full).unwrap();
+        let first =
+            tokio::time::timeout(Duration::from_millis(10), remote.refetch_for_unknown_kid());
+        assert!(first.await.is_err());
+        remote.refetch_for_unknown_kid().await;
+        assert!(
+            remote.has_kid("rsa-2026-11"),
+            "the second token did not wait for the fetch"
+        );
     }
 
     #[test]
