@@ -1,7 +1,7 @@
 //! The HTTP client of JWKS URLs (`auth.jwks_urls`): the core's
 //! [`JwksFetcher`](plexus_core::auth::remote_keys::JwksFetcher) on reqwest — GET with TLS by
-//! rustls trusting the system's roots (and the Mozilla roots bundled in webpki-roots where the
-//! system has none), no redirects followed, no proxy from the environment, at most
+//! rustls trusting the system's roots and the Mozilla roots bundled in webpki-roots (both
+//! always: a container without CA certificates still reaches a public provider), no redirects followed, no proxy from the environment, at most
 //! [`FETCH_TIMEOUT`] and [`MAX_JWKS_BYTES`] per answer. Plain `http://` reaches only loopback
 //! hosts: the configuration refuses other `http://` URLs.
 
