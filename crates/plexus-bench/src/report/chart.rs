@@ -11,6 +11,17 @@ pub(super) fn bars(
     rows: &[(String, f64)],
     lower_is_better: bool,
 ) -> String {
+    let marked: Vec<(String, f64, &str)> = rows.iter().map(|(l, v)| (l.clone(), *v, "")).collect();
+    bars_marked(title, unit, &marked, lower_is_better)
+}
+
+/// The same, each value printed after its mark (`"≥ "`: a lower bound).
+pub(super) fn bars_marked(
+    title: &str,
+    unit: &str,
+    rows: &[(String, f64, &str)],
+    lower_is_better: bool,
+) -> String {
     let w = 680.0;
     let left = 190.0;
     let bar_h = 22.0;
@@ -30,7 +41,7 @@ pub(super) fn bars(
         esc(unit),
         if lower_is_better { "lower" } else { "higher" }
     );
-    for (i, (label, v)) in rows.iter().enumerate() {
+    for (i, (label, v, mark)) in rows.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let len = ((w - left - 110.0) * v / max).max(1.0);
         let colour = if label.starts_with("Plexus") {
@@ -42,13 +53,14 @@ pub(super) fn bars(
             s,
             r##"<text x="{}" y="{}" text-anchor="end">{}</text>
 <rect x="{left}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{colour}"/>
-<text x="{:.1}" y="{}">{}</text>
+<text x="{:.1}" y="{}">{}{}</text>
 "##,
             left - 8.0,
             y + 15.0,
             esc(label),
             left + len + 6.0,
             y + 15.0,
+            esc(mark),
             num(Some(*v))
         );
     }

@@ -15,8 +15,9 @@ pub(super) fn write(results: &[Value], _o: &Opts, out: &mut Section) {
             md,
             "### Slow consumers (a tenth of the subscribers stop reading)\n"
         );
-        let _ = writeln!(md, "| server | subscribers × msg/s | p99 before | p99 after the stall (3 windows) | loss for the others | server RSS before → max | sockets closed by the server |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "The stalled subscribers read nothing for the whole stall, then read again: a socket the server closed while they stalled then ends (counted in *stalled closed by the server*); one it kept open holds what the server buffered for it, in the kernel and in the server.\n");
+        let _ = writeln!(md, "| server | subscribers × msg/s × bytes | stall | p99 before | p99 of the others during the stall (3 windows) | loss for the others | server RSS before → max | **stalled closed by the server** | others closed |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for (t, rs) in ordered(&slow) {
             for r in rs {
                 let during = r["during"].as_array().cloned().unwrap_or_default();
@@ -30,17 +31,27 @@ pub(super) fn write(results: &[Value], _o: &Opts, out: &mut Section) {
                     .iter()
                     .filter_map(|d| f(&d["server_rss_max_kib"]))
                     .fold(0.0, f64::max);
+                let stall = match f(&r["stall_secs"]) {
+                    Some(s) => format!("{} s", num(Some(s))),
+                    None => "–".into(),
+                };
+                // Results written before the stalled sockets were resumed counted only the
+                // others' closes.
+                let others = f(&r["others_closed"]).or(during.last().and_then(|d| f(&d["closed"])));
                 let _ = writeln!(
                     md,
-                    "| {t} | {} × {} | {} ms | {} ms | {} % | {:.1} → {:.1} MiB | {} |",
+                    "| {t} | {} × {} × {} | {stall} | {} ms | {} ms | {} % | {:.1} → {:.1} MiB | **{} of {}** | {} |",
                     num(f(&r["subs"])),
                     num(f(&r["before"]["rate"])),
+                    num(f(&r["size"]).or(Some(80.0))),
                     num(f(&r["before"]["lat_ms"]["p99"])),
                     p99s.join(" · "),
                     num(Some(loss)),
                     f(&r["before"]["server_rss_max_kib"]).unwrap_or(0.0) / 1024.0,
                     rss_max / 1024.0,
-                    num(during.last().and_then(|d| f(&d["closed"]))),
+                    num(f(&r["stalled_closed_by_server"])),
+                    num(f(&r["stalled"])),
+                    num(others),
                 );
             }
         }
