@@ -97,6 +97,10 @@ pub struct Opts {
     /// `saturation`: a step fails above this p99 (ms) or with any loss.
     #[arg(long, default_value_t = 250.0)]
     pub max_p99_ms: f64,
+    /// `slow`: how long the stalled subscribers read nothing, in three equal windows (long
+    /// enough for their kernel buffers and the server's per-connection queue to fill).
+    #[arg(long, default_value_t = 18.0)]
+    pub stall_secs: f64,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 80)]
     pub size: usize,
@@ -229,26 +233,40 @@ impl Fleet {
         p
     }
 
-    /// Received messages and latencies since the last take, over all workers.
-    async fn take(&mut self) -> Result<(u64, Merged, u64), String> {
-        let (mut received, mut hist, mut closed) = (0, Merged::default(), 0);
+    /// Received messages and latencies since the last take, over all workers, and how many
+    /// sockets ended so far.
+    async fn take(&mut self) -> Result<Take, String> {
+        let mut t = Take::default();
         for w in &mut self.workers {
             let r = w.cmd("take").await?;
-            received += r["received"].as_u64().unwrap_or(0);
-            closed += r["closed"].as_u64().unwrap_or(0);
+            t.received += r["received"].as_u64().unwrap_or(0);
+            t.closed += r["closed"].as_u64().unwrap_or(0);
+            t.closed_stalled += r["closed_stalled"].as_u64().unwrap_or(0);
             let sparse: Vec<[u64; 2]> =
                 serde_json::from_value(r["hist"].clone()).unwrap_or_default();
-            hist.add(&sparse);
+            t.hist.add(&sparse);
         }
-        Ok((received, hist, closed))
+        Ok(t)
     }
 
-    async fn stall(&mut self) -> Result<(), String> {
+    /// Sends `stall` or `resume` to every worker.
+    async fn all(&mut self, cmd: &str) -> Result<(), String> {
         for w in &mut self.workers {
-            w.cmd("stall").await?;
+            w.cmd(cmd).await?;
         }
         Ok(())
     }
+}
+
+/// What the workers said since the last `take`.
+#[derive(Default)]
+struct Take {
+    received: u64,
+    hist: Merged,
+    /// Sockets of counted subscribers that ended (in total, not since the last take).
+    closed: u64,
+    /// Sockets of stalled subscribers that ended (in total).
+    closed_stalled: u64,
 }
 
 /// CPU and RSS of the server, the generator and the machine over a window.
@@ -320,12 +338,14 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * p).round() / p
 }
 
-/// Publishes one step at `rate` for `o.secs` and waits for the deliveries (at most 3 s more).
+/// Publishes one step at `rate` for `secs` and waits for the deliveries (at most 3 s more).
+#[allow(clippy::too_many_arguments)]
 async fn step(
     o: &Opts,
     fleet: &mut Fleet,
     pool: &mut publisher::Pool,
     server: &[u32],
+    secs: f64,
     rate: f64,
     subs_per_message: u64,
     mut topic: impl FnMut(u64) -> String,
@@ -336,7 +356,7 @@ async fn step(
         .failed
         .load(std::sync::atomic::Ordering::Relaxed);
     let meter = Meter::start(server.to_vec(), fleet.pids());
-    let count = (rate * o.secs).round().max(1.0) as u64;
+    let count = (rate * secs).round().max(1.0) as u64;
     let sent0 = pool.counts.sent.load(std::sync::atomic::Ordering::Relaxed);
     let (_, _) = pool.run(rate, count, o.size, &mut topic).await;
     // Publishing ends when the last request has been answered.
@@ -359,10 +379,10 @@ async fn step(
     let mut rss_max = procs::rss_kib(server);
     let drain_until = Instant::now() + Duration::from_secs(3);
     loop {
-        let (r, h, c) = fleet.take().await?;
-        received += r;
-        hist.add_merged(&h);
-        closed = c;
+        let t = fleet.take().await?;
+        received += t.received;
+        hist.add_merged(&t.hist);
+        closed = t.closed;
         rss_max = rss_max.max(procs::rss_kib(server));
         if received >= expected || Instant::now() >= drain_until {
             break;
@@ -394,6 +414,8 @@ async fn step(
         "lat_ms": {"p50": hist.quantile_ms(0.5), "p99": hist.quantile_ms(0.99), "max": hist.quantile_ms(1.0)},
         "server_cpu_pct": server_pct.round(),
         "client_cpu_pct": client_pct.round(),
+        // The generator's own cost (all its processes): what limits the figures it can measure.
+        "client_cpu_us_per_delivery": if received > 0 { round(1e4 * client_pct * secs / received as f64, 2) } else { 0.0 },
         "machine_cpu_pct": machine_pct.round(),
         "deliveries_per_server_cpu_s": if server_cpu_s > 0.0 { (received as f64 / server_cpu_s).round() } else { 0.0 },
         "server_rss_max_kib": rss_max,
@@ -501,6 +523,9 @@ pub async fn run(o: Opts) -> Result<(), String> {
             let mut rate = o.rate;
             let mut best: Option<Value> = None;
             let mut all = Vec::new();
+            // What ended the steps: "server" (a step failed), "generator" (a step failed while
+            // the generator's CPU was full: the server's limit was not found) or "step limit".
+            let mut stopped = "step limit";
             let mut rng = 0x2545F4914F6CDD1Du64;
             for _ in 0..steps {
                 let (per_msg, topics) = if o.scenario == Scenario::Topics {
@@ -512,16 +537,25 @@ pub async fn run(o: Opts) -> Result<(), String> {
                     (fleet.ready, 1)
                 };
                 let base = o.topic.clone();
-                let r = step(&o, &mut fleet, &mut pool, &server, rate, per_msg, |_| {
-                    if topics == 1 {
-                        base.clone()
-                    } else {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        worker::topic_of(&base, topics, (rng % topics as u64) as usize)
-                    }
-                })
+                let r = step(
+                    &o,
+                    &mut fleet,
+                    &mut pool,
+                    &server,
+                    o.secs,
+                    rate,
+                    per_msg,
+                    |_| {
+                        if topics == 1 {
+                            base.clone()
+                        } else {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            worker::topic_of(&base, topics, (rng % topics as u64) as usize)
+                        }
+                    },
+                )
                 .await?;
                 let p99 = r["lat_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
                 let ok = r["loss_pct"].as_f64().unwrap_or(100.0) == 0.0
@@ -530,6 +564,13 @@ pub async fn run(o: Opts) -> Result<(), String> {
                 eprintln!("  {} {:?} rate {rate:.0}/s: {r}", o.target, o.scenario);
                 all.push(r.clone());
                 if !ok {
+                    // A step the generator could not keep up with (its CPU full: late
+                    // receipts, hence loss or a high p99) is not a failure of the server.
+                    stopped = if r["client_bound"].as_bool() == Some(true) {
+                        "generator"
+                    } else {
+                        "server"
+                    };
                     break;
                 }
                 best = Some(r);
@@ -542,6 +583,7 @@ pub async fn run(o: Opts) -> Result<(), String> {
                     "topics": o.topics,
                     "best": best,
                     "steps": all,
+                    "stopped": stopped,
                     "max_p99_ms": o.max_p99_ms,
                 }),
             );
@@ -552,27 +594,61 @@ pub async fn run(o: Opts) -> Result<(), String> {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let base = o.topic.clone();
             let all = fleet.ready;
-            let before = step(&o, &mut fleet, &mut pool, &server, o.rate, all, |_| {
-                base.clone()
-            })
+            let before = step(
+                &o,
+                &mut fleet,
+                &mut pool,
+                &server,
+                o.secs,
+                o.rate,
+                all,
+                |_| base.clone(),
+            )
             .await?;
-            fleet.stall().await?;
+            let rss_before_stall = procs::rss_kib(&server);
+            fleet.all("stall").await?;
             let stalled = fleet.ready.div_ceil(10);
             let active = fleet.ready - stalled;
+            let window = (o.stall_secs / 3.0).max(0.5);
             let mut during = Vec::new();
             for _ in 0..3 {
                 during.push(
-                    step(&o, &mut fleet, &mut pool, &server, o.rate, active, |_| {
-                        base.clone()
-                    })
+                    step(
+                        &o,
+                        &mut fleet,
+                        &mut pool,
+                        &server,
+                        window,
+                        o.rate,
+                        active,
+                        |_| base.clone(),
+                    )
                     .await?,
                 );
+            }
+            // The stalled subscribers read again: a socket the server closed while they
+            // stalled now ends (after what was buffered for it), one it kept stays open.
+            fleet.all("resume").await?;
+            let (mut closed_stalled, mut closed_others) = (0, 0);
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let t = fleet.take().await?;
+                (closed_stalled, closed_others) = (t.closed_stalled, t.closed);
+                if closed_stalled >= stalled {
+                    break;
+                }
             }
             emit(
                 &o,
                 json!({
                     "connect": connected,
                     "stalled": stalled,
+                    "stall_secs": round(window * 3.0, 1),
+                    "size": o.size,
+                    "stalled_closed_by_server": closed_stalled,
+                    "others_closed": closed_others,
+                    "server_rss_before_stall_kib": rss_before_stall,
                     "before": before,
                     "during": during,
                 }),

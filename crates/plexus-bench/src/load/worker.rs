@@ -4,9 +4,12 @@
 //!
 //! * on start it connects and subscribes everyone, then prints
 //!   `{"ready":N,"failed":F,"first_error":…,"secs":S}`;
-//! * `take` prints `{"received":N,"hist":[[bucket,count],…],"closed":C}` and zeroes both;
+//! * `take` prints `{"received":N,"hist":[[bucket,count],…],"closed":C,"closed_stalled":S}`
+//!   and zeroes the first two (`closed`: sockets of counted subscribers that ended,
+//!   `closed_stalled`: those of stalled ones);
 //! * `stall` makes every `stall_every`-th subscriber stop reading (a slow consumer) and stop
-//!   counting; `quit` exits.
+//!   counting; `resume` lets them read again (without counting), so that a socket the server
+//!   closed while they stalled is seen to end; `quit` exits.
 
 use super::adapter::{stamps, Proto, Step};
 use super::histogram::Histogram;
@@ -72,8 +75,11 @@ pub fn now_us() -> u64 {
 struct Shared {
     received: AtomicU64,
     closed: AtomicU64,
+    closed_stalled: AtomicU64,
     hist: Histogram,
     stalled: AtomicBool,
+    /// `true` once `resume` came: stalled subscribers read again.
+    resume: tokio::sync::watch::Sender<bool>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -184,9 +190,9 @@ async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
         tokio::select! {
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else { break };
-                if stalls && shared.stalled.load(Ordering::Relaxed) {
-                    // A slow consumer: holds its socket and reads nothing more.
-                    std::future::pending::<()>().await;
+                if stalls && shared.stalled.load(Ordering::Relaxed) && !*shared.resume.borrow() {
+                    // A slow consumer: holds its socket and reads nothing more until `resume`.
+                    let _ = shared.resume.subscribe().wait_for(|r| *r).await;
                 }
                 let now = now_us();
                 let payload: &[u8] = msg.as_payload();
@@ -214,7 +220,11 @@ async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
             }
         }
     }
-    shared.closed.fetch_add(1, Ordering::Relaxed);
+    if stalls && shared.stalled.load(Ordering::Relaxed) {
+        shared.closed_stalled.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.closed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub async fn run(spec: Spec) -> Result<(), String> {
@@ -291,10 +301,15 @@ pub async fn run(spec: Spec) -> Result<(), String> {
                     "received": shared.received.swap(0, Ordering::Relaxed),
                     "hist": shared.hist.take(),
                     "closed": shared.closed.load(Ordering::Relaxed),
+                    "closed_stalled": shared.closed_stalled.load(Ordering::Relaxed),
                 })
             ),
             "stall" => {
                 shared.stalled.store(true, Ordering::Relaxed);
+                println!("{{}}");
+            }
+            "resume" => {
+                shared.resume.send_replace(true);
                 println!("{{}}");
             }
             _ => break,
