@@ -69,7 +69,7 @@ fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
-fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(x) if x.abs() >= 1000.0 => {
@@ -346,7 +346,7 @@ fn build(results: &[Value], o: &Opts) -> Section {
                 let _ = writeln!(
                     md,
                     "| {t} | {} | {} | {} | **{}**{} | {} | {} % |",
-                    r["transport"].as_str().unwrap_or("ws"),
+                    crate::load::storm::transport_label(r),
                     num(f(&r["connect"]["ready"])),
                     num(f(&r["connect"]["failed"])),
                     num(f(&r["connects_per_s"])),
@@ -360,7 +360,7 @@ fn build(results: &[Value], o: &Opts) -> Section {
                     num(f(&r["client_cpu_pct"])),
                 );
                 rows.push((
-                    format!("{t} {}", r["transport"].as_str().unwrap_or("ws")),
+                    format!("{t} {}", crate::load::storm::transport_label(r)),
                     f(&r["connects_per_s"]).unwrap_or(0.0),
                 ));
             }
@@ -381,6 +381,8 @@ fn build(results: &[Value], o: &Opts) -> Section {
             o.chart("connect.svg")
         );
     }
+
+    md.push_str(&crate::load::storm::markdown(results));
 
     let idle = by_target(results, "idle");
     if !idle.is_empty() {
