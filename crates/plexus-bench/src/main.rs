@@ -65,7 +65,7 @@ enum Cmd {
     /// return to their post-warm-up baseline.
     Soak(soak::Opts),
     /// Side-by-side load generator: one scenario against one server.
-    Load(load::Opts),
+    Load(Box<load::Opts>),
     /// A worker process of `load` (started by it; JSON spec as the argument).
     #[command(hide = true)]
     LoadWorker { spec: String },
@@ -123,7 +123,7 @@ async fn main() {
             }
         }
         Cmd::Load(opts) => {
-            if let Err(e) = load::run(opts).await {
+            if let Err(e) = load::run(*opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }
