@@ -1,6 +1,11 @@
-//! Native TLS (rustls): loads the PEM certificate chain and key, serves them to every handshake,
-//! and reloads them on SIGHUP without a restart. A reload that fails keeps the old certificate
-//! and logs why.
+//! Native TLS (rustls): loads the PEM certificate chain and key (RSA, ECDSA P-256/P-384 or
+//! Ed25519), serves them to every handshake, and reloads them on SIGHUP without a restart. A
+//! reload that fails keeps the old certificate and logs why.
+//!
+//! Session resumption: the server issues stateless session tickets (AEAD-encrypted with a key
+//! that rotates every 6 hours, kept only in this process), so a reconnecting client skips the
+//! certificate signature and chain — the most expensive part of a full handshake with an RSA
+//! key — and the server holds no per-client session state (`BENCHMARKS.md`, "Connect cost").
 
 use parking_lot::RwLock;
 use rustls_pki_types::pem::PemObject;
@@ -81,8 +86,6 @@ impl ResolvesServerCert for ReloadableCert {
     }
 }
 
-/// A TLS acceptor that always uses the current certificate (HTTP/1.1 only: WebSocket upgrades
-/// need it).
 /// Why the certificate or key cannot be used; the text names the file and the problem.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -94,6 +97,8 @@ impl From<String> for TlsError {
     }
 }
 
+/// A TLS acceptor that always uses the current certificate (HTTP/1.1 only: WebSocket upgrades
+/// need it) and issues session tickets.
 pub fn acceptor(cert: Arc<ReloadableCert>) -> Result<TlsAcceptor, TlsError> {
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -103,5 +108,10 @@ pub fn acceptor(cert: Arc<ReloadableCert>) -> Result<TlsAcceptor, TlsError> {
             .with_cert_resolver(cert);
     let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless tickets: TLS 1.3 resumption (and TLS 1.2's) without a server-side cache; the
+    // default stateful cache holds 256 sessions, which a reconnect storm of thousands of
+    // clients evicts before they come back.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| format!("TLS session tickets cannot be set up: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

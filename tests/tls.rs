@@ -146,3 +146,73 @@ async fn plain_http_listener_redirects_to_https() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTPS request over a fresh TLS connection with `config`; whether the handshake resumed
+/// a session. Reading the answer also reads the session tickets the server sent after the
+/// handshake, so the next connection with the same config can resume.
+async fn https_get_resumed(
+    port: u16,
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let resumed =
+        tls.get_ref().1.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    resumed
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    use rustls_pki_types::pem::PemObject;
+    let dir = temp_dir("resume");
+    let cert = self_signed(); // rcgen's default key: ECDSA P-256
+    write_cert(&dir, &cert);
+    let cfg = format!(
+        "profile = \"dev\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let s = Server::start_with(Some(&cfg), &[]).await;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    assert!(
+        !https_get_resumed(s.port, config.clone()).await,
+        "first handshake is a full one"
+    );
+    // Each returning connection resumes (with a ticket the previous one received).
+    for _ in 0..3 {
+        assert!(
+            https_get_resumed(s.port, config.clone()).await,
+            "a returning client resumes"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,7 +69,7 @@ enum Cmd {
     /// Presence at scale: many users join one presence topic, some leave; merged diffs or not.
     Presence(presence::Opts),
     /// Side-by-side load generator: one scenario against one server.
-    Load(load::Opts),
+    Load(Box<load::Opts>),
     /// A worker process of `load` (started by it; JSON spec as the argument).
     #[command(hide = true)]
     LoadWorker { spec: String },
@@ -127,7 +127,7 @@ async fn main() {
             }
         }
         Cmd::Load(opts) => {
-            if let Err(e) = load::run(opts).await {
+            if let Err(e) = load::run(*opts).await {
                 eprintln!("plexus-bench: {e}");
                 std::process::exit(1);
             }

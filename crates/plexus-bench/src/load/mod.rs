@@ -8,13 +8,15 @@
 //! Scenarios (`--scenario`): `saturation` (rate stepped up until loss or p99 above a bound),
 //! `fixed` (one rate), `topics` (many small topics, random publishes), `connect` (connect +
 //! subscribe rate), `idle` (memory per idle subscribed connection), `slow` (a tenth of the
-//! subscribers stop reading mid-run). Each result is one JSON line on stdout and, with `--out`,
+//! subscribers stop reading mid-run), `storm` (everyone connects and joins at once, retrying
+//! like phoenix.js: a reconnect storm after a node restart, `storm.rs`). Each result is one JSON line on stdout and, with `--out`,
 //! appended to a file that `plexus-bench report` turns into tables and charts.
 
 pub mod adapter;
 pub mod histogram;
 pub mod procs;
 pub mod publisher;
+pub mod storm;
 pub mod worker;
 
 use adapter::{Proto, Publish};
@@ -35,6 +37,7 @@ pub enum Scenario {
     Connect,
     Idle,
     Slow,
+    Storm,
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +126,12 @@ pub struct Opts {
     /// Append each result line to this file.
     #[arg(long)]
     pub out: Option<String>,
+    /// `wss://`: every handshake a full one (the client keeps no TLS session to resume).
+    #[arg(long)]
+    pub no_tls_resumption: bool,
+    /// `wss://`: the server certificate's key, as the results name it (e.g. "ECDSA P-256").
+    #[arg(long)]
+    pub tls_cert: Option<String>,
 }
 
 struct Worker {
@@ -156,6 +165,11 @@ struct Fleet {
     failed: u64,
     first_error: Option<String>,
     connect_secs: f64,
+    resumed: u64,
+    retries: u64,
+    joined_after: Merged,
+    /// Server CPU ticks and time when a TLS warm-up (`Spec::tls_warmup`) ended.
+    warm: Option<(u64, Instant)>,
 }
 
 impl Fleet {
@@ -188,8 +202,17 @@ impl Fleet {
                 sources: mine,
                 secret: o.secret.clone(),
                 ca_pem: o.ca_pem.clone(),
-                concurrency: o.concurrency,
+                concurrency: if o.scenario == Scenario::Storm {
+                    to - from
+                } else {
+                    o.concurrency
+                },
                 stall_every,
+                no_resume: o.no_tls_resumption,
+                storm: o.scenario == Scenario::Storm,
+                tls_warmup: o.scenario == Scenario::Connect
+                    && o.url.starts_with("wss:")
+                    && !o.no_tls_resumption,
             };
             let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
             let mut child = tokio::process::Command::new(&exe)
@@ -214,12 +237,36 @@ impl Fleet {
             failed: 0,
             first_error: None,
             connect_secs: 0.0,
+            resumed: 0,
+            retries: 0,
+            joined_after: Merged::default(),
+            warm: None,
         };
+        if o.scenario == Scenario::Connect && o.url.starts_with("wss:") && !o.no_tls_resumption {
+            // Every worker has connected each subscriber once: the server's CPU and the time
+            // from here on are the reconnects' (each resuming its own TLS session).
+            for w in &mut fleet.workers {
+                w.line().await?;
+            }
+            let server = procs::tree(o.pid);
+            fleet.warm = Some((procs::cpu_ticks(&server), Instant::now()));
+            for w in &mut fleet.workers {
+                w.stdin
+                    .write_all(b"go\n")
+                    .await
+                    .map_err(|e| format!("worker stdin: {e}"))?;
+            }
+        }
         for w in &mut fleet.workers {
             let r = w.line().await?;
             fleet.ready += r["ready"].as_u64().unwrap_or(0);
             fleet.failed += r["failed"].as_u64().unwrap_or(0);
             fleet.connect_secs = fleet.connect_secs.max(r["secs"].as_f64().unwrap_or(0.0));
+            fleet.resumed += r["resumed"].as_u64().unwrap_or(0);
+            fleet.retries += r["retries"].as_u64().unwrap_or(0);
+            let joined: Vec<[u64; 2]> =
+                serde_json::from_value(r["joined_after"].clone()).unwrap_or_default();
+            fleet.joined_after.add(&joined);
             if fleet.first_error.is_none() {
                 fleet.first_error = r["first_error"].as_str().map(str::to_owned);
             }
@@ -436,6 +483,9 @@ fn emit(o: &Opts, mut v: Value) {
     } else {
         "ws"
     });
+    if o.url.starts_with("wss:") {
+        v["tls"] = json!({"cert": o.tls_cert, "resumption": !o.no_tls_resumption});
+    }
     v["at"] = json!(worker::now_us() / 1_000_000);
     let line = v.to_string();
     println!("{line}");
@@ -459,7 +509,12 @@ pub async fn run(o: Opts) -> Result<(), String> {
     let stall_every = if o.scenario == Scenario::Slow { 10 } else { 0 };
     let meter = Meter::start(server.clone(), vec![std::process::id()]);
     let mut fleet = Fleet::start(&o, stall_every).await?;
-    let (connect_secs_wall, connect_cpu_s, ..) = meter.read();
+    let (mut connect_secs_wall, mut connect_cpu_s, ..) = meter.read();
+    if let Some((ticks, at)) = fleet.warm {
+        // Only the measured (resuming) connects.
+        connect_secs_wall = at.elapsed().as_secs_f64();
+        connect_cpu_s = procs::cpu_ticks(&server).saturating_sub(ticks) as f64 / 100.0;
+    }
     // The workers did all their work since they started: their whole CPU time.
     let connect_client_pct = procs::cpu_ticks(&fleet.pids()) as f64 / connect_secs_wall.max(1e-3);
     let server = procs::tree(o.pid); // nginx may have spawned nothing new; refresh anyway
@@ -487,8 +542,22 @@ pub async fn run(o: Opts) -> Result<(), String> {
                     "wall_secs": round(connect_secs_wall, 2),
                     "server_cpu_us_per_connect": round(1e6 * connect_cpu_s / fleet.ready as f64, 1),
                     "client_cpu_pct": connect_client_pct.round(),
+                    "tls_resumed": fleet.resumed,
                 }),
             );
+        }
+        Scenario::Storm => {
+            let mut r = storm::result(
+                connected,
+                fleet.ready,
+                connect_secs_wall,
+                &fleet.joined_after,
+                fleet.retries,
+                connect_cpu_s,
+                connect_client_pct,
+            );
+            r["tls_resumed"] = json!(fleet.resumed);
+            emit(&o, r);
         }
         Scenario::Idle => {
             tokio::time::sleep(Duration::from_secs(3)).await;

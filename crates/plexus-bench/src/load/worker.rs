@@ -44,6 +44,19 @@ pub struct Spec {
     pub concurrency: usize,
     /// With `stall`, subscribers with `i % stall_every == 0` stop reading (0: none).
     pub stall_every: usize,
+    /// `wss://` without TLS session resumption (every handshake a full one).
+    #[serde(default)]
+    pub no_resume: bool,
+    /// Reconnect storm (`storm.rs`): a refused or failed connect is retried with phoenix.js's
+    /// backoff, and each subscriber's time until joined is recorded.
+    #[serde(default)]
+    pub storm: bool,
+    /// `wss://` with resumption: each subscriber has its own TLS session store (as each
+    /// browser has) and connects, joins and leaves once before the measured connect, so the
+    /// measured one resumes its own session — a reconnect. The worker prints
+    /// `{"warm":S}` and waits for `go` on stdin before the measured connect.
+    #[serde(default)]
+    pub tls_warmup: bool,
 }
 
 pub fn topic_of(base: &str, topics: usize, i: usize) -> String {
@@ -82,12 +95,23 @@ struct Shared {
     resume: tokio::sync::watch::Sender<bool>,
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// What connecting everyone cost the client side, beyond ready/failed.
+#[derive(Default)]
+pub(super) struct ConnectStats {
+    /// `wss://` handshakes that resumed a TLS session.
+    pub resumed: AtomicU64,
+    /// Connect attempts retried (storm).
+    pub retries: AtomicU64,
+    /// Time from the start until each subscriber was joined (storm), µs.
+    pub joined_after: Histogram,
+}
+
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-type Ws = tokio_websockets::WebSocketStream<Box<dyn Io>>;
+pub(super) type Ws = tokio_websockets::WebSocketStream<Box<dyn Io>>;
 
-fn tls_config(pem_path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(pem_path: &str, resume: bool) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let pem = std::fs::read(pem_path).map_err(|e| format!("{pem_path}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -97,28 +121,35 @@ fn tls_config(pem_path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
             .add(cert)
             .map_err(|e| format!("bad certificate: {e}"))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // rustls resumes by default from an in-memory store of 256 server names (here one: every
+    // subscriber connects to the same address), each holding the last few TLS 1.3 tickets;
+    // every resumed connection receives fresh ones, as a browser's would.
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
-/// Opens one subscriber's socket and subscribes it.
-async fn subscribe(
+/// Opens one subscriber's socket and subscribes it; counts a resumed TLS session in `stats`.
+pub(super) async fn subscribe(
     spec: &Spec,
     i: usize,
-    token: Option<String>,
+    token: Option<&str>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    stats: &ConnectStats,
 ) -> Result<Ws, String> {
     let topic = topic_of(&spec.topic, spec.topics, i);
     let url = url_of(&spec.url, spec.topics, i)
         .replace("{topic}", &topic)
         .replace("{i}", &i.to_string())
-        .replace("{token}", token.as_deref().unwrap_or(""));
+        .replace("{token}", token.unwrap_or(""));
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
     let host = uri.host().unwrap_or("127.0.0.1").to_owned();
     let secure = uri.scheme_str() == Some("wss");
@@ -144,12 +175,14 @@ async fn subscribe(
         (true, Some(config)) => {
             let name = rustls_pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| format!("server name {host}: {e}"))?;
-            Box::new(
-                tokio_rustls::TlsConnector::from(config)
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?,
-            )
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            Box::new(tls)
         }
         (true, None) => return Err("wss:// needs --ca-pem".into()),
         (false, _) => Box::new(stream),
@@ -231,14 +264,67 @@ pub async fn run(spec: Spec) -> Result<(), String> {
     let spec = Arc::new(spec);
     let shared = Arc::new(Shared::default());
     let tls = match &spec.ca_pem {
-        Some(p) => Some(tls_config(p)?),
+        Some(p) => Some(tls_config(p, !spec.no_resume)?),
         None => None,
     };
+    let stats = Arc::new(ConnectStats::default());
     let issuer = spec
         .secret
         .as_ref()
         .map(|s| plexus_core::auth::Issuer::hs256(s.as_bytes()));
     let sem = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // One TLS config (and session store) per subscriber with a warm-up; else one shared.
+    let mut own_tls: Vec<Option<Arc<rustls::ClientConfig>>> = Vec::new();
+    if let (true, Some(base)) = (spec.tls_warmup, &tls) {
+        let warm_started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in spec.from..spec.to {
+            let mut c = (**base).clone();
+            c.resumption = rustls::client::Resumption::store(Arc::new(
+                rustls::client::ClientSessionMemoryCache::new(1),
+            ));
+            let c = Arc::new(c);
+            own_tls.push(Some(c.clone()));
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let token = match &issuer {
+                Some(iss) => Some(
+                    iss.issue(&format!("u{i}"), &[], None, 3600)
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            let spec = spec.clone();
+            let warm_stats = ConnectStats::default();
+            tasks.push(tokio::spawn(async move {
+                // Joined: the session tickets, sent after the handshake, have been read.
+                let r = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    subscribe(&spec, i, token.as_deref(), Some(c), &warm_stats),
+                )
+                .await;
+                drop(permit);
+                if let Ok(Ok(mut ws)) = r {
+                    let _ = ws.close().await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"warm": warm_started.elapsed().as_secs_f64()})
+        );
+        match lines.next_line().await {
+            Ok(Some(go)) if go.trim() == "go" => {}
+            _ => return Ok(()),
+        }
+    }
     let started = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     for i in spec.from..spec.to {
@@ -254,12 +340,24 @@ pub async fn run(spec: Spec) -> Result<(), String> {
             ),
             None => None,
         };
-        let (spec, shared, tls, done) =
-            (spec.clone(), shared.clone(), tls.clone(), done_tx.clone());
+        let tls = match own_tls.get(i - spec.from) {
+            Some(own) => own.clone(),
+            None => tls.clone(),
+        };
+        let (spec, shared, done, stats) =
+            (spec.clone(), shared.clone(), done_tx.clone(), stats.clone());
         tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(30), subscribe(&spec, i, token, tls))
+            let r = if spec.storm {
+                super::storm::subscribe_retrying(&spec, i, token.as_deref(), tls, &stats, started)
+                    .await
+            } else {
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    subscribe(&spec, i, token.as_deref(), tls, &stats),
+                )
                 .await
-                .unwrap_or_else(|_| Err("timed out".into()));
+                .unwrap_or_else(|_| Err("timed out".into()))
+            };
             drop(permit);
             match r {
                 Ok(ws) => {
@@ -290,9 +388,13 @@ pub async fn run(spec: Spec) -> Result<(), String> {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"ready": ready, "failed": failed, "first_error": first_error, "secs": secs})
+        serde_json::json!({
+            "ready": ready, "failed": failed, "first_error": first_error, "secs": secs,
+            "resumed": stats.resumed.load(Ordering::Relaxed),
+            "retries": stats.retries.load(Ordering::Relaxed),
+            "joined_after": stats.joined_after.take(),
+        })
     );
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(cmd)) = lines.next_line().await {
         match cmd.trim() {
             "take" => println!(

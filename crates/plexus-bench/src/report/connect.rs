@@ -22,7 +22,7 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
                 let _ = writeln!(
                     md,
                     "| {t} | {} | {} | {} | **{}**{} | {} | {} % |",
-                    r["transport"].as_str().unwrap_or("ws"),
+                    crate::load::storm::transport_label(r),
                     num(f(&r["connect"]["ready"])),
                     num(f(&r["connect"]["failed"])),
                     num(f(&r["connects_per_s"])),
@@ -36,7 +36,7 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
                     num(f(&r["client_cpu_pct"])),
                 );
                 rows.push((
-                    format!("{t} {}", r["transport"].as_str().unwrap_or("ws")),
+                    format!("{t} {}", crate::load::storm::transport_label(r)),
                     f(&r["connects_per_s"]).unwrap_or(0.0),
                 ));
             }

@@ -8,7 +8,7 @@ pub(super) fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
-pub(super) fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(x) if x.abs() >= 1000.0 => {

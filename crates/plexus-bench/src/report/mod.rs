@@ -24,6 +24,7 @@ mod saturation;
 mod slow;
 mod topics;
 
+pub(crate) use format::num;
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -104,6 +105,7 @@ fn build(results: &[Value], o: &Opts) -> Section {
     saturation::write(results, o, &mut out);
     topics::write(results, o, &mut out);
     connect::write(results, o, &mut out);
+    out.md.push_str(&crate::load::storm::markdown(results));
     idle::write(results, o, &mut out);
     slow::write(results, o, &mut out);
     let md = &mut out.md;
