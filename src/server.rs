@@ -67,6 +67,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }),
             None => None,
         },
+        join_authority: None,
     };
     let hub = Arc::new(Hub::new());
     let node = match &config.redis {
