@@ -201,6 +201,14 @@ impl Plexus {
         }
         let deadline = tokio::time::Instant::now() + config.drain_timeout;
         crate::server::drain(node.clone(), config.drain_timeout).await;
+        if let Some(grace) = node.webhook_grace() {
+            // Disconnects held for the reconnect grace are sent before the deadline (as the
+            // binary's drain does).
+            let until = deadline
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or(deadline);
+            grace.flush(until).await;
+        }
         for w in node.webhooks().iter().chain(node.pusher_webhooks().iter()) {
             w.flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
                 .await;

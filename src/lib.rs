@@ -19,6 +19,7 @@ pub mod demo;
 pub mod embed;
 pub mod gate;
 pub mod hook_client;
+pub mod jwks_client;
 pub mod metrics;
 pub mod routes;
 pub mod server;

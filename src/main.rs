@@ -83,6 +83,9 @@ fn check(args: ServeArgs) -> ExitCode {
     if cfg.supabase {
         println!("  supabase channels: on");
     }
+    for url in &cfg.jwks_urls {
+        println!("  JWKS URL (fetched at start, not now): {url}");
+    }
     println!(
         "  admin console: {}",
         if cfg.admin_secret.is_some() {

@@ -36,6 +36,43 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Listen(String),
+    #[error("{0}")]
+    Keys(String),
+}
+
+/// The configured verifier with the keys of `auth.jwks_urls`, fetched now and refreshed from
+/// here on. Without any key to verify with — every URL failed and no other key is configured
+/// (a secret the dev profile made up does not count) — the server does not start.
+async fn verifier_with_jwks_urls(
+    config: &Config,
+) -> Result<plexus_core::auth::Verifier, StartError> {
+    let mut verifier = config.verifier.clone();
+    if config.jwks_urls.is_empty() {
+        return Ok(verifier);
+    }
+    let fetcher = Arc::new(crate::jwks_client::JwksClient::new().map_err(StartError::Keys)?);
+    let (remote, failures) =
+        plexus_core::auth::RemoteKeys::start(config.jwks_urls.clone(), fetcher).await;
+    let fetched = remote.key_count();
+    verifier.set_remote_keys(remote);
+    let generated = usize::from(config.jwt_secret_generated);
+    if fetched == 0 && verifier.keys().len() <= generated {
+        let why: Vec<String> = failures
+            .iter()
+            .map(|(url, e)| format!("{url}: {e}"))
+            .collect();
+        return Err(StartError::Keys(format!(
+            "no key to verify tokens with: no JWKS URL gave a usable key ({}) and no other key is configured (jwt_secret, [[auth.keys]], auth.jwks_files)",
+            why.join("; ")
+        )));
+    }
+    tracing::info!(
+        urls = config.jwks_urls.len(),
+        keys = fetched,
+        failed = failures.len(),
+        "JWKS URLs fetched"
+    );
+    Ok(verifier)
 }
 
 /// Runs the server until SIGTERM or SIGINT, then drains (see the module doc).
@@ -131,9 +168,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     let webhooks = node.webhooks().cloned();
     let pusher_webhooks = node.pusher_webhooks().cloned();
+    let grace = node.webhook_grace().cloned();
     drain(node, config.drain_timeout).await;
     while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(grace) = grace {
+        // Disconnects held for the reconnect grace: kept until their grace ends (clients
+        // reconnecting to other nodes claim them) but not past the drain's deadline (less a
+        // second to send them), then sent.
+        grace
+            .flush(
+                deadline
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(deadline),
+            )
+            .await;
     }
     for w in webhooks.iter().chain(pusher_webhooks.iter()) {
         // The last disconnects (and vacated channels) reach the application (within the drain
@@ -152,8 +202,9 @@ pub(crate) async fn build_state(
     config: Arc<Config>,
     join_authority: Option<InProcessJoin>,
 ) -> Result<AppState, StartError> {
+    let verifier = verifier_with_jwks_urls(&config).await?;
     let node_config = NodeConfig {
-        verifier: config.verifier.clone(),
+        verifier,
         policy: config.policy.clone(),
         limits: config.limits.clone(),
         admission: config.admission.clone(),

@@ -1,6 +1,7 @@
 //! Who is who: the JWT secret and API key (`jwt_secret`, `api_key`) and the `[auth]` section
-//! (`[[auth.keys]]`, `auth.jwks_files`, issuer, audience, roles claim) that build the token
-//! [`Verifier`].
+//! (`[[auth.keys]]`, `auth.jwks_files`, `auth.jwks_urls`, issuer, audience, roles claim path)
+//! that build the token [`Verifier`]. The JWKS URLs are only checked here; the server fetches
+//! them at start (`src/jwks_client.rs`, `plexus_core::auth::remote_keys`).
 
 use super::{random_token, read_referenced, ConfigError, Env, FileConfig, Profile, ReadFn};
 use plexus_core::auth::{Algorithm, KeyError, Verifier, VerifyKey, VerifyOptions};
@@ -19,6 +20,8 @@ pub(super) struct FileAuth {
     pub(super) keys: Vec<FileKey>,
     #[serde(default)]
     pub(super) jwks_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub(super) jwks_urls: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,7 +52,9 @@ pub(super) fn resolve_secrets(
     let api_key = env.api_key.clone().or(file.api_key.clone());
     match profile {
         Profile::Prod => {
-            let has_keys = !file.auth.keys.is_empty() || !file.auth.jwks_files.is_empty();
+            let has_keys = !file.auth.keys.is_empty()
+                || !file.auth.jwks_files.is_empty()
+                || !file.auth.jwks_urls.is_empty();
             let no_secret = secret.is_none() && !has_keys;
             if no_secret || api_key.is_none() {
                 return Err(ConfigError::MissingProdSecrets {
@@ -155,8 +160,54 @@ pub(super) fn build_verifier(
         roles_claim: auth.roles_claim.clone().unwrap_or_else(|| "roles".into()),
         anon_role,
     };
-    Verifier::new(keys, options).map_err(|e| ConfigError::Verifier {
+    let verifier = if auth.jwks_urls.is_empty() {
+        Verifier::new(keys, options)
+    } else {
+        // The URLs are fetched at start; the server refuses to start if no key results.
+        Verifier::for_jwks_urls(keys, options)
+    };
+    verifier.map_err(|e| ConfigError::Verifier {
         file: file(),
         message: e.0,
     })
+}
+
+/// `auth.jwks_urls` (`PLEXUS_JWKS_URL`, comma-separated, over the file): `https://`, or
+/// `http://` to a loopback host only (`localhost`, `127.0.0.0/8`, `::1`).
+pub(super) fn resolve_jwks_urls(env: Option<&str>, auth: &mut FileAuth) -> Result<(), ConfigError> {
+    let field = match env {
+        Some(list) => {
+            auth.jwks_urls = list
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            "PLEXUS_JWKS_URL"
+        }
+        None => "auth.jwks_urls",
+    };
+    for url in &auth.jwks_urls {
+        check_jwks_url(url).map_err(|message| ConfigError::Invalid { field, message })?;
+    }
+    Ok(())
+}
+
+fn check_jwks_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{text:?}: plain http:// only to a loopback host (localhost, 127.0.0.1, [::1]); use https://"
+        )),
+        _ => Err(format!("{text:?}: not an https:// URL")),
+    }
 }

@@ -114,7 +114,7 @@ pub enum ConfigError {
 fn missing_secrets(jwt_secret: bool, api_key: bool) -> String {
     let mut missing = Vec::new();
     if jwt_secret {
-        missing.push("a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET) or [[auth.keys]]");
+        missing.push("a JWT secret (jwt_secret in the file or PLEXUS_JWT_SECRET), [[auth.keys]], auth.jwks_files or auth.jwks_urls (PLEXUS_JWKS_URL)");
     }
     if api_key {
         missing.push("an API key (api_key in the file or PLEXUS_API_KEY)");

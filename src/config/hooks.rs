@@ -42,6 +42,8 @@ pub struct FileWebhooks {
     backoff_max_ms: Option<u64>,
     max_event_bytes: Option<u64>,
     max_batch_bytes: Option<u64>,
+    disconnect_grace_ms: Option<u64>,
+    disconnect_grace_max: Option<u64>,
 }
 
 /// The resolved hook settings (`None` in [`crate::config::Config`]: no hooks, no webhooks).
@@ -55,7 +57,7 @@ pub struct HookSettings {
 pub const MIN_SECRET_CHARS: usize = 16;
 
 /// The environment variables read here, by name.
-pub const ENV_VARS: [&str; 22] = [
+pub const ENV_VARS: [&str; 24] = [
     "PLEXUS_HOOK_SECRET",
     "PLEXUS_CONNECT_HOOK_URL",
     "PLEXUS_JOIN_HOOK_URL",
@@ -78,6 +80,8 @@ pub const ENV_VARS: [&str; 22] = [
     "PLEXUS_WEBHOOK_BACKOFF_MAX_MS",
     "PLEXUS_WEBHOOK_MAX_EVENT_BYTES",
     "PLEXUS_WEBHOOK_MAX_BATCH_BYTES",
+    "PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS",
+    "PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX",
 ];
 
 struct Source<'a> {
@@ -255,13 +259,28 @@ pub fn resolve(
                         message: format!(
                             "unknown event {name:?}: expected connect, disconnect, join, leave, \
                              channel_occupied, channel_vacated, signin, presence_join, \
-                             presence_leave, client_event or cache_miss"
+                             presence_leave, client_event, cache_miss or reconnect"
                         ),
                     })?);
                 }
                 c.events = EventSet::of(&kinds);
             }
             tune(&src, w, &mut c)?;
+            // The reconnect grace (Plexus's sink only).
+            c.disconnect_grace = Duration::from_millis(src.number(
+                "PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS",
+                "webhooks.disconnect_grace_ms",
+                w.disconnect_grace_ms,
+                0,
+                (0, 600_000),
+            )?);
+            c.disconnect_grace_max = src.number(
+                "PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX",
+                "webhooks.disconnect_grace_max",
+                w.disconnect_grace_max,
+                plexus_core::webhooks::grace::DEFAULT_MAX_HELD as u64,
+                (1, 10_000_000),
+            )? as usize;
             Some(c)
         }
     };
@@ -410,6 +429,52 @@ mod tests {
         let w = s.webhooks.unwrap();
         assert!(w.events.contains(EventKind::ClientEvent));
         assert!(!w.events.contains(EventKind::Join));
+    }
+
+    #[test]
+    fn the_reconnect_grace_is_off_by_default_and_bounded() {
+        let base = [
+            ("PLEXUS_WEBHOOK_URL", "http://127.0.0.1:9/w"),
+            ("PLEXUS_HOOK_SECRET", "0123456789abcdef"),
+        ];
+        let w = |extra: &[(&str, &str)], file: FileWebhooks| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            resolve(&env(&pairs), &FileHooks::default(), &file, false)
+                .map(|s| s.and_then(|s| s.webhooks))
+        };
+        let d = w(&[], FileWebhooks::default()).unwrap().unwrap();
+        assert_eq!(d.disconnect_grace, Duration::ZERO);
+        assert_eq!(
+            d.disconnect_grace_max,
+            plexus_core::webhooks::grace::DEFAULT_MAX_HELD
+        );
+        assert!(!d.events.contains(EventKind::Reconnect));
+        let file = FileWebhooks {
+            disconnect_grace_ms: Some(2000),
+            events: Some(vec!["disconnect".into(), "reconnect".into()]),
+            ..Default::default()
+        };
+        let f = w(&[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX", "5")], file)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.disconnect_grace, Duration::from_millis(2000));
+        assert_eq!(f.disconnect_grace_max, 5);
+        assert!(f.events.contains(EventKind::Reconnect));
+        let e = w(
+            &[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS", "600001")],
+            FileWebhooks::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MS"));
+        let e = w(
+            &[("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX", "0")],
+            FileWebhooks::default(),
+        )
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("PLEXUS_WEBHOOK_DISCONNECT_GRACE_MAX"));
     }
 
     #[test]

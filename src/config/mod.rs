@@ -18,7 +18,7 @@ mod tls;
 
 pub use error::ConfigError;
 
-use auth::{build_verifier, resolve_secrets, FileAuth};
+use auth::{build_verifier, resolve_jwks_urls, resolve_secrets, FileAuth};
 use limits::{resolve_admission, resolve_limits, FileLimits};
 use plexus_core::admission::AdmissionConfig;
 use plexus_core::auth::Verifier;
@@ -152,6 +152,9 @@ pub struct Config {
     pub admission: AdmissionConfig,
     pub policy: Policy,
     pub verifier: Verifier,
+    /// JWKS URLs whose keys the verifier also takes (fetched at start, then refreshed):
+    /// checked `https://` (or loopback `http://`) URLs.
+    pub jwks_urls: Vec<String>,
     /// Native TLS: serve https/wss on `listen` with these files.
     pub tls: Option<crate::tls::TlsFiles>,
     /// A plain-HTTP listener that redirects to https (off unless configured).
@@ -184,6 +187,10 @@ pub struct Env {
     pub profile: Option<String>,
     pub jwt_secret: Option<String>,
     pub api_key: Option<String>,
+    /// `PLEXUS_JWKS_URL`: JWKS URLs, comma-separated (replaces `auth.jwks_urls`).
+    pub jwks_urls: Option<String>,
+    /// `PLEXUS_ROLES_CLAIM`: the roles claim path (replaces `auth.roles_claim`).
+    pub roles_claim: Option<String>,
     pub admin_secret: Option<String>,
     /// `PLEXUS_DEMO`: `true`/`1` or `false`/`0`.
     pub demo: Option<String>,
@@ -220,6 +227,8 @@ impl Env {
             profile: get("PLEXUS_PROFILE"),
             jwt_secret: get("PLEXUS_JWT_SECRET"),
             api_key: get("PLEXUS_API_KEY"),
+            jwks_urls: get("PLEXUS_JWKS_URL"),
+            roles_claim: get("PLEXUS_ROLES_CLAIM"),
             admin_secret: get("PLEXUS_ADMIN_SECRET"),
             demo: get("PLEXUS_DEMO"),
             demo_feed: get("PLEXUS_DEMO_FEED"),
@@ -417,6 +426,10 @@ fn resolve(
     let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
     let profile = resolve_profile(flag_profile, env, &file, text.is_some())?;
     let listen = resolve_listen(flag_listen, env, &file, profile)?;
+    resolve_jwks_urls(env.jwks_urls.as_deref(), &mut file.auth)?;
+    if let Some(path) = &env.roles_claim {
+        file.auth.roles_claim = Some(path.clone());
+    }
     let secrets = resolve_secrets(profile, env, &file)?;
     let limits = resolve_limits(&file.limits, file.auth.expiry_grace_secs)?;
     let admission = resolve_admission(&file, profile)?;
@@ -506,6 +519,7 @@ fn resolve(
         admission,
         policy,
         verifier,
+        jwks_urls: std::mem::take(&mut file.auth.jwks_urls),
         tls,
         http_redirect,
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),

@@ -163,7 +163,11 @@ pub async fn history(
         // A bearer that is not the API key may be a user token; if it is refused, it counts as
         // a wrong API key (else this endpoint would be a way around the throttle).
         let token = q.token.as_deref().or(bearer);
-        let identity = match state.node.authorize_read(peer, &headers, token, &topic) {
+        let identity = match state
+            .node
+            .authorize_read(peer, &headers, token, &topic)
+            .await
+        {
             Ok(identity) => identity,
             Err(refusal) => {
                 if bearer.is_some() && q.token.is_none() {

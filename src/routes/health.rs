@@ -71,6 +71,23 @@ fn write_hook_metrics(out: &mut String, node: &plexus_core::Node) {
         }
         let _ = writeln!(out, "# HELP plexus_hook_circuit_opened_total Times a hook URL's circuit breaker opened.\n# TYPE plexus_hook_circuit_opened_total counter\nplexus_hook_circuit_opened_total {}", c.circuit_opened.load(Ordering::Relaxed));
     }
+    if let Some(g) = node.webhook_grace() {
+        let c = &g.counters;
+        let figures = [
+            ("plexus_webhook_grace_held_total", "counter", "Webhook events held for the reconnect grace (webhooks.disconnect_grace_ms).", c.held.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_recorded_total", "counter", "Held webhook events recorded in the broker (claimable by a reconnect on any node).", c.recorded.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_sent_total", "counter", "Held webhook events sent at the end of the grace (no reconnect claimed them).", c.sent.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_suppressed_total", "counter", "Pairs of webhook events suppressed by the reconnect grace (disconnect+connect, presence_leave+presence_join, channel_vacated+channel_occupied), counted by the node whose event claimed the held one.", c.suppressed.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_over_cap_total", "counter", "Webhook events sent at once because webhooks.disconnect_grace_max events were held already.", c.over_cap.load(Ordering::Relaxed)),
+            ("plexus_webhook_grace_held", "gauge", "Webhook events held for the reconnect grace now.", g.held() as u64),
+        ];
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
     // Plexus's webhooks, then Pusher's (the same figures, `plexus_pusher_webhook_*`).
     let sinks = [
         ("plexus_webhook", node.webhooks()),

@@ -55,7 +55,7 @@ pub async fn upgrade(
     }
     let socket_id = new_socket_id();
     let node = state.node.clone();
-    let identify = |_: &plexus_core::Node| {
+    let identify = async {
         let mut identity = Identity::new(&format!("pusher:{socket_id}"));
         identity.anonymous = true;
         Ok(identity)

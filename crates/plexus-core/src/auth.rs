@@ -3,14 +3,15 @@
 //! Tokens are JWTs verified against a [`Verifier`]'s keys: several keys at once (for rotation), each
 //! bound to exactly one algorithm — HS256/384/512 with a shared secret, RS256/384/512 and
 //! PS256/384/512 with an RSA public key, ES256/ES384 with an EC public key, EdDSA with an
-//! Ed25519 public key — given as PEM or in a JWKS file. A token is only ever checked with a key
-//! whose algorithm equals the token's `alg`, and the key's type fixes its algorithm family, so
-//! `alg: none` and HS/RS key confusion (an HS256 token "signed" with an RSA public key) cannot
-//! verify by construction.
+//! Ed25519 public key — given as PEM, in a JWKS file, or fetched from JWKS URLs and refreshed
+//! as the identity provider rotates them ([`remote_keys`]). A token is only ever checked with
+//! a key whose algorithm equals the token's `alg`, and the key's type fixes its algorithm
+//! family, so `alg: none` and HS/RS key confusion (an HS256 token "signed" with an RSA public
+//! key) cannot verify by construction.
 //!
 //! Checked: signature, `exp` (required), `nbf`, and `iss` / `aud` when configured, with a
-//! clock-skew leeway. Every refusal is an [`AuthError`] whose text names the reason and never
-//! contains the token.
+//! clock-skew leeway. Roles are read at a configurable claim path ([`claim_path`]). Every
+//! refusal is an [`AuthError`] whose text names the reason and never contains the token.
 //!
 //! A token needs a `sub`, except an *anonymous* one: with [`VerifyOptions::anon_role`] set
 //! (Supabase channels on), a verified token whose `role` (Supabase's claim) or roles name that
@@ -19,7 +20,9 @@
 //! (`socket.rs`).
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse,
+};
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -28,6 +31,12 @@ use serde_json::{Map, Value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod claim_path;
+pub mod remote_keys;
+
+pub use claim_path::ClaimPath;
+pub use remote_keys::RemoteKeys;
 
 /// Who a connection belongs to, as established by its token.
 #[derive(Clone, Debug)]
@@ -214,39 +223,83 @@ impl VerifyKey {
         })
     }
 
-    /// Every usable key of a JWKS document. A key without `alg` gets the algorithm its type
-    /// implies (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA).
+    /// Every usable key of a JWKS document (a file): a key that cannot be used is an error,
+    /// except one marked for another use than signatures (`use` not `sig`, or `key_ops`
+    /// without `verify`), which is left out. See [`VerifyKey::from_jwk`].
     pub fn from_jwks(json: &str) -> Result<Vec<Self>, KeyError> {
         let set: JwkSet =
             serde_json::from_str(json).map_err(|e| KeyError(format!("invalid JWKS: {e}")))?;
         let mut keys = Vec::new();
         for (i, jwk) in set.keys.iter().enumerate() {
-            let algorithm = match &jwk.common.key_algorithm {
-                Some(ka) => Algorithm::from_str(&format!("{ka:?}"))
-                    .map_err(|_| KeyError(format!("JWKS key {i}: unsupported alg {ka:?}")))?,
-                None => match &jwk.algorithm {
-                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(p) => match p.curve {
-                        EllipticCurve::P256 => Algorithm::ES256,
-                        EllipticCurve::P384 => Algorithm::ES384,
-                        _ => return Err(KeyError(format!("JWKS key {i}: unsupported curve"))),
-                    },
-                    AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                    AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
-                },
-            };
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| KeyError(format!("JWKS key {i}: {e}")))?;
-            keys.push(VerifyKey {
-                kid: jwk.common.key_id.clone(),
-                algorithm,
-                key,
-            });
+            if let Some(key) =
+                Self::from_jwk(jwk).map_err(|e| KeyError(format!("JWKS key {i}: {}", e.0)))?
+            {
+                keys.push(key);
+            }
         }
         if keys.is_empty() {
             return Err(KeyError("the JWKS has no keys".into()));
         }
         Ok(keys)
+    }
+
+    /// One JWKS entry as a verification key; `Ok(None)` for a key meant for something else
+    /// than signatures (`use` other than `sig`, or `key_ops` without `verify`). The key's
+    /// `alg` is honoured and must fit its type; without `alg` the type implies it (RSA →
+    /// RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA, oct → HS256).
+    pub fn from_jwk(jwk: &Jwk) -> Result<Option<Self>, KeyError> {
+        use Algorithm::*;
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != PublicKeyUse::Signature)
+            || jwk
+                .common
+                .key_operations
+                .as_ref()
+                .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+        {
+            return Ok(None);
+        }
+        let algorithm = match &jwk.common.key_algorithm {
+            Some(ka) => Algorithm::from_str(&format!("{ka:?}"))
+                .map_err(|_| KeyError(format!("unsupported alg {ka:?}")))?,
+            None => match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => RS256,
+                AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                    EllipticCurve::P256 => ES256,
+                    EllipticCurve::P384 => ES384,
+                    _ => return Err(KeyError("unsupported curve".into())),
+                },
+                AlgorithmParameters::OctetKeyPair(_) => EdDSA,
+                AlgorithmParameters::OctetKey(_) => HS256,
+            },
+        };
+        let fits = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => {
+                matches!(algorithm, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+            }
+            AlgorithmParameters::EllipticCurve(p) => matches!(
+                (&p.curve, algorithm),
+                (EllipticCurve::P256, ES256) | (EllipticCurve::P384, ES384)
+            ),
+            AlgorithmParameters::OctetKeyPair(p) => {
+                p.curve == EllipticCurve::Ed25519 && algorithm == EdDSA
+            }
+            AlgorithmParameters::OctetKey(_) => is_hmac(algorithm),
+        };
+        if !fits {
+            return Err(KeyError(format!(
+                "alg {algorithm:?} does not fit the key's type"
+            )));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError(e.to_string()))?;
+        Ok(Some(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        }))
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -267,7 +320,8 @@ pub struct VerifyOptions {
     pub issuer: Option<String>,
     /// Required `aud` (one of), if any.
     pub audience: Option<String>,
-    /// Claim holding the roles (array of strings, or one string).
+    /// Where the roles are in the claims (array of strings, or one string): a path, see
+    /// [`ClaimPath`] (`roles`, `realm_access.roles`, `https://example.com/roles`).
     pub roles_claim: String,
     /// The role of anonymous tokens (Supabase's `anon`): a token whose `role` claim or roles
     /// name it is accepted without `sub` as an anonymous identity. `None`: every token needs a
@@ -287,10 +341,13 @@ impl Default for VerifyOptions {
     }
 }
 
-/// Verifies connect tokens against a set of keys.
+/// Verifies connect tokens against a set of keys: the configured ones, and those fetched from
+/// JWKS URLs ([`RemoteKeys`], replaced at run time as the provider rotates them).
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    remote: Option<Arc<RemoteKeys>>,
+    roles_path: ClaimPath,
     options: VerifyOptions,
 }
 
@@ -313,6 +370,7 @@ impl std::fmt::Debug for Verifier {
             .collect();
         f.debug_struct("Verifier")
             .field("keys", &keys)
+            .field("jwks_urls", &self.remote.as_ref().map(|r| r.urls()))
             .field("options", &self.options)
             .finish()
     }
@@ -323,7 +381,31 @@ impl Verifier {
         if keys.is_empty() {
             return Err(KeyError("no verification key configured".into()));
         }
-        Ok(Verifier { keys, options })
+        Self::for_jwks_urls(keys, options)
+    }
+
+    /// A verifier whose `keys` may be empty: JWKS URLs are to supply more
+    /// ([`Verifier::set_remote_keys`]); until then it refuses every token. The roles claim
+    /// path must parse ([`ClaimPath`]).
+    pub fn for_jwks_urls(keys: Vec<VerifyKey>, options: VerifyOptions) -> Result<Self, KeyError> {
+        let roles_path = ClaimPath::parse(&options.roles_claim)
+            .map_err(|e| KeyError(format!("roles claim path {e}")))?;
+        Ok(Verifier {
+            keys,
+            remote: None,
+            roles_path,
+            options,
+        })
+    }
+
+    /// Adds the keys fetched from JWKS URLs (shared by every clone made afterwards).
+    pub fn set_remote_keys(&mut self, remote: Arc<RemoteKeys>) {
+        self.remote = Some(remote);
+    }
+
+    /// Whether any key can verify a token now (configured or fetched).
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty() || self.remote.as_ref().is_some_and(|r| r.key_count() > 0)
     }
 
     /// An HS256 verifier for one shared secret with default options.
@@ -334,14 +416,36 @@ impl Verifier {
                 algorithm: Algorithm::HS256,
                 key: DecodingKey::from_secret(secret),
             }],
+            remote: None,
+            roles_path: ClaimPath::claim("roles"),
             options: VerifyOptions::default(),
         }
     }
 
+    /// The configured keys (not those fetched from JWKS URLs).
     pub fn keys(&self) -> &[VerifyKey] {
         &self.keys
     }
 
+    /// [`Verifier::verify`], except that a token naming a `kid` that no key has, with JWKS
+    /// URLs configured, first has them fetched again ([`RemoteKeys::refetch_for_unknown_kid`]:
+    /// at most once per 30 s per URL, waiting at most for one fetch's timeout), so that a
+    /// token signed with a key the provider just published is accepted at once.
+    pub async fn verify_fetching(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(remote) = &self.remote {
+            let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+            if let Some(kid) = kid {
+                let known = self.keys.iter().any(|k| k.kid.as_deref() == Some(&kid))
+                    || remote.has_kid(&kid);
+                if !known {
+                    remote.refetch_for_unknown_kid().await;
+                }
+            }
+        }
+        self.verify(token)
+    }
+
+    /// Verifies `token` against the keys as they are now (never fetches).
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
@@ -351,17 +455,27 @@ impl Verifier {
             _ if header_names_an_alg(token) => AuthError::AlgorithmNotAllowed,
             _ => AuthError::Malformed,
         })?;
+        let fetched = self
+            .remote
+            .as_ref()
+            .map(|r| r.snapshot())
+            .unwrap_or_default();
+        let all_keys = || {
+            self.keys
+                .iter()
+                .chain(fetched.iter().flat_map(|s| s.iter()))
+        };
         let candidates: Vec<&VerifyKey> = match &header.kid {
             Some(kid) => {
-                let with_kid: Vec<&VerifyKey> = self
-                    .keys
-                    .iter()
+                let with_kid: Vec<&VerifyKey> = all_keys()
                     .filter(|k| k.kid.as_deref() == Some(kid))
                     .collect();
                 if with_kid.is_empty() {
-                    // Keys configured without a kid still accept tokens that carry one.
-                    let anonymous: Vec<&VerifyKey> =
-                        self.keys.iter().filter(|k| k.kid.is_none()).collect();
+                    // Keys configured without a kid still accept tokens that carry one (if
+                    // one has the token's algorithm: else the kid is what is wrong).
+                    let anonymous: Vec<&VerifyKey> = all_keys()
+                        .filter(|k| k.kid.is_none() && k.algorithm == header.alg)
+                        .collect();
                     if anonymous.is_empty() {
                         return Err(AuthError::UnknownKid);
                     }
@@ -370,7 +484,7 @@ impl Verifier {
                     with_kid
                 }
             }
-            None => self.keys.iter().collect(),
+            None => all_keys().collect(),
         };
         let candidates: Vec<&VerifyKey> = candidates
             .into_iter()
@@ -437,7 +551,7 @@ impl Verifier {
     }
 
     fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
-        let roles: Vec<String> = match c.get(&self.options.roles_claim) {
+        let roles: Vec<String> = match self.roles_path.get(&c) {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(|r| r.as_str().map(str::to_owned))

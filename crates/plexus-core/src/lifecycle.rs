@@ -11,8 +11,10 @@
 //! Pusher-format sink too when the topic is a Pusher channel ([`crate::pusher::webhooks`]).
 
 use crate::auth::Identity;
+use crate::broker::HoldKey;
 use crate::hooks::unix_ms;
 use crate::node::Node;
+use crate::webhooks::grace::{Emit, Grace, Held, HoldGroup};
 use crate::webhooks::{Cause, EventKind};
 use crate::ConnId;
 use serde_json::{json, Value};
@@ -20,15 +22,16 @@ use std::sync::Arc;
 
 impl Node {
     /// A connection opened: the `connect` webhook, and its entry in the cluster's registry
-    /// (for the `disconnect` a reaping node reports if this one dies).
-    pub(crate) fn connection_opened(&self, conn: ConnId, who: &Identity, addr: std::net::IpAddr) {
-        let by = Cause {
-            identity: who,
-            addr: Some(addr),
-        };
-        self.webhook_by(EventKind::Connect, by, || {
-            json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "addr": addr.to_string()})
-        });
+    /// (for the `disconnect` a reaping node reports if this one dies). With a reconnect grace,
+    /// a user's connect first claims a `disconnect` of the user held on any node
+    /// ([`crate::webhooks::grace`]): then `reconnect` is sent instead of both. That claim is
+    /// the returned task, which the connection awaits before anything else it reports.
+    pub(crate) fn connection_opened(
+        self: &Arc<Self>,
+        conn: ConnId,
+        who: &Identity,
+        addr: std::net::IpAddr,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if self
             .webhooks
             .as_ref()
@@ -37,6 +40,50 @@ impl Node {
             let info =
                 json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "since": unix_ms()});
             self.broker.clone().connection_open(conn, info.to_string());
+        }
+        let grace = match &self.grace {
+            Some(g) if !who.anonymous => g.clone(),
+            _ => {
+                self.connected(conn, who, addr, None);
+                return None;
+            }
+        };
+        let node = self.clone();
+        let who = who.clone();
+        Some(tokio::spawn(async move {
+            let previous = grace.claim(&HoldKey::Disconnect(who.sub.clone())).await;
+            if let Some(p) = &previous {
+                node.broker.hold_claimed_connection(p).await;
+            }
+            node.connected(conn, &who, addr, previous);
+        }))
+    }
+
+    /// The `connect` webhook, or `reconnect` naming the connection whose held `disconnect`
+    /// this one claimed (`previous`).
+    fn connected(
+        &self,
+        conn: ConnId,
+        who: &Identity,
+        addr: std::net::IpAddr,
+        previous: Option<String>,
+    ) {
+        let by = Cause {
+            identity: who,
+            addr: Some(addr),
+        };
+        match previous {
+            None => self.webhook_by(EventKind::Connect, by, || {
+                json!({"sub": &*who.sub, "conn": self.public_conn_id(conn), "addr": addr.to_string()})
+            }),
+            Some(previous) => self.webhook_by(EventKind::Reconnect, by, || {
+                json!({
+                    "sub": &*who.sub,
+                    "conn": self.public_conn_id(conn),
+                    "previous_conn": previous,
+                    "addr": addr.to_string(),
+                })
+            }),
         }
     }
 
@@ -55,7 +102,10 @@ impl Node {
     }
 
     /// A connection ended: the `disconnect` webhook, with its close code and reason and how
-    /// long it lasted.
+    /// long it lasted. `hold`: the teardown's group of held events (a reconnect grace), to
+    /// which the `disconnect` is added instead of being sent; the connection then stays in
+    /// the registry until it is resolved.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn connection_closed(
         &self,
         conn: ConnId,
@@ -64,18 +114,12 @@ impl Node {
         code: u16,
         reason: &str,
         lasted: std::time::Duration,
+        hold: Option<&mut HoldGroup>,
     ) {
         let Some(webhooks) = &self.webhooks else {
             return;
         };
-        if webhooks.enabled(EventKind::Disconnect) {
-            self.broker.clone().connection_close(conn);
-        }
-        let by = Cause {
-            identity: who,
-            addr: Some(addr),
-        };
-        self.webhook_by(EventKind::Disconnect, by, || {
+        let fields = || {
             json!({
                 "sub": &*who.sub,
                 "conn": self.public_conn_id(conn),
@@ -83,7 +127,26 @@ impl Node {
                 "reason": reason,
                 "duration_ms": lasted.as_millis() as u64,
             })
-        });
+        };
+        let by = Cause {
+            identity: who,
+            addr: Some(addr),
+        };
+        if let Some(group) = hold {
+            if webhooks.enabled(EventKind::Disconnect) {
+                group.registry = Some(conn);
+                group.events.push(Held {
+                    key: HoldKey::Disconnect(who.sub.clone()),
+                    value: self.public_conn_id(conn),
+                    emit: Emit::Plexus(EventKind::Disconnect, Some(by.key()), fields()),
+                });
+            }
+            return;
+        }
+        if webhooks.enabled(EventKind::Disconnect) {
+            self.broker.clone().connection_close(conn);
+        }
+        self.webhook_by(EventKind::Disconnect, by, fields);
     }
 
     fn wants_occupancy(&self) -> bool {
@@ -100,8 +163,8 @@ impl Node {
         by: Option<Cause<'_>>,
     ) {
         match self.broker.count_subscriber(topic, true).await {
-            Ok(Some((0, after))) if after > 0 => self.topic_occupied(topic, by),
-            Ok(None) if first => self.topic_occupied(topic, by),
+            Ok(Some((0, after))) if after > 0 => self.topic_reoccupied(topic, by).await,
+            Ok(None) if first => self.topic_reoccupied(topic, by).await,
             Ok(_) => {}
             Err(e) if self.wants_occupancy() => {
                 tracing::warn!(topic, error = %e, "subscriber count not updated: channel_occupied may be missed");
@@ -112,15 +175,44 @@ impl Node {
 
     /// A local subscriber left `topic` (`emptied`: the last on this node). Counted in the
     /// background when the broker counts cluster-wide (this runs in synchronous cleanup).
-    pub(crate) fn count_subscriber_out(&self, topic: &str, emptied: bool, by: Option<Cause<'_>>) {
+    /// `held`: the leave is a user's connection's teardown and the reconnect grace is on: a
+    /// `channel_vacated` it causes is held ([`crate::webhooks::grace`]).
+    pub(crate) fn count_subscriber_out(
+        &self,
+        topic: &str,
+        emptied: bool,
+        by: Option<Cause<'_>>,
+        held: bool,
+    ) {
+        let grace = self
+            .grace
+            .as_ref()
+            .filter(|_| held && self.wants_occupancy())
+            .cloned();
+        let vacated =
+            |grace: Arc<Grace>, topic: Arc<str>, share: Option<Arc<str>>, conn: String| {
+                let mut group = HoldGroup::default();
+                group.events.push(Held {
+                    key: HoldKey::Vacated(topic.clone()),
+                    value: conn,
+                    emit: Emit::Vacated { topic, share },
+                });
+                grace.hold(group);
+            };
+        // The user whose leave it was (what a claim of the vacancy gets; unused).
+        let conn = match (&grace, by) {
+            (Some(_), Some(b)) => b.identity.sub.to_string(),
+            _ => String::new(),
+        };
         if !self.broker.counts_subscribers() {
             if emptied {
-                match by {
-                    Some(by) => {
+                match (by, grace) {
+                    (Some(by), Some(g)) => vacated(g, topic.into(), Some(by.key()), conn),
+                    (Some(by), None) => {
                         self.webhook_by(EventKind::ChannelVacated, by, || json!({"topic": topic}));
                         self.pusher_webhook(EventKind::ChannelVacated, topic, Some(by), |_| {});
                     }
-                    None => self.topic_vacated(topic, false),
+                    (None, _) => self.topic_vacated(topic, false),
                 }
             }
             return;
@@ -137,6 +229,10 @@ impl Node {
         rt.spawn(async move {
             match broker.count_subscriber(&topic, false).await {
                 Ok(Some((before, 0))) if before > 0 => {
+                    if let Some(g) = grace {
+                        vacated(g, topic, share, conn);
+                        return;
+                    }
                     if let Some(w) = webhooks {
                         w.emit_as(
                             EventKind::ChannelVacated,
@@ -162,6 +258,17 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// `channel_occupied`, unless it claims a `channel_vacated` of the topic held for the
+    /// reconnect grace (then neither is sent).
+    async fn topic_reoccupied(&self, topic: &str, by: Option<Cause<'_>>) {
+        if let Some(g) = &self.grace {
+            if g.claim(&HoldKey::Vacated(topic.into())).await.is_some() {
+                return;
+            }
+        }
+        self.topic_occupied(topic, by);
     }
 
     fn topic_occupied(&self, topic: &str, by: Option<Cause<'_>>) {

@@ -36,6 +36,9 @@ pub const REDIS_UNCONFIRMED: &str = "plexus_redis_unconfirmed_total";
 /// reaped by the others (`node/partition.rs`).
 pub const CUT_OFF_CLOSES: &str = "plexus_cut_off_closes_total";
 
+/// JWKS URL fetches that failed (the last good keys stay in use; `auth/remote_keys.rs`).
+pub const JWKS_REFRESH_FAILURES: &str = "plexus_jwks_refresh_failures_total";
+
 static PUBLISH_TO_WRITE_H: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!(PUBLISH_TO_WRITE));
 static FANOUT_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(FANOUT));
@@ -49,6 +52,8 @@ static REDIS_RECONNECTS_C: LazyLock<Counter> =
 static REDIS_UNCONFIRMED_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_UNCONFIRMED));
 static CUT_OFF_CLOSES_C: LazyLock<Counter> = LazyLock::new(|| metrics::counter!(CUT_OFF_CLOSES));
+static JWKS_REFRESH_FAILURES_C: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(JWKS_REFRESH_FAILURES));
 
 /// Describes the core's metrics to the installed recorder (`# HELP` lines).
 pub fn describe() {
@@ -103,11 +108,16 @@ pub fn describe() {
         CUT_OFF_CLOSES,
         "Times this node closed all its clients (1012 / Pusher 4200) because its Redis heartbeat failed for 3/4 of node_timeout, before the other nodes could reap it."
     );
+    describe_counter!(
+        JWKS_REFRESH_FAILURES,
+        "Fetches of a JWKS URL (auth.jwks_urls) that failed; the URL's last good keys stay in use."
+    );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
     REDIS_UNCONFIRMED_C.increment(0);
     CUT_OFF_CLOSES_C.increment(0);
+    JWKS_REFRESH_FAILURES_C.increment(0);
 }
 
 /// A publication was written to a client for the first time, `since` its creation.
@@ -144,6 +154,10 @@ pub fn redis_round_trip(op: &'static str, took: Duration) {
 /// A hook call (`hook`: `connect`, `join`, `push`) took `took`.
 pub fn hook_call(hook: &'static str, took: Duration) {
     metrics::histogram!(HOOK, "hook" => hook).record(took);
+}
+
+pub fn jwks_refresh_failed() {
+    JWKS_REFRESH_FAILURES_C.increment(1);
 }
 
 pub fn redis_reconnected() {

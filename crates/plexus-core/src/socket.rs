@@ -25,6 +25,7 @@ use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{events, DecodeError, Message, Payload, PHOENIX_TOPIC};
 use crate::ratelimit::TokenBucket;
+use crate::webhooks::grace::HoldGroup;
 use crate::ConnId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub struct Socket {
     /// A Pusher connection's `socket_id` (its `client_event` webhooks name it, whoever it
     /// signs in as).
     pusher_socket: Option<Arc<str>>,
+    /// The `connect` (or `reconnect`) webhook being decided (a reconnect grace claims the
+    /// user's held `disconnect` first): awaited before the connection reports anything else.
+    opening: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What the rate limit says of an inbound message.
@@ -79,7 +83,7 @@ impl Socket {
         });
         let expiry = Expiry::new(identity.expires_at, limits.expiry_grace);
         let addr = permit.ip();
-        node.connection_opened(id, &identity, addr);
+        let opening = node.connection_opened(id, &identity, addr);
         Ok(Socket {
             node,
             id,
@@ -95,7 +99,15 @@ impl Socket {
             close_info: None,
             permit,
             pusher_socket: None,
+            opening,
         })
+    }
+
+    /// Waits until the connection's `connect` (or `reconnect`) webhook is decided.
+    async fn opened(&mut self) {
+        if let Some(task) = self.opening.take() {
+            let _ = task.await;
+        }
     }
 
     fn conn(&self) -> Conn<'_> {
@@ -207,6 +219,7 @@ impl Socket {
 
     /// Handles one decoded client message.
     pub async fn handle(&mut self, msg: Message) {
+        self.opened().await;
         if !self.admit(&msg) {
             return;
         }
@@ -270,6 +283,7 @@ impl Socket {
     /// Joins a topic. With `req.reply` the reply is queued for the client (Phoenix
     /// transports); either way the outcome is returned (SSE renders it itself).
     pub async fn join(&mut self, req: JoinRequest<'_>) -> JoinOutcome {
+        self.opened().await;
         let conn = Conn {
             node: &self.node,
             id: self.id,
@@ -306,7 +320,7 @@ impl Socket {
     /// signed in ([`Socket::sign_in`]). A signed-in connection never changes user nor goes
     /// back to anonymous.
     async fn adopt_token(&mut self, token: &str) -> Result<Option<u64>, String> {
-        let mut id = match self.node.authenticate(Some(token)) {
+        let mut id = match self.node.authenticate(Some(token)).await {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(conn = self.id, sub = %self.identity.sub, reason = %e, "token refresh refused");
@@ -489,7 +503,14 @@ impl Socket {
             addr: Some(self.addr),
             pusher_socket: self.pusher_socket.as_deref(),
         };
-        let departures = self.channels.depart_all(&conn);
+        // A user's teardown is held for the reconnect grace, if there is one.
+        let grace = self
+            .node
+            .webhook_grace()
+            .filter(|_| !self.identity.anonymous)
+            .cloned();
+        let mut hold = grace.as_ref().map(|_| HoldGroup::default());
+        let departures = self.channels.depart_all(&conn, hold.as_mut());
         let (code, reason) = match (self.close_info.take(), self.outbox.close_reason()) {
             (Some(info), _) => info,
             (None, Some(c)) => (c.code, c.reason.to_owned()),
@@ -502,7 +523,11 @@ impl Socket {
             code,
             &reason,
             self.opened.elapsed(),
+            hold.as_mut(),
         );
+        if let (Some(grace), Some(hold)) = (grace, hold) {
+            grace.hold(hold);
+        }
         self.node.unregister(self.id);
         self.closed = true;
         departures
@@ -510,6 +535,7 @@ impl Socket {
 
     /// Leaves every channel and unregisters the connection.
     pub async fn close(mut self) {
+        self.opened().await;
         for departure in self.teardown() {
             departure.finish(&self.node).await;
         }

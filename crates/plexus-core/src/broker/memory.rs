@@ -13,7 +13,7 @@
 //! Bytes freed are counted ([`HistoryStats::freed`]): the binary gives the heap memory they
 //! held back to the system after enough of them (src/allocator.rs).
 
-use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats};
+use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats, HoldKey};
 use crate::hub::Hub;
 use crate::limits::HistoryBudget;
 use crate::protocol::Frame;
@@ -25,6 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A hold's record: its id and value ([`Broker::hold_put`]).
+type HeldRecord = (Box<str>, Box<str>);
 
 /// Bytes one retained entry counts, besides its frame (offset, instant, queue slot).
 const ENTRY_OVERHEAD: usize = 48;
@@ -103,6 +106,10 @@ pub struct MemoryBroker {
     bytes: AtomicUsize,
     /// Bytes of history freed since start ([`HistoryStats::freed`]).
     freed: AtomicU64,
+    /// Webhooks held for the reconnect grace ([`HoldKey`]): (id, value) per key, oldest
+    /// first. Bounded by the node's cap on held events (`webhooks.disconnect_grace_max`):
+    /// each entry is removed by its holder at the end of the grace if no claim took it first.
+    holds: Mutex<HashMap<HoldKey, VecDeque<HeldRecord>>>,
 }
 
 impl MemoryBroker {
@@ -139,6 +146,7 @@ impl MemoryBroker {
             histories: Mutex::new(HashMap::new()),
             bytes: AtomicUsize::new(0),
             freed: AtomicU64::new(0),
+            holds: Mutex::new(HashMap::new()),
         }
     }
 
@@ -250,6 +258,50 @@ impl MemoryBroker {
 impl Broker for MemoryBroker {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    async fn hold_put(
+        &self,
+        key: &HoldKey,
+        id: &str,
+        value: &str,
+        _ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let mut holds = self.holds.lock();
+        holds
+            .entry(key.clone())
+            .or_default()
+            .push_back((id.into(), value.into()));
+        Ok(())
+    }
+
+    async fn hold_take(&self, key: &HoldKey) -> Result<Option<String>, BrokerError> {
+        let mut holds = self.holds.lock();
+        let Some(held) = holds.get_mut(key) else {
+            return Ok(None);
+        };
+        // Entries have no expiry here: the holder releases its own at the end of the grace,
+        // so that whichever of the claim and the release comes first wins.
+        let taken = held.pop_front().map(|(_, value)| value.into());
+        if held.is_empty() {
+            holds.remove(key);
+        }
+        Ok(taken)
+    }
+
+    async fn hold_release(&self, key: &HoldKey, id: &str) -> Result<bool, BrokerError> {
+        let mut holds = self.holds.lock();
+        let Some(held) = holds.get_mut(key) else {
+            return Ok(false);
+        };
+        let found = held.iter().position(|(i, _)| &**i == id);
+        if let Some(i) = found {
+            held.remove(i);
+        }
+        if held.is_empty() {
+            holds.remove(key);
+        }
+        Ok(found.is_some())
     }
 
     async fn publish(&self, mut publication: Publication) -> Result<Option<u64>, BrokerError> {
@@ -474,5 +526,29 @@ mod tests {
         // Recreated later: a new epoch, so old offsets are not taken for the new ones.
         let again = b.history("t", None).await.unwrap().epoch;
         assert_ne!(again, first);
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_claimed_or_released_exactly_once_oldest_first() {
+        let b = broker(HistoryBudget::default());
+        let key = HoldKey::Disconnect("alice".into());
+        let ttl = Duration::from_secs(1);
+        b.hold_put(&key, "n/1", "n-1", ttl).await.unwrap();
+        b.hold_put(&key, "n/2", "n-2", ttl).await.unwrap();
+        // The first connect pairs with the oldest disconnect; its holder then finds it gone.
+        assert_eq!(b.hold_take(&key).await.unwrap().as_deref(), Some("n-1"));
+        assert!(!b.hold_release(&key, "n/1").await.unwrap());
+        // The other was not claimed: its holder sends it, and nothing is left to claim.
+        assert!(b.hold_release(&key, "n/2").await.unwrap());
+        assert_eq!(b.hold_take(&key).await.unwrap(), None);
+        assert!(b.holds.lock().is_empty());
+        // Keys do not mix.
+        let other = HoldKey::PresenceLeave {
+            topic: "room:1".into(),
+            member: "alice".into(),
+        };
+        b.hold_put(&other, "n/3", "n-3", ttl).await.unwrap();
+        assert_eq!(b.hold_take(&key).await.unwrap(), None);
+        assert_eq!(b.hold_take(&other).await.unwrap().as_deref(), Some("n-3"));
     }
 }

@@ -25,6 +25,21 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
+/// What a webhook held for the reconnect grace is about ([`crate::webhooks::grace`]): the
+/// record a node keeps in the cluster while it holds the event, which the event that would
+/// pair with it claims ([`Broker::hold_take`]) or the holding node releases at the end of the
+/// grace ([`Broker::hold_release`]) — whichever comes first, exactly once cluster-wide.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HoldKey {
+    /// A user's held `disconnect`s (claimed by the user's next connect, on any node).
+    Disconnect(Arc<str>),
+    /// A presence member's held `presence_leave` on a topic (claimed by the member's next
+    /// presence join there).
+    PresenceLeave { topic: Arc<str>, member: Arc<str> },
+    /// A topic's held `channel_vacated` (claimed by its next `channel_occupied`).
+    Vacated(Arc<str>),
+}
+
 /// A cluster-wide counter (see [`Broker::claim`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CounterKey {
@@ -283,6 +298,37 @@ pub trait Broker: Send + Sync + 'static {
             let _ = self.release(&key).await;
         });
     }
+
+    /// Records the held event `id` (unique in the cluster) under `key` with `value` for at
+    /// most `ttl` ([`HoldKey`]). A broker that keeps no holds refuses (the event is sent at
+    /// once).
+    async fn hold_put(
+        &self,
+        _key: &HoldKey,
+        _id: &str,
+        _value: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        Err(BrokerError("this broker keeps no holds".into()))
+    }
+
+    /// Claims the oldest held event under `key`, atomically: its value, or `None`.
+    async fn hold_take(&self, _key: &HoldKey) -> Result<Option<String>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Removes the held event `id` under `key`, atomically: `true` if it was still there
+    /// (nobody claimed it: the holder sends it), `false` if it was claimed.
+    async fn hold_release(&self, _key: &HoldKey, _id: &str) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+
+    /// A connect claimed the held `disconnect` of connection `public_conn` (`<node>-<n>`),
+    /// which its node still keeps in its registry until the hold ends: removed from that
+    /// registry now, so that if that node dies before then, the node that reaps it does not
+    /// report the `disconnect` the reconnect replaced. Best effort; a broker without a
+    /// registry does nothing.
+    async fn hold_claimed_connection(&self, _public_conn: &str) {}
 
     /// Whether [`Broker::count_subscriber`] keeps a cluster-wide count (else this node's hub
     /// is the whole truth about who subscribes where).

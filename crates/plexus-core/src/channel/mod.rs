@@ -24,12 +24,14 @@ mod presence;
 mod push;
 
 use crate::auth::Identity;
+use crate::broker::HoldKey;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
 use crate::protocol::{events, Message, Payload};
 use crate::quota::JoinQuota;
 use crate::supabase::{self, JoinConfig};
+use crate::webhooks::grace::{Emit, Held, HoldGroup};
 use crate::webhooks::EventKind;
 use crate::ConnId;
 use hooks::hook_params;
@@ -200,20 +202,52 @@ impl Departure {
 
 impl Channel {
     /// Leaves the topic locally: join quota, hub subscription, presence entry.
-    pub fn depart(self, conn: &Conn<'_>, topic: Box<str>) -> Departure {
-        let emptied = conn.node.unsubscribe_local(&topic, conn.id, conn.cause());
+    /// `hold`: the teardown's group of events held for the reconnect grace, to which the
+    /// `presence_leave` is added instead of being sent (and a `channel_vacated` is held).
+    pub fn depart(
+        self,
+        conn: &Conn<'_>,
+        topic: Box<str>,
+        hold: Option<&mut HoldGroup>,
+    ) -> Departure {
+        let emptied =
+            conn.node
+                .unsubscribe_local_held(&topic, conn.id, conn.cause(), hold.is_some());
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
             let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
                 conn.node.member_out(&topic, key, conn.cause());
-                conn.node
-                    .webhook_by(EventKind::PresenceLeave, conn.by(), || {
-                        let mut e = conn.event(&topic);
-                        e["key"] = (**key).into();
-                        e["meta"] = meta.clone();
-                        e
-                    });
+                let fields = || {
+                    let mut e = conn.event(&topic);
+                    e["key"] = (**key).into();
+                    e["meta"] = meta.clone();
+                    e
+                };
+                match hold {
+                    Some(group)
+                        if conn
+                            .node
+                            .webhook_grace()
+                            .is_some_and(|g| g.holds(EventKind::PresenceLeave)) =>
+                    {
+                        group.events.push(Held {
+                            key: HoldKey::PresenceLeave {
+                                topic: (*topic).into(),
+                                member: key.clone(),
+                            },
+                            value: conn.node.public_conn_id(conn.id),
+                            emit: Emit::Plexus(
+                                EventKind::PresenceLeave,
+                                Some(conn.by().key()),
+                                fields(),
+                            ),
+                        });
+                    }
+                    _ => conn
+                        .node
+                        .webhook_by(EventKind::PresenceLeave, conn.by(), fields),
+                }
             }
             Some(crate::presence::diff(None, Some((key, meta))))
         });
@@ -346,7 +380,7 @@ impl Channels {
             json_payload(&supabase::system("error", message, name)),
         );
         conn.send_close(&topic, channel.join_ref.as_deref());
-        Some(channel.depart(conn, topic))
+        Some(channel.depart(conn, topic, None))
     }
 
     /// Authorises and performs a join (see the module doc for what the client receives).
@@ -521,7 +555,7 @@ impl Channels {
             return;
         };
         let join_ref = channel.join_ref.clone();
-        channel.depart(conn, topic).finish(conn.node).await;
+        channel.depart(conn, topic, None).finish(conn.node).await;
         conn.reply_ok(msg, Payload::empty_object());
         conn.send_close(&msg.topic, join_ref.as_deref());
     }
@@ -572,7 +606,7 @@ impl Channels {
                 let join_ref = channel.join_ref.as_deref();
                 let payload = json_payload(&serde_json::json!({ "reason": reason }));
                 conn.push(join_ref, join_ref, &topic, events::CLOSE, payload);
-                departures.push(channel.depart(conn, topic));
+                departures.push(channel.depart(conn, topic, None));
             }
         }
         departures
@@ -584,10 +618,15 @@ impl Channels {
     }
 
     /// Departs every channel (the connection ends); see [`Departure`].
-    pub fn depart_all(&mut self, conn: &Conn<'_>) -> Vec<Departure> {
+    /// Departs every channel (a connection's teardown); `hold`: see [`Channel::depart`].
+    pub fn depart_all(
+        &mut self,
+        conn: &Conn<'_>,
+        mut hold: Option<&mut HoldGroup>,
+    ) -> Vec<Departure> {
         self.joined
             .drain()
-            .map(|(topic, channel)| channel.depart(conn, topic))
+            .map(|(topic, channel)| channel.depart(conn, topic, hold.as_deref_mut()))
             .collect()
     }
 }

@@ -150,11 +150,24 @@ pub(super) async fn track_presence(
         .presence()
         .track(topic, sub, conn.id, initial)
         .await;
-    conn.node.webhook_by(
-        crate::webhooks::EventKind::PresenceJoin,
-        conn.by(),
-        || serde_json::json!({"sub": &**sub, "conn": conn.node.public_conn_id(conn.id), "topic": topic, "meta": &meta}),
-    );
+    // A presence_leave of the member held for the reconnect grace, claimed: neither is sent.
+    let rejoined = match conn.node.webhook_grace() {
+        Some(g) if !conn.identity.anonymous => {
+            let key = crate::broker::HoldKey::PresenceLeave {
+                topic: topic.into(),
+                member: sub.clone(),
+            };
+            g.claim(&key).await.is_some()
+        }
+        _ => false,
+    };
+    if !rejoined {
+        conn.node.webhook_by(
+            crate::webhooks::EventKind::PresenceJoin,
+            conn.by(),
+            || serde_json::json!({"sub": &**sub, "conn": conn.node.public_conn_id(conn.id), "topic": topic, "meta": &meta}),
+        );
+    }
     // Pusher's member_added, once per user cluster-wide (crate::pusher::webhooks).
     conn.node.member_in(topic, sub, conn.by()).await;
     push_presence_state(conn, topic, join_ref).await;

@@ -93,7 +93,7 @@ impl Client {
             addr: None,
             pusher_socket: None,
         };
-        for d in self.channels.depart_all(&conn) {
+        for d in self.channels.depart_all(&conn, None) {
             d.finish(&self.node).await;
         }
     }

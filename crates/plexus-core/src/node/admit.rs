@@ -19,18 +19,18 @@ impl Node {
         headers: &http::HeaderMap,
         token: Option<&str>,
     ) -> Result<(Identity, Permit), Refusal> {
-        self.admit_as(peer, headers, |node| node.authenticate(token))
-            .await
+        self.admit_as(peer, headers, self.authenticate(token)).await
     }
 
     /// [`Node::admit`] for a connection whose identity does not come from a token: the same
-    /// checks, in the same order, with `identify` in place of the token's verification (a
-    /// Pusher connection is an anonymous `pusher:<socket_id>`).
+    /// checks, in the same order, with `identify` (awaited after the address and `Origin`
+    /// checks) in place of the token's verification (a Pusher connection is an anonymous
+    /// `pusher:<socket_id>`).
     pub async fn admit_as(
         &self,
         peer: std::net::SocketAddr,
         headers: &http::HeaderMap,
-        identify: impl FnOnce(&Self) -> Result<Identity, AuthError>,
+        identify: impl std::future::Future<Output = Result<Identity, AuthError>>,
     ) -> Result<(Identity, Permit), Refusal> {
         let ip = self.admission.client_ip(peer, headers);
         let refuse = |r: Refusal| {
@@ -41,7 +41,7 @@ impl Node {
         };
         self.admission.check_rate(ip).map_err(refuse)?;
         self.admission.check_origin(headers).map_err(refuse)?;
-        let identity = identify(self).map_err(|e| refuse(e.into()))?;
+        let identity = identify.await.map_err(|e| refuse(e.into()))?;
         if self.is_draining() {
             return Err(refuse(Refusal {
                 status: 503,
@@ -86,7 +86,7 @@ impl Node {
 
     /// Checks for a read without a connection (HTTP history polling, SSE topics): client
     /// address rate, `Origin`, token, and the join rule of `topic`.
-    pub fn authorize_read(
+    pub async fn authorize_read(
         &self,
         peer: std::net::SocketAddr,
         headers: &http::HeaderMap,
@@ -100,7 +100,10 @@ impl Node {
         };
         self.admission.check_rate(ip).map_err(refuse)?;
         self.admission.check_origin(headers).map_err(refuse)?;
-        let identity = self.authenticate(token).map_err(|e| refuse(e.into()))?;
+        let identity = self
+            .authenticate(token)
+            .await
+            .map_err(|e| refuse(e.into()))?;
         self.policy.authorize_join(&identity, topic).map_err(|d| {
             refuse(Refusal {
                 status: 403,
@@ -158,11 +161,12 @@ impl Node {
         }
     }
 
-    /// Verifies a connect token.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+    /// Verifies a connect token (a `kid` no key has may first have the JWKS URLs fetched
+    /// again: [`Verifier::verify_fetching`](crate::auth::Verifier::verify_fetching)).
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match token {
             None => Err(AuthError::MissingToken),
-            Some(t) => self.verifier.verify(t),
+            Some(t) => self.verifier.verify_fetching(t).await,
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct Node {
     hooks: Option<Arc<Hooks>>,
     join_authority: Option<crate::hooks::in_process::InProcessJoin>,
     pub(crate) webhooks: Option<Arc<Webhooks>>,
+    /// The reconnect grace of the webhooks, when configured ([`crate::webhooks::grace`]).
+    pub(crate) grace: Option<Arc<crate::webhooks::grace::Grace>>,
     /// Pusher mode is on: cache channels keep their last event.
     pusher_mode: bool,
     /// The Pusher-format webhook sink ([`crate::pusher::webhooks`]).
@@ -176,10 +178,24 @@ impl Node {
             w.format = crate::webhooks::Format::Pusher { key: p.app.key };
             Some(Webhooks::start(w, p.app.secret, transport, node_id.clone()))
         });
+        let grace = webhooks.as_ref().and_then(|w| {
+            let c = w.config();
+            (!c.disconnect_grace.is_zero()).then(|| {
+                crate::webhooks::grace::Grace::start(
+                    c.disconnect_grace,
+                    c.disconnect_grace_max,
+                    broker.clone(),
+                    w.clone(),
+                    pusher_webhooks.clone(),
+                    node_id.clone(),
+                )
+            })
+        });
         let node = Arc::new(Node {
             hooks,
             join_authority: config.join_authority,
             webhooks,
+            grace,
             pusher_mode,
             pusher_webhooks,
             members: Default::default(),
@@ -247,6 +263,11 @@ impl Node {
     /// The webhook sender, if configured.
     pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
         self.webhooks.as_ref()
+    }
+
+    /// The reconnect grace of the webhooks, if configured.
+    pub fn webhook_grace(&self) -> Option<&Arc<crate::webhooks::grace::Grace>> {
+        self.grace.as_ref()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -512,9 +533,21 @@ impl Node {
         conn: ConnId,
         by: Option<crate::webhooks::Cause<'_>>,
     ) -> bool {
+        self.unsubscribe_local_held(topic, conn, by, false)
+    }
+
+    /// [`Node::unsubscribe_local`]; `held`: in the teardown of a connection whose events the
+    /// reconnect grace holds (a `channel_vacated` it causes is held too).
+    pub(crate) fn unsubscribe_local_held(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        by: Option<crate::webhooks::Cause<'_>>,
+        held: bool,
+    ) -> bool {
         let (removed, emptied) = self.hub.unsubscribe(topic, conn);
         if removed {
-            self.count_subscriber_out(topic, emptied, by);
+            self.count_subscriber_out(topic, emptied, by, held);
         }
         emptied
     }

@@ -28,6 +28,10 @@
 //! holding up the node's other events (those it took arrived before it). Every event has
 //! `type`, `at` (Unix ms), a unique `id` and `node`.
 //!
+//! With a reconnect grace (`webhooks.disconnect_grace_ms`), a user's `disconnect` and what
+//! its teardown causes are held, and a reconnect within the grace sends `reconnect` instead
+//! of the pair ([`grace`]).
+//!
 //! A node may have a second sink in Pusher's format ([`Format::Pusher`], see
 //! [`crate::pusher::webhooks`]): another [`Webhooks`] with its own queue of the same bounds,
 //! fed the Pusher channels' events; only the envelope, the events' fields and the signature
@@ -45,6 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+pub mod grace;
 mod sender;
 use sender::Sender;
 
@@ -64,10 +69,13 @@ pub enum EventKind {
     Signin = 9,
     /// A subscriber of a Pusher cache channel found no last event (`pusher:cache_miss`).
     CacheMiss = 10,
+    /// A user connected again within the reconnect grace (`webhooks.disconnect_grace_ms`):
+    /// sent instead of the held `disconnect` and the new `connect` ([`grace`]).
+    Reconnect = 11,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Connect,
         EventKind::Disconnect,
         EventKind::Join,
@@ -79,6 +87,7 @@ impl EventKind {
         EventKind::ClientEvent,
         EventKind::Signin,
         EventKind::CacheMiss,
+        EventKind::Reconnect,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +103,7 @@ impl EventKind {
             EventKind::ClientEvent => "client_event",
             EventKind::Signin => "signin",
             EventKind::CacheMiss => "cache_miss",
+            EventKind::Reconnect => "reconnect",
         }
     }
 
@@ -170,6 +180,10 @@ pub struct WebhooksConfig {
     /// The largest request body: a batch is cut before the event that would pass it (a batch
     /// always holds at least one event).
     pub max_batch_bytes: usize,
+    /// The reconnect grace (`webhooks.disconnect_grace_ms`, [`grace`]): zero, none.
+    pub disconnect_grace: Duration,
+    /// The most events a node holds for the grace at once (`webhooks.disconnect_grace_max`).
+    pub disconnect_grace_max: usize,
 }
 
 /// The connection that caused an event: the event counts against its share of the queue.
@@ -210,6 +224,8 @@ impl WebhooksConfig {
             backoff_max: Duration::from_secs(5),
             max_event_bytes: 64 * 1024,
             max_batch_bytes: 1024 * 1024,
+            disconnect_grace: Duration::ZERO,
+            disconnect_grace_max: grace::DEFAULT_MAX_HELD,
         }
     }
 }
@@ -559,6 +575,7 @@ mod tests {
         assert!(!d.contains(EventKind::PresenceJoin));
         assert!(!d.contains(EventKind::ClientEvent));
         assert!(!d.contains(EventKind::CacheMiss));
+        assert!(!d.contains(EventKind::Reconnect));
         assert!(EventSet::of(&[EventKind::ClientEvent]).contains(EventKind::ClientEvent));
         for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.name()), Some(k));

@@ -50,6 +50,7 @@ mod connection;
 mod envelope;
 mod gaps;
 mod history;
+mod holds;
 mod keys;
 mod link;
 mod liveness;
@@ -62,7 +63,7 @@ mod signing;
 
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
-    RequestHandler,
+    HoldKey, RequestHandler,
 };
 use crate::hub::Hub;
 use crate::protocol::Frame;
@@ -460,6 +461,28 @@ impl Broker for RedisBroker {
 
     async fn release(&self, key: &CounterKey) -> Result<(), BrokerError> {
         self.release_now(key).await
+    }
+
+    async fn hold_put(
+        &self,
+        key: &HoldKey,
+        id: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.hold_put_now(key, id, value, ttl).await
+    }
+
+    async fn hold_take(&self, key: &HoldKey) -> Result<Option<String>, BrokerError> {
+        self.hold_take_now(key).await
+    }
+
+    async fn hold_claimed_connection(&self, public_conn: &str) {
+        self.forget_claimed_connection(public_conn).await;
+    }
+
+    async fn hold_release(&self, key: &HoldKey, id: &str) -> Result<bool, BrokerError> {
+        self.hold_release_now(key, id).await
     }
 
     fn counts_subscribers(&self) -> bool {

@@ -49,7 +49,7 @@ impl RedisBroker {
         Ok(Some((before.max(0) as u64, after.max(0) as u64)))
     }
 
-    fn connections_key(&self, node: &str) -> String {
+    pub(super) fn connections_key(&self, node: &str) -> String {
         self.node_key("nconn", node)
     }
 

@@ -1,0 +1,76 @@
+//! The HTTP client of JWKS URLs (`auth.jwks_urls`): the core's
+//! [`JwksFetcher`](plexus_core::auth::remote_keys::JwksFetcher) on reqwest — GET with TLS by
+//! rustls trusting the system's roots (and the Mozilla roots bundled in webpki-roots where the
+//! system has none), no redirects followed, no proxy from the environment, at most
+//! [`FETCH_TIMEOUT`] and [`MAX_JWKS_BYTES`] per answer. Plain `http://` reaches only loopback
+//! hosts: the configuration refuses other `http://` URLs.
+
+use plexus_core::auth::remote_keys::{JwksAnswer, JwksFetcher, FETCH_TIMEOUT, MAX_JWKS_BYTES};
+use std::time::Duration;
+
+pub struct JwksClient {
+    http: reqwest::Client,
+}
+
+impl JwksClient {
+    pub fn new() -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(FETCH_TIMEOUT)
+            .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+        Ok(JwksClient { http })
+    }
+}
+
+/// A reqwest error with its causes, without the URL (the log names it).
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[async_trait::async_trait]
+impl JwksFetcher for JwksClient {
+    async fn get(&self, url: &str) -> Result<JwksAnswer, String> {
+        let mut res = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        let cache_control = res
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(describe)? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("answer larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(JwksAnswer {
+            body,
+            cache_control,
+        })
+    }
+}
