@@ -13,6 +13,9 @@
 //! | `GET /health`, `GET /metrics` | [`health`] |
 //! | `GET /`, `GET /demo/*`, `GET /assets/*` | [`crate::demo::pages`] — the demo (setting `demo`: dev by default) |
 //! | `GET /admin`, `/admin/api/*` | [`crate::admin`] — admin console |
+//!
+//! An application that embeds Plexus ([`crate::embed`]) mounts the client endpoints
+//! (`client_routes`) and, if it asks, the APIs (`api_routes`) in its own router.
 
 use crate::config::Profile;
 use crate::demo::pages;
@@ -37,37 +40,13 @@ pub fn router(state: AppState) -> Router {
             .route("/assets/demo.css", get(pages::style))
             .route("/assets/phoenix.min.js", get(pages::phoenix_js));
     }
+    r = client_routes(r, &state);
+    r = api_routes(r, &state);
     r = r
-        .route("/socket/websocket", get(websocket::upgrade))
-        .route(
-            "/socket/longpoll",
-            get(longpoll::poll)
-                .post(longpoll::post)
-                .options(longpoll::preflight),
-        )
-        .route("/sse", get(sse::stream))
-        .route("/api/broadcast", post(api::broadcast))
-        .route("/api/channels", get(api::channels))
-        .route("/api/disconnect", post(api::disconnect))
-        .route("/api/channels/{topic}/presence", get(api::presence))
-        .route("/api/channels/{topic}/history", get(api::history))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
     // (admin console)
     r = crate::admin::routes(r);
-    if state.config.supabase {
-        // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
-        // rewrites that to `/socket/websocket`, Plexus serves both.
-        r = r.route("/realtime/v1/websocket", get(websocket::upgrade));
-    }
-    if state.config.pusher.is_some() {
-        // Pusher's HTTP API (signed with the app's secret, not the API key).
-        r = pusher_api::routes(r);
-    }
-    if state.pusher_app.is_some() {
-        // pusher-js connects to `/app/{key}?protocol=7&client=js&version=…`.
-        r = r.route("/app/{key}", get(pusher_ws::upgrade));
-    }
     let dev = state.config.profile == Profile::Dev;
     if dev {
         r = r
@@ -83,4 +62,44 @@ pub fn router(state: AppState) -> Router {
         r = r.layer(axum::middleware::from_fn(dev::loopback_host_only));
     }
     r.with_state(state)
+}
+
+/// The client endpoints: WebSocket, LongPoll, SSE, and as configured Supabase's WebSocket path
+/// and Pusher's (also mounted by [`crate::embed`]).
+pub(crate) fn client_routes(mut r: Router<AppState>, state: &AppState) -> Router<AppState> {
+    r = r
+        .route("/socket/websocket", get(websocket::upgrade))
+        .route(
+            "/socket/longpoll",
+            get(longpoll::poll)
+                .post(longpoll::post)
+                .options(longpoll::preflight),
+        )
+        .route("/sse", get(sse::stream));
+    if state.config.supabase {
+        // supabase-js connects to `<project>/realtime/v1/websocket`; Supabase's gateway
+        // rewrites that to `/socket/websocket`, Plexus serves both.
+        r = r.route("/realtime/v1/websocket", get(websocket::upgrade));
+    }
+    if state.pusher_app.is_some() {
+        // pusher-js connects to `/app/{key}?protocol=7&client=js&version=…`.
+        r = r.route("/app/{key}", get(pusher_ws::upgrade));
+    }
+    r
+}
+
+/// The backend API (`/api/*`, with the API key) and, in Pusher mode, Pusher's HTTP API (also
+/// mounted by [`crate::embed`] when asked).
+pub(crate) fn api_routes(mut r: Router<AppState>, state: &AppState) -> Router<AppState> {
+    r = r
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/channels", get(api::channels))
+        .route("/api/disconnect", post(api::disconnect))
+        .route("/api/channels/{topic}/presence", get(api::presence))
+        .route("/api/channels/{topic}/history", get(api::history));
+    if state.config.pusher.is_some() {
+        // Pusher's HTTP API (signed with the app's secret, not the API key).
+        r = pusher_api::routes(r);
+    }
+    r
 }

@@ -1,5 +1,5 @@
 //! The HTTP client of application hooks and webhooks: the core's
-//! [`HookTransport`](plexus_core::hooks::HookTransport) on reqwest — one pool of keep-alive
+//! [`HookTransport`] on reqwest — one pool of keep-alive
 //! connections per node, HTTP/1.1, TLS by rustls trusting the system's roots (and the
 //! Mozilla roots bundled in webpki-roots where the system has none). No redirects are
 //! followed, no proxy from the environment is used; an answer larger than

@@ -5,6 +5,9 @@
 //! Start here: [`cli`] (flags) → [`config`] (file + env) → [`server`] (wiring, TLS, drain) →
 //! [`app`] (which path does what) → [`routes`] (one module per endpoint group). Handlers share
 //! [`state::AppState`]; the API key is checked in [`api_key`].
+//!
+//! To run Plexus inside an existing axum application, use [`embed`]: the one part of this
+//! library (and of `plexus-core`) whose API is kept stable (docs/embedding.md).
 
 pub mod admin;
 pub mod allocator;
@@ -13,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod embed;
 pub mod gate;
 pub mod hook_client;
 pub mod jwks_client;

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use plexus_core::auth::Issuer;
 use plexus_core::broker::memory::MemoryBroker;
 use plexus_core::broker::redis::RedisBroker;
+use plexus_core::hooks::in_process::InProcessJoin;
 use plexus_core::hub::Hub;
 use plexus_core::node::{HookSetup, NodeConfig, PusherSetup};
 use plexus_core::transport::longpoll::LongPoll;
@@ -74,83 +75,18 @@ async fn verifier_with_jwks_urls(
     Ok(verifier)
 }
 
+/// Runs the server until SIGTERM or SIGINT, then drains (see the module doc).
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Before anything records a metric (the core resolves its handles once).
     crate::metrics::install();
-    let verifier = verifier_with_jwks_urls(&config).await?;
     let config = Arc::new(config);
-    let node_config = NodeConfig {
-        verifier,
-        policy: config.policy.clone(),
-        limits: config.limits.clone(),
-        admission: config.admission.clone(),
-        hooks: match &config.hooks {
-            Some(h) => Some(HookSetup {
-                hooks: h.hooks.clone(),
-                webhooks: h.webhooks.clone(),
-                transport: Arc::new(HookClient::new().map_err(StartError::Listen)?),
-            }),
-            None => None,
-        },
-        pusher: match &config.pusher {
-            Some(app) => Some(PusherSetup {
-                app: app.clone(),
-                webhooks: match &config.pusher_webhooks {
-                    Some(w) => Some((
-                        w.clone(),
-                        Arc::new(HookClient::new().map_err(StartError::Listen)?) as _,
-                    )),
-                    None => None,
-                },
-            }),
-            None => None,
-        },
-    };
-    let hub = Hub::with_presence_diff_interval(config.presence_diff_interval);
-    let node = match &config.redis {
-        None => {
-            let broker = MemoryBroker::with_budget(hub.clone(), config.limits.history);
-            Node::with_broker(node_config, hub, broker)
-        }
-        Some(redis) => {
-            let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
-            tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");
-            Node::with_broker(node_config, hub, broker)
-        }
-    };
+    let state = build_state(config.clone(), None).await?;
+    let node = state.node.clone();
+    let gate = state.gate.clone();
     crate::allocator::spawn_trimmer(
         &node,
         crate::allocator::trim_after(config.limits.history.max_bytes),
     );
-    let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
-    // (admin console) its node-to-node requests share LongPoll's handler: installed first.
-    let calls = crate::admin::cluster::Dispatcher::install(&node);
-    let longpoll = LongPoll::new(node.clone(), config.limits.longpoll_window);
-    calls.set_longpoll(&longpoll);
-    let admin = crate::admin::Admin::new(config.admin_secret.as_deref());
-    tokio::spawn(crate::admin::samples::run(
-        Arc::downgrade(&admin),
-        node.clone(),
-        longpoll.clone(),
-    ));
-    // Pusher mode: `pusher_internal:subscription_count`, told once a second at most.
-    let pusher_counts = config.pusher.as_ref().map(|_| {
-        let counts = plexus_core::pusher::subscription_count::SubscriptionCounts::new();
-        tokio::spawn(counts.clone().run(Arc::downgrade(&node)));
-        counts
-    });
-    let state = AppState {
-        gate: gate.clone(),
-        api_guard: Default::default(),
-        node: node.clone(),
-        config: config.clone(),
-        issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
-        longpoll,
-        admin,
-        pusher_app: config.pusher.clone().map(Arc::new),
-        pusher_counts,
-    };
-    calls.set_state(state.clone());
     let tls = match &config.tls {
         Some(files) => {
             let cert = ReloadableCert::new(files.clone())?;
@@ -257,6 +193,86 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node and the state every handler shares, built from `config`: the wiring the binary
+/// ([`run`]) and the embedding API ([`crate::embed`]) have in common. `join_authority`: joins
+/// decided in the embedding application's process.
+pub(crate) async fn build_state(
+    config: Arc<Config>,
+    join_authority: Option<InProcessJoin>,
+) -> Result<AppState, StartError> {
+    let verifier = verifier_with_jwks_urls(&config).await?;
+    let node_config = NodeConfig {
+        verifier,
+        policy: config.policy.clone(),
+        limits: config.limits.clone(),
+        admission: config.admission.clone(),
+        hooks: match &config.hooks {
+            Some(h) => Some(HookSetup {
+                hooks: h.hooks.clone(),
+                webhooks: h.webhooks.clone(),
+                transport: Arc::new(HookClient::new().map_err(StartError::Listen)?),
+            }),
+            None => None,
+        },
+        pusher: match &config.pusher {
+            Some(app) => Some(PusherSetup {
+                app: app.clone(),
+                webhooks: match &config.pusher_webhooks {
+                    Some(w) => Some((
+                        w.clone(),
+                        Arc::new(HookClient::new().map_err(StartError::Listen)?) as _,
+                    )),
+                    None => None,
+                },
+            }),
+            None => None,
+        },
+        join_authority,
+    };
+    let hub = Hub::with_presence_diff_interval(config.presence_diff_interval);
+    let node = match &config.redis {
+        None => {
+            let broker = MemoryBroker::with_budget(hub.clone(), config.limits.history);
+            Node::with_broker(node_config, hub, broker)
+        }
+        Some(redis) => {
+            let broker = RedisBroker::connect(hub.clone(), redis.clone()).await?;
+            tracing::info!(node = broker.node_id(), prefix = %redis.prefix, "cluster mode: connected to Redis");
+            Node::with_broker(node_config, hub, broker)
+        }
+    };
+    let gate = Gate::new(config.gate, config.admission.trusted_proxies.clone());
+    // (admin console) its node-to-node requests share LongPoll's handler: installed first.
+    let calls = crate::admin::cluster::Dispatcher::install(&node);
+    let longpoll = LongPoll::new(node.clone(), config.limits.longpoll_window);
+    calls.set_longpoll(&longpoll);
+    let admin = crate::admin::Admin::new(config.admin_secret.as_deref());
+    tokio::spawn(crate::admin::samples::run(
+        Arc::downgrade(&admin),
+        node.clone(),
+        longpoll.clone(),
+    ));
+    // Pusher mode: `pusher_internal:subscription_count`, told once a second at most.
+    let pusher_counts = config.pusher.as_ref().map(|_| {
+        let counts = plexus_core::pusher::subscription_count::SubscriptionCounts::new();
+        tokio::spawn(counts.clone().run(Arc::downgrade(&node)));
+        counts
+    });
+    let state = AppState {
+        gate: gate.clone(),
+        api_guard: Default::default(),
+        node: node.clone(),
+        config: config.clone(),
+        issuer: Issuer::hs256(config.jwt_secret.as_bytes()),
+        longpoll,
+        admin,
+        pusher_app: config.pusher.clone().map(Arc::new),
+        pusher_counts,
+    };
+    calls.set_state(state.clone());
+    Ok(state)
 }
 
 /// How connections are served before they are admitted clients.
@@ -531,7 +547,7 @@ async fn reload_on_sighup(cert: Option<Arc<ReloadableCert>>) {
 
 /// Drains: every client is closed with 1012 and the server waits (up to `timeout`) for them
 /// to go before it stops.
-async fn drain(node: Arc<Node>, timeout: Duration) {
+pub(crate) async fn drain(node: Arc<Node>, timeout: Duration) {
     let live = node.connection_count();
     tracing::info!(connections = live, "draining: closing clients with 1012");
     node.drain();

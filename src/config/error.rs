@@ -19,7 +19,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    /// The same for text given to [`parse_str`], which has no file.
+    /// The same for text given to [`parse_str`](super::parse_str), which has no file.
     #[error("invalid configuration: {source}")]
     ParseText { source: toml::de::Error },
     #[error("unknown profile {value:?}: expected \"dev\" or \"prod\"")]

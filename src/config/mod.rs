@@ -4,8 +4,8 @@
 //! everything up front, one section at a time (`resolve_*`), and fails with a [`ConfigError`]
 //! whose message names the file, line and field.
 //!
-//! One module per section: [`auth`] (secrets and token keys), [`limits`] (`[limits]` and who
-//! may connect), [`tls`], [`redis`] (the broker), [`hooks`] (`[hooks]` and `[webhooks]`);
+//! One module per section: `auth` (secrets and token keys), `limits` (`[limits]` and who
+//! may connect), `tls`, `redis` (the broker), [`hooks`] (`[hooks]` and `[webhooks]`);
 //! this module holds the whole ([`Config`], [`Env`]) and the order they are resolved in.
 
 mod auth;

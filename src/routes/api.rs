@@ -35,43 +35,51 @@ pub async fn broadcast(
 
 /// Checks and publishes a broadcast body (the API's and the admin console's).
 pub async fn publish(state: &AppState, body: BroadcastBody) -> Response {
-    let limits = state.node.limits();
-    if let Err(invalid) = limits.check_topic(&body.topic) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{invalid}: a topic is 1 to {} bytes",
-                limits.max_topic_bytes
-            ),
-        );
-    }
-    if let Err(invalid) = limits.check_event(&body.event) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{invalid}: an event is 1 to {} bytes and does not start with phx_",
-                limits.max_event_bytes
-            ),
-        );
-    }
     let payload = match body.payload {
         Some(raw) => Payload::Json(raw),
         None => Payload::empty_object(),
     };
-    // On a Supabase channel the event travels in Supabase's broadcast envelope, which its
-    // clients' `on('broadcast', {event})` listens for.
-    let (event, payload) = if state.node.policy().supabase_name(&body.topic).is_some() {
-        match plexus_core::supabase::envelope(&body.event, &payload) {
-            Ok(p) => (plexus_core::protocol::events::BROADCAST, p),
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    } else {
-        (body.event.as_str(), payload)
+    let (event, payload) = match prepare(&state.node, &body.topic, &body.event, payload) {
+        Ok(checked) => checked,
+        Err(invalid) => return json_error(StatusCode::BAD_REQUEST, invalid),
     };
     match state.node.publish(&body.topic, event, payload, None).await {
         Ok(offset) => Json(serde_json::json!({ "ok": true, "offset": offset })).into_response(),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Checks a server broadcast (the API's, the admin console's, the embedding application's:
+/// [`crate::embed`]): a valid topic, an event that is valid and not the server's own
+/// (`phx_*`); on a Supabase channel the event travels in Supabase's broadcast envelope, which
+/// its clients' `on('broadcast', {event})` listens for. The event and payload to publish, or
+/// why not.
+pub(crate) fn prepare<'a>(
+    node: &plexus_core::Node,
+    topic: &str,
+    event: &'a str,
+    payload: Payload,
+) -> Result<(&'a str, Payload), String> {
+    let limits = node.limits();
+    if let Err(invalid) = limits.check_topic(topic) {
+        return Err(format!(
+            "{invalid}: a topic is 1 to {} bytes",
+            limits.max_topic_bytes
+        ));
+    }
+    if let Err(invalid) = limits.check_event(event) {
+        return Err(format!(
+            "{invalid}: an event is 1 to {} bytes and does not start with phx_",
+            limits.max_event_bytes
+        ));
+    }
+    if node.policy().supabase_name(topic).is_some() {
+        return match plexus_core::supabase::envelope(event, &payload) {
+            Ok(p) => Ok((plexus_core::protocol::events::BROADCAST, p)),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    Ok((event, payload))
 }
 
 /// `GET /api/channels`: live topics with their subscriber counts.

@@ -7,7 +7,7 @@
 //! Pusher's protocol. As Pusher does, a wrong app key or protocol version is told after the
 //! upgrade: `pusher:error` with the code, then a close with that code (4001 unknown key;
 //! 4007 unsupported protocol version; 4006 an unreadable one; 4008 none), and so are refused
-//! admissions (see [`close_code`]: 4100, 4200, 4009), at most [`MAX_REFUSING`] at once.
+//! admissions (see `close_code`: 4100, 4200, 4009), at most `MAX_REFUSING` at once.
 
 use super::json_error;
 use crate::state::AppState;

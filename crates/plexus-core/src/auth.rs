@@ -1,6 +1,6 @@
 //! Authentication: turning a connect-time token into an [`Identity`].
 //!
-//! Tokens are JWTs verified against a [`KeySet`]: several keys at once (for rotation), each
+//! Tokens are JWTs verified against a [`Verifier`]'s keys: several keys at once (for rotation), each
 //! bound to exactly one algorithm — HS256/384/512 with a shared secret, RS256/384/512 and
 //! PS256/384/512 with an RSA public key, ES256/ES384 with an EC public key, EdDSA with an
 //! Ed25519 public key — given as PEM, in a JWKS file, or fetched from JWKS URLs and refreshed

@@ -39,6 +39,11 @@
 //! * [`protocol`] — the Phoenix codecs (V2 arrays and binary frames, V1 objects), Pusher's
 //!   protocol 7 codec and the WebSocket framing (pure functions, no I/O, fuzzable).
 
+// The module docs link the private modules and items they are made of: written for the
+// maintainers' view (`cargo doc --document-private-items`). This crate is internal; the stable
+// API is the `plexus` crate's `embed` module.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod admission;
 pub mod auth;
 pub mod broker;

@@ -5,7 +5,7 @@
 //! [`Outgoing`] values, and the connection's transport encodes them as its protocol needs
 //! ([`Outgoing::encode`]) while it drains the queue into its socket. An empty outbox holds no
 //! heap memory. When a client stops reading and its queue passes the limits, the outbox closes
-//! itself with [`close_codes::SLOW_CONSUMER`](crate::limits::close_codes::SLOW_CONSUMER) and
+//! itself with [`close_codes::SLOW_CONSUMER`] and
 //! drops what was queued, so a stalled client never grows server memory without bound.
 
 use crate::limits::close_codes;

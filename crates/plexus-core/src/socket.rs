@@ -13,7 +13,7 @@
 //!   hook about the user and authorises the joined channels again (rules and join hooks);
 //!   two users never swap on one connection;
 //! * `phx_join`, `phx_leave`, `presence_update` and client pushes go to the connection's
-//!   [`Channels`](crate::channel::Channels);
+//!   [`Channels`];
 //! * a message for a topic that is not joined gets `{"reason": "unmatched topic"}`.
 
 use crate::admission::Permit;

@@ -10,7 +10,7 @@
 //! JSON (docs/pusher.md, "HTTP API (backends)").
 //!
 //! Here: the routes, the signed-request extractor, channel and name checks shared by all, and
-//! `terminate_connections`; publishing in [`events`], channel queries in [`queries`].
+//! `terminate_connections`; publishing in `events.rs`, channel queries in `queries.rs`.
 
 mod events;
 mod queries;

@@ -488,12 +488,8 @@ impl Channels {
             Ok(answer) => answer,
             Err(refused) => return refused,
         };
-        let signin_params = (conn.identity.anonymous
-            && conn
-                .node
-                .hooks()
-                .is_some_and(|h| h.join_url(rule.join_hook.as_deref()).is_some()))
-        .then(|| Box::new(hook_params(req.params)));
+        let signin_params = (conn.identity.anonymous && Self::asks_application(conn, &rule))
+            .then(|| Box::new(hook_params(req.params)));
         if let Some(old) = self.joined.get_mut(topic) {
             // Duplicate join: close the old channel, keep the subscription, its quota and its
             // presence entry; the new join may ask to recover like any join.

@@ -15,6 +15,7 @@ fn node(rules: Vec<ChannelRule>) -> Arc<Node> {
         admission: Default::default(),
         hooks: None,
         pusher: None,
+        join_authority: None,
     };
     Node::new(config, |hub| MemoryBroker::new(hub))
 }

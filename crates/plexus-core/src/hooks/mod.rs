@@ -23,10 +23,13 @@
 //! can only narrow what they allow. Join decisions may be cached briefly ([`cache`]).
 //!
 //! [`Webhooks`](crate::webhooks) (what the application hears) share the transport and secret.
+//! An application that embeds Plexus can decide joins in its own process too
+//! ([`in_process`]), asked before the HTTP join hook.
 
 pub mod answer;
 pub mod breaker;
 pub mod cache;
+pub mod in_process;
 pub mod sign;
 
 use crate::auth::Identity;

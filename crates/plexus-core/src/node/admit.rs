@@ -113,10 +113,10 @@ impl Node {
         Ok(identity)
     }
 
-    /// After [`Node::authorize_read`] allowed a read: the join hook of `topic`'s rule, if it
-    /// has one (asked like a join without a connection: no `conn`, params
-    /// `{"history": true}`), so that HTTP history polling cannot read what a join would be
-    /// refused.
+    /// After [`Node::authorize_read`] allowed a read: the in-process join authority, if the
+    /// embedding application set one, then the join hook of `topic`'s rule, if it has one
+    /// (each asked like a join without a connection: no `conn`, params `{"history": true}`),
+    /// so that HTTP history polling cannot read what a join would be refused.
     pub async fn read_hook(
         &self,
         identity: &Identity,
@@ -124,22 +124,24 @@ impl Node {
         headers: &http::HeaderMap,
         topic: &str,
     ) -> Result<(), Refusal> {
-        let Some(hooks) = &self.hooks else {
-            return Ok(());
-        };
         let Ok(rule) = self.policy.authorize_join(identity, topic) else {
             return Ok(()); // authorize_read allowed it: cannot happen
         };
-        let Some(url) = hooks.join_url(rule.join_hook.as_deref()) else {
+        let hook = self
+            .hooks
+            .as_ref()
+            .and_then(|h| Some((h, h.join_url(rule.join_hook.as_deref())?)));
+        if hook.is_none() && self.join_authority.is_none() {
             return Ok(());
-        };
+        }
         let caller = crate::hooks::Caller {
             identity,
             conn: None,
             addr: Some(self.admission.client_ip(peer, headers)),
         };
         let params = serde_json::json!({ "history": true });
-        match hooks.join(url, &caller, topic, params).await {
+        let decided = |d: Result<crate::hooks::answer::Decision, crate::hooks::HookFailure>| match d
+        {
             Ok(d) if d.allow => Ok(()),
             Ok(d) => Err(Refusal {
                 status: 403,
@@ -149,6 +151,13 @@ impl Node {
                 status: 503,
                 reason: e.reason.into(),
             }),
+        };
+        if let Some(local) = &self.join_authority {
+            decided(local.ask(&caller, None, topic, &params).await)?;
+        }
+        match hook {
+            Some((hooks, url)) => decided(hooks.join(url, &caller, topic, params).await),
+            None => Ok(()),
         }
     }
 

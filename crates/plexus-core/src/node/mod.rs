@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub hooks: Option<HookSetup>,
     /// Pusher mode (docs/pusher.md); `None`: off.
     pub pusher: Option<PusherSetup>,
+    /// Joins decided in the embedding application's process, before any HTTP join hook
+    /// ([`crate::hooks::in_process`]); `None`: none.
+    pub join_authority: Option<crate::hooks::in_process::InProcessJoin>,
 }
 
 /// What a node does for Pusher mode: cache channels keep their last event
@@ -116,6 +119,7 @@ pub struct Node {
     connections: Connections,
     joins: Arc<JoinCounter>,
     hooks: Option<Arc<Hooks>>,
+    join_authority: Option<crate::hooks::in_process::InProcessJoin>,
     pub(crate) webhooks: Option<Arc<Webhooks>>,
     /// The reconnect grace of the webhooks, when configured ([`crate::webhooks::grace`]).
     pub(crate) grace: Option<Arc<crate::webhooks::grace::Grace>>,
@@ -189,6 +193,7 @@ impl Node {
         });
         let node = Arc::new(Node {
             hooks,
+            join_authority: config.join_authority,
             webhooks,
             grace,
             pusher_mode,
@@ -219,6 +224,11 @@ impl Node {
     /// The application hooks, if configured.
     pub fn hooks(&self) -> Option<&Arc<Hooks>> {
         self.hooks.as_ref()
+    }
+
+    /// The in-process join authority, if the embedding application set one.
+    pub fn join_authority(&self) -> Option<&crate::hooks::in_process::InProcessJoin> {
+        self.join_authority.as_ref()
     }
 
     /// A connection's id as the application sees it: `<node>-<n>`, unique in the cluster.

@@ -1,7 +1,7 @@
 //! Pusher-format webhooks (`PLEXUS_PUSHER_WEBHOOK_URL`, `[pusher] webhook_url`): a second
 //! sink over the node's webhook events, sent by the same machinery as Plexus's own
 //! ([`crate::webhooks`]: bounded queue, per-user shares, batches, splits, retries) in Pusher's
-//! format ([`Format::Pusher`]: `{"time_ms", "events": [{"name", "channel", …}]}`, signed
+//! format ([`Format::Pusher`](crate::webhooks::Format::Pusher): `{"time_ms", "events": [{"name", "channel", …}]}`, signed
 //! with the app's key and secret).
 //!
 //! Only topics whose names are Pusher channel names go to this sink. Its events, with the

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` (one Redis),
     /// `redis+sentinel://h1:p1,h2:p2,h3:p3/<master-name>` (Sentinel) or
-    /// `redis+cluster://h1:p1,h2:p2,h3:p3` (Redis Cluster); see [`link`].
+    /// `redis+cluster://h1:p1,h2:p2,h3:p3` (Redis Cluster); see `link.rs`.
     pub url: String,
     /// Key and channel prefix, so that several clusters can share one Redis.
     pub prefix: String,
@@ -20,7 +20,7 @@ pub struct RedisConfig {
     /// TTL (`limits.history_idle_secs`): nothing in Redis lives forever.
     pub history_idle: Duration,
     /// What node-to-node messages are signed with (`redis.cluster_secret`, else the API key):
-    /// the same on every node of the cluster. Never empty ([`RedisBroker::connect`] refuses).
+    /// the same on every node of the cluster. Never empty ([`RedisBroker::connect`](super::RedisBroker::connect) refuses).
     pub cluster_secret: String,
 }
 
