@@ -504,4 +504,39 @@ presence = true
         );
         drop(b);
     }
+
+    /// A hold's record is claimable only within its grace: once the grace of a killed node's
+    /// held `disconnect` is over and the reaper reported it, the user's next connect is a
+    /// `connect`, not a `reconnect` naming a connection already reported gone.
+    #[tokio::test]
+    async fn a_hold_of_a_killed_node_is_not_claimed_after_its_grace() {
+        let redis = SuiteRedis::start().await;
+        let recv = Receiver::start(ok).await;
+        let mut a = node(&redis, &recv, "1000").await;
+        let b = node(&redis, &recv, "1000").await;
+        let alice = a.client("alice").await;
+        recv.wait_events(Duration::from_secs(5), |e| {
+            e.iter().any(|e| e["type"] == "connect")
+        })
+        .await;
+        alice.close().await;
+        wait_held(&a, 1).await;
+        a.kill9();
+        recv.wait_events(Duration::from_secs(15), |e| {
+            e.iter().any(|e| e["type"] == "disconnect")
+        })
+        .await;
+        let _again = b.client("alice").await;
+        let events = recv
+            .wait_events(Duration::from_secs(5), |e| {
+                e.iter().filter(|e| e["sub"] == "alice").count() == 3
+            })
+            .await;
+        assert_eq!(
+            types_of(&events, "alice"),
+            ["connect", "disconnect", "connect"],
+            "{events:#?}"
+        );
+        assert_eq!(find(&events, "alice", "disconnect", 0)["reaped"], true);
+    }
 }

@@ -1,11 +1,13 @@
 //! Webhooks held for the reconnect grace, cluster-wide ([`HoldKey`],
 //! [`crate::webhooks::grace`]): one hash per key, `<prefix>:hold:{<tag>}<kind>`, whose fields
-//! are the held events' ids and values their values. A user's disconnects are tagged with the
+//! are the held events' ids and values their deadlines and values. A user's disconnects are tagged with the
 //! user (`{<sub>}d`), a topic's held leaves and vacancies with the topic (`{<topic>}p:<member>`,
 //! `{<topic>}v`), so that each key lives on one shard of a Redis Cluster. Claiming
 //! ([`HOLD_TAKE`]) and releasing (`HDEL`) are single atomic steps on the same field: exactly
 //! one of them wins. The hash expires a while after its last hold ([`HOLD_KEEP`] beyond the
-//! hold's own time), so that the holds of a node that died do not stay. A claimed
+//! hold's own time), so that the holds of a node that died do not stay; a hold is claimable
+//! only until the end of its grace (by Redis's clock), and a claim deletes those of a dead
+//! holder whose grace ended more than [`HOLD_KEEP`] ago. A claimed
 //! `disconnect`'s connection leaves its node's registry at once (the reaper must not report
 //! it if that node dies within the grace).
 
@@ -19,22 +21,42 @@ use std::time::Duration;
 /// the grace; past that, only a holder that died (or stalled that long) leaves it behind.
 pub(super) const HOLD_KEEP: Duration = Duration::from_secs(60);
 
-/// Records a hold and keeps its hash at least `ARGV[3]` ms. KEYS: hash. ARGV: id, value, ms.
+/// Records a hold, claimable for `ARGV[4]` ms from now by Redis's clock (its value is stored
+/// as `<deadline ms> <value>`), and keeps its hash at least `ARGV[3]` ms. KEYS: hash. ARGV:
+/// id, value, keep ms, grace ms.
 const HOLD_PUT: &str = r#"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ' ' .. ARGV[2])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return 1
 "#;
 
-/// Takes the oldest hold of a hash (fields keep their insertion order in a small hash; any
-/// field is a correct answer): its value, or false. KEYS: hash.
+/// Takes the oldest hold of a hash whose grace is not over (fields keep their insertion order
+/// in a small hash; any field is a correct answer): its value, or false. A hold past its grace
+/// is not claimable: its holder sends it (or, if the holder died, the reaper reported its
+/// `disconnect`). One past its grace by more than `ARGV[1]` ms (a holder that died) is
+/// deleted, so that a hash kept alive by newer holds does not keep it. KEYS: hash. ARGV: keep
+/// ms.
 const HOLD_TAKE: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return false end
-redis.call('HDEL', KEYS[1], all[1])
-return all[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(ARGV[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sp = string.find(v, ' ', 1, true)
+  local deadline = sp and tonumber(string.sub(v, 1, sp - 1))
+  if deadline == nil or deadline + keep < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif deadline > now then
+    redis.call('HDEL', KEYS[1], all[i])
+    return string.sub(v, sp + 1)
+  end
+end
+return false
 "#;
 
 impl RedisBroker {
@@ -64,6 +86,7 @@ impl RedisBroker {
             .arg(id)
             .arg(value)
             .arg(keep)
+            .arg(ttl.as_millis() as u64)
             .invoke_async::<i64>(&mut c)
             .await
             .map(|_| ())
@@ -78,6 +101,7 @@ impl RedisBroker {
         let mut c = self.conn.clone();
         redis::Script::new(HOLD_TAKE)
             .key(self.hold_key(key))
+            .arg(HOLD_KEEP.as_millis() as u64)
             .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| {
