@@ -332,9 +332,20 @@ async fn serve_connection(
     slot: Slot,
     stop: watch::Receiver<bool>,
 ) {
+    // A plain TCP connection's socket, for the write-through fan-out of a WebSocket upgraded
+    // on it (never a TLS one: its bytes go through the TLS session).
+    #[cfg(unix)]
+    let raw = tls
+        .is_none()
+        .then(|| plexus_core::write_through::RawSocket::of(&tcp));
+    #[cfg(not(unix))]
+    let raw: Option<plexus_core::write_through::RawSocket> = None;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(slot.clone());
+        if let Some(raw) = raw {
+            req.extensions_mut().insert(raw);
+        }
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     match tls {

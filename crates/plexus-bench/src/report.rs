@@ -213,11 +213,16 @@ fn build(results: &[Value], o: &Opts) -> Section {
                     flag(s),
                     num(f(&s["client_cpu_pct"])),
                 );
+                // Several rates per server: one bar each, named by its rate.
+                let label = match (rs.len(), f(&s["rate"])) {
+                    (2.., Some(rate)) => format!("{t} {}/s", num(Some(rate))),
+                    _ => t.clone(),
+                };
                 if let Some(v) = f(&s["deliveries_per_server_cpu_s"]) {
-                    eff.push((t.clone(), v));
+                    eff.push((label.clone(), v));
                 }
                 if let Some(v) = f(&s["lat_ms"]["p99"]) {
-                    p99.push((t.clone(), v));
+                    p99.push((label, v));
                 }
             }
         }
@@ -225,7 +230,7 @@ fn build(results: &[Value], o: &Opts) -> Section {
         charts.push((
             o.chart("efficiency.svg"),
             bars(
-                "Fan-out efficiency at 100k deliveries/s",
+                "Fan-out efficiency at a fixed load (2,000 subscribers)",
                 "deliveries per server CPU-second",
                 &eff,
                 false,
@@ -234,7 +239,7 @@ fn build(results: &[Value], o: &Opts) -> Section {
         charts.push((
             o.chart("latency-p99.svg"),
             bars(
-                "p99 latency at 100k deliveries/s",
+                "p99 latency at a fixed load (2,000 subscribers)",
                 "milliseconds, publish → receipt",
                 &p99,
                 true,

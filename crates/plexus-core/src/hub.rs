@@ -4,7 +4,7 @@
 //! `Arc<Publication>` to every local subscriber's [`Outbox`]. Topics are spread over shards so that
 //! joins on different topics do not contend; a fan-out takes one shard read lock per message.
 
-use crate::outbox::Outbox;
+use crate::outbox::{Delivery, Outbox};
 use crate::publication::Publication;
 use crate::ConnId;
 use parking_lot::RwLock;
@@ -88,29 +88,35 @@ impl Hub {
     /// Returns how many received it.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let started = std::time::Instant::now();
-        let n = self.deliver_untimed(publication);
-        crate::metrics::fanout(started.elapsed(), n);
+        let (n, through) = self.deliver_untimed(publication);
+        crate::metrics::fanout(started.elapsed(), n, through);
         if n == 0 {
             publication.not_timed();
         }
         n
     }
 
-    fn deliver_untimed(&self, publication: &Arc<Publication>) -> usize {
+    /// Returns how many received it, and of them how many got it written straight to their
+    /// socket (whole, in part).
+    fn deliver_untimed(&self, publication: &Arc<Publication>) -> (usize, [usize; 2]) {
         let shard = self.shard(&publication.topic).read();
         let Some(subs) = shard.get(&*publication.topic) else {
-            return 0;
+            return (0, [0, 0]);
         };
-        let mut n = 0;
+        let (mut n, mut through) = (0, [0, 0]);
         for (id, (outbox, with_offset)) in subs {
             if Some(*id) == publication.exclude {
                 continue;
             }
-            if outbox.push_publication(publication, *with_offset) {
-                n += 1;
+            match outbox.deliver(publication, *with_offset) {
+                Delivery::Dropped => continue,
+                Delivery::Queued => {}
+                Delivery::Written => through[0] += 1,
+                Delivery::Partial => through[1] += 1,
             }
+            n += 1;
         }
-        n
+        (n, through)
     }
 
     /// Local subscriber count of one topic.
