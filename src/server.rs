@@ -154,6 +154,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Http {
                 gate: gate.clone(),
                 header_timeout: config.http_header_timeout,
+                write_through: false,
             },
             stop_rx.clone(),
             Arc::new(()),
@@ -163,6 +164,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let http = Http {
         gate,
         header_timeout: config.http_header_timeout,
+        write_through: config.websocket_write_through,
     };
     // One clone per HTTP connection being served: the drain waits for them (a poll answered,
     // a request finished) before the process ends.
@@ -215,6 +217,9 @@ struct Http {
     /// For the TLS handshake, for each request's headers, and for a kept-alive connection's
     /// wait for its next request.
     header_timeout: Duration,
+    /// `websocket.write_through`: WebSockets upgraded on a plain TCP connection get its raw
+    /// socket for the fan-out to write to (off: none is attached, the task writes everything).
+    write_through: bool,
 }
 
 /// Accepts connections until `stop` turns true, then lets in-flight HTTP requests finish
@@ -333,10 +338,10 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     // A plain TCP connection's socket, for the write-through fan-out of a WebSocket upgraded
-    // on it (never a TLS one: its bytes go through the TLS session).
+    // on it, when `websocket.write_through` is on (never a TLS one: its bytes go through the
+    // TLS session).
     #[cfg(unix)]
-    let raw = tls
-        .is_none()
+    let raw = (http.write_through && tls.is_none())
         .then(|| plexus_core::write_through::RawSocket::of(&tcp));
     #[cfg(not(unix))]
     let raw: Option<plexus_core::write_through::RawSocket> = None;

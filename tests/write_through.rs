@@ -23,6 +23,9 @@ fn config(extra_limits: &str) -> String {
 profile = "prod"
 jwt_secret = "{SECRET}"
 
+[websocket]
+write_through = true
+
 [limits]
 max_connections_per_ip = 0
 max_connections_per_user = 0
