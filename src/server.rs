@@ -128,6 +128,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Http {
                 gate: gate.clone(),
                 header_timeout: config.http_header_timeout,
+                write_through: false,
             },
             stop_rx.clone(),
             Arc::new(()),
@@ -137,6 +138,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let http = Http {
         gate,
         header_timeout: config.http_header_timeout,
+        write_through: config.websocket_write_through,
     };
     // One clone per HTTP connection being served: the drain waits for them (a poll answered,
     // a request finished) before the process ends.
@@ -282,6 +284,9 @@ struct Http {
     /// For the TLS handshake, for each request's headers, and for a kept-alive connection's
     /// wait for its next request.
     header_timeout: Duration,
+    /// `websocket.write_through`: WebSockets upgraded on a plain TCP connection get its raw
+    /// socket for the fan-out to write to (off: none is attached, the task writes everything).
+    write_through: bool,
 }
 
 /// Accepts connections until `stop` turns true, then lets in-flight HTTP requests finish
@@ -399,9 +404,20 @@ async fn serve_connection(
     slot: Slot,
     stop: watch::Receiver<bool>,
 ) {
+    // A plain TCP connection's socket, for the write-through fan-out of a WebSocket upgraded
+    // on it, when `websocket.write_through` is on (never a TLS one: its bytes go through the
+    // TLS session).
+    #[cfg(unix)]
+    let raw = (http.write_through && tls.is_none())
+        .then(|| plexus_core::write_through::RawSocket::of(&tcp));
+    #[cfg(not(unix))]
+    let raw: Option<plexus_core::write_through::RawSocket> = None;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(slot.clone());
+        if let Some(raw) = raw {
+            req.extensions_mut().insert(raw);
+        }
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     match tls {

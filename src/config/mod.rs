@@ -97,6 +97,8 @@ struct FileConfig {
     #[serde(default)]
     supabase: FileSupabase,
     #[serde(default)]
+    websocket: FileWebsocket,
+    #[serde(default)]
     pusher: FilePusher,
     #[serde(default)]
     presence: presence::FilePresence,
@@ -114,6 +116,13 @@ struct FileConfig {
 struct FileSupabase {
     enabled: Option<bool>,
     anon_role: Option<String>,
+}
+
+/// `[websocket]`: how WebSocket connections are written to (see docs/configuration.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebsocket {
+    write_through: Option<bool>,
 }
 
 /// The default `[supabase] anon_role`: Supabase's anon key says `"role": "anon"`.
@@ -169,6 +178,10 @@ pub struct Config {
     /// Supabase realtime clients are served: `realtime:` channels, `/realtime/v1/websocket`,
     /// the `apikey` parameter as a token source.
     pub supabase: bool,
+    /// `websocket.write_through`: the fan-out writes a broadcast straight to a plain-TCP
+    /// Phoenix connection's socket while nothing is queued for it (default off: cheaper per
+    /// delivery at moderate rates, but it falls behind at high ones; BENCHMARKS.md).
+    pub websocket_write_through: bool,
     /// Pusher's clients and HTTP API are served for this app (`[pusher]`); `None`: off.
     pub pusher: Option<plexus_core::pusher::PusherApp>,
     /// Pusher-format webhooks (`[pusher] webhook_url`); `None`: off.
@@ -212,6 +225,8 @@ pub struct Env {
     pub supabase: Option<String>,
     /// `PLEXUS_SUPABASE_ANON_ROLE`: the role of anonymous tokens (`off`: none are accepted).
     pub supabase_anon_role: Option<String>,
+    /// `PLEXUS_WEBSOCKET_WRITE_THROUGH`: `true`/`1` or `false`/`0`.
+    pub websocket_write_through: Option<String>,
     /// `PLEXUS_PUSHER_APP_ID`, `PLEXUS_PUSHER_KEY`, `PLEXUS_PUSHER_SECRET`.
     pub pusher_app_id: Option<String>,
     pub pusher_key: Option<String>,
@@ -247,6 +262,7 @@ impl Env {
             cluster_secret: get("PLEXUS_CLUSTER_SECRET"),
             supabase: get("PLEXUS_SUPABASE"),
             supabase_anon_role: get("PLEXUS_SUPABASE_ANON_ROLE"),
+            websocket_write_through: get("PLEXUS_WEBSOCKET_WRITE_THROUGH"),
             pusher_app_id: get("PLEXUS_PUSHER_APP_ID"),
             pusher_key: get("PLEXUS_PUSHER_KEY"),
             pusher_secret: get("PLEXUS_PUSHER_SECRET"),
@@ -465,6 +481,12 @@ fn resolve(
     let demo_feed = env_bool("PLEXUS_DEMO_FEED", env.demo_feed.as_deref())?
         .or(file.demo_feed)
         .unwrap_or(profile == Profile::Dev);
+    let websocket_write_through = env_bool(
+        "PLEXUS_WEBSOCKET_WRITE_THROUGH",
+        env.websocket_write_through.as_deref(),
+    )?
+    .or(file.websocket.write_through)
+    .unwrap_or(false);
     let mut warnings = Vec::new();
     if profile == Profile::Prod && file.channels.is_empty() {
         warnings.push(
@@ -536,6 +558,7 @@ fn resolve(
         public_host: file.tls.as_ref().and_then(|t| t.public_host.clone()),
         redis,
         supabase,
+        websocket_write_through,
         pusher,
         pusher_webhooks,
         hooks,

@@ -140,6 +140,39 @@ fn supabase_anon_role_defaults_to_anon_and_can_be_turned_off() {
 }
 
 #[test]
+fn websocket_write_through_is_off_unless_the_file_or_env_turns_it_on() {
+    let base = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"api-key-0123456789\"\n";
+    let on_in_file = format!("{base}[websocket]\nwrite_through = true\n");
+    let env = |v: &str| Env {
+        websocket_write_through: Some(v.into()),
+        ..Env::default()
+    };
+    let write_through = |text: &str, env: &Env| {
+        parse_str(text, env, None, None)
+            .unwrap()
+            .websocket_write_through
+    };
+    assert!(!write_through(base, &Env::default()));
+    assert!(write_through(&on_in_file, &Env::default()));
+    assert!(write_through(base, &env("1")));
+    // The environment beats the file.
+    assert!(!write_through(&on_in_file, &env("false")));
+    let err = parse_str(base, &env("yes"), None, None).unwrap_err();
+    assert!(
+        err.to_string().contains("PLEXUS_WEBSOCKET_WRITE_THROUGH"),
+        "{err}"
+    );
+    let err = parse_str(
+        &format!("{base}[websocket]\nwrite_through = 1\n"),
+        &Env::default(),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("write_through"), "{err}");
+}
+
+#[test]
 fn parse_str_is_load_without_files() {
     let text = "jwt_secret = \"0123456789abcdef0\"\napi_key = \"api-key-0123456789\"\n\
                 [limits]\nmax_message_bytes = 4096\n[[channels]]\ntopic = \"room:*\"\n";

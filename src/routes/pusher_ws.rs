@@ -83,7 +83,16 @@ pub async fn upgrade(
                 );
                 tracing::debug!(peer = %peer, socket_id = pusher.socket_id(), "pusher websocket connected");
                 let wire = Wire::Pusher(pusher);
-                websocket::serve(node, identity, permit, wire, TokioIo::new(upgraded), &[]).await;
+                websocket::serve(
+                    node,
+                    identity,
+                    permit,
+                    wire,
+                    TokioIo::new(upgraded),
+                    &[],
+                    None,
+                )
+                .await;
                 tracing::debug!(peer = %peer, "pusher websocket closed");
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),

@@ -141,6 +141,11 @@ pub async fn upgrade(
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The plain TCP socket under the upgraded connection (not with TLS), for write-through.
+    let raw = req
+        .extensions()
+        .get::<plexus_core::write_through::RawSocket>()
+        .copied();
     let sub = identity.sub.clone();
     // One pointer in the task instead of the identity and permit themselves: what the task
     // captures stays in its future for the connection's whole life (BENCHMARKS.md, memory).
@@ -160,6 +165,7 @@ pub async fn upgrade(
                     websocket::Wire::Phoenix(vsn),
                     TokioIo::new(upgraded),
                     &[],
+                    raw,
                 )
                 .await;
                 tracing::debug!(peer = %peer, sub = %sub, "websocket closed");

@@ -80,6 +80,13 @@ impl Server {
         if let Some(p) = &self.config_path {
             cmd.env("PLEXUS_CONFIG", p);
         }
+        // Run a suite with a setting the servers would otherwise not get (the environment is
+        // cleared above): `PLEXUS_WEBSOCKET_WRITE_THROUGH=1 cargo test --test channels`.
+        for k in ["PLEXUS_WEBSOCKET_WRITE_THROUGH"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -5,7 +5,7 @@
 //! joins on different topics do not contend; a fan-out takes one shard read lock per message.
 //! Presence diffs may wait a moment to leave merged ([`crate::presence_diffs`]).
 
-use crate::outbox::Outbox;
+use crate::outbox::{Delivery, Outbox};
 use crate::presence_diffs::{DiffCoalescer, Flush};
 use crate::protocol::events;
 use crate::publication::Publication;
@@ -126,29 +126,35 @@ impl Hub {
             }
         }
         let started = std::time::Instant::now();
-        let n = self.deliver_untimed(publication);
-        crate::metrics::fanout(started.elapsed(), n);
+        let (n, through) = self.deliver_untimed(publication);
+        crate::metrics::fanout(started.elapsed(), n, through);
         if n == 0 {
             publication.not_timed();
         }
         n
     }
 
-    fn deliver_untimed(&self, publication: &Arc<Publication>) -> usize {
+    /// Returns how many received it, and of them how many got it written straight to their
+    /// socket (whole, in part).
+    fn deliver_untimed(&self, publication: &Arc<Publication>) -> (usize, [usize; 2]) {
         let shard = self.shard(&publication.topic).read();
         let Some(subs) = shard.get(&*publication.topic) else {
-            return 0;
+            return (0, [0, 0]);
         };
-        let mut n = 0;
+        let (mut n, mut through) = (0, [0, 0]);
         for (id, (outbox, with_offset)) in subs {
             if Some(*id) == publication.exclude {
                 continue;
             }
-            if outbox.push_publication(publication, *with_offset) {
-                n += 1;
+            match outbox.deliver(publication, *with_offset) {
+                Delivery::Dropped => continue,
+                Delivery::Queued => {}
+                Delivery::Written => through[0] += 1,
+                Delivery::Partial => through[1] += 1,
             }
+            n += 1;
         }
-        n
+        (n, through)
     }
 
     /// Delivers a merged presence diff: the young members' version to them, the other one
@@ -181,7 +187,8 @@ impl Hub {
             }
         }
         drop(shard);
-        crate::metrics::fanout(started.elapsed(), n);
+        // Merged presence diffs always take the queue (never written through).
+        crate::metrics::fanout(started.elapsed(), n, [0, 0]);
         for p in flush
             .others
             .iter()

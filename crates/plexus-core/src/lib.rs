@@ -23,7 +23,9 @@
 //! * [`broker`] — the [`broker::Broker`] trait between this node and the rest of the cluster
 //!   (typed counter keys, cluster events), with the in-memory and Redis brokers.
 //! * [`hub`] — topics → local subscribers, and the fan-out of one publication to all of them.
-//! * [`outbox`] — the bounded per-connection queue of messages waiting to be written.
+//! * [`outbox`] — the bounded per-connection queue of messages waiting to be written (or,
+//!   while it is empty, the write-through of broadcasts straight to the socket).
+//! * [`write_through`] — the fan-out's non-blocking vectored write to a raw TCP socket.
 //! * [`policy`] — what an identity may do: which topics it may join, which events it may push.
 //! * [`publication`] — one broadcast, encoded once, and a topic's history options.
 //! * [`expiry`] — when a connection's token runs out (warning, then close), for every transport.
@@ -69,6 +71,7 @@ pub mod socket;
 pub mod supabase;
 pub mod transport;
 pub mod webhooks;
+pub mod write_through;
 
 pub use node::Node;
 

@@ -17,6 +17,10 @@ pub const PUBLISH_TO_WRITE: &str = "plexus_publish_to_write_seconds";
 pub const FANOUT: &str = "plexus_fanout_seconds";
 /// Subscribers one broadcast was queued for on this node.
 pub const FANOUT_RECEIVERS: &str = "plexus_fanout_receivers";
+/// Broadcast frames the fan-out wrote straight to a subscriber's socket (write-through), by
+/// `outcome`: `whole`, or `partial` (the socket took only part; the connection's task wrote
+/// the rest).
+pub const WRITE_THROUGH: &str = "plexus_write_through_frames_total";
 /// A join, from the request to the decision (rules, quotas, history recovery, presence).
 pub const JOIN: &str = "plexus_join_seconds";
 /// Connections closed because their outbox was full (close 1013).
@@ -44,6 +48,10 @@ static PUBLISH_TO_WRITE_H: LazyLock<Histogram> =
 static FANOUT_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(FANOUT));
 static FANOUT_RECEIVERS_H: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!(FANOUT_RECEIVERS));
+static WRITE_THROUGH_WHOLE_C: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(WRITE_THROUGH, "outcome" => "whole"));
+static WRITE_THROUGH_PARTIAL_C: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(WRITE_THROUGH, "outcome" => "partial"));
 static JOIN_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(JOIN));
 static SLOW_CONSUMER_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(SLOW_CONSUMER_CLOSES));
@@ -77,6 +85,10 @@ pub fn describe() {
         JOIN,
         Unit::Seconds,
         "Joins, from request to decision (rules, quotas, recovery, presence)."
+    );
+    describe_counter!(
+        WRITE_THROUGH,
+        "Broadcast frames the fan-out wrote straight to a subscriber's socket, whole or in part."
     );
     describe_counter!(
         SLOW_CONSUMER_CLOSES,
@@ -114,6 +126,8 @@ pub fn describe() {
     );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
+    WRITE_THROUGH_WHOLE_C.increment(0);
+    WRITE_THROUGH_PARTIAL_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
     REDIS_UNCONFIRMED_C.increment(0);
     CUT_OFF_CLOSES_C.increment(0);
@@ -125,10 +139,17 @@ pub fn first_write(since: Instant) {
     PUBLISH_TO_WRITE_H.record(since.elapsed());
 }
 
-/// One broadcast was fanned out to `receivers` local subscribers in `took`.
-pub fn fanout(took: Duration, receivers: usize) {
+/// One broadcast was fanned out to `receivers` local subscribers in `took`; `through`: to how
+/// many of them the fan-out wrote it itself, whole and in part.
+pub fn fanout(took: Duration, receivers: usize, through: [usize; 2]) {
     FANOUT_H.record(took);
     FANOUT_RECEIVERS_H.record(receivers as f64);
+    if through[0] > 0 {
+        WRITE_THROUGH_WHOLE_C.increment(through[0] as u64);
+    }
+    if through[1] > 0 {
+        WRITE_THROUGH_PARTIAL_C.increment(through[1] as u64);
+    }
 }
 
 /// A join was decided in `took`.

@@ -495,6 +495,9 @@ impl Socket {
     /// The one teardown: departs every channel locally and unregisters the connection; the
     /// departures' broker work is returned to be awaited or spawned.
     fn teardown(&mut self) -> Vec<Departure> {
+        // The transport's socket may be closed once this returns (the task dropped): the
+        // fan-out must not write to it any more (a later connection may get its number).
+        drop(self.outbox.detach_socket());
         let conn = Conn {
             node: &self.node,
             id: self.id,

@@ -20,6 +20,8 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
         let mut eff = Vec::new();
         let mut p99 = Vec::new();
         for (t, rs) in ordered(&fixed) {
+            // A server run at several rates gets one bar per rate.
+            let several = rs.len() >= 2;
             for r in rs {
                 let s = &r["best"];
                 let s = if s.is_null() { &r["steps"][0] } else { s };
@@ -38,11 +40,15 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
                     flag(s),
                     num(f(&s["client_cpu_pct"])),
                 );
+                let label = match f(&s["rate"]) {
+                    Some(rate) if several => format!("{t} {}/s", num(Some(rate))),
+                    _ => t.clone(),
+                };
                 if let Some(v) = f(&s["deliveries_per_server_cpu_s"]) {
-                    eff.push((t.clone(), v));
+                    eff.push((label.clone(), v));
                 }
                 if let Some(v) = f(&s["lat_ms"]["p99"]) {
-                    p99.push((t.clone(), v));
+                    p99.push((label, v));
                 }
             }
         }
@@ -50,7 +56,7 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
         charts.push((
             o.chart("efficiency.svg"),
             bars(
-                "Fan-out efficiency at 100k deliveries/s",
+                "Fan-out efficiency at a fixed load (2,000 subscribers)",
                 "deliveries per server CPU-second",
                 &eff,
                 false,
@@ -59,7 +65,7 @@ pub(super) fn write(results: &[Value], o: &Opts, out: &mut Section) {
         charts.push((
             o.chart("latency-p99.svg"),
             bars(
-                "p99 latency at 100k deliveries/s",
+                "p99 latency at a fixed load (2,000 subscribers)",
                 "milliseconds, publish → receipt",
                 &p99,
                 true,

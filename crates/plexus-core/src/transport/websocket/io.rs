@@ -117,6 +117,20 @@ where
     io.flush().await
 }
 
+/// Writes the rest of a frame the fan-out wrote in part (nothing for `None`).
+pub(super) async fn write_unsent<S>(io: &mut S, unsent: Option<&Unsent>) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let Some(unsent) = unsent else {
+        return Ok(());
+    };
+    let (head, body) = unsent.parts();
+    io.write_all(head).await?;
+    io.write_all(body).await?;
+    io.flush().await
+}
+
 /// About the bytes `items` take on the wire (for the write buffer's first reservation).
 pub(super) fn total_len<T: ToFrame>(items: &[T], encoding: Encoding) -> usize {
     items.iter().map(|i| i.len_hint(encoding) + 10).sum()

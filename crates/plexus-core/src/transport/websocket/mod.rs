@@ -6,6 +6,12 @@
 //! [`Outbox`](crate::outbox::Outbox) (drained in batches and written with one syscall where
 //! possible), and the idle timer.
 //!
+//! Write-through: on a plain-TCP Phoenix connection the outbox gets the raw socket, and the
+//! fan-out writes broadcasts to it itself while nothing is queued (see [`crate::outbox`]).
+//! Every write this task makes is then bracketed by `begin_write`/`end_write` and starts with
+//! the rest of a frame the fan-out wrote in part; the socket is detached from the outbox before
+//! the task's final writes (close frame) and before it is closed.
+//!
 //! Memory: reads go into a buffer on the poll stack, never into one owned by the connection, so
 //! an idle connection holds no read or write buffer at all; its state lives in one exactly
 //! sized heap block (`Conn`) and the task's future stays small; see `BENCHMARKS.md`.
@@ -34,7 +40,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 mod io;
-use io::{close, read_events, write_frames};
+use crate::outbox::Unsent;
+use crate::write_through::RawSocket;
+use io::{close, read_events, write_frames, write_unsent};
 pub use io::{echo, refuse};
 
 /// Size of the stack buffer one read fills.
@@ -91,6 +99,9 @@ struct Conn<S> {
 /// speaking the protocol (and version) `wire` negotiated at the handshake. `pre_read` holds bytes the
 /// HTTP layer read past the handshake (usually empty). The connection is registered and its
 /// state allocated here, before the returned future first runs.
+///
+/// `raw`: the plain TCP socket under `io` (never given for TLS), for the write-through
+/// fan-out of a Phoenix connection; `io` must own that socket.
 pub fn serve<S>(
     node: Arc<Node>,
     identity: Identity,
@@ -98,6 +109,7 @@ pub fn serve<S>(
     wire: Wire,
     io: S,
     pre_read: &[u8],
+    raw: Option<RawSocket>,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -111,6 +123,10 @@ where
             if let Some(p) = &pusher {
                 socket.set_pusher_socket(p.socket_id());
                 p.established(&socket, node.limits().idle_timeout);
+            }
+            // Pusher connections keep the task's path (their batches are translated).
+            if let (Some(raw), Encoding::Phoenix(vsn)) = (raw, encoding) {
+                socket.outbox().attach_socket(raw, vsn);
             }
             let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
             let mut events = Vec::new();
@@ -188,7 +204,7 @@ where
                 tokio::select! {
                     biased;
                     _ = outbox.changed() => {
-                        let close_req = outbox.drain_into(batch);
+                        let (unsent, close_req) = outbox.begin_write(batch);
                         if let Some(p) = pusher.as_mut() {
                             p.translate(batch);
                         }
@@ -199,12 +215,17 @@ where
                         // taking room in every idle connection's task.
                         let written = Box::pin(async {
                             tokio::select! {
-                                r = write_frames(&mut *io, &*batch, vsn) => Ok(r),
+                                r = async {
+                                    write_unsent(&mut *io, unsent.as_deref()).await?;
+                                    write_frames(&mut *io, &*batch, vsn).await
+                                } => Ok(r),
                                 _ = &mut timer => Err(()),
                             }
                         })
                         .await;
                         if matches!(written, Ok(Ok(()))) {
+                            outbox.end_write();
+                            unsent.iter().for_each(|u| u.publication().written());
                             batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
                         }
                         batch.clear();
@@ -318,10 +339,17 @@ where
             // Every write has the write timeout (a client that floods pings and never reads must
             // not pin this task); like the outbox's, it borrows the connection's one timer.
             timer.as_mut().reset(Instant::now() + write_timeout);
+            let unsent = outbox.begin_control_write();
             let sent = tokio::select! {
-                r = io.write_all(control) => r.is_ok(),
+                r = async {
+                    write_unsent(&mut *io, unsent.as_deref()).await?;
+                    io.write_all(control).await
+                } => r.is_ok(),
                 _ = &mut timer => false,
             };
+            if sent && !closing {
+                outbox.end_write();
+            }
             control.clear();
             if control.capacity() > 256 {
                 *control = Vec::new();
@@ -342,26 +370,44 @@ where
             .reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
-            outbox.drain_into(batch);
+            let (unsent, _) = outbox.begin_write(batch);
             if let Some(p) = pusher.as_mut() {
                 p.translate(batch);
             }
             timer.as_mut().reset(Instant::now() + write_timeout);
-            Box::pin(async {
+            let written = Box::pin(async {
                 tokio::select! {
-                    _ = write_frames(&mut *io, &*batch, vsn) => {}
-                    _ = &mut timer => {}
+                    r = async {
+                        write_unsent(&mut *io, unsent.as_deref()).await?;
+                        write_frames(&mut *io, &*batch, vsn).await
+                    } => r.is_ok(),
+                    _ = &mut timer => false,
                 }
             })
             .await;
+            if !written {
+                break None;
+            }
             break violation;
         }
     };
+    // From here on only this task writes to the socket, and it may close it. The rest of a
+    // frame the fan-out wrote in part goes out before the close frame.
+    let unsent: Option<Box<Unsent>> = outbox.detach_socket();
     // The closing steps run once per connection; boxed, their state does not weigh on the
     // task of every idle connection.
     if let Some((code, reason)) = close_with {
         socket.set_close_info(code, reason);
         let _ = Box::pin(async {
+            if tokio::time::timeout(
+                Duration::from_secs(1),
+                write_unsent(&mut *io, unsent.as_deref()),
+            )
+            .await
+            .map_or(true, |r| r.is_err())
+            {
+                return Ok(());
+            }
             // A Pusher client is told why (`pusher:error`) and gets Pusher's close code.
             let code = match pusher {
                 Some(_) => {
