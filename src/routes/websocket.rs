@@ -252,4 +252,15 @@ mod tests {
         let protos = vec![format!("{AUTH_PROTOCOL_PREFIX}!!!")];
         assert!(matches!(token_from_protocols(&protos), Some(Err(_))));
     }
+
+    #[test]
+    fn handshake_params_decode_like_a_query_map() {
+        // Percent and `+` decoding, other names ignored, the last of a name wins.
+        let p = HandshakeParams::parse(Some("vsn=1.0.0&token=a%2Bb+c&x=1&apikey=k&vsn=2.0.0"));
+        assert_eq!(p.vsn.as_deref(), Some("2.0.0"));
+        assert_eq!(p.token.as_deref(), Some("a+b c"));
+        assert_eq!(p.apikey.as_deref(), Some("k"));
+        let none = HandshakeParams::parse(None);
+        assert!(none.vsn.is_none() && none.token.is_none() && none.apikey.is_none());
+    }
 }
