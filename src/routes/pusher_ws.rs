@@ -73,16 +73,22 @@ pub async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let counts = state.pusher_counts.clone().unwrap_or_default();
     let pusher = Box::new(PusherConn::new(app, socket_id, counts));
-    super::websocket::spawn_upgraded(
-        on_upgrade,
-        Box::new(super::websocket::Upgrading {
-            peer,
-            node,
-            identity,
-            permit,
-            wire: Wire::Pusher(pusher),
-        }),
-    );
+    let admitted = Box::new((node, identity, permit, pusher));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let (node, identity, permit, pusher) = super::websocket::unbox(admitted);
+                let _counted = crate::transport_counts::TransportCounts::open(
+                    crate::transport_counts::Counted::WebSocket,
+                );
+                tracing::debug!(peer = %peer, socket_id = pusher.socket_id(), "pusher websocket connected");
+                let wire = Wire::Pusher(pusher);
+                websocket::serve(node, identity, permit, wire, TokioIo::new(upgraded), &[]).await;
+                tracing::debug!(peer = %peer, "pusher websocket closed");
+            }
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),
+        }
+    });
     super::websocket::switching_protocols(&ws_key, false)
 }
 

@@ -12,14 +12,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hyper_util::rt::TokioIo;
-use plexus_core::admission::Permit;
-use plexus_core::auth::Identity;
-use plexus_core::node::Node;
 use plexus_core::protocol::Vsn;
 use plexus_core::transport::websocket;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 const AUTH_PROTOCOL_PREFIX: &str = "base64url.bearer.phx.";
 
@@ -145,81 +141,42 @@ pub async fn upgrade(
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    spawn_upgraded(
-        on_upgrade,
-        Box::new(Upgrading {
-            peer,
-            node,
-            identity,
-            permit,
-            wire: websocket::Wire::Phoenix(vsn),
-        }),
-    );
+    let sub = identity.sub.clone();
+    // One pointer in the task instead of the identity and permit themselves: what the task
+    // captures stays in its future for the connection's whole life (BENCHMARKS.md, memory).
+    let admitted = Box::new((node, identity, permit));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                // Taken out by a call: moved out here, the box would be freed only when
+                // the task ends (166 bytes per idle connection, BENCHMARKS.md).
+                let (node, identity, permit) = unbox(admitted);
+                let _counted = crate::transport_counts::TransportCounts::open(
+                    crate::transport_counts::Counted::WebSocket,
+                );
+                tracing::debug!(peer = %peer, sub = %sub, vsn = vsn.as_str(), "websocket connected");
+                websocket::serve(
+                    node,
+                    identity,
+                    permit,
+                    websocket::Wire::Phoenix(vsn),
+                    TokioIo::new(upgraded),
+                    &[],
+                )
+                .await;
+                tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
+            }
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),
+        }
+    });
 
     switching_protocols(&key, protocols.iter().any(|p| p == "phoenix"))
 }
 
-/// What a WebSocket's task needs once its upgrade completes, in one heap block that is freed
-/// as the connection starts: the task's future holds one pointer instead of these, which would
-/// otherwise stay in it (and in memory) for the connection's whole life (BENCHMARKS.md,
-/// "Memory per idle connection").
-pub(super) struct Upgrading {
-    pub peer: SocketAddr,
-    pub node: Arc<Node>,
-    pub identity: Identity,
-    pub permit: Permit,
-    pub wire: websocket::Wire,
-}
-
-/// Spawns the task of an admitted WebSocket: it waits for the upgrade, then serves the
-/// connection.
-pub(super) fn spawn_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, up: Box<Upgrading>) {
-    tokio::spawn(async move {
-        let upgraded = on_upgrade.await;
-        // `start` takes the box and frees it before the connection is served (moving out of
-        // a box here would free it only when this task ends).
-        if let Some((counted, serve)) = start(up, upgraded) {
-            serve.await;
-            drop(counted);
-        }
-    });
-}
-
-/// The connection's serving future (and its count in the transport gauges), or `None` when
-/// the upgrade failed.
-fn start(
-    up: Box<Upgrading>,
-    upgraded: hyper::Result<hyper::upgrade::Upgraded>,
-) -> Option<(
-    crate::transport_counts::Guard,
-    impl std::future::Future<Output = ()>,
-)> {
-    let Upgrading {
-        peer,
-        node,
-        identity,
-        permit,
-        wire,
-    } = *up;
-    let upgraded = match upgraded {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!(peer = %peer, error = %e, "upgrade failed");
-            return None;
-        }
-    };
-    match &wire {
-        websocket::Wire::Phoenix(vsn) => {
-            tracing::debug!(peer = %peer, sub = %identity.sub, vsn = vsn.as_str(), "websocket connected");
-        }
-        websocket::Wire::Pusher(p) => {
-            tracing::debug!(peer = %peer, socket_id = p.socket_id(), "pusher websocket connected");
-        }
-    }
-    let counted =
-        crate::transport_counts::TransportCounts::open(crate::transport_counts::Counted::WebSocket);
-    let serve = websocket::serve(node, identity, permit, wire, TokioIo::new(upgraded), &[]);
-    Some((counted, serve))
+/// The contents of a box, the box freed now. (`let x = *boxed;` in an async block frees the
+/// box only at the end of the block's scope: for a connection's task, when it ends.)
+pub(super) fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// The `Sec-WebSocket-Key` of a valid WebSocket upgrade request (headers only).
