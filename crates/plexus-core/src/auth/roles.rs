@@ -20,11 +20,46 @@ pub const MAX_INTERNED: usize = 1024;
 /// Roles longer than this (bytes, summed) are never interned: the table holds short lists.
 const MAX_INTERNED_BYTES: usize = 512;
 
-static TABLE: LazyLock<Mutex<HashSet<Arc<[Box<str>]>>>> = LazyLock::new(|| {
-    let mut t = HashSet::new();
-    t.insert(Arc::from(Vec::<Box<str>>::new()));
-    Mutex::new(t)
-});
+/// The table of shared lists.
+struct Interner {
+    table: Mutex<HashSet<Arc<[Box<str>]>>>,
+    max: usize,
+}
+
+impl Interner {
+    fn new(max: usize) -> Self {
+        let mut table = HashSet::new();
+        table.insert(Arc::from(Vec::<Box<str>>::new()));
+        Interner {
+            table: Mutex::new(table),
+            max,
+        }
+    }
+
+    /// The shared list equal to `list`, added while the table has room.
+    fn intern(&self, list: Vec<Box<str>>) -> Arc<[Box<str>]> {
+        let bytes: usize = list.iter().map(|r| r.len()).sum();
+        if bytes > MAX_INTERNED_BYTES {
+            return list.into();
+        }
+        let mut table = self.table.lock();
+        if let Some(shared) = table.get(&list[..]) {
+            return shared.clone();
+        }
+        let list: Arc<[Box<str>]> = list.into();
+        if table.len() < self.max {
+            table.insert(list.clone());
+        }
+        list
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+}
+
+static TABLE: LazyLock<Interner> = LazyLock::new(|| Interner::new(MAX_INTERNED));
 
 /// An identity's roles: an immutable list shared between identities with the same roles.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -34,20 +69,7 @@ impl Roles {
     /// The roles `names`, shared with every other identity of the same roles while the table
     /// has room.
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let list: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
-        let bytes: usize = list.iter().map(|r| r.len()).sum();
-        if bytes > MAX_INTERNED_BYTES {
-            return Roles(list.into());
-        }
-        let mut table = TABLE.lock();
-        if let Some(shared) = table.get(&list[..]) {
-            return Roles(shared.clone());
-        }
-        let list: Arc<[Box<str>]> = list.into();
-        if table.len() < MAX_INTERNED {
-            table.insert(list.clone());
-        }
-        Roles(list)
+        Roles(TABLE.intern(names.into_iter().map(Box::from).collect()))
     }
 
     /// No roles (shared, allocates nothing).
@@ -130,14 +152,19 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded() {
-        // More distinct lists than the table holds: each still works, the table stops growing.
-        for i in 0..MAX_INTERNED + 10 {
-            let r = Roles::new([format!("bounded-{i}").as_str()]);
-            assert!(r.contains(&format!("bounded-{i}")));
+        // A table of its own: the process-wide one stays as the other tests expect it.
+        let t = Interner::new(4);
+        let list = |i: usize| vec![Box::<str>::from(format!("bounded-{i}"))];
+        for i in 0..10 {
+            let r = t.intern(list(i));
+            assert_eq!(&*r[0], format!("bounded-{i}"));
         }
-        assert!(TABLE.lock().len() <= MAX_INTERNED);
-        let long = "r".repeat(MAX_INTERNED_BYTES + 1);
-        let a = Roles::new([long.as_str()]);
-        assert!(!a.shares_with(&Roles::new([long.as_str()])));
+        assert_eq!(t.len(), 4);
+        // Those kept are shared, later ones are not.
+        assert!(Arc::ptr_eq(&t.intern(list(1)), &t.intern(list(1))));
+        assert!(!Arc::ptr_eq(&t.intern(list(7)), &t.intern(list(7))));
+        let long = vec![Box::<str>::from("r".repeat(MAX_INTERNED_BYTES + 1))];
+        assert!(!Arc::ptr_eq(&t.intern(long.clone()), &t.intern(long)));
+        assert!(TABLE.len() <= MAX_INTERNED);
     }
 }
