@@ -60,7 +60,7 @@ impl JoinAuthorizer for Rooms {
         if join.sub() == "mallory" {
             return JoinDecision::deny("banned from every room");
         }
-        if room == "vip" && !join.roles().iter().any(|r| r == "vip") {
+        if room == "vip" && !join.has_role("vip") {
             return JoinDecision::deny("the vip room is for vip members");
         }
         let seat = self.seats.fetch_add(1, Ordering::Relaxed) + 1;

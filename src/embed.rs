@@ -10,7 +10,7 @@
 //!
 //! impl JoinAuthorizer for Rooms {
 //!     async fn authorize(&self, join: &JoinAttempt<'_>) -> JoinDecision {
-//!         if join.topic() == "room:staff" && !join.roles().iter().any(|r| r == "staff") {
+//!         if join.topic() == "room:staff" && !join.has_role("staff") {
 //!             return JoinDecision::deny("staff only");
 //!         }
 //!         JoinDecision::allow()
@@ -312,9 +312,14 @@ impl JoinAttempt<'_> {
         &self.ask.caller.identity.sub
     }
 
-    /// The token's roles.
-    pub fn roles(&self) -> &[String] {
-        &self.ask.caller.identity.roles
+    /// The token's roles, in the token's order.
+    pub fn roles(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ask.caller.identity.roles.iter()
+    }
+
+    /// Whether the token names `role` among its roles.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.ask.caller.identity.roles.contains(role)
     }
 
     /// The token's display name (`name` claim), if any.

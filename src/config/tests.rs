@@ -595,7 +595,7 @@ fn roles_claim_path_from_file_or_environment() {
             "sub": "a", "exp": exp, "realm_access": {"roles": ["admin"]}
         })))
         .unwrap();
-    assert_eq!(id.roles, ["admin"]);
+    assert_eq!(id.roles, vec!["admin"]);
     let env = Env {
         roles_claim: Some("https://example.com/roles".into()),
         ..base.clone()
@@ -613,7 +613,7 @@ fn roles_claim_path_from_file_or_environment() {
             "sub": "a", "exp": exp, "https://example.com/roles": "editor"
         })))
         .unwrap();
-    assert_eq!(id.roles, ["editor"]);
+    assert_eq!(id.roles, vec!["editor"]);
     let e = parse_str("[auth]\nroles_claim = \"a..b\"\n", &base, None, Some("dev")).unwrap_err();
     assert!(e.to_string().contains("empty claim name"), "{e}");
 }

@@ -55,7 +55,7 @@ mod tests {
 
     fn who(sub: &str, roles: &[&str]) -> Identity {
         let mut id = Identity::new(sub);
-        id.roles = roles.iter().map(|r| r.to_string()).collect();
+        id.roles = plexus_core::auth::Roles::new(roles.iter().copied());
         id
     }
 

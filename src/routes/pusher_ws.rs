@@ -77,7 +77,7 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let (node, identity, permit, pusher) = *admitted;
+                let (node, identity, permit, pusher) = super::websocket::unbox(admitted);
                 let _counted = crate::transport_counts::TransportCounts::open(
                     crate::transport_counts::Counted::WebSocket,
                 );

@@ -1,6 +1,7 @@
 //! Plexus benchmarks. Each subcommand prints its figures; `BENCHMARKS.md` records them.
 //!
-//! * `conns` — memory per idle connection: opens N authenticated connections, each joined to
+//! * `conns` — memory per idle connection: opens N connections, each a distinct user with an
+//!   ordinary token (`sub`, two roles, `iat`, `exp`) and joined to
 //!   one channel, and prints the server's RSS growth per connection.
 //! * `soak` — a bounded churn of connects/joins/pushes/leaves/disconnects over WebSocket,
 //!   LongPoll and SSE with an API publisher; prints server RSS, open fds and connections over
@@ -86,6 +87,20 @@ pub(crate) fn parse_sources(list: &str) -> Result<Vec<IpAddr>, String> {
                 .map_err(|_| format!("bad source address {s:?}"))
         })
         .collect()
+}
+
+/// The roles every benchmark user's token carries: an ordinary JWT has a couple (`sub`,
+/// `roles`, `iat`, `exp`), and a token without roles would understate what the server keeps
+/// per connection.
+pub(crate) const BENCH_ROLES: [&str; 2] = ["user", "subscriber"];
+
+/// An ordinary HS256 token for benchmark user `sub`: `sub`, [`BENCH_ROLES`], `iat`, and `exp`
+/// an hour ahead.
+pub(crate) fn bench_token(issuer: &plexus_core::auth::Issuer, sub: &str) -> Result<String, String> {
+    let roles = BENCH_ROLES.map(str::to_owned);
+    issuer
+        .issue(sub, &roles, None, 3600)
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
@@ -187,9 +202,7 @@ async fn conns(
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        let token = issuer
-            .issue(&format!("bench-{i}"), &[], None, 3600)
-            .map_err(|e| e.to_string())?;
+        let token = bench_token(&issuer, &format!("bench-{i}"))?;
         let opts = ConnectOptions::new(url.clone())
             .token(token)
             .source(SocketAddr::new(sources[i % sources.len()], 0));

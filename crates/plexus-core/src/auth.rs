@@ -34,17 +34,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod claim_path;
 pub mod remote_keys;
+mod roles;
 
 pub use claim_path::ClaimPath;
 pub use remote_keys::RemoteKeys;
+pub use roles::Roles;
 
 /// Who a connection belongs to, as established by its token.
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// The user id (`sub` claim).
     pub sub: Arc<str>,
-    /// Roles from the roles claim (`roles` unless configured otherwise).
-    pub roles: Vec<String>,
+    /// Roles from the roles claim (`roles` unless configured otherwise), shared with every
+    /// identity of the same roles.
+    pub roles: Roles,
     /// Optional display name (`name` claim), public: it may be shown to other users.
     pub name: Option<String>,
     /// Optional public profile (`info` claim, any JSON), shown to other users in presence.
@@ -71,7 +74,7 @@ impl Identity {
     pub fn new(sub: &str) -> Self {
         Identity {
             sub: sub.into(),
-            roles: Vec::new(),
+            roles: Roles::none(),
             name: None,
             info: None,
             expires_at: None,
@@ -101,7 +104,7 @@ impl Identity {
     }
 
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+        self.roles.contains(role)
     }
 }
 
@@ -551,16 +554,13 @@ impl Verifier {
     }
 
     fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
-        let roles: Vec<String> = match self.roles_path.get(&c) {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect(),
-            Some(Value::String(s)) => vec![s.clone()],
-            _ => Vec::new(),
+        let roles = match self.roles_path.get(&c) {
+            Some(Value::Array(items)) => Roles::new(items.iter().filter_map(Value::as_str)),
+            Some(Value::String(s)) => Roles::new([s.as_str()]),
+            _ => Roles::none(),
         };
         let anonymous = self.options.anon_role.as_deref().is_some_and(|anon| {
-            c.get("role").and_then(Value::as_str) == Some(anon) || roles.iter().any(|r| r == anon)
+            c.get("role").and_then(Value::as_str) == Some(anon) || roles.contains(anon)
         });
         let sub = match c.get("sub") {
             // Never the token's: one anon key is shared by every visitor.

@@ -421,7 +421,7 @@ mod tests {
 
     fn who(sub: &str, roles: &[&str]) -> Identity {
         let mut id = Identity::new(sub);
-        id.roles = roles.iter().map(|s| s.to_string()).collect();
+        id.roles = crate::auth::Roles::new(roles.iter().copied());
         id
     }
 

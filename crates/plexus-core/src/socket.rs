@@ -46,8 +46,8 @@ pub struct Socket {
     addr: std::net::IpAddr,
     opened: std::time::Instant,
     /// How the connection ended, when the transport knows better than the outbox (the
-    /// client's close frame).
-    close_info: Option<(u16, String)>,
+    /// client's close frame). Boxed: set once, at the end.
+    close_info: Option<Box<(u16, String)>>,
     permit: Permit,
     /// A Pusher connection's `socket_id` (its `client_event` webhooks name it, whoever it
     /// signs in as).
@@ -489,7 +489,7 @@ impl Socket {
     /// Records how the connection ended (the client's close frame), for the `disconnect`
     /// webhook. Without it, the outbox's close request (a server close) or `1006`.
     pub fn set_close_info(&mut self, code: u16, reason: &str) {
-        self.close_info = Some((code, reason.to_owned()));
+        self.close_info = Some(Box::new((code, reason.to_owned())));
     }
 
     /// The one teardown: departs every channel locally and unregisters the connection; the
@@ -515,7 +515,7 @@ impl Socket {
         let mut hold = grace.as_ref().map(|_| HoldGroup::default());
         let departures = self.channels.depart_all(&conn, hold.as_mut());
         let (code, reason) = match (self.close_info.take(), self.outbox.close_reason()) {
-            (Some(info), _) => info,
+            (Some(info), _) => *info,
             (None, Some(c)) => (c.code, c.reason.to_owned()),
             (None, None) => (close_codes::ABNORMAL, "connection lost".to_owned()),
         };

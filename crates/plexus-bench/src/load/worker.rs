@@ -334,10 +334,7 @@ pub async fn run(spec: Spec) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let token = match &issuer {
-            Some(iss) => Some(
-                iss.issue(&format!("u{i}"), &[], None, 3600)
-                    .map_err(|e| e.to_string())?,
-            ),
+            Some(iss) => Some(crate::bench_token(iss, &format!("u{i}"))?),
             None => None,
         };
         let tls = match own_tls.get(i - spec.from) {

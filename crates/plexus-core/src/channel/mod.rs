@@ -20,6 +20,7 @@
 
 mod history;
 mod hooks;
+mod joined;
 mod presence;
 mod push;
 
@@ -37,7 +38,6 @@ use crate::ConnId;
 use hooks::hook_params;
 use presence::{publish_presence_diff, push_presence_state, track_presence};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What a channel knows of its connection, and how it answers it.
@@ -343,7 +343,7 @@ pub struct Member {
 /// The connection's joined channels, by topic.
 #[derive(Default)]
 pub(crate) struct Channels {
-    joined: HashMap<Box<str>, Channel>,
+    joined: joined::Joined<Channel>,
 }
 
 impl Channels {

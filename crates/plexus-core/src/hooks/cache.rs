@@ -167,7 +167,7 @@ impl JoinCache {
         field(if k.read { b"read" } else { b"join" });
         field(k.who.sub.as_bytes());
         field(&(k.who.roles.len() as u64).to_be_bytes());
-        for role in &k.who.roles {
+        for role in k.who.roles.iter() {
             field(role.as_bytes());
         }
         field(c.as_bytes());
@@ -245,6 +245,7 @@ impl JoinCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Roles;
     use crate::hooks::answer::{Broadcast, Decision};
     use serde_json::json;
 
@@ -340,9 +341,9 @@ mod tests {
     fn kind_roles_and_address_are_unambiguous() {
         let c = JoinCache::new(Duration::from_secs(60), 10, 1 << 20);
         let mut one = Identity::new("a");
-        one.roles = vec!["a,b".into()];
+        one.roles = Roles::new(["a,b"]);
         let mut two = Identity::new("a");
-        two.roles = vec!["a".into(), "b".into()];
+        two.roles = Roles::new(["a", "b"]);
         let (claims, params) = (json!({}), json!({"history": true}));
         let k = |p: KeyParts<'_>| c.key(&p).unwrap();
         assert_ne!(

@@ -89,8 +89,9 @@ struct Conn<S> {
     batch: Vec<Outgoing>,
     /// Pongs and the close echo waiting to be written.
     control: Vec<u8>,
-    /// What the bytes read past the handshake held, handled before the first read.
-    pending_read: Option<ReadOutcome>,
+    /// What the bytes read past the handshake held, handled before the first read. Boxed:
+    /// rare, and used once.
+    pending_read: Option<Box<ReadOutcome>>,
     /// Set on Pusher connections.
     pusher: Option<Box<PusherConn>>,
 }
@@ -131,10 +132,12 @@ where
             let mut decoder = FrameDecoder::new(node.limits().max_message_bytes);
             let mut events = Vec::new();
             let pending_read = (!pre_read.is_empty()).then(|| {
-                decoder
-                    .feed(pre_read, &mut events)
-                    .map(|_| ReadOutcome::Events)
-                    .unwrap_or_else(|e| ReadOutcome::Violation(e.code, e.reason))
+                Box::new(
+                    decoder
+                        .feed(pre_read, &mut events)
+                        .map(|_| ReadOutcome::Events)
+                        .unwrap_or_else(|e| ReadOutcome::Violation(e.code, e.reason)),
+                )
             });
             Ok(Box::new(Conn {
                 node,
@@ -148,7 +151,8 @@ where
                 pusher,
             }))
         }
-        Err(_) => Err(io),
+        // Boxed like the state: what the future captures stays in it for the connection's life.
+        Err(_) => Err(Box::new(io)),
     };
     async move {
         match opened {
@@ -158,7 +162,7 @@ where
                     Encoding::Pusher => crate::protocol::pusher::codes::RECONNECT,
                     Encoding::Phoenix(_) => close_codes::SERVICE_RESTART,
                 };
-                let _ = Box::pin(close(&mut io, code, "server restarting")).await;
+                let _ = Box::pin(close(&mut *io, code, "server restarting")).await;
             }
         }
     }
@@ -199,7 +203,7 @@ where
 
     let close_with: Option<(u16, &'static str)> = 'conn: loop {
         let outcome = match pending_read.take() {
-            Some(o) => o,
+            Some(o) => *o,
             None => {
                 tokio::select! {
                     biased;
@@ -228,11 +232,9 @@ where
                             unsent.iter().for_each(|u| u.publication().written());
                             batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
                         }
-                        batch.clear();
+                        // Nothing kept between writes: an idle connection holds no batch.
+                        *batch = Vec::new();
                         timer.as_mut().reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
-                        if batch.capacity() > 64 {
-                            *batch = Vec::new();
-                        }
                         match written {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => break 'conn None,
@@ -361,9 +363,8 @@ where
                 break 'conn None;
             }
         }
-        if events.capacity() > 16 {
-            *events = Vec::new();
-        }
+        // Nothing kept between reads: an idle connection holds no event list.
+        *events = Vec::new();
         // A token refresh among the messages replaced the expiry.
         timer
             .as_mut()
