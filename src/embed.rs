@@ -75,6 +75,9 @@ use std::time::Duration;
 pub struct Plexus {
     state: AppState,
     api: bool,
+    /// Answers the other nodes' requests (admin figures, LongPoll forwarding); the node keeps
+    /// only a weak reference to it, so it lives here.
+    _calls: Arc<crate::admin::cluster::Dispatcher>,
 }
 
 /// Builds a [`Plexus`] from a [`Config`] (see [`Plexus::builder`]).
@@ -270,7 +273,7 @@ impl Builder {
         let authority = self
             .authorizer
             .map(|a| InProcessJoin::new(a, self.join_timeout));
-        let state = crate::server::build_state(Arc::new(config), authority)
+        let (state, calls) = crate::server::build_state(Arc::new(config), authority)
             .await
             .map_err(|e| BuildError(e.to_string()))?;
         tracing::info!(
@@ -281,6 +284,7 @@ impl Builder {
         Ok(Plexus {
             state,
             api: self.api,
+            _calls: calls,
         })
     }
 }

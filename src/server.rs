@@ -80,7 +80,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Before anything records a metric (the core resolves its handles once).
     crate::metrics::install();
     let config = Arc::new(config);
-    let state = build_state(config.clone(), None).await?;
+    // `_calls` answers the other nodes' requests (the node keeps only a weak reference to it):
+    // it must live as long as the server.
+    let (state, _calls) = build_state(config.clone(), None).await?;
     let node = state.node.clone();
     let gate = state.gate.clone();
     crate::allocator::spawn_trimmer(
@@ -198,12 +200,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 }
 
 /// The node and the state every handler shares, built from `config`: the wiring the binary
-/// ([`run`]) and the embedding API ([`crate::embed`]) have in common. `join_authority`: joins
-/// decided in the embedding application's process.
+/// ([`run`]) and the embedding API ([`crate::embed`]) have in common, with the handler of the
+/// other nodes' requests, which the caller keeps alive (the node holds it weakly).
+/// `join_authority`: joins decided in the embedding application's process.
 pub(crate) async fn build_state(
     config: Arc<Config>,
     join_authority: Option<InProcessJoin>,
-) -> Result<AppState, StartError> {
+) -> Result<(AppState, Arc<crate::admin::cluster::Dispatcher>), StartError> {
     let verifier = verifier_with_jwks_urls(&config).await?;
     let node_config = NodeConfig {
         verifier,
@@ -274,7 +277,7 @@ pub(crate) async fn build_state(
         pusher_counts,
     };
     calls.set_state(state.clone());
-    Ok(state)
+    Ok((state, calls))
 }
 
 /// How connections are served before they are admitted clients.
