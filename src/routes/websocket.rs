@@ -202,6 +202,7 @@ pub async fn upgrade(
 
 /// The contents of a box, the box freed now. (`let x = *boxed;` in an async block frees the
 /// box only at the end of the block's scope: for a connection's task, when it ends.)
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed here
 pub(super) fn unbox<T>(b: Box<T>) -> T {
     *b
 }
