@@ -108,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
                 Some(Value::String(s)) => vec![s.clone()],
                 _ => Vec::new(),
             };
-            assert_eq!(roles, id.roles);
+            assert_eq!(id.roles, roles);
             let exp = id.expires_at.expect("a verified token has an exp");
             assert!(
                 exp.saturating_add(6) >= before,
