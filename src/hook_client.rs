@@ -9,20 +9,27 @@ use bytes::Bytes;
 use plexus_core::hooks::{HookAnswer, HookTransport, MAX_ANSWER_BYTES};
 use std::time::Duration;
 
+/// What every outbound HTTP client of Plexus has in common (hooks, webhooks, JWKS URLs): no
+/// redirects followed, no proxy from the environment, a 5 s connect timeout, Plexus's
+/// user agent.
+pub fn outbound_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
+}
+
 pub struct HookClient {
     http: reqwest::Client,
 }
 
 impl HookClient {
     pub fn new() -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        let http = outbound_client()
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
-            .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the hook HTTP client: {e}"))?;
         Ok(HookClient { http })

@@ -1,12 +1,12 @@
 //! The HTTP client of JWKS URLs (`auth.jwks_urls`): the core's
 //! [`JwksFetcher`](plexus_core::auth::remote_keys::JwksFetcher) on reqwest — GET with TLS by
 //! rustls trusting the system's roots and the Mozilla roots bundled in webpki-roots (both
-//! always: a container without CA certificates still reaches a public provider), no redirects followed, no proxy from the environment, at most
+//! always: a container without CA certificates still reaches a public provider), no
+//! redirects followed, no proxy from the environment (`hook_client::outbound_client`), at most
 //! [`FETCH_TIMEOUT`] and [`MAX_JWKS_BYTES`] per answer. Plain `http://` reaches only loopback
 //! hosts: the configuration refuses other `http://` URLs.
 
 use plexus_core::auth::remote_keys::{JwksAnswer, JwksFetcher, FETCH_TIMEOUT, MAX_JWKS_BYTES};
-use std::time::Duration;
 
 pub struct JwksClient {
     http: reqwest::Client,
@@ -14,12 +14,8 @@ pub struct JwksClient {
 
 impl JwksClient {
     pub fn new() -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
+        let http = crate::hook_client::outbound_client()
             .timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
         Ok(JwksClient { http })
