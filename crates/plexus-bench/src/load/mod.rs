@@ -16,6 +16,7 @@ pub mod adapter;
 pub mod histogram;
 pub mod procs;
 pub mod publisher;
+mod slow;
 pub mod storm;
 pub mod worker;
 
@@ -289,6 +290,13 @@ impl Fleet {
             t.received += r["received"].as_u64().unwrap_or(0);
             t.closed += r["closed"].as_u64().unwrap_or(0);
             t.closed_stalled += r["closed_stalled"].as_u64().unwrap_or(0);
+            if let Some(codes) = r["stalled_close_codes"].as_object() {
+                for (code, n) in codes {
+                    let sum = n.as_u64().unwrap_or(0)
+                        + t.stalled_codes.get(code).and_then(Value::as_u64).unwrap_or(0);
+                    t.stalled_codes.insert(code.clone(), json!(sum));
+                }
+            }
             let sparse: Vec<[u64; 2]> =
                 serde_json::from_value(r["hist"].clone()).unwrap_or_default();
             t.hist.add(&sparse);
@@ -314,6 +322,8 @@ struct Take {
     closed: u64,
     /// Sockets of stalled subscribers that ended (in total).
     closed_stalled: u64,
+    /// Those by the close code they received (`none`: no close frame), in total.
+    stalled_codes: serde_json::Map<String, Value>,
 }
 
 /// CPU and RSS of the server, the generator and the machine over a window.
@@ -658,70 +668,8 @@ pub async fn run(o: Opts) -> Result<(), String> {
             );
         }
         Scenario::Slow => {
-            let mut pool =
-                publisher::Pool::open(publish_addr(&o)?, publish_how(&o)?, o.size, o.lanes).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let base = o.topic.clone();
-            let all = fleet.ready;
-            let before = step(
-                &o,
-                &mut fleet,
-                &mut pool,
-                &server,
-                o.secs,
-                o.rate,
-                all,
-                |_| base.clone(),
-            )
-            .await?;
-            let rss_before_stall = procs::rss_kib(&server);
-            fleet.all("stall").await?;
-            let stalled = fleet.ready.div_ceil(10);
-            let active = fleet.ready - stalled;
-            let window = (o.stall_secs / 3.0).max(0.5);
-            let mut during = Vec::new();
-            for _ in 0..3 {
-                during.push(
-                    step(
-                        &o,
-                        &mut fleet,
-                        &mut pool,
-                        &server,
-                        window,
-                        o.rate,
-                        active,
-                        |_| base.clone(),
-                    )
-                    .await?,
-                );
-            }
-            // The stalled subscribers read again: a socket the server closed while they
-            // stalled now ends (after what was buffered for it), one it kept stays open.
-            fleet.all("resume").await?;
-            let (mut closed_stalled, mut closed_others) = (0, 0);
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let t = fleet.take().await?;
-                (closed_stalled, closed_others) = (t.closed_stalled, t.closed);
-                if closed_stalled >= stalled {
-                    break;
-                }
-            }
-            emit(
-                &o,
-                json!({
-                    "connect": connected,
-                    "stalled": stalled,
-                    "stall_secs": round(window * 3.0, 1),
-                    "size": o.size,
-                    "stalled_closed_by_server": closed_stalled,
-                    "others_closed": closed_others,
-                    "server_rss_before_stall_kib": rss_before_stall,
-                    "before": before,
-                    "during": during,
-                }),
-            );
+            let r = slow::run(&o, &mut fleet, &server, connected).await?;
+            emit(&o, r);
         }
     }
     for w in &mut fleet.workers {
