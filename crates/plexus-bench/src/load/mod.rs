@@ -477,6 +477,7 @@ async fn step(
         "deliveries_per_server_cpu_s": if server_cpu_s > 0.0 { (received as f64 / server_cpu_s).round() } else { 0.0 },
         "server_rss_max_kib": rss_max,
         "closed": closed,
+        "generator_procs": fleet.workers.len(),
         // The generator used (nearly) all the CPU it had: the figure may be the generator's
         // limit, not the server's.
         "client_bound": client_pct >= 90.0 * client_cores,

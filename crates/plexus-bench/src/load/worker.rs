@@ -226,7 +226,9 @@ async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
     hb.tick().await;
     let mut close_code = None;
     loop {
+        // Biased: the heartbeat's timer is polled only when no frame is ready.
         tokio::select! {
+            biased;
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else { break };
                 if msg.is_close() {
