@@ -293,7 +293,10 @@ impl Fleet {
             if let Some(codes) = r["stalled_close_codes"].as_object() {
                 for (code, n) in codes {
                     let sum = n.as_u64().unwrap_or(0)
-                        + t.stalled_codes.get(code).and_then(Value::as_u64).unwrap_or(0);
+                        + t.stalled_codes
+                            .get(code)
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
                     t.stalled_codes.insert(code.clone(), json!(sum));
                 }
             }

@@ -25,8 +25,7 @@ pub(super) async fn run(
     connected: Value,
 ) -> Result<Value, String> {
     let addr = super::publish_addr(o)?;
-    let mut pool =
-        publisher::Pool::open(addr, super::publish_how(o)?, o.size, o.lanes).await?;
+    let mut pool = publisher::Pool::open(addr, super::publish_how(o)?, o.size, o.lanes).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = o.topic.clone();
     let all = fleet.ready;
@@ -133,7 +132,10 @@ mod tests {
     fn close_counters_are_read_from_prometheus_text() {
         let text = "# HELP plexus_slow_consumer_closes_total x\n# TYPE plexus_slow_consumer_closes_total counter\nplexus_slow_consumer_closes_total 200\nplexus_slow_consumer_closes_total_other 5\nplexus_write_timeout_closes_total 3\n";
         assert_eq!(parse_counters(text), Some([200, 3]));
-        assert_eq!(parse_counters("plexus_slow_consumer_closes_total 1\n"), None);
+        assert_eq!(
+            parse_counters("plexus_slow_consumer_closes_total 1\n"),
+            None
+        );
         assert_eq!(parse_counters("<html>nchan</html>"), None);
     }
 }
