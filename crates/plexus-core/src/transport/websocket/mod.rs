@@ -240,6 +240,7 @@ where
                             Ok(Err(_)) => break 'conn None,
                             Err(_) => {
                                 tracing::info!(conn = socket.id(), sub = %socket.identity().sub, "client stopped reading: write timed out, dropping the connection");
+                                crate::metrics::write_timed_out();
                                 break 'conn None;
                             }
                         }
