@@ -11,10 +11,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use std::borrow::Cow;
 use hyper_util::rt::TokioIo;
 use plexus_core::protocol::Vsn;
 use plexus_core::transport::websocket;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 const AUTH_PROTOCOL_PREFIX: &str = "base64url.bearer.phx.";

@@ -28,10 +28,10 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use token::{Checks, HmacKey, ParsedClaims, Parts};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use token::{Checks, HmacKey, ParsedClaims, Parts};
 
 pub mod claim_path;
 pub mod remote_keys;
@@ -208,7 +208,11 @@ impl VerifyKey {
         if secret.is_empty() {
             return Err(KeyError("the secret is empty".into()));
         }
-        Ok(VerifyKey::with(kid, algorithm, DecodingKey::from_secret(secret)))
+        Ok(VerifyKey::with(
+            kid,
+            algorithm,
+            DecodingKey::from_secret(secret),
+        ))
     }
 
     /// A public key in PEM for RS*, PS*, ES256/ES384 or EdDSA.
@@ -304,7 +308,11 @@ impl VerifyKey {
             )));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError(e.to_string()))?;
-        Ok(Some(VerifyKey::with(jwk.common.key_id.clone(), algorithm, key)))
+        Ok(Some(VerifyKey::with(
+            jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        )))
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -495,7 +503,10 @@ impl Verifier {
                     }
                     anonymous
                 } else {
-                    with_kid.into_iter().filter(|k| k.algorithm == header.alg).collect()
+                    with_kid
+                        .into_iter()
+                        .filter(|k| k.algorithm == header.alg)
+                        .collect()
                 }
             }
             None => all_keys().filter(|k| k.algorithm == header.alg).collect(),
@@ -626,6 +637,6 @@ pub fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod reference_tests;
+#[cfg(test)]
+mod tests;

@@ -87,12 +87,8 @@ fn signed(alg: Algorithm, secret: &[u8], claims: &str) -> String {
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let header = b64(format!(r#"{{"alg":"{alg:?}","typ":"JWT"}}"#).as_bytes());
     let input = format!("{header}.{}", b64(claims.as_bytes()));
-    let sig = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        &EncodingKey::from_secret(secret),
-        alg,
-    )
-    .unwrap();
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(secret), alg)
+        .unwrap();
     format!("{input}.{sig}")
 }
 
@@ -204,7 +200,10 @@ fn signatures_at_the_edges() {
         (format!("{input}.{sig}="), Some(AuthError::Malformed)),
         (format!("{input}.{sig}!"), Some(AuthError::Malformed)),
         (format!("{input}.{}", &sig[..sig.len() - 2]), None),
-        (format!("{input}.{}", &sig[..sig.len() - 3]), Some(AuthError::BadSignature)),
+        (
+            format!("{input}.{}", &sig[..sig.len() - 3]),
+            Some(AuthError::BadSignature),
+        ),
         (format!("{input}.{sig}AAAA"), Some(AuthError::BadSignature)),
         (format!("{input}."), Some(AuthError::BadSignature)),
         (format!("{t}.{sig}"), None),

@@ -156,10 +156,13 @@ pub(super) fn jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-            AuthError::Malformed
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthError::Malformed,
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Other(format!("claim {c} has the wrong format"))
         }
-        ErrorKind::InvalidClaimFormat(c) => AuthError::Other(format!("claim {c} has the wrong format")),
         other => AuthError::Other(format!("{other:?}")),
     }
 }
@@ -302,7 +305,10 @@ enum Slot {
 impl Slot {
     /// A registered claim jsonwebtoken's validation read: a second occurrence is refused.
     fn once(self) -> bool {
-        matches!(self, Slot::Exp | Slot::Nbf | Slot::Sub | Slot::Iss | Slot::Aud)
+        matches!(
+            self,
+            Slot::Exp | Slot::Nbf | Slot::Sub | Slot::Iss | Slot::Aud
+        )
     }
 }
 
