@@ -24,17 +24,19 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse,
 };
 pub use jsonwebtoken::Algorithm;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use token::{Checks, HmacKey, ParsedClaims, Parts};
 
 pub mod claim_path;
 pub mod remote_keys;
 mod roles;
+mod token;
 
 pub use claim_path::ClaimPath;
 pub use remote_keys::RemoteKeys;
@@ -164,6 +166,8 @@ pub struct VerifyKey {
     kid: Option<String>,
     algorithm: Algorithm,
     key: DecodingKey,
+    /// For HS256/384/512: the key with its HMAC key schedule done once, here.
+    hmac: Option<HmacKey>,
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
@@ -180,6 +184,16 @@ pub const MAX_LEEWAY_SECS: u64 = 3600;
 pub struct KeyError(pub String);
 
 impl VerifyKey {
+    fn with(kid: Option<String>, algorithm: Algorithm, key: DecodingKey) -> Self {
+        let hmac = HmacKey::new(algorithm, &key);
+        VerifyKey {
+            kid,
+            algorithm,
+            key,
+            hmac,
+        }
+    }
+
     /// A shared-secret key for HS256, HS384 or HS512.
     pub fn secret(
         algorithm: Algorithm,
@@ -194,11 +208,11 @@ impl VerifyKey {
         if secret.is_empty() {
             return Err(KeyError("the secret is empty".into()));
         }
-        Ok(VerifyKey {
+        Ok(VerifyKey::with(
             kid,
             algorithm,
-            key: DecodingKey::from_secret(secret),
-        })
+            DecodingKey::from_secret(secret),
+        ))
     }
 
     /// A public key in PEM for RS*, PS*, ES256/ES384 or EdDSA.
@@ -219,11 +233,7 @@ impl VerifyKey {
             }
         }
         .map_err(|e| KeyError(format!("invalid {algorithm:?} public key: {e}")))?;
-        Ok(VerifyKey {
-            kid,
-            algorithm,
-            key,
-        })
+        Ok(VerifyKey::with(kid, algorithm, key))
     }
 
     /// Every usable key of a JWKS document (a file): a key that cannot be used is an error,
@@ -298,11 +308,11 @@ impl VerifyKey {
             )));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError(e.to_string()))?;
-        Ok(Some(VerifyKey {
-            kid: jwk.common.key_id.clone(),
+        Ok(Some(VerifyKey::with(
+            jwk.common.key_id.clone(),
             algorithm,
             key,
-        }))
+        )))
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -414,11 +424,11 @@ impl Verifier {
     /// An HS256 verifier for one shared secret with default options.
     pub fn hs256(secret: &[u8]) -> Self {
         Verifier {
-            keys: vec![VerifyKey {
-                kid: None,
-                algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret),
-            }],
+            keys: vec![VerifyKey::with(
+                None,
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret),
+            )],
             remote: None,
             roles_path: ClaimPath::claim("roles"),
             options: VerifyOptions::default(),
@@ -435,29 +445,38 @@ impl Verifier {
     /// at most once per 30 s per URL, waiting at most for one fetch's timeout), so that a
     /// token signed with a key the provider just published is accepted at once.
     pub async fn verify_fetching(&self, token: &str) -> Result<Identity, AuthError> {
-        if let Some(remote) = &self.remote {
-            let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
-            if let Some(kid) = kid {
-                let known = self.keys.iter().any(|k| k.kid.as_deref() == Some(&kid))
-                    || remote.has_kid(&kid);
-                if !known {
-                    remote.refetch_for_unknown_kid().await;
-                }
+        let header = Self::header(token)?;
+        if let (Some(remote), Some(kid)) = (&self.remote, &header.kid) {
+            let known =
+                self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) || remote.has_kid(kid);
+            if !known {
+                remote.refetch_for_unknown_kid().await;
             }
         }
-        self.verify(token)
+        self.verify_with_header(token, &header)
     }
 
     /// Verifies `token` against the keys as they are now (never fetches).
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_with_header(token, &Self::header(token)?)
+    }
+
+    /// The token's header, parsed once per verification.
+    fn header(token: &str) -> Result<Header, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
             _ if header_names_an_alg(token) => AuthError::AlgorithmNotAllowed,
             _ => AuthError::Malformed,
-        })?;
+        })
+    }
+
+    /// The candidate keys for `header` (by `kid`, then by algorithm), tried in order: a bad
+    /// signature moves on to the next key, any other refusal is final. The claims are parsed
+    /// once, after a signature verified.
+    fn verify_with_header(&self, token: &str, header: &Header) -> Result<Identity, AuthError> {
         let fetched = self
             .remote
             .as_ref()
@@ -485,97 +504,59 @@ impl Verifier {
                     anonymous
                 } else {
                     with_kid
+                        .into_iter()
+                        .filter(|k| k.algorithm == header.alg)
+                        .collect()
                 }
             }
-            None => all_keys().collect(),
+            None => all_keys().filter(|k| k.algorithm == header.alg).collect(),
         };
-        let candidates: Vec<&VerifyKey> = candidates
-            .into_iter()
-            .filter(|k| k.algorithm == header.alg)
-            .collect();
         if candidates.is_empty() {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let mut last = AuthError::BadSignature;
+        // The header parsed, so the token has its three parts.
+        let parts = Parts::split(token).ok_or(AuthError::Malformed)?;
         for key in candidates {
-            match self.verify_with(token, key) {
-                Ok(id) => return Ok(id),
-                Err(AuthError::BadSignature) => last = AuthError::BadSignature,
-                Err(e) => return Err(e),
+            if parts.signed_by(key.algorithm, &key.key, key.hmac.as_ref())? {
+                let claims = parts.claims(&self.roles_path)?;
+                let checks = Checks {
+                    leeway: self.options.leeway_secs.min(MAX_LEEWAY_SECS),
+                    issuer: self.options.issuer.as_deref(),
+                    audience: self.options.audience.as_deref(),
+                };
+                claims.check(&checks, unix_now())?;
+                return self.identity(claims);
             }
         }
-        Err(last)
+        Err(AuthError::BadSignature)
     }
 
-    fn verify_with(&self, token: &str, key: &VerifyKey) -> Result<Identity, AuthError> {
-        let mut v = Validation::new(key.algorithm);
-        v.algorithms = vec![key.algorithm];
-        v.leeway = self.options.leeway_secs.min(MAX_LEEWAY_SECS);
-        v.validate_nbf = true;
-        // A configured issuer or audience is required, not only checked when present.
-        let mut required = vec!["exp"];
-        if self.options.issuer.is_some() {
-            required.push("iss");
-        }
-        if self.options.audience.is_some() {
-            required.push("aud");
-        }
-        v.set_required_spec_claims(&required);
-        match &self.options.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        if let Some(iss) = &self.options.issuer {
-            v.set_issuer(&[iss]);
-        }
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v).map_err(|e| match e
-                .kind()
-            {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::MissingAlgorithm => AuthError::AlgorithmNotAllowed,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-                ErrorKind::InvalidToken
-                | ErrorKind::Base64(_)
-                | ErrorKind::Json(_)
-                | ErrorKind::Utf8(_) => AuthError::Malformed,
-                ErrorKind::InvalidClaimFormat(c) => {
-                    AuthError::Other(format!("claim {c} has the wrong format"))
-                }
-                other => AuthError::Other(format!("{other:?}")),
-            })?;
-        self.identity(data.claims)
-    }
-
-    fn identity(&self, mut c: Map<String, Value>) -> Result<Identity, AuthError> {
-        let roles = match self.roles_path.get(&c) {
+    fn identity(&self, c: ParsedClaims) -> Result<Identity, AuthError> {
+        let roles = match c.roles.as_ref().and_then(|top| self.roles_path.below(top)) {
             Some(Value::Array(items)) => Roles::new(items.iter().filter_map(Value::as_str)),
             Some(Value::String(s)) => Roles::new([s.as_str()]),
             _ => Roles::none(),
         };
         let anonymous = self.options.anon_role.as_deref().is_some_and(|anon| {
-            c.get("role").and_then(Value::as_str) == Some(anon) || roles.contains(anon)
+            c.role.as_ref().and_then(Value::as_str) == Some(anon) || roles.contains(anon)
         });
-        let sub = match c.get("sub") {
+        let sub = match c.sub {
             // Never the token's: one anon key is shared by every visitor.
             _ if anonymous => format!("anon:{}", uuid::Uuid::new_v4()),
             None => return Err(AuthError::MissingClaim("sub".into())),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(s)) if !s.is_empty() => s,
             Some(_) => return Err(AuthError::BadSubject),
         };
-        let name = c.get("name").and_then(|n| n.as_str()).map(str::to_owned);
+        let name = match c.name {
+            Some(Value::String(n)) => Some(n),
+            _ => None,
+        };
         let info = c
-            .remove("info")
+            .info
             .and_then(|v| serde_json::value::to_raw_value(&v).ok());
         // The verifier accepts a fractional `exp` (NumericDate may be non-integer): whatever it
         // accepted is enforced live, rounded down.
-        let expires_at = c.get("exp").and_then(|e| {
+        let expires_at = c.exp.as_ref().and_then(|e| {
             e.as_u64().or_else(|| {
                 e.as_f64()
                     .filter(|f| f.is_finite() && *f >= 0.0)
@@ -607,16 +588,18 @@ fn header_names_an_alg(token: &str) -> bool {
         .is_some_and(|h| h.get("alg").is_some_and(Value::is_string))
 }
 
-/// Issues HS256 tokens (CLI `plexus token`, dev token endpoint, tests, benchmarks).
+/// Issues HS256 tokens (CLI `plexus token`, dev token endpoint, tests, benchmarks). Cloning
+/// shares the key: the server's state holds one and is cloned several times per request
+/// (copying the secret was 6 of ~107 allocations of a ws connect + join).
 #[derive(Clone)]
 pub struct Issuer {
-    key: EncodingKey,
+    key: Arc<EncodingKey>,
 }
 
 impl Issuer {
     pub fn hs256(secret: &[u8]) -> Self {
         Issuer {
-            key: EncodingKey::from_secret(secret),
+            key: Arc::new(EncodingKey::from_secret(secret)),
         }
     }
 
@@ -653,5 +636,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,21 @@ impl ClaimPath {
         Ok(ClaimPath { names })
     }
 
+    /// The top-level claim the path starts at.
+    pub fn first(&self) -> &str {
+        self.names.first().map_or("", String::as_str)
+    }
+
+    /// The value at this path, given the value of its top-level claim ([`ClaimPath::first`]),
+    /// if every level below exists.
+    pub fn below<'a>(&self, top: &'a Value) -> Option<&'a Value> {
+        let mut value = top;
+        for name in self.names.iter().skip(1) {
+            value = value.as_object()?.get(name)?;
+        }
+        Some(value)
+    }
+
     /// The value at this path in `claims`, if every level exists.
     pub fn get<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, deeper) = self.names.split_first()?;

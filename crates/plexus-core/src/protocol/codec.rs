@@ -161,39 +161,47 @@ fn decode_text(text: &[u8]) -> Result<Message, DecodeError> {
             "invalid message: expected a JSON array [join_ref, ref, topic, event, payload] ({e})"
         ))
     })?;
-    // Recover what we can for the error reply before checking the arity.
-    let msg_ref = parts.get(1).and_then(|r| opt_ref(r).ok().flatten());
-    let join_ref = parts.first().and_then(|r| opt_ref(r).ok().flatten());
+    // Each of these is decoded once, for the message or (what can be) for the error reply.
+    let join_ref = parts.first().map(|r| opt_ref(r));
+    let msg_ref = parts.get(1).map(|r| opt_ref(r));
     let topic = parts
         .get(2)
         .and_then(|r| serde_json::from_str::<String>(r.get()).ok());
-    let fail = |reason: String| DecodeError {
-        reason,
-        msg_ref: msg_ref.clone(),
-        join_ref: join_ref.clone(),
-        topic: topic.clone(),
-    };
-    if parts.len() != 5 {
-        return Err(fail(format!(
+    let mut event = None;
+    let why = if parts.len() != 5 {
+        Some(format!(
             "invalid message: expected 5 elements [join_ref, ref, topic, event, payload], got {}",
             parts.len()
-        )));
+        ))
+    } else if !matches!(join_ref, Some(Ok(_))) {
+        Some("invalid join_ref: expected a string or null".into())
+    } else if !matches!(msg_ref, Some(Ok(_))) {
+        Some("invalid ref: expected a string or null".into())
+    } else if topic.is_none() {
+        Some("invalid topic: expected a string".into())
+    } else {
+        event = serde_json::from_str::<String>(parts[3].get()).ok();
+        event
+            .is_none()
+            .then(|| "invalid event: expected a string".into())
+    };
+    match (why, join_ref, msg_ref, topic, event, parts.get(4)) {
+        (None, Some(Ok(join_ref)), Some(Ok(msg_ref)), Some(topic), Some(event), Some(payload)) => {
+            Ok(Message {
+                join_ref,
+                msg_ref,
+                topic,
+                event,
+                payload: Payload::Json((*payload).to_owned()),
+            })
+        }
+        (why, join_ref, msg_ref, topic, _, _) => Err(DecodeError {
+            reason: why.unwrap_or_else(|| "invalid message".into()),
+            msg_ref: msg_ref.and_then(Result::ok).flatten(),
+            join_ref: join_ref.and_then(Result::ok).flatten(),
+            topic,
+        }),
     }
-    let join_ref_v = opt_ref(parts[0])
-        .map_err(|_| fail("invalid join_ref: expected a string or null".into()))?;
-    let msg_ref_v =
-        opt_ref(parts[1]).map_err(|_| fail("invalid ref: expected a string or null".into()))?;
-    let topic_v: String = serde_json::from_str(parts[2].get())
-        .map_err(|_| fail("invalid topic: expected a string".into()))?;
-    let event_v: String = serde_json::from_str(parts[3].get())
-        .map_err(|_| fail("invalid event: expected a string".into()))?;
-    Ok(Message {
-        join_ref: join_ref_v,
-        msg_ref: msg_ref_v,
-        topic: topic_v,
-        event: event_v,
-        payload: Payload::Json(parts[4].to_owned()),
-    })
 }
 
 /// A ref is a string or null; numbers are accepted and turned into their decimal text.
