@@ -7,9 +7,14 @@
 use super::{json_payload, Channels, Conn};
 use crate::auth::Identity;
 use crate::node::Node;
+use crate::presence_mirror::Begin;
 use crate::protocol::{events, Message, Payload};
 use crate::supabase::{self, JoinConfig, PresenceOp};
 use std::sync::Arc;
+
+/// How long a joiner waits for its node's copy of the topic's presence (being subscribed or
+/// read by another joiner) before it is answered from Redis as without a copy.
+const MIRROR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Channels {
     /// Supabase's `presence` track/untrack: the client's meta under the join's `presence.key`
@@ -176,9 +181,59 @@ pub(super) async fn track_presence(
 }
 
 pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+    let hub = conn.node.hub();
+    let mirrors = hub.presence_mirrors();
+    // On a cluster broker: the node's copy of the topic's presence, read from Redis once and
+    // kept from the diffs it delivers, ordered against them (crate::presence_mirror).
+    let deadline = tokio::time::Instant::now() + MIRROR_WAIT;
+    loop {
+        match mirrors.begin(topic) {
+            Begin::Fallback => break,
+            Begin::Ready => {
+                let pushed = mirrors.with_state(topic, |state| {
+                    // Under the copy's lock: merged diffs flushed from now on may hold
+                    // leaves of metas this state has (crate::presence_diffs).
+                    if let Some(diffs) = hub.presence_diffs() {
+                        diffs.state_read(topic, conn.id);
+                    }
+                    conn.push(
+                        join_ref,
+                        None,
+                        topic,
+                        events::PRESENCE_STATE,
+                        json_payload(&state),
+                    );
+                });
+                if pushed.is_some() {
+                    return;
+                }
+            }
+            Begin::Load(generation) => {
+                // Another joiner may load it if this one is dropped meanwhile.
+                let mut guard = LoadGuard {
+                    mirrors,
+                    topic,
+                    generation,
+                    done: false,
+                };
+                let read = conn.node.presence().cluster_state(topic).await;
+                mirrors.loaded(topic, generation, read.as_ref());
+                guard.done = true;
+                if read.is_none() {
+                    break;
+                }
+                continue;
+            }
+            Begin::Wait => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     // Before the read: merged diffs flushed from now on may hold leaves of metas this state
     // has (crate::presence_diffs).
-    if let Some(diffs) = conn.node.hub().presence_diffs() {
+    if let Some(diffs) = hub.presence_diffs() {
         diffs.state_read(topic, conn.id);
     }
     let state = conn.node.presence().state(topic).await;
@@ -189,6 +244,22 @@ pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: 
         events::PRESENCE_STATE,
         json_payload(&state),
     );
+}
+
+/// Gives a copy's load back (to be done again) if the joiner loading it is dropped.
+struct LoadGuard<'a> {
+    mirrors: &'a crate::presence_mirror::PresenceMirrors,
+    topic: &'a str,
+    generation: u64,
+    done: bool,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.mirrors.loaded(self.topic, self.generation, None);
+        }
+    }
 }
 
 pub(super) async fn publish_presence_diff(node: &Node, topic: &str, diff: serde_json::Value) {
