@@ -508,7 +508,7 @@ impl Channels {
                 .reply_with_history(conn, req, &rule, false, is_supabase, &app_reply)
                 .await;
             if send_state {
-                push_presence_state(conn, topic, req.join_ref).await;
+                push_presence_state(conn, topic, req.join_ref, None).await;
             }
             return outcome;
         }
@@ -541,7 +541,7 @@ impl Channels {
             meta.extend(app_meta.into_iter().flatten());
             track_presence(conn, topic, req.join_ref, &member.key, meta).await;
         } else if rule.presence && is_supabase {
-            push_presence_state(conn, topic, req.join_ref).await;
+            push_presence_state(conn, topic, req.join_ref, None).await;
         } else if rule.presence {
             let mut meta = presence::presence_meta(conn.identity);
             meta.extend(app_meta.into_iter().flatten());

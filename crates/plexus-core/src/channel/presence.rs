@@ -175,12 +175,19 @@ pub(super) async fn track_presence(
     }
     // Pusher's member_added, once per user cluster-wide (crate::pusher::webhooks).
     conn.node.member_in(topic, sub, conn.by()).await;
-    push_presence_state(conn, topic, join_ref).await;
+    push_presence_state(conn, topic, join_ref, Some((sub, &meta))).await;
     let diff = crate::presence::diff(Some((sub, meta)), None);
     publish_presence_diff(conn.node, topic, diff).await;
 }
 
-pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
+/// Sends `conn` the topic's `presence_state`; `own`: the meta it was just tracked with, which
+/// the node's copy of the cluster's presence gets only with its diff, published after this.
+pub(super) async fn push_presence_state(
+    conn: &Conn<'_>,
+    topic: &str,
+    join_ref: Option<&str>,
+    own: Option<(&str, &serde_json::Value)>,
+) {
     let hub = conn.node.hub();
     let mirrors = hub.presence_mirrors();
     // On a cluster broker: the node's copy of the topic's presence, read from Redis once and
@@ -190,7 +197,10 @@ pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: 
         match mirrors.begin(topic) {
             Begin::Fallback => break,
             Begin::Ready => {
-                let pushed = mirrors.with_state(topic, |state| {
+                let pushed = mirrors.with_state(topic, |mut state| {
+                    if let Some((key, meta)) = own {
+                        with_own_meta(&mut state, key, meta);
+                    }
                     // Under the copy's lock: merged diffs flushed from now on may hold
                     // leaves of metas this state has (crate::presence_diffs).
                     if let Some(diffs) = hub.presence_diffs() {
@@ -244,6 +254,24 @@ pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: 
         events::PRESENCE_STATE,
         json_payload(&state),
     );
+}
+
+/// Adds `meta` under `key` to a `presence_state` (unless a meta of its `phx_ref` is there).
+fn with_own_meta(state: &mut serde_json::Value, key: &str, meta: &serde_json::Value) {
+    let Some(state) = state.as_object_mut() else {
+        return;
+    };
+    let entry = state
+        .entry(key.to_owned())
+        .or_insert_with(|| serde_json::json!({ "metas": [] }));
+    if let Some(metas) = entry.get_mut("metas").and_then(|m| m.as_array_mut()) {
+        if !metas
+            .iter()
+            .any(|m| m.get("phx_ref") == meta.get("phx_ref"))
+        {
+            metas.push(meta.clone());
+        }
+    }
 }
 
 /// Gives a copy's load back (to be done again) if the joiner loading it is dropped.
