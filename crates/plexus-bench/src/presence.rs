@@ -5,8 +5,10 @@
 //! the servers' CPU time, and whether every member's final view is exact.
 //!
 //! Each member keeps its view as phoenix.js does (one meta per user here, so a bit per user:
-//! a join sets it, a leave clears it, both idempotent) and, once the server is quiet, the
-//! view of each member still joined must be exactly the users still joined.
+//! a join sets it, a leave clears it, both idempotent; diffs that come before the
+//! `presence_state` wait for it and are applied after it, as `Presence` does) and, once the
+//! server is quiet, the view of each member still joined must be exactly the users still
+//! joined. A member whose connection the server closed counts as failed.
 
 use crate::load::procs;
 use serde::Deserialize;
@@ -62,17 +64,48 @@ struct Counts {
     last_frame_ms: AtomicU64,
 }
 
-/// A member's view: one bit per user.
+/// A member's view: one bit per user; the diffs that came before its `presence_state`
+/// (joined keys, left keys), applied after it.
 struct View {
     bits: Vec<u64>,
+    synced: bool,
+    early: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl View {
     fn new(n: usize) -> Self {
         View {
             bits: vec![0; n.div_ceil(64)],
+            synced: false,
+            early: Vec::new(),
         }
     }
+
+    fn diff<'a>(
+        &mut self,
+        joins: impl Iterator<Item = &'a str>,
+        leaves: impl Iterator<Item = &'a str>,
+    ) {
+        if !self.synced {
+            self.early.push((
+                joins.map(str::to_owned).collect(),
+                leaves.map(str::to_owned).collect(),
+            ));
+            return;
+        }
+        for k in joins {
+            self.set(k, true);
+        }
+        for k in leaves {
+            self.set(k, false);
+        }
+    }
+    fn has(&self, i: usize) -> bool {
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
     fn set(&mut self, key: &str, on: bool) {
         let Some(i) = key.strip_prefix('u').and_then(|k| k.parse::<usize>().ok()) else {
             return;
@@ -164,7 +197,8 @@ struct Procs(Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        // The servers before the Redis they use (started first).
+        for c in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -192,6 +226,8 @@ async fn one_run(opts: &Opts, nodes: usize, interval_ms: u64) -> Result<RunResul
             .args([
                 "--port",
                 &port.to_string(),
+                "--bind",
+                "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",
@@ -296,14 +332,45 @@ async fn one_run(opts: &Opts, nodes: usize, interval_ms: u64) -> Result<RunResul
     }
     let mut exact = 0;
     let mut members = 0;
+    let mut wrong: HashMap<usize, usize> = HashMap::new();
     for i in 0..n {
         if leaving[i].load(Relaxed) {
             continue;
         }
         members += 1;
-        if views[i].lock().await.bits == expected.bits {
+        let v = views[i].lock().await;
+        if v.bits == expected.bits {
             exact += 1;
+            continue;
         }
+        // Which users the inexact views get wrong (missing or extra), and in how many views.
+        for (w, (got, want)) in v.bits.iter().zip(&expected.bits).enumerate() {
+            let mut d = got ^ want;
+            while d != 0 {
+                let b = d.trailing_zeros() as usize;
+                *wrong.entry(w * 64 + b).or_insert(0usize) += 1;
+                d &= d - 1;
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        let mut w: Vec<_> = wrong.into_iter().collect();
+        w.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let shown: Vec<String> = w
+            .iter()
+            .take(8)
+            .map(|(u, n)| {
+                format!(
+                    "u{u} ({} in {n})",
+                    if expected.has(*u) { "missing" } else { "extra" }
+                )
+            })
+            .collect();
+        eprintln!(
+            "  {} users wrong in some view: {}",
+            w.len(),
+            shown.join(", ")
+        );
     }
     let mut failed = 0;
     for t in tasks {
@@ -382,7 +449,9 @@ async fn member(
     loop {
         tokio::select! {
             msg = ws.next() => {
-                let Some(Ok(msg)) = msg else { return Ok(()) };
+                let Some(Ok(msg)) = msg else {
+                    return Err("closed by the server".into());
+                };
                 let Some(text) = msg.as_text() else { continue };
                 let Ok((_, _, _, event, payload)) =
                     serde_json::from_str::<(Option<&str>, Option<&str>, &str, &str, &RawValue)>(text)
@@ -400,19 +469,20 @@ async fn member(
                         for k in state.keys() {
                             v.set(k, true);
                         }
+                        v.synced = true;
+                        for (joins, leaves) in std::mem::take(&mut v.early) {
+                            v.diff(joins.iter().map(String::as_str), leaves.iter().map(String::as_str));
+                        }
                     }
                     "presence_diff" => {
                         counts.diff_frames.fetch_add(1, Relaxed);
                         counts.diff_bytes.fetch_add(len, Relaxed);
                         let diff: Diff = serde_json::from_str(payload.get()).map_err(|e| e.to_string())?;
                         counts.diff_entries.fetch_add((diff.joins.len() + diff.leaves.len()) as u64, Relaxed);
-                        let mut v = views[i].lock().await;
-                        for k in diff.joins.keys() {
-                            v.set(k, true);
-                        }
-                        for k in diff.leaves.keys() {
-                            v.set(k, false);
-                        }
+                        views[i]
+                            .lock()
+                            .await
+                            .diff(diff.joins.keys().copied(), diff.leaves.keys().copied());
                     }
                     _ => {
                         counts.other_frames.fetch_add(1, Relaxed);
