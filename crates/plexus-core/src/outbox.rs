@@ -546,8 +546,9 @@ impl Outbox {
     }
 
     /// Completes when something was queued or a close was requested since the last drain.
-    pub async fn changed(&self) {
-        self.notify.notified().await
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        // Not an `async fn`: its future would add a wrapper to every idle connection's task.
+        self.notify.notified()
     }
 }
 
