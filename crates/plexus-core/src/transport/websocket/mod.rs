@@ -90,6 +90,9 @@ struct Conn<S> {
     pending_read: Option<Box<ReadOutcome>>,
     /// Set on Pusher connections.
     pusher: Option<Box<PusherConn>>,
+    /// When the connection is idle for too long (moved by every read). Here rather than in
+    /// the task's future: what the future keeps across its idle await does not pack as well.
+    idle_deadline: Instant,
 }
 
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes,
@@ -142,6 +145,7 @@ where
                 events,
                 pending_read,
                 pusher,
+                idle_deadline: Instant::now() + node.limits().idle_timeout,
             }))
         }
         // Boxed like the state: what the future captures stays in it for the connection's life.
@@ -185,10 +189,9 @@ where
 {
     let timer = tokio::time::sleep(conn.socket.node().limits().idle_timeout);
     tokio::pin!(timer);
-    let mut idle_deadline = Instant::now() + conn.socket.node().limits().idle_timeout;
     // Pusher connections: the server's `pusher:ping` after the activity timeout of silence,
     // then the idle close if nothing comes back.
-    conn.rearm(timer.as_mut(), idle_deadline);
+    conn.rearm(timer.as_mut());
     let mut closing = false;
 
     let close_with: Option<(u16, &'static str)> = 'conn: loop {
@@ -201,7 +204,7 @@ where
                     _ = c.socket.outbox().changed() => {
                         // Boxed: the write's state exists only while it runs, instead of
                         // taking room in every idle connection's task.
-                        if let Some(end) = Box::pin(conn.write_queued(timer.as_mut(), vsn, idle_deadline)).await {
+                        if let Some(end) = Box::pin(conn.write_queued(timer.as_mut(), vsn)).await {
                             break 'conn end;
                         }
                         continue 'conn;
@@ -215,7 +218,7 @@ where
                         match conn.socket.expiry_mut().fire(now) {
                             ExpiryStep::Warn => conn.socket.notify_token_expired(grace),
                             ExpiryStep::Close => break 'conn Some((close_codes::TOKEN_EXPIRED, "token expired")),
-                            ExpiryStep::None if now >= idle_deadline => {
+                            ExpiryStep::None if now >= conn.idle_deadline => {
                                 break 'conn Some(match conn.pusher {
                                     Some(_) => (crate::protocol::pusher::codes::PONG_NOT_RECEIVED, "pong reply not received"),
                                     None => (close_codes::IDLE_TIMEOUT, "heartbeat timeout"),
@@ -224,13 +227,13 @@ where
                             ExpiryStep::None => {
                                 let c = &mut *conn;
                                 if let Some(p) = c.pusher.as_mut().filter(|p| !p.pinged) {
-                                    if now >= idle_deadline - pong_wait(idle) {
+                                    if now >= c.idle_deadline - pong_wait(idle) {
                                         p.ping(&c.socket);
                                     }
                                 }
                             }
                         }
-                        conn.rearm(timer.as_mut(), idle_deadline);
+                        conn.rearm(timer.as_mut());
                         continue 'conn;
                     }
                 }
@@ -254,7 +257,7 @@ where
             }
             ReadOutcome::Events => None,
         };
-        idle_deadline = Instant::now() + conn.socket.node().limits().idle_timeout;
+        conn.idle_deadline = Instant::now() + conn.socket.node().limits().idle_timeout;
         if let Some(p) = conn.pusher.as_mut() {
             // Any frame (a WebSocket ping too) shows the connection is alive.
             p.pinged = false;
@@ -267,7 +270,7 @@ where
             break 'conn None;
         }
         // A token refresh among the messages replaced the expiry.
-        conn.rearm(timer.as_mut(), idle_deadline);
+        conn.rearm(timer.as_mut());
         if violation.is_some() {
             // Deliver the replies to the frames before the violation, then close.
             let c = &mut *conn;
@@ -341,12 +344,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     /// Sets the timer to the next idle, ping or token expiry deadline.
-    fn rearm(&self, timer: Pin<&mut tokio::time::Sleep>, idle_deadline: Instant) {
+    fn rearm(&self, timer: Pin<&mut tokio::time::Sleep>) {
         let idle = self.socket.node().limits().idle_timeout;
         timer.reset(
             self.socket
                 .expiry()
-                .next(wake_at(idle_deadline, idle, &self.pusher)),
+                .next(wake_at(self.idle_deadline, idle, &self.pusher)),
         );
     }
 
@@ -357,7 +360,6 @@ where
         &mut self,
         mut timer: Pin<&mut tokio::time::Sleep>,
         vsn: Encoding,
-        idle_deadline: Instant,
     ) -> Option<Option<(u16, &'static str)>> {
         // Nothing kept between writes: an idle connection holds no batch.
         let mut batch = Vec::new();
@@ -384,7 +386,7 @@ where
                 .for_each(|p| p.written());
         }
         drop(batch);
-        self.rearm(timer, idle_deadline);
+        self.rearm(timer);
         match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Some(None),
