@@ -337,3 +337,46 @@ fn s_count(s: &Scrape, op: &str) -> f64 {
         })
         .sum()
 }
+
+/// A client that stops reading while its outbox stays under its bounds is dropped by the write
+/// timeout: counted in `plexus_write_timeout_closes_total`, not as a slow consumer.
+#[tokio::test]
+async fn a_stalled_client_dropped_by_the_write_timeout_is_counted_apart() {
+    let config = "profile = \"dev\"\n[limits]\nwrite_timeout_secs = 1\noutbox_max_bytes = 67108864\n\n[[channels]]\ntopic = \"room:*\"\n";
+    let s = Server::start_with(Some(config), &[]).await;
+    let before = scrape(&s).await;
+    assert_eq!(
+        value(&before, "plexus_write_timeout_closes_total", &[]),
+        Some(0.0)
+    );
+    let mut stalled = Client::connect(ConnectOptions::new(s.url()).token(s.token("stalled")))
+        .await
+        .unwrap();
+    assert!(stalled.join("room:wt", json!({})).await.unwrap().is_ok());
+    // 300 broadcasts of 50 kB (15 MB, 300 frames: under both outbox bounds) fill the kernel's
+    // socket buffers of a client that reads nothing; the write that blocks then times out.
+    let pad = "x".repeat(50_000);
+    for n in 0..300 {
+        s.broadcast("room:wt", "blob", json!({"n": n, "pad": pad}))
+            .await;
+    }
+    let mut after = scrape(&s).await;
+    for _ in 0..50 {
+        if value(&after, "plexus_write_timeout_closes_total", &[]) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = scrape(&s).await;
+    }
+    assert_eq!(
+        value(&after, "plexus_write_timeout_closes_total", &[]),
+        Some(1.0),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        value(&after, "plexus_slow_consumer_closes_total", &[]),
+        Some(0.0)
+    );
+    drop(stalled);
+}

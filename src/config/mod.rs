@@ -10,6 +10,9 @@
 
 mod auth;
 mod error;
+mod file;
+
+use file::{parse_toml, read_file, read_referenced, read_text, rule_line, FileConfig, ReadFn};
 pub mod hooks;
 mod limits;
 mod presence;
@@ -19,20 +22,19 @@ mod tls;
 
 pub use error::ConfigError;
 
-use auth::{build_verifier, resolve_jwks_urls, resolve_secrets, FileAuth};
-use limits::{resolve_admission, resolve_limits, FileLimits};
+use auth::{build_verifier, resolve_jwks_urls, resolve_secrets};
+use limits::{resolve_admission, resolve_limits};
 use plexus_core::admission::AdmissionConfig;
 use plexus_core::auth::Verifier;
 use plexus_core::broker::redis::RedisConfig;
 use plexus_core::limits::Limits;
 use plexus_core::policy::{ChannelRule, Policy};
-use pusher::{resolve_pusher, resolve_pusher_webhooks, FilePusher};
-use redis::{resolve_broker, resolve_cluster_secret, FileRedis};
-use serde::Deserialize;
+use pusher::{resolve_pusher, resolve_pusher_webhooks};
+use redis::{resolve_broker, resolve_cluster_secret};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tls::{resolve_tls, FileTls};
+use tls::resolve_tls;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 /// `limits.http_header_timeout_secs`.
@@ -65,64 +67,6 @@ impl Profile {
             }),
         }
     }
-}
-
-/// The file's shape. Every field is optional; unknown fields are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    profile: Option<String>,
-    listen: Option<String>,
-    jwt_secret: Option<String>,
-    api_key: Option<String>,
-    // (admin console)
-    admin_secret: Option<String>,
-    // (demo)
-    demo: Option<bool>,
-    demo_feed: Option<bool>,
-    drain_timeout_secs: Option<u64>,
-    drain_notice_secs: Option<u64>,
-    metrics_require_api_key: Option<bool>,
-    #[serde(default)]
-    allowed_origins: Vec<String>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    #[serde(default)]
-    limits: FileLimits,
-    #[serde(default)]
-    auth: FileAuth,
-    tls: Option<FileTls>,
-    broker: Option<String>,
-    redis: Option<FileRedis>,
-    #[serde(default)]
-    supabase: FileSupabase,
-    #[serde(default)]
-    websocket: FileWebsocket,
-    #[serde(default)]
-    pusher: FilePusher,
-    #[serde(default)]
-    presence: presence::FilePresence,
-    #[serde(default)]
-    channels: Vec<ChannelRule>,
-    #[serde(default)]
-    hooks: hooks::FileHooks,
-    #[serde(default)]
-    webhooks: hooks::FileWebhooks,
-}
-
-/// `[supabase]`: serve Supabase's realtime clients (see docs/supabase.md).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSupabase {
-    enabled: Option<bool>,
-    anon_role: Option<String>,
-}
-
-/// `[websocket]`: how WebSocket connections are written to (see docs/configuration.md).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWebsocket {
-    write_through: Option<bool>,
 }
 
 /// The default `[supabase] anon_role`: Supabase's anon key says `"role": "anon"`.
@@ -278,44 +222,6 @@ impl Env {
     }
 }
 
-/// Reads the file, naming it in the error.
-fn read_text(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Reads and parses the file, naming it in every error.
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    parse_toml(&read_text(path)?, Some(path))
-}
-
-/// Parses the TOML text of the file `path` (`None`: text given to [`parse_str`]).
-fn parse_toml(text: &str, path: Option<&Path>) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|source| match path {
-        Some(path) => ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        },
-        None => ConfigError::ParseText { source },
-    })
-}
-
-/// Reads a file that the configuration names (a key, a JWKS, a CA): `std::fs::read` for
-/// [`load`], a refusal for [`parse_str`], which reads nothing.
-type ReadFn<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
-
-/// For an error about `channels[i]`, the line of that rule's `[[channels]]` header, so that
-/// the message points into the file.
-fn rule_line(text: &str, index: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("[[channels]]"))
-        .nth(index)
-        .map(|(n, _)| n + 1)
-}
-
 fn random_token(bytes: usize) -> String {
     use rand::Rng;
     let mut buf = vec![0u8; bytes];
@@ -383,15 +289,6 @@ fn resolve_policy(
         file: path.map(Path::to_path_buf),
         line: text.and_then(|t| rule_line(t, e.index)),
         message: e.to_string(),
-    })
-}
-
-/// Reads a file the configuration points to (`field` names the setting).
-fn read_referenced(field: &str, path: &Path, read: ReadFn) -> Result<Vec<u8>, ConfigError> {
-    read(path).map_err(|source| ConfigError::ReadFile {
-        field: field.to_owned(),
-        path: path.to_path_buf(),
-        source,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The load generator end to end against a real Plexus server process: worker processes
 //! subscribe over Phoenix V2 with a JWT each, the coordinator publishes through the HTTP API,
-//! every delivery is counted and timed, and `report` turns the result into a table. The Pusher
+//! every delivery is counted and timed, and `report` turns the result into a table. The `slow`
+//! scenario names the rule that closed its stalled subscribers. The Pusher
 //! adapter (the one that drives Sockudo) against Plexus in Pusher mode, publishing through
 //! Pusher's signed HTTP API. Needs the server binary (`cargo build --bin plexus`, which
 //! `scripts/test` runs first).
@@ -48,6 +49,11 @@ fn start() -> Server {
 }
 
 fn start_with(env: &[(&str, &str)]) -> Server {
+    start_limits(env, "")
+}
+
+/// A server with extra `[limits]` lines in its configuration.
+fn start_limits(env: &[(&str, &str)], limits: &str) -> Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -57,7 +63,7 @@ fn start_with(env: &[(&str, &str)]) -> Server {
     let config = dir.join("plexus.toml");
     std::fs::write(
         &config,
-        "profile = \"dev\"\n[limits]\nmax_connections_per_ip = 0\nmax_connections_per_user = 0\nconnect_rate_per_ip = 0\n[[channels]]\ntopic = \"room:*\"\n",
+        format!("profile = \"dev\"\n[limits]\nmax_connections_per_ip = 0\nmax_connections_per_user = 0\nconnect_rate_per_ip = 0\n{limits}\n[[channels]]\ntopic = \"room:*\"\n"),
     )
     .expect("config");
     let child = Command::new(plexus_bin())
@@ -344,4 +350,41 @@ fn the_pusher_adapter_drives_plexus_in_pusher_mode() {
         "{step}"
     );
     assert_eq!(step["received"], 0, "{step}");
+}
+
+#[test]
+fn the_slow_scenario_says_which_rule_closed_the_stalled_sockets() {
+    // A 1 s write timeout: the two stalled subscribers' kernel buffers fill within a few
+    // seconds at 3 MB/s each, then the blocked write times out long before 1,024 frames queue.
+    let s = start_limits(&[], "write_timeout_secs = 1");
+    let (ok, lines, stderr) = load(
+        &s,
+        SECRET,
+        &[
+            "--scenario",
+            "slow",
+            "--subs",
+            "20",
+            "--rate",
+            "50",
+            "--size",
+            "60000",
+            "--secs",
+            "1",
+            "--stall-secs",
+            "9",
+            "--procs",
+            "1",
+        ],
+    );
+    assert!(ok, "plexus-bench failed: {stderr}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(r["stalled"], 2, "{r}");
+    assert_eq!(r["stalled_closed_by_server"], 2, "{r}");
+    // Dropped by the write timeout: no close frame, and the server's counters say so.
+    assert_eq!(r["stalled_close_codes"]["none"], 2, "{r}");
+    assert_eq!(r["server_closes_by_rule"]["write_timeout"], 2, "{r}");
+    assert_eq!(r["server_closes_by_rule"]["outbox_bound"], 0, "{r}");
+    assert_eq!(r["others_closed"], 0, "{r}");
 }

@@ -25,6 +25,9 @@ pub const WRITE_THROUGH: &str = "plexus_write_through_frames_total";
 pub const JOIN: &str = "plexus_join_seconds";
 /// Connections closed because their outbox was full (close 1013).
 pub const SLOW_CONSUMER_CLOSES: &str = "plexus_slow_consumer_closes_total";
+/// Connections dropped because a write to them did not complete within
+/// `limits.write_timeout` (the client stopped reading).
+pub const WRITE_TIMEOUT_CLOSES: &str = "plexus_write_timeout_closes_total";
 /// Refusals by stage (`connect`, `join`, `vsn`) and reason class.
 pub const REFUSALS: &str = "plexus_refusals_total";
 /// One Redis command's round trip, by operation.
@@ -55,6 +58,8 @@ static WRITE_THROUGH_PARTIAL_C: LazyLock<Counter> =
 static JOIN_H: LazyLock<Histogram> = LazyLock::new(|| metrics::histogram!(JOIN));
 static SLOW_CONSUMER_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(SLOW_CONSUMER_CLOSES));
+static WRITE_TIMEOUT_C: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(WRITE_TIMEOUT_CLOSES));
 static REDIS_RECONNECTS_C: LazyLock<Counter> =
     LazyLock::new(|| metrics::counter!(REDIS_RECONNECTS));
 static REDIS_UNCONFIRMED_C: LazyLock<Counter> =
@@ -95,6 +100,10 @@ pub fn describe() {
         "Connections closed because their outbound queue was full (close 1013)."
     );
     describe_counter!(
+        WRITE_TIMEOUT_CLOSES,
+        "Connections dropped because a write to them did not complete within limits.write_timeout_secs (the client stopped reading)."
+    );
+    describe_counter!(
         REFUSALS,
         "Refusals by stage (connect, join, vsn) and reason class."
     );
@@ -126,6 +135,7 @@ pub fn describe() {
     );
     // Listed at 0 from the start (a counter appears once touched).
     SLOW_CONSUMER_C.increment(0);
+    WRITE_TIMEOUT_C.increment(0);
     WRITE_THROUGH_WHOLE_C.increment(0);
     WRITE_THROUGH_PARTIAL_C.increment(0);
     REDIS_RECONNECTS_C.increment(0);
@@ -160,6 +170,11 @@ pub fn join(took: Duration) {
 /// An outbox closed its connection as a slow consumer.
 pub fn slow_consumer_closed() {
     SLOW_CONSUMER_C.increment(1);
+}
+
+/// A connection was dropped because a write to it timed out.
+pub fn write_timed_out() {
+    WRITE_TIMEOUT_C.increment(1);
 }
 
 /// A refusal at `stage` (`connect`, `join`, `vsn`), counted under its reason's class.

@@ -13,21 +13,22 @@
 //! appended to a file that `plexus-bench report` turns into tables and charts.
 
 pub mod adapter;
+mod fleet;
 pub mod histogram;
 pub mod procs;
 pub mod publisher;
+mod slow;
 pub mod storm;
 pub mod worker;
 
 use adapter::{Proto, Publish};
+use fleet::Fleet;
 use histogram::Merged;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
-use worker::Spec;
+use tokio::io::AsyncWriteExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -132,188 +133,6 @@ pub struct Opts {
     /// `wss://`: the server certificate's key, as the results name it (e.g. "ECDSA P-256").
     #[arg(long)]
     pub tls_cert: Option<String>,
-}
-
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Worker {
-    async fn cmd(&mut self, c: &str) -> Result<Value, String> {
-        self.stdin
-            .write_all(format!("{c}\n").as_bytes())
-            .await
-            .map_err(|e| format!("worker stdin: {e}"))?;
-        self.line().await
-    }
-    async fn line(&mut self) -> Result<Value, String> {
-        let l = self
-            .lines
-            .next_line()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("a worker exited")?;
-        serde_json::from_str(&l).map_err(|e| format!("worker said {l:?}: {e}"))
-    }
-}
-
-struct Fleet {
-    workers: Vec<Worker>,
-    ready: u64,
-    failed: u64,
-    first_error: Option<String>,
-    connect_secs: f64,
-    resumed: u64,
-    retries: u64,
-    joined_after: Merged,
-    /// Server CPU ticks and time when a TLS warm-up (`Spec::tls_warmup`) ended.
-    warm: Option<(u64, Instant)>,
-}
-
-impl Fleet {
-    async fn start(o: &Opts, stall_every: usize) -> Result<Fleet, String> {
-        let sources = crate::parse_sources(&o.sources)?;
-        let procs = if o.procs > 0 {
-            o.procs
-        } else {
-            o.subs.div_ceil(6000).max(2)
-        }
-        .min(o.subs.max(1));
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut workers = Vec::new();
-        for k in 0..procs {
-            let from = o.subs * k / procs;
-            let to = o.subs * (k + 1) / procs;
-            let mine: Vec<IpAddr> = sources
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| j % procs == k || sources.len() < procs)
-                .map(|(_, s)| *s)
-                .collect();
-            let spec = Spec {
-                proto: o.proto,
-                url: o.url.clone(),
-                from,
-                to,
-                topic: o.topic.clone(),
-                topics: o.topics,
-                sources: mine,
-                secret: o.secret.clone(),
-                ca_pem: o.ca_pem.clone(),
-                concurrency: if o.scenario == Scenario::Storm {
-                    to - from
-                } else {
-                    o.concurrency
-                },
-                stall_every,
-                no_resume: o.no_tls_resumption,
-                storm: o.scenario == Scenario::Storm,
-                tls_warmup: o.scenario == Scenario::Connect
-                    && o.url.starts_with("wss:")
-                    && !o.no_tls_resumption,
-            };
-            let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
-            let mut child = tokio::process::Command::new(&exe)
-                .arg("load-worker")
-                .arg(spec)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("spawn worker: {e}"))?;
-            let stdin = child.stdin.take().ok_or("worker stdin")?;
-            let stdout = child.stdout.take().ok_or("worker stdout")?;
-            workers.push(Worker {
-                child,
-                stdin,
-                lines: BufReader::new(stdout).lines(),
-            });
-        }
-        let mut fleet = Fleet {
-            workers,
-            ready: 0,
-            failed: 0,
-            first_error: None,
-            connect_secs: 0.0,
-            resumed: 0,
-            retries: 0,
-            joined_after: Merged::default(),
-            warm: None,
-        };
-        if o.scenario == Scenario::Connect && o.url.starts_with("wss:") && !o.no_tls_resumption {
-            // Every worker has connected each subscriber once: the server's CPU and the time
-            // from here on are the reconnects' (each resuming its own TLS session).
-            for w in &mut fleet.workers {
-                w.line().await?;
-            }
-            let server = procs::tree(o.pid);
-            fleet.warm = Some((procs::cpu_ticks(&server), Instant::now()));
-            for w in &mut fleet.workers {
-                w.stdin
-                    .write_all(b"go\n")
-                    .await
-                    .map_err(|e| format!("worker stdin: {e}"))?;
-            }
-        }
-        for w in &mut fleet.workers {
-            let r = w.line().await?;
-            fleet.ready += r["ready"].as_u64().unwrap_or(0);
-            fleet.failed += r["failed"].as_u64().unwrap_or(0);
-            fleet.connect_secs = fleet.connect_secs.max(r["secs"].as_f64().unwrap_or(0.0));
-            fleet.resumed += r["resumed"].as_u64().unwrap_or(0);
-            fleet.retries += r["retries"].as_u64().unwrap_or(0);
-            let joined: Vec<[u64; 2]> =
-                serde_json::from_value(r["joined_after"].clone()).unwrap_or_default();
-            fleet.joined_after.add(&joined);
-            if fleet.first_error.is_none() {
-                fleet.first_error = r["first_error"].as_str().map(str::to_owned);
-            }
-        }
-        Ok(fleet)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        let mut p: Vec<u32> = self.workers.iter().filter_map(|w| w.child.id()).collect();
-        p.push(std::process::id());
-        p
-    }
-
-    /// Received messages and latencies since the last take, over all workers, and how many
-    /// sockets ended so far.
-    async fn take(&mut self) -> Result<Take, String> {
-        let mut t = Take::default();
-        for w in &mut self.workers {
-            let r = w.cmd("take").await?;
-            t.received += r["received"].as_u64().unwrap_or(0);
-            t.closed += r["closed"].as_u64().unwrap_or(0);
-            t.closed_stalled += r["closed_stalled"].as_u64().unwrap_or(0);
-            let sparse: Vec<[u64; 2]> =
-                serde_json::from_value(r["hist"].clone()).unwrap_or_default();
-            t.hist.add(&sparse);
-        }
-        Ok(t)
-    }
-
-    /// Sends `stall` or `resume` to every worker.
-    async fn all(&mut self, cmd: &str) -> Result<(), String> {
-        for w in &mut self.workers {
-            w.cmd(cmd).await?;
-        }
-        Ok(())
-    }
-}
-
-/// What the workers said since the last `take`.
-#[derive(Default)]
-struct Take {
-    received: u64,
-    hist: Merged,
-    /// Sockets of counted subscribers that ended (in total, not since the last take).
-    closed: u64,
-    /// Sockets of stalled subscribers that ended (in total).
-    closed_stalled: u64,
 }
 
 /// CPU and RSS of the server, the generator and the machine over a window.
@@ -467,6 +286,7 @@ async fn step(
         "deliveries_per_server_cpu_s": if server_cpu_s > 0.0 { (received as f64 / server_cpu_s).round() } else { 0.0 },
         "server_rss_max_kib": rss_max,
         "closed": closed,
+        "generator_procs": fleet.workers.len(),
         // The generator used (nearly) all the CPU it had: the figure may be the generator's
         // limit, not the server's.
         "client_bound": client_pct >= 90.0 * client_cores,
@@ -658,70 +478,8 @@ pub async fn run(o: Opts) -> Result<(), String> {
             );
         }
         Scenario::Slow => {
-            let mut pool =
-                publisher::Pool::open(publish_addr(&o)?, publish_how(&o)?, o.size, o.lanes).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let base = o.topic.clone();
-            let all = fleet.ready;
-            let before = step(
-                &o,
-                &mut fleet,
-                &mut pool,
-                &server,
-                o.secs,
-                o.rate,
-                all,
-                |_| base.clone(),
-            )
-            .await?;
-            let rss_before_stall = procs::rss_kib(&server);
-            fleet.all("stall").await?;
-            let stalled = fleet.ready.div_ceil(10);
-            let active = fleet.ready - stalled;
-            let window = (o.stall_secs / 3.0).max(0.5);
-            let mut during = Vec::new();
-            for _ in 0..3 {
-                during.push(
-                    step(
-                        &o,
-                        &mut fleet,
-                        &mut pool,
-                        &server,
-                        window,
-                        o.rate,
-                        active,
-                        |_| base.clone(),
-                    )
-                    .await?,
-                );
-            }
-            // The stalled subscribers read again: a socket the server closed while they
-            // stalled now ends (after what was buffered for it), one it kept stays open.
-            fleet.all("resume").await?;
-            let (mut closed_stalled, mut closed_others) = (0, 0);
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let t = fleet.take().await?;
-                (closed_stalled, closed_others) = (t.closed_stalled, t.closed);
-                if closed_stalled >= stalled {
-                    break;
-                }
-            }
-            emit(
-                &o,
-                json!({
-                    "connect": connected,
-                    "stalled": stalled,
-                    "stall_secs": round(window * 3.0, 1),
-                    "size": o.size,
-                    "stalled_closed_by_server": closed_stalled,
-                    "others_closed": closed_others,
-                    "server_rss_before_stall_kib": rss_before_stall,
-                    "before": before,
-                    "during": during,
-                }),
-            );
+            let r = slow::run(&o, &mut fleet, &server, connected).await?;
+            emit(&o, r);
         }
     }
     for w in &mut fleet.workers {

@@ -4,9 +4,10 @@
 //!
 //! * on start it connects and subscribes everyone, then prints
 //!   `{"ready":N,"failed":F,"first_error":…,"secs":S}`;
-//! * `take` prints `{"received":N,"hist":[[bucket,count],…],"closed":C,"closed_stalled":S}`
-//!   and zeroes the first two (`closed`: sockets of counted subscribers that ended,
-//!   `closed_stalled`: those of stalled ones);
+//! * `take` prints `{"received":N,"hist":[[bucket,count],…],"closed":C,"closed_stalled":S,
+//!   "stalled_close_codes":{"1013":N,"none":M}}` and zeroes the first two (`closed`: sockets of
+//!   counted subscribers that ended, `closed_stalled`: those of stalled ones, and by the close
+//!   code the server sent them, `none` when the socket ended without a close frame);
 //! * `stall` makes every `stall_every`-th subscriber stop reading (a slow consumer) and stop
 //!   counting; `resume` lets them read again (without counting), so that a socket the server
 //!   closed while they stalled is seen to end; `quit` exits.
@@ -15,9 +16,10 @@ use super::adapter::{stamps, Proto, Step};
 use super::histogram::Histogram;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 use tokio::net::TcpSocket;
@@ -89,6 +91,9 @@ struct Shared {
     received: AtomicU64,
     closed: AtomicU64,
     closed_stalled: AtomicU64,
+    /// How the stalled subscribers' sockets ended: by the server's close code, or `none`
+    /// (EOF or reset, no close frame). At most one entry per close code.
+    stalled_close_codes: Mutex<BTreeMap<String, u64>>,
     hist: Histogram,
     stalled: AtomicBool,
     /// `true` once `resume` came: stalled subscribers read again.
@@ -219,10 +224,17 @@ pub(super) async fn subscribe(
 async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
     let mut hb = tokio::time::interval(Duration::from_secs(25));
     hb.tick().await;
+    let mut close_code = None;
     loop {
+        // Biased: the heartbeat's timer is polled only when no frame is ready.
         tokio::select! {
+            biased;
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else { break };
+                if msg.is_close() {
+                    close_code = msg.as_close().map(|(code, _)| u16::from(code));
+                    continue;
+                }
                 if stalls && shared.stalled.load(Ordering::Relaxed) && !*shared.resume.borrow() {
                     // A slow consumer: holds its socket and reads nothing more until `resume`.
                     let _ = shared.resume.subscribe().wait_for(|r| *r).await;
@@ -255,6 +267,10 @@ async fn read(mut ws: Ws, proto: Proto, shared: Arc<Shared>, stalls: bool) {
     }
     if stalls && shared.stalled.load(Ordering::Relaxed) {
         shared.closed_stalled.fetch_add(1, Ordering::Relaxed);
+        let code = close_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        if let Ok(mut codes) = shared.stalled_close_codes.lock() {
+            *codes.entry(code).or_default() += 1;
+        }
     } else {
         shared.closed.fetch_add(1, Ordering::Relaxed);
     }
@@ -401,6 +417,7 @@ pub async fn run(spec: Spec) -> Result<(), String> {
                     "hist": shared.hist.take(),
                     "closed": shared.closed.load(Ordering::Relaxed),
                     "closed_stalled": shared.closed_stalled.load(Ordering::Relaxed),
+                    "stalled_close_codes": shared.stalled_close_codes.lock().map(|c| c.clone()).unwrap_or_default(),
                 })
             ),
             "stall" => {

@@ -392,6 +392,7 @@ where
             Ok(Err(_)) => return Some(None),
             Err(_) => {
                 tracing::info!(conn = self.socket.id(), sub = %self.socket.identity().sub, "client stopped reading: write timed out, dropping the connection");
+                crate::metrics::write_timed_out();
                 return Some(None);
             }
         }
