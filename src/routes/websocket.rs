@@ -182,20 +182,37 @@ pub async fn upgrade(
         .extensions()
         .get::<plexus_core::write_through::RawSocket>()
         .copied();
-    let sub = identity.sub.clone();
-    // One pointer in the task instead of the identity and permit themselves: what the task
-    // captures stays in its future for the connection's whole life (BENCHMARKS.md, memory).
-    let admitted = Box::new((node, identity, permit));
+    // Everything the task needs in one box, taken apart when it starts: what an async block
+    // captures stays in its future for the connection's whole life, a box is freed at once
+    // (BENCHMARKS.md, "Memory per idle connection").
+    let start = Box::new(Start {
+        node,
+        identity,
+        permit,
+        on_upgrade,
+        raw,
+        peer,
+        vsn,
+    });
     tokio::spawn(async move {
+        let Start {
+            node,
+            identity,
+            permit,
+            on_upgrade,
+            raw,
+            peer,
+            vsn,
+        } = unbox(start);
         match on_upgrade.await {
             Ok(upgraded) => {
-                // Taken out by a call: moved out here, the box would be freed only when
-                // the task ends (166 bytes per idle connection, BENCHMARKS.md).
-                let (node, identity, permit) = unbox(admitted);
                 let _counted = crate::transport_counts::TransportCounts::open(
                     crate::transport_counts::Counted::WebSocket,
                 );
-                tracing::debug!(peer = %peer, sub = %sub, vsn = vsn.as_str(), "websocket connected");
+                // Who, for the closing line: kept (one box) only when it will be logged.
+                let who = tracing::enabled!(tracing::Level::DEBUG)
+                    .then(|| Box::new((peer, identity.sub.clone())));
+                tracing::debug!(peer = %peer, sub = %identity.sub, vsn = vsn.as_str(), "websocket connected");
                 websocket::serve(
                     node,
                     identity,
@@ -206,13 +223,26 @@ pub async fn upgrade(
                     raw,
                 )
                 .await;
-                tracing::debug!(peer = %peer, sub = %sub, "websocket closed");
+                if let Some(who) = who {
+                    tracing::debug!(peer = %who.0, sub = %who.1, "websocket closed");
+                }
             }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "upgrade failed"),
         }
     });
 
     switching_protocols(&key, protocols.iter().any(|p| p == "phoenix"))
+}
+
+/// What a connection's task starts from (boxed until it starts).
+struct Start {
+    node: std::sync::Arc<plexus_core::node::Node>,
+    identity: plexus_core::auth::Identity,
+    permit: plexus_core::admission::Permit,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    raw: Option<plexus_core::write_through::RawSocket>,
+    peer: SocketAddr,
+    vsn: Vsn,
 }
 
 /// The contents of a box, the box freed now. (`let x = *boxed;` in an async block frees the

@@ -89,6 +89,9 @@ impl From<AuthError> for Refusal {
 struct Counts {
     /// Per [`address_key`].
     per_ip: HashMap<IpAddr, u32>,
+    /// Only with a per-user cap (`max_connections_per_user` > 0): without one nothing reads
+    /// these counts, and each distinct user's entry cost ~55 bytes per idle connection
+    /// (BENCHMARKS.md, "Memory per idle connection").
     per_user: HashMap<Arc<str>, u32>,
 }
 
@@ -201,6 +204,11 @@ impl Permit {
     /// Moves this node's per-user count of the permit to `sub`, refused if `sub` already has
     /// `max` (0: no limit).
     fn move_local(&mut self, sub: &Arc<str>, max: u32) -> Result<(), Refusal> {
+        if self.admission.config.max_connections_per_user == 0 {
+            // Not counted per user (see `Counts::per_user`).
+            self.sub = sub.clone();
+            return Ok(());
+        }
         let mut c = self.admission.counts.lock();
         if max > 0 && c.per_user.get(sub).copied().unwrap_or(0) >= max {
             return Err(Refusal::new(429, "too many connections for this user"));
@@ -391,7 +399,9 @@ impl Admission {
             return Err(Refusal::new(429, "too many connections for this user"));
         }
         *c.per_ip.entry(key).or_insert(0) += 1;
-        *c.per_user.entry(who.sub.clone()).or_insert(0) += 1;
+        if self.config.max_connections_per_user > 0 {
+            *c.per_user.entry(who.sub.clone()).or_insert(0) += 1;
+        }
         Ok(Permit {
             admission: self.clone(),
             ip,
@@ -400,7 +410,8 @@ impl Admission {
         })
     }
 
-    /// Live connections of one user on this node.
+    /// Live connections of one user on this node (counted only with a per-user cap: 0
+    /// without one).
     pub fn user_connections(&self, sub: &str) -> u32 {
         self.counts.lock().per_user.get(sub).copied().unwrap_or(0)
     }

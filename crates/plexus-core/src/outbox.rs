@@ -31,7 +31,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::Notify;
+
+mod wakeup;
+use wakeup::Wakeup;
 
 /// Why and how a connection is to be closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,7 +317,7 @@ fn below_floor(floors: &mut Vec<(Arc<str>, u64)>, p: &Publication) -> bool {
 /// One connection's outbound queue; shared between the hub (producers) and the transport.
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    wakeup: Wakeup,
     max_frames: u32,
     max_bytes: u32,
 }
@@ -324,7 +326,7 @@ impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            wakeup: Wakeup::default(),
             max_frames: max_frames.min(u32::MAX as usize) as u32,
             max_bytes: max_bytes.min(u32::MAX as usize) as u32,
         }
@@ -336,7 +338,7 @@ impl Outbox {
         let mut st = self.state.lock();
         if !self.admit(&mut st, item.weight()) {
             drop(st);
-            self.notify.notify_one();
+            self.wakeup.notify();
             return false;
         }
         self.queue(st, item);
@@ -381,7 +383,7 @@ impl Outbox {
                     WriteThrough::Part(unsent) => {
                         st.unsent = Some(unsent);
                         drop(st);
-                        self.notify.notify_one();
+                        self.wakeup.notify();
                         return Delivery::Partial;
                     }
                     // Queued as before; an error will be the task's to find on its own write.
@@ -391,7 +393,7 @@ impl Outbox {
         }
         if !self.admit(&mut st, p.frame.len()) {
             drop(st);
-            self.notify.notify_one();
+            self.wakeup.notify();
             return Delivery::Dropped;
         }
         if let Some(held) = st.held.as_mut() {
@@ -429,7 +431,7 @@ impl Outbox {
         st.queue.push_back(item);
         drop(st);
         if was_empty {
-            self.notify.notify_one();
+            self.wakeup.notify();
         }
     }
 
@@ -509,7 +511,7 @@ impl Outbox {
         }
         drop(st);
         if queued {
-            self.notify.notify_one();
+            self.wakeup.notify();
         }
     }
 
@@ -521,7 +523,7 @@ impl Outbox {
             st.close = Some(CloseReason { code, reason });
         }
         drop(st);
-        self.notify.notify_one();
+        self.wakeup.notify();
     }
 
     /// The close requested, if any.
@@ -546,8 +548,9 @@ impl Outbox {
     }
 
     /// Completes when something was queued or a close was requested since the last drain.
-    pub async fn changed(&self) {
-        self.notify.notified().await
+    pub fn changed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        // Not an `async fn`: its future would add a wrapper to every idle connection's task.
+        self.wakeup.wait()
     }
 }
 

@@ -203,3 +203,37 @@ fn connect_rate() {
     assert_eq!(a.check_rate(ip).unwrap_err().status, 429);
     assert!(a.check_rate("5.6.7.8".parse().unwrap()).is_ok());
 }
+
+#[test]
+fn users_are_counted_only_with_a_per_user_cap() {
+    let ip: IpAddr = "1.2.3.4".parse().unwrap();
+    let uncapped = Admission::new(AdmissionConfig {
+        max_connections_per_ip: 0,
+        max_connections_per_user: 0,
+        ..Default::default()
+    });
+    let permits: Vec<_> = (0..3)
+        .map(|_| uncapped.acquire(ip, &Identity::new("alice")).unwrap())
+        .collect();
+    assert_eq!(uncapped.user_connections("alice"), 0, "no per-user entry");
+    drop(permits);
+    let capped = Admission::new(AdmissionConfig {
+        max_connections_per_ip: 0,
+        max_connections_per_user: 2,
+        ..Default::default()
+    });
+    let p1 = capped.acquire(ip, &Identity::new("alice")).unwrap();
+    let p2 = capped.acquire(ip, &Identity::new("alice")).unwrap();
+    assert_eq!(capped.user_connections("alice"), 2);
+    assert_eq!(
+        capped
+            .acquire(ip, &Identity::new("alice"))
+            .unwrap_err()
+            .status,
+        429
+    );
+    drop(p1);
+    assert_eq!(capped.user_connections("alice"), 1);
+    drop(p2);
+    assert_eq!(capped.user_connections("alice"), 0);
+}

@@ -46,8 +46,9 @@ const fn protocol(reason: &'static str) -> WsError {
 pub struct FrameDecoder {
     /// Bytes of a frame that has not fully arrived yet (empty when idle).
     partial: Vec<u8>,
-    /// A fragmented data message being assembled: opcode and payload so far.
-    message: Option<(u8, Vec<u8>)>,
+    /// A fragmented data message being assembled: opcode and payload so far. Boxed: rare,
+    /// and every idle connection holds a decoder.
+    message: Option<Box<(u8, Vec<u8>)>>,
     max_message: usize,
 }
 
@@ -70,7 +71,7 @@ impl FrameDecoder {
 
     /// Heap bytes held right now (0 for an idle connection).
     pub fn buffered_capacity(&self) -> usize {
-        self.partial.capacity() + self.message.as_ref().map_or(0, |(_, m)| m.capacity())
+        self.partial.capacity() + self.message.as_ref().map_or(0, |m| m.1.capacity())
     }
 
     /// Feeds bytes read from the socket; complete events are appended to `out`.
@@ -165,7 +166,7 @@ impl FrameDecoder {
             }
             _ => return Err(protocol("unknown opcode")),
         }
-        let so_far = self.message.as_ref().map_or(0, |(_, m)| m.len()) as u64;
+        let so_far = self.message.as_ref().map_or(0, |m| m.1.len()) as u64;
         if len.saturating_add(so_far) > self.max_message as u64 {
             return Err(WsError {
                 code: 1009,
@@ -203,17 +204,18 @@ impl FrameDecoder {
             OP_PONG => out.push(WsEvent::Pong),
             OP_CLOSE => out.push(close_event(&payload)?),
             OP_TEXT | OP_BINARY if fin => out.push(data_event(opcode, payload)?),
-            OP_TEXT | OP_BINARY => self.message = Some((opcode, payload)),
+            OP_TEXT | OP_BINARY => self.message = Some(Box::new((opcode, payload))),
             _ => {
                 // Continuation (validated in header()).
-                let Some((op, mut buf)) = self.message.take() else {
+                let Some(mut message) = self.message.take() else {
                     return Err(protocol("continuation frame without a message to continue"));
                 };
-                buf.extend_from_slice(&payload);
+                message.1.extend_from_slice(&payload);
                 if fin {
+                    let (op, buf) = *message;
                     out.push(data_event(op, buf)?);
                 } else {
-                    self.message = Some((op, buf));
+                    self.message = Some(message);
                 }
             }
         }

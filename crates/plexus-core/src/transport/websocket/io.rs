@@ -51,15 +51,17 @@ impl ToFrame for Outgoing {
 
 /// Reads once into a stack buffer and feeds the decoder. The buffer lives only during the poll,
 /// so it costs the connection nothing while it waits.
-pub(super) async fn read_events<S>(
-    io: &mut S,
-    decoder: &mut FrameDecoder,
-    events: &mut Vec<WsEvent>,
-) -> ReadOutcome
+/// (Not an `async fn`: its future would hold the arguments beside the closure that uses
+/// them, in every idle connection's task.)
+pub(super) fn read_events<'a, S>(
+    io: &'a mut S,
+    decoder: &'a mut FrameDecoder,
+    events: &'a mut Vec<WsEvent>,
+) -> impl std::future::Future<Output = ReadOutcome> + 'a
 where
     S: AsyncRead + Unpin,
 {
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         // Uninitialised: zeroing 8 KiB on every poll (most of them `Pending`) was 15 % of the
         // instructions of a connect + join (BENCHMARKS.md, "Connect cost").
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -74,7 +76,6 @@ where
             }),
         }
     })
-    .await
 }
 
 /// Writes frames: small ones coalesced into one buffer per write, large payloads directly.

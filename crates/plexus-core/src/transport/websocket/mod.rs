@@ -81,19 +81,18 @@ enum ReadOutcome {
 /// the future beside the locals they were moved into, and the layout of its suspend points
 /// does not overlap well.) See "Memory per idle connection" in `BENCHMARKS.md`.
 struct Conn<S> {
-    node: Arc<Node>,
     socket: Socket,
     io: S,
     decoder: FrameDecoder,
     events: Vec<WsEvent>,
-    batch: Vec<Outgoing>,
-    /// Pongs and the close echo waiting to be written.
-    control: Vec<u8>,
     /// What the bytes read past the handshake held, handled before the first read. Boxed:
     /// rare, and used once.
     pending_read: Option<Box<ReadOutcome>>,
     /// Set on Pusher connections.
     pusher: Option<Box<PusherConn>>,
+    /// When the connection is idle for too long (moved by every read). Here rather than in
+    /// the task's future: what the future keeps across its idle await does not pack as well.
+    idle_deadline: Instant,
 }
 
 /// Serves an upgraded WebSocket for an authenticated identity until either side closes,
@@ -140,15 +139,13 @@ where
                 )
             });
             Ok(Box::new(Conn {
-                node,
                 socket,
                 io,
                 decoder,
                 events,
-                batch: Vec::new(),
-                control: Vec::new(),
                 pending_read,
                 pusher,
+                idle_deadline: Instant::now() + node.limits().idle_timeout,
             }))
         }
         // Boxed like the state: what the future captures stays in it for the connection's life.
@@ -168,108 +165,75 @@ where
     }
 }
 
+/// How long after the last frame the server sends a Pusher connection its `pusher:ping`
+/// before the idle close (`pong_wait` before it).
+fn pong_wait(idle: Duration) -> Duration {
+    idle - PusherConn::activity_timeout(idle).min(idle)
+}
+
+/// When the connection's timer next fires for idleness (a Pusher connection not yet pinged:
+/// for its ping).
+fn wake_at(idle_deadline: Instant, idle: Duration, pusher: &Option<Box<PusherConn>>) -> Instant {
+    match pusher {
+        Some(p) if !p.pinged => idle_deadline - pong_wait(idle),
+        _ => idle_deadline,
+    }
+}
+
+/// The connection's loop. Memory: what is live across its idle await stays in the task of
+/// every idle connection, so it reaches the state through `conn` (one pointer) and reads its
+/// settings from the node's limits when it needs them, instead of keeping them in locals.
 async fn run<S>(mut conn: Box<Conn<S>>, vsn: Encoding)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Conn {
-        node,
-        socket,
-        io,
-        decoder,
-        events,
-        batch,
-        control,
-        pending_read,
-        pusher,
-    } = &mut *conn;
-    let outbox = socket.outbox().clone();
-    let idle = node.limits().idle_timeout;
-    let write_timeout = node.limits().write_timeout;
-    let timer = tokio::time::sleep(idle);
+    let timer = tokio::time::sleep(conn.socket.node().limits().idle_timeout);
     tokio::pin!(timer);
-    let mut idle_deadline = Instant::now() + idle;
     // Pusher connections: the server's `pusher:ping` after the activity timeout of silence,
     // then the idle close if nothing comes back.
-    let pong_wait = idle - PusherConn::activity_timeout(idle).min(idle);
-    let wake_at = |idle_deadline: Instant, pusher: &Option<Box<PusherConn>>| match pusher {
-        Some(p) if !p.pinged => idle_deadline - pong_wait,
-        _ => idle_deadline,
-    };
-    timer
-        .as_mut()
-        .reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
+    conn.rearm(timer.as_mut());
     let mut closing = false;
 
     let close_with: Option<(u16, &'static str)> = 'conn: loop {
-        let outcome = match pending_read.take() {
+        let outcome = match conn.pending_read.take() {
             Some(o) => *o,
             None => {
+                let c = &mut *conn;
                 tokio::select! {
                     biased;
-                    _ = outbox.changed() => {
-                        let (unsent, close_req) = outbox.begin_write(batch);
-                        if let Some(p) = pusher.as_mut() {
-                            p.translate(batch);
-                        }
-                        // The write timeout reuses the connection's one timer (no extra Sleep
-                        // in the task): armed for the write, then back to idle/expiry.
-                        timer.as_mut().reset(Instant::now() + write_timeout);
+                    _ = c.socket.outbox().changed() => {
                         // Boxed: the write's state exists only while it runs, instead of
                         // taking room in every idle connection's task.
-                        let written = Box::pin(async {
-                            tokio::select! {
-                                r = async {
-                                    write_unsent(&mut *io, unsent.as_deref()).await?;
-                                    write_frames(&mut *io, &*batch, vsn).await
-                                } => Ok(r),
-                                _ = &mut timer => Err(()),
-                            }
-                        })
-                        .await;
-                        if matches!(written, Ok(Ok(()))) {
-                            outbox.end_write();
-                            unsent.iter().for_each(|u| u.publication().written());
-                            batch.iter().filter_map(Outgoing::publication).for_each(|p| p.written());
-                        }
-                        // Nothing kept between writes: an idle connection holds no batch.
-                        *batch = Vec::new();
-                        timer.as_mut().reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
-                        match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break 'conn None,
-                            Err(_) => {
-                                tracing::info!(conn = socket.id(), sub = %socket.identity().sub, "client stopped reading: write timed out, dropping the connection");
-                                crate::metrics::write_timed_out();
-                                break 'conn None;
-                            }
-                        }
-                        if let Some(c) = close_req {
-                            break 'conn Some((c.code, c.reason));
+                        if let Some(end) = Box::pin(conn.write_queued(timer.as_mut(), vsn)).await {
+                            break 'conn end;
                         }
                         continue 'conn;
                     }
-                    outcome = read_events(io, decoder, events) => outcome,
+                    outcome = read_events(&mut c.io, &mut c.decoder, &mut c.events) => outcome,
                     _ = &mut timer => {
                         let now = Instant::now();
-                        match socket.expiry_mut().fire(now) {
-                            ExpiryStep::Warn => socket.notify_token_expired(node.limits().expiry_grace),
+                        let limits = conn.socket.node().limits();
+                        let idle = limits.idle_timeout;
+                        let grace = limits.expiry_grace;
+                        match conn.socket.expiry_mut().fire(now) {
+                            ExpiryStep::Warn => conn.socket.notify_token_expired(grace),
                             ExpiryStep::Close => break 'conn Some((close_codes::TOKEN_EXPIRED, "token expired")),
-                            ExpiryStep::None if now >= idle_deadline => {
-                                break 'conn Some(match pusher {
+                            ExpiryStep::None if now >= conn.idle_deadline => {
+                                break 'conn Some(match conn.pusher {
                                     Some(_) => (crate::protocol::pusher::codes::PONG_NOT_RECEIVED, "pong reply not received"),
                                     None => (close_codes::IDLE_TIMEOUT, "heartbeat timeout"),
                                 })
                             }
                             ExpiryStep::None => {
-                                if let Some(p) = pusher.as_mut().filter(|p| !p.pinged) {
-                                    if now >= idle_deadline - pong_wait {
-                                        p.ping(socket);
+                                let c = &mut *conn;
+                                if let Some(p) = c.pusher.as_mut().filter(|p| !p.pinged) {
+                                    if now >= c.idle_deadline - pong_wait(idle) {
+                                        p.ping(&c.socket);
                                     }
                                 }
                             }
                         }
-                        timer.as_mut().reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
+                        conn.rearm(timer.as_mut());
                         continue 'conn;
                     }
                 }
@@ -279,12 +243,12 @@ where
         let violation = match outcome {
             ReadOutcome::Eof => break None,
             ReadOutcome::Error(e) => {
-                tracing::debug!(conn = socket.id(), error = %e, "websocket read failed");
+                tracing::debug!(conn = conn.socket.id(), error = %e, "websocket read failed");
                 break None;
             }
             ReadOutcome::Violation(code, reason) => {
                 tracing::debug!(
-                    conn = socket.id(),
+                    conn = conn.socket.id(),
                     code,
                     reason,
                     "websocket protocol violation"
@@ -293,11 +257,166 @@ where
             }
             ReadOutcome::Events => None,
         };
-        idle_deadline = Instant::now() + idle;
-        if let Some(p) = pusher.as_mut() {
+        conn.idle_deadline = Instant::now() + conn.socket.node().limits().idle_timeout;
+        if let Some(p) = conn.pusher.as_mut() {
             // Any frame (a WebSocket ping too) shows the connection is alive.
             p.pinged = false;
         }
+        // Boxed, like the writes: the handling of a read is not an idle connection's state.
+        if Box::pin(conn.handle_events(timer.as_mut(), vsn, &mut closing))
+            .await
+            .is_err()
+        {
+            break 'conn None;
+        }
+        // A token refresh among the messages replaced the expiry.
+        conn.rearm(timer.as_mut());
+        if violation.is_some() {
+            // Deliver the replies to the frames before the violation, then close.
+            let c = &mut *conn;
+            let mut batch = Vec::new();
+            let (unsent, _) = c.socket.outbox().begin_write(&mut batch);
+            if let Some(p) = c.pusher.as_mut() {
+                p.translate(&mut batch);
+            }
+            timer
+                .as_mut()
+                .reset(Instant::now() + c.socket.node().limits().write_timeout);
+            let written = Box::pin(async {
+                tokio::select! {
+                    r = async {
+                        write_unsent(&mut c.io, unsent.as_deref()).await?;
+                        write_frames(&mut c.io, &batch, vsn).await
+                    } => r.is_ok(),
+                    _ = &mut timer => false,
+                }
+            })
+            .await;
+            if !written {
+                break None;
+            }
+            break violation;
+        }
+    };
+    // From here on only this task writes to the socket, and it may close it. The rest of a
+    // frame the fan-out wrote in part goes out before the close frame.
+    let unsent: Option<Box<Unsent>> = conn.socket.outbox().detach_socket();
+    // The closing steps run once per connection; boxed, their state does not weigh on the
+    // task of every idle connection.
+    if let Some((code, reason)) = close_with {
+        conn.socket.set_close_info(code, reason);
+        let Conn { io, pusher, .. } = &mut *conn;
+        let _ = Box::pin(async {
+            if tokio::time::timeout(
+                Duration::from_secs(1),
+                write_unsent(&mut *io, unsent.as_deref()),
+            )
+            .await
+            .map_or(true, |r| r.is_err())
+            {
+                return Ok(());
+            }
+            // A Pusher client is told why (`pusher:error`) and gets Pusher's close code.
+            let code = match pusher {
+                Some(_) => {
+                    let code = crate::protocol::pusher::close_code(code);
+                    let text = crate::protocol::pusher::error(Some(code), reason);
+                    let frame = [Frame::Text(bytes::Bytes::from(text))];
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        write_frames(&mut *io, &frame, vsn),
+                    )
+                    .await;
+                    code
+                }
+                None => code,
+            };
+            close(io, code, reason).await
+        })
+        .await;
+    }
+    let Conn { socket, .. } = *conn;
+    Box::pin(socket.close()).await;
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Sets the timer to the next idle, ping or token expiry deadline.
+    fn rearm(&self, timer: Pin<&mut tokio::time::Sleep>) {
+        let idle = self.socket.node().limits().idle_timeout;
+        timer.reset(
+            self.socket
+                .expiry()
+                .next(wake_at(self.idle_deadline, idle, &self.pusher)),
+        );
+    }
+
+    /// Writes what the outbox holds, under the write timeout (which borrows the connection's
+    /// one timer: no extra `Sleep` in the task; back to idle/expiry after). `Some(end)` ends
+    /// the connection (`end`: the close to send, if any).
+    async fn write_queued(
+        &mut self,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        vsn: Encoding,
+    ) -> Option<Option<(u16, &'static str)>> {
+        // Nothing kept between writes: an idle connection holds no batch.
+        let mut batch = Vec::new();
+        let (unsent, close_req) = self.socket.outbox().begin_write(&mut batch);
+        if let Some(p) = self.pusher.as_mut() {
+            p.translate(&mut batch);
+        }
+        timer
+            .as_mut()
+            .reset(Instant::now() + self.socket.node().limits().write_timeout);
+        let written = tokio::select! {
+            r = async {
+                write_unsent(&mut self.io, unsent.as_deref()).await?;
+                write_frames(&mut self.io, &batch, vsn).await
+            } => Ok(r),
+            _ = &mut timer => Err(()),
+        };
+        if matches!(written, Ok(Ok(()))) {
+            self.socket.outbox().end_write();
+            unsent.iter().for_each(|u| u.publication().written());
+            batch
+                .iter()
+                .filter_map(Outgoing::publication)
+                .for_each(|p| p.written());
+        }
+        drop(batch);
+        self.rearm(timer);
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(None),
+            Err(_) => {
+                tracing::info!(conn = self.socket.id(), sub = %self.socket.identity().sub, "client stopped reading: write timed out, dropping the connection");
+                crate::metrics::write_timed_out();
+                return Some(None);
+            }
+        }
+        close_req.map(|c| Some((c.code, c.reason)))
+    }
+
+    /// Hands the events of a read to the socket (or the Pusher connection) and writes the
+    /// pongs and the close echo they asked for, under the write timeout. `Err(())`: the
+    /// connection ends (written a close echo, or the write failed).
+    async fn handle_events(
+        &mut self,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        vsn: Encoding,
+        closing: &mut bool,
+    ) -> Result<(), ()> {
+        let Conn {
+            socket,
+            io,
+            events,
+            pusher,
+            ..
+        } = self;
+        // Pongs and the close echo to write (a local: nothing kept between reads).
+        let mut control = Vec::new();
         for event in events.drain(..) {
             let phoenix = match (vsn, pusher.as_mut(), &event) {
                 (Encoding::Phoenix(v), _, _) => v,
@@ -333,102 +452,39 @@ where
                     socket.set_close_info(code.unwrap_or(1005), "closed by the client");
                     // Echo the close, then end the connection.
                     control.extend_from_slice(&close_frame(code.unwrap_or(1000), ""));
-                    closing = true;
+                    *closing = true;
                     break;
                 }
             }
         }
-        if !control.is_empty() {
-            // Every write has the write timeout (a client that floods pings and never reads must
-            // not pin this task); like the outbox's, it borrows the connection's one timer.
-            timer.as_mut().reset(Instant::now() + write_timeout);
-            let unsent = outbox.begin_control_write();
-            let sent = tokio::select! {
-                r = async {
-                    write_unsent(&mut *io, unsent.as_deref()).await?;
-                    io.write_all(control).await
-                } => r.is_ok(),
-                _ = &mut timer => false,
-            };
-            if sent && !closing {
-                outbox.end_write();
-            }
-            control.clear();
-            if control.capacity() > 256 {
-                *control = Vec::new();
-            }
-            if !sent || closing {
-                if closing {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-                }
-                break 'conn None;
-            }
-        }
         // Nothing kept between reads: an idle connection holds no event list.
         *events = Vec::new();
-        // A token refresh among the messages replaced the expiry.
+        if control.is_empty() {
+            return Ok(());
+        }
+        // Every write has the write timeout (a client that floods pings and never reads must
+        // not pin this task); like the outbox's, it borrows the connection's one timer.
         timer
             .as_mut()
-            .reset(socket.expiry().next(wake_at(idle_deadline, pusher)));
-        if violation.is_some() {
-            // Deliver the replies to the frames before the violation, then close.
-            let (unsent, _) = outbox.begin_write(batch);
-            if let Some(p) = pusher.as_mut() {
-                p.translate(batch);
-            }
-            timer.as_mut().reset(Instant::now() + write_timeout);
-            let written = Box::pin(async {
-                tokio::select! {
-                    r = async {
-                        write_unsent(&mut *io, unsent.as_deref()).await?;
-                        write_frames(&mut *io, &*batch, vsn).await
-                    } => r.is_ok(),
-                    _ = &mut timer => false,
-                }
-            })
-            .await;
-            if !written {
-                break None;
-            }
-            break violation;
+            .reset(Instant::now() + socket.node().limits().write_timeout);
+        let unsent = socket.outbox().begin_control_write();
+        let sent = tokio::select! {
+            r = async {
+                write_unsent(&mut *io, unsent.as_deref()).await?;
+                io.write_all(&control).await
+            } => r.is_ok(),
+            _ = &mut timer => false,
+        };
+        if sent && !*closing {
+            socket.outbox().end_write();
         }
-    };
-    // From here on only this task writes to the socket, and it may close it. The rest of a
-    // frame the fan-out wrote in part goes out before the close frame.
-    let unsent: Option<Box<Unsent>> = outbox.detach_socket();
-    // The closing steps run once per connection; boxed, their state does not weigh on the
-    // task of every idle connection.
-    if let Some((code, reason)) = close_with {
-        socket.set_close_info(code, reason);
-        let _ = Box::pin(async {
-            if tokio::time::timeout(
-                Duration::from_secs(1),
-                write_unsent(&mut *io, unsent.as_deref()),
-            )
-            .await
-            .map_or(true, |r| r.is_err())
-            {
-                return Ok(());
+        drop(control);
+        if !sent || *closing {
+            if *closing {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
             }
-            // A Pusher client is told why (`pusher:error`) and gets Pusher's close code.
-            let code = match pusher {
-                Some(_) => {
-                    let code = crate::protocol::pusher::close_code(code);
-                    let text = crate::protocol::pusher::error(Some(code), reason);
-                    let frame = [Frame::Text(bytes::Bytes::from(text))];
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        write_frames(&mut *io, &frame, vsn),
-                    )
-                    .await;
-                    code
-                }
-                None => code,
-            };
-            close(io, code, reason).await
-        })
-        .await;
+            return Err(());
+        }
+        Ok(())
     }
-    let Conn { socket, .. } = *conn;
-    Box::pin(socket.close()).await;
 }
