@@ -215,3 +215,62 @@ async fn a_batch_whose_answer_was_lost_is_answered_again() {
     assert_eq!(json(messages[0].as_str().unwrap())[4]["n"], 1);
     assert_eq!(polled["token"], format!("{session}~2"));
 }
+
+/// A poll superseded by a newer one of the same session (a client that retried) must not keep
+/// the session's wake-up: the newer poll answers a broadcast at once, not at the end of its
+/// window. Repeated, since it depends on which poll the server's threads run first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_poll_does_not_swallow_the_newer_poll_s_wake_up() {
+    let cfg = "profile = \"dev\"\n[limits]\nlongpoll_window_secs = 10\n";
+    let s = Server::start_with(Some(cfg), &[]).await;
+    let session = s.longpoll_session("retrier").await;
+    let q = |token: &str| format!("/socket/longpoll?vsn=2.0.0&token={token}");
+    let join = "[\"1\",\"1\",\"room:lp\",\"phx_join\",{}]";
+    let (_, body) = s
+        .http(
+            "POST",
+            &q(&session),
+            &[("Content-Type", "application/x-ndjson")],
+            join,
+        )
+        .await
+        .unwrap();
+    assert_eq!(json(&body)["status"], 200);
+    // The join's reply and our own presence diff (sent after the diff interval) first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = s.http("GET", &q(&session), &[], "").await.unwrap();
+    let mut token = json(&body)["token"].as_str().unwrap().to_owned();
+    for round in 0..20 {
+        let port = s.port;
+        let older_path = q(&token);
+        let older = tokio::spawn(async move { http_raw(port, "GET", &older_path, &[], "").await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newer_path = q(&token);
+        let newer = tokio::spawn(async move { http_raw(port, "GET", &newer_path, &[], "").await });
+        // The older poll is answered 204 as soon as the newer one arrives.
+        let (_, _, body) = older.await.unwrap().unwrap();
+        assert_eq!(json(&body)["status"], 204, "round {round}: {body}");
+        let started = std::time::Instant::now();
+        s.broadcast("room:lp", "msg", serde_json::json!({ "round": round }))
+            .await;
+        let (_, _, body) = tokio::time::timeout(Duration::from_secs(9), newer)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the newer poll slept through the broadcast"))
+            .unwrap()
+            .unwrap();
+        let answer = json(&body);
+        assert_eq!(answer["status"], 200, "round {round}: {answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "round {round}: answered after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            answer["messages"]
+                .to_string()
+                .contains(&format!("\\\"round\\\":{round}")),
+            "round {round}: {answer}"
+        );
+        token = answer["token"].as_str().unwrap().to_owned();
+    }
+}

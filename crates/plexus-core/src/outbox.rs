@@ -548,6 +548,8 @@ impl Outbox {
     }
 
     /// Completes when something was queued or a close was requested since the last drain.
+    /// Meant for one consumer at a time: of two tasks waiting at once, only the last to wait
+    /// is woken (see `outbox/wakeup.rs`).
     pub fn changed(&self) -> impl std::future::Future<Output = ()> + '_ {
         // Not an `async fn`: its future would add a wrapper to every idle connection's task.
         self.wakeup.wait()

@@ -2,10 +2,13 @@
 //! request that drains it): a flag and one registered waker.
 //!
 //! It does what `tokio::sync::Notify` with `notify_one` did here (a wake-up given while nobody
-//! waits is kept for the next wait; waits never miss one), with a smaller waiting future: the
-//! consumer's wait is a `poll_fn` holding one pointer, where `Notify`'s `Notified` (its waiter
-//! list entry) took ~70 bytes in the task of every idle connection (BENCHMARKS.md, "Memory per
-//! idle connection"). One waiter at a time: the last to wait is the one woken.
+//! waits is kept for the next wait; a single consumer never misses one), with a smaller waiting
+//! future: the consumer's wait is a `poll_fn` holding one pointer, where `Notify`'s `Notified`
+//! (its waiter list entry) took ~70 bytes in the task of every idle connection (BENCHMARKS.md,
+//! "Memory per idle connection"). One waiter at a time: the last to wait is the one woken, and
+//! two tasks waiting at once may take each other's wake-up. The one place where two may wait on
+//! one outbox, a long-poll request superseded by a newer one of the same session, passes the
+//! wake-up on when it leaves (`transport/longpoll.rs`).
 
 use futures_util::task::AtomicWaker;
 use std::future::{poll_fn, Future};

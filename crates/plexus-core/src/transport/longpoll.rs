@@ -277,6 +277,10 @@ impl LongPoll {
             tokio::pin!(superseded);
             superseded.as_mut().enable();
             if session.newest_poll.load(Ordering::Acquire) != me {
+                // The outbox wakes one waiter only (the last to wait): this poll may have taken
+                // a wake-up meant for the newer one, or registered over it. Waking the newer
+                // poll through `delivered` makes it look at the outbox again.
+                session.delivered.notify_waiters();
                 return PollResult::NoContent;
             }
             // Registered before looking, so that a batch taken meanwhile by another poll of
@@ -319,10 +323,12 @@ impl LongPoll {
                 self.close(key).await;
                 return PollResult::Gone;
             }
+            // Biased: a superseded poll leaves without touching the outbox's one waker.
             tokio::select! {
-                _ = session.outbox.changed() => {}
-                _ = &mut delivered => {}
+                biased;
                 _ = &mut superseded => {}
+                _ = &mut delivered => {}
+                _ = session.outbox.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => return PollResult::NoContent,
             }
         }
