@@ -7,7 +7,6 @@
 
 use crate::outbox::{Delivery, Outbox};
 use crate::presence_diffs::{DiffCoalescer, Flush};
-use crate::presence_mirror::PresenceMirrors;
 use crate::protocol::events;
 use crate::publication::Publication;
 use crate::ConnId;
@@ -29,9 +28,6 @@ pub struct Hub {
     hasher: RandomState,
     /// `None`: every presence diff is delivered at once (`presence.diff_interval_ms = 0`).
     presence_diffs: Option<DiffCoalescer>,
-    /// Copies of the cluster-wide presence of subscribed topics (kept only when the node
-    /// subscribes them on a cluster broker, see [`crate::presence_mirror`]).
-    presence_mirrors: PresenceMirrors,
 }
 
 impl Default for Hub {
@@ -46,7 +42,6 @@ impl Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             presence_diffs: None,
-            presence_mirrors: PresenceMirrors::default(),
         }
     }
 
@@ -65,11 +60,6 @@ impl Hub {
     /// The presence diff coalescer, when diffs are merged.
     pub fn presence_diffs(&self) -> Option<&DiffCoalescer> {
         self.presence_diffs.as_ref()
-    }
-
-    /// The presence copies of subscribed topics.
-    pub fn presence_mirrors(&self) -> &PresenceMirrors {
-        &self.presence_mirrors
     }
 
     fn shard(&self, topic: &str) -> &Shard {
@@ -123,12 +113,6 @@ impl Hub {
     /// A presence diff, when diffs are merged, waits for its topic's next flush instead
     /// (and 0 is returned).
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
-        if &*publication.event == events::PRESENCE_DIFF && publication.history.is_none() {
-            // The topic's presence copy first: a state taken from it later holds this diff.
-            if let Some(raw) = publication.payload.as_json() {
-                self.presence_mirrors.apply(&publication.topic, raw.get());
-            }
-        }
         if let Some(coalescer) = &self.presence_diffs {
             if &*publication.event == events::PRESENCE_DIFF && publication.history.is_none() {
                 // Not a diff it can merge (Err): delivered as it came.

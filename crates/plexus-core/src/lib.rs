@@ -62,7 +62,6 @@ pub mod outbox;
 pub mod policy;
 pub mod presence;
 pub mod presence_diffs;
-pub mod presence_mirror;
 pub mod protocol;
 pub mod publication;
 pub mod pusher;

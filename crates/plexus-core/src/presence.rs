@@ -134,43 +134,12 @@ impl Presence {
         Ok((old, new))
     }
 
-    /// Untracks `conn` on this node; returns its last meta and the removal of its cluster
-    /// copy, which the caller finishes before it publishes the leave (so that a node reading
-    /// the cluster copy after the leave was published does not find the meta there).
-    pub fn untrack_local(
-        &self,
-        topic: &str,
-        key: &str,
-        conn: ConnId,
-    ) -> Option<(Value, RemoteUntrack)> {
-        let meta = self.table.untrack(topic, key, conn)?;
-        let remote = RemoteUntrack {
-            broker: self.broker.clone(),
-            topic: topic.into(),
-            conn,
-            done: false,
-        };
-        Some((meta, remote))
-    }
-
     /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
     /// (this is also called from synchronous cleanup).
     pub fn untrack(&self, topic: &str, key: &str, conn: ConnId) -> Option<serde_json::Value> {
         let meta = self.table.untrack(topic, key, conn)?;
         self.broker.clone().presence_remove_detached(topic, conn);
         Some(meta)
-    }
-
-    /// The presence of `topic` as the broker holds it (`None`: it holds none, or cannot be
-    /// read now).
-    pub async fn cluster_state(&self, topic: &str) -> Option<serde_json::Value> {
-        match self.broker.presence_state(topic).await {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::debug!(topic, error = %e, "cluster presence unavailable");
-                None
-            }
-        }
     }
 
     /// The presence of `topic` across the cluster (this node's table if the broker has none
@@ -183,34 +152,6 @@ impl Presence {
                 tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
                 self.table.state(topic)
             }
-        }
-    }
-}
-
-/// The removal of a connection's cluster presence copy ([`Presence::untrack_local`]): done by
-/// [`RemoteUntrack::finish`], or in the background if dropped unfinished.
-pub struct RemoteUntrack {
-    broker: Arc<dyn Broker>,
-    topic: Box<str>,
-    conn: ConnId,
-    done: bool,
-}
-
-impl RemoteUntrack {
-    pub async fn finish(mut self) {
-        self.done = true;
-        if let Err(e) = self.broker.presence_remove(&self.topic, self.conn).await {
-            tracing::debug!(topic = %self.topic, error = %e, "cluster presence not removed");
-        }
-    }
-}
-
-impl Drop for RemoteUntrack {
-    fn drop(&mut self) {
-        if !self.done {
-            self.broker
-                .clone()
-                .presence_remove_detached(&self.topic, self.conn);
         }
     }
 }

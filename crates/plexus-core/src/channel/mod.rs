@@ -185,8 +185,8 @@ pub(crate) struct Departure {
     topic: Box<str>,
     /// The topic lost its last local subscriber.
     emptied: bool,
-    /// The presence leave to broadcast, after the cluster copy of the meta is removed.
-    presence_diff: Option<(serde_json::Value, crate::presence::RemoteUntrack)>,
+    /// The presence leave to broadcast.
+    presence_diff: Option<serde_json::Value>,
 }
 
 impl Departure {
@@ -194,8 +194,7 @@ impl Departure {
         if self.emptied {
             node.unsubscribe_remote(&self.topic).await;
         }
-        if let Some((diff, remote)) = self.presence_diff {
-            remote.finish().await;
+        if let Some(diff) = self.presence_diff {
             publish_presence_diff(node, &self.topic, diff).await;
         }
     }
@@ -215,7 +214,7 @@ impl Channel {
             conn.node
                 .unsubscribe_local_held(&topic, conn.id, conn.cause(), hold.is_some());
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
-            let (meta, remote) = conn.node.presence().untrack_local(&topic, key, conn.id)?;
+            let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
                 conn.node.member_out(&topic, key, conn.cause());
@@ -250,7 +249,7 @@ impl Channel {
                         .webhook_by(EventKind::PresenceLeave, conn.by(), fields),
                 }
             }
-            Some((crate::presence::diff(None, Some((key, meta))), remote))
+            Some(crate::presence::diff(None, Some((key, meta))))
         });
         conn.node
             .webhook_by(EventKind::Leave, conn.by(), || conn.event(&topic));
@@ -508,7 +507,7 @@ impl Channels {
                 .reply_with_history(conn, req, &rule, false, is_supabase, &app_reply)
                 .await;
             if send_state {
-                push_presence_state(conn, topic, req.join_ref, None).await;
+                push_presence_state(conn, topic, req.join_ref).await;
             }
             return outcome;
         }
@@ -541,7 +540,7 @@ impl Channels {
             meta.extend(app_meta.into_iter().flatten());
             track_presence(conn, topic, req.join_ref, &member.key, meta).await;
         } else if rule.presence && is_supabase {
-            push_presence_state(conn, topic, req.join_ref, None).await;
+            push_presence_state(conn, topic, req.join_ref).await;
         } else if rule.presence {
             let mut meta = presence::presence_meta(conn.identity);
             meta.extend(app_meta.into_iter().flatten());

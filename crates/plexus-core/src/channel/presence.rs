@@ -7,14 +7,9 @@
 use super::{json_payload, Channels, Conn};
 use crate::auth::Identity;
 use crate::node::Node;
-use crate::presence_mirror::Begin;
 use crate::protocol::{events, Message, Payload};
 use crate::supabase::{self, JoinConfig, PresenceOp};
 use std::sync::Arc;
-
-/// How long a joiner waits for its node's copy of the topic's presence (being subscribed or
-/// read by another joiner) before it is answered from Redis as without a copy.
-const MIRROR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Channels {
     /// Supabase's `presence` track/untrack: the client's meta under the join's `presence.key`
@@ -175,75 +170,15 @@ pub(super) async fn track_presence(
     }
     // Pusher's member_added, once per user cluster-wide (crate::pusher::webhooks).
     conn.node.member_in(topic, sub, conn.by()).await;
-    push_presence_state(conn, topic, join_ref, Some((sub, &meta))).await;
+    push_presence_state(conn, topic, join_ref).await;
     let diff = crate::presence::diff(Some((sub, meta)), None);
     publish_presence_diff(conn.node, topic, diff).await;
 }
 
-/// Sends `conn` the topic's `presence_state`; `own`: the meta it was just tracked with, which
-/// the node's copy of the cluster's presence gets only with its diff, published after this.
-pub(super) async fn push_presence_state(
-    conn: &Conn<'_>,
-    topic: &str,
-    join_ref: Option<&str>,
-    own: Option<(&str, &serde_json::Value)>,
-) {
-    let hub = conn.node.hub();
-    let mirrors = hub.presence_mirrors();
-    // On a cluster broker: the node's copy of the topic's presence, read from Redis once and
-    // kept from the diffs it delivers, ordered against them (crate::presence_mirror).
-    let deadline = tokio::time::Instant::now() + MIRROR_WAIT;
-    loop {
-        match mirrors.begin(topic) {
-            Begin::Fallback => break,
-            Begin::Ready => {
-                let pushed = mirrors.with_state(topic, |mut state| {
-                    if let Some((key, meta)) = own {
-                        with_own_meta(&mut state, key, meta);
-                    }
-                    // Under the copy's lock: merged diffs flushed from now on may hold
-                    // leaves of metas this state has (crate::presence_diffs).
-                    if let Some(diffs) = hub.presence_diffs() {
-                        diffs.state_read(topic, conn.id);
-                    }
-                    conn.push(
-                        join_ref,
-                        None,
-                        topic,
-                        events::PRESENCE_STATE,
-                        json_payload(&state),
-                    );
-                });
-                if pushed.is_some() {
-                    return;
-                }
-            }
-            Begin::Load(generation) => {
-                // Another joiner may load it if this one is dropped meanwhile.
-                let mut guard = LoadGuard {
-                    mirrors,
-                    topic,
-                    generation,
-                    done: false,
-                };
-                let read = conn.node.presence().cluster_state(topic).await;
-                mirrors.loaded(topic, generation, read.as_ref());
-                guard.done = true;
-                if read.is_none() {
-                    break;
-                }
-                continue;
-            }
-            Begin::Wait => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: Option<&str>) {
     // Before the read: merged diffs flushed from now on may hold leaves of metas this state
     // has (crate::presence_diffs).
-    if let Some(diffs) = hub.presence_diffs() {
+    if let Some(diffs) = conn.node.hub().presence_diffs() {
         diffs.state_read(topic, conn.id);
     }
     let state = conn.node.presence().state(topic).await;
@@ -254,40 +189,6 @@ pub(super) async fn push_presence_state(
         events::PRESENCE_STATE,
         json_payload(&state),
     );
-}
-
-/// Adds `meta` under `key` to a `presence_state` (unless a meta of its `phx_ref` is there).
-fn with_own_meta(state: &mut serde_json::Value, key: &str, meta: &serde_json::Value) {
-    let Some(state) = state.as_object_mut() else {
-        return;
-    };
-    let entry = state
-        .entry(key.to_owned())
-        .or_insert_with(|| serde_json::json!({ "metas": [] }));
-    if let Some(metas) = entry.get_mut("metas").and_then(|m| m.as_array_mut()) {
-        if !metas
-            .iter()
-            .any(|m| m.get("phx_ref") == meta.get("phx_ref"))
-        {
-            metas.push(meta.clone());
-        }
-    }
-}
-
-/// Gives a copy's load back (to be done again) if the joiner loading it is dropped.
-struct LoadGuard<'a> {
-    mirrors: &'a crate::presence_mirror::PresenceMirrors,
-    topic: &'a str,
-    generation: u64,
-    done: bool,
-}
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.mirrors.loaded(self.topic, self.generation, None);
-        }
-    }
 }
 
 pub(super) async fn publish_presence_diff(node: &Node, topic: &str, diff: serde_json::Value) {

@@ -512,22 +512,12 @@ impl Node {
         by: Option<crate::webhooks::Cause<'_>>,
     ) {
         let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
-        // On a cluster broker the node keeps a copy of the topic's presence, read once the
-        // subscription is confirmed (crate::presence_mirror).
-        let mirror = (first && self.broker.name() != "memory")
-            .then(|| self.hub.presence_mirrors().subscribing(topic));
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
             self.count_subscriber_in(topic, first, by).await;
         }
         if first {
-            let subscribed = self.broker.subscribe(topic).await;
-            if let Some(generation) = mirror {
-                self.hub
-                    .presence_mirrors()
-                    .subscribed(topic, generation, subscribed.is_ok());
-            }
-            if let Err(e) = subscribed {
+            if let Err(e) = self.broker.subscribe(topic).await {
                 self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic, error = %e, "broker subscribe failed");
             }
@@ -556,9 +546,6 @@ impl Node {
         held: bool,
     ) -> bool {
         let (removed, emptied) = self.hub.unsubscribe(topic, conn);
-        if emptied {
-            self.hub.presence_mirrors().remove(topic);
-        }
         if removed {
             self.count_subscriber_out(topic, emptied, by, held);
         }

@@ -80,7 +80,6 @@ impl RedisBroker {
     ) -> Result<(), BrokerError> {
         let started = Instant::now();
         let mut first = true;
-        let mut answered = false;
         loop {
             let mut c = self.conn.clone();
             let sent: Result<(i64, i64), _> = self
@@ -95,22 +94,10 @@ impl RedisBroker {
                 crate::metrics::redis_round_trip("publish", started.elapsed());
             }
             let (got, want) = match sent {
-                Ok(r) => {
-                    answered = true;
-                    r
-                }
-                // A timeout does not say whether Redis published it (a busy node reads its
-                // answers late): the same message is sent again, like an unconfirmed one
-                // (receivers drop a copy by its number). Lost, a presence diff would leave
-                // the other nodes' members wrong for good.
-                Err(e) if e.is_timeout() && started.elapsed() < CONFIRM_WITHIN => {
-                    self.failed("publish (timed out, sent again)", &e);
-                    first = false;
-                    continue;
-                }
+                Ok(r) => r,
                 // The first attempt's failure is the publisher's error; a resend's is the end
                 // of the attempts (the message went out at least once).
-                Err(e) if !answered => {
+                Err(e) if first => {
                     self.failed("publish", &e);
                     return Err(err(e));
                 }

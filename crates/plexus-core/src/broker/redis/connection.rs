@@ -264,8 +264,6 @@ pub(super) async fn subscription_loop(broker: Weak<RedisBroker>) {
                 let _ = s.subscribe(&missing).await;
             }
         }
-        // Presence diffs may have been missed while unsubscribed: copies are read again.
-        b.hub.presence_mirrors().unload_all();
         let was_down = !b.healthy.swap(true, Ordering::AcqRel);
         if let Err(e) = b.heartbeat().await {
             b.failed("heartbeat", &e);

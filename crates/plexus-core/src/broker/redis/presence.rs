@@ -36,16 +36,13 @@ impl RedisBroker {
             .insert((topic.to_owned(), conn), value.clone());
         // Re-announced from the local copy when Redis is back.
         self.check_up()?;
-        let (key, field) = (
-            self.topic_key("pres", topic),
-            format!("{}:{conn}", self.node_id),
-        );
-        let written = self
-            .until_answered(|| {
-                let mut c = self.conn.clone();
-                let (key, field, value) = (key.clone(), field.clone(), value.clone());
-                async move { c.hset::<_, _, _, ()>(key, field, value).await }
-            })
+        let mut c = self.conn.clone();
+        let written = c
+            .hset::<_, _, _, ()>(
+                self.topic_key("pres", topic),
+                format!("{}:{conn}", self.node_id),
+                value,
+            )
             .await
             .map_err(|e| {
                 self.failed("presence", &e);
@@ -64,16 +61,12 @@ impl RedisBroker {
         let _gate = self.gate.read().await;
         self.presences.lock().remove(&(topic.to_owned(), conn));
         self.check_up()?;
-        let (key, field) = (
-            self.topic_key("pres", topic),
-            format!("{}:{conn}", self.node_id),
-        );
-        let removed = self
-            .until_answered(|| {
-                let mut c = self.conn.clone();
-                let (key, field) = (key.clone(), field.clone());
-                async move { c.hdel::<_, _, ()>(key, field).await }
-            })
+        let mut c = self.conn.clone();
+        let removed = c
+            .hdel::<_, _, ()>(
+                self.topic_key("pres", topic),
+                format!("{}:{conn}", self.node_id),
+            )
             .await
             .map_err(|e| {
                 self.failed("presence", &e);
@@ -81,25 +74,6 @@ impl RedisBroker {
             });
         self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
         removed
-    }
-
-    /// Runs an idempotent write again while it times out (a busy node reads Redis's answers
-    /// late; the write may or may not have been done), for at most `CONFIRM_WITHIN`: a
-    /// presence write lost would leave the topic's hash wrong for every later reader.
-    async fn until_answered<F, Fut>(&self, mut write: F) -> redis::RedisResult<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<()>>,
-    {
-        let started = std::time::Instant::now();
-        loop {
-            match write().await {
-                Err(e) if e.is_timeout() && started.elapsed() < super::confirm::CONFIRM_WITHIN => {
-                    self.failed("presence (timed out, written again)", &e);
-                }
-                done => return done,
-            }
-        }
     }
 
     pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {

@@ -119,9 +119,6 @@ pub(super) async fn cluster_subscription_loop(
             }
             redis::PushKind::Disconnection => {
                 crate::metrics::redis_reconnected();
-                // Presence diffs may be missed until re-subscribed: copies are read again
-                // (crate::presence_mirror).
-                b.hub.presence_mirrors().unload_all();
                 b.shard_lost();
             }
             _ => {}
