@@ -219,7 +219,7 @@ fn signature_and_payload_encodings_at_the_edges() {
     ];
     // A payload whose length leaves unused bits in its last character.
     let mut odd = claims.clone();
-    while odd.len() % 3 == 0 {
+    while odd.len().is_multiple_of(3) {
         odd = format!("{odd} ");
     }
     let odd_payload = b64(odd.as_bytes());
