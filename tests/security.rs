@@ -194,8 +194,56 @@ async fn connect_refusals_table() {
         .unwrap()
     };
 
+    // Over the 16 KiB cap (validly signed), and claims nested 200 deep in a claim Plexus
+    // does not read.
+    let mut big = claims("a");
+    big["pad"] = json!("x".repeat(17 * 1024));
+    let oversized = hs(&big);
+    let bearer_oversized = format!("Bearer {oversized}");
+    let deep = {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        // serde_json's Value refuses that nesting itself: the claims are written as text.
+        let mut text = claims("a").to_string();
+        text.pop();
+        text.push_str(&format!(
+            r#","skipped":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ));
+        let input = format!("{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(&text));
+        let sig = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{input}.{sig}")
+    };
+
     let cases: Vec<RefusalCase> = vec![
         ("no token", None, vec![], 401, "missing token"),
+        (
+            "token over 16 KiB",
+            Some(oversized),
+            vec![],
+            403,
+            "token too large (over 16 KiB)",
+        ),
+        (
+            "token over 16 KiB as Authorization: Bearer",
+            None,
+            vec![("Authorization", bearer_oversized.as_str())],
+            403,
+            "token too large (over 16 KiB)",
+        ),
+        (
+            "claims nested 200 deep",
+            Some(deep),
+            vec![],
+            403,
+            "malformed token",
+        ),
         (
             "garbage token",
             Some("garbage".into()),

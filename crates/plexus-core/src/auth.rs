@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+pub use token::MAX_TOKEN_BYTES;
 use token::{Checks, HmacKey, ParsedClaims, Parts};
 
 pub mod claim_path;
@@ -148,6 +149,8 @@ pub enum AuthError {
     WrongIssuer,
     #[error("malformed token")]
     Malformed,
+    #[error("token too large (over 16 KiB)")]
+    TooLarge,
     #[error("token is missing the required claim {0}")]
     MissingClaim(String),
     #[error("token has an empty or non-string sub claim")]
@@ -308,6 +311,11 @@ impl VerifyKey {
             )));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError(e.to_string()))?;
+        if is_hmac(algorithm) && !key.try_get_hmac_secret().is_ok_and(|s| !s.is_empty()) {
+            return Err(KeyError(
+                "the oct key's k (the HMAC secret) is empty".into(),
+            ));
+        }
         Ok(Some(VerifyKey::with(
             jwk.common.key_id.clone(),
             algorithm,
@@ -466,6 +474,9 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
         jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
             _ if header_names_an_alg(token) => AuthError::AlgorithmNotAllowed,
@@ -516,15 +527,22 @@ impl Verifier {
         }
         // The header parsed, so the token has its three parts.
         let parts = Parts::split(token).ok_or(AuthError::Malformed)?;
+        // Every candidate has the token's algorithm: an HMAC signature is decoded once here.
+        let signature = if is_hmac(header.alg) {
+            Some(parts.hmac_signature()?)
+        } else {
+            None
+        };
         for key in candidates {
-            if parts.signed_by(key.algorithm, &key.key, key.hmac.as_ref())? {
+            let hmac = key.hmac.as_ref().zip(signature.as_ref());
+            if parts.signed_by(key.algorithm, &key.key, hmac)? {
                 let claims = parts.claims(&self.roles_path)?;
                 let checks = Checks {
                     leeway: self.options.leeway_secs.min(MAX_LEEWAY_SECS),
                     issuer: self.options.issuer.as_deref(),
                     audience: self.options.audience.as_deref(),
                 };
-                claims.check(&checks, unix_now())?;
+                claims.check(&checks, clock_now()?)?;
                 return self.identity(claims);
             }
         }
@@ -629,6 +647,20 @@ impl Issuer {
     }
 }
 
+/// Seconds since the Unix epoch of `t`; `None` before 1970.
+fn secs_since_epoch(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// The clock for checking `exp` and `nbf`: refused (rather than read as 1970, which would let
+/// every expired token pass) when it is before the epoch.
+fn clock_now() -> Result<u64, AuthError> {
+    secs_since_epoch(SystemTime::now())
+        .ok_or_else(|| AuthError::Other("the server's clock is before 1970".into()))
+}
+
+/// Seconds since the Unix epoch, 0 when the clock is before it (issuing, timers; verification
+/// uses a clock that refuses then).
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -636,6 +668,8 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod reference_tests;
 #[cfg(test)]

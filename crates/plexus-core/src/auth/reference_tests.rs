@@ -8,7 +8,7 @@ use jsonwebtoken::Validation;
 use serde_json::json;
 
 /// The verification before the one-pass rewrite, for one key (as `Verifier::verify_with` was).
-fn reference(v: &Verifier, token: &str, key: &VerifyKey) -> Result<Identity, AuthError> {
+pub(super) fn reference(v: &Verifier, token: &str, key: &VerifyKey) -> Result<Identity, AuthError> {
     let mut val = Validation::new(key.algorithm);
     val.algorithms = vec![key.algorithm];
     val.leeway = v.options.leeway_secs.min(MAX_LEEWAY_SECS);
@@ -69,7 +69,7 @@ fn reference(v: &Verifier, token: &str, key: &VerifyKey) -> Result<Identity, Aut
 /// An anonymous identity's `sub` is new each time: compare it as "anon". Which of several
 /// missing required claims jsonwebtoken names depends on a `HashSet`'s order: compare them as
 /// one.
-fn comparable(r: Result<Identity, AuthError>) -> Result<Identity, AuthError> {
+pub(super) fn comparable(r: Result<Identity, AuthError>) -> Result<Identity, AuthError> {
     match r {
         Ok(mut id) => {
             if id.anonymous {
@@ -82,7 +82,7 @@ fn comparable(r: Result<Identity, AuthError>) -> Result<Identity, AuthError> {
     }
 }
 
-fn signed(alg: Algorithm, secret: &[u8], claims: &str) -> String {
+pub(super) fn signed(alg: Algorithm, secret: &[u8], claims: &str) -> String {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let header = b64(format!(r#"{{"alg":"{alg:?}","typ":"JWT"}}"#).as_bytes());
@@ -113,6 +113,16 @@ fn one_pass_verification_agrees_with_jsonwebtoken_decode() {
         json!({"sub": "", "exp": fut}).to_string(),
         json!({"sub": null, "exp": fut}).to_string(),
         json!({"sub": 7, "exp": fut}).to_string(),
+        json!({"sub": [1], "exp": fut}).to_string(),
+        json!({"sub": {}, "exp": fut}).to_string(),
+        json!({"role": "anon", "sub": {}, "exp": fut}).to_string(),
+        json!({"role": "anon", "sub": 7, "exp": fut}).to_string(),
+        json!({"sub": "a", "exp": [1]}).to_string(),
+        json!({"sub": "a", "exp": []}).to_string(),
+        json!({"sub": "a", "exp": {"a": 1}}).to_string(),
+        json!({"sub": "a", "exp": fut, "nbf": {"a": 1}}).to_string(),
+        json!({"sub": "a", "exp": fut, "nbf": {}}).to_string(),
+        json!({"sub": "a", "exp": fut, "nbf": [[]]}).to_string(),
         json!({"sub": "a", "exp": fut, "nbf": now + 300}).to_string(),
         json!({"sub": "a", "exp": fut, "nbf": now + 3}).to_string(),
         json!({"sub": "a", "exp": fut, "nbf": now - 300}).to_string(),
@@ -183,7 +193,7 @@ fn one_pass_verification_agrees_with_jsonwebtoken_decode() {
             }
         }
     }
-    assert_eq!(checked, 4 * 3 * 45 * 2);
+    assert_eq!(checked, 4 * 3 * 55 * 2);
 }
 
 #[test]

@@ -15,6 +15,10 @@
 //!   `nbf > now + leeway`.
 //! - `iss` / `aud`: a string or an array of strings (`null` counts as absent); when configured,
 //!   required and one of them must equal the configured value. Unconfigured, not looked at.
+//! - A `sub` that is an array or an object, and an `exp` or `nbf` that is a non-empty array or
+//!   object, are malformed (before any other check), anonymous token or not: jsonwebtoken's
+//!   parse of its validation struct failed on them (serde_json leaves such a value half-read
+//!   after the field's type error), where an empty one was only of the wrong type.
 //! - `exp`, `nbf`, `sub`, `iss` and `aud` may appear only once in the claims (a token naming
 //!   one twice is malformed, as jsonwebtoken's struct refused it); of the other claims the last
 //!   occurrence counts (as in a JSON map).
@@ -22,6 +26,12 @@
 //! Claims Plexus does not read are skipped by the parser without being kept: their syntax is
 //! checked (and the payload must be UTF-8), except that a `\u` escape naming a lone surrogate
 //! in such a skipped string is not refused (serde_json's skipping does not decode escapes).
+//! serde_json's skipping has no nesting limit, so the decoded payload is first scanned for its
+//! bracket depth ([`too_deep`]): nesting of [`MAX_DEPTH`] or more anywhere (the claims object
+//! counting as one) is malformed, as `serde_json::from_slice` refused it.
+//!
+//! Before any of it, a token over [`MAX_TOKEN_BYTES`] is refused ([`AuthError::TooLarge`]),
+//! and the signature of an HMAC token is decoded once, not once per candidate key.
 
 use super::{AuthError, ClaimPath};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,6 +42,47 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use sha2::{Sha256, Sha384, Sha512};
+
+/// The largest token verified, in bytes (as received: base64url text); a longer one is
+/// refused before it is decoded. 16 KiB is 4× the largest tokens identity providers issue
+/// with many roles or groups (a few KiB), and well inside what carries a token: hyper's
+/// request head buffer (~400 KiB, a query or an `Authorization` header) and
+/// `limits.max_message_bytes` (1 MiB, `refresh_token` / `access_token`).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The nesting at which serde_json stops parsing (its recursion limit, 128 levels, the
+/// claims object included): a payload nested this deep is malformed.
+pub(super) const MAX_DEPTH: usize = 128;
+
+/// Whether `json` nests arrays and objects [`MAX_DEPTH`] deep anywhere (brackets inside
+/// strings not counted). Exact for valid JSON; invalid JSON is refused by the parser after.
+pub(super) fn too_deep(json: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth >= MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
 
 /// An HMAC key with its key schedule done (the padded key's inner and outer blocks hashed
 /// once), cloned for each token.
@@ -88,32 +139,41 @@ impl<'t> Parts<'t> {
         })
     }
 
-    /// Whether the signature verifies with `key` (of the token's algorithm); an error for a
-    /// signature that is not base64url, or a key the crypto refuses.
+    /// The signature decoded for the HMAC keys (once per token, whichever key verifies it);
+    /// an error for one that is not base64url.
+    pub(super) fn hmac_signature(&self) -> Result<Signature, AuthError> {
+        let mut sig = Signature {
+            buf: [0u8; 64],
+            len: 0,
+            too_long: false,
+        };
+        match URL_SAFE_NO_PAD.decode_slice(self.signature, &mut sig.buf) {
+            Ok(n) => sig.len = n,
+            // HS512's 64 bytes fit: a longer signature (which cannot verify) is decoded
+            // anyway, to refuse one that is not base64url as malformed.
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                URL_SAFE_NO_PAD
+                    .decode(self.signature)
+                    .map_err(|_| AuthError::Malformed)?;
+                sig.too_long = true;
+            }
+            Err(base64::DecodeSliceError::DecodeError(_)) => return Err(AuthError::Malformed),
+        }
+        Ok(sig)
+    }
+
+    /// Whether the signature verifies with `key` (of the token's algorithm): with its prepared
+    /// HMAC key against `signature` ([`Parts::hmac_signature`]), else by jsonwebtoken; an
+    /// error for a signature that is not base64url, or a key the crypto refuses.
     pub(super) fn signed_by(
         &self,
         algorithm: Algorithm,
         key: &DecodingKey,
-        hmac: Option<&HmacKey>,
+        hmac: Option<(&HmacKey, &Signature)>,
     ) -> Result<bool, AuthError> {
         match hmac {
-            Some(mac) => {
-                // HS512's 64 bytes fit: a longer signature (which cannot verify) is decoded
-                // anyway, to refuse one that is not base64url as malformed.
-                let mut buf = [0u8; 64];
-                let signature = match URL_SAFE_NO_PAD.decode_slice(self.signature, &mut buf) {
-                    Ok(n) => &buf[..n],
-                    Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-                        URL_SAFE_NO_PAD
-                            .decode(self.signature)
-                            .map_err(|_| AuthError::Malformed)?;
-                        return Ok(false);
-                    }
-                    Err(base64::DecodeSliceError::DecodeError(_)) => {
-                        return Err(AuthError::Malformed)
-                    }
-                };
-                Ok(mac.verifies(self.message.as_bytes(), signature))
+            Some((mac, sig)) => {
+                Ok(!sig.too_long && mac.verifies(self.message.as_bytes(), &sig.buf[..sig.len]))
             }
             None => jsonwebtoken::crypto::verify(
                 self.signature,
@@ -130,6 +190,9 @@ impl<'t> Parts<'t> {
         let json = URL_SAFE_NO_PAD
             .decode(self.payload)
             .map_err(|_| AuthError::Malformed)?;
+        if too_deep(&json) {
+            return Err(AuthError::Malformed);
+        }
         let json = std::str::from_utf8(&json).map_err(|_| AuthError::Malformed)?;
         let mut de = serde_json::Deserializer::from_str(json);
         let claims = de::Deserializer::deserialize_map(
@@ -142,6 +205,13 @@ impl<'t> Parts<'t> {
         de.end().map_err(|_| AuthError::Malformed)?;
         Ok(claims)
     }
+}
+
+/// An HMAC signature, decoded: at most HS512's 64 bytes, else `too_long` (cannot verify).
+pub(super) struct Signature {
+    buf: [u8; 64],
+    len: usize,
+    too_long: bool,
 }
 
 /// A jsonwebtoken error as a refusal.
@@ -193,6 +263,9 @@ pub(super) struct Checks<'a> {
 impl ParsedClaims {
     /// The checks beyond the signature, in jsonwebtoken's order (see the module doc).
     pub(super) fn check(&self, checks: &Checks<'_>, now: u64) -> Result<(), AuthError> {
+        if self.unparsable() {
+            return Err(AuthError::Malformed);
+        }
         let exp = numeric_date(self.exp.as_ref());
         let nbf = numeric_date(self.nbf.as_ref());
         let iss = names(self.iss.as_ref());
@@ -227,6 +300,21 @@ impl ParsedClaims {
             }
         }
         Ok(())
+    }
+}
+
+impl ParsedClaims {
+    /// Whether jsonwebtoken's claims parse failed on these values (see the module doc): a
+    /// `sub` that is an array or object, an `exp` or `nbf` that is a non-empty one.
+    fn unparsable(&self) -> bool {
+        let non_empty = |v: &Option<Value>| match v {
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            _ => false,
+        };
+        matches!(self.sub, Some(Value::Array(_) | Value::Object(_)))
+            || non_empty(&self.exp)
+            || non_empty(&self.nbf)
     }
 }
 
