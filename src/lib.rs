@@ -20,6 +20,7 @@ pub mod embed;
 pub mod gate;
 pub mod hook_client;
 pub mod jwks_client;
+mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod server;
