@@ -2,7 +2,7 @@
 //! connections, in one object that transports and the HTTP API share.
 //!
 //! What a connection or an anonymous read must pass to be let in (address, rate, `Origin`,
-//! token, caps, hooks) is in [`admit`].
+//! token, caps, hooks) is in [`admit`]; publishing (and history reads) in `publish.rs`.
 //!
 //! The node hears its broker's cluster events (a disconnect asked by another node, the
 //! presence of a dead node reaped) as the broker's [`BrokerEventHandler`], and closes its
@@ -10,12 +10,13 @@
 
 mod admit;
 mod partition;
+mod publish;
 
 pub use partition::{CUT_OFF_AFTER, CUT_OFF_REASON};
 
 use crate::admission::{Admission, AdmissionConfig};
 use crate::auth::{Identity, Verifier};
-use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerEventHandler, HistoryPage};
+use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerEventHandler};
 use crate::connections::Connections;
 use crate::hooks::{HookTransport, Hooks, HooksConfig};
 use crate::hub::Hub;
@@ -24,7 +25,7 @@ use crate::outbox::Outbox;
 use crate::policy::Policy;
 use crate::presence::Presence;
 use crate::protocol::{events, EncodeError, Payload};
-use crate::publication::{Publication, Sender};
+use crate::publication::Publication;
 use crate::quota::JoinCounter;
 use crate::webhooks::{EventKind, Webhooks, WebhooksConfig};
 use crate::ConnId;
@@ -399,105 +400,6 @@ impl Node {
     pub fn drain(&self) {
         self.connections
             .drain(close_codes::SERVICE_RESTART, "server restarting");
-    }
-
-    /// Broadcasts `event` with `payload` to every subscriber of `topic` in the cluster,
-    /// except the local connection `exclude`. On a topic whose rule keeps history the broadcast
-    /// is retained and its offset returned.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: Payload,
-        exclude: Option<ConnId>,
-    ) -> Result<Option<u64>, PublishError> {
-        self.publish_from(topic, event, payload, exclude, Sender::default())
-            .await
-    }
-
-    /// [`Node::publish`] with what receivers may be told about the sender, or must exclude,
-    /// on every node (see [`Sender`]).
-    pub async fn publish_from(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: Payload,
-        exclude: Option<ConnId>,
-        sender: Sender,
-    ) -> Result<Option<u64>, PublishError> {
-        let history = self.history_for(topic, false);
-        self.publish_with(topic, event, payload, exclude, sender, history)
-            .await
-    }
-
-    /// A client's push: [`Node::publish_from`], except that it never becomes a Pusher cache
-    /// channel's last event (the cache holds what the server published, as Pusher's).
-    pub async fn publish_client(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: Payload,
-        exclude: Option<ConnId>,
-        sender: Sender,
-    ) -> Result<Option<u64>, PublishError> {
-        let history = self.history_for(topic, true);
-        self.publish_with(topic, event, payload, exclude, sender, history)
-            .await
-    }
-
-    async fn publish_with(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: Payload,
-        exclude: Option<ConnId>,
-        sender: Sender,
-        history: Option<crate::publication::HistoryOpts>,
-    ) -> Result<Option<u64>, PublishError> {
-        let mut publication = Publication::new(topic, event, payload, exclude)?.with_sender(sender);
-        if let Some(opts) = history {
-            publication = publication.with_history(opts);
-        }
-        self.send(publication).await
-    }
-
-    /// What `topic` keeps as history: its rule's, else (in Pusher mode, for what the server
-    /// publishes, not clients' pushes) a Pusher cache channel's last event.
-    fn history_for(&self, topic: &str, client: bool) -> Option<crate::publication::HistoryOpts> {
-        self.policy.history_for(topic).or_else(|| {
-            (self.pusher_mode && !client && crate::pusher::cache::is_cache_channel(topic))
-                .then(crate::pusher::cache::history_opts)
-        })
-    }
-
-    /// Publishes a server-generated event (presence diffs) that never enters history.
-    pub async fn publish_unlogged(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: Payload,
-    ) -> Result<(), PublishError> {
-        let publication = Publication::new(topic, event, payload, None)?;
-        self.send(publication).await.map(|_| ())
-    }
-
-    async fn send(&self, publication: Publication) -> Result<Option<u64>, PublishError> {
-        self.counters.broadcasts.fetch_add(1, Ordering::Relaxed);
-        self.broker.publish(publication).await.map_err(|e| {
-            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-            PublishError::Broker(e)
-        })
-    }
-
-    /// The history of `topic` after `since` (see [`Broker::history`]).
-    pub async fn history(
-        &self,
-        topic: &str,
-        since: Option<u64>,
-    ) -> Result<HistoryPage, BrokerError> {
-        self.broker.history(topic, since).await.inspect_err(|_| {
-            self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-        })
     }
 
     /// Subscribes a local connection (`with_offset`: it gets history offsets in `ref`); also
