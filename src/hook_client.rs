@@ -54,26 +54,10 @@ impl HookTransport for HookClient {
         for (name, value) in headers {
             req = req.header(*name, value);
         }
-        let describe = |e: reqwest::Error| {
-            if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                // Without the URL (it may carry credentials); the log names the hook.
-                let e = e.without_url();
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(": ");
-                    text.push_str(&s.to_string());
-                    source = s.source();
-                }
-                text
-            }
-        };
-        let mut res = req.send().await.map_err(describe)?;
+        let mut res = req.send().await.map_err(describe_error)?;
         let status = res.status().as_u16();
         let mut out = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(describe)? {
+        while let Some(chunk) = res.chunk().await.map_err(describe_error)? {
             if out.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
             }
@@ -84,4 +68,21 @@ impl HookTransport for HookClient {
             body: out.into(),
         })
     }
+}
+
+/// A reqwest error with its causes, without the URL (it may carry credentials; the caller's
+/// log names the hook or JWKS URL). Shared by the hook client and the JWKS fetcher.
+pub(crate) fn describe_error(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -22,22 +22,6 @@ impl JwksClient {
     }
 }
 
-/// A reqwest error with its causes, without the URL (the log names it).
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".to_owned();
-    }
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[async_trait::async_trait]
 impl JwksFetcher for JwksClient {
     async fn get(&self, url: &str) -> Result<JwksAnswer, String> {
@@ -47,7 +31,7 @@ impl JwksFetcher for JwksClient {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(describe)?;
+            .map_err(crate::hook_client::describe_error)?;
         let status = res.status();
         if !status.is_success() {
             return Err(format!("answered {status}"));
@@ -58,7 +42,11 @@ impl JwksFetcher for JwksClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(describe)? {
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(crate::hook_client::describe_error)?
+        {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
                 return Err(format!("answer larger than {MAX_JWKS_BYTES} bytes"));
             }

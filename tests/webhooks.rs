@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::receiver::{Answer, Receiver, HOOK_SECRET};
+use common::receiver::{types_of, Answer, Receiver, HOOK_SECRET};
 use common::{free_port, Server, API_KEY};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -32,18 +32,6 @@ async fn start(url: &str, extra: &[(&str, &str)]) -> Server {
 
 fn ok(_: &str, _: &Value) -> Answer {
     Answer::Json(json!({}))
-}
-
-/// The types of the events of user `sub`, in order.
-fn types_of(events: &[Value], sub: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["sub"] == sub)
-        .map(|e| match e["topic"].as_str() {
-            Some(t) => format!("{} {t}", e["type"].as_str().unwrap()),
-            None => e["type"].as_str().unwrap().to_owned(),
-        })
-        .collect()
 }
 
 fn assert_unique_ids(events: &[Value]) {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::receiver::{Answer, Receiver, HOOK_SECRET};
+use common::receiver::{types_of, Answer, Receiver, HOOK_SECRET};
 use common::Server;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -39,18 +39,6 @@ async fn start(url: &str, grace_ms: &str, extra: &[(&str, &str)]) -> Server {
 
 fn ok(_: &str, _: &Value) -> Answer {
     Answer::Json(json!({}))
-}
-
-/// `type topic` (or `type`) of every event of user `sub`, in order.
-fn types_of(events: &[Value], sub: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["sub"] == sub)
-        .map(|e| match e["topic"].as_str() {
-            Some(t) => format!("{} {t}", e["type"].as_str().unwrap()),
-            None => e["type"].as_str().unwrap().to_owned(),
-        })
-        .collect()
 }
 
 /// `type` of the channel events of `topic`, in order.

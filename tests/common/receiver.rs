@@ -202,3 +202,17 @@ impl Drop for Receiver {
         self.task.abort();
     }
 }
+
+/// `type topic` (or `type`, for an event without a topic) of every event of user `sub`, in
+/// the order received.
+#[allow(dead_code)] // not every test binary that uses the receiver reads events per user
+pub fn types_of(events: &[Value], sub: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["sub"] == sub)
+        .map(|e| match e["topic"].as_str() {
+            Some(t) => format!("{} {t}", e["type"].as_str().unwrap_or("?")),
+            None => e["type"].as_str().unwrap_or("?").to_owned(),
+        })
+        .collect()
+}
