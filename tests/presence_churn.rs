@@ -5,13 +5,11 @@
 //! joins add metas by `phx_ref`, leaves remove them, a key without metas goes). Run with merged
 //! diffs (`presence.diff_interval_ms` 50) and without (0).
 //!
-//! Both are `#[ignore]`d: they reproduce the open cross-node presence defect (BENCHMARKS.md,
-//! "Presence at scale": each joiner's `presence_state` is a whole-topic `HGETALL` through the
-//! node's one Redis connection, and under load a view can end with a ghost or miss a user; a
-//! full run on a loaded machine had 1 of 300 views wrong). Run them with
-//! `cargo test --test presence_churn -- --ignored` when working on that defect; they must pass
-//! every time before the `#[ignore]` goes.
-
+//! They reproduced the cross-node presence defect that each joiner's `presence_state` was its
+//! own whole-topic `HGETALL` through the node's one Redis connection (under load, commands
+//! behind those reads timed out and their writes and diffs were lost), and that a leave's diff
+//! could be published before Redis had removed the meta (BENCHMARKS.md, "Presence at scale").
+//!
 mod common;
 
 use common::Server;
@@ -226,13 +224,11 @@ async fn churn(interval_ms: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces the open cross-node presence defect under load (see the module doc)"]
 async fn every_member_ends_exact_under_churn_on_two_nodes_with_merged_diffs() {
     churn("50").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces the open cross-node presence defect under load (see the module doc)"]
 async fn every_member_ends_exact_under_churn_on_two_nodes_without_merging() {
     churn("0").await;
 }

@@ -9,7 +9,7 @@
 //! `__proto__` or `constructor`: they are plain JSON object keys here, and phoenix.js 1.8 keeps
 //! presence state in prototype-less objects.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Removal};
 use crate::ConnId;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
@@ -135,11 +135,17 @@ impl Presence {
     }
 
     /// Untracks `conn`; returns its last meta. The cluster copy is removed in the background
-    /// (this is also called from synchronous cleanup).
-    pub fn untrack(&self, topic: &str, key: &str, conn: ConnId) -> Option<serde_json::Value> {
+    /// (this is also called from synchronous cleanup): publish the leave's diff only once the
+    /// returned [`Removal`] is done.
+    pub fn untrack(
+        &self,
+        topic: &str,
+        key: &str,
+        conn: ConnId,
+    ) -> Option<(serde_json::Value, Removal)> {
         let meta = self.table.untrack(topic, key, conn)?;
-        self.broker.clone().presence_remove_detached(topic, conn);
-        Some(meta)
+        let removal = self.broker.clone().presence_remove_detached(topic, conn);
+        Some((meta, removal))
     }
 
     /// The presence of `topic` across the cluster (this node's table if the broker has none

@@ -13,7 +13,9 @@
 //! Bytes freed are counted ([`HistoryStats::freed`]): the binary gives the heap memory they
 //! held back to the system after enough of them (src/allocator.rs).
 
-use super::{Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats, HoldKey};
+use super::{
+    Broker, BrokerError, CounterKey, HistoryItem, HistoryPage, HistoryStats, HoldKey, Removal,
+};
 use crate::hub::Hub;
 use crate::limits::HistoryBudget;
 use crate::protocol::Frame;
@@ -394,7 +396,9 @@ impl Broker for MemoryBroker {
     }
 
     // One node keeps no cluster state: nothing to clean up in the background.
-    fn presence_remove_detached(self: Arc<Self>, _topic: &str, _conn: ConnId) {}
+    fn presence_remove_detached(self: Arc<Self>, _topic: &str, _conn: ConnId) -> Removal {
+        Removal::NONE
+    }
 
     fn release_detached(self: Arc<Self>, _key: CounterKey) {}
 

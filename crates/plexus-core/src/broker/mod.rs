@@ -266,11 +266,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// [`Broker::presence_remove`] without waiting, for synchronous cleanup: done in the
     /// background by a broker that keeps cluster state, not at all by one that keeps none.
-    fn presence_remove_detached(self: Arc<Self>, topic: &str, conn: ConnId) {
+    /// The removal is done whether or not the returned [`Removal`] is awaited; the leave's
+    /// `presence_diff` is published only after it ([`Removal::done`]), so that a joiner whose
+    /// state was read before the removal still gets the leave.
+    fn presence_remove_detached(self: Arc<Self>, topic: &str, conn: ConnId) -> Removal {
         let topic = topic.to_owned();
-        spawn_detached(async move {
+        Removal(spawn_detached(async move {
             let _ = self.presence_remove(&topic, conn).await;
-        });
+        }))
     }
 
     /// The cluster-wide presence of `topic` (`{key: {"metas": […]}}`), or `None` when this
@@ -416,9 +419,29 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 /// Runs `task` on the current runtime, if there is one (cleanup may run in a `Drop` outside it).
-fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(task);
+fn spawn_detached(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|rt| rt.spawn(task))
+}
+
+/// A cluster-wide presence removal under way in the background (nothing for a broker that
+/// keeps no cluster state).
+#[must_use = "await `done` before publishing the leave, or drop it to let the removal run alone"]
+pub struct Removal(Option<tokio::task::JoinHandle<()>>);
+
+impl Removal {
+    /// No removal to wait for.
+    pub const NONE: Removal = Removal(None);
+
+    /// Waits until the removal is done (or has failed: a broker's commands are bounded by
+    /// its timeouts).
+    pub async fn done(self) {
+        if let Some(task) = self.0 {
+            let _ = task.await;
+        }
     }
 }
 

@@ -26,7 +26,7 @@ mod presence;
 mod push;
 
 use crate::auth::Identity;
-use crate::broker::HoldKey;
+use crate::broker::{HoldKey, Removal};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Push, Reply};
 use crate::policy::ChannelRule;
@@ -189,8 +189,8 @@ pub(crate) struct Departure {
     topic: Box<str>,
     /// The topic lost its last local subscriber.
     emptied: bool,
-    /// The presence leave to broadcast.
-    presence_diff: Option<serde_json::Value>,
+    /// The presence leave to broadcast, once the cluster-wide removal is done.
+    presence_diff: Option<(serde_json::Value, Removal)>,
 }
 
 impl Departure {
@@ -198,7 +198,8 @@ impl Departure {
         if self.emptied {
             node.unsubscribe_remote(&self.topic).await;
         }
-        if let Some(diff) = self.presence_diff {
+        if let Some((diff, removal)) = self.presence_diff {
+            removal.done().await;
             publish_presence_diff(node, &self.topic, diff).await;
         }
     }
@@ -218,7 +219,7 @@ impl Channel {
             conn.node
                 .unsubscribe_local_held(&topic, conn.id, conn.cause(), hold.is_some());
         let presence_diff = self.presence_key.as_ref().and_then(|key| {
-            let meta = conn.node.presence().untrack(&topic, key, conn.id)?;
+            let (meta, removal) = conn.node.presence().untrack(&topic, key, conn.id)?;
             // Supabase clients track themselves: their presence is theirs, not reported.
             if self.supabase.is_none() {
                 conn.node.member_out(&topic, key, conn.cause());
@@ -253,7 +254,7 @@ impl Channel {
                         .webhook_by(EventKind::PresenceLeave, conn.by(), fields),
                 }
             }
-            Some(crate::presence::diff(None, Some((key, meta))))
+            Some((crate::presence::diff(None, Some((key, meta))), removal))
         });
         conn.node
             .webhook_by(EventKind::Leave, conn.by(), || conn.event(&topic));

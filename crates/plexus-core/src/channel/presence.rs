@@ -37,9 +37,16 @@ impl Channels {
                 let left = channel.presence_key.take().and_then(|key| {
                     presence
                         .untrack(&msg.topic, &key, conn.id)
-                        .map(|meta| (key, meta))
+                        .map(|(meta, removal)| (key, meta, removal))
                 });
-                (None, left)
+                match left {
+                    Some((key, meta, removal)) => {
+                        // The leave is published once Redis no longer has the meta.
+                        removal.done().await;
+                        (None, Some((key, meta)))
+                    }
+                    None => (None, None),
+                }
             }
             PresenceOp::Track(mut meta) => {
                 if msg.payload.len() > crate::presence::MAX_META_BYTES {

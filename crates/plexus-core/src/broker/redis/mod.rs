@@ -32,7 +32,8 @@
 //! This file holds the broker and its [`Broker`] operations. Beside it: [`link`] the three
 //! ways to reach Redis (one server, Sentinel, a Redis Cluster) behind one connection type,
 //! [`config`] the settings, [`keys`] every key and channel name (hash-tagged per topic and per
-//! node), [`history`] and [`presence`] the Redis side of those two, [`gaps`] each history
+//! node), [`history`] and [`presence`] the Redis side of those two ([`state_reads`]: one read of a
+//! topic's presence shared by the node's joiners), [`gaps`] each history
 //! topic's offsets delivered exactly once and in order on this node (duplicates dropped, gaps
 //! replayed, catch-up after a reconnect), [`confirm`] plain broadcasts confirmed on every
 //! subscribed node, [`envelope`] the header of a publication on a topic's channel,
@@ -60,6 +61,7 @@ mod registry;
 mod scripts;
 mod shards;
 mod signing;
+mod state_reads;
 
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEventHandler, CounterKey, HistoryItem, HistoryPage,
@@ -129,6 +131,8 @@ pub struct RedisBroker {
     /// This node's counter units and presences, re-announced after a reconnect.
     claims: Mutex<HashMap<String, i64>>,
     presences: Mutex<HashMap<(String, ConnId), String>>,
+    /// Presence reads shared by this node's joiners of a topic.
+    state_reads: state_reads::StateReads,
     /// This node's live connections as recorded in its registry (when webhooks want them).
     conns: Mutex<HashMap<ConnId, String>>,
     /// The one task that writes the registry, in the order of the changes (see [`registry`]).
@@ -222,6 +226,7 @@ impl RedisBroker {
             events: OnceLock::new(),
             claims: Mutex::new(HashMap::new()),
             presences: Mutex::new(HashMap::new()),
+            state_reads: state_reads::StateReads::default(),
             conns: Mutex::new(HashMap::new()),
             registry_ops: OnceLock::new(),
             registry_dirty: AtomicBool::new(false),

@@ -76,31 +76,44 @@ impl RedisBroker {
         removed
     }
 
+    /// The topic's presence in the whole cluster, from a read of its hash that starts after
+    /// this call, shared with this node's other joiners of the topic ([`super::state_reads`]).
     pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
         self.check_up()?;
         let mut c = self.conn.clone();
-        let entries: HashMap<String, String> = c
-            .hgetall(self.topic_key("pres", topic))
-            .await
-            .map_err(|e| {
+        let key = self.topic_key("pres", topic);
+        let read = self.state_reads.read(topic, move || async move {
+            let entries: HashMap<String, String> =
+                c.hgetall(key).await.map_err(|e| e.to_string())?;
+            Ok(state_of(entries.values()))
+        });
+        match read.await {
+            Ok(state) => Ok(Some(Value::clone(&state))),
+            Err(e) => {
                 self.failed("presence", &e);
-                err(e)
-            })?;
-        let mut state = serde_json::Map::new();
-        for value in entries.values() {
-            let Ok(v) = serde_json::from_str::<Value>(value) else {
-                continue;
-            };
-            let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
-                continue;
-            };
-            let entry = state
-                .entry(key.to_owned())
-                .or_insert_with(|| serde_json::json!({"metas": []}));
-            if let Some(list) = entry["metas"].as_array_mut() {
-                list.push(meta.clone());
+                Err(err(e))
             }
         }
-        Ok(Some(Value::Object(state)))
     }
+}
+
+/// `{key: {"metas": [meta, …]}}` from the hash's values (entries that do not parse are left
+/// out).
+fn state_of<'a>(values: impl Iterator<Item = &'a String>) -> Value {
+    let mut state = serde_json::Map::new();
+    for value in values {
+        let Ok(v) = serde_json::from_str::<Value>(value) else {
+            continue;
+        };
+        let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
+            continue;
+        };
+        let entry = state
+            .entry(key.to_owned())
+            .or_insert_with(|| serde_json::json!({"metas": []}));
+        if let Some(list) = entry["metas"].as_array_mut() {
+            list.push(meta.clone());
+        }
+    }
+    Value::Object(state)
 }
