@@ -469,11 +469,12 @@ async fn diffs_from_another_node_are_merged_on_the_receiving_node() {
             .await
             .unwrap(),
     ));
+    // Until the watcher is young no more (it would get the ghost's cancelled leave below).
     apply_diffs(
         &mut watcher,
         "room:c",
         &mut view,
-        Duration::from_millis(1500),
+        plexus_core::presence_diffs::YOUNG_FOR + Duration::from_millis(1500),
     )
     .await;
     // 10 users join on B at once (B publishes each diff; A merges what it receives).

@@ -10,12 +10,14 @@
 //! presence state in prototype-less objects.
 
 use crate::broker::{Broker, Removal};
+use crate::protocol::Payload;
 use crate::ConnId;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Largest presence meta, after merging a client's updates.
 pub const MAX_META_BYTES: usize = 4096;
@@ -40,6 +42,38 @@ struct Entry {
 
 /// One topic: user key → that user's metas (one per joined connection).
 type TopicPresence = HashMap<Arc<str>, Vec<Entry>>;
+
+/// A topic's whole presence, `{key: {"metas": [meta, …]}}`, and its JSON, encoded the first
+/// time a joiner needs it: a read shared by many joiners is encoded once, not once each.
+#[derive(Debug)]
+pub struct PresenceState {
+    value: Value,
+    json: OnceLock<Box<RawValue>>,
+}
+
+impl PresenceState {
+    pub fn new(value: Value) -> Self {
+        PresenceState {
+            value,
+            json: OnceLock::new(),
+        }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The state as a `presence_state` payload.
+    pub fn payload(&self) -> Payload {
+        let json = self.json.get_or_init(|| {
+            serde_json::value::to_raw_value(&self.value).unwrap_or_else(|_| {
+                // A `Value` always serializes; `{}` keeps the frame well-formed regardless.
+                RawValue::from_string("{}".to_owned()).unwrap_or_default()
+            })
+        });
+        Payload::Json(json.clone())
+    }
+}
 
 /// Presence of every topic on this node.
 pub struct PresenceTable {
@@ -151,12 +185,22 @@ impl Presence {
     /// The presence of `topic` across the cluster (this node's table if the broker has none
     /// or is unreachable).
     pub async fn state(&self, topic: &str) -> serde_json::Value {
+        let shared = self.shared_state(topic).await;
+        match Arc::try_unwrap(shared) {
+            Ok(state) => state.value,
+            Err(shared) => shared.value.clone(),
+        }
+    }
+
+    /// [`Presence::state`] as read once for every joiner of this node that asked at the same
+    /// time (a cluster broker shares its reads): what a joiner is sent, with no copy.
+    pub async fn shared_state(&self, topic: &str) -> Arc<PresenceState> {
         match self.broker.presence_state(topic).await {
             Ok(Some(state)) => state,
-            Ok(None) => self.table.state(topic),
+            Ok(None) => Arc::new(PresenceState::new(self.table.state(topic))),
             Err(e) => {
                 tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
-                self.table.state(topic)
+                Arc::new(PresenceState::new(self.table.state(topic)))
             }
         }
     }

@@ -48,8 +48,12 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 /// How long, beyond the interval, after its `presence_state` was read a member still gets
 /// cancelled leaves: covers the time between a meta's write (which a state read may see) and
 /// its diff's arrival here (the joiner's own reply and state sent first, then Redis's
-/// round trip when the meta was written on another node) — milliseconds in practice.
-pub const YOUNG_FOR: Duration = Duration::from_secs(1);
+/// round trip when the meta was written on another node). Milliseconds in practice, but a
+/// joiner's state read may wait for the read of the topic already under way on its node
+/// (`broker/redis/state_reads.rs`), and each is bounded by Redis's response timeout (2 s by
+/// default): 5 s covers two. A member young for longer than needed only gets a few leaves of
+/// metas it never held, which change nothing.
+pub const YOUNG_FOR: Duration = Duration::from_secs(5);
 
 /// One user key's metas, in arrival order.
 type Metas = Vec<Value>;

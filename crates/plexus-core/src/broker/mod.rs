@@ -17,6 +17,7 @@
 pub mod memory;
 pub mod redis;
 
+use crate::presence::PresenceState;
 use crate::publication::Publication;
 use crate::ConnId;
 use async_trait::async_trait;
@@ -278,7 +279,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The cluster-wide presence of `topic` (`{key: {"metas": […]}}`), or `None` when this
     /// node's own table is complete.
-    async fn presence_state(&self, _topic: &str) -> Result<Option<Value>, BrokerError> {
+    async fn presence_state(
+        &self,
+        _topic: &str,
+    ) -> Result<Option<Arc<PresenceState>>, BrokerError> {
         Ok(None)
     }
 

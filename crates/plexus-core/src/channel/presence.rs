@@ -4,7 +4,7 @@
 //! `sub`), and the `presence_state` / `presence_diff`
 //! messages. The table itself, mirrored to the cluster, is [`crate::presence`].
 
-use super::{json_payload, Channels, Conn};
+use super::{Channels, Conn};
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{events, Message, Payload};
@@ -188,13 +188,17 @@ pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: 
     if let Some(diffs) = conn.node.hub().presence_diffs() {
         diffs.state_read(topic, conn.id);
     }
-    let state = conn.node.presence().state(topic).await;
+    let state = conn.node.presence().shared_state(topic).await;
+    // And after it: the read may have waited for another (see `YOUNG_FOR`).
+    if let Some(diffs) = conn.node.hub().presence_diffs() {
+        diffs.state_read(topic, conn.id);
+    }
     conn.push(
         join_ref,
         None,
         topic,
         events::PRESENCE_STATE,
-        json_payload(&state),
+        state.payload(),
     );
 }
 

@@ -68,6 +68,7 @@ use super::{
     HoldKey, RequestHandler,
 };
 use crate::hub::Hub;
+use crate::presence::PresenceState;
 use crate::protocol::Frame;
 use crate::publication::Publication;
 use crate::ConnId;
@@ -456,7 +457,7 @@ impl Broker for RedisBroker {
         self.remove_presence(topic, conn).await
     }
 
-    async fn presence_state(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
+    async fn presence_state(&self, topic: &str) -> Result<Option<Arc<PresenceState>>, BrokerError> {
         self.read_presence(topic).await
     }
 

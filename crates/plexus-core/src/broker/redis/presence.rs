@@ -7,10 +7,12 @@
 use super::registry::RegistryOp;
 use super::{err, RedisBroker};
 use crate::broker::BrokerError;
+use crate::presence::PresenceState;
 use crate::ConnId;
 use redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 impl RedisBroker {
     pub(super) async fn set_presence(
@@ -58,37 +60,50 @@ impl RedisBroker {
         topic: &str,
         conn: ConnId,
     ) -> Result<(), BrokerError> {
-        let _gate = self.gate.read().await;
+        let gate = self.gate.read().await;
         self.presences.lock().remove(&(topic.to_owned(), conn));
         self.check_up()?;
         let mut c = self.conn.clone();
-        let removed = c
-            .hdel::<_, _, ()>(
-                self.topic_key("pres", topic),
-                format!("{}:{conn}", self.node_id),
-            )
-            .await
-            .map_err(|e| {
-                self.failed("presence", &e);
-                err(e)
-            });
+        let (key, field) = (
+            self.topic_key("pres", topic),
+            format!("{}:{conn}", self.node_id),
+        );
+        let mut removed = c.hdel::<_, _, ()>(&key, &field).await;
         self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
-        removed
+        drop(gate);
+        // A removal that timed out (Redis slow, not down) is tried again: a field left behind
+        // would be a ghost in every later joiner's state, whose leave was already sent. While
+        // Redis is down, the re-announce after the outage removes it (`reannounce`).
+        for pause_ms in [100, 1_000] {
+            let Err(e) = &removed else { break };
+            self.failed("presence", e);
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            let _gate = self.gate.read().await;
+            self.check_up()?;
+            removed = c.hdel::<_, _, ()>(&key, &field).await;
+        }
+        removed.map_err(|e| {
+            self.failed("presence", &e);
+            err(e)
+        })
     }
 
     /// The topic's presence in the whole cluster, from a read of its hash that starts after
     /// this call, shared with this node's other joiners of the topic ([`super::state_reads`]).
-    pub(super) async fn read_presence(&self, topic: &str) -> Result<Option<Value>, BrokerError> {
+    pub(super) async fn read_presence(
+        &self,
+        topic: &str,
+    ) -> Result<Option<Arc<PresenceState>>, BrokerError> {
         self.check_up()?;
         let mut c = self.conn.clone();
         let key = self.topic_key("pres", topic);
         let read = self.state_reads.read(topic, move || async move {
             let entries: HashMap<String, String> =
                 c.hgetall(key).await.map_err(|e| e.to_string())?;
-            Ok(state_of(entries.values()))
+            Ok(PresenceState::new(state_of(entries.values())))
         });
         match read.await {
-            Ok(state) => Ok(Some(Value::clone(&state))),
+            Ok(state) => Ok(Some(state)),
             Err(e) => {
                 self.failed("presence", &e);
                 Err(err(e))

@@ -14,15 +14,15 @@
 //! Each round runs in its own task, so it ends (and forgets itself) even when every joiner
 //! waiting for it has gone.
 
+use crate::presence::PresenceState;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 /// What a round's read gives: the state, or why it failed (shared by all its joiners).
-pub(super) type ReadResult = Result<Arc<Value>, Arc<str>>;
+pub(super) type ReadResult = Result<Arc<PresenceState>, Arc<str>>;
 type Round = Shared<BoxFuture<'static, ReadResult>>;
 
 /// The rounds of this node's presence reads, per topic (see the module's doc).
@@ -36,7 +36,6 @@ struct Latest {
     id: u64,
     round: Round,
     sent: bool,
-    next_id: u64,
 }
 
 impl StateReads {
@@ -45,12 +44,12 @@ impl StateReads {
     pub(super) fn read<F, Fut>(&self, topic: &str, read: F) -> impl Future<Output = ReadResult>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+        Fut: Future<Output = Result<PresenceState, String>> + Send + 'static,
     {
         let mut topics = self.topics.lock();
         let (id, previous) = match topics.get(topic) {
             Some(latest) if !latest.sent => return latest.round.clone(),
-            Some(latest) => (latest.next_id, Some(latest.round.clone())),
+            Some(latest) => (latest.id.wrapping_add(1), Some(latest.round.clone())),
             None => (0, None),
         };
         let round = start_round(self.topics.clone(), topic.to_owned(), id, previous, read);
@@ -60,7 +59,6 @@ impl StateReads {
                 id,
                 round: round.clone(),
                 sent: false,
-                next_id: id.wrapping_add(1),
             },
         );
         round
@@ -82,8 +80,9 @@ fn start_round<F, Fut>(
 ) -> Round
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    Fut: Future<Output = Result<PresenceState, String>> + Send + 'static,
 {
+    let (topics_after, topic_after) = (topics.clone(), topic.clone());
     let task = tokio::spawn(async move {
         // One read of a topic at a time on this node.
         if let Some(previous) = previous {
@@ -103,8 +102,15 @@ where
         result
     });
     async move {
-        task.await
-            .unwrap_or_else(|e| Err(Arc::from(format!("presence read failed: {e}"))))
+        task.await.unwrap_or_else(|e| {
+            // Cancelled (the runtime is shutting down) or panicked: forget the round, so that
+            // the topic's next joiner reads afresh instead of joining a round that never ends.
+            let mut all = topics_after.lock();
+            if all.get(&topic_after).is_some_and(|latest| latest.id == id) {
+                all.remove(&topic_after);
+            }
+            Err(Arc::from(format!("presence read failed: {e}")))
+        })
     }
     .boxed()
     .shared()
@@ -113,6 +119,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::sync::oneshot;
@@ -121,13 +128,13 @@ mod tests {
     fn counted(
         reads: &Arc<AtomicUsize>,
         release: oneshot::Receiver<()>,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<Value, String>> + Send + 'static {
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<PresenceState, String>> + Send + 'static {
         let reads = reads.clone();
         move || {
             async move {
                 let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
                 let _ = release.await;
-                Ok(Value::from(n))
+                Ok(PresenceState::new(Value::from(n)))
             }
             .boxed()
         }
@@ -157,13 +164,13 @@ mod tests {
             "one read at a time per topic"
         );
         let _ = release1.send(());
-        assert_eq!(*first.await.unwrap().unwrap(), Value::from(1));
+        assert_eq!(*first.await.unwrap().unwrap().value(), Value::from(1));
         while reads.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let _ = release2.send(());
         for joiner in [second, third, fourth] {
-            assert_eq!(*joiner.await.unwrap().unwrap(), Value::from(2));
+            assert_eq!(*joiner.await.unwrap().unwrap().value(), Value::from(2));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2, "the three shared one read");
         assert_eq!(state.pending(), 0, "a finished topic is forgotten");
@@ -172,16 +179,18 @@ mod tests {
     #[tokio::test]
     async fn topics_are_read_independently_and_failures_reach_every_joiner() {
         let state = StateReads::default();
-        let a = state.read("a", || async { Err::<Value, _>("down".to_owned()) });
-        let b = state.read("b", || async { Ok(Value::from("b")) });
-        let a2 = state.read("a", || async { Ok(Value::from("never read")) });
+        let a = state.read("a", || async { Err::<PresenceState, _>("down".to_owned()) });
+        let b = state.read("b", || async { Ok(PresenceState::new(Value::from("b"))) });
+        let a2 = state.read("a", || async {
+            Ok(PresenceState::new(Value::from("never read")))
+        });
         assert_eq!(&*a.await.unwrap_err(), "down");
         assert_eq!(
             &*a2.await.unwrap_err(),
             "down",
             "it joined the failed round"
         );
-        assert_eq!(*b.await.unwrap(), Value::from("b"));
+        assert_eq!(*b.await.unwrap().value(), Value::from("b"));
         assert_eq!(state.pending(), 0);
     }
 
@@ -206,6 +215,6 @@ mod tests {
         let (release, rx) = oneshot::channel();
         let next = state.read("t", counted(&reads, rx));
         let _ = release.send(());
-        assert_eq!(*next.await.unwrap(), Value::from(2));
+        assert_eq!(*next.await.unwrap().value(), Value::from(2));
     }
 }
