@@ -10,6 +10,7 @@
 //! presence state in prototype-less objects.
 
 use crate::broker::{Broker, Removal};
+use crate::presence_diffs::DiffCoalescer;
 use crate::protocol::Payload;
 use crate::ConnId;
 use parking_lot::Mutex;
@@ -185,7 +186,7 @@ impl Presence {
     /// The presence of `topic` across the cluster (this node's table if the broker has none
     /// or is unreachable).
     pub async fn state(&self, topic: &str) -> serde_json::Value {
-        let shared = self.shared_state(topic).await;
+        let shared = self.shared_state(topic, None).await;
         match Arc::try_unwrap(shared) {
             Ok(state) => state.value,
             Err(shared) => shared.value.clone(),
@@ -193,11 +194,20 @@ impl Presence {
     }
 
     /// [`Presence::state`] as read once for every joiner of this node that asked at the same
-    /// time (a cluster broker shares its reads): what a joiner is sent, with no copy.
-    pub async fn shared_state(&self, topic: &str) -> Arc<PresenceState> {
+    /// time (a cluster broker shares its reads; with merged diffs, this node's own state is
+    /// shared until the topic's next flush: [`DiffCoalescer::shared_state`]): what a joiner
+    /// is sent, with no copy. Only for a joiner already subscribed to `topic`.
+    pub async fn shared_state(
+        &self,
+        topic: &str,
+        diffs: Option<&DiffCoalescer>,
+    ) -> Arc<PresenceState> {
         match self.broker.presence_state(topic).await {
             Ok(Some(state)) => state,
-            Ok(None) => Arc::new(PresenceState::new(self.table.state(topic))),
+            Ok(None) => match diffs {
+                Some(d) => d.shared_state(topic, || self.table.state(topic)),
+                None => Arc::new(PresenceState::new(self.table.state(topic))),
+            },
             Err(e) => {
                 tracing::debug!(topic, error = %e, "cluster presence unavailable, answering with this node's");
                 Arc::new(PresenceState::new(self.table.state(topic)))

@@ -24,6 +24,7 @@
 //! timer per connection or topic.
 
 use crate::hub::Hub;
+use crate::presence::PresenceState;
 use crate::protocol::{events, Payload};
 use crate::publication::Publication;
 use crate::ConnId;
@@ -165,6 +166,11 @@ struct Pending {
     young: HashMap<Arc<str>, VecDeque<(Instant, ConnId)>>,
     /// The flusher task runs.
     flusher: bool,
+    /// Per topic: this node's presence state as built since the topic's pending diff was last
+    /// taken, shared by the joiners that ask before it is taken again ([`DiffCoalescer::shared_state`]).
+    snapshots: HashMap<Arc<str>, (Instant, Arc<PresenceState>)>,
+    /// Pending diffs taken so far (of any topic): a snapshot built across a take is not kept.
+    taken: u64,
 }
 
 /// A flush ready to deliver: the diff for most members, and the one for young members when
@@ -241,6 +247,35 @@ impl DiffCoalescer {
         Ok(flush)
     }
 
+    /// This node's presence of `topic` (`build` makes it from the node's table) for a joiner
+    /// already subscribed to the topic: shared with every joiner that asks before the
+    /// topic's pending diff is next taken, instead of made and encoded once per joiner (O(N²)
+    /// when N arrive at once).
+    ///
+    /// Why a shared state is exact: every change made to the table after the state was built
+    /// reaches this coalescer as a diff, and the first take of the topic after that forgets
+    /// the state; so until then each such change is still pending, and its flush reaches the
+    /// joiner (subscribed before it asked). A change the state has and the flush repeats
+    /// changes nothing (metas are told apart by `phx_ref`), and a join cancelled in the
+    /// interval is sent with its leave to the young joiner.
+    pub fn shared_state(&self, topic: &str, build: impl FnOnce() -> Value) -> Arc<PresenceState> {
+        let taken = {
+            let pending = self.pending.lock();
+            if let Some((_, state)) = pending.snapshots.get(topic) {
+                return state.clone();
+            }
+            pending.taken
+        };
+        let state = Arc::new(PresenceState::new(build()));
+        let mut pending = self.pending.lock();
+        if pending.taken == taken {
+            pending
+                .snapshots
+                .insert(topic.into(), (Instant::now(), state.clone()));
+        }
+        state
+    }
+
     /// Remembers that `conn` is about to read `topic`'s presence state (call it before the
     /// read): until [`YOUNG_FOR`] has passed, flushes give it cancelled leaves too.
     pub fn state_read(&self, topic: &str, conn: ConnId) {
@@ -271,6 +306,9 @@ impl DiffCoalescer {
         diff: TopicDiff,
         now: Instant,
     ) -> Option<Flush> {
+        // Taken: a state shared from now on must be built after this.
+        pending.taken = pending.taken.wrapping_add(1);
+        pending.snapshots.remove(&**topic);
         let young: HashSet<ConnId> = match pending.young.get_mut(&**topic) {
             Some(y) => {
                 while y
@@ -334,6 +372,12 @@ impl DiffCoalescer {
             }
         }
         let next = pending.due.front().map(|(at, _)| *at);
+        // Shared states are kept an interval at most (they stay exact until their topic is
+        // taken, but hold memory).
+        let interval = self.interval;
+        pending
+            .snapshots
+            .retain(|_, (at, _)| now.duration_since(*at) <= interval);
         if next.is_none() {
             // Young members only matter while a diff may be pending.
             pending.young.retain(|_, y| {

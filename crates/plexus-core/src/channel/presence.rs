@@ -188,7 +188,15 @@ pub(super) async fn push_presence_state(conn: &Conn<'_>, topic: &str, join_ref: 
     if let Some(diffs) = conn.node.hub().presence_diffs() {
         diffs.state_read(topic, conn.id);
     }
-    let state = conn.node.presence().shared_state(topic).await;
+    // This node's own state is shared between joiners only where the client learns of its
+    // own meta from the diff that follows (phoenix.js and Supabase's clients hold diffs that
+    // come before the state); a Pusher client's `subscription_succeeded` must count itself
+    // (and Pusher caps presence channels at 100 members).
+    let diffs = match conn.pusher_socket {
+        None => conn.node.hub().presence_diffs(),
+        Some(_) => None,
+    };
+    let state = conn.node.presence().shared_state(topic, diffs).await;
     // And after it: the read may have waited for another (see `YOUNG_FOR`).
     if let Some(diffs) = conn.node.hub().presence_diffs() {
         diffs.state_read(topic, conn.id);

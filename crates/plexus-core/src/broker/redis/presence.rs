@@ -94,19 +94,28 @@ impl RedisBroker {
         &self,
         topic: &str,
     ) -> Result<Option<Arc<PresenceState>>, BrokerError> {
-        self.check_up()?;
-        let mut c = self.conn.clone();
-        let key = self.topic_key("pres", topic);
-        let read = self.state_reads.read(topic, move || async move {
-            let entries: HashMap<String, String> =
-                c.hgetall(key).await.map_err(|e| e.to_string())?;
-            Ok(PresenceState::new(state_of(entries.values())))
-        });
-        match read.await {
-            Ok(state) => Ok(Some(state)),
-            Err(e) => {
-                self.failed("presence", &e);
-                Err(err(e))
+        // A read that timed out (Redis slow, not down) is made again, up to twice: the answer
+        // without it, this node's own members only, would be wrong for every joiner of the
+        // round until diffs repair it, which they never do for members already there.
+        let mut attempts = 0;
+        loop {
+            self.check_up()?;
+            let mut c = self.conn.clone();
+            let key = self.topic_key("pres", topic);
+            let read = self.state_reads.read(topic, move || async move {
+                let entries: HashMap<String, String> =
+                    c.hgetall(key).await.map_err(|e| e.to_string())?;
+                Ok(PresenceState::new(state_of(entries.values())))
+            });
+            match read.await {
+                Ok(state) => return Ok(Some(state)),
+                Err(e) => {
+                    self.failed("presence", &e);
+                    attempts += 1;
+                    if attempts > 2 {
+                        return Err(err(e));
+                    }
+                }
             }
         }
     }
