@@ -284,6 +284,12 @@ async fn api_disconnect_reaches_every_node() {
     let nodes = cluster(&redis, 2).await;
     let mut on_a = nodes[0].client("dora").await;
     let mut on_b = nodes[1].client("dora").await;
+    // A connection is registered (and can be disconnected) once its upgrade is done on the
+    // server's side, a moment after the client has it: a reply proves it (under load that
+    // moment was long enough for the disconnect to pass it by once).
+    for c in [&mut on_a, &mut on_b] {
+        assert!(c.heartbeat().await.unwrap().is_ok());
+    }
     let auth = format!("Bearer {API_KEY}");
     let (st, resp) = nodes[1]
         .http(

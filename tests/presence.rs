@@ -253,6 +253,9 @@ async fn joins_inside_one_interval_leave_as_one_diff_and_a_join_left_inside_it_c
             .await
             .unwrap(),
     ));
+    let young_until = tokio::time::Instant::now()
+        + plexus_core::presence_diffs::YOUNG_FOR
+        + Duration::from_millis(1200);
     // Its own join comes back merged, alone.
     assert_eq!(
         apply_diffs(
@@ -291,7 +294,15 @@ async fn joins_inside_one_interval_leave_as_one_diff_and_a_join_left_inside_it_c
         "one diff for the 20 joins"
     );
 
-    // Inside one interval: "ghost" joins and leaves, "stayer" joins, user00 leaves.
+    // Inside one interval: "ghost" joins and leaves, "stayer" joins, user00 leaves. The
+    // watcher is young no more by then (a young member gets the cancelled leave too).
+    apply_diffs(
+        &mut watcher,
+        "room:m",
+        &mut view,
+        young_until.saturating_duration_since(tokio::time::Instant::now()),
+    )
+    .await;
     let mut ghost = s.client("ghost").await;
     assert!(ghost.join("room:m", json!({})).await.unwrap().is_ok());
     let mut stayer = s.client("stayer").await;

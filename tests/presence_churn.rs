@@ -1,5 +1,5 @@
-//! Presence under churn on two nodes sharing a real Redis: a few hundred users join one
-//! presence topic fast over both nodes while some of them leave again, and every member still
+//! Presence under churn on two nodes sharing a real Redis, and on one node: a few hundred
+//! users join one presence topic fast (over both nodes) while some of them leave again, and every member still
 //! joined must end with exactly the users still joined — its view kept as phoenix.js keeps it
 //! (`Presence.syncState`/`syncDiff`: diffs that come before the `presence_state` wait for it,
 //! joins add metas by `phx_ref`, leaves remove them, a key without metas goes). Run with merged
@@ -9,7 +9,8 @@
 //! own whole-topic `HGETALL` through the node's one Redis connection (under load, commands
 //! behind those reads timed out and their writes and diffs were lost), and that a leave's diff
 //! could be published before Redis had removed the meta (BENCHMARKS.md, "Presence at scale").
-//!
+//! On one node, joiners share the node's state between two flushes of the topic's diff.
+
 mod common;
 
 use common::Server;
@@ -144,17 +145,22 @@ async fn member(
     }
 }
 
-async fn churn(interval_ms: &str) {
-    let redis = common::Redis::start();
-    let url = redis.url();
-    let env = [
-        ("PLEXUS_REDIS_URL", url.as_str()),
-        ("PLEXUS_PRESENCE_DIFF_INTERVAL_MS", interval_ms),
-    ];
-    let nodes = [
-        Server::start_with(Some(CONFIG), &env).await,
-        Server::start_with(Some(CONFIG), &env).await,
-    ];
+/// `two_nodes`: two nodes on one Redis, else one node with the embedded broker (whose joiners
+/// share the node's state between flushes, `DiffCoalescer::shared_state`).
+async fn churn(two_nodes: bool, interval_ms: &str) {
+    let redis = two_nodes.then(common::Redis::start);
+    let url = redis.as_ref().map(|r| r.url()).unwrap_or_default();
+    let mut env = vec![("PLEXUS_PRESENCE_DIFF_INTERVAL_MS", interval_ms)];
+    let nodes = if two_nodes {
+        env.push(("PLEXUS_REDIS_URL", url.as_str()));
+        vec![
+            Server::start_with(Some(CONFIG), &env).await,
+            Server::start_with(Some(CONFIG), &env).await,
+        ]
+    } else {
+        let config = CONFIG.replace("broker = \"redis\"\n", "");
+        vec![Server::start_with(Some(&config), &env).await]
+    };
     let users = 400;
     let done = Arc::new(AtomicBool::new(false));
     let left = Arc::new(AtomicUsize::new(0));
@@ -164,7 +170,7 @@ async fn churn(interval_ms: &str) {
     // One join every 4 ms, alternating nodes; every fourth user leaves 0–390 ms after joining,
     // while others are still arriving.
     for i in 0..users {
-        let node = &nodes[i % 2];
+        let node = &nodes[i % nodes.len()];
         let sub = format!("u{i:03}");
         let leave_after = (i % 4 == 0).then(|| Duration::from_millis((i as u64 * 37) % 200));
         if leave_after.is_some() {
@@ -225,10 +231,15 @@ async fn churn(interval_ms: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_ends_exact_under_churn_on_two_nodes_with_merged_diffs() {
-    churn("50").await;
+    churn(true, "50").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_ends_exact_under_churn_on_two_nodes_without_merging() {
-    churn("0").await;
+    churn(true, "0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_ends_exact_under_churn_on_one_node_with_merged_diffs() {
+    churn(false, "50").await;
 }

@@ -50,11 +50,12 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 /// cancelled leaves: covers the time between a meta's write (which a state read may see) and
 /// its diff's arrival here (the joiner's own reply and state sent first, then Redis's
 /// round trip when the meta was written on another node). Milliseconds in practice, but a
-/// joiner's state read may wait for the read of the topic already under way on its node
-/// (`broker/redis/state_reads.rs`), and each is bounded by Redis's response timeout (2 s by
-/// default): 5 s covers two. A member young for longer than needed only gets a few leaves of
-/// metas it never held, which change nothing.
-pub const YOUNG_FOR: Duration = Duration::from_secs(5);
+/// joiner's own state read comes between its meta's write and its diff's publish, and may
+/// wait for the read of the topic already under way on its node (`broker/redis/state_reads.rs`)
+/// and be made twice, each bounded by Redis's response timeout (2 s by default), and then the
+/// publish may take as long: 10 s covers that. A member young for longer than needed only gets
+/// a few leaves of metas it never held, which change nothing.
+pub const YOUNG_FOR: Duration = Duration::from_secs(10);
 
 /// One user key's metas, in arrival order.
 type Metas = Vec<Value>;
@@ -169,8 +170,10 @@ struct Pending {
     /// Per topic: this node's presence state as built since the topic's pending diff was last
     /// taken, shared by the joiners that ask before it is taken again ([`DiffCoalescer::shared_state`]).
     snapshots: HashMap<Arc<str>, (Instant, Arc<PresenceState>)>,
-    /// Pending diffs taken so far (of any topic): a snapshot built across a take is not kept.
-    taken: u64,
+    /// Per topic: the snapshot being built (its number); a take of the topic forgets it, so
+    /// that a snapshot built across a take is not kept.
+    building: HashMap<Arc<str>, u64>,
+    next_build: u64,
 }
 
 /// A flush ready to deliver: the diff for most members, and the one for young members when
@@ -259,19 +262,30 @@ impl DiffCoalescer {
     /// changes nothing (metas are told apart by `phx_ref`), and a join cancelled in the
     /// interval is sent with its leave to the young joiner.
     pub fn shared_state(&self, topic: &str, build: impl FnOnce() -> Value) -> Arc<PresenceState> {
-        let taken = {
-            let pending = self.pending.lock();
+        let build_id = {
+            let mut pending = self.pending.lock();
             if let Some((_, state)) = pending.snapshots.get(topic) {
                 return state.clone();
             }
-            pending.taken
+            // Kept only while the flusher runs (it forgets old snapshots).
+            if !pending.flusher {
+                None
+            } else {
+                let id = pending.next_build;
+                pending.next_build = id.wrapping_add(1);
+                pending.building.insert(topic.into(), id);
+                Some(id)
+            }
         };
         let state = Arc::new(PresenceState::new(build()));
-        let mut pending = self.pending.lock();
-        if pending.taken == taken {
-            pending
-                .snapshots
-                .insert(topic.into(), (Instant::now(), state.clone()));
+        if let Some(id) = build_id {
+            let mut pending = self.pending.lock();
+            if pending.building.get(topic) == Some(&id) {
+                pending.building.remove(topic);
+                pending
+                    .snapshots
+                    .insert(topic.into(), (Instant::now(), state.clone()));
+            }
         }
         state
     }
@@ -295,6 +309,13 @@ impl DiffCoalescer {
             young.pop_front();
         }
         young.push_back((now, conn));
+        // The flusher forgets young members (and shared states) that are old.
+        if !pending.flusher {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                pending.flusher = true;
+                rt.spawn(run(self.hub.clone()));
+            }
+        }
     }
 
     /// Builds the publications of a topic's pending diff (and forgets young members that
@@ -307,8 +328,8 @@ impl DiffCoalescer {
         now: Instant,
     ) -> Option<Flush> {
         // Taken: a state shared from now on must be built after this.
-        pending.taken = pending.taken.wrapping_add(1);
         pending.snapshots.remove(&**topic);
+        pending.building.remove(&**topic);
         let young: HashSet<ConnId> = match pending.young.get_mut(&**topic) {
             Some(y) => {
                 while y
@@ -378,13 +399,16 @@ impl DiffCoalescer {
         pending
             .snapshots
             .retain(|_, (at, _)| now.duration_since(*at) <= interval);
-        if next.is_none() {
-            // Young members only matter while a diff may be pending.
-            pending.young.retain(|_, y| {
-                y.back()
-                    .is_some_and(|(at, _)| now.duration_since(*at) <= YOUNG_FOR)
-            });
-        }
+        // Young members of topics read lately and flushed no more are forgotten too.
+        pending.young.retain(|_, y| {
+            while y
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > YOUNG_FOR + interval)
+            {
+                y.pop_front();
+            }
+            !y.is_empty()
+        });
         (out, next)
     }
 }

@@ -69,7 +69,6 @@ impl RedisBroker {
             format!("{}:{conn}", self.node_id),
         );
         let mut removed = c.hdel::<_, _, ()>(&key, &field).await;
-        self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
         drop(gate);
         // A removal that timed out (Redis slow, not down) is tried again: a field left behind
         // would be a ghost in every later joiner's state, whose leave was already sent. While
@@ -82,10 +81,18 @@ impl RedisBroker {
             self.check_up()?;
             removed = c.hdel::<_, _, ()>(&key, &field).await;
         }
-        removed.map_err(|e| {
-            self.failed("presence", &e);
-            err(e)
-        })
+        match removed {
+            // The node's presence set, in order with the writes (see `RegistryOp`); not when
+            // the field may still be there: the re-announce and the reaper find it by that set.
+            Ok(()) => {
+                self.queue_registry_op(RegistryOp::PresenceIndex(topic.to_owned()));
+                Ok(())
+            }
+            Err(e) => {
+                self.failed("presence", &e);
+                Err(err(e))
+            }
+        }
     }
 
     /// The topic's presence in the whole cluster, from a read of its hash that starts after
@@ -94,7 +101,7 @@ impl RedisBroker {
         &self,
         topic: &str,
     ) -> Result<Option<Arc<PresenceState>>, BrokerError> {
-        // A read that timed out (Redis slow, not down) is made again, up to twice: the answer
+        // A read that timed out (Redis slow, not down) is made again, once: the answer
         // without it, this node's own members only, would be wrong for every joiner of the
         // round until diffs repair it, which they never do for members already there.
         let mut attempts = 0;
@@ -112,7 +119,7 @@ impl RedisBroker {
                 Err(e) => {
                     self.failed("presence", &e);
                     attempts += 1;
-                    if attempts > 2 {
+                    if attempts > 1 {
                         return Err(err(e));
                     }
                 }
