@@ -30,6 +30,8 @@ use crate::quota::JoinCounter;
 use crate::webhooks::{EventKind, Webhooks, WebhooksConfig};
 use crate::ConnId;
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -134,6 +136,36 @@ pub struct Node {
     /// alone).
     node_id: Arc<str>,
     pub counters: Counters,
+    /// Topics whose broker subscription their first local subscriber is making: the others
+    /// wait for it too ([`Node::subscribe`]).
+    subscribing: Subscribing,
+    next_subscribing: AtomicU64,
+}
+
+/// Per topic: the broker subscription under way (its number, and what its waiters watch).
+type Subscribing = Mutex<HashMap<Box<str>, (u64, tokio::sync::watch::Receiver<()>)>>;
+
+/// Removes a topic's broker subscription under way from [`Node::subscribe`]'s map when dropped
+/// (if it is still that one).
+struct Forget<'a>(&'a Subscribing, &'a str, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut map = self.0.lock();
+        if map.get(self.1).is_some_and(|(id, _)| *id == self.2) {
+            map.remove(self.1);
+        }
+    }
+}
+
+/// What a new local subscriber of a topic does about the broker's subscription.
+enum BrokerSubscription {
+    /// Makes it (the first local subscriber): the others wait until this is dropped.
+    Make(u64, tokio::sync::watch::Sender<()>),
+    /// Waits for the one being made.
+    Wait(tokio::sync::watch::Receiver<()>),
+    /// Already made.
+    Made,
 }
 
 impl Node {
@@ -211,6 +243,8 @@ impl Node {
             admission: Admission::new(config.admission),
             connections: Connections::default(),
             counters: Counters::default(),
+            subscribing: Mutex::new(HashMap::new()),
+            next_subscribing: AtomicU64::new(0),
         });
         let handler: Weak<dyn BrokerEventHandler> = Arc::downgrade(&node) as _;
         node.broker.set_event_handler(handler);
@@ -413,16 +447,43 @@ impl Node {
         with_offset: bool,
         by: Option<crate::webhooks::Cause<'_>>,
     ) {
-        let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
+        let (added, first, broker_subscription) = {
+            let mut subscribing = self.subscribing.lock();
+            let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
+            let b = if first {
+                let id = self.next_subscribing.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = tokio::sync::watch::channel(());
+                subscribing.insert(topic.into(), (id, rx));
+                BrokerSubscription::Make(id, tx)
+            } else {
+                match subscribing.get(topic) {
+                    Some((_, rx)) => BrokerSubscription::Wait(rx.clone()),
+                    None => BrokerSubscription::Made,
+                }
+            };
+            (added, first, b)
+        };
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
             self.count_subscriber_in(topic, first, by).await;
         }
-        if first {
-            if let Err(e) = self.broker.subscribe(topic).await {
-                self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic, error = %e, "broker subscribe failed");
+        match broker_subscription {
+            BrokerSubscription::Make(id, _done) => {
+                // Forgotten (and the waiters let go, `_done` dropped) however this ends.
+                let _forget = Forget(&self.subscribing, topic, id);
+                if let Err(e) = self.broker.subscribe(topic).await {
+                    self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic, error = %e, "broker subscribe failed");
+                }
             }
+            // A later local subscriber must not read anything (a presence state) before the
+            // node receives the topic's messages from the other nodes: what they publish in
+            // between would reach neither its read nor it.
+            BrokerSubscription::Wait(mut made) => {
+                // Ends when the maker drops its sender (done, failed, or gone).
+                let _ = made.changed().await;
+            }
+            BrokerSubscription::Made => {}
         }
     }
 
