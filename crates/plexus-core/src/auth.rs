@@ -263,14 +263,21 @@ impl Verifier {
         !self.keys.is_empty() || self.remote.as_ref().is_some_and(|r| r.key_count() > 0)
     }
 
-    /// An HS256 verifier for one shared secret with default options.
+    /// An HS256 verifier for one shared secret with default options. An empty secret gives a
+    /// verifier that accepts no token (anyone could sign with it), as the configuration refuses
+    /// one.
     pub fn hs256(secret: &[u8]) -> Self {
-        Verifier {
-            keys: vec![VerifyKey::with(
+        let keys = if secret.is_empty() {
+            Vec::new()
+        } else {
+            vec![VerifyKey::with(
                 None,
                 Algorithm::HS256,
                 DecodingKey::from_secret(secret),
-            )],
+            )]
+        };
+        Verifier {
+            keys,
             remote: None,
             roles_path: ClaimPath::claim("roles"),
             options: VerifyOptions::default(),

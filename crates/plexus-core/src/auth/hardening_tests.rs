@@ -188,6 +188,19 @@ fn an_empty_hmac_secret_in_a_jwks_is_a_config_error() {
 }
 
 #[test]
+fn an_hs256_verifier_with_an_empty_secret_accepts_no_token() {
+    let claims = json!({"sub": "a", "exp": fut()}).to_string();
+    let forged = signed(Algorithm::HS256, b"", &claims);
+    let v = Verifier::hs256(b"");
+    assert!(!v.has_keys());
+    assert!(v.verify(&forged).is_err());
+    // The same token under a real secret's verifier: refused too; a real one passes.
+    assert!(Verifier::hs256(SECRET).verify(&forged).is_err());
+    let real = signed(Algorithm::HS256, SECRET, &claims);
+    assert_eq!(&*Verifier::hs256(SECRET).verify(&real).unwrap().sub, "a");
+}
+
+#[test]
 fn signature_and_payload_encodings_at_the_edges() {
     let v = verifier(VerifyOptions::default());
     let claims = json!({"sub": "a", "exp": fut()}).to_string();
