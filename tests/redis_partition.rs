@@ -494,3 +494,74 @@ async fn when_every_node_is_cut_off_clients_reconnect_once_and_no_more() {
         );
     }
 }
+
+/// A cut healed before the other nodes reap the cut-off node: the changes made on it during
+/// the cut (its client closed by the partition guard, a client that joined meanwhile) were
+/// told to its own members only; once the link is back, the other nodes' members are told too
+/// (the re-announce publishes them), so nobody keeps a ghost or misses a member.
+#[tokio::test]
+async fn presence_changes_made_during_a_short_cut_reach_the_other_nodes_after_it() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    // A 6 s node timeout: A closes its clients after 4.5 s without a heartbeat, the others
+    // reap it no sooner than ~9 s after its last one; the link returns in between.
+    let config = CONFIG.replace("node_timeout_secs = 2", "node_timeout_secs = 6");
+    let a = Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &proxy.url())]).await;
+    let b = Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &redis.url())]).await;
+    let mut alice = a.client("alice").await;
+    assert!(alice.join("room:r", json!({})).await.unwrap().is_ok());
+    let mut watcher = b.client("watcher").await;
+    assert!(watcher.join("room:r", json!({})).await.unwrap().is_ok());
+    let state = payload(
+        &watcher
+            .recv_event("room:r", "presence_state")
+            .await
+            .unwrap(),
+    );
+    assert!(state["alice"].is_object(), "{state}");
+
+    proxy.cut();
+    let cut = Instant::now();
+    let (code, reason) = loop {
+        match alice.wait_close().await {
+            Ok(close) => break close,
+            Err(plexus_client::ClientError::Timeout) => continue,
+            Err(e) => panic!("alice: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1012), "{reason}");
+    let mut carol = a.client("carol").await;
+    assert!(carol.join("room:r", json!({})).await.unwrap().is_ok());
+    proxy.heal();
+    let healed = cut.elapsed();
+    assert!(
+        healed < Duration::from_secs(8),
+        "healed {healed:?} after the cut: too late to be before the reap"
+    );
+    // B's member hears both, from the re-announce (A was not reaped: checked below).
+    let (mut left, mut joined) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(left && joined) {
+        let rest = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = watcher
+            .recv_event_timeout("room:r", "presence_diff", rest)
+            .await
+            .unwrap()
+        else {
+            panic!(
+                "B's member never heard (alice left: {left}, carol joined: {joined})\n{}",
+                a.log()
+            );
+        };
+        let d = payload(&m);
+        left |= d["leaves"]["alice"].is_object();
+        joined |= d["joins"]["carol"].is_object();
+    }
+    // And the cluster's presence read on B agrees.
+    assert_eq!(presence_keys(&b, "room:r").await, ["carol", "watcher"]);
+    assert!(
+        !b.log().contains("heartbeat expired"),
+        "A was reaped: this test is about a cut healed before that\n{}",
+        b.log()
+    );
+}
