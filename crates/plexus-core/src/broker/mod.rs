@@ -115,15 +115,6 @@ pub enum BrokerEvent {
         leaves: Value,
         reported: Vec<Value>,
     },
-    /// This node wrote its presence of `topic` again after an outage: `joins` and `leaves`
-    /// (`{key: {"metas": […]}}`) are the changes made during it, whose diffs reached this
-    /// node's members only, to tell the topic's subscribers everywhere (the members here get
-    /// them twice, which changes nothing). Their webhooks were sent when they happened.
-    PresenceRepaired {
-        topic: String,
-        joins: Value,
-        leaves: Value,
-    },
     /// A lost node's connections were removed from the cluster's registry by this node (and
     /// by no other): each `info` is what [`Broker::connection_open`] recorded.
     ConnectionsReaped { node: String, conns: Vec<String> },

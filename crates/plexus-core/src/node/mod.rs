@@ -562,26 +562,6 @@ impl BrokerEventHandler for Node {
                         .publish_failed(&topic, "presence leaves of a lost node", &e);
                 }
             }
-            BrokerEvent::PresenceRepaired {
-                topic,
-                joins,
-                leaves,
-            } => {
-                let diff = serde_json::json!({ "joins": joins, "leaves": leaves });
-                let Ok(payload) = Payload::json(&diff) else {
-                    return;
-                };
-                if let Err(e) = self
-                    .publish_unlogged(&topic, events::PRESENCE_DIFF, payload)
-                    .await
-                {
-                    self.counters.publish_failed(
-                        &topic,
-                        "presence changes made while Redis was away",
-                        &e,
-                    );
-                }
-            }
             BrokerEvent::ConnectionsReaped { node, conns } => {
                 self.connections_reaped(&node, &conns)
             }

@@ -13,8 +13,6 @@ use crate::ConnId;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -106,20 +104,7 @@ impl RedisBroker {
             }
         }
         let mine = format!("{}:", self.node_id);
-        // What the other nodes' members were not told while the link was down (the diffs of
-        // the changes made then reached this node's members only): the leaves of the metas
-        // removed here, the joins of those written here and missing from Redis.
-        let mut repairs: HashMap<String, (Entries, Entries)> = HashMap::new();
-        for ((topic, conn), value) in &presences {
-            let field = format!("{mine}{conn}");
-            let in_redis = fields.iter().any(|(t, f)| t == topic && f.contains(&field));
-            if !in_redis {
-                let joins = &mut repairs.entry(topic.clone()).or_default().0;
-                add_meta(joins, value);
-            }
-        }
         for (topic, fields) in &fields {
-            let mut stale = Vec::new();
             for field in fields.iter().filter(|f| f.starts_with(&mine)) {
                 let conn: Option<ConnId> = field[mine.len()..].parse().ok();
                 let live = conn
@@ -128,18 +113,6 @@ impl RedisBroker {
                     let mut h = cmd("HDEL");
                     h.arg(self.topic_key("pres", topic)).arg(field);
                     cmds.push(h);
-                    stale.push(field.as_str());
-                }
-            }
-            if !stale.is_empty() {
-                let metas: Vec<Option<String>> = redis::cmd("HMGET")
-                    .arg(self.topic_key("pres", topic))
-                    .arg(&stale)
-                    .query_async(&mut c)
-                    .await?;
-                let leaves = &mut repairs.entry(topic.clone()).or_default().1;
-                for value in metas.iter().flatten() {
-                    add_meta(leaves, value);
                 }
             }
             if !present.contains(topic.as_str()) {
@@ -148,20 +121,7 @@ impl RedisBroker {
                 cmds.push(r);
             }
         }
-        self.conn.run_all(cmds).await?;
-        drop(_gate);
-        for (topic, (joins, leaves)) in repairs {
-            if joins.is_empty() && leaves.is_empty() {
-                continue;
-            }
-            self.report(BrokerEvent::PresenceRepaired {
-                topic,
-                joins: Value::Object(joins),
-                leaves: Value::Object(leaves),
-            })
-            .await;
-        }
-        Ok(())
+        self.conn.run_all(cmds).await.map(|_| ())
     }
 
     pub(super) async fn on_message(&self, channel: &str, data: &[u8]) {
@@ -413,25 +373,5 @@ pub(super) async fn heartbeat_loop(broker: Weak<RedisBroker>) {
                 b.reaping.store(false, Ordering::Release);
             });
         }
-    }
-}
-
-/// A diff's `joins` or `leaves`: `{key: {"metas": […]}}`.
-type Entries = Map<String, Value>;
-
-/// Adds the meta of a presence hash value (`{"k": key, "m": meta, …}`) to a diff's `joins` or
-/// `leaves` (`{key: {"metas": […]}}`); a value that does not parse is left out.
-fn add_meta(side: &mut Map<String, Value>, value: &str) {
-    let Ok(v) = serde_json::from_str::<Value>(value) else {
-        return;
-    };
-    let (Some(key), Some(meta)) = (v["k"].as_str(), v.get("m")) else {
-        return;
-    };
-    let entry = side
-        .entry(key.to_owned())
-        .or_insert_with(|| serde_json::json!({"metas": []}));
-    if let Some(list) = entry["metas"].as_array_mut() {
-        list.push(meta.clone());
     }
 }
