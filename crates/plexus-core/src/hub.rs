@@ -63,9 +63,17 @@ impl Hub {
     }
 
     fn shard(&self, topic: &str) -> &Shard {
-        let h = self.hasher.hash_one(topic) as usize;
-        &self.shards[h % SHARDS]
+        &self.shards[self.shard_index(topic)]
     }
+
+    /// The shard of `topic`, of [`Hub::SHARDS`]: for state kept beside the hub's, locked in the
+    /// same grain.
+    pub fn shard_index(&self, topic: &str) -> usize {
+        self.hasher.hash_one(topic) as usize % SHARDS
+    }
+
+    /// How many shards the topics are spread over.
+    pub const SHARDS: usize = SHARDS;
 
     /// Adds a subscriber. Returns `(added, first)`: whether `conn` was not yet subscribed, and
     /// whether it is the topic's first local subscriber (the node then subscribes to the topic

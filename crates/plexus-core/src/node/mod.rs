@@ -138,11 +138,13 @@ pub struct Node {
     pub counters: Counters,
     /// Topics whose broker subscription their first local subscriber is making: the others
     /// wait for it too ([`Node::subscribe`]).
-    subscribing: Subscribing,
+    subscribing: Box<[Subscribing]>,
     next_subscribing: AtomicU64,
 }
 
-/// Per topic: the broker subscription under way (its number, and what its waiters watch).
+/// Per topic: the broker subscription under way (its number, and what its waiters watch), in
+/// one map per hub shard (a subscribe locks its topic's, then the hub's shard of the topic, so
+/// joins contend no more than the hub makes them).
 type Subscribing = Mutex<HashMap<Box<str>, (u64, tokio::sync::watch::Receiver<()>)>>;
 
 /// Removes a topic's broker subscription under way from [`Node::subscribe`]'s map when dropped
@@ -243,7 +245,9 @@ impl Node {
             admission: Admission::new(config.admission),
             connections: Connections::default(),
             counters: Counters::default(),
-            subscribing: Mutex::new(HashMap::new()),
+            subscribing: (0..Hub::SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             next_subscribing: AtomicU64::new(0),
         });
         let handler: Weak<dyn BrokerEventHandler> = Arc::downgrade(&node) as _;
@@ -447,8 +451,9 @@ impl Node {
         with_offset: bool,
         by: Option<crate::webhooks::Cause<'_>>,
     ) {
+        let shard = &self.subscribing[self.hub.shard_index(topic)];
         let (added, first, broker_subscription) = {
-            let mut subscribing = self.subscribing.lock();
+            let mut subscribing = shard.lock();
             let (added, first) = self.hub.subscribe(topic, conn, outbox, with_offset);
             let b = if first {
                 let id = self.next_subscribing.fetch_add(1, Ordering::Relaxed);
@@ -463,14 +468,18 @@ impl Node {
             };
             (added, first, b)
         };
+        // Forgotten (and the waiters let go, the sender dropped) however this ends, even if
+        // this future is dropped in the count below.
+        let _forget = match &broker_subscription {
+            BrokerSubscription::Make(id, _) => Some(Forget(shard, topic, *id)),
+            _ => None,
+        };
         if added {
             // Cluster-wide subscriber count, once per (connection, topic).
             self.count_subscriber_in(topic, first, by).await;
         }
         match broker_subscription {
-            BrokerSubscription::Make(id, _done) => {
-                // Forgotten (and the waiters let go, `_done` dropped) however this ends.
-                let _forget = Forget(&self.subscribing, topic, id);
+            BrokerSubscription::Make(_, _done) => {
                 if let Err(e) = self.broker.subscribe(topic).await {
                     self.counters.broker_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(topic, error = %e, "broker subscribe failed");
