@@ -196,7 +196,8 @@ impl Presence {
     /// [`Presence::state`] as read once for every joiner of this node that asked at the same
     /// time (a cluster broker shares its reads; with merged diffs, this node's own state is
     /// shared until the topic's next flush: [`DiffCoalescer::shared_state`]): what a joiner
-    /// is sent, with no copy. Only for a joiner already subscribed to `topic`.
+    /// is sent, built and encoded once (each push copies the JSON into its frame). Only for a
+    /// joiner already subscribed to `topic`.
     pub async fn shared_state(
         &self,
         topic: &str,
