@@ -401,10 +401,18 @@ pub(crate) async fn drain(node: Arc<Node>, timeout: Duration) {
     tracing::info!(connections = live, "draining: closing clients with 1012");
     node.drain();
     let deadline = tokio::time::Instant::now() + timeout;
-    while node.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+    // Until every connection is gone and has left its channels in the cluster too (a leave's
+    // presence removal and diff go through Redis after the connection is unregistered).
+    while (node.connection_count() > 0 || node.departing_count() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!(remaining = node.connection_count(), "drained");
+    tracing::info!(
+        remaining = node.connection_count(),
+        departing = node.departing_count(),
+        "drained"
+    );
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), listened for from [`StopSignals::install`] on: a signal that

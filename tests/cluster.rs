@@ -402,3 +402,45 @@ async fn tls_and_password_to_redis() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node drained (SIGTERM) tells the others' members that its clients left, through Redis,
+/// before it exits: the drain waits for each closed connection's departures (the presence
+/// removal, then the leave's diff), not only for the connections to be gone. (Once one of 100
+/// leaves was lost on a loaded machine when the process ended first.) The node timeout is
+/// long, so no reap can stand in for the leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_s_presence_leaves_reach_the_other_nodes_before_it_exits() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let config = common::cluster::CONFIG
+        .replace("node_timeout_secs = 2", "node_timeout_secs = 30")
+        .replace(
+            "max_connections_per_user = 2",
+            "max_connections_per_user = 0\nmax_connections_per_ip = 0\nconnect_rate_per_ip = 0.0\nmax_pending_connections_per_ip = 0",
+        );
+    let mut a = Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &url)]).await;
+    let b = Server::start_with(Some(&config), &[("PLEXUS_REDIS_URL", &url)]).await;
+    let mut watcher = b.client("watcher").await;
+    assert!(watcher.join("room:d", json!({})).await.unwrap().is_ok());
+    let mut members = Vec::new();
+    for i in 0..100 {
+        let mut c = a.client(&format!("m{i}")).await;
+        assert!(c.join("room:d", json!({})).await.unwrap().is_ok());
+        members.push(c);
+    }
+    let code = tokio::task::spawn_blocking(move || a.terminate())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let mut left = std::collections::BTreeSet::new();
+    while let Some(m) = watcher
+        .recv_event_timeout("room:d", "presence_diff", Duration::from_secs(3))
+        .await
+        .unwrap()
+    {
+        if let Some(l) = payload(&m)["leaves"].as_object() {
+            left.extend(l.keys().cloned());
+        }
+    }
+    assert_eq!(left.len(), 100, "leaves heard on B: {left:?}");
+}

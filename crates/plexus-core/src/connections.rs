@@ -6,7 +6,7 @@ use crate::outbox::Outbox;
 use crate::ConnId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 struct Entry {
@@ -21,6 +21,18 @@ pub struct Connections {
     draining: AtomicBool,
     /// Wakes [`Connections::until_draining`] when draining starts.
     drain_started: tokio::sync::Notify,
+    /// Connections unregistered whose departures (their channels left in the cluster: the
+    /// presence removal, the leave's diff) are not finished yet: a drain waits for them too.
+    departing: Arc<AtomicUsize>,
+}
+
+/// Counts one connection as departing until dropped ([`Connections::departing`]).
+pub struct Departing(Arc<AtomicUsize>);
+
+impl Drop for Departing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for Connections {
@@ -30,11 +42,24 @@ impl Default for Connections {
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             drain_started: tokio::sync::Notify::new(),
+            departing: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
 impl Connections {
+    /// Counts a connection whose teardown is still telling the cluster, until the guard is
+    /// dropped: take it before unregistering.
+    pub fn departing(&self) -> Departing {
+        self.departing.fetch_add(1, Ordering::AcqRel);
+        Departing(self.departing.clone())
+    }
+
+    /// Connections whose departures are not finished.
+    pub fn departing_count(&self) -> usize {
+        self.departing.load(Ordering::Acquire)
+    }
+
     /// Registers a connection with a new outbox of the given bounds; `None` while draining.
     pub fn register(
         &self,

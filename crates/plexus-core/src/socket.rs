@@ -539,6 +539,7 @@ impl Socket {
     /// Leaves every channel and unregisters the connection.
     pub async fn close(mut self) {
         self.opened().await;
+        let _departing = self.node.departing();
         for departure in self.teardown() {
             departure.finish(&self.node).await;
         }
@@ -552,6 +553,7 @@ impl Drop for Socket {
         }
         // Dropped without close() (e.g. the task was cancelled): the same teardown, with the
         // broker's part in the background.
+        let departing = self.node.departing();
         let departures = self.teardown();
         if departures.is_empty() {
             return;
@@ -559,6 +561,7 @@ impl Drop for Socket {
         let node = self.node.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                let _departing = departing;
                 for departure in departures {
                     departure.finish(&node).await;
                 }

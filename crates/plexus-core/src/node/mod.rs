@@ -368,6 +368,16 @@ impl Node {
         self.connections.count()
     }
 
+    /// Connections closed whose departures from their channels (presence removal and leave in
+    /// the cluster) are still under way: a drain waits for them before the process ends.
+    pub fn departing_count(&self) -> usize {
+        self.connections.departing_count()
+    }
+
+    pub(crate) fn departing(&self) -> crate::connections::Departing {
+        self.connections.departing()
+    }
+
     /// Messages waiting in this node's outboxes: `(total, deepest)` (metrics).
     pub fn outbox_depths(&self) -> (usize, usize) {
         self.connections.outbox_depths()
